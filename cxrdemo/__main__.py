@@ -1,0 +1,8 @@
+"""`python -m cxrdemo ...`: see cxrdemo/cli.py."""
+
+import sys
+
+from cxrdemo.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

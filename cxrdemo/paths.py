@@ -1,0 +1,37 @@
+"""Where runs, weights, caches and the built-in demo data live (environment variable first)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+DEMO_DATA_DIR = PACKAGE_DIR / "demo_data"
+EXAMPLES_DIR = DEMO_DATA_DIR / "test"
+DEMO_RUN_NAME = "demo"
+
+
+def runs_dir() -> Path:
+    """The run store: $CXRDEMO_RUNS_DIR, else ./runs."""
+    return Path(os.environ.get("CXRDEMO_RUNS_DIR") or "runs").expanduser().resolve()
+
+
+def weights_dir() -> Path:
+    """Local weight files: $CXRDEMO_WEIGHTS_DIR, else the repository's weights/ folder."""
+    env = os.environ.get("CXRDEMO_WEIGHTS_DIR")
+    if env:
+        return Path(env).expanduser().resolve()
+    repo_weights = PACKAGE_DIR.parent / "weights"
+    return repo_weights if repo_weights.is_dir() else Path("weights").resolve()
+
+
+def demo_run_dir() -> Path:
+    """The shipped demo model, a run folder addressed as `--run demo`."""
+    return weights_dir() / DEMO_RUN_NAME
+
+
+def cache_dir() -> Path:
+    """Decoded-image cache: $CXRDEMO_CACHE_DIR, else ~/.cache/cxrdemo."""
+    env = os.environ.get("CXRDEMO_CACHE_DIR")
+    base = Path(env).expanduser() if env else Path.home() / ".cache" / "cxrdemo"
+    return base.resolve()
