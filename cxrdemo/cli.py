@@ -1,0 +1,206 @@
+"""The command line: backbones, scan, train, evaluate, predict (and jobs). Bad input -> exit 2, one line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+from cxrdemo.config import AUGMENTATIONS, BALANCING, HEADS, OPTIMIZERS, THRESHOLDS, TrainConfig
+from cxrdemo.errors import CxrError
+
+EXIT_BAD_INPUT = 2
+
+
+def _json(obj) -> str:
+    def clean(v):
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [clean(x) for x in v]
+        return v
+    return json.dumps(clean(obj), separators=(", ", ": "))
+
+
+# ---------------------------------------------------------------- train options (shared with `jobs submit`)
+
+def add_train_options(p: argparse.ArgumentParser) -> None:
+    """Every TrainConfig field as a flag, defaults from the dataclass."""
+    d = TrainConfig()
+    p.add_argument("--data", default=d.data, help="dataset folder, or 'demo' for the built-in one")
+    p.add_argument("--backbone", default=d.backbone, help="see `python -m cxrdemo backbones`")
+    p.add_argument("--init", default=d.init, help="imagenet | scratch | run:<run id>")
+    p.add_argument("--freeze", default=d.freeze, help="none | head | k (first k groups) | gradual:T")
+    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--img-size", type=int, default=d.img_size)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    p.add_argument("--optimizer", choices=OPTIMIZERS, default=d.optimizer)
+    p.add_argument("--step-size", type=int, default=d.step_size, help="decay lr x gamma every N epochs (0 = off)")
+    p.add_argument("--gamma", type=float, default=d.gamma)
+    p.add_argument("--patience", type=int, default=d.patience, help="early stopping patience (0 = off)")
+    p.add_argument("--augment", nargs="?", const="light", default=d.augment, choices=AUGMENTATIONS,
+                   help="none | light (papers) | acquisition; bare --augment means light")
+    p.add_argument("--balance", choices=BALANCING, default=d.balance)
+    p.add_argument("--head", choices=HEADS, default=d.head)
+    p.add_argument("--dropout", type=float, default=d.dropout)
+    p.add_argument("--trunk-lr-factor", type=float, default=d.trunk_lr_factor)
+    p.add_argument("--threshold", choices=THRESHOLDS, default=d.threshold)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--split-seed", type=int, default=d.split_seed)
+    p.add_argument("--threads", type=int, default=d.threads)
+    p.add_argument("--max-images", type=int, default=d.max_images, help="cap images per split (quick demos)")
+    p.add_argument("--name", default="", help="a short label added to the run id")
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """A validated TrainConfig from parsed flags."""
+    fields = TrainConfig.__dataclass_fields__
+    return TrainConfig(**{k: v for k, v in vars(args).items() if k in fields and k != "extra"})
+
+
+def _runs_dir(args) -> Path | None:
+    return Path(args.runs_dir) if getattr(args, "runs_dir", None) else None
+
+
+# ---------------------------------------------------------------- commands
+
+def cmd_backbones(args) -> int:
+    from cxrdemo import backbones
+
+    print(f"{'backbone':20} {'groups':>6} {'total':>12}  trainable by freeze level (head | 1..k | none)  imagenet")
+    for name in backbones.backbone_names():
+        n = backbones.num_groups(name)
+        levels = ["head", *[str(k) for k in range(1, n - 1)], "none"]
+        counts = [backbones.param_counts(name, args.num_classes, lv)[1] for lv in levels]
+        spec = backbones.get_spec(name)
+        local = "local" if backbones.find_imagenet_weights(name) else ("not local" if spec.supports_imagenet else "n/a")
+        total = backbones.param_counts(name, args.num_classes)[0]
+        print(f"{name:20} {n:>6} {total:>12,}  {' | '.join(f'{c:,}' for c in counts)}  {local}")
+    return 0
+
+
+def cmd_scan(args) -> int:
+    from cxrdemo import data
+
+    scan = data.scan_dataset(args.data, seed=args.seed)
+    print(_json(scan.summary()) if args.json else scan.report())
+    return 0
+
+
+def _print_progress(p) -> None:
+    if p.phase == "train" and p.batches:
+        if p.batch == p.batches or p.batch % max(1, p.batches // 4) == 0:
+            print(f"  epoch {p.epoch}/{p.epochs}  batch {p.batch}/{p.batches}", file=sys.stderr, flush=True)
+    elif p.row:
+        r = p.row
+        print(f"epoch {p.epoch}/{p.epochs}: train loss {r['train_loss']:.4f} acc {r['train_acc']:.3f} | "
+              f"val loss {r['val_loss']:.4f} acc {r['val_acc']:.3f} auroc {r['val_auroc']:.3f} | "
+              f"{r['seconds']:.1f}s {r['images_per_s']:.0f} img/s ({r['path']})", file=sys.stderr, flush=True)
+    elif p.message:
+        print(p.message, file=sys.stderr, flush=True)
+
+
+def cmd_train(args) -> int:
+    from cxrdemo import runs
+    from cxrdemo.worker import execute_run
+
+    config = config_from_args(args)
+    d = runs.create_run(config, _runs_dir(args), name=args.name)
+    print(d.name, flush=True)
+    status = execute_run(d, echo=None if args.quiet else _print_progress, runs_dir=_runs_dir(args))
+    if status.get("state") != "completed":
+        print(f"error: run {d.name} {status.get('state')}: {status.get('error')}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    tm = runs.read_test_metrics(d) or {}
+    print(_json({"run": d.name, **{k: v for k, v in tm.items() if k not in ("y_true", "probs")}}))
+    return 0
+
+
+def cmd_worker(args) -> int:
+    from cxrdemo.worker import execute_run
+
+    status = execute_run(Path(args.run_dir), runs_dir=_runs_dir(args))
+    return 0 if status.get("state") in ("completed", "cancelled") else 1
+
+
+def cmd_evaluate(args) -> int:
+    from cxrdemo.predict import evaluate_run, load_model
+
+    model = load_model(args.run, _runs_dir(args), allow_path=True)
+    print(_json(evaluate_run(model, args.data, args.split)))
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from cxrdemo import data
+    from cxrdemo.predict import load_model, predict_probs
+
+    model = load_model(args.run, _runs_dir(args), allow_path=True)
+    for image in args.images:
+        x, _ = data.preprocess(image, model.img_size)
+        probs = predict_probs(model, x.unsqueeze(0))[0]
+        k = int(model.decide(probs)[0])
+        print(_json({"image": image, "class": model.classes[k],
+                     "probabilities": {c: round(float(p), 6) for c, p in zip(model.classes, probs)}}))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argparse tree of `python -m cxrdemo`."""
+    parser = argparse.ArgumentParser(prog="python -m cxrdemo", description=__doc__)
+    parser.add_argument("--runs-dir", help="run store (default $CXRDEMO_RUNS_DIR or ./runs)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("backbones", help="the backbone registry with parameter counts per freeze level")
+    p.add_argument("--num-classes", type=int, default=2)
+    p.set_defaults(func=cmd_backbones)
+
+    p = sub.add_parser("scan", help="what a dataset folder holds, and what would be skipped")
+    p.add_argument("data")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_scan)
+
+    p = sub.add_parser("train", help="train in the foreground; prints the run id, then test metrics as JSON")
+    add_train_options(p)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="metrics of a run's model on a dataset split")
+    p.add_argument("--run", required=True, help="run id, 'demo', or a run folder")
+    p.add_argument("--data", required=True)
+    p.add_argument("--split", default="test")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("predict", help="one JSON line per image")
+    p.add_argument("--run", default="demo", help="run id, 'demo', or a run folder")
+    p.add_argument("images", nargs="+")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("worker", help=argparse.SUPPRESS)
+    p.add_argument("--run-dir", required=True)
+    p.set_defaults(func=cmd_worker)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: returns the exit code (2 for anything the user can fix)."""
+    args = build_parser().parse_args(argv)
+    if getattr(args, "runs_dir", None):
+        import os
+
+        os.environ["CXRDEMO_RUNS_DIR"] = str(Path(args.runs_dir).resolve())
+    try:
+        return int(args.func(args) or 0)
+    except CxrError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
