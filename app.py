@@ -1,0 +1,41 @@
+"""cxrdemo: the Streamlit router. Run with `streamlit run app.py`."""
+
+import streamlit as st
+
+from pages import ui
+
+st.set_page_config(page_title="cxrdemo — transfer learning on chest X-rays", page_icon="🫁", layout="wide")
+
+
+def home() -> None:
+    st.title("🫁 cxrdemo")
+    st.markdown(
+        """
+See **transfer learning** on chest radiographs, step by step:
+
+1. **Train** — pick a network (a small CNN or a well-known ImageNet architecture), decide how it starts
+   (from scratch, from ImageNet, or from a model you trained before) and how much of it may change
+   (*freeze level*). Training runs in the background; you can watch it learn or leave.
+2. **Compare** — put runs side by side: learning curves, how many parameters were trained, seconds per
+   epoch, and accuracy / recall / AUROC on held-out test images.
+3. **Diagnose** — upload a PNG, JPEG or DICOM radiograph, see what a model predicts and, with a
+   **Grad-CAM** heatmap, which regions drove that prediction.
+
+Everything works out of the box on the built-in demo data (real paediatric chest X-rays, NORMAL vs
+PNEUMONIA, Kermany et al. 2018, CC BY 4.0) and a small shipped demo model.
+"""
+    )
+    c1, c2, c3 = st.columns(3)
+    c1.page_link(TRAINER, label="Start training", icon="🏋️")
+    c2.page_link(COMPARE, label="Compare runs", icon="📈")
+    c3.page_link(DIAGNOSIS, label="Diagnose an image", icon="🩻")
+
+
+HOME = st.Page(home, title="Home", icon="🏠", default=True)
+TRAINER = st.Page("pages/trainer.py", title="Trainer", icon="🏋️", url_path="trainer")
+COMPARE = st.Page("pages/compare.py", title="Compare", icon="📈", url_path="compare")
+DIAGNOSIS = st.Page("pages/diagnosis.py", title="Diagnosis", icon="🩻", url_path="diagnosis")
+
+with st.sidebar:
+    st.caption(ui.NOTICE)
+st.navigation([HOME, TRAINER, COMPARE, DIAGNOSIS]).run()
