@@ -352,7 +352,7 @@ def find_imagenet_weights(name: str) -> Path | None:
     return next((d / file for d in imagenet_search_dirs() if (d / file).is_file()), None)
 
 
-_DENSENET_KEY = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$")
+_DENSENET_KEY = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.([12]\.[a-z_]+)$")
 
 
 def _fix_legacy_keys(state: dict) -> dict:
