@@ -32,10 +32,13 @@ class Progress:
 
 
 ProgressFn = Callable[[Progress], None]
+FEATURE_CACHE = True  # tests switch it off to check the fast path against the ordinary one
 
 
 def default_threads() -> int:
     """Cores this process may use (affinity-aware), shared by the concurrent jobs."""
+    if os.environ.get("CXRDEMO_THREADS", "").isdigit() and int(os.environ["CXRDEMO_THREADS"]) > 0:
+        return int(os.environ["CXRDEMO_THREADS"])
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     jobs = max(1, int(os.environ.get("CXRDEMO_MAX_JOBS", "1") or 1))
     return max(1, cores // jobs)
@@ -125,7 +128,7 @@ def train_one_epoch(model: nn.Module, loader, inputs: Callable[[torch.Tensor], t
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        total_loss += float(loss) * len(y)
+        total_loss += float(loss.detach()) * len(y)
         correct += int((logits.argmax(1) == y).sum())
         seen += len(y)
         report(i, n_batches)
@@ -212,7 +215,7 @@ def fit(config: TrainConfig, run_dir: Path, progress: ProgressFn | None = None,
         trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
         t0 = time.perf_counter()
         report = lambda i, n, e=epoch: say(Progress("train", e, config.epochs, i, n))  # noqa: E731
-        if n_frozen == n_trunk and augment is None:
+        if FEATURE_CACHE and n_frozen == n_trunk and augment is None:
             # Whole trunk frozen and inputs deterministic: trunk features never change, compute them once.
             if feature_cache is None:
                 say(Progress("prepare", epoch, config.epochs, message="Computing trunk features once"))

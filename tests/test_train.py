@@ -1,0 +1,243 @@
+"""Training end to end on tiny real-code-path runs: files, fast paths, initialisation from runs, faults."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cxrdemo import runs, train
+from cxrdemo.cli import main as cli
+from cxrdemo.config import TrainConfig
+from cxrdemo.errors import Cancelled, ConfigError
+from cxrdemo.worker import execute_run
+
+
+def _make(root, classes, n=(10, 4, 4), size=48, seed=0):
+    rng = np.random.default_rng(seed)
+    for split, k in zip(("train", "val", "test"), n):
+        for ci, c in enumerate(classes):
+            d = root / split / c
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(k):
+                a = (rng.random((size, size)) * 60 + 30).astype(np.uint8)
+                if ci:  # class-specific bright square: learnable in a few steps
+                    y = 6 + 8 * (ci - 1) % (size - 16)
+                    a[y:y + 12, 10:30] = 240
+                Image.fromarray(a).save(d / f"{c}_{i}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def ds2(tmp_path_factory):
+    return _make(tmp_path_factory.mktemp("ds2"), ("NORMAL", "PNEUMONIA"))
+
+
+@pytest.fixture(scope="module")
+def ds4(tmp_path_factory):
+    return _make(tmp_path_factory.mktemp("ds4"), ("COVID", "Lung_Opacity", "Normal", "Viral"), n=(6, 2, 2))
+
+
+@pytest.fixture(autouse=True)
+def store(tmp_path, monkeypatch):
+    monkeypatch.setenv("CXRDEMO_RUNS_DIR", str(tmp_path / "runs"))
+    monkeypatch.setenv("CXRDEMO_CACHE_DIR", str(tmp_path.parent / "cache"))
+    return tmp_path / "runs"
+
+
+def _cfg(data, **kw):
+    base = dict(data=str(data), backbone="cnn8", img_size=32, epochs=2, batch_size=8, patience=0, step_size=0)
+    return TrainConfig(**{**base, **kw})
+
+
+def _train(config):
+    d = runs.create_run(config)
+    status = execute_run(d)
+    return d, status
+
+
+def test_short_training_writes_a_complete_run(ds2):
+    d, status = _train(_cfg(ds2, epochs=3, threshold="val"))
+    assert status["state"] == "completed", status.get("error")
+    df = runs.read_metrics(d)
+    assert list(df["epoch"]) == [1, 2, 3]
+    assert df[["train_loss", "val_loss", "val_acc", "val_auroc", "seconds", "images_per_s"]].notna().all().all()
+    assert (df["trainable_params"] == 1_172_770).all()
+    ckpt = runs.load_checkpoint(d / "model.pt")
+    assert ckpt["classes"] == ["NORMAL", "PNEUMONIA"] and ckpt["preprocessing"]["img_size"] == 32
+    assert 0 < ckpt["threshold"] < 1 and ckpt["config"]["backbone"] == "cnn8"
+    tm = runs.read_test_metrics(d)
+    assert tm["n"] == 8 and len(tm["probs"]) == 8 and np.array(tm["confusion"]).sum() == 8
+    meta = runs.read_json(d / "config.json")
+    assert meta["dataset"]["classes"] == ["NORMAL", "PNEUMONIA"]
+    assert "completed" in (d / "log.txt").read_text()
+
+
+def test_four_classes_from_folder_names(ds4):
+    d, status = _train(_cfg(ds4, epochs=1))
+    assert status["state"] == "completed", status.get("error")
+    tm = runs.read_test_metrics(d)
+    assert tm["classes"] == ["COVID", "Lung_Opacity", "Normal", "Viral"] and len(tm["confusion"]) == 4
+
+
+def test_cached_features_train_the_same_head_as_the_ordinary_path(ds2, monkeypatch):
+    cfg = _cfg(ds2, backbone="resnet18", freeze="head", epochs=2, lr=1e-2)
+    fast, _ = _train(cfg)
+    assert set(runs.read_metrics(fast)["path"]) == {"cached-features"}
+    monkeypatch.setattr(train, "FEATURE_CACHE", False)
+    slow, _ = _train(cfg)
+    assert set(runs.read_metrics(slow)["path"]) == {"full"}
+    a = runs.load_checkpoint(fast / "model.pt")["state_dict"]
+    b = runs.load_checkpoint(slow / "model.pt")["state_dict"]
+    assert not torch.equal(a["head.0.weight"], torch.zeros_like(a["head.0.weight"]))
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=2e-5, rtol=1e-4)
+
+
+def test_gradual_unfreezes_after_T_and_counts_parameters(ds2):
+    d, status = _train(_cfg(ds2, backbone="cnn5", freeze="gradual:1", epochs=2))
+    assert status["state"] == "completed", status.get("error")
+    df = runs.read_metrics(d)
+    assert list(df["frozen_groups"]) == [5, 0]
+    assert list(df["trainable_params"]) == [1026, 1_604_898]
+    assert list(df["path"]) == ["cached-features", "full"]
+
+
+def test_run_init_same_classes_loads_everything_and_frozen_groups_stay_fixed(ds2):
+    src, _ = _train(_cfg(ds2, backbone="cnn5", epochs=1))
+    source = runs.load_checkpoint(src / "model.pt")["state_dict"]
+    net, note = train.build_model(_cfg(ds2, backbone="cnn5", init=f"run:{src.name}"), ("NORMAL", "PNEUMONIA"))
+    assert "trunk and head" in note
+    for k, v in net.state_dict().items():
+        assert torch.equal(v, source[k]), k
+    d, status = _train(_cfg(ds2, backbone="cnn5", init=f"run:{src.name}", freeze="2", epochs=1, lr=1e-2))
+    assert status["state"] == "completed", status.get("error")
+    after = runs.load_checkpoint(d / "model.pt")["state_dict"]
+    for k in after:
+        if k.startswith(("trunk.0.", "trunk.1.")):
+            assert torch.equal(after[k], source[k]), k  # weights and BN statistics untouched
+    assert not torch.equal(after["trunk.4.0.weight"], source["trunk.4.0.weight"])
+
+
+def test_run_init_with_other_classes_keeps_trunk_and_new_head(ds2, ds4):
+    src, _ = _train(_cfg(ds2, backbone="cnn5", epochs=1))
+    source = runs.load_checkpoint(src / "model.pt")["state_dict"]
+    d, status = _train(_cfg(ds4, backbone="cnn5", init=f"run:{src.name}", epochs=1))
+    assert status["state"] == "completed", status.get("error")
+    net, note = train.build_model(_cfg(ds4, backbone="cnn5", init=f"run:{src.name}"), ("a", "b", "c", "d"))
+    assert "new head" in note and net.head[-1].out_features == 4
+    assert torch.equal(net.state_dict()["trunk.3.0.weight"], source["trunk.3.0.weight"])
+
+
+@pytest.mark.parametrize("make_ref, words", [
+    (lambda src: "run:nope-123", "No run"),
+    (lambda src: "run:../../etc", "not a valid run id"),
+    (lambda src: f"run:{src}", "trained a cnn5, not a cnn8"),
+])
+def test_bad_run_init_fails_with_a_sentence(ds2, make_ref, words):
+    src, _ = _train(_cfg(ds2, backbone="cnn5", epochs=1))
+    d, status = _train(_cfg(ds2, backbone="cnn8", init=make_ref(src.name), epochs=1))
+    assert status["state"] == "failed" and words in status["error"]
+
+
+def test_run_init_from_failed_run_is_refused(ds2):
+    bad, status = _train(_cfg(ds2, backbone="cnn5", init="run:missing-run", epochs=1))
+    assert status["state"] == "failed"
+    _, status = _train(_cfg(ds2, backbone="cnn5", init=f"run:{bad.name}", epochs=1))
+    assert status["state"] == "failed" and "is failed, not completed" in status["error"]
+
+
+def test_cancel_between_batches(ds2):
+    d = runs.create_run(_cfg(ds2))
+    calls = []
+
+    def stop():
+        calls.append(1)
+        return len(calls) > 3
+    with pytest.raises(Cancelled):
+        train.fit(_cfg(ds2), d, should_stop=stop)
+    assert len(calls) == 4
+
+
+def test_early_stopping_on_val_loss(ds2, monkeypatch):
+    losses = iter([0.5, 0.6, 0.7, 0.4, 0.3])
+    real = train.evaluate
+
+    def fake(model, x, y, inputs, classes, threshold=None, weight=None):
+        loss, m, p = real(model, x, y, inputs, classes, threshold, weight)
+        return (next(losses), m, p) if threshold is None and len(y) == 8 and model.training is False else (loss, m, p)
+    monkeypatch.setattr(train, "evaluate", fake)
+    d, status = _train(_cfg(ds2, epochs=5, patience=2))
+    assert status["state"] == "completed"
+    assert len(runs.read_metrics(d)) == 3
+    assert runs.load_checkpoint(d / "model.pt")["epoch"] == 1
+
+
+def test_corrupt_files_are_skipped_and_reported(ds2, tmp_path):
+    import shutil
+
+    data = tmp_path / "messy"
+    shutil.copytree(ds2, data)
+    good = next((data / "train" / "NORMAL").glob("*.png")).read_bytes()
+    (data / "train" / "NORMAL" / "truncated.png").write_bytes(good[: len(good) // 3])
+    (data / "train" / "NORMAL" / "notes.png").write_text("this is not an image")
+    (data / "train" / "PNEUMONIA" / "Thumbs.db").write_bytes(b"\0" * 50)
+    d, status = _train(_cfg(data, epochs=1))
+    assert status["state"] == "completed", status.get("error")
+    meta = runs.read_json(d / "config.json")
+    reported = json.dumps(meta)
+    assert "truncated.png" in reported and "notes.png" in reported
+
+
+def test_evaluate_and_predict_agree_with_the_model(ds2, capsys):
+    d, _ = _train(_cfg(ds2, epochs=2))
+    tm = runs.read_test_metrics(d)
+    capsys.readouterr()
+    assert cli(["evaluate", "--run", d.name, "--data", str(ds2)]) == 0
+    ev = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert ev["accuracy"] == pytest.approx(tm["accuracy"]) and ev["auroc"] == pytest.approx(tm["auroc"])
+    assert ev["confusion"] == tm["confusion"]
+    from cxrdemo import data
+    first = data.scan_dataset(str(ds2)).splits["test"][0][0]
+    assert cli(["predict", "--run", d.name, first]) == 0
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert line["probabilities"]["PNEUMONIA"] == pytest.approx(tm["probs"][0][1], abs=1e-5)
+
+
+def test_worker_killed_mid_epoch_leaves_readable_files(ds2):
+    cfg = _cfg(ds2, backbone="cnn13", epochs=200, img_size=48, batch_size=2)
+    d = runs.create_run(cfg)
+    env = {**os.environ, "CXRDEMO_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "cxrdemo", "worker", "--run-dir", str(d)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while len(runs.read_metrics(d)) < 2 and time.time() < deadline:
+        time.sleep(0.2)
+    assert len(runs.read_metrics(d)) >= 2, "worker made no progress"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    s = runs.read_status(d)
+    assert s["state"] == "interrupted" and s["epoch"] >= 2
+    df = runs.read_metrics(d)
+    assert len(df) >= 2 and df.notna()[["train_loss", "val_loss"]].all().all()
+    ckpt = runs.load_checkpoint(d / "model.pt")
+    assert ckpt["epoch"] >= 1
+    assert not [p for p in d.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_cli_train_prints_id_then_json_and_bad_input_exits_2(ds2, capsys):
+    assert cli(["train", "--data", str(ds2), "--backbone", "cnn8", "--img-size", "32", "--epochs", "1",
+                "--batch-size", "8", "--quiet"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert runs.RUN_ID_RE.match(out[0]) and json.loads(out[-1])["run"] == out[0]
+    assert cli(["train", "--data", str(ds2), "--epochs", "0"]) == 2
+    assert "Epochs must be at least 1" in capsys.readouterr().err
+    assert cli(["train", "--data", "/no/such/folder", "--epochs", "1"]) == 2
+    assert cli(["train", "--data", str(ds2), "--backbone", "resnet19"]) == 2
+    assert "Known backbones" in capsys.readouterr().err
