@@ -1,0 +1,321 @@
+"""Read one radiograph (PNG, JPEG, BMP, TIFF, GIF or DICOM) into a [0, 1] greyscale array and preprocess it.
+
+Every failure becomes an ImageReadError with a sentence a clinician can act on; nothing else escapes
+`read_image`. Decoding happens once per file, so the limits below are checked from headers first.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import struct
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+from cxrdemo.errors import ImageReadError
+
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".bmp", ".tif", ".tiff"})
+DICOM_SUFFIXES = frozenset({".dcm", ".dicom"})
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+MAX_PIXELS = 50_000_000  # decompression-bomb guard: a 7000 x 7000 detector image still fits
+HEADER_BYTES = 512  # enough to sniff every signature below (DICOM's "DICM" sits at byte 128)
+
+# Formats Pillow may use: never EPS/PDF (they run Ghostscript) nor the exotic plugins.
+_PIL_FORMATS = ("PNG", "JPEG", "BMP", "DIB", "TIFF", "GIF", "WEBP", "PPM")  # JPEG covers MPO
+_IMAGE_MAGIC = (
+    (b"\x89PNG\r\n\x1a\n", "png"), (b"\xff\xd8\xff", "jpeg"), (b"GIF87a", "gif"), (b"GIF89a", "gif"),
+    (b"BM", "bmp"), (b"II*\x00", "tiff"), (b"MM\x00*", "tiff"), (b"II+\x00", "tiff"), (b"MM\x00+", "tiff"),
+    (b"P5", "ppm"), (b"P6", "ppm"),
+)
+_OTHER_MAGIC = (
+    (b"%PDF", "a PDF document"), (b"PK\x03\x04", "a ZIP archive or an Office document"),
+    (b"\xd0\xcf\x11\xe0", "an Office document"), (b"\x1f\x8b", "a compressed (gzip) file"),
+    (b"{\\rtf", "a text document"), (b"Rar!", "a RAR archive"), (b"7z\xbc\xaf", "a 7-Zip archive"),
+    (b"8BPS", "a Photoshop document"), (b"%!PS", "a PostScript document"), (b"ID3", "an audio file"),
+    (b"OggS", "an audio or video file"), (b"\x00\x00\x01\x00", "an icon file"),
+)
+_GREY_MODES = ("1", "L", "I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R 601, as Pillow's convert("L")
+
+
+@dataclass
+class ImageMeta:
+    """What was read and how; never a patient identifier (no names, IDs, dates, institutions)."""
+
+    width: int
+    height: int
+    format: str  # png | jpeg | dicom | bmp | tiff | gif | webp | ppm
+    mode: str  # Pillow mode (L, I;16, RGB...) or DICOM photometric interpretation (MONOCHROME1...)
+    bits: int
+    frames: int = 1
+    notes: list[str] = field(default_factory=list)
+    colourfulness: float = 0.0  # Hasler-Suesstrunk M on the 0-255 RGB scale, before conversion to grey
+
+
+def sniff(header: bytes, suffix: str = "") -> str:
+    """The image kind a file's first bytes announce ('png', 'jpeg', 'dicom'...), else ImageReadError saying what it is."""
+    if not header:
+        raise ImageReadError("The file is empty (0 bytes).")
+    if header[128:132] == b"DICM":
+        return "dicom"
+    for magic, kind in _IMAGE_MAGIC:
+        if header.startswith(magic):
+            return kind
+    if header[:4] == b"RIFF" and header[8:12] == b"WEBP":
+        return "webp"
+    if suffix.lower() in DICOM_SUFFIXES:
+        return "dicom"  # DICOM without the 128-byte preamble: only the name tells
+    for magic, what in _OTHER_MAGIC:
+        if header.startswith(magic):
+            raise ImageReadError(f"This file is not an image (it looks like {what}).")
+    if header[4:8] == b"ftyp":
+        what = "an HEIC photo; export it as JPEG or PNG" if header[8:12] in (b"heic", b"heix", b"mif1") else "a video"
+        raise ImageReadError(f"This file is not an image this app can read (it looks like {what}).")
+    text = header.lstrip()[:64].lower()
+    if text.startswith((b"<svg", b"<?xml")):
+        raise ImageReadError("This file is not an image this app can read (it looks like an SVG drawing or XML).")
+    if text.startswith((b"<!doctype html", b"<html")):
+        raise ImageReadError("This file is not an image (it looks like a web page).")
+    if _looks_like_text(header):
+        raise ImageReadError("This file is not an image (it looks like a text file).")
+    raise ImageReadError("This file is not an image this app can read. Use PNG, JPEG or DICOM.")
+
+
+def _looks_like_text(header: bytes) -> bool:
+    try:
+        decoded = header.decode("utf-8", errors="strict")
+    except UnicodeDecodeError as err:
+        if err.start < len(header) - 4:  # a multi-byte character cut at the end is still text
+            return False
+        decoded = header[: err.start].decode("utf-8")
+    printable = sum(ch.isprintable() or ch in "\r\n\t" for ch in decoded)
+    return bool(decoded) and printable >= 0.95 * len(decoded)
+
+
+def read_image(src: str | os.PathLike | bytes, name: str = "") -> tuple[np.ndarray, ImageMeta]:
+    """Read a file (or its bytes) into a 2-D float32 greyscale array in [0, 1] and what was read."""
+    if isinstance(src, (bytes, bytearray, memoryview)):
+        return _read(io.BytesIO(bytes(src)), name)
+    if not isinstance(src, (str, os.PathLike)):
+        raise ImageReadError("Nothing to read: give a file path or the file's bytes.")
+    path = Path(os.fspath(src))
+    name = name or path.name
+    try:
+        fp = open(path, "rb")
+    except FileNotFoundError:
+        raise ImageReadError(f"The file {name} could not be found.") from None
+    except IsADirectoryError:
+        raise ImageReadError(f"{name} is a folder, not an image file.") from None
+    except PermissionError:
+        raise ImageReadError(f"The file {name} cannot be opened: permission denied.") from None
+    except (OSError, ValueError) as err:
+        raise ImageReadError(f"The file {name} cannot be opened ({getattr(err, 'strerror', None) or err}).") from None
+    with fp:
+        return _read(fp, name)
+
+
+def _read(fp: BinaryIO, name: str) -> tuple[np.ndarray, ImageMeta]:
+    header = fp.read(HEADER_BYTES)
+    fp.seek(0)
+    kind = sniff(header, Path(name).suffix)
+    # Decoders warn about damaged files (and Pillow about big ones); record them here so that no
+    # third-party warning type reaches the user, and never copy their text: it may quote tag values.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            arr, meta, invert = _read_dicom(fp) if kind == "dicom" else _read_pillow(fp)
+        except ImageReadError:
+            raise
+        except Image.DecompressionBombError:
+            raise ImageReadError(_too_big_message()) from None
+        except MemoryError:
+            raise ImageReadError("The image is too large to open on this computer.") from None
+        except (OSError, EOFError, SyntaxError, struct.error, IndexError):
+            raise ImageReadError("The image is empty or truncated (the file ends early or its data is damaged).") from None
+        except (ValueError, TypeError, KeyError, AttributeError, NotImplementedError, RuntimeError,
+                OverflowError, ZeroDivisionError, LookupError):
+            raise ImageReadError("The image data is damaged or stored in a form this app cannot read.") from None
+        except Exception:  # noqa: BLE001 - the decoder boundary: a third-party bug must not crash the app
+            raise ImageReadError("The image could not be decoded (the file may be damaged).") from None
+    if caught:
+        meta.notes.append(f"the decoder reported {len(caught)} problem(s) with this file")
+    out = _normalise(arr, meta)
+    if invert:
+        out = 1.0 - out
+    return np.ascontiguousarray(out, dtype=np.float32), meta
+
+
+def _too_big_message(w: int | None = None, h: int | None = None) -> str:
+    dims = f" ({w} x {h} pixels)" if w and h else ""
+    return (f"The image is too large to open safely{dims}: the limit is {MAX_PIXELS // 1_000_000} million pixels. "
+            "Export a smaller copy.")
+
+
+def _check_size(w: int, h: int) -> None:
+    if w <= 0 or h <= 0:
+        raise ImageReadError("The image has no pixels (its width or height is zero).")
+    if w * h > MAX_PIXELS:
+        raise ImageReadError(_too_big_message(w, h))
+
+
+def _read_pillow(fp: BinaryIO) -> tuple[np.ndarray, ImageMeta, bool]:
+    Image.init()  # registers TIFF and WEBP too: `formats` may only name registered plugins
+    im = Image.open(fp, formats=_PIL_FORMATS)  # parses the header only: the size is known before decoding
+    fmt = {"MPO": "jpeg", "DIB": "bmp"}.get(im.format or "", (im.format or "unknown").lower())
+    _check_size(*im.size)
+    notes: list[str] = []
+    frames = int(getattr(im, "n_frames", 1)) if getattr(im, "is_animated", False) else 1
+    if frames > 1:
+        im.seek(0)
+        notes.append(f"first of {frames} frames used")
+    if im.getexif().get(0x0112, 1) in range(2, 9):  # 0x0112 = EXIF Orientation; 1 is already upright
+        im = ImageOps.exif_transpose(im)
+        notes.append("EXIF rotation applied")
+    im.load()
+    mode, colourfulness = im.mode, 0.0
+    if mode in _GREY_MODES:
+        arr = np.asarray(im)
+    elif mode in ("LA", "La"):
+        la = np.asarray(im.convert("LA"), dtype=np.float32)
+        arr = la[..., 0] * (la[..., 1] / 255.0)
+        notes.append("transparency flattened onto black")
+    else:
+        if mode == "CMYK":
+            notes.append("CMYK converted to grey")
+        rgba = np.asarray(im.convert("RGBA"), dtype=np.float32)
+        rgb = rgba[..., :3]
+        if (rgba[..., 3] < 255).any():
+            rgb = rgb * (rgba[..., 3:] / 255.0)
+            notes.append("transparency flattened onto black")
+        colourfulness = colourfulness_of(rgb)
+        arr = rgb @ _LUMA
+        if colourfulness > 1.0:
+            notes.append("colour image converted to grey")
+    bits = {"1": 1, "I;16": 16, "I;16L": 16, "I;16B": 16, "I;16N": 16, "I": 32, "F": 32}.get(mode, 8)
+    meta = ImageMeta(width=im.width, height=im.height, format=fmt, mode=mode, bits=bits, frames=frames,
+                     notes=notes, colourfulness=round(colourfulness, 2))
+    return arr, meta, False
+
+
+def _read_dicom(fp: BinaryIO) -> tuple[np.ndarray, ImageMeta, bool]:
+    import pydicom  # imported here: only DICOM uploads pay for it
+    from pydicom import uid
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.errors import InvalidDicomError
+    from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, get_decoder, pixel_array
+
+    try:
+        ds = pydicom.dcmread(fp, force=True)
+    except InvalidDicomError:
+        raise ImageReadError("This file is not a readable DICOM file.") from None
+    if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+        raise ImageReadError("This DICOM file contains no image (no pixel data): it may be a report or "
+                             "another non-image object.")
+    tsyntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if tsyntax is None:  # a bare dataset (no file meta): the encoding it was read with is the transfer syntax
+        implicit, little = ds.original_encoding
+        tsyntax = uid.ImplicitVRLittleEndian if implicit else (
+            uid.ExplicitVRLittleEndian if little else uid.ExplicitVRBigEndian)
+        ds.file_meta = getattr(ds, "file_meta", None) or FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = tsyntax
+    if tsyntax is not None and tsyntax.is_compressed:
+        try:
+            available = get_decoder(tsyntax).is_available
+        except NotImplementedError:
+            available = False
+        if not available:
+            raise ImageReadError(f"This DICOM image is compressed with {tsyntax.name}, and no decoder for it "
+                                 "is installed on this computer. Export it uncompressed or as PNG (or install "
+                                 "pylibjpeg or GDCM).")
+    rows, cols = int(ds.Rows), int(ds.Columns)
+    _check_size(cols, rows)
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
+    bits = int(ds.get("BitsStored", ds.get("BitsAllocated", 8)) or 8)
+    notes = [f"first of {frames} frames used"] if frames > 1 else []
+    arr = pixel_array(ds, index=0)  # decodes the first frame only, whatever the frame count
+    colourfulness, invert = 0.0, False
+    if photometric == "PALETTE COLOR":
+        arr = apply_color_lut(arr, ds)
+    if arr.ndim == 3:
+        rgb = arr.astype(np.float32)
+        peak = float(2 ** (16 if arr.dtype.itemsize > 1 else 8) - 1)
+        colourfulness = colourfulness_of(rgb * (255.0 / peak))
+        arr = rgb @ _LUMA
+        notes.append("colour image converted to grey")
+    else:
+        if "RescaleSlope" in ds or "RescaleIntercept" in ds or "ModalityLUTSequence" in ds:
+            arr = apply_modality_lut(arr, ds)
+            notes.append("rescale slope/intercept applied")
+        if "VOILUTSequence" in ds or "WindowCenter" in ds:
+            arr = apply_voi_lut(arr, ds, index=0)
+            notes.append("VOI LUT applied" if "VOILUTSequence" in ds else "window centre/width applied")
+        invert = photometric == "MONOCHROME1"
+        if str(ds.get("PresentationLUTShape", "")).upper() == "INVERSE":
+            invert = not invert
+        if invert:
+            notes.append("inverted MONOCHROME1" if photometric == "MONOCHROME1" else "inverted (presentation LUT)")
+    meta = ImageMeta(width=cols, height=rows, format="dicom", mode=photometric, bits=bits, frames=frames,
+                     notes=notes, colourfulness=round(colourfulness, 2))
+    return arr, meta, invert
+
+
+def colourfulness_of(rgb: np.ndarray) -> float:
+    """Hasler & Suesstrunk's colourfulness M of an HxWx3 array on the 0-255 scale (0 = grey, >15 = visibly colour)."""
+    step = max(1, int(np.sqrt(rgb.shape[0] * rgb.shape[1] / 250_000)))  # a subsample is plenty for a statistic
+    r, g, b = (rgb[::step, ::step, i].astype(np.float64) for i in range(3))
+    rg, yb = r - g, 0.5 * (r + g) - b
+    return float(np.hypot(rg.std(), yb.std()) + 0.3 * np.hypot(rg.mean(), yb.mean()))
+
+
+def _normalise(arr: np.ndarray, meta: ImageMeta) -> np.ndarray:
+    """Robust min-max to [0, 1]: the 0.1 and 99.9 percentiles, so a few hot or dead pixels don't set the range."""
+    a = np.asarray(arr, dtype=np.float32)
+    if a.ndim != 2:
+        raise ImageReadError("The image does not have two dimensions.")
+    finite = np.isfinite(a)
+    if not finite.all():
+        if not finite.any():
+            raise ImageReadError("The image contains no valid pixel values.")
+        a = np.where(finite, a, a[finite].min())
+    step = max(1, int(np.sqrt(a.size / 250_000)))
+    lo, hi = (float(v) for v in np.percentile(a[::step, ::step], [0.1, 99.9]))
+    if hi <= lo:  # mostly one value (e.g. marks on a blank page): fall back to the full range
+        lo, hi = float(a.min()), float(a.max())
+    if hi <= lo:
+        meta.notes.append("the image is blank (a single grey value)")
+        return np.zeros(a.shape, dtype=np.float32)
+    return np.clip((a - lo) / (hi - lo), 0.0, 1.0)
+
+
+def resize_to_uint8(img: np.ndarray, size: int) -> torch.Tensor:
+    """Squash a [0, 1] HxW image to a 1xSxS uint8 tensor (bilinear, antialiased): the one preprocessing step."""
+    if size < 1:
+        raise ValueError(f"size must be positive, got {size}")
+    t = torch.from_numpy(np.ascontiguousarray(img, dtype=np.float32))[None, None]
+    # The whole image, no crop: a crop could cut off the costophrenic angles or the apices.
+    t = torch.nn.functional.interpolate(t, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return (t[0].clamp(0.0, 1.0) * 255.0).round().to(torch.uint8)
+
+
+def normalize_batch(x: torch.Tensor) -> torch.Tensor:
+    """uint8 (or [0, 1] float) Bx1xSxS -> float32 Bx3xSxS with grey replicated and ImageNet mean/std applied."""
+    if x.ndim == 3:
+        x = x.unsqueeze(0)
+    x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
+    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
+    return (x.expand(-1, 3, -1, -1) - mean) / std
+
+
+def preprocess(src: str | os.PathLike | bytes, size: int, name: str = "") -> tuple[torch.Tensor, ImageMeta]:
+    """read_image then resize_to_uint8: a uint8 1xSxS tensor exactly as the training cache holds it."""
+    img, meta = read_image(src, name)
+    return resize_to_uint8(img, size), meta
