@@ -1,0 +1,188 @@
+"""Runs -> pandas tables for the Compare page: one row per run, class-set groups, CSV export, safe deletion."""
+
+from __future__ import annotations
+
+import io
+import math
+import shutil
+from datetime import datetime
+from pathlib import Path
+
+import pandas as pd
+
+from cxrdemo import backbones, runs
+from cxrdemo.errors import CxrError, RunError
+
+TEST_KEYS = ("accuracy", "precision", "recall", "f1", "auroc", "sensitivity", "specificity")
+TEST_COLUMNS = tuple(f"test_{k}" for k in TEST_KEYS)
+TABLE_COLUMNS = ("run_id", "status", "problem", "backbone", "init", "freeze", "head", "epochs_run", "epochs_planned",
+                 "best_val_acc", "epochs_to_best", *TEST_COLUMNS, "total_params", "trainable_params",
+                 "trainable_at_start", "params_note", "sec_per_epoch", "dataset", "classes", "n_classes", "started")
+UNKNOWN_CLASSES = "(classes not known yet)"
+# What the trade-off chart may put on its y axis: column -> label a clinician reads.
+TEST_METRIC_LABELS = {"test_accuracy": "Test accuracy", "test_recall": "Test recall (macro)",
+                      "test_sensitivity": "Test sensitivity", "test_specificity": "Test specificity",
+                      "test_f1": "Test F1 (macro)", "test_auroc": "Test AUROC"}
+
+
+def run_classes(info: runs.RunInfo, test: dict | None = None) -> list[str]:
+    """The class names a run was trained on: from its dataset scan, else its test metrics; [] when unknown."""
+    classes = (info.meta.get("dataset") or {}).get("classes") if isinstance(info.meta.get("dataset"), dict) else None
+    if not classes and test:
+        classes = test.get("classes")
+    return [str(c) for c in classes] if isinstance(classes, list) else []
+
+
+def _num(value) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _params(cfg: dict, n_classes: int, epochs_run: int) -> tuple[float, float, float, str]:
+    """(total, trainable at the last epoch run, trainable at epoch 1, note) from the registry's counts."""
+    if not n_classes:
+        return math.nan, math.nan, math.nan, ""
+    name, freeze, head = cfg.get("backbone", ""), str(cfg.get("freeze", "none")), cfg.get("head", "linear")
+    # A run that has not trained yet is described by its plan: the phase it would end in.
+    planned = _num(cfg.get("epochs"))
+    last_epoch = epochs_run or (1 if math.isnan(planned) else int(planned))
+    try:
+        total, last = backbones.param_counts(name, n_classes, freeze, head, max(1, last_epoch))
+        _, first = backbones.param_counts(name, n_classes, freeze, head, 1)
+    except (CxrError, TypeError, ValueError):
+        return math.nan, math.nan, math.nan, ""
+    note = ""
+    if freeze.startswith("gradual:"):
+        t = freeze.split(":")[1]
+        note = (f"gradual: {first:,} trainable (head only) in epochs 1-{t}, then {total:,} (all layers); "
+                f"trainable_params is the count at the last epoch run")
+    return float(total), float(last), float(first), note
+
+
+def run_row(info: runs.RunInfo) -> dict:
+    """One table row for a run; a damaged run gets its reason and NaN numbers, never an exception."""
+    row: dict = {c: math.nan for c in TABLE_COLUMNS}
+    row.update(run_id=info.run_id, status=info.state, problem=info.damaged or "", params_note="", backbone="",
+               init="", freeze="", head="", dataset="", classes="", started=pd.NaT)
+    if info.damaged:
+        return row
+    cfg, status = info.config, info.status
+    if status.get("state") in ("failed", "interrupted", "cancelled") and status.get("error"):
+        row["problem"] = str(status["error"])
+    m = runs.read_metrics(info.path)
+    test = runs.read_test_metrics(info.path)
+    classes = run_classes(info, test)
+    dataset = info.meta.get("dataset") if isinstance(info.meta.get("dataset"), dict) else {}
+    epochs_run = int(m["epoch"].notna().sum())
+    total, last, first, note = _params(cfg, len(classes), epochs_run)
+    started = _num(status.get("started") or info.meta.get("created"))
+    row.update(backbone=str(cfg.get("backbone", "")), init=str(cfg.get("init", "")), freeze=str(cfg.get("freeze", "")),
+               head=str(cfg.get("head", "")), epochs_run=epochs_run, epochs_planned=_num(cfg.get("epochs")),
+               total_params=total, trainable_params=last, trainable_at_start=first, params_note=note,
+               dataset=str(dataset.get("root") or cfg.get("data", "")),
+               classes=", ".join(classes) if classes else UNKNOWN_CLASSES, n_classes=len(classes) or math.nan,
+               started=pd.Timestamp(datetime.fromtimestamp(started)) if not math.isnan(started) else pd.NaT)
+    if epochs_run:
+        row["best_val_acc"] = float(m["val_acc"].max())
+        losses = m["val_loss"]
+        if losses.notna().any():
+            row["epochs_to_best"] = int(m.loc[losses.idxmin(), "epoch"])
+        if m["seconds"].notna().any():
+            row["sec_per_epoch"] = float(m["seconds"].mean())
+    if test:
+        for key, col in zip(TEST_KEYS, TEST_COLUMNS):
+            row[col] = _num(test.get(key))
+    return row
+
+
+def runs_table(infos: list[runs.RunInfo]) -> pd.DataFrame:
+    """One row per run with recipe, status, curves summary, test metrics, parameters, cost and dataset."""
+    df = pd.DataFrame([run_row(i) for i in infos], columns=list(TABLE_COLUMNS))
+    for col in ("epochs_run", "epochs_to_best", "epochs_planned", "n_classes", "total_params", "trainable_params",
+                "trainable_at_start"):
+        df[col] = pd.to_numeric(df[col], errors="coerce").astype("Float64").round(0).astype("Int64")
+    df["started"] = pd.to_datetime(df["started"])
+    return df
+
+
+def filter_table(df: pd.DataFrame, datasets=(), backbone_names=(), statuses=()) -> pd.DataFrame:
+    """Rows whose dataset, backbone and status are among the chosen ones (an empty choice keeps all)."""
+    keep = pd.Series(True, index=df.index)
+    for col, chosen in (("dataset", datasets), ("backbone", backbone_names), ("status", statuses)):
+        if chosen:
+            keep &= df[col].isin(list(chosen))
+    return df[keep]
+
+
+def class_groups(df: pd.DataFrame) -> dict[str, list[str]]:
+    """Class set -> run ids trained on it (damaged runs excluded): test metrics compare only within a group."""
+    ok = df[df["status"] != "damaged"]
+    return {str(k): list(g["run_id"]) for k, g in ok.groupby("classes", sort=False)}
+
+
+def mixing_message(groups: dict[str, list[str]]) -> str | None:
+    """A warning naming the class sets when the chosen runs mix them; None when there is one set."""
+    if len(groups) <= 1:
+        return None
+    parts = "; ".join(f"[{k}]: {len(v)} run{'s' if len(v) != 1 else ''}" for k, v in groups.items())
+    return (f"The chosen runs were trained on {len(groups)} different class sets ({parts}). Test accuracy, recall "
+            f"and AUROC mean different things on different tasks, so the test-metric charts show one class set "
+            f"at a time.")
+
+
+def curves_frame(infos: list[runs.RunInfo]) -> pd.DataFrame:
+    """Every epoch row of every run, with a run_id column (long format, for export)."""
+    frames = [runs.read_metrics(i.path).assign(run_id=i.run_id) for i in infos if not i.damaged]
+    frames = [f for f in frames if len(f)]
+    if not frames:
+        return pd.DataFrame(columns=["run_id", *runs.METRIC_COLUMNS])
+    df = pd.concat(frames, ignore_index=True)
+    return df[["run_id", *runs.METRIC_COLUMNS]]
+
+
+def to_csv(df: pd.DataFrame) -> str:
+    """CSV text of a table (no index; ISO timestamps) for a download button."""
+    buf = io.StringIO()
+    df.to_csv(buf, index=False, date_format="%Y-%m-%dT%H:%M:%S")
+    return buf.getvalue()
+
+
+def progress_text(info: runs.RunInfo) -> str:
+    """One line on where an active run is: 'epoch 3 of 10, batch 12/40 (training)'."""
+    st = info.status
+    if info.state == "queued":
+        return f"{info.run_id}: waiting in the queue"
+    epoch = _num(st.get("epoch"))
+    done, total = (0 if math.isnan(epoch) else int(epoch)), st.get("epochs") or info.config.get("epochs", "?")
+    batch = f", batch {st.get('batch')}/{st.get('batches')}" if st.get("batches") else ""
+    phase = {"prepare": "preparing", "train": "training", "val": "validating", "test": "testing"}.get(
+        st.get("phase"), str(st.get("phase") or "starting"))
+    return f"{info.run_id}: epoch {done} of {total}{batch} ({phase})"
+
+
+def run_recipe(info: runs.RunInfo) -> dict:
+    """What a run was trained with: its config, dataset summary and library versions."""
+    if info.damaged:
+        return {"problem": info.damaged}
+    return {"config": info.config, "dataset": info.meta.get("dataset", {}),
+            "initialisation": info.meta.get("init_note", ""), "versions": info.meta.get("versions", {})}
+
+
+def delete_run(run_id: str, runs_dir: str | Path | None = None) -> None:
+    """Remove a finished (or damaged) run's folder; RunError for an active run or anything outside the store."""
+    root = runs.store_dir(runs_dir).resolve()
+    d = root / runs.check_run_id(run_id)
+    if d.is_symlink() or not d.is_dir() or d.resolve().parent != root:
+        raise RunError(f"There is no run {run_id!r} in {root}; nothing was deleted.")
+    # Checked under the run's lock so a worker cannot flip it to running between the check and the removal.
+    with runs.run_lock(d):
+        try:
+            state = runs.read_status(d).get("state")
+        except RunError:
+            state = None  # damaged status: nothing can be training it
+        if state in runs.ACTIVE:
+            raise RunError(f"Run {run_id} is {state}. Cancel it on the Trainer page and wait for it to stop "
+                           f"before deleting it.")
+        shutil.rmtree(d)

@@ -1,0 +1,174 @@
+"""Runs -> plotly figures for the Compare page: learning curves, the cost/benefit trade-off, confusion, ROC."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.colors import qualitative
+
+from cxrdemo import metrics, runs
+from cxrdemo.compare import TEST_METRIC_LABELS
+from cxrdemo.errors import RunError
+
+CURVE_METRICS = {"loss": ("train_loss", "val_loss", "Loss"), "accuracy": ("train_acc", "val_acc", "Accuracy")}
+_PALETTE = qualitative.Plotly + qualitative.D3 + qualitative.Dark24
+
+
+def run_colors(run_ids: Iterable[str]) -> dict[str, str]:
+    """One stable colour per run, in the order given (the same run keeps its colour across charts)."""
+    return {r: _PALETTE[i % len(_PALETTE)] for i, r in enumerate(run_ids)}
+
+
+def ema(values: Iterable[float], weight: float) -> np.ndarray:
+    """Exponential moving average (TensorBoard-style, weight 0 = raw); NaNs are skipped, not propagated."""
+    x = np.asarray(list(values), dtype=float)
+    if not 0 <= weight < 1:
+        raise ValueError("smoothing weight must be in [0, 1)")
+    out, last = np.empty_like(x), math.nan
+    for i, v in enumerate(x):
+        if not math.isnan(v):
+            last = v if math.isnan(last) else weight * last + (1 - weight) * v
+        out[i] = last if not math.isnan(v) else math.nan
+    return out
+
+
+def _empty(message: str, title: str = "") -> go.Figure:
+    fig = go.Figure()
+    fig.add_annotation(text=message, showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper")
+    fig.update_layout(title=title, xaxis_visible=False, yaxis_visible=False, height=320)
+    return fig
+
+
+def curves_figure(infos: list[runs.RunInfo], metric: str = "loss", smoothing: float = 0.0,
+                  colors: dict[str, str] | None = None) -> go.Figure:
+    """Train (solid) and val (dashed) `metric` per epoch, one colour per run; hover shows the exact values."""
+    train_col, val_col, label = CURVE_METRICS[metric]
+    colors = colors or run_colors(i.run_id for i in infos)
+    fig = go.Figure()
+    for info in infos:
+        m = runs.read_metrics(info.path) if not info.damaged else pd.DataFrame()
+        if not len(m):
+            continue
+        for col, split, dash in ((train_col, "train", "solid"), (val_col, "val", "dash")):
+            raw = m[col].to_numpy(dtype=float)
+            shown = ema(raw, smoothing) if smoothing else raw
+            hover = f"{info.run_id} · {split}<br>epoch %{{x}}<br>{label.lower()} %{{customdata:.4f}}"
+            if smoothing:
+                hover += " (smoothed %{y:.4f})"
+            fig.add_trace(go.Scatter(
+                x=m["epoch"].to_numpy(), y=shown, customdata=raw, name=f"{info.run_id} · {split}",
+                legendgroup=info.run_id, mode="lines+markers", marker_size=5,
+                line=dict(color=colors.get(info.run_id), dash=dash), hovertemplate=hover + "<extra></extra>"))
+    if not fig.data:
+        return _empty("No finished epoch yet in the chosen runs.", label)
+    fig.update_layout(title=f"{label} per epoch (solid: train, dashed: validation)", hovermode="closest",
+                      xaxis_title="Epoch", yaxis_title=label, legend_title_text="Run", height=420)
+    fig.update_xaxes(dtick=1 if max(len(t.x) for t in fig.data) <= 20 else None)
+    if metric == "accuracy":
+        fig.update_yaxes(range=[0, 1.02])
+    return fig
+
+
+def _fmt_int(v: float) -> str:
+    return f"{int(v):,}" if pd.notna(v) else "—"
+
+
+def tradeoff_figure(table: pd.DataFrame, y: str = "test_accuracy") -> go.Figure:
+    """Trainable parameters (log x) against a test metric, coloured by seconds per epoch: cost vs benefit."""
+    label = TEST_METRIC_LABELS.get(y, y)
+    df = table[(pd.to_numeric(table["trainable_params"], errors="coerce") > 0) & table[y].notna()]
+    if not len(df):
+        return _empty(f"No chosen run has both a parameter count and a {label.lower()} yet.", label)
+    secs = df["sec_per_epoch"].astype(float)
+    text = [f"{b} · {i} · freeze {f}" for b, i, f in zip(df["backbone"], df["init"], df["freeze"])]
+    custom = np.stack([df["run_id"], text, [_fmt_int(v) for v in df["trainable_params"]],
+                       [f"{s:.2f}" if pd.notna(s) else "—" for s in secs]], axis=1)
+    fig = go.Figure(go.Scatter(
+        x=df["trainable_params"].astype(float), y=df[y].astype(float), mode="markers+text", text=df["backbone"],
+        textposition="top center", customdata=custom, name=label,
+        marker=dict(size=16, color=secs, colorscale="Viridis", showscale=True, line=dict(width=1, color="black"),
+                    colorbar=dict(title="seconds<br>per epoch")),
+        hovertemplate=("<b>%{customdata[0]}</b><br>%{customdata[1]}<br>trainable parameters %{customdata[2]}<br>"
+                       + label.lower() + " %{y:.4f}<br>%{customdata[3]} s per epoch<extra></extra>")))
+    fig.update_layout(title=f"Cost vs benefit: trainable parameters vs {label.lower()}", height=440,
+                      xaxis_title="Trainable parameters (log scale)", yaxis_title=label)
+    fig.update_xaxes(type="log")
+    return fig
+
+
+def bar_figure(table: pd.DataFrame, column: str, title: str, log: bool = False,
+               colors: dict[str, str] | None = None) -> go.Figure:
+    """One bar per run for a numeric table column (e.g. trainable_params, sec_per_epoch)."""
+    df = table[table[column].notna()]
+    if not len(df):
+        return _empty("Nothing to show yet.", title)
+    colors = colors or run_colors(table["run_id"])
+    values = df[column].astype(float)
+    fig = go.Figure(go.Bar(
+        x=df["run_id"], y=values, marker_color=[colors.get(r) for r in df["run_id"]],
+        text=[f"{v:,.0f}" if v >= 100 else f"{v:.3g}" for v in values], textposition="outside",
+        hovertemplate="%{x}<br>" + title + " %{y:,}<extra></extra>"))
+    fig.update_layout(title=title, yaxis_title=title, height=380, showlegend=False)
+    if log:
+        fig.update_yaxes(type="log")
+    return fig
+
+
+def confusion_figure(test: dict) -> go.Figure:
+    """The saved test confusion matrix as a heatmap with counts (rows: true class, columns: predicted)."""
+    cm, classes = test.get("confusion"), test.get("classes")
+    if not cm or not classes:
+        raise RunError("This run's test results have no confusion matrix.")
+    z = np.asarray(cm, dtype=int)
+    fig = go.Figure(go.Heatmap(z=z, x=list(classes), y=list(classes), colorscale="Blues", texttemplate="%{z}",
+                               hovertemplate="true %{y}<br>predicted %{x}<br>%{z} images<extra></extra>"))
+    fig.update_layout(title="Confusion matrix (test images)", xaxis_title="Predicted", yaxis_title="True",
+                      height=380)
+    fig.update_yaxes(autorange="reversed")
+    return fig
+
+
+def _operating_point(cm: np.ndarray, c: int) -> tuple[float, float]:
+    """(false positive rate, true positive rate) of class `c` at the decision rule the run actually used."""
+    pos, tp = cm[c].sum(), cm[c, c]
+    neg, fp = cm.sum() - pos, cm[:, c].sum() - cm[c, c]
+    return (fp / neg if neg else math.nan), (tp / pos if pos else math.nan)
+
+
+def roc_figure(test: dict) -> go.Figure:
+    """ROC of the test split (binary; one-vs-rest per class beyond two) with the run's operating point marked."""
+    classes, y_true, probs = test.get("classes") or [], test.get("y_true"), test.get("probs")
+    if not y_true or not probs or len(classes) < 2:
+        raise RunError("This run's test results do not include per-image scores, so no ROC curve can be drawn.")
+    y, p, cm = np.asarray(y_true, int), np.asarray(probs, float), np.asarray(test.get("confusion"), int)
+    threshold = test.get("threshold")
+    rule = f"threshold {threshold:.3f}" if threshold is not None else "highest probability"
+    colors = run_colors(classes)
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="chance", hoverinfo="skip",
+                             line=dict(color="grey", dash="dot")))
+    for c in ([1] if len(classes) == 2 else range(len(classes))):
+        if not ((y == c).any() and (y != c).any()):
+            continue  # a class absent from the test split has no ROC
+        fpr, tpr, _ = metrics.roc_curve(y == c, p[:, c])
+        auc = metrics.binary_auroc(y == c, p[:, c])
+        name = classes[c] if len(classes) == 2 else f"{classes[c]} vs rest"
+        fig.add_trace(go.Scatter(x=fpr, y=tpr, mode="lines", name=f"{name} (AUROC {auc:.3f})",
+                                 line=dict(color=colors[classes[c]]),
+                                 hovertemplate="FPR %{x:.3f}<br>TPR %{y:.3f}<extra>" + name + "</extra>"))
+        if cm.shape == (len(classes), len(classes)):
+            ox, oy = _operating_point(cm, c)
+            fig.add_trace(go.Scatter(x=[ox], y=[oy], mode="markers", name=f"{name}: operating point ({rule})",
+                                     marker=dict(size=13, symbol="x", color=colors[classes[c]]),
+                                     hovertemplate="operating point<br>FPR %{x:.3f}<br>TPR %{y:.3f}<extra></extra>"))
+    positive = classes[1] if len(classes) == 2 else "each class"
+    fig.update_layout(title=f"ROC on test images (positive: {positive})", height=420,
+                      xaxis_title="False positive rate (1 - specificity)",
+                      yaxis_title="True positive rate (sensitivity)")
+    fig.update_xaxes(range=[-0.01, 1.01])
+    fig.update_yaxes(range=[-0.01, 1.01], scaleanchor="x")
+    return fig

@@ -1,0 +1,162 @@
+"""Compare: runs side by side — curves, cost (trainable parameters, seconds per epoch) and test results."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from cxrdemo import compare, plots, runs
+from pages import ui
+
+REFRESH_S = 5  # how often curves of running jobs are re-read from the run store
+
+COLUMNS = {
+    "run_id": st.column_config.TextColumn("Run"),
+    "status": st.column_config.TextColumn("Status"),
+    "problem": st.column_config.TextColumn("Problem", help="Why a run failed, stopped or cannot be read"),
+    "init": st.column_config.TextColumn("Initialisation"),
+    "freeze": st.column_config.TextColumn("Freeze level"),
+    "epochs_run": st.column_config.NumberColumn("Epochs run"),
+    "epochs_planned": st.column_config.NumberColumn("Epochs planned"),
+    "best_val_acc": st.column_config.NumberColumn("Best val acc", format="%.3f"),
+    "epochs_to_best": st.column_config.NumberColumn("Epoch of best val loss", help="How fast the run converged"),
+    **{c: st.column_config.NumberColumn(label, format="%.3f") for c, label in compare.TEST_METRIC_LABELS.items()},
+    "test_precision": st.column_config.NumberColumn("Test precision (macro)", format="%.3f"),
+    "total_params": st.column_config.NumberColumn("Total parameters", format="localized"),
+    "trainable_params": st.column_config.NumberColumn(
+        "Trainable parameters", format="localized",
+        help="Parameters the optimiser updated in the last epoch run (gradual:T: see the note column)"),
+    "trainable_at_start": st.column_config.NumberColumn("Trainable in epoch 1", format="localized"),
+    "params_note": st.column_config.TextColumn("Parameter note"),
+    "sec_per_epoch": st.column_config.NumberColumn("Seconds per epoch", format="%.2f"),
+    "started": st.column_config.DatetimeColumn("Started", format="YYYY-MM-DD HH:mm"),
+}
+
+
+def _label(table, run_id: str) -> str:
+    row = table.loc[table["run_id"] == run_id].iloc[0]
+    return f"{run_id} — {row['backbone']}, {row['init']}, freeze {row['freeze']} ({row['status']})"
+
+
+def live_section(root, run_ids: list[str], colors: dict[str, str]) -> None:
+    """Curves and progress of the chosen runs, re-read from the run store on every refresh."""
+    fresh = [i for i in runs.list_runs(root) if i.run_id in run_ids]
+    for info in fresh:
+        if info.state in runs.ACTIVE:
+            st.caption("⏳ " + compare.progress_text(info))
+    smoothing = st.slider("Smoothing of the curves", 0.0, 0.95, 0.0, 0.05, key="smoothing",
+                          help="Exponential moving average; 0 shows the raw values. Hover always shows the raw value.")
+    left, right = st.columns(2)
+    left.plotly_chart(plots.curves_figure(fresh, "loss", smoothing, colors), key="loss_curves")
+    right.plotly_chart(plots.curves_figure(fresh, "accuracy", smoothing, colors), key="acc_curves")
+
+
+def test_section(chosen, colors: dict[str, str]) -> None:
+    """The trade-off chart and cost bars, restricted to one class set."""
+    st.subheader("Cost vs benefit")
+    groups = compare.class_groups(chosen)
+    warning = compare.mixing_message(groups)
+    class_set = next(iter(groups), None)
+    if warning:
+        st.warning(warning, icon="⚖️")
+        class_set = st.selectbox("Class set for the test-metric chart", list(groups), key="class_set")
+    same_task = chosen[chosen["classes"] == class_set]
+    metric = st.selectbox("Test metric", list(compare.TEST_METRIC_LABELS), key="tradeoff_metric",
+                          format_func=compare.TEST_METRIC_LABELS.get)
+    st.plotly_chart(plots.tradeoff_figure(same_task, metric), key="tradeoff")
+    missing = same_task.loc[same_task[metric].isna(), "run_id"].tolist()
+    if missing:
+        st.caption("Not on this chart (still training, stopped, or no test images): " + ", ".join(missing))
+    left, right = st.columns(2)
+    left.plotly_chart(plots.bar_figure(chosen, "trainable_params", "Trainable parameters", log=True, colors=colors),
+                      key="params_bars")
+    right.plotly_chart(plots.bar_figure(chosen, "sec_per_epoch", "Seconds per epoch", colors=colors),
+                       key="time_bars")
+
+
+def details_section(infos: dict, chosen_ids: list[str], table) -> None:
+    """Confusion matrix, ROC curve and recipe of one chosen run."""
+    st.subheader("One run in detail")
+    run_id = st.selectbox("Run", chosen_ids, key="detail_run", format_func=lambda r: _label(table, r))
+    info = infos[run_id]
+    test = runs.read_test_metrics(info.path) if not info.damaged else None
+    tab_cm, tab_roc, tab_recipe = st.tabs(["Confusion matrix", "ROC curve", "Recipe"])
+    with tab_cm, ui.friendly_errors("Drawing the confusion matrix"):
+        if test:
+            st.plotly_chart(plots.confusion_figure(test), key="confusion")
+        else:
+            st.info("This run has no test results yet: it is still training, it stopped early, or its dataset "
+                    "has no test images.")
+    with tab_roc, ui.friendly_errors("Drawing the ROC curve"):
+        if test:
+            st.plotly_chart(plots.roc_figure(test), key="roc")
+            st.caption("The cross marks the operating point: the sensitivity and false-positive rate the run "
+                       "actually achieved with its decision rule.")
+        else:
+            st.info("No ROC curve without test results.")
+    with tab_recipe:
+        st.json(compare.run_recipe(info), expanded=1)
+
+
+def delete_section(table) -> None:
+    """Delete one run after an explicit confirmation."""
+    with st.expander("Delete a run"):
+        if msg := st.session_state.pop("deleted_msg", None):
+            st.success(msg)
+        run_id = st.selectbox("Run to delete", table["run_id"].tolist(), key="delete_run",
+                              format_func=lambda r: _label(table, r))
+        sure = st.checkbox(f"Yes, permanently delete run {run_id} and all its files", key="delete_confirm")
+        if st.button("Delete run", type="primary", disabled=not sure, key="delete_button"):
+            with ui.friendly_errors("Deleting the run"):
+                compare.delete_run(run_id, ui.runs_dir())
+                st.session_state["deleted_msg"] = f"Run {run_id} was deleted."
+                st.session_state.pop("delete_confirm", None)
+                st.rerun()
+
+
+st.title("📈 Compare runs")
+st.caption("Learning curves, what each recipe cost (trainable parameters, seconds per epoch) and what it bought "
+           "(test accuracy, recall, AUROC). Runs still training update by themselves.")
+root = ui.runs_dir()
+with ui.friendly_errors("Reading the runs"):
+    all_infos = runs.list_runs(root)
+    if not all_infos:
+        st.info(f"No runs yet in {root}. Start one on the Trainer page; it will appear here while it trains.")
+        st.stop()
+    table = compare.runs_table(all_infos)
+    damaged = table[table["status"] == "damaged"]
+    if len(damaged):
+        st.warning("Some run folders cannot be read and are listed as 'damaged': "
+                   + "; ".join(f"{r}: {p}" for r, p in zip(damaged["run_id"], damaged["problem"])), icon="🩹")
+
+    f1, f2, f3 = st.columns(3)
+    datasets = f1.multiselect("Dataset", sorted(set(table["dataset"]) - {""}), placeholder="All datasets")
+    nets = f2.multiselect("Backbone", sorted(set(table["backbone"]) - {""}), placeholder="All backbones")
+    states = f3.multiselect("Status", sorted(set(table["status"])), placeholder="All states")
+    shown = compare.filter_table(table, datasets, nets, states)
+    st.dataframe(shown, hide_index=True, column_config=COLUMNS, key="runs_table")
+
+    options = shown.loc[shown["status"] != "damaged", "run_id"].tolist()
+    if "chosen" in st.session_state:  # keep only choices the current filters still show
+        st.session_state["chosen"] = [r for r in st.session_state["chosen"] if r in options]
+    chosen_ids = st.multiselect("Runs to compare", options, default=None if "chosen" in st.session_state
+                                else options[-6:], key="chosen", format_func=lambda r: _label(table, r))
+    if not chosen_ids:
+        st.info("Choose one or more runs above to compare them.")
+        delete_section(table)
+        st.stop()
+    infos = {i.run_id: i for i in all_infos}
+    chosen = shown.set_index("run_id").loc[chosen_ids].reset_index()
+    colors = plots.run_colors(chosen_ids)
+
+    st.subheader("Learning curves")
+    active = any(infos[r].state in runs.ACTIVE for r in chosen_ids)
+    st.fragment(run_every=REFRESH_S if active else None)(live_section)(root, chosen_ids, colors)
+    test_section(chosen, colors)
+    details_section(infos, chosen_ids, table)
+
+    st.subheader("Export")
+    e1, e2 = st.columns(2)
+    e1.download_button("Download the table (CSV)", compare.to_csv(chosen), "runs.csv", "text/csv", key="dl_table")
+    e2.download_button("Download the curves (CSV)", compare.to_csv(compare.curves_frame([infos[r] for r in chosen_ids])),
+                       "curves.csv", "text/csv", key="dl_curves")
+    delete_section(table)

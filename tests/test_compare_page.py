@@ -1,0 +1,82 @@
+"""The Compare page rendered by Streamlit's AppTest on the fixture run store."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from cxrdemo import runs
+from tests.test_plots import compare_store  # noqa: F401 - the shared, trained-once fixture store
+
+PAGE = str(Path(__file__).resolve().parents[1] / "pages" / "compare.py")
+
+
+def _page(monkeypatch, root) -> AppTest:
+    monkeypatch.setenv("CXRDEMO_RUNS_DIR", str(root))
+    at = AppTest.from_file(PAGE, default_timeout=60)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def _charts(at: AppTest) -> list:
+    return at.get("plotly_chart")
+
+
+def test_page_shows_table_curves_and_mixing_warning(compare_store, monkeypatch):  # noqa: F811
+    at = _page(monkeypatch, compare_store["root"])
+    (table,) = at.dataframe
+    df = table.value
+    assert len(df) == 6 and {"run_id", "status", "test_accuracy", "trainable_params"} <= set(df.columns)
+    assert set(df.loc[df["status"] == "damaged", "run_id"]) == {compare_store["damaged"]}
+    warnings = " ".join(w.value for w in at.warning)
+    assert compare_store["damaged"] in warnings and "damaged" in warnings
+    chosen = at.multiselect(key="chosen").value
+    assert compare_store["damaged"] not in chosen and compare_store["running"] in chosen
+    assert "2 different class sets" in warnings  # the default choice mixes 2- and 4-class runs
+    assert len(_charts(at)) >= 6  # loss, accuracy, trade-off, 2 bars, confusion, ROC
+    assert any(compare_store["running"] in c.value for c in at.caption)  # live progress line
+    assert len(at.get("download_button")) == 2
+
+
+def test_page_choices_drive_the_charts(compare_store, monkeypatch):  # noqa: F811
+    at = _page(monkeypatch, compare_store["root"])
+    at.multiselect(key="chosen").set_value([compare_store["done"], compare_store["failed"]]).run()
+    assert not at.exception
+    assert "different class sets" not in " ".join(w.value for w in at.warning)
+    at.selectbox(key="tradeoff_metric").set_value("test_recall").run()
+    at.selectbox(key="detail_run").set_value(compare_store["failed"]).run()
+    assert not at.exception
+    assert any("no test results" in i.value for i in at.info)
+    at.multiselect(key="chosen").set_value([]).run()
+    assert not at.exception and any("Choose one or more runs" in i.value for i in at.info)
+
+
+def test_page_delete_needs_confirmation_and_refuses_running(compare_store, monkeypatch, tmp_path):  # noqa: F811
+    root = tmp_path / "runs"
+    shutil.copytree(compare_store["root"], root)
+    at = _page(monkeypatch, root)
+    at.selectbox(key="delete_run").set_value(compare_store["running"]).run()
+    assert at.button(key="delete_button").disabled
+    at.checkbox(key="delete_confirm").check().run()
+    at.button(key="delete_button").click().run()
+    assert not at.exception
+    assert any("is running" in e.value for e in at.error)
+    assert (root / compare_store["running"]).is_dir()
+
+    at.selectbox(key="delete_run").set_value(compare_store["failed"]).run()
+    at.checkbox(key="delete_confirm").check().run()
+    at.button(key="delete_button").click().run()
+    assert not at.exception
+    assert not (root / compare_store["failed"]).exists()
+    assert compare_store["failed"] not in set(at.dataframe[0].value["run_id"])
+    assert any(f"Run {compare_store['failed']} was deleted" in s.value for s in at.success)
+
+
+def test_page_with_an_empty_store(monkeypatch, tmp_path):
+    at = _page(monkeypatch, tmp_path / "none")
+    assert any("No runs yet" in i.value for i in at.info)
+    assert not runs.list_runs(tmp_path / "none")

@@ -1,0 +1,316 @@
+"""Compare tables and figures on a real run store: one real tiny training plus running, failed, damaged and
+4-class runs."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cxrdemo import backbones, compare, metrics, plots, runs
+from cxrdemo.config import TrainConfig
+from cxrdemo.errors import RunError
+from cxrdemo.worker import execute_run
+
+FOUR = ["COVID", "Lung_Opacity", "Normal", "Viral"]
+_BUILT: dict[str, dict] = {}  # the store is built once per session even though two modules request it
+
+
+def _fake_run(root: Path, config: TrainConfig, summary: dict, name: str) -> Path:
+    return runs.create_run(config, root, scan_summary=summary, name=name)
+
+
+def build_store(root: Path, dataset: Path, cache: Path) -> dict:
+    """The fixture runs; returns {kind: run_id} plus the root."""
+    os.environ["CXRDEMO_CACHE_DIR"] = str(cache)
+    cfg = TrainConfig(data=str(dataset), backbone="cnn8", img_size=32, epochs=2, batch_size=8, patience=0, threads=1)
+    done = runs.create_run(cfg, root, name="done")
+    assert execute_run(done, runs_dir=root)["state"] == "completed"
+    summary = runs.read_json(done / "config.json")["dataset"]
+    grad = runs.create_run(cfg.replace(freeze="gradual:1"), root, name="grad")
+    assert execute_run(grad, runs_dir=root)["state"] == "completed"
+
+    running = _fake_run(root, cfg.replace(epochs=5), summary, "live")
+    runs.write_status(running, state="running", pid=os.getpid(), started=time.time(), heartbeat=time.time(),
+                      epoch=1, epochs=5, phase="train", batch=2, batches=4)
+    runs.append_metrics(running, {"epoch": 1, "train_loss": 0.71, "val_loss": 0.69, "train_acc": 0.5,
+                                  "val_acc": 0.625, "seconds": 0.4, "trainable_params": 1234})
+
+    failed = _fake_run(root, cfg.replace(lr=5.0), summary, "failed")
+    runs.write_status(failed, state="failed", error="The training loss became infinite or NaN: lower the learning rate.")
+
+    damaged = root / "20000101-000000-cnn8-broken"
+    damaged.mkdir()
+    (damaged / "config.json").write_text("{not json")
+    runs.atomic_write_json(damaged / "status.json", {"state": "completed"})
+
+    four = _fake_run(root, cfg.replace(data="/data/covid4", backbone="cnn5", freeze="head"),
+                     {"root": "/data/covid4", "classes": FOUR}, "four")
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(4), 3)
+    probs = rng.dirichlet(np.ones(4), size=len(y))
+    probs[np.arange(len(y)), y] += 0.5
+    probs /= probs.sum(1, keepdims=True)
+    for e, (tl, vl) in enumerate(((1.3, 1.25), (1.1, 1.2)), 1):
+        runs.append_metrics(four, {"epoch": e, "train_loss": tl, "val_loss": vl, "train_acc": 0.3 * e,
+                                   "val_acc": 0.25 * e, "seconds": 1.5 * e})
+    test4 = metrics.classification_metrics(y, probs, FOUR)
+    test4.update(y_true=y.tolist(), probs=probs.round(6).tolist(), threshold=None, best_epoch=2)
+    runs.atomic_write_json(four / "test_metrics.json", test4)
+    runs.write_status(four, state="completed", started=time.time())
+    ids = {k: d.name for k, d in (("done", done), ("grad", grad), ("running", running), ("failed", failed),
+                                  ("damaged", damaged), ("four", four))}
+    return {"root": root, **ids}
+
+
+def _own_dataset(root: Path) -> Path:
+    """A learnable 2-class split dataset, used only when conftest's tiny_dataset is not available."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, k in (("train", 10), ("val", 4), ("test", 4)):
+        for ci, c in enumerate(("NORMAL", "PNEUMONIA")):
+            (root / split / c).mkdir(parents=True)
+            for i in range(k):
+                a = (rng.random((48, 48)) * 60 + 30).astype(np.uint8)
+                a[10:22, 10:30] = 240 if ci else a[10:22, 10:30]
+                Image.fromarray(a).save(root / split / c / f"{c}_{i}.png")
+    return root
+
+
+@pytest.fixture(scope="session")
+def compare_store(request, tmp_path_factory) -> dict:
+    """A run store with completed, gradual, running, failed, damaged and 4-class runs (trained once)."""
+    if "store" not in _BUILT:
+        try:
+            dataset = Path(request.getfixturevalue("tiny_dataset"))
+        except pytest.FixtureLookupError:
+            dataset = _own_dataset(tmp_path_factory.mktemp("tiny"))
+        old = os.environ.get("CXRDEMO_CACHE_DIR")
+        try:
+            _BUILT["store"] = build_store(tmp_path_factory.mktemp("compare") / "runs", dataset,
+                                          tmp_path_factory.mktemp("cache"))
+        finally:
+            os.environ.pop("CXRDEMO_CACHE_DIR", None) if old is None else os.environ.update(CXRDEMO_CACHE_DIR=old)
+    return _BUILT["store"]
+
+
+@pytest.fixture
+def store(compare_store):
+    infos = runs.list_runs(compare_store["root"])
+    return compare_store, {i.run_id: i for i in infos}, compare.runs_table(infos)
+
+
+def _row(table: pd.DataFrame, run_id: str) -> pd.Series:
+    return table.set_index("run_id").loc[run_id]
+
+
+# ---------------------------------------------------------------- the table
+
+def test_table_lists_every_run_with_its_state(store):
+    s, _, table = store
+    assert len(table) == 6
+    states = dict(zip(table["run_id"], table["status"]))
+    assert states[s["done"]] == "completed" and states[s["running"]] == "running"
+    assert states[s["failed"]] == "failed" and states[s["damaged"]] == "damaged"
+    assert "damaged" in _row(table, s["damaged"])["problem"] and "config.json" in _row(table, s["damaged"])["problem"]
+    assert "lower the learning rate" in _row(table, s["failed"])["problem"]
+    assert _row(table, s["failed"])[list(compare.TEST_COLUMNS)].isna().all()
+
+
+def test_table_values_equal_the_run_files(store):
+    s, infos, table = store
+    d = infos[s["done"]].path
+    row, test, m = _row(table, s["done"]), runs.read_test_metrics(d), runs.read_metrics(d)
+    for key in compare.TEST_KEYS:
+        assert row[f"test_{key}"] == pytest.approx(test[key]), key
+    assert row["epochs_run"] == 2 and row["epochs_planned"] == 2
+    assert row["best_val_acc"] == pytest.approx(m["val_acc"].max())
+    assert row["sec_per_epoch"] == pytest.approx(m["seconds"].mean())
+    assert row["epochs_to_best"] == int(m.loc[m["val_loss"].idxmin(), "epoch"])
+    total, trainable = backbones.param_counts("cnn8", 2, "none")
+    assert row["total_params"] == total and row["trainable_params"] == trainable == int(m["trainable_params"].iloc[-1])
+    assert row["classes"] == ", ".join(test["classes"]) and row["n_classes"] == 2
+    assert row["dataset"] == runs.read_json(d / "config.json")["dataset"]["root"]
+    assert (row["backbone"], row["init"], row["freeze"]) == ("cnn8", "scratch", "none")
+    assert isinstance(row["started"], pd.Timestamp)
+
+
+def test_gradual_run_reports_head_only_and_final_counts(store):
+    s, infos, table = store
+    row, m = _row(table, s["grad"]), runs.read_metrics(infos[s["grad"]].path)
+    total, head_only = backbones.param_counts("cnn8", 2, "gradual:1", epoch=1)
+    assert row["trainable_at_start"] == head_only == int(m["trainable_params"].iloc[0]) < total
+    assert row["trainable_params"] == total == int(m["trainable_params"].iloc[-1])
+    assert "head only" in row["params_note"] and f"{total:,}" in row["params_note"]
+
+
+def test_running_run_has_nan_test_metrics_and_progress(store):
+    s, infos, table = store
+    row = _row(table, s["running"])
+    assert row[list(compare.TEST_COLUMNS)].isna().all()
+    assert row["epochs_run"] == 1 and row["best_val_acc"] == pytest.approx(0.625)
+    assert compare.progress_text(infos[s["running"]]) == f"{s['running']}: epoch 1 of 5, batch 2/4 (training)"
+
+
+def test_filter_table(store):
+    s, _, table = store
+    assert set(compare.filter_table(table, backbone_names=["cnn5"])["run_id"]) == {s["four"]}
+    assert set(compare.filter_table(table, statuses=["running", "failed"])["run_id"]) == {s["running"], s["failed"]}
+    assert len(compare.filter_table(table, datasets=["/data/covid4"], statuses=["failed"])) == 0
+    assert len(compare.filter_table(table)) == len(table)
+
+
+def test_class_set_mixing_is_reported(store):
+    s, _, table = store
+    groups = compare.class_groups(table)
+    assert set(groups) == {"NORMAL, PNEUMONIA", ", ".join(FOUR)}
+    assert set(groups["NORMAL, PNEUMONIA"]) == {s["done"], s["grad"], s["running"], s["failed"]}
+    msg = compare.mixing_message(groups)
+    assert "2 different class sets" in msg and "[NORMAL, PNEUMONIA]: 4 runs" in msg and "[COVID, " in msg
+    assert compare.mixing_message(compare.class_groups(table[table["backbone"] == "cnn8"])) is None
+
+
+def test_csv_export_round_trips(store):
+    s, infos, table = store
+    back = pd.read_csv(io.StringIO(compare.to_csv(table)))
+    assert list(back.columns) == list(table.columns) and list(back["run_id"]) == list(table["run_id"])
+    for col in ("test_accuracy", "test_auroc", "sec_per_epoch", "trainable_params", "best_val_acc"):
+        np.testing.assert_allclose(back[col].to_numpy(float), table[col].astype(float).to_numpy(), equal_nan=True)
+    curves = compare.curves_frame(list(infos.values()))
+    assert len(curves) == 2 + 2 + 1 + 2  # done, grad, running, four; failed and damaged have none
+    back = pd.read_csv(io.StringIO(compare.to_csv(curves)))
+    mine = back[back["run_id"] == s["done"]]
+    np.testing.assert_allclose(mine["val_loss"], runs.read_metrics(infos[s["done"]].path)["val_loss"])
+
+
+# ---------------------------------------------------------------- figures
+
+@pytest.mark.parametrize("metric", ["loss", "accuracy"])
+def test_curves_one_colour_per_run_train_solid_val_dashed(store, metric):
+    s, infos, _ = store
+    chosen = [infos[s[k]] for k in ("done", "running", "failed", "damaged", "four")]
+    fig = plots.curves_figure(chosen, metric)
+    names = [t.name for t in fig.data]
+    with_curves = (s["done"], s["running"], s["four"])
+    assert names == [f"{r} · {split}" for r in with_curves for split in ("train", "val")]
+    train_col, val_col, _ = plots.CURVE_METRICS[metric]
+    for r in with_curves:
+        tr, va = (t for t in fig.data if t.legendgroup == r)
+        m = runs.read_metrics(infos[r].path)
+        assert tr.line.dash == "solid" and va.line.dash == "dash" and tr.line.color == va.line.color
+        np.testing.assert_allclose(tr.y, m[train_col])
+        np.testing.assert_allclose(va.y, m[val_col])
+        np.testing.assert_array_equal(tr.x, m["epoch"])
+        assert "%{customdata:.4f}" in tr.hovertemplate
+    assert len({t.line.color for t in fig.data}) == 3
+    assert len(fig.data[2].y) == 1  # the running run shows its one finished epoch
+
+
+def test_smoothing_plots_the_ema_and_hovers_the_raw_values(store):
+    s, infos, _ = store
+    assert plots.ema([1.0, 3.0, math.nan, 5.0], 0.5).tolist()[:2] == [1.0, 2.0]
+    assert plots.ema([1.0, 3.0, math.nan, 5.0], 0.5)[3] == pytest.approx(3.5)
+    fig = plots.curves_figure([infos[s["four"]]], "loss", smoothing=0.5)
+    assert list(fig.data[0].y) == pytest.approx([1.3, 1.2]) and list(fig.data[0].customdata) == [1.3, 1.1]
+    with pytest.raises(ValueError):
+        plots.ema([1.0], 1.0)
+
+
+def test_tradeoff_chart_is_log_x_and_leaves_out_runs_without_results(store):
+    s, _, table = store
+    two = table[table["classes"] == "NORMAL, PNEUMONIA"]
+    for metric in ("test_accuracy", "test_recall"):
+        fig = plots.tradeoff_figure(two, metric)
+        assert fig.layout.xaxis.type == "log"
+        (trace,) = fig.data
+        assert list(trace.customdata[:, 0]) == [s["done"], s["grad"]]
+        expect = two.set_index("run_id").loc[[s["done"], s["grad"]]]
+        np.testing.assert_allclose(trace.x, expect["trainable_params"].astype(float))
+        np.testing.assert_allclose(trace.y, expect[metric])
+        np.testing.assert_allclose(trace.marker.color, expect["sec_per_epoch"])
+    assert not plots.tradeoff_figure(table[table["run_id"] == s["running"]]).data
+
+
+def test_bar_charts_show_params_and_time(store):
+    s, _, table = store
+    fig = plots.bar_figure(table, "trainable_params", "Trainable parameters", log=True)
+    assert fig.layout.yaxis.type == "log"
+    bars = dict(zip(fig.data[0].x, fig.data[0].y))
+    assert s["failed"] in bars and s["damaged"] not in bars  # a failed run still has its recipe's count
+    assert bars[s["done"]] == _row(table, s["done"])["trainable_params"]
+    secs = plots.bar_figure(table, "sec_per_epoch", "Seconds per epoch").data[0]
+    assert set(secs.x) == {s["done"], s["grad"], s["running"], s["four"]}
+
+
+def test_confusion_matrix_is_the_saved_one(store):
+    s, infos, _ = store
+    for key in ("done", "four"):
+        test = runs.read_test_metrics(infos[s[key]].path)
+        (hm,) = plots.confusion_figure(test).data
+        np.testing.assert_array_equal(hm.z, test["confusion"])
+        assert list(hm.x) == list(hm.y) == test["classes"]
+    with pytest.raises(RunError):
+        plots.confusion_figure({"classes": ["a", "b"]})
+
+
+def test_roc_binary_runs_from_origin_to_corner_with_the_operating_point(store):
+    s, infos, _ = store
+    test = runs.read_test_metrics(infos[s["done"]].path)
+    fig = plots.roc_figure(test)
+    curve, point = fig.data[1], fig.data[2]
+    assert (curve.x[0], curve.y[0]) == (0, 0) and (curve.x[-1], curve.y[-1]) == (1, 1)
+    assert f"AUROC {test['auroc']:.3f}" in curve.name
+    assert point.x[0] == pytest.approx(1 - test["specificity"]) and point.y[0] == pytest.approx(test["sensitivity"])
+    assert "PNEUMONIA" in fig.layout.title.text
+
+
+def test_roc_one_vs_rest_for_four_classes(store):
+    s, infos, _ = store
+    test = runs.read_test_metrics(infos[s["four"]].path)
+    curves = [t for t in plots.roc_figure(test).data if t.name.endswith(")") and "vs rest (AUROC" in t.name]
+    assert [c.name.split(" vs rest")[0] for c in curves] == FOUR
+    for c in curves:
+        assert (c.x[0], c.y[0]) == (0, 0) and (c.x[-1], c.y[-1]) == (1, 1)
+    with pytest.raises(RunError, match="per-image scores"):
+        plots.roc_figure({k: v for k, v in test.items() if k != "probs"})
+
+
+def test_recipe_is_the_config(store):
+    s, infos, _ = store
+    recipe = compare.run_recipe(infos[s["done"]])
+    assert recipe["config"]["backbone"] == "cnn8" and recipe["config"]["epochs"] == 2
+    assert "damaged" in compare.run_recipe(infos[s["damaged"]])["problem"]
+
+
+# ---------------------------------------------------------------- deleting
+
+def test_delete_refuses_active_runs_and_removes_finished_ones(compare_store, tmp_path):
+    root = tmp_path / "runs"
+    shutil.copytree(compare_store["root"], root)
+    with pytest.raises(RunError, match="is running.*Cancel it"):
+        compare.delete_run(compare_store["running"], root)
+    queued = runs.create_run(TrainConfig(), root, name="q")
+    with pytest.raises(RunError, match="is queued"):
+        compare.delete_run(queued.name, root)
+    for bad in ("../runs", "nope", "", "a/b"):
+        with pytest.raises(RunError):
+            compare.delete_run(bad, root)
+    (root / "escape").symlink_to(tmp_path)
+    with pytest.raises(RunError, match="nothing was deleted"):
+        compare.delete_run("escape", root)
+    for key in ("done", "failed", "damaged"):
+        compare.delete_run(compare_store[key], root)
+        assert not (root / compare_store[key]).exists()
+    left = {i.run_id for i in runs.list_runs(root)}
+    assert left == {compare_store["grad"], compare_store["running"], compare_store["four"], queued.name, "escape"}
+    assert (root / compare_store["running"] / "metrics.csv").is_file() and tmp_path.is_dir()
+    assert json.loads((compare_store["root"] / compare_store["done"] / "config.json").read_text())  # original intact
