@@ -1,0 +1,476 @@
+"""Datasets: scan a folder of radiographs, split it, decode and cache it once, augment it, load it in batches.
+
+Reading and preprocessing one file lives in `cxrdemo.imageio`; its public names are re-exported here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import random
+import re
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+
+from cxrdemo.errors import ConfigError, DatasetError, ImageReadError
+from cxrdemo.imageio import (IMAGE_SUFFIXES, IMAGENET_MEAN, IMAGENET_STD, MAX_PIXELS, ImageMeta,  # noqa: F401
+                             normalize_batch, preprocess, read_image, resize_to_uint8, sniff)
+from cxrdemo.paths import DEMO_DATA_DIR, cache_dir
+
+SPLITS = ("train", "val", "test")
+_SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
+                  "test": "test", "testing": "test"}
+_SYSTEM_FILES = {"thumbs.db", "desktop.ini", "__macosx", "$recycle.bin", "ehthumbs.db"}
+_MAX_DEPTH = 16  # nested patient/study folders inside a class folder, not a filesystem crawl
+_PATIENT_RES = (re.compile(r"^(person\d+)_", re.I), re.compile(r"^((?:NORMAL2-)?IM-\d+)-", re.I))
+CACHE_VERSION = 1  # bump when read_image or resize_to_uint8 change what they produce
+
+
+def patient_key(filename: str) -> str | None:
+    """The patient a file name encodes in the Kermany set (PERSON123, IM-0123, NORMAL2-IM-0123), else None."""
+    for pattern in _PATIENT_RES:
+        m = pattern.match(os.path.basename(filename))
+        if m:
+            return m.group(1).upper()
+    return None
+
+
+@dataclass(frozen=True)
+class DatasetScan:
+    """A scanned dataset: classes, the files of each split with their class index, and what was skipped."""
+
+    root: str
+    classes: tuple[str, ...]
+    splits: dict[str, list[tuple[str, int]]]  # train / val / test -> [(absolute path, class index)]
+    skipped: list[tuple[str, str]]  # (path, reason)
+    auto_split: bool  # True when ROOT/<CLASS>/... was split here, by seed
+    notes: list[str] = field(default_factory=list)  # things a user should know (carved val, patient overlap)
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """Split -> class -> number of images."""
+        out = {s: {c: 0 for c in self.classes} for s in self.splits}
+        for s, items in self.splits.items():
+            for _, k in items:
+                out[s][self.classes[k]] += 1
+        return out
+
+    def summary(self) -> dict:
+        """A JSON-ready summary for config.json and the UI."""
+        counts = self.counts()
+        totals = {s: sum(c.values()) for s, c in counts.items()}
+        imbalance = {s: (round(max(c.values()) / min(c.values()), 3) if c and min(c.values()) else None)
+                     for s, c in counts.items()}
+        return {"root": self.root, "classes": list(self.classes), "counts": counts,
+                "totals": {**totals, "all": sum(totals.values())}, "imbalance": imbalance,
+                "n_skipped": len(self.skipped), "skipped": [list(x) for x in self.skipped[:20]],
+                "auto_split": self.auto_split, "notes": list(self.notes)}
+
+    def report(self) -> str:
+        """A readable text table for the command line."""
+        counts, width = self.counts(), max([9, *(len(c) + 2 for c in self.classes)])
+        how = "split here by seed" if self.auto_split else "split folders"
+        lines = [f"Dataset {self.root} ({how})", "split".ljust(7) + "".join(c.rjust(width) for c in self.classes)
+                 + "total".rjust(8) + "imbalance".rjust(11)]
+        for s, c in counts.items():
+            n, ratio = sum(c.values()), self.summary()["imbalance"][s]
+            lines.append(s.ljust(7) + "".join(str(v).rjust(width) for v in c.values()) + str(n).rjust(8)
+                         + (f"{ratio:.2f}" if ratio else "-").rjust(11))
+        lines += [f"Note: {n}" for n in self.notes]
+        if self.skipped:
+            lines.append(f"Skipped {len(self.skipped)} file(s):")
+            lines += [f"  {p}: {r}" for p, r in self.skipped[:20]]
+            lines += [f"  ... and {len(self.skipped) - 20} more"] if len(self.skipped) > 20 else []
+        return "\n".join(lines)
+
+
+def resolve_data_root(data: str) -> Path:
+    """'demo' -> the built-in demo set; otherwise the folder itself, which must exist."""
+    if str(data).strip().lower() == "demo":
+        return DEMO_DATA_DIR
+    path = Path(os.fspath(data)).expanduser()
+    if not path.exists():
+        raise DatasetError(f"The dataset folder {path} does not exist.")
+    if not path.is_dir():
+        raise DatasetError(f"{path} is a file, not a folder: choose the folder that holds the class folders "
+                           "(or train/val/test).")
+    return path.resolve()
+
+
+def _is_junk(name: str) -> bool:
+    return name.startswith((".", "__", "~$")) or name.lower() in _SYSTEM_FILES
+
+
+def _listdir(path: Path) -> tuple[list[Path], list[Path]]:
+    """Sub-folders and files of a folder (hidden and system entries dropped), sorted by name."""
+    try:
+        entries = sorted(os.scandir(path), key=lambda e: e.name)
+    except OSError as err:
+        raise DatasetError(f"The folder {path} cannot be read ({err.strerror or err}).") from None
+    dirs, files = [], []
+    for e in entries:
+        if not _is_junk(e.name):
+            try:
+                (dirs if e.is_dir() else files).append(Path(e.path))
+            except OSError:
+                files.append(Path(e.path))
+    return dirs, files
+
+
+def _walk_class(folder: Path, visited: set, skipped: list) -> list[str]:
+    """Image files under a class folder (any depth), checked by suffix and magic bytes, never decoded."""
+    found, stack = [], [(folder, 0)]
+    while stack:
+        path, depth = stack.pop()
+        try:
+            st = os.stat(path)
+            entries = sorted(os.scandir(path), key=lambda e: e.name)
+        except OSError as err:
+            skipped.append((str(path), f"folder cannot be read ({err.strerror or err})"))
+            continue
+        if (st.st_dev, st.st_ino) in visited:  # a link back to a folder already seen: a loop or a duplicate
+            skipped.append((str(path), "folder already scanned (a link loop or duplicate link)"))
+            continue
+        visited.add((st.st_dev, st.st_ino))
+        for e in reversed(entries):
+            reason = _skip_reason(e, depth)
+            if reason == "dir":
+                stack.append((Path(e.path), depth + 1))
+            elif reason:
+                skipped.append((e.path, reason))
+            else:
+                found.append(os.path.abspath(e.path))
+    return sorted(found)
+
+
+def _skip_reason(e: os.DirEntry, depth: int) -> str | None:
+    if _is_junk(e.name):
+        return "system file" if e.name.lower() in _SYSTEM_FILES else "hidden file"
+    try:
+        if e.is_dir():
+            return "dir" if depth < _MAX_DEPTH else "folder nested too deeply"
+        if not e.is_file():
+            return "not a regular file (a broken link?)"
+    except OSError:
+        return "cannot be read"
+    suffix = os.path.splitext(e.name)[1].lower()
+    if suffix not in IMAGE_SUFFIXES:
+        return f"not an image file type ({suffix or 'no extension'})"
+    try:
+        with open(e.path, "rb") as fp:
+            sniff(fp.read(132), suffix)  # 132 bytes reach DICOM's "DICM"; the full sniff is for uploads
+    except ImageReadError as err:
+        return str(err)
+    except OSError as err:
+        return f"cannot be read ({err.strerror or err})"
+    return None
+
+
+def _split_by_patient(items: list[tuple[str, int]], fractions: tuple[float, ...], seed: int) -> list[list]:
+    """Stratified split into len(fractions) parts; files of one patient (by name) stay together."""
+    parts: list[list] = [[] for _ in fractions]
+    for k in sorted({k for _, k in items}):
+        groups: dict[str, list] = {}
+        for path, kk in items:
+            if kk == k:
+                groups.setdefault(patient_key(path) or path, []).append((path, kk))
+        keys = sorted(groups)
+        random.Random(f"{seed}:{k}").shuffle(keys)
+        n = sum(len(g) for g in groups.values())
+        targets = [round(n * f) for f in fractions]
+        # Fill the later parts (val, test) first; the first part (train) takes the rest and keeps at least one group.
+        filled = [0] * len(parts)
+        for key in keys[:-1]:
+            size = len(groups[key])
+            # A patient joins a part only if that brings the part closer to its target size.
+            i = next((i for i in range(len(parts) - 1, 0, -1)
+                      if abs(filled[i] + size - targets[i]) < abs(filled[i] - targets[i])), 0)
+            parts[i].extend(groups[key])
+            filled[i] += size
+        parts[0].extend(groups[keys[-1]])
+    return [sorted(p) for p in parts]
+
+
+def _subset(items: list[tuple[str, int]], n_max: int, seed: int, split: str) -> list[tuple[str, int]]:
+    """A stratified random subset of about n_max items (at least one per class present)."""
+    if n_max <= 0 or len(items) <= n_max:
+        return items
+    out = []
+    for k in sorted({k for _, k in items}):
+        members = [it for it in items if it[1] == k]
+        take = min(len(members), max(1, round(n_max * len(members) / len(items))))
+        out += random.Random(f"{seed}:{split}:{k}").sample(members, take)
+    return sorted(out)
+
+
+def scan_dataset(data: str | Path, *, seed: int = 0, fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
+                 max_per_split: int = 0) -> DatasetScan:
+    """List a dataset (ROOT/<split>/<CLASS>/img or ROOT/<CLASS>/img) and split it; reads a few bytes per file."""
+    if len(fractions) != 3 or min(fractions) < 0 or fractions[0] <= 0 or not math.isclose(sum(fractions), 1.0):
+        raise ConfigError(f"Split fractions must be three non-negative numbers summing to 1, got {fractions}.")
+    root = resolve_data_root(os.fspath(data))
+    dirs, files = _listdir(root)
+    split_dirs = [d for d in dirs if d.name.lower() in _SPLIT_ALIASES]
+    if not split_dirs and not files and len(dirs) == 1:  # an archive that unpacked into one extra folder
+        inner_dirs, inner_files = _listdir(dirs[0])
+        if any(d.name.lower() in _SPLIT_ALIASES for d in inner_dirs):
+            root, dirs, files, split_dirs = dirs[0], inner_dirs, inner_files, \
+                [d for d in inner_dirs if d.name.lower() in _SPLIT_ALIASES]
+    skipped: list[tuple[str, str]] = [(str(f), "not inside a class folder") for f in files
+                                      if f.suffix.lower() in IMAGE_SUFFIXES]
+    visited: set = set()
+    notes: list[str] = []
+    if split_dirs:
+        by_split: dict[str, Path] = {}
+        for d in split_dirs:
+            s = _SPLIT_ALIASES[d.name.lower()]
+            if s in by_split:
+                raise DatasetError(f"{root} has two folders for the {s} split: {by_split[s].name} and {d.name}.")
+            by_split[s] = d
+        if "train" not in by_split:
+            raise DatasetError(f"{root} has {', '.join(sorted(d.name for d in split_dirs))} folders but no train "
+                               "folder.")
+        skipped += [(str(d), "folder ignored: not train, val or test") for d in dirs if d not in split_dirs]
+        class_dirs = {}
+        for s, d in by_split.items():
+            sub_dirs, sub_files = _listdir(d)
+            class_dirs[s] = {c.name: c for c in sub_dirs}
+            skipped += [(str(f), "not inside a class folder") for f in sub_files if f.suffix.lower() in IMAGE_SUFFIXES]
+        names = {s: sorted(c) for s, c in class_dirs.items()}
+        if len({tuple(v) for v in names.values()}) > 1:
+            detail = "; ".join(f"{by_split[s]} has {', '.join(v) or 'none'}" for s, v in sorted(names.items()))
+            raise DatasetError(f"The class folders differ between splits: {detail}. Every split needs the same "
+                               "class folders.")
+        classes, base = tuple(names["train"]), by_split["train"]
+    else:
+        class_dirs, classes, base = {"all": {d.name: d for d in dirs}}, tuple(d.name for d in dirs), root
+    if not classes:
+        raise DatasetError(f"{base} contains no class folders: put the images in one folder per class, "
+                           f"e.g. {base / 'NORMAL'} and {base / 'PNEUMONIA'}.")
+    if len(classes) == 1:
+        raise DatasetError(f"{base} contains only one class folder ({classes[0]}): at least two classes are needed.")
+    found = {s: [(p, k) for k, c in enumerate(classes) for p in _walk_class(cd[c], visited, skipped)]
+             for s, cd in class_dirs.items()}
+    first = found["train" if split_dirs else "all"]
+    if not first:
+        raise DatasetError(f"{base} contains no readable images in its class folders.")
+    for k, c in enumerate(classes):
+        if not any(kk == k for _, kk in first):
+            raise DatasetError(f"The class folder {class_dirs['train' if split_dirs else 'all'][c]} contains no "
+                               "readable images.")
+    if split_dirs:
+        splits = {s: found.get(s, []) for s in SPLITS}
+        if "val" not in found:
+            splits["train"], splits["val"] = _split_by_patient(splits["train"], (0.85, 0.15), seed)
+            notes.append("No val folder: 15% of train (by patient where file names tell) was set aside as val.")
+        if "test" not in found:
+            notes.append("No test folder: the test split is empty.")
+        keys = {s: {patient_key(p) for p, _ in v} - {None} for s, v in splits.items()}
+        shared = (keys["train"] & (keys["val"] | keys["test"])) | (keys["val"] & keys["test"])
+        if shared:
+            notes.append(f"{len(shared)} patient(s) (by file name) appear in more than one split: "
+                         "test results may be optimistic.")
+    else:
+        splits = dict(zip(SPLITS, _split_by_patient(first, fractions, seed)))
+    splits = {s: _subset(v, max_per_split, seed, s) for s, v in splits.items()}
+    return DatasetScan(root=str(root), classes=classes, splits=splits, skipped=skipped,
+                       auto_split=not split_dirs, notes=notes)
+
+
+@dataclass
+class CachedImages:
+    """Decoded, resized images held in memory, with labels in the same order."""
+
+    images: torch.Tensor  # uint8 Nx1xSxS
+    labels: torch.Tensor  # int64 N
+    paths: list[str]
+    skipped: list[tuple[str, str]]  # (path, reason): files that failed to decode, reported not fatal
+
+
+_MEMO: OrderedDict[str, tuple[torch.Tensor, list[str], list[tuple[str, str]]]] = OrderedDict()
+_MEMO_LOCK = threading.Lock()
+_MEMO_ENTRIES = 2  # one dataset at one or two sizes; more would hold gigabytes
+
+
+def _cache_key(paths: list[str], size: int) -> str:
+    stamp = []
+    for p in paths:
+        try:
+            st = os.stat(p)
+            stamp.append((p, st.st_size, st.st_mtime_ns))
+        except OSError:
+            stamp.append((p, -1, -1))
+    blob = json.dumps([CACHE_VERSION, size, stamp], separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+
+def _load_cache_file(path: Path, size: int) -> tuple[torch.Tensor, list[str], list[tuple[str, str]]] | None:
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+        images, paths, skipped = obj["images"], list(obj["paths"]), [tuple(x) for x in obj["skipped"]]
+        ok = (obj["version"] == CACHE_VERSION and images.dtype == torch.uint8 and images.ndim == 4
+              and tuple(images.shape[1:]) == (1, size, size) and images.shape[0] == len(paths))
+        return (images, paths, skipped) if ok else None
+    except Exception:  # noqa: BLE001 - any unreadable cache file is simply rebuilt
+        return None
+
+
+def _save_cache_file(path: Path, entry: tuple[torch.Tensor, list[str], list[tuple[str, str]]]) -> None:
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"version": CACHE_VERSION, "images": entry[0], "paths": entry[1],
+                    "skipped": [list(x) for x in entry[2]]}, tmp)
+        os.replace(tmp, path)  # readers never see half a file
+    except OSError:
+        tmp.unlink(missing_ok=True)  # a read-only cache folder costs speed, not correctness
+
+
+def load_images(items: list[tuple[str, int]], size: int, *, use_disk_cache: bool = True,
+                progress: Callable[[int, int], None] | None = None) -> CachedImages:
+    """Decode and resize each file once per (files, size): memoised in this process and cached on disk."""
+    paths = sorted({os.path.abspath(p) for p, _ in items})
+    key = _cache_key(paths, size)
+    with _MEMO_LOCK:
+        entry = _MEMO.get(key)
+    cache_file = cache_dir() / f"images-{key}-{size}.pt"
+    if entry is None and use_disk_cache and cache_file.is_file():
+        entry = _load_cache_file(cache_file, size)
+    if entry is None:
+        images = torch.empty((len(paths), 1, size, size), dtype=torch.uint8)
+        ok, skipped = [], []
+        for i, p in enumerate(paths):
+            try:
+                images[len(ok)] = resize_to_uint8(read_image(p)[0], size)
+                ok.append(p)
+            except ImageReadError as err:
+                skipped.append((p, str(err)))
+            if progress:
+                progress(i + 1, len(paths))
+        entry = (images[: len(ok)].clone(), ok, skipped)
+        if use_disk_cache:
+            _save_cache_file(cache_file, entry)
+    elif progress:
+        progress(len(paths), len(paths))
+    with _MEMO_LOCK:
+        _MEMO[key] = entry
+        _MEMO.move_to_end(key)
+        while len(_MEMO) > _MEMO_ENTRIES:
+            _MEMO.popitem(last=False)
+    images, ok, skipped = entry
+    row = {p: i for i, p in enumerate(ok)}
+    kept = [(os.path.abspath(p), k) for p, k in items if os.path.abspath(p) in row]
+    index = torch.tensor([row[p] for p, _ in kept], dtype=torch.long)
+    return CachedImages(images=images[index], labels=torch.tensor([k for _, k in kept], dtype=torch.long),
+                        paths=[p for p, _ in kept], skipped=list(skipped))
+
+
+def _uniform(n: int, lo: float, hi: float, g: torch.Generator | None) -> torch.Tensor:
+    return lo + (hi - lo) * torch.rand(n, generator=g)
+
+
+def _augment(x: torch.Tensor, g: torch.Generator | None, strong: bool) -> torch.Tensor:
+    """One random geometric resample per image (rotation, flip, crop, shift), then photometric changes."""
+    b, dev = x.shape[0], x.device
+    angle = torch.deg2rad(_uniform(b, -20, 20, g))
+    side = _uniform(b, 0.7 if strong else 0.8, 1.0, g).sqrt()  # a crop of this area fraction, as RandomResizedCrop
+    shift = (1 - side)[:, None] * (2 * torch.rand(b, 2, generator=g) - 1)  # the crop stays inside the image
+    if strong:
+        shift = shift + _uniform(2 * b, -0.1, 0.1, g).view(b, 2)  # +-5% of the image: positioning differs by site
+    flip = torch.where(torch.rand(b, generator=g) < 0.5, -1.0, 1.0)
+    cos, sin = angle.cos() * side, angle.sin() * side
+    theta = torch.stack([torch.stack([cos * flip, -sin, shift[:, 0]], 1),
+                         torch.stack([sin * flip, cos, shift[:, 1]], 1)], 1)
+    x = x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
+    # One resample instead of a chain of rotate/crop/resize: faster, and blurs the image only once.
+    grid = F.affine_grid(theta.to(dev), list(x.shape), align_corners=False)
+    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    # In-place from here on: fresh full-size tensors cost more than the arithmetic on a small CPU.
+    brightness = _uniform(b, 0.9, 1.1, g).view(b, 1, 1, 1).to(dev)
+    contrast = (_uniform(b, 0.7, 1.3, g) if strong else _uniform(b, 0.9, 1.1, g)).view(b, 1, 1, 1).to(dev)
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    x.mul_(contrast * brightness).add_(mean * brightness * (1 - contrast))  # ((x - mean) * c + mean) * b
+    if strong:
+        x.clamp_(0, 1).pow_(_uniform(b, 0.7, 1.5, g).view(b, 1, 1, 1).to(dev))
+        use_blur = torch.rand(b, generator=g) < 0.5
+        sigma, std = _uniform(b, 0, 1.5, g), _uniform(b, 0, 0.03, g)
+        blur_idx, noise_idx = use_blur.nonzero()[:, 0], (~use_blur).nonzero()[:, 0]
+        if len(blur_idx):
+            x[blur_idx.to(dev)] = _blur(x[blur_idx.to(dev)], sigma[blur_idx].to(dev))
+        if len(noise_idx):
+            noise = torch.randn((len(noise_idx), *x.shape[1:]), generator=g).mul_(std[noise_idx].view(-1, 1, 1, 1))
+            x[noise_idx.to(dev)] += noise.to(dev)
+    return x.clamp_(0.0, 1.0)
+
+
+def _blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Separable Gaussian blur with a different sigma per image (sigma 0 = unchanged), as one grouped convolution."""
+    b, _, h, w = x.shape
+    r = torch.arange(-4, 5, dtype=x.dtype, device=x.device)
+    k = torch.exp(-(r[None] ** 2) / (2 * sigma.clamp(min=1e-3)[:, None] ** 2))
+    k = k / k.sum(1, keepdim=True)
+    y = F.pad(x.view(1, b, h, w), (4, 4, 4, 4), mode="reflect")
+    y = F.conv2d(y, k.view(b, 1, 1, 9), groups=b)
+    y = F.conv2d(y, k.view(b, 1, 9, 1), groups=b)
+    return y.view(b, 1, h, w)
+
+
+def make_augment(name: str, size: int) -> Callable[[torch.Tensor, torch.Generator | None], torch.Tensor] | None:
+    """'none' -> None; 'light' (the papers) or 'acquisition' (scanner/site shift) -> f(batch, generator)."""
+    if name == "none":
+        return None
+    if name not in ("light", "acquisition"):
+        raise ConfigError(f"Unknown augmentation {name!r}: choose none, light or acquisition.")
+    if size < 9:
+        raise ConfigError(f"Augmentation needs images of at least 9 pixels (got {size}).")
+    strong = name == "acquisition"
+    return lambda x, generator=None: _augment(x, generator, strong)
+
+
+class _Batches(Dataset):
+    """Index a whole batch at once: one tensor gather instead of collating B single images."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        self.images, self.labels = images, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, idx: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        idx_t = torch.as_tensor(idx, dtype=torch.long)
+        return self.images[idx_t], self.labels[idx_t]
+
+
+def make_loader(cached: CachedImages, batch_size: int, *, balance: str = "sampler", shuffle: bool = True,
+                seed: int = 0) -> DataLoader:
+    """Batches of (uint8 Bx1xSxS, int64 labels); balance='sampler' draws classes equally often when shuffling."""
+    n = len(cached.labels)
+    if n == 0:
+        raise DatasetError("There are no images to load (every file was skipped).")
+    g = torch.Generator().manual_seed(seed)
+    if shuffle and balance == "sampler":
+        counts = torch.bincount(cached.labels).float()
+        sampler = torch.utils.data.WeightedRandomSampler((1.0 / counts)[cached.labels], num_samples=n,
+                                                         replacement=True, generator=g)
+    elif shuffle:
+        sampler = torch.utils.data.RandomSampler(range(n), generator=g)
+    else:
+        sampler = torch.utils.data.SequentialSampler(range(n))
+    batches = torch.utils.data.BatchSampler(sampler, batch_size, drop_last=False)
+    return DataLoader(_Batches(cached.images, cached.labels), sampler=batches, batch_size=None, num_workers=0)
+
+
+def class_weights(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Inverse class frequency scaled to mean 1 over the classes present (absent classes get 0), for balance='loss'."""
+    counts = torch.bincount(labels.long().flatten(), minlength=num_classes)[:num_classes].float()
+    inv = torch.where(counts > 0, 1.0 / counts.clamp(min=1), torch.zeros_like(counts))
+    present = counts > 0
+    return inv / inv[present].mean() if present.any() else torch.ones(num_classes)

@@ -1,0 +1,138 @@
+"""Shared pytest fixtures. Each engineer's fixtures live in their own delimited section."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cxrdemo.paths import DEMO_DATA_DIR
+
+# ---- data fixtures (owner: data/imageio/quality) -------------------------------------------------
+
+
+def _tiny_image(rng: np.random.Generator, blob: bool, size: int = 64) -> np.ndarray:
+    """A smooth noisy background; PNEUMONIA images get a bright blob, so the task is learnable."""
+    y, x = np.mgrid[:size, :size] / size
+    img = 0.35 + 0.15 * np.sin(3 * x + rng.uniform(0, 3)) + 0.05 * rng.standard_normal((size, size))
+    if blob:
+        cy, cx = rng.uniform(0.3, 0.7, 2)
+        img += 0.5 * np.exp(-((x - cx) ** 2 + (y - cy) ** 2) / (2 * 0.08**2))
+    return (np.clip(img, 0, 1) * 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """ROOT/{train,val,test}/{NORMAL,PNEUMONIA}/*.png: 8 / 4 / 4 images of 64x64 px per class."""
+    root = tmp_path_factory.mktemp("tiny_dataset")
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 8), ("val", 4), ("test", 4)):
+        for cls in ("NORMAL", "PNEUMONIA"):
+            folder = root / split / cls
+            folder.mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(_tiny_image(rng, cls == "PNEUMONIA")).save(folder / f"{cls.lower()}_{i:02d}.png")
+    return root
+
+
+@pytest.fixture(scope="session")
+def demo_data_dir() -> Path:
+    """The built-in demo dataset shipped in the package."""
+    return DEMO_DATA_DIR
+
+
+# ---- end of data fixtures -------------------------------------------------------------------------
+
+# ======================================================================== diagnosis (issue #5) — begin
+# A tiny cnn8 trained in memory on a synthetic "bright patch" task (class 1: a bright square at a random
+# place on a noisy dark background; class 0: background only), and a run store holding it as a completed run.
+import numpy as _np
+import pytest as _pytest
+
+PATCH_SIZE = 64
+PATCH_SIDE = 14
+
+
+def patch_image(rng, with_patch: bool, size: int = PATCH_SIZE):
+    """(uint8 HxW image, (top, left, side) of the patch or None)."""
+    img = rng.normal(0.25, 0.06, (size, size)).clip(0, 1)
+    box = None
+    if with_patch:
+        top, left = (int(v) for v in rng.integers(2, size - PATCH_SIDE - 2, 2))
+        img[top:top + PATCH_SIDE, left:left + PATCH_SIDE] = rng.normal(0.85, 0.05, (PATCH_SIDE, PATCH_SIDE)).clip(0, 1)
+        box = (top, left, PATCH_SIDE)
+    return (img * 255).round().astype(_np.uint8), box
+
+
+@_pytest.fixture(scope="session")
+def patch_model():
+    """A LoadedModel (cnn8, 64 px, classes blank/patch) that finds bright patches, trained in a few seconds."""
+    from pathlib import Path
+
+    import torch
+
+    from cxrdemo import backbones, data
+    from cxrdemo.predict import LoadedModel
+
+    torch.manual_seed(0)
+    rng = _np.random.default_rng(0)
+    n = 192
+    imgs = [patch_image(rng, i % 2 == 1) for i in range(n)]
+    x = torch.from_numpy(_np.stack([im for im, _ in imgs]))[:, None]
+    y = torch.tensor([i % 2 for i in range(n)])
+    net = backbones.build_backbone("cnn8", 2)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    net.train()
+    for _ in range(6):
+        perm = torch.randperm(n)
+        for i in range(0, n, 32):
+            idx = perm[i:i + 32]
+            loss = torch.nn.functional.cross_entropy(net(data.normalize_batch(x[idx])), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    net.eval().requires_grad_(False)
+    return LoadedModel(net, ("blank", "patch"), PATCH_SIZE, None, "patch-model", Path("."),
+                       {"backbone": "cnn8", "init": "scratch", "freeze": "none", "epochs": 6, "img_size": PATCH_SIZE})
+
+
+@_pytest.fixture
+def make_patch_image():
+    """patch_image(rng, with_patch, size=64) -> (uint8 image, box)."""
+    return patch_image
+
+
+@_pytest.fixture
+def patch_store(patch_model, tmp_path, monkeypatch):
+    """An isolated run store holding the patch model as one completed run; no demo model. Returns (root, run dir)."""
+    root = tmp_path / "runs"
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    monkeypatch.setenv("CXRDEMO_RUNS_DIR", str(root))
+    monkeypatch.setenv("CXRDEMO_WEIGHTS_DIR", str(weights))
+    monkeypatch.setenv("CXRDEMO_CACHE_DIR", str(tmp_path / "cache"))
+    return root, save_patch_run(patch_model, root)
+
+
+def save_patch_run(patch_model, runs_root, name: str = "patch"):
+    """Write `patch_model` into the store `runs_root` as a completed run with test metrics; return its folder."""
+    import numpy as np
+    import torch
+
+    from cxrdemo import metrics, runs, train
+    from cxrdemo.config import TrainConfig
+    from cxrdemo.predict import predict_probs
+
+    cfg = TrainConfig(backbone="cnn8", img_size=PATCH_SIZE, epochs=6, data="synthetic-patches")
+    d = runs.create_run(cfg, runs_root, name=name)
+    train.save_model(d, patch_model.net, cfg, patch_model.classes, epoch=6, val_loss=0.1, path="full")
+    rng = np.random.default_rng(1)
+    imgs = [patch_image(rng, i % 2 == 1)[0] for i in range(20)]
+    probs = predict_probs(patch_model, torch.from_numpy(np.stack(imgs))[:, None])
+    tm = metrics.classification_metrics(np.arange(20) % 2, probs, patch_model.classes)
+    runs.atomic_write_json(d / "test_metrics.json", tm)
+    runs.write_status(d, state="completed", epoch=6)
+    return d
+# ======================================================================== diagnosis (issue #5) — end
