@@ -22,9 +22,15 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from cxrdemo.errors import ConfigError, DatasetError, ImageReadError
-from cxrdemo.imageio import (IMAGE_SUFFIXES, IMAGENET_MEAN, IMAGENET_STD, MAX_PIXELS, ImageMeta,  # noqa: F401
+from cxrdemo.imageio import (IMAGE_SUFFIXES, IMAGENET_MEAN, IMAGENET_STD, MAX_PIXELS, ImageMeta,
                              normalize_batch, preprocess, read_image, resize_to_uint8, sniff)
 from cxrdemo.paths import DEMO_DATA_DIR, cache_dir
+
+__all__ = [  # one door for the rest of the app: reading a file lives in imageio, datasets here
+    "IMAGE_SUFFIXES", "IMAGENET_MEAN", "IMAGENET_STD", "MAX_PIXELS", "ImageMeta", "ImageReadError", "read_image",
+    "resize_to_uint8", "normalize_batch", "preprocess", "DatasetScan", "resolve_data_root", "scan_dataset",
+    "patient_key", "CachedImages", "load_images", "make_augment", "make_loader", "class_weights",
+]
 
 SPLITS = ("train", "val", "test")
 _SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",

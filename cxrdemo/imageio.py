@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import os
 import struct
+import threading
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +43,7 @@ _OTHER_MAGIC = (
     (b"OggS", "an audio or video file"), (b"\x00\x00\x01\x00", "an icon file"),
 )
 _GREY_MODES = ("1", "L", "I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+_WARNINGS_LOCK = threading.Lock()
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R 601, as Pillow's convert("L")
 
 
@@ -60,7 +62,7 @@ class ImageMeta:
 
 
 def sniff(header: bytes, suffix: str = "") -> str:
-    """The image kind a file's first bytes announce ('png', 'jpeg', 'dicom'...), else ImageReadError saying what it is."""
+    """The image kind a file's first bytes announce ('png', 'jpeg', 'dicom'...), else ImageReadError saying what."""
     if not header:
         raise ImageReadError("The file is empty (0 bytes).")
     if header[128:132] == b"DICM":
@@ -127,7 +129,8 @@ def _read(fp: BinaryIO, name: str) -> tuple[np.ndarray, ImageMeta]:
     kind = sniff(header, Path(name).suffix)
     # Decoders warn about damaged files (and Pillow about big ones); record them here so that no
     # third-party warning type reaches the user, and never copy their text: it may quote tag values.
-    with warnings.catch_warnings(record=True) as caught:
+    # catch_warnings swaps process-wide state, so two threads (Streamlit sessions) must not interleave it.
+    with _WARNINGS_LOCK, warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
             arr, meta, invert = _read_dicom(fp) if kind == "dicom" else _read_pillow(fp)
@@ -138,7 +141,8 @@ def _read(fp: BinaryIO, name: str) -> tuple[np.ndarray, ImageMeta]:
         except MemoryError:
             raise ImageReadError("The image is too large to open on this computer.") from None
         except (OSError, EOFError, SyntaxError, struct.error, IndexError):
-            raise ImageReadError("The image is empty or truncated (the file ends early or its data is damaged).") from None
+            raise ImageReadError("The image is empty or truncated (the file ends early or its data is "
+                                 "damaged).") from None
         except (ValueError, TypeError, KeyError, AttributeError, NotImplementedError, RuntimeError,
                 OverflowError, ZeroDivisionError, LookupError):
             raise ImageReadError("The image data is damaged or stored in a form this app cannot read.") from None
