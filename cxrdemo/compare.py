@@ -162,6 +162,11 @@ def progress_text(info: runs.RunInfo) -> str:
     return f"{info.run_id}: epoch {done} of {total}{batch} ({phase})"
 
 
+def changed_states(before: dict[str, str], infos: list[runs.RunInfo]) -> list[str]:
+    """Runs whose state differs from `before` (run id -> state): a finished job means new test results to show."""
+    return [i.run_id for i in infos if i.run_id in before and before[i.run_id] != i.state]
+
+
 def run_recipe(info: runs.RunInfo) -> dict:
     """What a run was trained with: its config, dataset summary and library versions."""
     if info.damaged:

@@ -37,9 +37,11 @@ def _label(table, run_id: str) -> str:
     return f"{run_id} — {row['backbone']}, {row['init']}, freeze {row['freeze']} ({row['status']})"
 
 
-def live_section(root, run_ids: list[str], colors: dict[str, str]) -> None:
+def live_section(root, states: dict[str, str], colors: dict[str, str]) -> None:
     """Curves and progress of the chosen runs, re-read from the run store on every refresh."""
-    fresh = [i for i in runs.list_runs(root) if i.run_id in run_ids]
+    fresh = [i for i in runs.list_runs(root) if i.run_id in states]
+    if compare.changed_states(states, fresh):
+        st.rerun()  # a job finished or started: the table and the test-result charts must show it too
     for info in fresh:
         if info.state in runs.ACTIVE:
             st.caption("⏳ " + compare.progress_text(info))
@@ -129,9 +131,11 @@ with ui.friendly_errors("Reading the runs"):
                    + "; ".join(f"{r}: {p}" for r, p in zip(damaged["run_id"], damaged["problem"])), icon="🩹")
 
     f1, f2, f3 = st.columns(3)
-    datasets = f1.multiselect("Dataset", sorted(set(table["dataset"]) - {""}), placeholder="All datasets")
-    nets = f2.multiselect("Backbone", sorted(set(table["backbone"]) - {""}), placeholder="All backbones")
-    states = f3.multiselect("Status", sorted(set(table["status"])), placeholder="All states")
+    datasets = f1.multiselect("Dataset", sorted(set(table["dataset"]) - {""}), placeholder="All datasets",
+                              key="filter_dataset")
+    nets = f2.multiselect("Backbone", sorted(set(table["backbone"]) - {""}), placeholder="All backbones",
+                          key="filter_backbone")
+    states = f3.multiselect("Status", sorted(set(table["status"])), placeholder="All states", key="filter_status")
     shown = compare.filter_table(table, datasets, nets, states)
     st.dataframe(shown, hide_index=True, column_config=COLUMNS, key="runs_table")
 
@@ -150,13 +154,14 @@ with ui.friendly_errors("Reading the runs"):
 
     st.subheader("Learning curves")
     active = any(infos[r].state in runs.ACTIVE for r in chosen_ids)
-    st.fragment(run_every=REFRESH_S if active else None)(live_section)(root, chosen_ids, colors)
+    states = {r: infos[r].state for r in chosen_ids}
+    st.fragment(run_every=REFRESH_S if active else None)(live_section)(root, states, colors)
     test_section(chosen, colors)
     details_section(infos, chosen_ids, table)
 
     st.subheader("Export")
     e1, e2 = st.columns(2)
     e1.download_button("Download the table (CSV)", compare.to_csv(chosen), "runs.csv", "text/csv", key="dl_table")
-    e2.download_button("Download the curves (CSV)", compare.to_csv(compare.curves_frame([infos[r] for r in chosen_ids])),
-                       "curves.csv", "text/csv", key="dl_curves")
+    curves = compare.curves_frame([infos[r] for r in chosen_ids])
+    e2.download_button("Download the curves (CSV)", compare.to_csv(curves), "curves.csv", "text/csv", key="dl_curves")
     delete_section(table)

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
-import pytest
 from streamlit.testing.v1 import AppTest
 
 from cxrdemo import runs
@@ -19,6 +19,7 @@ def _page(monkeypatch, root) -> AppTest:
     at = AppTest.from_file(PAGE, default_timeout=60)
     at.run()
     assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]  # friendly_errors would hide a bug as a sentence
     return at
 
 
@@ -49,10 +50,31 @@ def test_page_choices_drive_the_charts(compare_store, monkeypatch):  # noqa: F81
     assert "different class sets" not in " ".join(w.value for w in at.warning)
     at.selectbox(key="tradeoff_metric").set_value("test_recall").run()
     at.selectbox(key="detail_run").set_value(compare_store["failed"]).run()
-    assert not at.exception
+    assert not at.exception and not at.error
     assert any("no test results" in i.value for i in at.info)
     at.multiselect(key="chosen").set_value([]).run()
     assert not at.exception and any("Choose one or more runs" in i.value for i in at.info)
+
+
+def _figure(at: AppTest, title_part: str) -> dict:
+    specs = [json.loads(c.proto.spec) for c in _charts(at)]
+    return next(f for f in specs if title_part in f["layout"].get("title", {}).get("text", ""))
+
+
+def test_page_filters_and_class_set_choice(compare_store, monkeypatch):  # noqa: F811
+    at = _page(monkeypatch, compare_store["root"])
+    points = _figure(at, "Cost vs benefit")["data"][0]["customdata"]
+    assert {p[0] for p in points} == {compare_store["done"], compare_store["grad"]}  # first class set by default
+    at.selectbox(key="class_set").set_value("COVID, Lung_Opacity, Normal, Viral").run()
+    assert not at.exception and not at.error
+    assert [p[0] for p in _figure(at, "Cost vs benefit")["data"][0]["customdata"]] == [compare_store["four"]]
+    at.multiselect(key="filter_backbone").set_value(["cnn8"]).run()
+    assert not at.exception and not at.error
+    assert list(at.dataframe[0].value["backbone"]) == ["cnn8"] * 4  # the damaged run has no backbone
+    assert compare_store["four"] not in at.multiselect(key="chosen").value
+    assert "different class sets" not in " ".join(w.value for w in at.warning)
+    names = [t["name"] for t in _figure(at, "Loss per epoch")["data"]]
+    assert f"{compare_store['running']} · val" in names and not any(compare_store["four"] in n for n in names)
 
 
 def test_page_delete_needs_confirmation_and_refuses_running(compare_store, monkeypatch, tmp_path):  # noqa: F811

@@ -45,7 +45,8 @@ def build_store(root: Path, dataset: Path, cache: Path) -> dict:
                                   "val_acc": 0.625, "seconds": 0.4, "trainable_params": 1234})
 
     failed = _fake_run(root, cfg.replace(lr=5.0), summary, "failed")
-    runs.write_status(failed, state="failed", error="The training loss became infinite or NaN: lower the learning rate.")
+    runs.write_status(failed, state="failed",
+                      error="The training loss became infinite or NaN: lower the learning rate.")
 
     damaged = root / "20000101-000000-cnn8-broken"
     damaged.mkdir()
@@ -159,6 +160,15 @@ def test_running_run_has_nan_test_metrics_and_progress(store):
     assert row[list(compare.TEST_COLUMNS)].isna().all()
     assert row["epochs_run"] == 1 and row["best_val_acc"] == pytest.approx(0.625)
     assert compare.progress_text(infos[s["running"]]) == f"{s['running']}: epoch 1 of 5, batch 2/4 (training)"
+
+
+def test_changed_states_names_runs_that_finished_or_started(store):
+    s, infos, _ = store
+    listed = list(infos.values())
+    now = {r: i.state for r, i in infos.items()}
+    assert compare.changed_states(now, listed) == []
+    before = {**now, s["running"]: "queued", s["done"]: "running", "gone-run": "running"}
+    assert sorted(compare.changed_states(before, listed)) == sorted([s["running"], s["done"]])
 
 
 def test_filter_table(store):
