@@ -72,29 +72,11 @@ def build_store(root: Path, dataset: Path, cache: Path) -> dict:
     return {"root": root, **ids}
 
 
-def _own_dataset(root: Path) -> Path:
-    """A learnable 2-class split dataset, used only when conftest's tiny_dataset is not available."""
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    for split, k in (("train", 10), ("val", 4), ("test", 4)):
-        for ci, c in enumerate(("NORMAL", "PNEUMONIA")):
-            (root / split / c).mkdir(parents=True)
-            for i in range(k):
-                a = (rng.random((48, 48)) * 60 + 30).astype(np.uint8)
-                a[10:22, 10:30] = 240 if ci else a[10:22, 10:30]
-                Image.fromarray(a).save(root / split / c / f"{c}_{i}.png")
-    return root
-
-
 @pytest.fixture(scope="session")
-def compare_store(request, tmp_path_factory) -> dict:
+def compare_store(tiny_dataset, tmp_path_factory) -> dict:
     """A run store with completed, gradual, running, failed, damaged and 4-class runs (trained once)."""
     if "store" not in _BUILT:
-        try:
-            dataset = Path(request.getfixturevalue("tiny_dataset"))
-        except pytest.FixtureLookupError:
-            dataset = _own_dataset(tmp_path_factory.mktemp("tiny"))
+        dataset = Path(tiny_dataset)
         old = os.environ.get("CXRDEMO_CACHE_DIR")
         try:
             _BUILT["store"] = build_store(tmp_path_factory.mktemp("compare") / "runs", dataset,
