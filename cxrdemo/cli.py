@@ -186,6 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("worker", help=argparse.SUPPRESS)
     p.add_argument("--run-dir", required=True)
     p.set_defaults(func=cmd_worker)
+    from cxrdemo import cli_jobs  # `jobs ...` and the hidden `jobs-worker` live in cli_jobs.py
+
+    cli_jobs.register(sub)
     return parser
 
 
