@@ -39,20 +39,21 @@ def _label(table, run_id: str) -> str:
 
 def live_section(root, states: dict[str, str], colors: dict[str, str]) -> None:
     """Curves and progress of the chosen runs, re-read from the run store on every refresh."""
-    fresh = [i for i in runs.list_runs(root) if i.run_id in states]
-    if compare.changed_states(states, fresh):
-        st.rerun()  # a job finished or started: the table and the test-result charts must show it too
-    for info in fresh:
-        if info.state in runs.ACTIVE:
-            st.caption("⏳ " + compare.progress_text(info))
-    smoothing = st.slider("Smoothing of the curves", 0.0, 0.95, 0.0, 0.05, key="smoothing",
-                          help="Exponential moving average; 0 shows the raw values. Hover always shows the raw value.")
-    left, right = st.columns(2)
-    left.plotly_chart(plots.curves_figure(fresh, "loss", smoothing, colors), key="loss_curves")
-    right.plotly_chart(plots.curves_figure(fresh, "accuracy", smoothing, colors), key="acc_curves")
+    with ui.friendly_errors("Refreshing the curves"):  # a fragment rerun is outside the page's own guard
+        fresh = [i for i in runs.list_runs(root) if i.run_id in states]
+        if compare.changed_states(states, fresh):
+            st.rerun()  # a job finished or started: the table and the test-result charts must show it too
+        for info in fresh:
+            if info.state in runs.ACTIVE:
+                st.caption("⏳ " + compare.progress_text(info))
+        smoothing = st.slider("Smoothing of the curves", 0.0, 0.95, 0.0, 0.05, key="smoothing",
+                              help="Exponential moving average; 0 shows the raw values. Hover shows the raw value.")
+        left, right = st.columns(2)
+        left.plotly_chart(plots.curves_figure(fresh, "loss", smoothing, colors), key="loss_curves")
+        right.plotly_chart(plots.curves_figure(fresh, "accuracy", smoothing, colors), key="acc_curves")
 
 
-def test_section(chosen, colors: dict[str, str]) -> None:
+def results_section(chosen, colors: dict[str, str]) -> None:
     """The trade-off chart and cost bars, restricted to one class set."""
     st.subheader("Cost vs benefit")
     groups = compare.class_groups(chosen)
@@ -156,7 +157,7 @@ with ui.friendly_errors("Reading the runs"):
     active = any(infos[r].state in runs.ACTIVE for r in chosen_ids)
     states = {r: infos[r].state for r in chosen_ids}
     st.fragment(run_every=REFRESH_S if active else None)(live_section)(root, states, colors)
-    test_section(chosen, colors)
+    results_section(chosen, colors)
     details_section(infos, chosen_ids, table)
 
     st.subheader("Export")
