@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import IO
 
-from cxrdemo import runs
+from cxrdemo import paths, runs
 from cxrdemo.config import TrainConfig
 from cxrdemo.errors import RunError
 
@@ -28,7 +28,7 @@ SLOTS_DIR = ".slots"
 POLL_S = 0.5
 QUEUED_HEARTBEAT_S = 5.0
 UNSTARTED_GRACE_S = 60.0  # a queued run with no worker pid after this long was never started
-NEVER_STARTED = "The job was queued but its process never started (the app stopped?). Start it again."
+NEVER_STARTED = "The job was queued but its process stopped before training (the machine restarted?). Start it again."
 _children: list[subprocess.Popen] = []
 _children_lock = threading.Lock()
 
@@ -48,9 +48,14 @@ def submit(config: TrainConfig, runs_dir: str | Path | None = None, name: str = 
            max_jobs: int | None = None) -> str:
     """Create a queued run and start its detached worker process; returns the run id at once."""
     root = runs.store_dir(runs_dir)
+    if config.data.strip().lower() != "demo":
+        # config.json records where the images are, whatever folder the worker (or a later reader) runs in.
+        config = config.replace(data=str(Path(config.data).expanduser().resolve()))
     d = runs.create_run(config, root, name=name)
     n = int(max_jobs or default_max_jobs())
-    env = {**os.environ, "CXRDEMO_RUNS_DIR": str(root), "CXRDEMO_MAX_JOBS": str(n)}
+    # The worker imports the same cxrdemo as this process, installed or not.
+    pythonpath = os.pathsep.join(p for p in (str(paths.PACKAGE_DIR.parent), os.environ.get("PYTHONPATH")) if p)
+    env = {**os.environ, "CXRDEMO_RUNS_DIR": str(root), "CXRDEMO_MAX_JOBS": str(n), "PYTHONPATH": pythonpath}
     with open(d / "log.txt", "ab") as log:
         try:
             # A new session: Streamlit reruns, closed tabs, Ctrl-C in the app's terminal never reach the job.
@@ -116,9 +121,14 @@ def _merge_locked(d: Path, **updates) -> dict:
     return status
 
 
-def _never_started(raw: dict) -> bool:
-    created = float(raw.get("created") or raw.get("updated") or 0)
-    return raw.get("state") == "queued" and not raw.get("pid") and time.time() - created > UNSTARTED_GRACE_S
+def _dead_queued(raw: dict) -> bool:
+    """A queued run nobody waits for: never got a process, or its waiting worker stopped beating."""
+    if raw.get("state") != "queued":
+        return False
+    if not raw.get("pid"):
+        return time.time() - float(raw.get("created") or raw.get("updated") or 0) > UNSTARTED_GRACE_S
+    beat = float(raw.get("heartbeat") or raw.get("updated") or 0)
+    return time.time() - beat > runs.HEARTBEAT_STALE_S  # waiting workers beat every few seconds
 
 
 def reap(runs_dir: str | Path | None = None) -> list[str]:
@@ -135,7 +145,7 @@ def reap(runs_dir: str | Path | None = None) -> list[str]:
             truth = runs.read_status(info.path)
             if truth["state"] == "interrupted":
                 _merge_locked(info.path, state="interrupted", error=truth.get("error"), finished=time.time())
-            elif _never_started(raw):
+            elif _dead_queued(raw):
                 _merge_locked(info.path, state="interrupted", error=NEVER_STARTED, finished=time.time())
             else:
                 continue
@@ -209,7 +219,7 @@ def _queue_order(root: Path) -> list[str]:
     for info in runs.list_runs(root):
         if info.damaged or info.state != "queued" or (info.path / CANCEL_FILE).exists():
             continue
-        if _never_started(info.status):
+        if _dead_queued(info.status):
             continue
         out.append(info.run_id)
     return out

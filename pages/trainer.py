@@ -1,0 +1,169 @@
+"""Trainer: choose data, network, starting point and freeze level; start background jobs and watch them learn."""
+
+from __future__ import annotations
+
+import streamlit as st
+from streamlit.errors import StreamlitAPIException
+
+from cxrdemo import backbones, data, jobs
+from cxrdemo import trainer_view as tv
+from cxrdemo.config import AUGMENTATIONS, BALANCING, TrainConfig
+from cxrdemo.worker import log_tail
+from pages import ui
+
+DEFAULTS = TrainConfig()
+AUG_LABELS = {"none": "none", "light": "light (flips, small shifts and rotations, as in the papers)",
+              "acquisition": "acquisition (also contrast, blur, noise: robust to other scanners)"}
+BAL_LABELS = {"sampler": "oversample the rarer class", "loss": "weight the loss by class", "none": "no balancing"}
+IMG_SIZES = [64, 128, 160, 224, 299]
+SWEEP_FREEZES = ["none", "head", "1", "2", "3", "gradual:1", "gradual:2"]
+
+
+@st.cache_data(ttl=30, show_spinner="Scanning the dataset…")
+def scan(path: str):
+    """The dataset scan (cached briefly: a folder may change while the page is open)."""
+    return data.scan_dataset(path)
+
+
+def link(page: str, label: str, icon: str, run_id: str) -> None:
+    """A page link carrying the run id (?run=); a caption when this page runs on its own (no router)."""
+    try:
+        st.page_link(page, label=label, icon=icon, query_params={"run": run_id})
+    except StreamlitAPIException:
+        st.caption(f"{icon} {label}: open it from the app's sidebar.")
+
+
+ui.notice()
+st.title("🏋️ Trainer")
+root = ui.runs_dir()
+with ui.friendly_errors("Checking earlier jobs"):
+    jobs.reap(root)
+
+# ---------------------------------------------------------------- 1. data
+st.subheader("1 · Images")
+source = st.radio("Dataset", ["Built-in demo set (chest X-rays, NORMAL vs PNEUMONIA)", "A folder on this computer"],
+                  horizontal=True, key="source")
+data_path = "demo"
+if source.startswith("A folder"):
+    data_path = st.text_input("Folder path", placeholder="/data/chest_xray  (class folders, or train/val/test)",
+                              help="Either FOLDER/<class>/images or FOLDER/train|val|test/<class>/images.",
+                              key="data_path").strip()
+ds = None
+if data_path:
+    with ui.friendly_errors("Reading the dataset"):
+        ds = scan(data_path)
+if ds is not None:
+    st.dataframe(tv.scan_rows(ds), hide_index=True)
+    for note in ds.notes:
+        st.info(note)
+    if ds.skipped:
+        with st.expander(f"{len(ds.skipped)} file(s) will be skipped"):
+            st.table([{"file": p, "reason": r} for p, r in ds.skipped[:200]])
+num_classes = len(ds.classes) if ds is not None and ds.classes else 2
+
+# ---------------------------------------------------------------- 2. network
+st.subheader("2 · Network")
+names = backbones.backbone_names()
+c1, c2 = st.columns(2)
+backbone = c1.selectbox("Backbone", names, index=names.index(DEFAULTS.backbone), key="backbone",
+                        format_func=lambda n: f"{n} — {backbones.get_spec(n).description} "
+                                              f"({backbones.param_counts(n, num_classes)[0]:,} parameters)")
+inits = tv.init_options(backbone, jobs.list_jobs(root))
+preferred = "imagenet" if "imagenet" in inits and backbones.find_imagenet_weights(backbone) else "scratch"
+init = c2.selectbox("Starting weights", list(inits), index=list(inits).index(preferred), format_func=inits.get,
+                    key=f"init-{backbone}")
+note = tv.imagenet_note(backbone)
+if note:
+    c2.info(note, icon="📦")
+freezes = tv.freeze_options(backbone)
+freeze = c1.selectbox("Freeze level (which layers stay fixed)", list(freezes), format_func=freezes.get,
+                      key=f"freeze-{backbone}")
+c1.caption(tv.trainable_text(backbone, freeze, num_classes) + (" in the first epochs" if ":" in freeze else ""))
+
+# ---------------------------------------------------------------- 3. training
+st.subheader("3 · Training")
+c1, c2, c3, c4 = st.columns(4)
+epochs = c1.number_input("Epochs", 1, 1000, DEFAULTS.epochs, key="epochs")
+lr = c2.number_input("Learning rate", 1e-6, 1.0, DEFAULTS.lr, format="%.5f", step=1e-4, key="lr")
+batch_size = c3.number_input("Batch size", 1, 512, DEFAULTS.batch_size, key="batch_size")
+img_size = c4.selectbox("Image size (pixels)", IMG_SIZES, index=IMG_SIZES.index(DEFAULTS.img_size), key="img_size")
+c1, c2, c3, c4 = st.columns(4)
+augment = c1.selectbox("Augmentation", AUGMENTATIONS, format_func=AUG_LABELS.get, key="augment")
+balance = c2.selectbox("Class balancing", BALANCING, format_func=BAL_LABELS.get, key="balance")
+patience = c3.number_input("Early-stopping patience (0 = off)", 0, 1000, DEFAULTS.patience, key="patience")
+max_images = c4.number_input("Images per split (0 = all)", 0, 100000, DEFAULTS.max_images,
+                             help="A smaller stratified subset gives a quick demo run.", key="max_images")
+name = st.text_input("Label (optional, added to the run id)", max_chars=40, key="run_name")
+
+
+def make_config(**changes) -> TrainConfig:
+    """The form as a validated TrainConfig (ConfigError carries the sentence)."""
+    form = dict(data=data_path or "", backbone=backbone, init=init, freeze=freeze, epochs=int(epochs), lr=float(lr),
+                batch_size=int(batch_size), img_size=int(img_size), augment=augment, balance=balance,
+                patience=int(patience), max_images=int(max_images))
+    return TrainConfig(**{**form, **changes})
+
+
+if st.button("Start training", type="primary", disabled=ds is None, key="start",
+             help=None if ds is not None else "Choose a dataset that can be read first."):
+    with ui.friendly_errors("Starting the job"):
+        run_id = jobs.submit(make_config(), root, name=name)
+        st.success(f"Queued run **{run_id}**; it appears below and keeps training if you close this tab.")
+
+with st.expander("Sweep: queue a grid of backbones × freeze levels"):
+    sweep_nets = st.multiselect("Backbones", names, default=[backbone], key="sweep_backbones")
+    sweep_freezes = st.multiselect("Freeze levels", SWEEP_FREEZES, default=["none", "head"], key="sweep_freezes")
+    configs, notes = [], []
+    if ds is not None:
+        with ui.friendly_errors("Preparing the sweep"):
+            configs, notes = tv.sweep_configs(make_config(init="scratch" if init.startswith("run:") else init),
+                                              sweep_nets, sweep_freezes)
+    for n in notes:
+        st.caption(n)
+    if st.button(f"Queue {len(configs)} run(s)", disabled=ds is None or not configs, key="sweep"):
+        with ui.friendly_errors("Queueing the sweep"):
+            ids = [jobs.submit(c, root, name=name or "sweep") for c in configs]
+            st.success(f"Queued {len(ids)} runs; they train one after another.")
+
+
+# ---------------------------------------------------------------- 4. jobs
+@st.fragment(run_every=2)
+def jobs_panel() -> None:
+    """Live progress of every job, read from the run store (any tab sees the same)."""
+    st.subheader("4 · Jobs")
+    rows = tv.panel_rows(jobs.list_jobs(root))
+    if not rows:
+        st.info("No training jobs yet. Choose the options above and press **Start training**.")
+    for row in rows:
+        with st.container(border=True):
+            head, action = st.columns([5, 1])
+            head.markdown(f"{tv.STATE_ICONS.get(row.state, '')} **{row.run_id}** · {row.title}  \n{row.status_text}")
+            if row.active:
+                st.progress(row.fraction, text=" · ".join(t for t in (row.progress_text, row.eta_text) if t))
+                if action.button("Cancel", key=f"cancel-{row.run_id}"):
+                    with ui.friendly_errors("Cancelling"), st.spinner("Stopping the job…"):
+                        jobs.cancel(row.run_id, root)
+            elif row.state in ("failed", "cancelled", "interrupted"):
+                if action.button("Start again", key=f"again-{row.run_id}", help="A new run with the same settings"):
+                    with ui.friendly_errors("Starting again"):
+                        jobs.resubmit(row.run_id, root)
+            if row.latest:
+                cols = st.columns(4)
+                for col, (key, label) in zip(cols, (("train_loss", "train loss"), ("val_loss", "val loss"),
+                                                    ("train_acc", "train accuracy"), ("val_acc", "val accuracy"))):
+                    value = row.latest.get(key)
+                    col.metric(label, "–" if value is None else (f"{value:.1%}" if "acc" in key else f"{value:.4f}"))
+                st.line_chart(tv.loss_curves(row.path), height=160, x_label="epoch", y_label="loss")
+            if row.state in ("failed", "interrupted") and row.error:
+                st.error(row.error)
+                with st.expander("Log"):
+                    st.code(log_tail(row.path, 40) or "(empty)")
+            if row.state == "completed":
+                c1, c2 = st.columns(2)
+                with c1:
+                    link("pages/compare.py", "Compare with other runs", "📈", row.run_id)
+                with c2:
+                    link("pages/diagnosis.py", "Diagnose an image", "🩻", row.run_id)
+
+
+jobs_panel()
