@@ -15,6 +15,7 @@ BALANCING = ("sampler", "loss", "none")
 OPTIMIZERS = ("adam", "sgd")
 HEADS = ("linear", "fc512")
 THRESHOLDS = ("argmax", "val")
+INTENSITY = ("none", "equalize")
 _FREEZE_RE = re.compile(r"^(none|head|\d+|gradual:\d+)$")
 
 
@@ -36,6 +37,7 @@ class TrainConfig:
     gamma: float = 0.1
     patience: int = 5  # early stopping on val loss, 0 = off
     augment: str = "none"  # none | light (papers) | acquisition (shift-robust)
+    intensity: str = "none"  # none | equalize (per-image histogram equalisation, saved with the model)
     balance: str = "sampler"  # sampler | loss | none
     head: str = "linear"  # linear | fc512 (two 512-unit layers)
     dropout: float = 0.0
@@ -106,7 +108,8 @@ def validate(c: TrainConfig) -> None:
     if c.gradual_epoch is not None and not (1 <= c.gradual_epoch):
         raise ConfigError("gradual:T needs T of at least 1 epoch.")
     for name, allowed in (("augment", AUGMENTATIONS), ("balance", BALANCING), ("optimizer", OPTIMIZERS),
-                          ("head", HEADS), ("threshold", THRESHOLDS)):
+                          ("head", HEADS), ("threshold", THRESHOLDS),
+                          ("intensity", INTENSITY)):
         if getattr(c, name) not in allowed:
             raise ConfigError(f"{name} must be one of {', '.join(allowed)} (got {getattr(c, name)!r}).")
     init = str(c.init)

@@ -22,13 +22,13 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from cxrdemo.errors import ConfigError, DatasetError, ImageReadError
-from cxrdemo.imageio import (IMAGE_SUFFIXES, IMAGENET_MEAN, IMAGENET_STD, MAX_PIXELS, ImageMeta,
-                             normalize_batch, preprocess, read_image, resize_to_uint8, sniff)
+from cxrdemo.imageio import (IMAGE_SUFFIXES, IMAGENET_MEAN, IMAGENET_STD, INTENSITY_MODES, MAX_PIXELS, ImageMeta,
+                             adjust_intensity, normalize_batch, preprocess, read_image, resize_to_uint8, sniff)
 from cxrdemo.paths import DEMO_DATA_DIR, cache_dir
 
 __all__ = [  # one door for the rest of the app: reading a file lives in imageio, datasets here
     "IMAGE_SUFFIXES", "IMAGENET_MEAN", "IMAGENET_STD", "MAX_PIXELS", "ImageMeta", "ImageReadError", "read_image",
-    "resize_to_uint8", "normalize_batch", "preprocess", "DatasetScan", "resolve_data_root", "scan_dataset",
+    "resize_to_uint8", "adjust_intensity", "INTENSITY_MODES", "normalize_batch", "preprocess", "DatasetScan", "resolve_data_root", "scan_dataset",
     "patient_key", "CachedImages", "load_images", "make_augment", "make_loader", "class_weights",
 ]
 
@@ -218,7 +218,7 @@ def _subset(items: list[tuple[str, int]], n_max: int, seed: int, split: str) -> 
 
 
 def scan_dataset(data: str | Path, *, seed: int = 0, fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
-                 max_per_split: int = 0) -> DatasetScan:
+                 max_per_split: int = 0, require_train: bool = True) -> DatasetScan:
     """List a dataset (ROOT/<split>/<CLASS>/img or ROOT/<CLASS>/img) and split it; reads a few bytes per file."""
     if len(fractions) != 3 or min(fractions) < 0 or fractions[0] <= 0 or not math.isclose(sum(fractions), 1.0):
         raise ConfigError(f"Split fractions must be three non-negative numbers summing to 1, got {fractions}.")
@@ -241,7 +241,7 @@ def scan_dataset(data: str | Path, *, seed: int = 0, fractions: tuple[float, flo
             if s in by_split:
                 raise DatasetError(f"{root} has two folders for the {s} split: {by_split[s].name} and {d.name}.")
             by_split[s] = d
-        if "train" not in by_split:
+        if "train" not in by_split and require_train:
             raise DatasetError(f"{root} has {', '.join(sorted(d.name for d in split_dirs))} folders but no train "
                                "folder.")
         skipped += [(str(d), "folder ignored: not train, val or test") for d in dirs if d not in split_dirs]
@@ -255,7 +255,8 @@ def scan_dataset(data: str | Path, *, seed: int = 0, fractions: tuple[float, flo
             detail = "; ".join(f"{by_split[s]} has {', '.join(v) or 'none'}" for s, v in sorted(names.items()))
             raise DatasetError(f"The class folders differ between splits: {detail}. Every split needs the same "
                                "class folders.")
-        classes, base = tuple(names["train"]), by_split["train"]
+        ref = "train" if "train" in by_split else sorted(by_split)[0]  # an evaluation-only set has no train split
+        classes, base = tuple(names[ref]), by_split[ref]
     else:
         class_dirs, classes, base = {"all": {d.name: d for d in dirs}}, tuple(d.name for d in dirs), root
     if not classes:
@@ -265,16 +266,16 @@ def scan_dataset(data: str | Path, *, seed: int = 0, fractions: tuple[float, flo
         raise DatasetError(f"{base} contains only one class folder ({classes[0]}): at least two classes are needed.")
     found = {s: [(p, k) for k, c in enumerate(classes) for p in _walk_class(cd[c], visited, skipped)]
              for s, cd in class_dirs.items()}
-    first = found["train" if split_dirs else "all"]
+    first = found[ref if split_dirs else "all"]
     if not first:
         raise DatasetError(f"{base} contains no readable images in its class folders.")
     for k, c in enumerate(classes):
         if not any(kk == k for _, kk in first):
-            raise DatasetError(f"The class folder {class_dirs['train' if split_dirs else 'all'][c]} contains no "
+            raise DatasetError(f"The class folder {class_dirs[ref if split_dirs else 'all'][c]} contains no "
                                "readable images.")
     if split_dirs:
         splits = {s: found.get(s, []) for s in SPLITS}
-        if "val" not in found:
+        if "val" not in found and "train" in found:
             splits["train"], splits["val"] = _split_by_patient(splits["train"], (0.85, 0.15), seed)
             notes.append("No val folder: 15% of train (by patient where file names tell) was set aside as val.")
         if "test" not in found:

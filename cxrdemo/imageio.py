@@ -309,6 +309,24 @@ def resize_to_uint8(img: np.ndarray, size: int) -> torch.Tensor:
     return (t[0].clamp(0.0, 1.0) * 255.0).round().to(torch.uint8)
 
 
+INTENSITY_MODES = ("none", "equalize")
+
+
+def adjust_intensity(x: torch.Tensor, mode: str) -> torch.Tensor:
+    """Per-image intensity standardisation of uint8 (B)x1xSxS images, applied after resizing, before any augmentation.
+
+    "equalize" flattens each image's histogram: exposure and processing differ between scanners and
+    sites, and equalised images differ less (a step saved with the model, so prediction repeats it).
+    """
+    if mode == "none":
+        return x
+    if mode == "equalize":
+        from torchvision.transforms.v2 import functional as TF
+
+        return TF.equalize(x)
+    raise ValueError(f"unknown intensity mode {mode!r}")
+
+
 def normalize_batch(x: torch.Tensor) -> torch.Tensor:
     """uint8 (or [0, 1] float) Bx1xSxS -> float32 Bx3xSxS with grey replicated and ImageNet mean/std applied."""
     if x.ndim == 3:

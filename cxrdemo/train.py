@@ -51,9 +51,9 @@ def set_threads(n: int) -> int:
     return n
 
 
-def preprocessing_record(img_size: int) -> dict:
+def preprocessing_record(img_size: int, intensity: str = "none") -> dict:
     """What a saved model needs to preprocess an image exactly as in training."""
-    return {"img_size": img_size, "mean": list(data.IMAGENET_MEAN), "std": list(data.IMAGENET_STD),
+    return {"img_size": img_size, "intensity": intensity, "mean": list(data.IMAGENET_MEAN), "std": list(data.IMAGENET_STD),
             "resize": "whole image squashed to a square, bilinear with antialias", "channels": 3}
 
 
@@ -185,6 +185,10 @@ def fit(config: TrainConfig, run_dir: Path, progress: ProgressFn | None = None,
         if scan.splits.get(split):
             say(Progress("prepare", message=f"Decoding {split} images (once; cached for later runs)"))
             cache[split] = data.load_images(scan.splits[split], config.img_size)
+            if config.intensity != "none":
+                c = cache[split]
+                cache[split] = data.CachedImages(data.adjust_intensity(c.images, config.intensity), c.labels,
+                                                 c.paths, c.skipped)
     if "val" not in cache or len(cache["val"].labels) == 0:
         raise ConfigError("The dataset has no validation images; add a val/ folder or more images per class.")
     if len(cache["train"].labels) == 0:
@@ -267,7 +271,7 @@ def save_model(run_dir: Path, net: backbones.Net, config: TrainConfig, classes, 
     runs.atomic_torch_save({
         "format": "cxrdemo-model/1", "backbone": config.backbone, "classes": list(classes),
         "num_classes": len(classes), "head": config.head, "dropout": config.dropout, "state_dict": state,
-        "preprocessing": preprocessing_record(config.img_size), "threshold": threshold, "epoch": epoch,
+        "preprocessing": preprocessing_record(config.img_size, config.intensity), "threshold": threshold, "epoch": epoch,
         "val_loss": val_loss, "train_path": path, "config": config.to_dict(),
     }, run_dir / "model.pt")
 
