@@ -10,6 +10,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -104,25 +105,33 @@ def create_run(config: TrainConfig, runs_dir: str | Path | None = None, scan_sum
                name: str = "") -> Path:
     """Make a new run folder with a unique readable id, config.json first, then status 'queued'."""
     root = store_dir(runs_dir)
-    root.mkdir(parents=True, exist_ok=True)
     base = f"{datetime.now():%Y%m%d-%H%M%S}-{_slug(config.backbone)}-{_slug(config.freeze)}"
     if name:
         base += "-" + _slug(name)[:40]
-    for i in range(1000):
-        run_id = base if i == 0 else f"{base}-{i + 1}"
-        try:
-            (root / run_id).mkdir()  # exclusive: two tabs at the same second get two ids
-            break
-        except FileExistsError:
-            continue
-    else:
-        raise RunError("Could not find a free run id; is the runs directory writable?")
-    d = root / run_id
-    atomic_write_json(d / "config.json", {
-        "run_id": run_id, "created": time.time(), "config": config.to_dict(), "dataset": scan_summary or {},
-        "versions": library_versions(),
-    })
-    write_status(d, state="queued", epoch=0, created=time.time())
+    d = None
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        for i in range(1000):
+            run_id = base if i == 0 else f"{base}-{i + 1}"
+            try:
+                (root / run_id).mkdir()  # exclusive: two tabs at the same second get two ids
+                break
+            except FileExistsError:
+                continue
+        else:
+            raise RunError("Could not find a free run id; is the runs directory writable?")
+        d = root / run_id
+        atomic_write_json(d / "config.json", {
+            "run_id": run_id, "created": time.time(), "config": config.to_dict(), "dataset": scan_summary or {},
+            "versions": library_versions(),
+        })
+        write_status(d, state="queued", epoch=0, created=time.time())
+    except OSError as exc:
+        # Disk full, read-only or not a folder: say so, and leave no half-made run behind.
+        if d is not None:
+            shutil.rmtree(d, ignore_errors=True)
+        raise RunError(f"Cannot write a new run in {root} ({exc.strerror or exc}): is the disk full or the "
+                       "folder read-only?") from None
     return d
 
 
