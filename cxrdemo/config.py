@@ -16,6 +16,8 @@ OPTIMIZERS = ("adam", "sgd")
 HEADS = ("linear", "fc512")
 THRESHOLDS = ("argmax", "val")
 INTENSITY = ("none", "equalize")
+_TEXT_FIELDS = ("data", "backbone", "init", "freeze", "optimizer", "augment", "intensity", "balance", "head",
+                "threshold")
 _FREEZE_RE = re.compile(r"^(none|head|\d+|gradual:\d+)$")
 
 
@@ -81,6 +83,9 @@ def _num(name: str, value: Any, kind: type) -> None:
 
 def validate(c: TrainConfig) -> None:
     """Raise ConfigError with a plain sentence for any option a user could get wrong."""
+    for name in _TEXT_FIELDS:  # a hand-edited config.json may hold anything
+        if not isinstance(getattr(c, name), str):
+            raise ConfigError(f"{name} must be text, got {getattr(c, name)!r}.")
     for name in ("epochs", "img_size", "batch_size", "step_size", "patience", "seed", "threads", "split_seed", "max_images"):
         _num(name, getattr(c, name), int)
     for name in ("lr", "weight_decay", "gamma", "dropout", "trunk_lr_factor"):
