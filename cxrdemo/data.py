@@ -148,13 +148,22 @@ def _walk_class(folder: Path, visited: set, skipped: list) -> list[str]:
         visited.add((st.st_dev, st.st_ino))
         for e in reversed(entries):
             reason = _skip_reason(e, depth)
-            if reason == "dir":
+            if reason == "dir" and e.is_symlink() and not _inside(e.path, folder):
+                # A link out of the class folder (e.g. to the split folder) would file other classes' images here.
+                skipped.append((e.path, "link to a folder outside its class folder (not followed)"))
+            elif reason == "dir":
                 stack.append((Path(e.path), depth + 1))
             elif reason:
                 skipped.append((e.path, reason))
             else:
                 found.append(os.path.abspath(e.path))
     return sorted(found)
+
+
+def _inside(path: str, folder: Path) -> bool:
+    """Whether `path`, links resolved, lies within `folder` (links resolved)."""
+    real, base = os.path.realpath(path), os.path.realpath(folder)
+    return os.path.commonpath([real, base]) == base
 
 
 def _skip_reason(e: os.DirEntry, depth: int) -> str | None:
