@@ -47,16 +47,24 @@ def log_tail(run_dir: Path, lines: int = 20) -> str:
         return ""
 
 
+def _write_error(exc: OSError) -> str:
+    return f"Could not write the run's files ({exc.strerror or exc}): is the disk full or the folder read-only?"
+
+
 def execute_run(run_dir: Path, echo: Callable[[Progress], None] | None = None,
                 runs_dir: Path | None = None) -> dict:
     """Train the run in `run_dir`, keeping status.json truthful whatever happens; returns its final status."""
     run_dir = Path(run_dir)
-    log = _logger(run_dir)
-    meta = runs.read_json(run_dir / "config.json")
-    config = TrainConfig.from_dict(meta["config"])
     started = time.time()
-    runs.write_status(run_dir, state="running", pid=os.getpid(), started=started, heartbeat=started, epoch=0,
-                      error=None)
+    try:
+        log = _logger(run_dir)
+        meta = runs.read_json(run_dir / "config.json")
+        config = TrainConfig.from_dict(meta["config"])
+        runs.write_status(run_dir, state="running", pid=os.getpid(), started=started, heartbeat=started, epoch=0,
+                          error=None)
+    except OSError as exc:
+        # The folder cannot even be written: report it to the caller; status.json reads 'interrupted' once we exit.
+        return {"state": "failed", "error": _write_error(exc)}
     log.info("started pid %s: %s", os.getpid(), config.to_dict())
     last_beat = [0.0]
 
@@ -90,7 +98,7 @@ def execute_run(run_dir: Path, echo: Callable[[Progress], None] | None = None,
     except OSError as exc:
         # Disk full, read-only folder: say so plainly; earlier runs are untouched because every write is atomic.
         log.info("failed: %s", exc)
-        msg = f"Could not write the run's files ({exc.strerror or exc}): is the disk full or the folder read-only?"
+        msg = _write_error(exc)
         try:
             return runs.write_status(run_dir, state="failed", finished=time.time(), error=msg, log_tail=log_tail(run_dir))
         except OSError:
