@@ -1,0 +1,160 @@
+"""Diagnosis: a model's prediction and Grad-CAM heatmap for one radiograph (uploaded or a built-in example)."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from cxrdemo import explain, predict
+from pages import ui
+
+PREDICTED = "The predicted class"
+MAX_COMPARE = 4
+
+
+@st.cache_resource(max_entries=8, show_spinner="Loading the model…")
+def load(run: str, mtime: int, root: str) -> predict.LoadedModel:
+    """A model, loaded once per run and model.pt version (mtime is part of the key)."""
+    return predict.load_model(run, root)
+
+
+@st.cache_data(max_entries=4, show_spinner="Reading the image…")
+def read(digest: str, name: str, _raw: bytes) -> predict.Radiograph:
+    """The upload read in memory, once per content (digest): bytes are never written to disk."""
+    return predict.read_radiograph(_raw, name)
+
+
+@st.cache_data(max_entries=32, show_spinner="Computing the prediction and the heatmap…")
+def diagnose(run: str, mtime: int, root: str, digest: str, method: str, target: str | None,
+             _rad: predict.Radiograph) -> explain.Explanation:
+    """Prediction + heatmap of one model for one image; a slider move reuses it."""
+    model = load(run, mtime, root)
+    k = model.classes.index(target) if target in model.classes else None
+    return explain.explain(model, predict.prepare(model, _rad.grey), method, k)
+
+
+def model_panel(model: predict.LoadedModel) -> None:
+    """The chosen model's recipe and test results."""
+    s = predict.model_summary(model)
+    r = s["recipe"]
+    st.caption(f"**{r.get('backbone', '?')}**, initialised from {r.get('init', '?')}, freeze {r.get('freeze', '?')}, "
+               f"{r.get('epochs', '?')} epoch{'' if r.get('epochs') == 1 else 's'} at {r.get('img_size', model.img_size)} px · classes: "
+               f"{', '.join(s['classes'])} · decides: {s['decision']}")
+    t = s["test"]
+    if t:
+        shown = [(k, lbl) for k, lbl in (("accuracy", "Test accuracy"), ("sensitivity", "Sensitivity"),
+                                          ("specificity", "Specificity"), ("auroc", "AUROC")) if k in t]
+        for col, (k, lbl) in zip(st.columns(len(shown)), shown):
+            col.metric(lbl, f"{t[k]:.3f}")
+        st.caption(f"Measured on {t.get('n', '?')} held-out test images.")
+    else:
+        st.caption("This model has no test results.")
+
+
+def image_source() -> tuple[bytes, str] | None:
+    """The uploaded file's bytes, else the chosen example's, else None."""
+    up = st.file_uploader("Upload a chest radiograph (PNG, JPEG or DICOM)", key="upload",
+                          help="The file stays in this app's memory; it is never saved to disk. "
+                               "DICOM files are read for their pixels only: names, IDs and dates are never shown.")
+    if up is not None:
+        return up.getvalue(), up.name
+    examples = predict.example_images()
+    if not examples:
+        st.info("Upload a radiograph to start.")
+        return None
+    pick = st.radio("…or try a built-in example (real test images the demo model never saw)", list(examples),
+                    index=None, horizontal=True, key="example")
+    if pick is None:
+        return None
+    return examples[pick].read_bytes(), examples[pick].name
+
+
+def show_result(label: str, model: predict.LoadedModel, rad: predict.Radiograph, res: explain.Explanation,
+                opacity: float, full: bool) -> None:
+    """Predicted class, probabilities, image and overlay; compact in the comparison row."""
+    cls = model.classes[res.predicted]
+    if not full:
+        st.markdown(f"**{label}**")
+    st.markdown(f"Prediction: **{cls}** ({100 * float(res.probs[res.predicted]):.1f}%)")
+    if full:
+        st.plotly_chart(explain.probability_figure(model.classes, res.probs, res.predicted), key="probs")
+    ov = explain.overlay(rad.grey, res.cam, opacity)
+    what = f"{res.method} for {model.classes[res.target]}" if res.class_specific else f"{res.method} (any class)"
+    if full:
+        left, right = st.columns(2)
+        left.image(rad.grey, caption="The image as read", clamp=True, width="stretch", output_format="PNG")
+        right.image(ov, caption=what, width="stretch", output_format="PNG")
+        st.download_button("Download the overlay (PNG)", data=lambda: explain.to_png_bytes(ov), mime="image/png",
+                           file_name=f"cxrdemo-{model.run_id}-{res.method}.png", on_click="ignore", key="dl_overlay")
+    else:
+        st.image(ov, caption=what, width="stretch", output_format="PNG")
+    if res.flat:
+        st.caption(f"The heatmap is empty: no region raised the score of {model.classes[res.target]}.")
+
+
+st.title("🩻 Diagnosis")
+ui.notice()
+st.caption("See what a trained model predicts for one radiograph and, with a heatmap, which regions drove "
+           "that prediction.")
+root = str(ui.runs_dir())
+choices = ui.model_choices()
+if not choices:
+    st.info("There is no trained model yet. Train one on the **Trainer** page (a few minutes on the built-in "
+            "demo data); it will be offered here as soon as it has finished.")
+    st.stop()
+
+labels = list(choices)
+pick_image, pick_model = st.columns(2, gap="large")
+with pick_model:
+    label = st.selectbox("Model", labels, index=0, key="model",
+                         help="The shipped demo model when present, else your most recent completed run.")
+    run = choices[label]
+    model = None
+    with ui.friendly_errors("Loading the model"):
+        model = load(run, predict.model_mtime(run, root), root)
+        model_panel(model)
+with pick_image:
+    source = image_source()
+if model is None:
+    st.stop()
+
+c1, c2, c3 = st.columns(3)
+method = c1.selectbox("Heatmap method", list(explain.CAM_METHODS), key="method",
+                      help="How the heatmap is computed. GradCAM is the usual choice.")
+c1.caption(explain.METHOD_NOTES[method])
+target = c2.selectbox("Class to explain", [PREDICTED, *model.classes], key="target",
+                      help="Which class the heatmap argues for: by default the one the model predicted.")
+opacity = c3.slider("Heatmap opacity", 0.0, 1.0, 0.4, 0.05, key="opacity")
+
+if source is None:
+    st.stop()
+raw, name = source
+rad = None
+with ui.friendly_errors("Reading the image"):
+    rad = read(predict.digest(raw), name, raw)
+if rad is None:
+    st.stop()
+m = rad.meta
+st.caption(f"Read as {m.format.upper()}, {m.width} × {m.height} px, {m.bits}-bit {m.mode}"
+           + (f" · {'; '.join(m.notes)}" if m.notes else ""))
+if not rad.looks_like_cxr:
+    st.warning(rad.warning, icon="🩻")
+    # one acknowledgement per image: a second odd image is not run on the first one's say-so
+    if not st.checkbox("I understand: run the model on this image anyway", key=f"run_anyway_{rad.digest[:16]}"):
+        st.stop()
+
+key_target = None if target == PREDICTED else target
+with ui.friendly_errors("The prediction"):
+    res = diagnose(run, predict.model_mtime(run, root), root, rad.digest, method, key_target, rad)
+    show_result(label, model, rad, res, opacity, full=True)
+
+st.subheader("Compare models on this image")
+others = st.multiselect("Other models", [lb for lb in labels if lb != label], max_selections=MAX_COMPARE,
+                        key="compare", placeholder="Choose up to 4 models")
+if others:
+    for col, lb in zip(st.columns(1 + len(others)), [label, *others]):
+        with col, ui.friendly_errors("This model"):
+            r = choices[lb]
+            mt = predict.model_mtime(r, root)
+            other = load(r, mt, root)
+            show_result(lb, other, rad, diagnose(r, mt, root, rad.digest, method, key_target, rad), opacity, False)
+    st.caption("Each model explains its own predicted class unless the class chosen above is one of its classes.")

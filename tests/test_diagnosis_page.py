@@ -1,0 +1,150 @@
+"""The Diagnosis page through AppTest: notice, model choice, examples, uploads, warnings before predictions."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from streamlit.testing.v1 import AppTest
+
+from cxrdemo import paths
+from tests.test_predict import SECRETS, _checkerboard, _dicom, bad_uploads
+
+PAGE = str(Path(__file__).resolve().parents[1] / "pages" / "diagnosis.py")
+TIMEOUT = 60
+
+
+def _png(img: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _page() -> AppTest:
+    at = AppTest.from_file(PAGE, default_timeout=TIMEOUT)
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def _texts(at: AppTest) -> str:
+    """Every string the page shows: markdown, captions, alerts, metrics, widget labels and options."""
+    parts = [e.value for e in (*at.markdown, *at.caption, *at.warning, *at.error, *at.info, *at.success)]
+    parts += [f"{m.label} {m.value}" for m in at.metric]
+    parts += [str(w.label) + " " + " ".join(map(str, getattr(w, "options", []))) for w in (*at.selectbox, *at.radio)]
+    return "\n".join(map(str, parts))
+
+
+def _predictions(at: AppTest) -> list[str]:
+    return [m.value for m in at.markdown if m.value.startswith("Prediction:")]
+
+
+def test_without_any_model_the_page_points_to_the_trainer(tmp_path, monkeypatch):
+    monkeypatch.setenv("CXRDEMO_RUNS_DIR", str(tmp_path / "runs"))
+    monkeypatch.setenv("CXRDEMO_WEIGHTS_DIR", str(tmp_path))
+    at = _page()
+    assert "not for clinical use" in at.warning[0].value
+    assert any("Trainer" in i.value for i in at.info)
+    assert not at.file_uploader and not _predictions(at)
+
+
+def test_an_example_gives_a_prediction_probabilities_and_overlay(patch_store):
+    at = _page()
+    assert "not for clinical use" in at.warning[0].value
+    assert at.selectbox(key="model").value.startswith(patch_store.run.name)  # no demo model: the completed run
+    assert any("cnn8" in c.value and "freeze head" in c.value for c in at.caption)  # the recipe
+    assert [m.label for m in at.metric][:1] == ["Test accuracy"]
+    assert not _predictions(at)  # nothing chosen yet
+    radio = at.radio(key="example")
+    assert radio.options == ["NORMAL example 1", "NORMAL example 2", "PNEUMONIA example 1", "PNEUMONIA example 2"]
+    radio.set_value("PNEUMONIA example 1").run()
+    assert not at.exception, at.exception
+    assert not any("does not look like a chest" in w.value for w in at.warning)  # a real radiograph
+    (pred,) = _predictions(at)
+    assert pred.split("**")[1] in ("blank", "patch")
+    charts = at.get("plotly_chart")
+    assert len(charts) == 1 and '"y":["blank","patch"]' in charts[0].proto.spec.replace(" ", "")
+    captions = [c for im in at.image for c in im.captions]
+    assert captions == ["The image as read", "GradCAM for " + pred.split("**")[1]]  # side by side
+    assert at.get("download_button")
+
+
+def test_a_non_radiograph_is_warned_about_before_any_prediction(patch_store):
+    at = _page()
+    at.file_uploader(key="upload").upload("pattern.png", _png(_checkerboard()), "image/png").run()
+    assert not at.exception, at.exception
+    warnings = [w.value for w in at.warning if "does not look like a chest" in w.value]
+    assert len(warnings) == 1 and not _predictions(at)
+    at.checkbox[0].check().run()
+    assert not at.exception, at.exception
+    assert len(_predictions(at)) == 1
+    assert any("does not look like a chest" in w.value for w in at.warning)  # kept visible with the result
+    # another odd image needs its own acknowledgement
+    at.file_uploader(key="upload").clear().upload("inverted.png", _png(255 - _checkerboard()),
+                                                  "image/png").run()
+    assert not at.exception and not _predictions(at) and not at.checkbox[0].value
+
+
+@pytest.mark.parametrize("case", range(5), ids=["empty", "truncated PNG", "text as .png", "PDF", "huge PNG"])
+def test_bad_uploads_show_a_sentence_and_the_page_keeps_working(patch_store, make_patch_image, case):
+    name, raw, words = bad_uploads(make_patch_image)[case]
+    at = _page()
+    at.file_uploader(key="upload").upload(name, raw, "application/octet-stream").run()
+    assert not at.exception, at.exception
+    errors = [e.value for e in at.error]
+    assert len(errors) == 1 and words in errors[0] and not _predictions(at)
+    # the page still works: choose another method, then a good upload
+    at.selectbox(key="method").set_value("GradCAM++").run()
+    assert not at.exception
+    at.file_uploader(key="upload").clear().run()
+    at.file_uploader(key="upload").upload("ok.png", _png(make_patch_image(np.random.default_rng(0), True)[0]),
+                                          "image/png").run()
+    assert not at.exception and not at.error
+    if at.checkbox:
+        at.checkbox[0].check().run()
+    assert len(_predictions(at)) == 1
+
+
+def test_dicom_upload_predicts_and_never_shows_identifiers(patch_store, make_patch_image):
+    at = _page()
+    img, _ = make_patch_image(np.random.default_rng(21), True)
+    at.file_uploader(key="upload").upload("Doe_Jane.dcm", _dicom(img, "MONOCHROME1", 12), "application/dicom").run()
+    if at.checkbox:
+        at.checkbox[0].check().run()
+    assert not at.exception, at.exception
+    assert _predictions(at) == [_predictions(at)[0]] and "**patch**" in _predictions(at)[0]
+    assert any("DICOM" in c.value and "MONOCHROME1" in c.value for c in at.caption)
+    shown = _texts(at) + " ".join(str(b.proto) for b in at.get("download_button"))
+    for secret in SECRETS:
+        assert secret not in shown
+    assert not list(patch_store.root.parent.glob("**/*.dcm"))  # the upload was never written to disk
+
+
+def test_class_to_explain_and_model_comparison(patch_store):
+    other = patch_store.add("second")
+    at = _page()
+    at.radio(key="example").set_value("NORMAL example 1").run()
+    at.selectbox(key="target").set_value("blank").run()
+    assert not at.exception, at.exception
+    assert [c for im in at.image for c in im.captions][1] == "GradCAM for blank"
+    assert at.selectbox(key="model").value.startswith(other.name)  # the newest completed run comes first
+    options = at.multiselect(key="compare").options
+    assert len(options) == 1 and options[0].startswith(patch_store.run.name)
+    at.multiselect(key="compare").set_value(options).run()
+    assert not at.exception, at.exception
+    assert len(_predictions(at)) == 3  # the main result, then one per model in the comparison row
+    assert len(at.image) == 4
+
+
+def test_the_demo_model_is_preselected_when_present(patch_store, tmp_path, monkeypatch):
+    import shutil
+
+    demo = tmp_path / "weights" / paths.DEMO_RUN_NAME
+    shutil.copytree(patch_store.run, demo)
+    at = _page()
+    assert at.selectbox(key="model").value == "Demo model (shipped)"
+    at.radio(key="example").set_value("NORMAL example 2").run()
+    assert not at.exception and len(_predictions(at)) == 1
