@@ -137,18 +137,51 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def _cam_path(out: str, image: str, index: int, many: bool) -> Path:
+    """--cam OUT.png as given for one image; OUT-<n>-<image stem>.png per image when there are several."""
+    p = Path(out)
+    if not many:
+        return p
+    stem = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in Path(image).stem)[:60] or "image"
+    return p.with_name(f"{p.stem}-{index + 1}-{stem}{p.suffix or '.png'}")
+
+
 def cmd_predict(args) -> int:
-    from cxrdemo import data
-    from cxrdemo.predict import load_model, predict_probs
+    from cxrdemo import explain
+    from cxrdemo.errors import ConfigError, ImageReadError
+    from cxrdemo.predict import load_model, predict_probs, prepare, read_radiograph
 
     model = load_model(args.run, _runs_dir(args), allow_path=True)
-    for image in args.images:
-        x, _ = data.preprocess(image, model.img_size)
-        probs = predict_probs(model, x.unsqueeze(0))[0]
-        k = int(model.decide(probs)[0])
-        print(_json({"image": image, "class": model.classes[k],
-                     "probabilities": {c: round(float(p), 6) for c, p in zip(model.classes, probs)}}))
-    return 0
+    explain.method_class(args.method)  # bad arguments are reported before any image is read
+    if not 0.0 <= args.opacity <= 1.0:
+        raise ConfigError(f"--opacity must be between 0 and 1 (got {args.opacity}).")
+    failed = False
+    for i, image in enumerate(args.images):
+        try:
+            rad = read_radiograph(image, Path(image).name)
+        except ImageReadError as exc:
+            failed = True
+            print(_json({"image": image, "error": str(exc)}), flush=True)
+            continue
+        x = prepare(model, rad.grey)
+        if args.cam:
+            result = explain.explain(model, x, args.method)
+            probs, k = result.probs, result.predicted
+            out = _cam_path(args.cam, image, i, len(args.images) > 1)
+            try:
+                out.write_bytes(explain.to_png_bytes(explain.overlay(rad.grey, result.cam, args.opacity)))
+            except OSError as exc:
+                raise ConfigError(f"Could not write the heatmap to {out}: {exc.strerror or exc}.") from None
+        else:
+            probs = predict_probs(model, x.unsqueeze(0))[0]
+            k = int(model.decide(probs)[0])
+        line = {"image": image, "class": model.classes[k],
+                "probabilities": {c: round(float(p), 6) for c, p in zip(model.classes, probs)},
+                "looks_like_cxr": rad.looks_like_cxr, "warning": rad.warning}
+        if args.cam:
+            line.update(cam=str(out), method=args.method)
+        print(_json(line), flush=True)
+    return EXIT_BAD_INPUT if failed else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -178,9 +211,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("predict", help="one JSON line per image")
+    p = sub.add_parser("predict", help="one JSON line per image (an unreadable image: an 'error' line, exit 2)")
     p.add_argument("--run", default="demo", help="run id, 'demo', or a run folder")
     p.add_argument("images", nargs="+")
+    p.add_argument("--cam", metavar="OUT.png", help="write the heatmap overlay (several images: OUT-<n>-<name>.png)")
+    p.add_argument("--method", default="GradCAM", help="GradCAM | GradCAM++ | EigenCAM | ScoreCAM | LayerCAM")
+    p.add_argument("--opacity", type=float, default=0.4, help="heatmap opacity in the overlay, 0 to 1")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("worker", help=argparse.SUPPRESS)
