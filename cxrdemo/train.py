@@ -254,6 +254,8 @@ def fit(config: TrainConfig, run_dir: Path, progress: ProgressFn | None = None,
         if config.patience and bad_epochs >= config.patience:
             say(Progress("val", epoch, config.epochs, message=f"Early stop: no val-loss gain for {bad_epochs} epochs"))
             break
+    # The test reloads the best weights into a fresh net: free the training copy, its gradients and Adam state first.
+    net = ev_model = opt = sched = feature_cache = None
     return finish(run_dir, config, classes, cache, best_epoch, say)
 
 
@@ -267,7 +269,8 @@ def _trunk_features(net: backbones.Net, images: torch.Tensor, inputs, batch_size
 def save_model(run_dir: Path, net: backbones.Net, config: TrainConfig, classes, epoch: int, val_loss: float,
                path: str, threshold: float | None = None) -> None:
     """model.pt: weights plus everything needed to predict with no other file."""
-    state = {k: v.detach().clone().contiguous() for k, v in net.state_dict().items()}
+    # contiguous() copies only channels-last tensors; torch.save copies the rest itself, so no clone.
+    state = {k: v.detach().contiguous() for k, v in net.state_dict().items()}
     runs.atomic_torch_save({
         "format": "cxrdemo-model/1", "backbone": config.backbone, "classes": list(classes),
         "num_classes": len(classes), "head": config.head, "dropout": config.dropout, "state_dict": state,
