@@ -4,11 +4,11 @@ import streamlit as st
 
 from pages import ui
 
-st.set_page_config(page_title="cxrdemo — transfer learning on chest X-rays", page_icon="🫁", layout="wide")
+st.set_page_config(page_title="cxrdemo — transfer learning on chest X-rays", page_icon=":material/radiology:", layout="wide")
 
 
 def home() -> None:
-    st.title("🫁 cxrdemo")
+    st.title("cxrdemo")
     st.markdown(
         """
 See **transfer learning** on chest radiographs, step by step:
@@ -26,15 +26,15 @@ PNEUMONIA, Kermany et al. 2018, CC BY 4.0) and a small shipped demo model.
 """
     )
     c1, c2, c3 = st.columns(3)
-    c1.page_link(TRAINER, label="Start training", icon="🏋️")
-    c2.page_link(COMPARE, label="Compare runs", icon="📈")
-    c3.page_link(DIAGNOSIS, label="Diagnose an image", icon="🩻")
+    c1.page_link(TRAINER, label="Start training", icon=":material/model_training:")
+    c2.page_link(COMPARE, label="Compare runs", icon=":material/monitoring:")
+    c3.page_link(DIAGNOSIS, label="Diagnose an image", icon=":material/radiology:")
 
 
-HOME = st.Page(home, title="Home", icon="🏠", default=True)
-TRAINER = st.Page("pages/trainer.py", title="Trainer", icon="🏋️", url_path="trainer")
-COMPARE = st.Page("pages/compare.py", title="Compare", icon="📈", url_path="compare")
-DIAGNOSIS = st.Page("pages/diagnosis.py", title="Diagnosis", icon="🩻", url_path="diagnosis")
+HOME = st.Page(home, title="Home", icon=":material/home:", default=True)
+TRAINER = st.Page("pages/trainer.py", title="Trainer", icon=":material/model_training:", url_path="trainer")
+COMPARE = st.Page("pages/compare.py", title="Compare", icon=":material/monitoring:", url_path="compare")
+DIAGNOSIS = st.Page("pages/diagnosis.py", title="Diagnosis", icon=":material/radiology:", url_path="diagnosis")
 
 with st.sidebar:
     st.caption(ui.NOTICE)

@@ -13,8 +13,9 @@ from cxrdemo import paths, runs
 from cxrdemo.config import TrainConfig
 from cxrdemo.errors import ConfigError
 
-STATE_ICONS = {"queued": "⏳", "running": "🏃", "completed": "✅", "failed": "❌", "cancelled": "⏹️",
-               "interrupted": "⚠️", "damaged": "🩹"}
+STATE_ICONS = {"queued": ":material/schedule:", "running": ":material/directions_run:",
+               "completed": ":material/check_circle:", "failed": ":material/error:", "cancelled": ":material/cancel:",
+               "interrupted": ":material/warning:", "damaged": ":material/healing:"}
 
 
 # ---------------------------------------------------------------- numbers

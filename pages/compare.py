@@ -60,7 +60,7 @@ def results_section(chosen, colors: dict[str, str]) -> None:
     warning = compare.mixing_message(groups)
     class_set = next(iter(groups), None)
     if warning:
-        st.warning(warning, icon="⚖️")
+        st.warning(warning, icon=":material/balance:")
         class_set = st.selectbox("Class set for the test-metric chart", list(groups), key="class_set")
     same_task = chosen[chosen["classes"] == class_set]
     metric = st.selectbox("Test metric", list(compare.TEST_METRIC_LABELS), key="tradeoff_metric",
@@ -116,7 +116,7 @@ def delete_section(table) -> None:
                 st.rerun()
 
 
-st.title("📈 Compare runs")
+st.title(":material/monitoring: Compare runs")
 st.caption("Learning curves, what each recipe cost (trainable parameters, seconds per epoch) and what it bought "
            "(test accuracy, recall, AUROC). Runs still training update by themselves.")
 root = ui.runs_dir()
@@ -129,7 +129,7 @@ with ui.friendly_errors("Reading the runs"):
     damaged = table[table["status"] == "damaged"]
     if len(damaged):
         st.warning("Some run folders cannot be read and are listed as 'damaged': "
-                   + "; ".join(f"{r}: {p}" for r, p in zip(damaged["run_id"], damaged["problem"])), icon="🩹")
+                   + "; ".join(f"{r}: {p}" for r, p in zip(damaged["run_id"], damaged["problem"])), icon=":material/healing:")
 
     f1, f2, f3 = st.columns(3)
     datasets = f1.multiselect("Dataset", sorted(set(table["dataset"]) - {""}), placeholder="All datasets",

@@ -34,7 +34,7 @@ def link(page: str, label: str, icon: str, run_id: str) -> None:
 
 
 ui.notice()
-st.title("🏋️ Trainer")
+st.title(":material/model_training: Trainer")
 root = ui.runs_dir()
 with ui.friendly_errors("Checking earlier jobs"):
     jobs.reap(root)
@@ -74,7 +74,7 @@ init = c2.selectbox("Starting weights", list(inits), index=list(inits).index(pre
                     key=f"init-{backbone}")
 note = tv.imagenet_note(backbone)
 if note:
-    c2.info(note, icon="📦")
+    c2.info(note, icon=":material/inventory_2:")
 freezes = tv.freeze_options(backbone)
 freeze = c1.selectbox("Freeze level (which layers stay fixed)", list(freezes), format_func=freezes.get,
                       key=f"freeze-{backbone}")
@@ -161,9 +161,9 @@ def jobs_panel() -> None:
             if row.state == "completed":
                 c1, c2 = st.columns(2)
                 with c1:
-                    link("pages/compare.py", "Compare with other runs", "📈", row.run_id)
+                    link("pages/compare.py", "Compare with other runs", ":material/monitoring:", row.run_id)
                 with c2:
-                    link("pages/diagnosis.py", "Diagnose an image", "🩻", row.run_id)
+                    link("pages/diagnosis.py", "Diagnose an image", ":material/radiology:", row.run_id)
 
 
 jobs_panel()

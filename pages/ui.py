@@ -18,7 +18,7 @@ log = logging.getLogger("cxrdemo.app")
 
 def notice() -> None:
     """The not-for-clinical-use banner."""
-    st.warning(NOTICE, icon="⚠️")
+    st.warning(NOTICE, icon=":material/warning:")
 
 
 @contextlib.contextmanager
@@ -27,11 +27,11 @@ def friendly_errors(what: str = "That") -> Iterator[None]:
     try:
         yield
     except CxrError as exc:
-        st.error(str(exc), icon="🚫")
+        st.error(str(exc), icon=":material/error:")
     except Exception:  # noqa: BLE001 - the page must keep working; details go to the console log
         log.exception("unexpected error")
         st.error(f"{what} did not work because of an unexpected problem. The details were written to the app's "
-                 "console; the rest of the app keeps working.", icon="🚫")
+                 "console; the rest of the app keeps working.", icon=":material/error:")
 
 
 def runs_dir():
