@@ -113,12 +113,12 @@ def explain(model: LoadedModel, image_u8: torch.Tensor, method: str = "GradCAM",
     cam_class = method_class(method)
     if target_class is not None and not 0 <= int(target_class) < len(model.classes):
         raise ConfigError(f"Class {target_class} does not exist: this model knows {', '.join(model.classes)}.")
-    x = model_input(model, image_u8)
     net = model.net
     layer = backbones.cam_target_layer(net)
     grey: np.ndarray | None = None
     # One computation at a time per model: the library's hooks sit on the shared (cached) network.
-    with model.lock, torch.enable_grad(), _parameters_without_grad(net):
+    with model.lock, torch.inference_mode(False), torch.enable_grad(), _parameters_without_grad(net):
+        x = model_input(model, image_u8)  # made here: a caller's inference_mode must not leak into the input
         was_training = net.training
         hook = layer.register_forward_hook(_grad_from_here, prepend=True)  # before the library's own hooks
         try:

@@ -93,6 +93,14 @@ def test_default_target_follows_the_saved_threshold(patch_model, make_patch_imag
     assert explain.explain(patch_model, _u8(img)).target == 0
 
 
+def test_explain_works_when_called_under_inference_mode(patch_model, make_patch_image):
+    (img, _), = _images(make_patch_image, 1, 10, True)
+    with torch.inference_mode():
+        res = explain.explain(patch_model, _u8(img))
+    np.testing.assert_allclose(res.cam, explain.explain(patch_model, _u8(img)).cam, atol=1e-6)
+    assert res.cam.max() > 0.5
+
+
 @pytest.mark.parametrize("method", list(explain.CAM_METHODS))
 def test_every_cam_method_runs(patch_model, make_patch_image, method):
     (img, _), = _images(make_patch_image, 1, 7, True)
