@@ -8,7 +8,7 @@ import math
 import sys
 from pathlib import Path
 
-from cxrdemo.config import AUGMENTATIONS, BALANCING, HEADS, OPTIMIZERS, THRESHOLDS, TrainConfig
+from cxrdemo.config import AUGMENTATIONS, BALANCING, HEADS, INTENSITY, OPTIMIZERS, THRESHOLDS, TrainConfig
 from cxrdemo.errors import CxrError
 
 EXIT_BAD_INPUT = 2
@@ -46,6 +46,8 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--patience", type=int, default=d.patience, help="early stopping patience (0 = off)")
     p.add_argument("--augment", nargs="?", const="light", default=d.augment, choices=AUGMENTATIONS,
                    help="none | light (papers) | acquisition; bare --augment means light")
+    p.add_argument("--intensity", choices=INTENSITY, default=d.intensity,
+                   help="per-image intensity standardisation, repeated at prediction (equalize = histogram)")
     p.add_argument("--balance", choices=BALANCING, default=d.balance)
     p.add_argument("--head", choices=HEADS, default=d.head)
     p.add_argument("--dropout", type=float, default=d.dropout)
@@ -110,7 +112,10 @@ def cmd_train(args) -> int:
     from cxrdemo import runs
     from cxrdemo.worker import execute_run
 
+    from cxrdemo.train import check_startable
+
     config = config_from_args(args)
+    check_startable(config, _runs_dir(args))
     d = runs.create_run(config, _runs_dir(args), name=args.name)
     print(d.name, flush=True)
     status = execute_run(d, echo=None if args.quiet else _print_progress, runs_dir=_runs_dir(args))
@@ -184,6 +189,21 @@ def cmd_predict(args) -> int:
     return EXIT_BAD_INPUT if failed else 0
 
 
+def cmd_demo_model(args) -> int:
+    from cxrdemo.demo_model import build_demo_model
+
+    evals = []
+    for spec in args.eval:
+        root, _, split = spec.rpartition(":") if ":" in spec else (spec, "", "test")
+        evals.append((root, split or "test"))
+    overrides = {k: v for k, v in (("epochs", args.epochs), ("threads", args.threads)) if v is not None}
+    card = build_demo_model(args.data, evals, Path(args.out) if args.out else None, _runs_dir(args),
+                            echo=None if args.quiet else _print_progress, **overrides)
+    print(_json({"run": card["run_id"], "train_minutes": card["train_minutes"],
+                 "evaluations": [{"data": e["data"], **e["metrics"]} for e in card["evaluations"]]}))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argparse tree of `python -m cxrdemo`."""
     parser = argparse.ArgumentParser(prog="python -m cxrdemo", description=__doc__)
@@ -218,6 +238,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default="GradCAM", help="GradCAM | GradCAM++ | EigenCAM | ScoreCAM | LayerCAM")
     p.add_argument("--opacity", type=float, default=0.4, help="heatmap opacity in the overlay, 0 to 1")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("demo-model", help="retrain the shipped demo model (weights/demo) and its model card")
+    p.add_argument("--data", required=True, help="training set, e.g. ../shared/data/cxr-large")
+    p.add_argument("--eval", action="append", default=[], metavar="DIR[:SPLIT]",
+                   help="a test set to report with bootstrap intervals (repeatable)")
+    p.add_argument("--out", help="install folder (default weights/demo)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--threads", type=int)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_demo_model)
 
     p = sub.add_parser("worker", help=argparse.SUPPRESS)
     p.add_argument("--run-dir", required=True)

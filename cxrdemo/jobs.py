@@ -48,6 +48,9 @@ def submit(config: TrainConfig, runs_dir: str | Path | None = None, name: str = 
            max_jobs: int | None = None) -> str:
     """Create a queued run and start its detached worker process; returns the run id at once."""
     root = runs.store_dir(runs_dir)
+    from cxrdemo.train import check_startable  # torch is needed here anyway: the page built the config with it
+
+    check_startable(config, root)
     if config.data.strip().lower() != "demo":
         # config.json records where the images are, whatever folder the worker (or a later reader) runs in.
         config = config.replace(data=str(Path(config.data).expanduser().resolve()))

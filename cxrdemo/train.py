@@ -59,8 +59,8 @@ def preprocessing_record(img_size: int, intensity: str = "none") -> dict:
 
 # ---------------------------------------------------------------- set-up
 
-def init_from_run(net: backbones.Net, ref: str, classes: tuple[str, ...], runs_dir: Path | None) -> str:
-    """Load a finished run's weights into `net`; the head is kept only when the classes match."""
+def source_run(ref: str, runs_dir: Path | None = None) -> Path:
+    """The folder of a completed run that another run may start from (ConfigError with the reason otherwise)."""
     try:
         d = runs.run_dir(ref, runs_dir)
         state = runs.read_status(d).get("state") if (d / "status.json").exists() else "completed"
@@ -68,6 +68,30 @@ def init_from_run(net: backbones.Net, ref: str, classes: tuple[str, ...], runs_d
         raise ConfigError(f"Cannot start from run {ref}: {exc}") from None
     if state != "completed":
         raise ConfigError(f"Run {ref} is {state}, not completed: it cannot be a starting point.")
+    return d
+
+
+def check_startable(config: TrainConfig, runs_dir: Path | None = None) -> None:
+    """Refuse up front, before a run is created, what the recipe itself gets wrong (backbone, freeze, source run)."""
+    spec = backbones.get_spec(config.backbone)
+    backbones.frozen_groups(config.freeze, config.backbone)
+    if config.init == "imagenet" and not spec.supports_imagenet:
+        raise ConfigError(f"{config.backbone} is trained from scratch: ImageNet weights exist only for torchvision "
+                          "backbones.")
+    if config.init.startswith("run:"):
+        d = source_run(config.init[4:], runs_dir)
+        try:
+            other = (runs.read_json(d / "config.json").get("config") or {}).get("backbone")
+        except RunError:
+            other = None
+        if other and other != config.backbone:
+            raise ConfigError(f"Run {config.init[4:]} trained a {other}, not a {config.backbone}: choose that "
+                              "backbone to start from it.")
+
+
+def init_from_run(net: backbones.Net, ref: str, classes: tuple[str, ...], runs_dir: Path | None) -> str:
+    """Load a finished run's weights into `net`; the head is kept only when the classes match."""
+    d = source_run(ref, runs_dir)
     ckpt = runs.load_checkpoint(d / "model.pt")
     if ckpt["backbone"] != net.backbone:
         raise ConfigError(f"Run {ref} trained a {ckpt['backbone']}, not a {net.backbone}: choose that backbone "

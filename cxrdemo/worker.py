@@ -55,6 +55,8 @@ def execute_run(run_dir: Path, echo: Callable[[Progress], None] | None = None,
                 runs_dir: Path | None = None) -> dict:
     """Train the run in `run_dir`, keeping status.json truthful whatever happens; returns its final status."""
     run_dir = Path(run_dir)
+    for stale in run_dir.glob(".*.tmp"):  # a write cut short by a kill: never read, so just tidy it
+        stale.unlink(missing_ok=True)
     started = time.time()
     try:
         log = _logger(run_dir)

@@ -241,3 +241,9 @@ def test_cli_train_prints_id_then_json_and_bad_input_exits_2(ds2, capsys):
     assert cli(["train", "--data", "/no/such/folder", "--epochs", "1"]) == 2
     assert cli(["train", "--data", str(ds2), "--backbone", "resnet19"]) == 2
     assert "Known backbones" in capsys.readouterr().err
+    made = set(runs.store_dir().iterdir())
+    assert cli(["train", "--data", str(ds2), "--init", "run:no-such-run"]) == 2
+    assert "Cannot start from run no-such-run" in capsys.readouterr().err
+    assert cli(["train", "--data", str(ds2), "--backbone", "cnn5", "--freeze", "7"]) == 2
+    assert "too high" in capsys.readouterr().err
+    assert set(runs.store_dir().iterdir()) == made  # refused before any run folder was created
