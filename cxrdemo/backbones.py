@@ -222,9 +222,9 @@ for _spec in (
     BackboneSpec("resnet34", "ResNet-34", _resnet, _last, "resnet34", ("stem", "layer1", "layer2", "layer3", "layer4")),
     BackboneSpec("resnet50", "ResNet-50", _resnet, _last, "resnet50", ("stem", "layer1", "layer2", "layer3", "layer4"), True),
     BackboneSpec("densenet121", "DenseNet-121 (the CheXNet architecture)", _densenet, lambda n: n.trunk[-1][1],
-                 "densenet121", ("stem", "dense1", "dense2", "dense3", "dense4"), True),
+                 "densenet121", ("stem", "dense1", "dense2", "dense3", "dense4")),  # channels-last measured slower
     BackboneSpec("densenet201", "DenseNet-201", _densenet, lambda n: n.trunk[-1][1], "densenet201",
-                 ("stem", "dense1", "dense2", "dense3", "dense4"), True),
+                 ("stem", "dense1", "dense2", "dense3", "dense4")),
     BackboneSpec("vgg16", "VGG-16 (global-pooled head)", _vgg16, lambda n: n.trunk[-1][-2], "vgg16",
                  ("block1", "block2", "block3", "block4", "block5")),
     BackboneSpec("inception_v3", "Inception-v3 (Kermany et al.)", _inception_v3, lambda n: n.trunk[-1][-1],
