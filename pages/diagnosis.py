@@ -105,7 +105,9 @@ if not choices:
 labels = list(choices)
 pick_image, pick_model = st.columns(2, gap="large")
 with pick_model:
-    label = st.selectbox("Model", labels, index=0, key="model",
+    wanted = st.query_params.get("run")  # the Trainer's "Diagnose an image" link names its run
+    label = st.selectbox("Model", labels, index=next((i for i, lb in enumerate(labels) if choices[lb] == wanted), 0),
+                         key="model",
                          help="The shipped demo model when present, else your most recent completed run.")
     run = choices[label]
     model = None

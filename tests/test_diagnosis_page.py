@@ -148,3 +148,16 @@ def test_the_demo_model_is_preselected_when_present(patch_store, tmp_path, monke
     assert at.selectbox(key="model").value == "Demo model (shipped)"
     at.radio(key="example").set_value("NORMAL example 2").run()
     assert not at.exception and len(_predictions(at)) == 1
+
+
+def test_a_run_named_in_the_link_is_preselected(patch_store):
+    """The Trainer's 'Diagnose an image' link carries ?run=<id>: that run, not the newest, is chosen."""
+    first = patch_store.run.name
+    patch_store.add("newer")
+    at = AppTest.from_file(PAGE, default_timeout=TIMEOUT)
+    at.query_params["run"] = first
+    at.run()
+    assert not at.exception
+    assert at.selectbox(key="model").value.startswith(first)
+    at2 = _page()
+    assert not at2.selectbox(key="model").value.startswith(first)  # without the link: the newest run
