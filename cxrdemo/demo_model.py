@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
-from cxrdemo import data, metrics, paths, runs
+from cxrdemo import metrics, paths, runs
 from cxrdemo.config import TrainConfig
-from cxrdemo.errors import CxrError, RunError
+from cxrdemo.errors import RunError
 
 # The recipe: chosen on cxr-large's own validation split; cxr-shift was only used to report, never to select.
 DEMO_RECIPE: dict = dict(backbone="cnn5", init="scratch", freeze="none", img_size=128, batch_size=32, epochs=12,
@@ -23,18 +23,10 @@ COPIED_FILES = ("model.pt", "config.json", "metrics.csv", "status.json", "test_m
 
 def evaluate_model_on(run_dir: Path, data_root: str, split: str = "test", n_boot: int = 1000) -> dict:
     """Point estimates and 95% bootstrap intervals of a run's model on one split of a dataset."""
-    from cxrdemo.predict import load_model, predict_probs
+    from cxrdemo.predict import load_model, predict_split
 
     model = load_model(str(run_dir), allow_path=True)
-    scan = data.scan_dataset(data_root, require_train=False)
-    if tuple(scan.classes) != model.classes:
-        raise CxrError(f"{data_root} has classes {list(scan.classes)}, the model {list(model.classes)}.")
-    items = scan.splits.get(split) or []
-    if not items:
-        raise CxrError(f"{data_root} has no {split} images.")
-    cached = data.load_images(items, model.img_size)
-    probs = predict_probs(model, data.adjust_intensity(cached.images, model.intensity))
-    y = cached.labels.numpy()
+    y, probs, _ = predict_split(model, data_root, split)
     point = metrics.classification_metrics(y, probs, model.classes, model.threshold)
     ci = metrics.bootstrap_ci(y, probs, model.classes, model.threshold, n_boot=n_boot)
     return {"data": str(data_root), "split": split, "n": int(len(y)), "counts": np.bincount(y).tolist(),

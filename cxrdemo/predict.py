@@ -74,8 +74,8 @@ def predict_probs(model: LoadedModel, images: torch.Tensor, batch_size: int = 64
     return torch.cat(out).numpy() if out else np.zeros((0, len(model.classes)))
 
 
-def evaluate_run(model: LoadedModel, data_root: str, split: str = "test") -> dict:
-    """Metrics of `model` on one split of a dataset (classes must match the model's)."""
+def predict_split(model: LoadedModel, data_root: str, split: str = "test") -> tuple[np.ndarray, np.ndarray, int]:
+    """(labels, probabilities, files skipped) of `model` on one split of a dataset whose classes match the model's."""
     from cxrdemo.errors import DatasetError
 
     scan = data.scan_dataset(data_root, require_train=False)
@@ -86,8 +86,14 @@ def evaluate_run(model: LoadedModel, data_root: str, split: str = "test") -> dic
         raise DatasetError(f"The dataset {data_root} has no '{split}' images.")
     cached = data.load_images(items, model.img_size)
     probs = predict_probs(model, data.adjust_intensity(cached.images, model.intensity))
-    result = metrics.classification_metrics(cached.labels.numpy(), probs, model.classes, model.threshold)
-    result["skipped"] = len(cached.skipped)
+    return cached.labels.numpy(), probs, len(cached.skipped)
+
+
+def evaluate_run(model: LoadedModel, data_root: str, split: str = "test") -> dict:
+    """Metrics of `model` on one split of a dataset (classes must match the model's)."""
+    y, probs, skipped = predict_split(model, data_root, split)
+    result = metrics.classification_metrics(y, probs, model.classes, model.threshold)
+    result["skipped"] = skipped
     return result
 
 

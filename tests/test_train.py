@@ -15,7 +15,7 @@ from PIL import Image
 from cxrdemo import runs, train
 from cxrdemo.cli import main as cli
 from cxrdemo.config import TrainConfig
-from cxrdemo.errors import Cancelled, ConfigError
+from cxrdemo.errors import Cancelled
 from cxrdemo.worker import execute_run
 
 
