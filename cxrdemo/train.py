@@ -51,6 +51,18 @@ def set_threads(n: int) -> int:
     return n
 
 
+def choose_device() -> torch.device:
+    """$CXRDEMO_DEVICE (cpu, cuda, cuda:1, ...), else the GPU when there is one, else the CPU."""
+    env = os.environ.get("CXRDEMO_DEVICE", "").strip()
+    try:
+        device = torch.device(env) if env else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    except RuntimeError:
+        raise ConfigError(f"CXRDEMO_DEVICE={env!r} is not a device: use cpu, cuda or cuda:N.") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"CXRDEMO_DEVICE={env!r} asks for a GPU, but this machine has no usable CUDA GPU.")
+    return device
+
+
 def preprocessing_record(img_size: int, intensity: str = "none") -> dict:
     """What a saved model needs to preprocess an image exactly as in training."""
     return {"img_size": img_size, "intensity": intensity, "mean": list(data.IMAGENET_MEAN), "std": list(data.IMAGENET_STD),
@@ -146,6 +158,7 @@ def train_one_epoch(model: nn.Module, loader, inputs: Callable[[torch.Tensor], t
     for i, (x, y) in enumerate(loader, 1):
         _check(should_stop)
         logits = model(inputs(x))
+        y = y.to(logits.device)  # inputs() moved the images to the model's device
         loss = loss_fn(logits, y)
         if not torch.isfinite(loss):
             raise ConfigError("The training loss became infinite or NaN: lower the learning rate.")
@@ -164,7 +177,8 @@ def predict_tensor(model: nn.Module, x: torch.Tensor, inputs: Callable[[torch.Te
                    batch_size: int = 64) -> torch.Tensor:
     """Softmax probabilities of `model` over a stored tensor, in eval mode."""
     model.eval()
-    out = [torch.softmax(model(inputs(x[i:i + batch_size])).float(), 1) for i in range(0, len(x), batch_size)]
+    # Metrics are computed on the CPU, whatever device the model runs on.
+    out = [torch.softmax(model(inputs(x[i:i + batch_size])).float(), 1).cpu() for i in range(0, len(x), batch_size)]
     return torch.cat(out) if out else torch.zeros(0, 1)
 
 
@@ -182,12 +196,16 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, inputs, classes
 class _Inputs:
     """uint8 images -> (augmented) normalised float batch, channels-last when that is faster."""
 
-    def __init__(self, augment, channels_last: bool, generator: torch.Generator | None):
+    def __init__(self, augment, channels_last: bool, generator: torch.Generator | None,
+                 device: torch.device | None = None):
         self.augment, self.channels_last, self.generator = augment, channels_last, generator
+        self.device = device
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.augment is not None:
-            x = self.augment(x, self.generator)
+            x = self.augment(x, self.generator)  # on the CPU: its random numbers come from a CPU generator
+        if self.device is not None:
+            x = x.to(self.device, non_blocking=True)  # uint8 crosses the bus, 4x less than float
         x = data.normalize_batch(x)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
@@ -222,18 +240,22 @@ def fit(config: TrainConfig, run_dir: Path, progress: ProgressFn | None = None,
     channels_last = spec.channels_last
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
+    device = choose_device()
+    net = net.to(device)  # before the optimiser is made: it must hold the device's parameters
     n_trunk = len(net.trunk)
     augment = data.make_augment(config.augment, config.img_size)
     gen = torch.Generator().manual_seed(config.seed)
-    plain = _Inputs(None, channels_last, None)
-    train_inputs = _Inputs(augment, channels_last, gen)
+    plain = _Inputs(None, channels_last, None, device)
+    train_inputs = _Inputs(augment, channels_last, gen, device)
+    to_device = lambda f: f.to(device)  # noqa: E731 - cached trunk features live on the CPU
     opt = make_optimizer(config, net)
     sched = torch.optim.lr_scheduler.StepLR(opt, config.step_size, config.gamma) if config.step_size else None
     y_train = cache["train"].labels
     weight = data.class_weights(y_train, len(classes)) if config.balance == "loss" else None
-    loss_fn = nn.CrossEntropyLoss(weight=weight)
+    loss_fn = nn.CrossEntropyLoss(weight=None if weight is None else weight.to(device))
     loader = data.make_loader(cache["train"], config.batch_size, balance=config.balance, seed=config.seed)
-    _update_meta(run_dir, scan.summary(), threads, init_note, {s: c.skipped for s, c in cache.items()})
+    _update_meta(run_dir, scan.summary(), threads, init_note, {s: c.skipped for s, c in cache.items()}, str(device))
+    runs.write_status(run_dir, device=str(device))
 
     best_loss, best_epoch, bad_epochs, feature_cache = math.inf, 0, 0, None
     for epoch in range(1, config.epochs + 1):
@@ -250,8 +272,8 @@ def fit(config: TrainConfig, run_dir: Path, progress: ProgressFn | None = None,
                 feature_cache = {s: _trunk_features(net, c.images, plain) for s, c in cache.items()}
             f_loader = data.make_loader(data.CachedImages(feature_cache["train"], y_train, [], []),
                                         config.batch_size, balance=config.balance, seed=config.seed + epoch)
-            tr_loss, tr_acc, seen = train_one_epoch(net.head, f_loader, lambda f: f, opt, loss_fn, report, should_stop)
-            ev_model, ev_x, ev_inputs, path = net.head, feature_cache["val"], (lambda f: f), "cached-features"
+            tr_loss, tr_acc, seen = train_one_epoch(net.head, f_loader, to_device, opt, loss_fn, report, should_stop)
+            ev_model, ev_x, ev_inputs, path = net.head, feature_cache["val"], to_device, "cached-features"
         else:
             loader = data.make_loader(cache["train"], config.batch_size, balance=config.balance,
                                       seed=config.seed + epoch)
@@ -287,14 +309,14 @@ def _trunk_features(net: backbones.Net, images: torch.Tensor, inputs, batch_size
     net.eval()
     with torch.inference_mode():
         out = [net.pool(net.frozen_features(inputs(images[i:i + batch_size]))) for i in range(0, len(images), batch_size)]
-    return torch.cat(out).clone() if out else torch.zeros(0)
+    return torch.cat(out).clone().cpu() if out else torch.zeros(0)
 
 
 def save_model(run_dir: Path, net: backbones.Net, config: TrainConfig, classes, epoch: int, val_loss: float,
                path: str, threshold: float | None = None) -> None:
     """model.pt: weights plus everything needed to predict with no other file."""
     # contiguous() copies only channels-last tensors; torch.save copies the rest itself, so no clone.
-    state = {k: v.detach().contiguous() for k, v in net.state_dict().items()}
+    state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}  # .cpu(): no-op on the CPU
     runs.atomic_torch_save({
         "format": "cxrdemo-model/1", "backbone": config.backbone, "classes": list(classes),
         "num_classes": len(classes), "head": config.head, "dropout": config.dropout, "state_dict": state,
@@ -338,10 +360,11 @@ def finish(run_dir: Path, config: TrainConfig, classes, cache: dict, best_epoch:
     return result
 
 
-def _update_meta(run_dir: Path, scan_summary: dict, threads: int, init_note: str, skipped: dict) -> None:
+def _update_meta(run_dir: Path, scan_summary: dict, threads: int, init_note: str, skipped: dict,
+                 device: str = "cpu") -> None:
     meta = runs.read_json(run_dir / "config.json")
     decode_skips = [s for items in skipped.values() for s in items]
-    meta.update(dataset=scan_summary, threads=threads, init_note=init_note,
+    meta.update(dataset=scan_summary, threads=threads, init_note=init_note, device=device,
                 decode_skipped=[{"path": p, "reason": r} for p, r in decode_skips[:50]],
                 n_decode_skipped=len(decode_skips))
     runs.atomic_write_json(run_dir / "config.json", meta)
