@@ -22,7 +22,8 @@ def cmd_submit(args) -> int:
 
     if args.max_jobs is not None and args.max_jobs < 1:
         raise ConfigError(f"--max-jobs must be at least 1 (got {args.max_jobs}).")
-    print(jobs.submit(config_from_args(args), _runs_dir(args), name=args.name, max_jobs=args.max_jobs), flush=True)
+    print(jobs.submit(config_from_args(args), _runs_dir(args), name=args.name, max_jobs=args.max_jobs,
+                      backend=args.backend), flush=True)
     return 0
 
 
@@ -96,6 +97,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     q = jsub.add_parser("submit", help="queue a training run in the background; prints its id")
     add_train_options(q)
     q.add_argument("--max-jobs", type=int, default=None, help="jobs allowed to train at once (default: by cores)")
+    q.add_argument("--backend", choices=jobs.BACKENDS, default=None,
+                   help="where the job trains: this computer (local) or a Ray cluster (default: ray when "
+                        "CXRDEMO_RAY_ADDRESS is set, else local)")
     q.set_defaults(func=cmd_submit)
 
     q = jsub.add_parser("list", help="one line per run: id, state, epoch k/N, best val accuracy")

@@ -44,10 +44,26 @@ def default_max_jobs() -> int:
 
 # ---------------------------------------------------------------- submitting
 
+BACKENDS = ("local", "ray")
+
+
+def choose_backend(backend: str | None = None) -> str:
+    """'local' (a process on this computer) or 'ray' (a task on a Ray cluster): as asked, else by $CXRDEMO_RAY_ADDRESS."""
+    if backend is None:
+        backend = "ray" if os.environ.get("CXRDEMO_RAY_ADDRESS", "").strip() else "local"
+    if backend not in BACKENDS:
+        raise RunError(f"Unknown job backend {backend!r}: choose local or ray.")
+    return backend
+
+
 def submit(config: TrainConfig, runs_dir: str | Path | None = None, name: str = "",
-           max_jobs: int | None = None) -> str:
-    """Create a queued run and start its detached worker process; returns the run id at once."""
+           max_jobs: int | None = None, backend: str | None = None) -> str:
+    """Create a queued run and start it (a detached local process, or a Ray task); returns the run id at once."""
     root = runs.store_dir(runs_dir)
+    if choose_backend(backend) == "ray":
+        from cxrdemo import ray_backend  # imports ray only now, and only for this backend
+
+        ray_backend.connect()  # an unreachable cluster is a sentence before any run is created
     from cxrdemo.train import check_startable  # torch is needed here anyway: the page built the config with it
 
     check_startable(config, root)
@@ -55,6 +71,9 @@ def submit(config: TrainConfig, runs_dir: str | Path | None = None, name: str = 
         # config.json records where the images are, whatever folder the worker (or a later reader) runs in.
         config = config.replace(data=str(Path(config.data).expanduser().resolve()))
     d = runs.create_run(config, root, name=name)
+    if choose_backend(backend) == "ray":
+        ray_backend.submit(d)
+        return d.name
     n = int(max_jobs or default_max_jobs())
     # The worker imports the same cxrdemo as this process, installed or not.
     pythonpath = os.pathsep.join(p for p in (str(paths.PACKAGE_DIR.parent), os.environ.get("PYTHONPATH")) if p)
@@ -126,8 +145,8 @@ def _merge_locked(d: Path, **updates) -> dict:
 
 def _dead_queued(raw: dict) -> bool:
     """A queued run nobody waits for: never got a process, or its waiting worker stopped beating."""
-    if raw.get("state") != "queued":
-        return False
+    if raw.get("state") != "queued" or raw.get("backend") == "ray":
+        return False  # a Ray task may wait hours for a free GPU; the cluster says when it is gone (reap)
     if not raw.get("pid"):
         return time.time() - float(raw.get("created") or raw.get("updated") or 0) > UNSTARTED_GRACE_S
     beat = float(raw.get("heartbeat") or raw.get("updated") or 0)
@@ -146,14 +165,24 @@ def reap(runs_dir: str | Path | None = None) -> list[str]:
             if raw.get("state") not in runs.ACTIVE:
                 continue
             truth = runs.read_status(info.path)
+            ended = _ray_outcome(info.path) if raw.get("backend") == "ray" else None
             if truth["state"] == "interrupted":
                 _merge_locked(info.path, state="interrupted", error=truth.get("error"), finished=time.time())
+            elif ended:  # the Ray task ended without recording it (killed, crashed, run folder not visible)
+                _merge_locked(info.path, state=ended["state"] if ended["state"] in runs.FINAL else "interrupted",
+                              error=ended.get("error"), finished=time.time())
             elif _dead_queued(raw):
                 _merge_locked(info.path, state="interrupted", error=NEVER_STARTED, finished=time.time())
             else:
                 continue
         reaped.append(info.run_id)
     return reaped
+
+
+def _ray_outcome(d: Path) -> dict | None:
+    from cxrdemo import ray_backend  # asks only when this process already joined the cluster
+
+    return ray_backend.outcome(d)
 
 
 # ---------------------------------------------------------------- cancelling
@@ -177,6 +206,14 @@ def _signal(pid: int, sig: int) -> None:
         os.kill(pid, sig)
 
 
+def _stop_local(pid: int | None, d: Path) -> None:
+    if pid and _is_worker_of(pid, d):
+        _signal(int(pid), signal.SIGTERM)
+        if not _wait_until(lambda: not runs.pid_alive(pid), 3.0):
+            _signal(int(pid), signal.SIGKILL)
+            _wait_until(lambda: not runs.pid_alive(pid), 3.0)
+
+
 def _wait_until(pred, timeout_s: float, step_s: float = 0.1) -> bool:
     end = time.monotonic() + timeout_s
     while time.monotonic() < end:
@@ -193,18 +230,28 @@ def cancel(run_id: str, runs_dir: str | Path | None = None, grace_s: float = 10.
     with runs.run_lock(d):
         status = runs.read_status(d)
         if status.get("state") == "queued":
-            return _merge_locked(d, state="cancelled", finished=time.time(), error=None)
+            cancelled = _merge_locked(d, state="cancelled", finished=time.time(), error=None)
+    if status.get("state") == "queued":
+        if status.get("backend") == "ray":
+            from cxrdemo import ray_backend
+
+            ray_backend.stop(d, force=False)  # not started: Ray drops it (and the task itself checks the state)
+        return cancelled
     if status.get("state") != "running":
         with contextlib.suppress(OSError):
             (d / CANCEL_FILE).unlink()  # nothing to cancel: do not leave a request behind
         raise RunError(f"Run {run_id} is {status.get('state')}; there is nothing to cancel.")
-    pid = status.get("pid")
-    finished = lambda: runs.read_status(d).get("state") not in runs.ACTIVE or not runs.pid_alive(pid)  # noqa: E731
-    if not _wait_until(finished, grace_s) and pid and _is_worker_of(pid, d):
-        _signal(int(pid), signal.SIGTERM)
-        if not _wait_until(lambda: not runs.pid_alive(pid), 3.0):
-            _signal(int(pid), signal.SIGKILL)
-            _wait_until(lambda: not runs.pid_alive(pid), 3.0)
+    if status.get("backend") == "ray":
+        from cxrdemo import ray_backend
+
+        ray_backend.try_connect()  # the CLI, or a restarted app, may cancel a run another process sent
+        alive, stop = (lambda: ray_backend.alive(d) is not False), (lambda: ray_backend.stop(d, force=True))
+    else:
+        pid = status.get("pid")
+        alive, stop = (lambda: runs.pid_alive(pid)), (lambda: _stop_local(pid, d))
+    finished = lambda: runs.read_status(d).get("state") not in runs.ACTIVE or not alive()  # noqa: E731
+    if not _wait_until(finished, grace_s):
+        stop()
     poll_children()
     with runs.run_lock(d):
         raw = runs.read_json(d / "status.json")
@@ -222,6 +269,8 @@ def _queue_order(root: Path) -> list[str]:
     for info in runs.list_runs(root):
         if info.damaged or info.state != "queued" or (info.path / CANCEL_FILE).exists():
             continue
+        if info.status.get("backend") == "ray":
+            continue  # the cluster schedules those; they never hold a local slot
         if _dead_queued(info.status):
             continue
         out.append(info.run_id)

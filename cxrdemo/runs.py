@@ -203,11 +203,17 @@ def pid_alive(pid: int | None) -> bool:
         return True
 
 
+def worker_is_local(status: dict) -> bool:
+    """Whether status.json's pid is a process on this machine (a Ray worker may run on another node)."""
+    return status.get("backend") != "ray" or status.get("host") == platform.node()
+
+
 def read_status(d: Path) -> dict:
     """status.json with the truth about dead workers: an active run whose process is gone reads 'interrupted'."""
     status = read_json(Path(d) / "status.json")
     if status.get("state") in ACTIVE:
-        pid = status.get("pid")
+        # Another node's pid means nothing here: such a worker is judged by its heartbeat alone.
+        pid = status.get("pid") if worker_is_local(status) else None
         stale = time.time() - float(status.get("heartbeat") or status.get("updated") or 0) > HEARTBEAT_STALE_S
         if (pid and not pid_alive(pid)) or (status.get("state") == "running" and stale and not pid_alive(pid)):
             status = {**status, "state": "interrupted",
