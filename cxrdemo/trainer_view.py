@@ -268,6 +268,13 @@ def sweep_configs(base: TrainConfig, backbone_names: list[str], freezes: list[st
     return configs, list(dict.fromkeys(notes))
 
 
+def backend_options(address: str | None, problem: str | None) -> tuple[dict[str, str], str]:
+    """'Train on' choices (backend -> label) and the default: the Ray cluster when it answers, else this computer."""
+    if not address:
+        return {"local": "this computer"}, "local"
+    return {"ray": f"the Ray cluster at {address}", "local": "this computer"}, "local" if problem else "ray"
+
+
 def scan_rows(scan) -> list[dict]:
     """One row per split: images per class and the total (for a table)."""
     return [{"split": s, **c, "total": sum(c.values())} for s, c in scan.counts().items()]

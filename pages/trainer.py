@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 from streamlit.errors import StreamlitAPIException
 
-from cxrdemo import backbones, data, jobs
+from cxrdemo import backbones, data, jobs, ray_backend
 from cxrdemo import trainer_view as tv
 from cxrdemo.config import AUGMENTATIONS, BALANCING, TrainConfig
 from cxrdemo.worker import log_tail
@@ -104,10 +104,28 @@ def make_config(**changes) -> TrainConfig:
     return TrainConfig(**{**form, **changes})
 
 
+# ---------------------------------------------------------------- where jobs train (Ray cluster, issue #9)
+@st.cache_data(ttl=30, show_spinner="Contacting the Ray cluster…")
+def cluster_problem(address: str) -> str | None:
+    """None when the cluster answers, else the sentence why not (asked again after 30 s)."""
+    return ray_backend.cluster_problem(address)
+
+
+where: dict = {}  # empty: jobs.submit's own default (this computer unless CXRDEMO_RAY_ADDRESS is set)
+ray_address = ray_backend.configured_address()
+if ray_address:
+    problem = cluster_problem(ray_address)
+    if problem:
+        st.warning(problem, icon=":material/cloud_off:")
+    targets, default_target = tv.backend_options(ray_address, problem)
+    where = {"backend": st.radio("Train on", list(targets), index=list(targets).index(default_target),
+                                 format_func=targets.get, horizontal=True, key="backend")}
+# ---------------------------------------------------------------- end of where jobs train
+
 if st.button("Start training", type="primary", disabled=ds is None, key="start",
              help=None if ds is not None else "Choose a dataset that can be read first."):
     with ui.friendly_errors("Starting the job"):
-        run_id = jobs.submit(make_config(), root, name=name)
+        run_id = jobs.submit(make_config(), root, name=name, **where)
         st.success(f"Queued run **{run_id}**; it appears below and keeps training if you close this tab.")
 
 with st.expander("Sweep: queue a grid of backbones × freeze levels"):
@@ -122,7 +140,7 @@ with st.expander("Sweep: queue a grid of backbones × freeze levels"):
         st.caption(n)
     if st.button(f"Queue {len(configs)} run(s)", disabled=ds is None or not configs, key="sweep"):
         with ui.friendly_errors("Queueing the sweep"):
-            ids = [jobs.submit(c, root, name=name or "sweep") for c in configs]
+            ids = [jobs.submit(c, root, name=name or "sweep", **where) for c in configs]
             st.success(f"Queued {len(ids)} runs; they train one after another.")
 
 
