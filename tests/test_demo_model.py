@@ -1,0 +1,67 @@
+"""The demo-model command: trains the recipe as a normal run, evaluates with bootstrap CIs, installs atomically."""
+
+import json
+import shutil
+
+import pytest
+
+from cxrdemo import paths, predict, runs
+from cxrdemo.cli import main as cli
+from cxrdemo.demo_model import DEMO_RECIPE, build_demo_model, load_card
+
+TINY = dict(backbone="cnn8", img_size=32, epochs=1, batch_size=8, threads=1)
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch):
+    monkeypatch.setenv("CXRDEMO_RUNS_DIR", str(tmp_path / "runs"))
+    monkeypatch.setenv("CXRDEMO_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("CXRDEMO_WEIGHTS_DIR", str(tmp_path / "weights"))
+    return tmp_path
+
+
+def test_recipe_trains_without_imagenet_and_picks_a_threshold_on_val():
+    assert DEMO_RECIPE["init"] == "scratch" and DEMO_RECIPE["threshold"] == "val"
+
+
+def test_build_installs_model_card_and_intervals(env, tiny_dataset):
+    test_only = env / "shifted"
+    shutil.copytree(tiny_dataset / "test", test_only / "test")  # an evaluation-only set, like cxr-shift
+    card = build_demo_model(str(tiny_dataset), [(str(tiny_dataset), "test"), (str(test_only), "test")], **TINY)
+    out = paths.demo_run_dir()
+    assert {"model.pt", "config.json", "metrics.csv", "MODEL_CARD.md", "evaluation.json"} <= {p.name for p in out.iterdir()}
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(".demo-")]  # staging folder renamed away
+    assert load_card() == json.loads((out / "evaluation.json").read_text())
+    assert load_card()["run_id"] == card["run_id"] and (env / "runs" / card["run_id"] / "model.pt").is_file()
+    e1, e2 = card["evaluations"]
+    assert e1["n"] == e2["n"] == 8 and e1["counts"] == [4, 4]
+    assert e1["metrics"] == e2["metrics"]  # same images, same model
+    for key in ("accuracy", "sensitivity", "specificity", "auroc"):
+        lo, hi = e1["ci95"][key]
+        assert lo <= e1["metrics"][key] <= hi
+    text = (out / "MODEL_CARD.md").read_text()
+    assert "not for clinical use" in text and "python -m cxrdemo demo-model" in text and "shifted/test" in text
+    # `--run demo` now names it everywhere
+    model = predict.load_model("demo")
+    assert model.classes == ("NORMAL", "PNEUMONIA") and model.threshold is not None
+    assert runs.run_dir("demo") == out
+
+
+def test_cli_demo_model_then_run_demo_everywhere(env, tiny_dataset, capsys):
+    out = env / "weights" / "demo"
+    assert cli(["demo-model", "--data", str(tiny_dataset), "--eval", f"{tiny_dataset}:test", "--epochs", "1",
+                "--threads", "1", "--quiet"]) == 0
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert line["evaluations"][0]["data"] == str(tiny_dataset) and 0 <= line["evaluations"][0]["accuracy"] <= 1
+    assert (out / "model.pt").is_file()
+    assert cli(["evaluate", "--run", "demo", "--data", str(tiny_dataset)]) == 0
+    ev = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert ev["accuracy"] == pytest.approx(line["evaluations"][0]["accuracy"])
+    image = next((tiny_dataset / "test" / "NORMAL").iterdir())
+    assert cli(["predict", "--run", "demo", str(image)]) == 0
+    assert set(json.loads(capsys.readouterr().out.strip())["probabilities"]) == {"NORMAL", "PNEUMONIA"}
+
+
+def test_missing_demo_model_is_a_sentence(env):
+    with pytest.raises(runs.RunError, match="demo model is missing"):
+        runs.run_dir("demo")
