@@ -55,8 +55,10 @@ def execute_run(run_dir: Path, echo: Callable[[Progress], None] | None = None,
                 runs_dir: Path | None = None) -> dict:
     """Train the run in `run_dir`, keeping status.json truthful whatever happens; returns its final status."""
     run_dir = Path(run_dir)
-    for stale in run_dir.glob(".*.tmp"):  # a write cut short by a kill: never read, so just tidy it
-        stale.unlink(missing_ok=True)
+    with runs.run_lock(run_dir):  # status writers hold this lock; other writers of this run are dead or are us
+        for stale in run_dir.glob(".*.tmp"):  # a write cut short by a kill: never read, so tidy it once it is old
+            if time.time() - stale.stat().st_mtime > 30:
+                stale.unlink(missing_ok=True)
     started = time.time()
     try:
         log = _logger(run_dir)

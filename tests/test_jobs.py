@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -84,9 +85,12 @@ def reaped(pid: int) -> bool:
 # ---------------------------------------------------------------- the full life of jobs
 
 @pytest.mark.slow
-def test_queue_order_progress_failure_completion_no_zombies(store, data_dir):
-    # Three submits from three threads at once (as from three browser tabs), one slot; the middle one fails.
-    configs = [tiny(data_dir, epochs=2), tiny(data_dir, init="run:no-such-run"), tiny(data_dir)]
+def test_queue_order_progress_failure_completion_no_zombies(store, data_dir, tmp_path):
+    # Three submits from three threads at once (as from three browser tabs), one slot; the middle one fails
+    # in its worker (a dataset with a single class is only found out when the worker scans it).
+    one_class = tmp_path / "one_class"
+    shutil.copytree(data_dir / "train" / "NORMAL", one_class / "train" / "NORMAL")
+    configs = [tiny(data_dir, epochs=2), tiny(one_class), tiny(data_dir)]
     ids: list[str] = []
     threads = [threading.Thread(target=lambda c=c: ids.append(jobs.submit(c, store, max_jobs=1))) for c in configs]
     for t in threads:
@@ -96,7 +100,7 @@ def test_queue_order_progress_failure_completion_no_zombies(store, data_dir):
     assert len(ids) == 3 and len(set(ids)) == 3
     order = [i.run_id for i in jobs.list_jobs(store)]
     assert sorted(order) == sorted(ids)
-    by_init = {runs.read_json(store / i / "config.json")["config"]["init"]: i for i in order}
+    by_data = {runs.read_json(store / i / "config.json")["config"]["data"]: i for i in order}
 
     # Progress becomes visible while the first job runs: a running state with epochs, then a metrics row.
     first = order[0]
@@ -109,9 +113,9 @@ def test_queue_order_progress_failure_completion_no_zombies(store, data_dir):
     assert "running" in seen
 
     statuses = {i: wait_final(store, i) for i in order}
-    failed = by_init.pop("run:no-such-run")
+    failed = by_data.pop(str(one_class))
     assert statuses[failed]["state"] == "failed"
-    assert "no-such-run" in statuses[failed]["error"] and "Traceback" not in statuses[failed]["error"]
+    assert "only one class" in statuses[failed]["error"] and "Traceback" not in statuses[failed]["error"]
     row = trainer_view.job_row(runs.load_run(store / failed))
     assert row.error == statuses[failed]["error"] and not row.active and row.state == "failed"
     for i in order:
