@@ -34,13 +34,14 @@ HEARTBEAT_STALE_S = 120.0
 
 # ---------------------------------------------------------------- atomic writes
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary file in the same folder, fsync, then os.replace: readers never see half a file."""
+@contextlib.contextmanager
+def _atomic_file(path: Path) -> Iterator[io.BufferedWriter]:
+    """A temporary file in the same folder that replaces `path` (after fsync) only if the block succeeds."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -50,18 +51,23 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temporary file in the same folder, fsync, then os.replace: readers never see half a file."""
+    with _atomic_file(path) as f:
+        f.write(data)
+
+
 def atomic_write_json(path: Path, obj: Any) -> None:
     """Atomically write `obj` as indented JSON."""
     atomic_write_bytes(path, (json.dumps(obj, indent=2, default=str, allow_nan=True) + "\n").encode())
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
-    """torch.save through a buffer and an atomic replace: a kill mid-write leaves the previous file."""
+    """torch.save straight into the temporary file (no in-memory copy), then an atomic replace."""
     import torch
 
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    atomic_write_bytes(path, buf.getvalue())
+    with _atomic_file(path) as f:
+        torch.save(obj, f)
 
 
 # ---------------------------------------------------------------- addressing runs

@@ -159,13 +159,13 @@ def test_a_job_outlives_the_app_process_that_started_it(store, ds):
 # ---------------------------------------------------------------- disk full, read-only store
 
 def _fail_writes(monkeypatch, code: int, names: tuple[str, ...] | None = None) -> None:
-    real = runs.atomic_write_bytes
+    real = runs._atomic_file  # every atomic write of the store (JSON, CSV, checkpoints) goes through it
 
-    def failing(path, data):
+    def failing(path):
         if names is None or Path(path).name in names:
             raise OSError(code, os.strerror(code), str(path))
-        return real(path, data)
-    monkeypatch.setattr(runs, "atomic_write_bytes", failing)
+        return real(path)
+    monkeypatch.setattr(runs, "_atomic_file", failing)
 
 
 def test_disk_full_while_saving_fails_the_job_clearly_and_spares_earlier_runs(patch_store, ds, monkeypatch, capsys):
