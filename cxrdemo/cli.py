@@ -52,6 +52,7 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--head", choices=HEADS, default=d.head)
     p.add_argument("--dropout", type=float, default=d.dropout)
     p.add_argument("--trunk-lr-factor", type=float, default=d.trunk_lr_factor)
+    p.add_argument("--ema", type=float, default=d.ema, help="average the weights over steps (e.g. 0.998; 0 = off)")
     p.add_argument("--threshold", choices=THRESHOLDS, default=d.threshold)
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--split-seed", type=int, default=d.split_seed)

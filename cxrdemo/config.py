@@ -44,6 +44,7 @@ class TrainConfig:
     head: str = "linear"  # linear | fc512 (two 512-unit layers)
     dropout: float = 0.0
     trunk_lr_factor: float = 1.0  # lr multiplier for the trunk after a gradual unfreeze
+    ema: float = 0.0  # 0 = off; else keep an exponential moving average of the weights (e.g. 0.998) and use it
     threshold: str = "argmax"  # argmax | val (binary: decision threshold chosen on val)
     seed: int = 0
     threads: int = 0  # 0 = choose for this machine
@@ -88,7 +89,7 @@ def validate(c: TrainConfig) -> None:
             raise ConfigError(f"{name} must be text, got {getattr(c, name)!r}.")
     for name in ("epochs", "img_size", "batch_size", "step_size", "patience", "seed", "threads", "split_seed", "max_images"):
         _num(name, getattr(c, name), int)
-    for name in ("lr", "weight_decay", "gamma", "dropout", "trunk_lr_factor"):
+    for name in ("lr", "weight_decay", "gamma", "dropout", "trunk_lr_factor", "ema"):
         _num(name, getattr(c, name), float)
     if c.epochs < 1:
         raise ConfigError(f"Epochs must be at least 1 (got {c.epochs}).")
@@ -102,6 +103,8 @@ def validate(c: TrainConfig) -> None:
         raise ConfigError(f"Learning rate must be a positive number such as 0.001 (got {c.lr}).")
     if c.weight_decay < 0:
         raise ConfigError(f"Weight decay cannot be negative (got {c.weight_decay}).")
+    if not (0 <= c.ema < 1):
+        raise ConfigError(f"The weight average (ema) must be in [0, 1), e.g. 0.998 (got {c.ema}).")
     if not (0 <= c.dropout < 1):
         raise ConfigError(f"Dropout must be in [0, 1) (got {c.dropout}).")
     if c.step_size < 0 or c.patience < 0 or c.threads < 0 or c.max_images < 0:

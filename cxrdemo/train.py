@@ -151,7 +151,8 @@ def _check(should_stop: Callable[[], bool] | None) -> None:
 
 
 def train_one_epoch(model: nn.Module, loader, inputs: Callable[[torch.Tensor], torch.Tensor], opt, loss_fn,
-                    report: Callable[[int, int], None], should_stop=None) -> tuple[float, float, int]:
+                    report: Callable[[int, int], None], should_stop=None,
+                    after_step: Callable[[], None] | None = None) -> tuple[float, float, int]:
     """One pass over `loader`; returns (mean loss, accuracy, images seen)."""
     model.train()
     total_loss, correct, seen, n_batches = 0.0, 0, 0, len(loader)
@@ -165,6 +166,8 @@ def train_one_epoch(model: nn.Module, loader, inputs: Callable[[torch.Tensor], t
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if after_step is not None:
+            after_step()
         total_loss += float(loss.detach()) * len(y)
         correct += int((logits.argmax(1) == y).sum())
         seen += len(y)
@@ -257,6 +260,11 @@ def fit(config: TrainConfig, run_dir: Path, progress: ProgressFn | None = None,
     _update_meta(run_dir, scan.summary(), threads, init_note, {s: c.skipped for s, c in cache.items()}, str(device))
     runs.write_status(run_dir, device=str(device))
 
+    # Self-ensembling: an exponential moving average of the weights (and BN statistics) is what gets
+    # validated and saved; it smooths the epoch-to-epoch swings of small-data training.
+    ema = (torch.optim.swa_utils.AveragedModel(net, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(
+        config.ema), use_buffers=True) if config.ema else None)
+    after_step = (lambda: ema.update_parameters(net)) if ema is not None else None
     best_loss, best_epoch, bad_epochs, feature_cache = math.inf, 0, 0, None
     for epoch in range(1, config.epochs + 1):
         _check(should_stop)
@@ -272,13 +280,16 @@ def fit(config: TrainConfig, run_dir: Path, progress: ProgressFn | None = None,
                 feature_cache = {s: _trunk_features(net, c.images, plain) for s, c in cache.items()}
             f_loader = data.make_loader(data.CachedImages(feature_cache["train"], y_train, [], []),
                                         config.batch_size, balance=config.balance, seed=config.seed + epoch)
-            tr_loss, tr_acc, seen = train_one_epoch(net.head, f_loader, to_device, opt, loss_fn, report, should_stop)
-            ev_model, ev_x, ev_inputs, path = net.head, feature_cache["val"], to_device, "cached-features"
+            tr_loss, tr_acc, seen = train_one_epoch(net.head, f_loader, to_device, opt, loss_fn, report, should_stop,
+                                                    after_step)
+            ev_model, ev_x, ev_inputs, path = ((ema.module if ema else net).head, feature_cache["val"], to_device,
+                                               "cached-features")
         else:
             loader = data.make_loader(cache["train"], config.batch_size, balance=config.balance,
                                       seed=config.seed + epoch)
-            tr_loss, tr_acc, seen = train_one_epoch(net, loader, train_inputs, opt, loss_fn, report, should_stop)
-            ev_model, ev_x, ev_inputs, path = net, cache["val"].images, plain, "full"
+            tr_loss, tr_acc, seen = train_one_epoch(net, loader, train_inputs, opt, loss_fn, report, should_stop,
+                                                    after_step)
+            ev_model, ev_x, ev_inputs, path = (ema.module if ema else net), cache["val"].images, plain, "full"
         train_s = time.perf_counter() - t0
         say(Progress("val", epoch, config.epochs, message="Validating"))
         val_loss, val_m, _ = evaluate(ev_model, ev_x, cache["val"].labels, ev_inputs, classes, weight=weight)
@@ -293,7 +304,7 @@ def fit(config: TrainConfig, run_dir: Path, progress: ProgressFn | None = None,
         runs.append_metrics(run_dir, row)
         if val_loss < best_loss:
             best_loss, best_epoch, bad_epochs = val_loss, epoch, 0
-            save_model(run_dir, net, config, classes, epoch, val_loss, path)
+            save_model(run_dir, ema.module if ema else net, config, classes, epoch, val_loss, path)
         else:
             bad_epochs += 1
         say(Progress("val", epoch, config.epochs, message=f"Epoch {epoch} done", row=row))
@@ -301,7 +312,7 @@ def fit(config: TrainConfig, run_dir: Path, progress: ProgressFn | None = None,
             say(Progress("val", epoch, config.epochs, message=f"Early stop: no val-loss gain for {bad_epochs} epochs"))
             break
     # The test reloads the best weights into a fresh net: free the training copy, its gradients and Adam state first.
-    net = ev_model = opt = sched = feature_cache = None
+    net = ev_model = opt = sched = feature_cache = ema = after_step = None
     return finish(run_dir, config, classes, cache, best_epoch, say)
 
 

@@ -248,3 +248,15 @@ def test_cli_train_prints_id_then_json_and_bad_input_exits_2(ds2, capsys):
     assert cli(["train", "--data", str(ds2), "--backbone", "cnn5", "--freeze", "7"]) == 2
     assert "too high" in capsys.readouterr().err
     assert set(runs.store_dir().iterdir()) == made  # refused before any run folder was created
+
+
+def test_weight_average_is_what_gets_saved(ds2):
+    plain, _ = _train(_cfg(ds2, backbone="cnn5", epochs=2, lr=1e-2))
+    averaged, status = _train(_cfg(ds2, backbone="cnn5", epochs=2, lr=1e-2, ema=0.9))
+    assert status["state"] == "completed", status.get("error")
+    a = runs.load_checkpoint(plain / "model.pt")
+    b = runs.load_checkpoint(averaged / "model.pt")
+    assert a["state_dict"].keys() == b["state_dict"].keys()  # a plain Net: prediction needs nothing special
+    w_plain, w_avg = a["state_dict"]["head.0.weight"], b["state_dict"]["head.0.weight"]
+    assert not torch.equal(w_plain, w_avg)  # the same trajectory, averaged
+    assert runs.read_json(averaged / "config.json")["config"]["ema"] == 0.9
