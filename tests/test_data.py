@@ -366,3 +366,24 @@ def test_class_weights():
 def test_read_image_is_reexported():
     assert data.read_image is not None and data.ImageReadError is ImageReadError
     assert data.IMAGENET_MEAN == (0.485, 0.456, 0.406) and ".dcm" in data.IMAGE_SUFFIXES
+
+
+def test_acquisition_augment_jitters_the_aspect_ratio_but_light_does_not():
+    """A centred bright square: 'acquisition' stretches it differently in x and y, 'light' keeps it square."""
+    import torch
+
+    from cxrdemo import data
+
+    x = torch.zeros(64, 1, 64, 64, dtype=torch.uint8)
+    x[:, :, 24:40, 24:40] = 255
+
+    def aspect_spread(name):
+        out = data.make_augment(name, 64)(x, torch.Generator().manual_seed(0))
+        mask = out[:, 0] > 0.5
+        w = mask.any(1).sum(1).float()  # columns touched
+        h = mask.any(2).sum(1).float()  # rows touched
+        return (w / h.clamp(min=1)).log().abs()
+
+    # rotation alone changes a square's bounding box equally in x and y; only a stretch makes them differ
+    assert aspect_spread("light").median() < 0.08
+    assert aspect_spread("acquisition").max() > 0.2
