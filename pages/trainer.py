@@ -7,13 +7,16 @@ from streamlit.errors import StreamlitAPIException
 
 from cxrdemo import backbones, data, jobs, ray_backend
 from cxrdemo import trainer_view as tv
-from cxrdemo.config import AUGMENTATIONS, BALANCING, TrainConfig
+from cxrdemo.config import AUGMENTATIONS, BALANCING, HEADS, INTENSITY, OPTIMIZERS, THRESHOLDS, TrainConfig
 from cxrdemo.worker import log_tail
 from pages import ui
 
 DEFAULTS = TrainConfig()
 AUG_LABELS = {"none": "none", "light": "light (flips, small shifts and rotations, as in the papers)",
               "acquisition": "acquisition (also contrast, blur, noise: robust to other scanners)"}
+INTENSITY_LABELS = {"none": "as recorded", "equalize": "histogram-equalised"}
+THRESHOLD_LABELS = {"argmax": "most probable class", "val": "threshold tuned on validation (2 classes)"}
+HEAD_LABELS = {"linear": "one linear layer", "fc512": "two 512-unit layers (papers)"}
 BAL_LABELS = {"sampler": "oversample the rarer class", "loss": "weight the loss by class", "none": "no balancing"}
 IMG_SIZES = [64, 128, 160, 224, 299]
 SWEEP_FREEZES = ["none", "head", "1", "2", "3", "gradual:1", "gradual:2"]
@@ -93,6 +96,21 @@ balance = c2.selectbox("Class balancing", BALANCING, format_func=BAL_LABELS.get,
 patience = c3.number_input("Early-stopping patience (0 = off)", 0, 1000, DEFAULTS.patience, key="patience")
 max_images = c4.number_input("Images per split (0 = all)", 0, 100000, DEFAULTS.max_images,
                              help="A smaller stratified subset gives a quick demo run.", key="max_images")
+with st.expander("More options"):
+    c1, c2, c3, c4 = st.columns(4)
+    intensity = c1.selectbox("Intensity", INTENSITY, format_func=INTENSITY_LABELS.get, key="intensity",
+                             help="Histogram equalisation evens out exposure differences between scanners; "
+                                  "the model repeats it on every image it is shown later.")
+    threshold = c2.selectbox("Decision rule", THRESHOLDS, format_func=THRESHOLD_LABELS.get, key="threshold")
+    ema = c3.number_input("Weight averaging (0 = off)", 0.0, 0.9999, DEFAULTS.ema, format="%.4f", key="ema",
+                          help="Keep a moving average of the weights (e.g. 0.998) and save that: steadier results.")
+    head = c4.selectbox("Head", HEADS, format_func=HEAD_LABELS.get, key="head")
+    c1, c2, c3, c4 = st.columns(4)
+    dropout = c1.number_input("Dropout on the head", 0.0, 0.9, DEFAULTS.dropout, step=0.1, key="dropout")
+    weight_decay = c2.number_input("Weight decay", 0.0, 1.0, DEFAULTS.weight_decay, format="%.5f", step=1e-4,
+                                   key="weight_decay")
+    optimizer = c3.selectbox("Optimiser", OPTIMIZERS, format_func=str.capitalize, key="optimizer")
+    seed = c4.number_input("Seed", 0, 2**31 - 1, DEFAULTS.seed, key="seed")
 name = st.text_input("Label (optional, added to the run id)", max_chars=40, key="run_name")
 
 
@@ -100,7 +118,9 @@ def make_config(**changes) -> TrainConfig:
     """The form as a validated TrainConfig (ConfigError carries the sentence)."""
     form = dict(data=data_path or "", backbone=backbone, init=init, freeze=freeze, epochs=int(epochs), lr=float(lr),
                 batch_size=int(batch_size), img_size=int(img_size), augment=augment, balance=balance,
-                patience=int(patience), max_images=int(max_images))
+                patience=int(patience), max_images=int(max_images), intensity=intensity, threshold=threshold,
+                ema=float(ema), head=head, dropout=float(dropout), weight_decay=float(weight_decay),
+                optimizer=optimizer, seed=int(seed))
     return TrainConfig(**{**form, **changes})
 
 

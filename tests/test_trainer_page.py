@@ -211,3 +211,18 @@ def test_init_options_offer_finished_runs_of_the_same_backbone(store):
     assert list(trainer_view.init_options("resnet18", runs.list_runs(store))) == ["imagenet", "scratch"]
     assert trainer_view.imagenet_note("cnn8") is None
     assert backbones.imagenet_weight_file("resnet18") in trainer_view.imagenet_note("resnet18")
+
+
+def test_more_options_reach_the_recipe(store, tiny_dataset, fake_submit):
+    at = use_folder(page(), tiny_dataset)
+    at.selectbox(key="intensity").set_value("equalize")
+    at.selectbox(key="threshold").set_value("val")
+    at.number_input(key="ema").set_value(0.99)
+    at.selectbox(key="head").set_value("fc512")
+    at.number_input(key="dropout").set_value(0.3)
+    at.selectbox(key="optimizer").set_value("sgd")
+    at.button(key="start").click().run()
+    assert not at.exception and not at.error, texts(at.error)
+    (config,) = fake_submit
+    assert (config.intensity, config.threshold, config.head, config.optimizer) == ("equalize", "val", "fc512", "sgd")
+    assert config.ema == pytest.approx(0.99) and config.dropout == pytest.approx(0.3)
