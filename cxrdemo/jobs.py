@@ -226,9 +226,12 @@ def _wait_until(pred, timeout_s: float, step_s: float = 0.1) -> bool:
 def cancel(run_id: str, runs_dir: str | Path | None = None, grace_s: float = 10.0) -> dict:
     """Cancel a queued run at once, or ask a running one to stop (killed after `grace_s`); returns its status."""
     d = runs.run_dir(run_id, runs_dir)
-    runs.atomic_write_bytes(d / CANCEL_FILE, str(time.time()).encode())
     with runs.run_lock(d):
+        # Read the state and leave the request under one lock: a worker records its own transitions under it,
+        # so it cannot finish (or claim its slot) between what we read and what we ask.
         status = runs.read_status(d)
+        if status.get("state") in runs.ACTIVE:
+            runs.atomic_write_bytes(d / CANCEL_FILE, str(time.time()).encode())
         if status.get("state") == "queued":
             cancelled = _merge_locked(d, state="cancelled", finished=time.time(), error=None)
     if status.get("state") == "queued":
@@ -238,8 +241,6 @@ def cancel(run_id: str, runs_dir: str | Path | None = None, grace_s: float = 10.
             ray_backend.stop(d, force=False)  # not started: Ray drops it (and the task itself checks the state)
         return cancelled
     if status.get("state") != "running":
-        with contextlib.suppress(OSError):
-            (d / CANCEL_FILE).unlink()  # nothing to cancel: do not leave a request behind
         raise RunError(f"Run {run_id} is {status.get('state')}; there is nothing to cancel.")
     if status.get("backend") == "ray":
         from cxrdemo import ray_backend

@@ -102,8 +102,9 @@ def test_queue_order_progress_failure_completion_no_zombies(store, data_dir, tmp
     assert sorted(order) == sorted(ids)
     by_data = {runs.read_json(store / i / "config.json")["config"]["data"]: i for i in order}
 
-    # Progress becomes visible while the first job runs: a running state with epochs, then a metrics row.
-    first = order[0]
+    failed = by_data.pop(str(one_class))
+    # Progress becomes visible while the first job that trains runs: a running state, then a metrics row.
+    first = next(i for i in order if i != failed)
     seen = set()
     def progressed():
         s = runs.read_status(store / first)
@@ -113,7 +114,6 @@ def test_queue_order_progress_failure_completion_no_zombies(store, data_dir, tmp
     assert "running" in seen
 
     statuses = {i: wait_final(store, i) for i in order}
-    failed = by_data.pop(str(one_class))
     assert statuses[failed]["state"] == "failed"
     assert "only one class" in statuses[failed]["error"] and "Traceback" not in statuses[failed]["error"]
     row = trainer_view.job_row(runs.load_run(store / failed))
