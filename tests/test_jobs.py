@@ -134,7 +134,7 @@ def test_queue_order_progress_failure_completion_no_zombies(store, data_dir, tmp
     wait_for(lambda: jobs.poll_children() == 0, timeout=10)
 
     # The CLI reads the same store: exit 0 for a completed run, 2 for a failed one.
-    assert cli.main(["jobs", "watch", order[0], "--every", "0.1", "--timeout", "5"]) == 0
+    assert cli.main(["jobs", "watch", first, "--every", "0.1", "--timeout", "5"]) == 0
     assert cli.main(["jobs", "watch", failed, "--timeout", "5"]) == 2
 
 
