@@ -149,7 +149,7 @@ def machine() -> dict[str, str]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", default="/work/shared/data/cxr-dev", help="split-layout dataset (<data>/train/<CLASS>)")
+    ap.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "cxr-dev"), help="split-layout dataset (<data>/train/<CLASS>)")
     ap.add_argument("--quick", action="store_true", help="64 images at 64 px: a smoke run in about a minute")
     ap.add_argument("--images", type=int, default=0, help="stratified subset of this many images per split (0 = all)")
     ap.add_argument("--size", type=int, default=224, help="image size in pixels")
