@@ -136,7 +136,7 @@ def model_summary(model: LoadedModel) -> dict:
     from cxrdemo import runs
 
     cfg = model.config or {}
-    tm = runs.read_test_metrics(model.path) or {}
+    tm = runs.read_test_metrics(model.path) or _card_metrics(model.path)
     return {
         "run": model.run_id,
         "classes": list(model.classes),
@@ -145,6 +145,15 @@ def model_summary(model: LoadedModel) -> dict:
         "decision": (f"{model.classes[1]} when p({model.classes[1]}) >= {model.threshold:.3f}"
                      if model.threshold is not None and len(model.classes) == 2 else "the most probable class"),
     }
+
+
+def _card_metrics(run_dir: Path) -> dict:
+    """The first held-out evaluation of a model card (the demo model has no test split of its own), or {}."""
+    try:
+        first = (runs.read_json(Path(run_dir) / "evaluation.json").get("evaluations") or [{}])[0]
+    except RunError:
+        return {}
+    return {**(first.get("metrics") or {}), "n": first.get("n")} if first.get("metrics") else {}
 
 
 def model_mtime(run: str, runs_dir: str | Path | None = None) -> int:

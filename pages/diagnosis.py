@@ -91,7 +91,7 @@ def show_result(label: str, model: predict.LoadedModel, rad: predict.Radiograph,
         st.caption(f"The heatmap is empty: no region raised the score of {model.classes[res.target]}.")
 
 
-st.title("🩻 Diagnosis")
+st.title(":material/radiology: Diagnosis")
 ui.notice()
 st.caption("See what a trained model predicts for one radiograph and, with a heatmap, which regions drove "
            "that prediction.")

@@ -217,3 +217,18 @@ def test_examples_come_from_the_demo_test_split():
     assert list(ex) == ["NORMAL example 1", "PNEUMONIA example 1"]
     assert all(p.parent.parent == paths.EXAMPLES_DIR for p in ex.values())
     assert predict.example_images(root="/nonexistent") == {}
+
+
+def test_summary_falls_back_to_the_model_card_evaluation(patch_store):
+    """The demo model trains on a set without a test split: its card's first held-out evaluation is shown."""
+    import json
+
+    from cxrdemo import predict
+
+    run = patch_store.run
+    (run / "test_metrics.json").unlink()
+    model = predict.load_model(run.name)
+    assert predict.model_summary(model)["test"] == {}
+    (run / "evaluation.json").write_text(json.dumps({"evaluations": [
+        {"n": 74, "metrics": {"accuracy": 0.93, "auroc": 0.98}}, {"n": 241, "metrics": {"accuracy": 0.9}}]}))
+    assert predict.model_summary(model)["test"] == {"accuracy": 0.93, "auroc": 0.98, "n": 74}
