@@ -33,6 +33,7 @@ from cxrdemo.errors import RunError
 from cxrdemo.worker import execute_run
 from tests.test_bad_input import GOOD, one_error_line, radiograph_like, tree_snapshot
 from tests.test_imageio import make_dicom
+from tests.helpers import wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 TIMEOUT_S = 90.0
@@ -74,16 +75,6 @@ def store(tmp_path, monkeypatch):
 def tiny(ds: Path, **kw) -> TrainConfig:
     base = dict(data=str(ds), backbone="cnn8", img_size=32, epochs=1, batch_size=8, patience=0, threads=1)
     return TrainConfig(**{**base, **kw})
-
-
-def wait_for(pred, timeout: float = TIMEOUT_S, step: float = 0.1):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        value = pred()
-        if value:
-            return value
-        time.sleep(step)
-    raise AssertionError(f"condition not met within {timeout} s")
 
 
 def final(root: Path, run_id: str) -> dict:

@@ -16,6 +16,7 @@ from PIL import Image
 from cxrdemo import cli, jobs, runs, trainer_view
 from cxrdemo.config import TrainConfig
 from cxrdemo.errors import RunError
+from tests.helpers import wait_for
 
 TIMEOUT_S = 90.0
 
@@ -57,16 +58,6 @@ def store(tmp_path, monkeypatch):
 def tiny(data_dir: Path, **kw) -> TrainConfig:
     base = dict(data=str(data_dir), backbone="cnn8", img_size=32, epochs=1, batch_size=8, patience=0)
     return TrainConfig(**{**base, **kw})
-
-
-def wait_for(pred, timeout: float = TIMEOUT_S, step: float = 0.1):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        value = pred()
-        if value:
-            return value
-        time.sleep(step)
-    raise AssertionError(f"condition not met within {timeout} s")
 
 
 def state(root: Path, run_id: str) -> str:

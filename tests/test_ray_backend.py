@@ -20,6 +20,7 @@ import pytest
 from cxrdemo import jobs, ray_backend, runs
 from cxrdemo.config import TrainConfig
 from cxrdemo.errors import ConfigError, CxrError
+from tests.helpers import wait_for as _wait_for
 
 TIMEOUT_S = 180.0  # a cold Ray worker imports torch: slow on a busy 2-core machine
 
@@ -41,13 +42,7 @@ def tiny(data: Path, **kw) -> TrainConfig:
 
 
 def wait_for(pred, timeout: float = TIMEOUT_S, step: float = 0.1):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        value = pred()
-        if value:
-            return value
-        time.sleep(step)
-    raise AssertionError(f"condition not met within {timeout} s")
+    return _wait_for(pred, timeout, step)
 
 
 def status(root: Path, run_id: str) -> dict:
