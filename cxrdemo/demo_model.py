@@ -74,6 +74,7 @@ def model_card(card: dict) -> str:
     r = card["recipe"]
     flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in r.items()
                      if k not in ("data", "extra") and v != TrainConfig.__dataclass_fields__[k].default)
+    evals = " ".join(f"--eval {e['data']}:{e['split']}" for e in card["evaluations"])
     rows = "\n".join(
         f"| {Path(e['data']).name}/{e['split']} | {e['n']} ({' : '.join(map(str, e['counts']))}) | "
         f"{_fmt(e['metrics'], e['ci95'], 'accuracy')} | {_fmt(e['metrics'], e['ci95'], 'sensitivity')} | "
@@ -97,11 +98,10 @@ triage or treat anyone.
 ## Retrain it (one command)
 
 ```bash
-python -m cxrdemo demo-model --data ../shared/data/cxr-large \\
-    --eval ../shared/data/cxr-dev:test --eval ../shared/data/cxr-shift:test
+python -m cxrdemo demo-model --data {r['data']} {evals}
 ```
 
-which trains `python -m cxrdemo train --data ../shared/data/cxr-large {flags}`, evaluates it and
+which trains `python -m cxrdemo train --data {r['data']} {flags}`, evaluates it and
 installs it in `weights/demo/` with this card.
 
 ## Results (95% bootstrap intervals, 1,000 resamples of the images)
