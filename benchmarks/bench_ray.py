@@ -20,25 +20,14 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cxrdemo import jobs, runs  # noqa: E402
 from cxrdemo.config import TrainConfig  # noqa: E402
+from tests.helpers import make_split_dataset  # noqa: E402
 
 
-def make_data(root: Path) -> Path:
-    """A learnable 2-class split dataset of 40 px PNGs: 8 / 2 / 2 per class."""
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 8), ("val", 2), ("test", 2)):
-        for k, cls in enumerate(("NORMAL", "PNEUMONIA")):
-            d = root / split / cls
-            d.mkdir(parents=True, exist_ok=True)
-            for i in range(n):
-                Image.fromarray((rng.integers(0, 120, (40, 40)) + 100 * k).astype("uint8")).save(d / f"{cls}-{i}.png")
-    return root
 
 
 def one_job(config: TrainConfig, root: Path, backend: str, timeout_s: float = 300.0) -> float:
@@ -68,7 +57,7 @@ def main() -> int:
     os.environ.update(CXRDEMO_RUNS_DIR=str(tmp / "runs"), CXRDEMO_CACHE_DIR=str(tmp / "cache"), CXRDEMO_OFFLINE="1",
                       CXRDEMO_JOB_NICE="0", CXRDEMO_THREADS="1", CXRDEMO_RAY_NUM_CPUS="1")
     root = tmp / "runs"
-    config = TrainConfig(data=str(make_data(tmp / "data")), backbone="cnn8", img_size=32, epochs=1, batch_size=8,
+    config = TrainConfig(data=str(make_split_dataset(tmp / "data", (8, 2, 2))), backbone="cnn8", img_size=32, epochs=1, batch_size=8,
                          patience=0, threads=1)
     t0 = time.perf_counter()
     if args.address:

@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cxrdemo import explain, jobs, predict, runs  # noqa: E402
 from cxrdemo.config import TrainConfig  # noqa: E402
+from tests.helpers import make_split_dataset  # noqa: E402
 from cxrdemo.errors import RunError  # noqa: E402
 from cxrdemo.worker import execute_run  # noqa: E402
 
@@ -67,16 +68,6 @@ class RssSampler(threading.Thread):
         return max(self.peak, rss_mib())
 
 
-def make_data(root: Path) -> Path:
-    """A learnable 2-class split dataset of 40 px PNGs: 5 / 2 / 2 per class."""
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 5), ("val", 2), ("test", 2)):
-        for k, cls in enumerate(("NORMAL", "PNEUMONIA")):
-            d = root / split / cls
-            d.mkdir(parents=True, exist_ok=True)
-            for i in range(n):
-                Image.fromarray((rng.integers(0, 120, (40, 40)) + 100 * k).astype("uint8")).save(d / f"{cls}-{i}.png")
-    return root
 
 
 def upload_bytes() -> bytes:
@@ -201,7 +192,7 @@ def main() -> int:
         os.environ["CXRDEMO_RUNS_DIR"] = str(tmp_path / "runs")
         os.environ["CXRDEMO_CACHE_DIR"] = str(tmp_path / "cache")
         os.environ["CXRDEMO_THREADS"] = "1"
-        data = make_data(tmp_path / "data")
+        data = make_split_dataset(tmp_path / "data", (5, 2, 2))
         base = runs.create_run(TrainConfig(data=str(data), backbone="cnn8", img_size=32, epochs=1, batch_size=8,
                                            threads=1), tmp_path / "model")
         if execute_run(base)["state"] != "completed":

@@ -154,3 +154,28 @@ def save_patch_run(patch_model, runs_root, name: str = "patch"):
     runs.write_status(d, state="completed", epoch=1)
     return d
 # ======================================================================== diagnosis (issue #5) — end
+
+
+# ======================================================================== job store (shared)
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    """A private run store for tests that start real jobs; any job still active at the end is stopped.
+
+    No ImageNet files and no demo model (empty weights folder), offline, workers at normal priority.
+    """
+    from cxrdemo import jobs, runs
+    from cxrdemo.errors import RunError
+
+    root = tmp_path / "runs"
+    monkeypatch.setenv("CXRDEMO_RUNS_DIR", str(root))
+    monkeypatch.setenv("CXRDEMO_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("CXRDEMO_WEIGHTS_DIR", str(tmp_path / "weights"))
+    monkeypatch.setenv("CXRDEMO_OFFLINE", "1")
+    monkeypatch.setenv("CXRDEMO_JOB_NICE", "0")  # shared CI machines: do not make the tests wait longer
+    yield root
+    for info in runs.list_runs(root):
+        if info.state in runs.ACTIVE:
+            try:
+                jobs.cancel(info.run_id, root, grace_s=1)
+            except RunError:
+                pass

@@ -17,3 +17,18 @@ def wait_for(pred: Callable[[], T], timeout: float = 90.0, step: float = 0.1) ->
             return value
         time.sleep(step)
     raise AssertionError(f"condition not met within {timeout} s")
+
+
+def make_split_dataset(root, per_split: tuple[int, int, int] = (5, 2, 2), size: int = 40):
+    """A learnable 2-class split-layout dataset of PNGs (dark NORMAL, bright PNEUMONIA): train/val/test counts per class."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, n in zip(("train", "val", "test"), per_split):
+        for k, cls in enumerate(("NORMAL", "PNEUMONIA")):
+            d = root / split / cls
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                Image.fromarray((rng.integers(0, 120, (size, size)) + 100 * k).astype("uint8")).save(d / f"{cls}-{i}.png")
+    return root

@@ -24,7 +24,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from cxrdemo import cli, jobs, predict, runs
@@ -33,43 +32,19 @@ from cxrdemo.errors import RunError
 from cxrdemo.worker import execute_run
 from tests.test_bad_input import GOOD, one_error_line, radiograph_like, tree_snapshot
 from tests.test_imageio import make_dicom
-from tests.helpers import wait_for
+from tests.helpers import make_split_dataset, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 TIMEOUT_S = 90.0
 
 
-def make_data(root: Path) -> Path:
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 5), ("val", 2), ("test", 2)):
-        for k, cls in enumerate(("NORMAL", "PNEUMONIA")):
-            d = root / split / cls
-            d.mkdir(parents=True, exist_ok=True)
-            for i in range(n):
-                Image.fromarray((rng.integers(0, 120, (40, 40)) + 100 * k).astype("uint8")).save(d / f"{cls}-{i}.png")
-    return root
 
 
 @pytest.fixture(scope="module")
 def ds(tmp_path_factory) -> Path:
-    return make_data(tmp_path_factory.mktemp("faults_data"))
+    return make_split_dataset(tmp_path_factory.mktemp("faults_data"), (5, 2, 2), 40)
 
 
-@pytest.fixture
-def store(tmp_path, monkeypatch):
-    """A private run store; any job still active at the end is stopped."""
-    root = tmp_path / "runs"
-    monkeypatch.setenv("CXRDEMO_RUNS_DIR", str(root))
-    monkeypatch.setenv("CXRDEMO_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setenv("CXRDEMO_WEIGHTS_DIR", str(tmp_path / "weights"))
-    monkeypatch.setenv("CXRDEMO_JOB_NICE", "0")
-    yield root
-    for info in runs.list_runs(root):
-        if info.state in runs.ACTIVE:
-            try:
-                jobs.cancel(info.run_id, root, grace_s=1)
-            except RunError:
-                pass
 
 
 def tiny(ds: Path, **kw) -> TrainConfig:

@@ -9,50 +9,23 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
 from cxrdemo import cli, jobs, runs, trainer_view
 from cxrdemo.config import TrainConfig
 from cxrdemo.errors import RunError
-from tests.helpers import wait_for
+from tests.helpers import make_split_dataset, wait_for
 
 TIMEOUT_S = 90.0
 
 
-def make_tiny_dataset(root: Path) -> Path:
-    """A learnable 2-class split-layout dataset of 64x64 PNGs (dark NORMAL, bright PNEUMONIA)."""
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 6), ("val", 3), ("test", 3)):
-        for k, cls in enumerate(("NORMAL", "PNEUMONIA")):
-            d = root / split / cls
-            d.mkdir(parents=True, exist_ok=True)
-            for i in range(n):
-                Image.fromarray((rng.integers(0, 120, (64, 64)) + 100 * k).astype("uint8")).save(d / f"{cls}-{i}.png")
-    return root
 
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory) -> Path:
-    return make_tiny_dataset(tmp_path_factory.mktemp("jobs_data"))
+    return make_split_dataset(tmp_path_factory.mktemp("jobs_data"), (6, 3, 3), 64)
 
 
-@pytest.fixture
-def store(tmp_path, monkeypatch):
-    """A private run store; any job still active at the end is stopped (no stray processes)."""
-    root = tmp_path / "runs"
-    monkeypatch.setenv("CXRDEMO_RUNS_DIR", str(root))
-    monkeypatch.setenv("CXRDEMO_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setenv("CXRDEMO_OFFLINE", "1")
-    monkeypatch.setenv("CXRDEMO_JOB_NICE", "0")  # CI machines are shared: do not make the tests wait longer
-    yield root
-    for info in runs.list_runs(root):
-        if info.state in runs.ACTIVE:
-            try:
-                jobs.cancel(info.run_id, root, grace_s=1)
-            except RunError:
-                pass
 
 
 def tiny(data_dir: Path, **kw) -> TrainConfig:

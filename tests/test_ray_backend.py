@@ -26,14 +26,11 @@ TIMEOUT_S = 180.0  # a cold Ray worker imports torch: slow on a busy 2-core mach
 
 
 @pytest.fixture
-def store(tmp_path, monkeypatch):
-    root = tmp_path / "runs"
-    monkeypatch.setenv("CXRDEMO_RUNS_DIR", str(root))
-    monkeypatch.setenv("CXRDEMO_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setenv("CXRDEMO_OFFLINE", "1")
+def store(store, monkeypatch):
+    """conftest's private run store, with one CPU per Ray job and no cluster address from the environment."""
     monkeypatch.setenv("CXRDEMO_RAY_NUM_CPUS", "1")
     monkeypatch.delenv("CXRDEMO_RAY_ADDRESS", raising=False)
-    return root
+    return store
 
 
 def tiny(data: Path, **kw) -> TrainConfig:

@@ -11,28 +11,12 @@ from streamlit.testing.v1 import AppTest
 
 from cxrdemo import backbones, data, jobs, runs, trainer_view
 from cxrdemo.config import TrainConfig
-from cxrdemo.errors import RunError
 
 REPO = Path(__file__).resolve().parents[1]
 PAGE = str(REPO / "pages" / "trainer.py")
 APP = str(REPO / "app.py")
 
 
-@pytest.fixture
-def store(tmp_path, monkeypatch):
-    root = tmp_path / "runs"
-    monkeypatch.setenv("CXRDEMO_RUNS_DIR", str(root))
-    monkeypatch.setenv("CXRDEMO_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setenv("CXRDEMO_WEIGHTS_DIR", str(tmp_path / "weights"))  # no ImageNet files, no demo model
-    monkeypatch.setenv("CXRDEMO_OFFLINE", "1")
-    monkeypatch.setenv("CXRDEMO_JOB_NICE", "0")
-    yield root
-    for info in runs.list_runs(root):
-        if info.state in runs.ACTIVE:
-            try:
-                jobs.cancel(info.run_id, root, grace_s=1)
-            except RunError:
-                pass
 
 
 @pytest.fixture
