@@ -241,7 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("demo-model", help="retrain the shipped demo model (weights/demo) and its model card")
-    p.add_argument("--data", required=True, help="training set, e.g. ../shared/data/cxr-large")
+    p.add_argument("--data", required=True, help="training set folder (train/ and val/ with one folder per class)")
     p.add_argument("--eval", action="append", default=[], metavar="DIR[:SPLIT]",
                    help="a test set to report with bootstrap intervals (repeatable)")
     p.add_argument("--out", help="install folder (default weights/demo)")
