@@ -28,7 +28,7 @@ from streamlit.testing.v1 import AppTest
 from cxrdemo import cli, compare, data, imageio, runs
 from cxrdemo.config import TrainConfig
 from cxrdemo.errors import ConfigError, RunError
-from tests.test_imageio import encode, make_dicom, png_with_header, ramp
+from tests.test_imageio import compressed_dicom, encode, make_dicom, png_with_header, ramp
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -91,17 +91,6 @@ def box(tmp_path, monkeypatch):
 
 # ---------------------------------------------------------------- uploads through `predict`
 
-def _compressed_dicom() -> bytes:
-    from pydicom.encaps import encapsulate
-    from pydicom.uid import JPEGLosslessSV1
-
-    ds = pydicom.dcmread(io.BytesIO(make_dicom(ramp(8, 8, np.uint16))))
-    ds.file_meta.TransferSyntaxUID = JPEGLosslessSV1
-    ds.PixelData = encapsulate([b"\xff\xd8\xff\xc3" + b"\x00" * 32 + b"\xff\xd9"])
-    ds["PixelData"].VR = "OB"
-    buf = io.BytesIO()
-    ds.save_as(buf, enforce_file_format=True)
-    return buf.getvalue()
 
 
 def _no_pixels_dicom() -> bytes:
@@ -128,7 +117,7 @@ REFUSED = {  # file name -> (bytes, words the sentence must contain)
     "scan.pdf": (b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n1 0 obj\n<<>>\nendobj\n", "PDF"),
     "bomb.png": (png_with_header(20_000, 20_000), "too large"),
     "report.dcm": (_no_pixels_dicom(), "no pixel data"),
-    "compressed.dcm": (_compressed_dicom(), "no decoder"),
+    "compressed.dcm": (compressed_dicom(), "no decoder"),
 }
 
 

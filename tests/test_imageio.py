@@ -303,13 +303,19 @@ def test_dicom_without_pixel_data():
         read_image(buf.getvalue())
 
 
-def test_dicom_compressed_without_decoder_names_it():
+def compressed_dicom() -> bytes:
+    """A JPEG Lossless DICOM (no decoder for it is installed)."""
     ds = pydicom.dcmread(io.BytesIO(make_dicom(ramp(8, 8, np.uint16))))
     ds.file_meta.TransferSyntaxUID = JPEGLosslessSV1
     ds.PixelData = encapsulate([b"\xff\xd8\xff\xc3" + b"\x00" * 32 + b"\xff\xd9"])
     ds["PixelData"].VR = "OB"
     buf = io.BytesIO()
     ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def test_dicom_compressed_without_decoder_names_it():
+    buf = io.BytesIO(compressed_dicom())
     with pytest.raises(ImageReadError, match="JPEG Lossless.*no decoder"):
         read_image(buf.getvalue())
 
