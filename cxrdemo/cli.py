@@ -8,7 +8,7 @@ import math
 import sys
 from pathlib import Path
 
-from cxrdemo.config import AUGMENTATIONS, BALANCING, HEADS, INTENSITY, OPTIMIZERS, THRESHOLDS, TrainConfig
+from cxrdemo.config import AUGMENTATIONS, BALANCING, HEADS, INTENSITY, OPTIMIZERS, PRECISIONS, THRESHOLDS, TrainConfig
 from cxrdemo.errors import CxrError
 
 EXIT_BAD_INPUT = 2
@@ -54,6 +54,8 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trunk-lr-factor", type=float, default=d.trunk_lr_factor)
     p.add_argument("--ema", type=float, default=d.ema, help="average the weights over steps (e.g. 0.998; 0 = off)")
     p.add_argument("--threshold", choices=THRESHOLDS, default=d.threshold)
+    p.add_argument("--precision", choices=PRECISIONS, default=d.precision,
+                   help="auto = bfloat16 mixed precision where the CPU/GPU runs it natively (AMX, CUDA), else fp32")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--split-seed", type=int, default=d.split_seed)
     p.add_argument("--threads", type=int, default=d.threads)

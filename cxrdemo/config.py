@@ -16,8 +16,9 @@ OPTIMIZERS = ("adam", "sgd")
 HEADS = ("linear", "fc512")
 THRESHOLDS = ("argmax", "val")
 INTENSITY = ("none", "equalize")
+PRECISIONS = ("auto", "fp32", "bf16")
 _TEXT_FIELDS = ("data", "backbone", "init", "freeze", "optimizer", "augment", "intensity", "balance", "head",
-                "threshold")
+                "threshold", "precision")
 _FREEZE_RE = re.compile(r"^(none|head|\d+|gradual:\d+)$")
 
 
@@ -46,6 +47,7 @@ class TrainConfig:
     trunk_lr_factor: float = 1.0  # lr multiplier for the trunk after a gradual unfreeze
     ema: float = 0.0  # 0 = off; else keep an exponential moving average of the weights (e.g. 0.998) and use it
     threshold: str = "argmax"  # argmax | val (binary: decision threshold chosen on val)
+    precision: str = "auto"  # auto (bf16 where the hardware runs it natively) | fp32 | bf16 (mixed-precision training)
     seed: int = 0
     threads: int = 0  # 0 = choose for this machine
     split_seed: int = 0
@@ -117,7 +119,7 @@ def validate(c: TrainConfig) -> None:
         raise ConfigError("gradual:T needs T of at least 1 epoch.")
     for name, allowed in (("augment", AUGMENTATIONS), ("balance", BALANCING), ("optimizer", OPTIMIZERS),
                           ("head", HEADS), ("threshold", THRESHOLDS),
-                          ("intensity", INTENSITY)):
+                          ("intensity", INTENSITY), ("precision", PRECISIONS)):
         if getattr(c, name) not in allowed:
             raise ConfigError(f"{name} must be one of {', '.join(allowed)} (got {getattr(c, name)!r}).")
     init = str(c.init)

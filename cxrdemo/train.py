@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
@@ -61,6 +62,29 @@ def choose_device() -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"CXRDEMO_DEVICE={env!r} asks for a GPU, but this machine has no usable CUDA GPU.")
     return device
+
+
+def choose_precision(precision: str, device: torch.device, backbone: str) -> torch.dtype | None:
+    """The autocast dtype for training (None = plain float32).
+
+    auto: bfloat16 where the hardware runs it natively and the backbone gains from it: CUDA GPUs with bf16,
+    and CPUs with AMX for backbones of dense convolutions (2-3x faster per step, benchmarks/bench_precision.py);
+    depthwise backbones (MobileNet, EfficientNet) gain nothing from bf16 on a CPU and stay float32.
+    Weights, optimiser state and everything after training (threshold, test, prediction) stay float32.
+    """
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    amx = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
+    return torch.bfloat16 if amx and backbones.get_spec(backbone).bf16 else None
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    """Mixed precision for a forward pass, or nothing when `dtype` is None."""
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
 
 def preprocessing_record(img_size: int, intensity: str = "none") -> dict:
@@ -152,13 +176,17 @@ def _check(should_stop: Callable[[], bool] | None) -> None:
 
 def train_one_epoch(model: nn.Module, loader, inputs: Callable[[torch.Tensor], torch.Tensor], opt, loss_fn,
                     report: Callable[[int, int], None], should_stop=None,
-                    after_step: Callable[[], None] | None = None) -> tuple[float, float, int]:
-    """One pass over `loader`; returns (mean loss, accuracy, images seen)."""
+                    after_step: Callable[[], None] | None = None,
+                    amp: torch.dtype | None = None) -> tuple[float, float, int]:
+    """One pass over `loader` (forward under autocast `amp` when given); returns (mean loss, accuracy, images seen)."""
     model.train()
     total_loss, correct, seen, n_batches = 0.0, 0, 0, len(loader)
     for i, (x, y) in enumerate(loader, 1):
         _check(should_stop)
-        logits = model(inputs(x))
+        x = inputs(x)
+        with autocast(x.device, amp):
+            logits = model(x)
+        logits = logits.float()
         y = y.to(logits.device)  # inputs() moved the images to the model's device
         loss = loss_fn(logits, y)
         if not torch.isfinite(loss):
@@ -177,18 +205,22 @@ def train_one_epoch(model: nn.Module, loader, inputs: Callable[[torch.Tensor], t
 
 @torch.inference_mode()
 def predict_tensor(model: nn.Module, x: torch.Tensor, inputs: Callable[[torch.Tensor], torch.Tensor],
-                   batch_size: int = 64) -> torch.Tensor:
+                   batch_size: int = 64, amp: torch.dtype | None = None) -> torch.Tensor:
     """Softmax probabilities of `model` over a stored tensor, in eval mode."""
     model.eval()
-    # Metrics are computed on the CPU, whatever device the model runs on.
-    out = [torch.softmax(model(inputs(x[i:i + batch_size])).float(), 1).cpu() for i in range(0, len(x), batch_size)]
+    out = []
+    for i in range(0, len(x), batch_size):
+        xb = inputs(x[i:i + batch_size])
+        with autocast(xb.device, amp):
+            logits = model(xb)
+        out.append(torch.softmax(logits.float(), 1).cpu())  # metrics are computed on the CPU
     return torch.cat(out) if out else torch.zeros(0, 1)
 
 
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, inputs, classes, threshold=None,
-             weight: torch.Tensor | None = None) -> tuple[float, dict, np.ndarray]:
+             weight: torch.Tensor | None = None, amp: torch.dtype | None = None) -> tuple[float, dict, np.ndarray]:
     """(loss, metrics dict, probabilities) of `model` on stored inputs."""
-    probs = predict_tensor(model, x, inputs)
+    probs = predict_tensor(model, x, inputs, amp=amp)
     loss = float(nn.functional.nll_loss(torch.log(probs.clamp_min(1e-12)), y, weight=weight)) if len(y) else math.nan
     p = probs.numpy()
     return loss, metrics.classification_metrics(y.numpy(), p, classes, threshold), p
@@ -245,6 +277,7 @@ def fit(config: TrainConfig, run_dir: Path, progress: ProgressFn | None = None,
         net = net.to(memory_format=torch.channels_last)
     device = choose_device()
     net = net.to(device)  # before the optimiser is made: it must hold the device's parameters
+    amp = choose_precision(config.precision, device, config.backbone)
     n_trunk = len(net.trunk)
     augment = data.make_augment(config.augment, config.img_size)
     gen = torch.Generator().manual_seed(config.seed)
@@ -257,13 +290,14 @@ def fit(config: TrainConfig, run_dir: Path, progress: ProgressFn | None = None,
     weight = data.class_weights(y_train, len(classes)) if config.balance == "loss" else None
     loss_fn = nn.CrossEntropyLoss(weight=None if weight is None else weight.to(device))
     loader = data.make_loader(cache["train"], config.batch_size, balance=config.balance, seed=config.seed)
-    _update_meta(run_dir, scan.summary(), threads, init_note, {s: c.skipped for s, c in cache.items()}, str(device))
+    _update_meta(run_dir, scan.summary(), threads, init_note, {s: c.skipped for s, c in cache.items()}, str(device),
+                 "bfloat16 mixed precision" if amp is not None else "float32", channels_last)
     runs.write_status(run_dir, device=str(device))
 
     # Self-ensembling: an exponential moving average of the weights (and BN statistics) is what gets
     # validated and saved; it smooths the epoch-to-epoch swings of small-data training.
-    ema = (torch.optim.swa_utils.AveragedModel(net, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(
-        config.ema), use_buffers=True) if config.ema else None)
+    ema = (torch.optim.swa_utils.AveragedModel(net, multi_avg_fn=ema_update(config.ema), use_buffers=True)
+           if config.ema else None)
     after_step = (lambda: ema.update_parameters(net)) if ema is not None else None
     best_loss, best_epoch, bad_epochs, feature_cache = math.inf, 0, 0, None
     for epoch in range(1, config.epochs + 1):
@@ -277,22 +311,22 @@ def fit(config: TrainConfig, run_dir: Path, progress: ProgressFn | None = None,
             # Whole trunk frozen and inputs deterministic: trunk features never change, compute them once.
             if feature_cache is None:
                 say(Progress("prepare", epoch, config.epochs, message="Computing trunk features once"))
-                feature_cache = {s: _trunk_features(net, c.images, plain) for s, c in cache.items()}
+                feature_cache = {s: _trunk_features(net, c.images, plain, amp) for s, c in cache.items()}
             f_loader = data.make_loader(data.CachedImages(feature_cache["train"], y_train, [], []),
                                         config.batch_size, balance=config.balance, seed=config.seed + epoch)
             tr_loss, tr_acc, seen = train_one_epoch(net.head, f_loader, to_device, opt, loss_fn, report, should_stop,
-                                                    after_step)
+                                                    after_step, amp)
             ev_model, ev_x, ev_inputs, path = ((ema.module if ema else net).head, feature_cache["val"], to_device,
                                                "cached-features")
         else:
             loader = data.make_loader(cache["train"], config.batch_size, balance=config.balance,
                                       seed=config.seed + epoch)
             tr_loss, tr_acc, seen = train_one_epoch(net, loader, train_inputs, opt, loss_fn, report, should_stop,
-                                                    after_step)
+                                                    after_step, amp)
             ev_model, ev_x, ev_inputs, path = (ema.module if ema else net), cache["val"].images, plain, "full"
         train_s = time.perf_counter() - t0
         say(Progress("val", epoch, config.epochs, message="Validating"))
-        val_loss, val_m, _ = evaluate(ev_model, ev_x, cache["val"].labels, ev_inputs, classes, weight=weight)
+        val_loss, val_m, _ = evaluate(ev_model, ev_x, cache["val"].labels, ev_inputs, classes, weight=weight, amp=amp)
         lr = opt.param_groups[-1]["lr"]
         if sched:
             sched.step()
@@ -316,10 +350,31 @@ def fit(config: TrainConfig, run_dir: Path, progress: ProgressFn | None = None,
     return finish(run_dir, config, classes, cache, best_epoch, say)
 
 
-def _trunk_features(net: backbones.Net, images: torch.Tensor, inputs, batch_size: int = 64) -> torch.Tensor:
+def ema_update(decay: float):
+    """The weight-average step with warm-up: decay min(decay, (1 + n) / (10 + n)) after n updates.
+
+    A fixed 0.998 average still remembers the random initialisation after the first epoch (the saved
+    model then predicts one class); the warm-up lets it follow quickly at first and settle to `decay`.
+    """
+    @torch.no_grad()
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], n) -> None:
+        if not averaged[0].is_floating_point():  # integer buffers (BN batch counters): keep the latest
+            torch._foreach_copy_(averaged, current)
+            return
+        d = min(decay, (1.0 + float(n)) / (10.0 + float(n)))
+        torch._foreach_lerp_(averaged, current, 1.0 - d)
+    return update
+
+
+def _trunk_features(net: backbones.Net, images: torch.Tensor, inputs, amp: torch.dtype | None = None,
+                    batch_size: int = 64) -> torch.Tensor:
     net.eval()
+    out = []
     with torch.inference_mode():
-        out = [net.pool(net.frozen_features(inputs(images[i:i + batch_size]))) for i in range(0, len(images), batch_size)]
+        for i in range(0, len(images), batch_size):
+            x = inputs(images[i:i + batch_size])
+            with autocast(x.device, amp):
+                out.append(net.pool(net.frozen_features(x)).float())
     return torch.cat(out).clone().cpu() if out else torch.zeros(0)
 
 
@@ -372,10 +427,11 @@ def finish(run_dir: Path, config: TrainConfig, classes, cache: dict, best_epoch:
 
 
 def _update_meta(run_dir: Path, scan_summary: dict, threads: int, init_note: str, skipped: dict,
-                 device: str = "cpu") -> None:
+                 device: str = "cpu", precision: str = "float32", channels_last: bool = False) -> None:
     meta = runs.read_json(run_dir / "config.json")
     decode_skips = [s for items in skipped.values() for s in items]
-    meta.update(dataset=scan_summary, threads=threads, init_note=init_note, device=device,
+    meta.update(dataset=scan_summary, threads=threads, init_note=init_note, device=device, precision=precision,
+                memory_format="channels-last" if channels_last else "contiguous",
                 decode_skipped=[{"path": p, "reason": r} for p, r in decode_skips[:50]],
                 n_decode_skipped=len(decode_skips))
     runs.atomic_write_json(run_dir / "config.json", meta)

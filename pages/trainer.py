@@ -7,7 +7,7 @@ from streamlit.errors import StreamlitAPIException
 
 from cxrdemo import backbones, data, jobs, ray_backend
 from cxrdemo import trainer_view as tv
-from cxrdemo.config import AUGMENTATIONS, BALANCING, HEADS, INTENSITY, OPTIMIZERS, THRESHOLDS, TrainConfig
+from cxrdemo.config import AUGMENTATIONS, BALANCING, HEADS, INTENSITY, OPTIMIZERS, PRECISIONS, THRESHOLDS, TrainConfig
 from cxrdemo.worker import log_tail
 from pages import ui
 
@@ -17,6 +17,8 @@ AUG_LABELS = {"none": "none", "light": "light (flips, small shifts and rotations
 INTENSITY_LABELS = {"none": "as recorded", "equalize": "histogram-equalised"}
 THRESHOLD_LABELS = {"argmax": "most probable class", "val": "threshold tuned on validation (2 classes)"}
 HEAD_LABELS = {"linear": "one linear layer", "fc512": "two 512-unit layers (papers)"}
+PRECISION_LABELS = {"auto": "automatic (fastest this machine runs well)", "fp32": "full (float32)",
+                    "bf16": "mixed (bfloat16)"}
 BAL_LABELS = {"sampler": "oversample the rarer class", "loss": "weight the loss by class", "none": "no balancing"}
 IMG_SIZES = [64, 128, 160, 224, 299]
 SWEEP_FREEZES = ["none", "head", "1", "2", "3", "gradual:1", "gradual:2"]
@@ -111,6 +113,10 @@ with st.expander("More options"):
                                    key="weight_decay")
     optimizer = c3.selectbox("Optimiser", OPTIMIZERS, format_func=str.capitalize, key="optimizer")
     seed = c4.number_input("Seed", 0, 2**31 - 1, DEFAULTS.seed, key="seed")
+    c1, _, _, _ = st.columns(4)
+    precision = c1.selectbox("Arithmetic precision", PRECISIONS, format_func=PRECISION_LABELS.get, key="precision",
+                             help="Mixed precision trains 2-3x faster on recent Intel CPUs (AMX) and on GPUs; "
+                                  "the saved model and every prediction stay full precision.")
 name = st.text_input("Label (optional, added to the run id)", max_chars=40, key="run_name")
 
 
@@ -120,7 +126,7 @@ def make_config(**changes) -> TrainConfig:
                 batch_size=int(batch_size), img_size=int(img_size), augment=augment, balance=balance,
                 patience=int(patience), max_images=int(max_images), intensity=intensity, threshold=threshold,
                 ema=float(ema), head=head, dropout=float(dropout), weight_decay=float(weight_decay),
-                optimizer=optimizer, seed=int(seed))
+                optimizer=optimizer, seed=int(seed), precision=precision)
     return TrainConfig(**{**form, **changes})
 
 

@@ -169,8 +169,8 @@ def test_early_stopping_on_val_loss(ds2, monkeypatch):
     losses = iter([0.5, 0.6, 0.7, 0.4, 0.3])
     real = train.evaluate
 
-    def fake(model, x, y, inputs, classes, threshold=None, weight=None):
-        loss, m, p = real(model, x, y, inputs, classes, threshold, weight)
+    def fake(model, x, y, inputs, classes, threshold=None, weight=None, amp=None):
+        loss, m, p = real(model, x, y, inputs, classes, threshold, weight, amp)
         return (next(losses), m, p) if threshold is None and len(y) == 8 and model.training is False else (loss, m, p)
     monkeypatch.setattr(train, "evaluate", fake)
     d, status = _train(_cfg(ds2, epochs=5, patience=2))
@@ -260,3 +260,42 @@ def test_weight_average_is_what_gets_saved(ds2):
     w_plain, w_avg = a["state_dict"]["head.0.weight"], b["state_dict"]["head.0.weight"]
     assert not torch.equal(w_plain, w_avg)  # the same trajectory, averaged
     assert runs.read_json(averaged / "config.json")["config"]["ema"] == 0.9
+
+
+@pytest.mark.parametrize("precision,amx,backbone,expected", [
+    ("fp32", True, "resnet18", None), ("bf16", False, "resnet18", torch.bfloat16),
+    ("auto", True, "resnet18", torch.bfloat16), ("auto", False, "resnet18", None),
+    ("auto", True, "mobilenet_v3_small", None),  # depthwise: measured no faster in bf16 on a CPU
+])
+def test_precision_choice_on_a_cpu(monkeypatch, precision, amx, backbone, expected):
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    assert train.choose_precision(precision, torch.device("cpu"), backbone) == expected
+
+
+def test_bf16_training_keeps_float32_weights_and_follows_the_fp32_run(ds2):
+    full, _ = _train(_cfg(ds2, backbone="cnn5", epochs=2, precision="fp32"))
+    mixed, status = _train(_cfg(ds2, backbone="cnn5", epochs=2, precision="bf16"))
+    assert status["state"] == "completed", status.get("error")
+    assert runs.read_json(mixed / "config.json")["precision"] == "bfloat16 mixed precision"
+    assert runs.read_json(full / "config.json")["precision"] == "float32"
+    state = runs.load_checkpoint(mixed / "model.pt")["state_dict"]
+    assert {v.dtype for v in state.values() if v.is_floating_point()} == {torch.float32}
+    a, b = runs.read_metrics(full), runs.read_metrics(mixed)
+    # Same seed, same batches: only the forward's rounding differs, so the first epoch's loss is close.
+    assert abs(a["train_loss"][0] - b["train_loss"][0]) < 0.05 * a["train_loss"][0]
+    assert not np.isclose(a["train_loss"][0], b["train_loss"][0], rtol=0, atol=1e-7)  # bf16 really ran
+    tm = runs.read_test_metrics(mixed)
+    assert len(tm["probs"]) == 8 and np.isfinite(tm["probs"]).all()
+
+
+def test_weight_average_warms_up_then_settles_to_its_decay():
+    update = train.ema_update(0.99)
+    avg, cur = [torch.zeros(3)], [torch.ones(3)]
+    update(avg, cur, torch.tensor(1))  # warm-up: decay 2/11, so the average moves 9/11 of the way
+    torch.testing.assert_close(avg[0], torch.full((3,), 9 / 11))
+    avg = [torch.zeros(3)]
+    update(avg, cur, torch.tensor(10_000))  # settled: the configured decay
+    torch.testing.assert_close(avg[0], torch.full((3,), 0.01))
+    counters = [torch.tensor(3)]
+    update(counters, [torch.tensor(7)], torch.tensor(5))
+    assert int(counters[0]) == 7
