@@ -8,7 +8,9 @@ that both sides see the same background load:
            on 2 cores, workers would compete with torch's 2 intra-op threads), the full torchvision model
            in train() mode, `requires_grad=False` on exactly the parameters cxrdemo freezes, Adam;
   cxrdemo  `train.fit` on a run folder in a temporary run store, read back from its metrics.csv.
-Both use torch.set_num_threads(2) (the engine through TrainConfig.threads=2), the same image files,
+The engine runs as a user gets it: precision `auto` (bfloat16 autocast for the forward pass on CPUs with
+AMX, float32 elsewhere; `--precision fp32` measures the engine without it) and channels-last; its path
+line says which it used. Both use torch.set_num_threads(2) (the engine through TrainConfig.threads=2), the same image files,
 the same image size and batch size, and 3 epochs; epoch 1 is the warm-up, images/s is the mean of
 epochs 2-3 of the training pass only (the engine's column images_per_s times the training pass only).
 
@@ -122,15 +124,18 @@ def naive(root: Path, files: set[str], name: str, n_frozen: int, size: int, batc
     return speeds
 
 
-def engine(data_root: Path, name: str, freeze: str, size: int, batch: int, max_images: int) -> tuple[list[float], list[str]]:
+def engine(data_root: Path, name: str, freeze: str, size: int, batch: int, max_images: int,
+           precision: str = "auto") -> tuple[list[float], list[str]]:
     """cxrdemo's train.fit; returns images/s and path of each epoch, from metrics.csv."""
     cfg = TrainConfig(data=str(data_root), backbone=name, freeze=freeze, init="scratch", epochs=EPOCHS,
                       img_size=size, batch_size=batch, threads=THREADS, patience=0, step_size=0,
-                      max_images=max_images, augment="none")
+                      max_images=max_images, augment="none", precision=precision)
     d = runs.create_run(cfg)
     train.fit(cfg, d)
     rows = runs.read_metrics_rows(d)
-    return [float(r["images_per_s"]) for r in rows], [r["path"] for r in rows]
+    meta = runs.read_json(d / "config.json")
+    how = f"{meta.get('precision')}, {meta.get('memory_format')}"
+    return [float(r["images_per_s"]) for r in rows], [f"{r['path']} ({how})" for r in rows]
 
 
 # ---------------------------------------------------------------- main
@@ -155,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--size", type=int, default=224, help="image size in pixels")
     ap.add_argument("--backbones", default=",".join(BACKBONES))
     ap.add_argument("--freezes", default=",".join(FREEZES))
+    ap.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+                    help="the engine's TrainConfig.precision (auto = bf16 autocast on AMX CPUs; the naive loop is fp32)")
     args = ap.parse_args(argv)
     root = Path(args.data).resolve()
     if not (root / "train").is_dir():
@@ -187,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
                     if side == "naive":
                         speeds, path = naive(root, files, name, n_frozen, size, batch), "decode-every-epoch"
                     else:
-                        speeds, paths = engine(root, name, freeze, size, batch, max_images)
+                        speeds, paths = engine(root, name, freeze, size, batch, max_images, args.precision)
                         path = paths[-1]
                 ips = statistics.mean(speeds[1:])
                 out[side] = (ips, mem.mb)

@@ -385,7 +385,11 @@ def load_images(items: list[tuple[str, int]], size: int, *, use_disk_cache: bool
     row = {p: i for i, p in enumerate(ok)}
     kept = [(os.path.abspath(p), k) for p, k in items if os.path.abspath(p) in row]
     index = torch.tensor([row[p] for p, _ in kept], dtype=torch.long)
-    return CachedImages(images=images[index], labels=torch.tensor([k for _, k in kept], dtype=torch.long),
+    if len(index) == len(images) and torch.equal(index, torch.arange(len(images))):
+        selected = images  # the usual case: no second copy of the split in memory (callers never write to it)
+    else:
+        selected = images[index]
+    return CachedImages(images=selected, labels=torch.tensor([k for _, k in kept], dtype=torch.long),
                         paths=[p for p, _ in kept], skipped=list(skipped))
 
 

@@ -242,6 +242,14 @@ def test_load_images_shapes_and_order(tiny_dataset, cache_tmp):
     assert torch.equal(cached.images[0], expected)  # the training cache is exactly what prediction computes
 
 
+def test_a_split_in_cache_order_is_not_copied_again(tiny_dataset, cache_tmp):
+    items = sorted(data.scan_dataset(tiny_dataset).splits["val"])
+    a, b = data.load_images(items, 32), data.load_images(items, 32)
+    assert a.images.data_ptr() == b.images.data_ptr()  # one tensor in memory, shared by both callers
+    reordered = data.load_images(items[::-1], 32)
+    assert reordered.images.data_ptr() != a.images.data_ptr() and torch.equal(reordered.images, a.images.flip(0))
+
+
 def test_truncated_file_is_skipped_not_fatal(tmp_path, cache_tmp):
     good = make_tree(tmp_path, {"A": 2})
     bad = tmp_path / "A" / "bad.png"
