@@ -247,7 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval", action="append", default=[], metavar="DIR[:SPLIT]",
                    help="a test set to report with bootstrap intervals (repeatable)")
     p.add_argument("--out", help="install folder (default weights/demo)")
-    p.add_argument("--epochs", type=int)
+    p.add_argument("--epochs", type=int, help="epochs of every stage (default: the recipe's; a small number = quick check)")
     p.add_argument("--threads", type=int)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_demo_model)

@@ -351,18 +351,19 @@ def fit(config: TrainConfig, run_dir: Path, progress: ProgressFn | None = None,
 
 
 def ema_update(decay: float):
-    """The weight-average step with warm-up: decay min(decay, (1 + n) / (10 + n)) after n updates.
+    """The weight-average step with warm-up: decay min(decay, n / (n + 1)) after n updates.
 
-    A fixed 0.998 average still remembers the random initialisation after the first epoch (the saved
-    model then predicts one class); the warm-up lets it follow quickly at first and settle to `decay`.
+    Until 1 / (1 - decay) steps have passed this is the plain mean of every step so far, then the
+    exponential average. A fixed 0.998 from the start still holds 15% of the random initialisation
+    after 1,000 steps (7 epochs of cxr-large): early epochs then validate a blend that predicts one class.
     """
     @torch.no_grad()
     def update(averaged: list[torch.Tensor], current: list[torch.Tensor], n) -> None:
         if not averaged[0].is_floating_point():  # integer buffers (BN batch counters): keep the latest
             torch._foreach_copy_(averaged, current)
             return
-        d = min(decay, (1.0 + float(n)) / (10.0 + float(n)))
-        torch._foreach_lerp_(averaged, current, 1.0 - d)
+        n = float(n)
+        torch._foreach_lerp_(averaged, current, 1.0 - min(decay, n / (n + 1.0)))
     return update
 
 

@@ -7,7 +7,7 @@ import pytest
 
 from cxrdemo import paths, predict, runs
 from cxrdemo.cli import main as cli
-from cxrdemo.demo_model import DEMO_RECIPE, build_demo_model, load_card
+from cxrdemo.demo_model import DEMO_RECIPE, DEMO_STAGES, build_demo_model, load_card
 
 TINY = dict(backbone="cnn8", img_size=32, epochs=1, batch_size=8, threads=1)
 
@@ -22,6 +22,7 @@ def env(tmp_path, monkeypatch):
 
 def test_recipe_trains_without_imagenet_and_picks_a_threshold_on_val():
     assert DEMO_RECIPE["init"] == "scratch" and DEMO_RECIPE["threshold"] == "val"
+    assert all("init" not in stage for stage in DEMO_STAGES[1:])  # later stages start from the previous run
 
 
 def test_build_installs_model_card_and_intervals(env, tiny_dataset):
@@ -33,6 +34,10 @@ def test_build_installs_model_card_and_intervals(env, tiny_dataset):
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".demo-")]  # staging folder renamed away
     assert load_card() == json.loads((out / "evaluation.json").read_text())
     assert load_card()["run_id"] == card["run_id"] and (env / "runs" / card["run_id"] / "model.pt").is_file()
+    first, last = card["stages"]  # progressive resizing: stage 2 starts from stage 1's weights
+    assert last["run_id"] == card["run_id"] and last["recipe"]["init"] == f"run:{first['run_id']}"
+    assert first["recipe"]["init"] == "scratch" and "trunk and head" in runs.read_json(
+        env / "runs" / last["run_id"] / "config.json")["init_note"]
     e1, e2 = card["evaluations"]
     assert e1["n"] == e2["n"] == 8 and e1["counts"] == [4, 4]
     assert e1["metrics"] == e2["metrics"]  # same images, same model

@@ -291,8 +291,9 @@ def test_bf16_training_keeps_float32_weights_and_follows_the_fp32_run(ds2):
 def test_weight_average_warms_up_then_settles_to_its_decay():
     update = train.ema_update(0.99)
     avg, cur = [torch.zeros(3)], [torch.ones(3)]
-    update(avg, cur, torch.tensor(1))  # warm-up: decay 2/11, so the average moves 9/11 of the way
-    torch.testing.assert_close(avg[0], torch.full((3,), 9 / 11))
+    for n, value in enumerate((2.0, 4.0, 6.0), 1):  # warm-up: the plain mean of the steps so far
+        update(avg, [torch.full((3,), value)], torch.tensor(n))
+    torch.testing.assert_close(avg[0], torch.full((3,), (0 + 2 + 4 + 6) / 4))
     avg = [torch.zeros(3)]
     update(avg, cur, torch.tensor(10_000))  # settled: the configured decay
     torch.testing.assert_close(avg[0], torch.full((3,), 0.01))
