@@ -17,7 +17,8 @@ TEST_KEYS = ("accuracy", "precision", "recall", "f1", "auroc", "sensitivity", "s
 TEST_COLUMNS = tuple(f"test_{k}" for k in TEST_KEYS)
 TABLE_COLUMNS = ("run_id", "status", "problem", "backbone", "init", "freeze", "head", "epochs_run", "epochs_planned",
                  "best_val_acc", "epochs_to_best", *TEST_COLUMNS, "total_params", "trainable_params",
-                 "trainable_at_start", "params_note", "sec_per_epoch", "dataset", "classes", "n_classes", "started")
+                 "trainable_at_start", "params_note", "sec_per_epoch", "arithmetic", "dataset", "classes", "n_classes",
+                 "started")
 UNKNOWN_CLASSES = "(classes not known yet)"
 # What the trade-off chart may put on its y axis: column -> label a clinician reads.
 TEST_METRIC_LABELS = {"test_accuracy": "Test accuracy", "test_recall": "Test recall (macro)",
@@ -65,7 +66,7 @@ def run_row(info: runs.RunInfo) -> dict:
     """One table row for a run; a damaged run gets its reason and NaN numbers, never an exception."""
     row: dict = {c: math.nan for c in TABLE_COLUMNS}
     row.update(run_id=info.run_id, status=info.state, problem=info.damaged or "", params_note="", backbone="",
-               init="", freeze="", head="", dataset="", classes="", started=pd.NaT)
+               init="", freeze="", head="", dataset="", classes="", started=pd.NaT, arithmetic="")
     if info.damaged:
         return row
     cfg, status = info.config, info.status
@@ -79,7 +80,8 @@ def run_row(info: runs.RunInfo) -> dict:
     total, last, first, note = _params(cfg, len(classes), epochs_run)
     started = _num(status.get("started") or info.meta.get("created"))
     row.update(backbone=str(cfg.get("backbone", "")), init=str(cfg.get("init", "")), freeze=str(cfg.get("freeze", "")),
-               head=str(cfg.get("head", "")), epochs_run=epochs_run, epochs_planned=_num(cfg.get("epochs")),
+               head=str(cfg.get("head", "")), arithmetic=str(info.meta.get("precision", "float32")),
+               epochs_run=epochs_run, epochs_planned=_num(cfg.get("epochs")),
                total_params=total, trainable_params=last, trainable_at_start=first, params_note=note,
                dataset=str(dataset.get("root") or cfg.get("data", "")),
                classes=", ".join(classes) if classes else UNKNOWN_CLASSES, n_classes=len(classes) or math.nan,
@@ -172,7 +174,8 @@ def run_recipe(info: runs.RunInfo) -> dict:
     if info.damaged:
         return {"problem": info.damaged}
     return {"config": info.config, "dataset": info.meta.get("dataset", {}),
-            "initialisation": info.meta.get("init_note", ""), "versions": info.meta.get("versions", {})}
+            "initialisation": info.meta.get("init_note", ""), "arithmetic": info.meta.get("precision", "float32"),
+            "versions": info.meta.get("versions", {})}
 
 
 def delete_run(run_id: str, runs_dir: str | Path | None = None) -> None:

@@ -101,7 +101,8 @@ def model_card(card: dict) -> str:
         for e in card["evaluations"])
     schedule = "; then ".join(
         f"{s['recipe']['epochs']} epochs at {s['recipe']['img_size']} px"
-        f"{' from stage ' + str(i) if i else ''} (run `{s['run_id']}`, {s['minutes']} min)" for i, s in enumerate(stages))
+        f"{' from stage ' + str(i) if i else ''} (run `{s['run_id']}`, {s['minutes']} min)"
+        for i, s in enumerate(stages))
     commands = "\n".join(_train_command(s["recipe"], "run:<the run id stage " + str(i) + " printed>" if i else None)
                          for i, s in enumerate(stages))
     precision = "bfloat16 mixed precision where the CPU has AMX, else float32" if r.get("precision") == "auto" \
