@@ -8,7 +8,7 @@ import math
 import sys
 from pathlib import Path
 
-from cxrdemo.config import AUGMENTATIONS, BALANCING, HEADS, INTENSITY, OPTIMIZERS, PRECISIONS, THRESHOLDS, TrainConfig
+from cxrdemo.config import AUGMENTATIONS, BALANCING, HEADS, INTENSITY, OPTIMIZERS, PRECISIONS, SELECTIONS, THRESHOLDS, TrainConfig
 from cxrdemo.errors import CxrError
 
 EXIT_BAD_INPUT = 2
@@ -44,6 +44,8 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--step-size", type=int, default=d.step_size, help="decay lr x gamma every N epochs (0 = off)")
     p.add_argument("--gamma", type=float, default=d.gamma)
     p.add_argument("--patience", type=int, default=d.patience, help="early stopping patience (0 = off)")
+    p.add_argument("--select", choices=SELECTIONS, default=d.select,
+                   help="the epoch kept: lowest val loss (default) or highest val AUROC (ranking; with --threshold val)")
     p.add_argument("--augment", nargs="?", const="light", default=d.augment, choices=AUGMENTATIONS,
                    help="none | light (papers) | acquisition; bare --augment means light")
     p.add_argument("--intensity", choices=INTENSITY, default=d.intensity,

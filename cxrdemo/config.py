@@ -17,8 +17,9 @@ HEADS = ("linear", "fc512")
 THRESHOLDS = ("argmax", "val")
 INTENSITY = ("none", "equalize")
 PRECISIONS = ("auto", "fp32", "bf16")
+SELECTIONS = ("val_loss", "val_auroc")
 _TEXT_FIELDS = ("data", "backbone", "init", "freeze", "optimizer", "augment", "intensity", "balance", "head",
-                "threshold", "precision")
+                "threshold", "precision", "select")
 _FREEZE_RE = re.compile(r"^(none|head|\d+|gradual:\d+)$")
 
 
@@ -38,7 +39,8 @@ class TrainConfig:
     optimizer: str = "adam"
     step_size: int = 10  # StepLR every N epochs, 0 = constant lr
     gamma: float = 0.1
-    patience: int = 5  # early stopping on val loss, 0 = off
+    patience: int = 5  # early stopping on the `select` criterion, 0 = off
+    select: str = "val_loss"  # which epoch is kept: lowest val loss, or highest val AUROC (ranking, for --threshold val)
     augment: str = "none"  # none | light (papers) | acquisition (shift-robust)
     intensity: str = "none"  # none | equalize (per-image histogram equalisation, saved with the model)
     balance: str = "sampler"  # sampler | loss | none
@@ -119,7 +121,8 @@ def validate(c: TrainConfig) -> None:
         raise ConfigError("gradual:T needs T of at least 1 epoch.")
     for name, allowed in (("augment", AUGMENTATIONS), ("balance", BALANCING), ("optimizer", OPTIMIZERS),
                           ("head", HEADS), ("threshold", THRESHOLDS),
-                          ("intensity", INTENSITY), ("precision", PRECISIONS)):
+                          ("intensity", INTENSITY), ("precision", PRECISIONS),
+                          ("select", SELECTIONS)):
         if getattr(c, name) not in allowed:
             raise ConfigError(f"{name} must be one of {', '.join(allowed)} (got {getattr(c, name)!r}).")
     init = str(c.init)

@@ -22,7 +22,7 @@ from cxrdemo.errors import RunError
 DEMO_STAGES: tuple[dict, ...] = (
     dict(backbone="cnn5", init="scratch", freeze="none", img_size=128, batch_size=32, epochs=16, lr=1e-3,
          weight_decay=1e-4, step_size=10, gamma=0.1, patience=0, augment="acquisition", balance="sampler",
-         ema=0.998, threshold="val", seed=0),
+         ema=0.998, threshold="val", select="val_auroc", seed=0),
     dict(img_size=224, epochs=4, lr=3e-4, step_size=0, ema=0.99),  # + init=run:<stage 1>, the rest as stage 1
 )
 DEMO_RECIPE: dict = DEMO_STAGES[0]

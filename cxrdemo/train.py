@@ -299,7 +299,7 @@ def fit(config: TrainConfig, run_dir: Path, progress: ProgressFn | None = None,
     ema = (torch.optim.swa_utils.AveragedModel(net, multi_avg_fn=ema_update(config.ema), use_buffers=True)
            if config.ema else None)
     after_step = (lambda: ema.update_parameters(net)) if ema is not None else None
-    best_loss, best_epoch, bad_epochs, feature_cache = math.inf, 0, 0, None
+    best_score, best_epoch, bad_epochs, feature_cache = math.inf, 0, 0, None
     for epoch in range(1, config.epochs + 1):
         _check(should_stop)
         n_frozen = backbones.frozen_groups(config.freeze, config.backbone, epoch)
@@ -336,14 +336,17 @@ def fit(config: TrainConfig, run_dir: Path, progress: ProgressFn | None = None,
                "lr": lr, "seconds": round(time.perf_counter() - t0, 3), "images_per_s": round(seen / train_s, 2),
                "trainable_params": trainable, "frozen_groups": n_frozen, "path": path}
         runs.append_metrics(run_dir, row)
-        if val_loss < best_loss:
-            best_loss, best_epoch, bad_epochs = val_loss, epoch, 0
+        # Lower is better for both scores; NaN (e.g. AUROC of a one-class val split) never counts as better.
+        score = val_loss if config.select == "val_loss" else -val_m["auroc"]
+        if score < best_score:
+            best_score, best_epoch, bad_epochs = score, epoch, 0
             save_model(run_dir, ema.module if ema else net, config, classes, epoch, val_loss, path)
         else:
             bad_epochs += 1
         say(Progress("val", epoch, config.epochs, message=f"Epoch {epoch} done", row=row))
         if config.patience and bad_epochs >= config.patience:
-            say(Progress("val", epoch, config.epochs, message=f"Early stop: no val-loss gain for {bad_epochs} epochs"))
+            say(Progress("val", epoch, config.epochs,
+                         message=f"Early stop: no {config.select.replace('_', ' ')} gain for {bad_epochs} epochs"))
             break
     # The test reloads the best weights into a fresh net: free the training copy, its gradients and Adam state first.
     net = ev_model = opt = sched = feature_cache = ema = after_step = None
@@ -406,7 +409,8 @@ def load_net(ckpt: dict) -> backbones.Net:
 def finish(run_dir: Path, config: TrainConfig, classes, cache: dict, best_epoch: int, say: ProgressFn) -> dict:
     """Reload the best checkpoint, choose a decision threshold if asked, and measure it on the test split."""
     if not best_epoch:
-        raise ConfigError("No epoch produced a finite validation loss; nothing was saved.")
+        raise ConfigError("No epoch produced a finite validation score (loss, or AUROC with --select val_auroc); "
+                          "nothing was saved.")
     ckpt = runs.load_checkpoint(run_dir / "model.pt")
     net = load_net(ckpt)
     plain = _Inputs(None, False, None)

@@ -179,6 +179,22 @@ def test_early_stopping_on_val_loss(ds2, monkeypatch):
     assert runs.load_checkpoint(d / "model.pt")["epoch"] == 1
 
 
+def test_select_by_val_auroc_keeps_the_best_ranking_epoch(ds2, monkeypatch):
+    aurocs = iter([0.7, 0.9, 0.8, 0.85, 0.5])  # four epochs, then the test split
+    real = train.evaluate
+
+    def fake(model, x, y, inputs, classes, threshold=None, weight=None, amp=None):
+        loss, m, p = real(model, x, y, inputs, classes, threshold, weight, amp)
+        if threshold is None and len(y) == 8 and model.training is False:
+            return loss, {**m, "auroc": next(aurocs)}, p
+        return loss, m, p
+    monkeypatch.setattr(train, "evaluate", fake)
+    d, status = _train(_cfg(ds2, epochs=4, select="val_auroc", patience=2))
+    assert status["state"] == "completed", status.get("error")
+    assert runs.load_checkpoint(d / "model.pt")["epoch"] == 2
+    assert len(runs.read_metrics(d)) == 4  # epochs 3 and 4 are the two without a gain: stopped after 4
+
+
 def test_corrupt_files_are_skipped_and_reported(ds2, tmp_path):
     import shutil
 
