@@ -7,7 +7,7 @@ from streamlit.errors import StreamlitAPIException
 
 from cxrdemo import backbones, data, jobs, ray_backend
 from cxrdemo import trainer_view as tv
-from cxrdemo.config import AUGMENTATIONS, BALANCING, HEADS, INTENSITY, OPTIMIZERS, PRECISIONS, THRESHOLDS, TrainConfig
+from cxrdemo.config import AUGMENTATIONS, BALANCING, HEADS, INTENSITY, OPTIMIZERS, PRECISIONS, SELECTIONS, THRESHOLDS, TrainConfig
 from cxrdemo.worker import log_tail
 from pages import ui
 
@@ -19,6 +19,7 @@ THRESHOLD_LABELS = {"argmax": "most probable class", "val": "threshold tuned on 
 HEAD_LABELS = {"linear": "one linear layer", "fc512": "two 512-unit layers (papers)"}
 PRECISION_LABELS = {"auto": "automatic (fastest this machine runs well)", "fp32": "full (float32)",
                     "bf16": "mixed (bfloat16)"}
+SELECT_LABELS = {"val_loss": "lowest validation loss", "val_auroc": "best validation AUROC (ranking)"}
 BAL_LABELS = {"sampler": "oversample the rarer class", "loss": "weight the loss by class", "none": "no balancing"}
 IMG_SIZES = [64, 128, 160, 224, 299]
 SWEEP_FREEZES = ["none", "head", "1", "2", "3", "gradual:1", "gradual:2"]
@@ -113,7 +114,9 @@ with st.expander("More options"):
                                    key="weight_decay")
     optimizer = c3.selectbox("Optimiser", OPTIMIZERS, format_func=str.capitalize, key="optimizer")
     seed = c4.number_input("Seed", 0, 2**31 - 1, DEFAULTS.seed, key="seed")
-    c1, _, _, _ = st.columns(4)
+    c1, c2, _, _ = st.columns(4)
+    select = c2.selectbox("Keep the epoch with", SELECTIONS, format_func=SELECT_LABELS.get, key="select",
+                          help="Early stopping watches the same score. AUROC suits a threshold tuned on validation.")
     precision = c1.selectbox("Arithmetic precision", PRECISIONS, format_func=PRECISION_LABELS.get, key="precision",
                              help="Mixed precision trains 2-3x faster on recent Intel CPUs (AMX) and on GPUs; "
                                   "the saved model and every prediction stay full precision.")
@@ -126,7 +129,7 @@ def make_config(**changes) -> TrainConfig:
                 batch_size=int(batch_size), img_size=int(img_size), augment=augment, balance=balance,
                 patience=int(patience), max_images=int(max_images), intensity=intensity, threshold=threshold,
                 ema=float(ema), head=head, dropout=float(dropout), weight_decay=float(weight_decay),
-                optimizer=optimizer, seed=int(seed), precision=precision)
+                optimizer=optimizer, seed=int(seed), precision=precision, select=select)
     return TrainConfig(**{**form, **changes})
 
 
