@@ -131,6 +131,17 @@ RECIPE_KEYS = ("backbone", "init", "freeze", "epochs", "img_size", "lr", "optimi
 SUMMARY_METRICS = ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "auroc", "f1", "n")
 
 
+def decision_sentence(model: LoadedModel, probs: np.ndarray, predicted: int) -> str:
+    """How the model reached its answer, in words: a tuned threshold can call a class at well under 50%."""
+    cls, p = model.classes[predicted], 100 * float(probs[predicted])
+    if model.threshold is None or len(model.classes) != 2:
+        return f"Prediction: **{cls}** ({p:.1f}%, the most probable class)"
+    pos, p_pos, cut = model.classes[1], 100 * float(probs[1]), 100 * float(model.threshold)
+    side = "at or above" if p_pos >= cut else "below"
+    return (f"Prediction: **{cls}** — p({pos}) = {p_pos:.1f}% is {side} this model's decision threshold of "
+            f"{cut:.1f}%, tuned on validation images (its probabilities are scores, not calibrated risks)")
+
+
 def model_summary(model: LoadedModel) -> dict:
     """What a page shows next to a model: its recipe, its test metrics (or {}), classes and decision rule."""
     from cxrdemo import runs

@@ -71,10 +71,9 @@ def image_source() -> tuple[bytes, str] | None:
 def show_result(label: str, model: predict.LoadedModel, rad: predict.Radiograph, res: explain.Explanation,
                 opacity: float, full: bool) -> None:
     """Predicted class, probabilities, image and overlay; compact in the comparison row."""
-    cls = model.classes[res.predicted]
     if not full:
         st.markdown(f"**{label}**")
-    st.markdown(f"Prediction: **{cls}** ({100 * float(res.probs[res.predicted]):.1f}%)")
+    st.markdown(predict.decision_sentence(model, res.probs, res.predicted))
     if full:
         st.plotly_chart(explain.probability_figure(model.classes, res.probs, res.predicted), key="probs")
     ov = explain.overlay(rad.grey, res.cam, opacity)

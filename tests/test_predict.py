@@ -6,6 +6,7 @@ import io
 import json
 import struct
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -232,3 +233,15 @@ def test_summary_falls_back_to_the_model_card_evaluation(patch_store):
     (run / "evaluation.json").write_text(json.dumps({"evaluations": [
         {"n": 74, "metrics": {"accuracy": 0.93, "auroc": 0.98}}, {"n": 241, "metrics": {"accuracy": 0.9}}]}))
     assert predict.model_summary(model)["test"] == {"accuracy": 0.93, "auroc": 0.98, "n": 74}
+
+
+def test_the_decision_sentence_names_the_threshold_that_decided():
+    net = torch.nn.Identity()
+    tuned = predict.LoadedModel(net, ("NORMAL", "PNEUMONIA"), 64, 0.021, "r", Path("."))
+    text = predict.decision_sentence(tuned, np.array([0.831, 0.169]), 1)
+    assert text.startswith("Prediction: **PNEUMONIA**") and "16.9% is at or above" in text and "2.1%" in text
+    below = predict.decision_sentence(tuned, np.array([0.99, 0.01]), 0)
+    assert "**NORMAL**" in below and "1.0% is below" in below
+    plain = predict.LoadedModel(net, ("A", "B", "C"), 64, None, "r", Path("."))
+    assert predict.decision_sentence(plain, np.array([0.2, 0.5, 0.3]), 1) == \
+        "Prediction: **B** (50.0%, the most probable class)"
