@@ -55,7 +55,7 @@ def build_demo_model(train_data: str, eval_sets: list[tuple[str, str]], out_dir:
         if i > 1:
             recipe["init"] = f"run:{stages[-1]['run_id']}"
         config = TrainConfig(data=train_data, **recipe)
-        d = runs.create_run(config, runs_dir, name=f"demo{i}" if len(DEMO_STAGES) > 1 else "demo")
+        d = runs.create_run(config, runs_dir, name=f"demo{i}")
         t0 = time.time()
         status = execute_run(d, echo=echo, runs_dir=runs_dir)
         if status.get("state") != "completed":
@@ -169,9 +169,9 @@ def _target_line(card: dict) -> str:
         return ""
     missed = [f"{k} {shift['metrics'][k]:.3f} < {v}" for k, v in TARGET.items() if shift["metrics"][k] < v]
     goal = ", ".join(f"{k} ≥ {v}" for k, v in TARGET.items())
-    return (f"**Project target on cxr-shift** ({goal}): " + ("met." if not missed else f"**not met** ({'; '.join(missed)}). "
-            "What was tried, and why the shifted specificity varies so much between near-identical recipes: "
-            "docs/demo_model_trials.md."))
+    verdict = "met." if not missed else f"**not met** ({'; '.join(missed)})."
+    return (f"**Project target on cxr-shift** ({goal}): {verdict} What was tried, and why the shifted specificity "
+            "varies so much between near-identical recipes: docs/demo_model_trials.md.")
 
 
 def load_card(run_dir: Path | None = None) -> dict | None:
