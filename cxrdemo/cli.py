@@ -8,7 +8,7 @@ import math
 import sys
 from pathlib import Path
 
-from cxrdemo.config import AUGMENTATIONS, BALANCING, HEADS, INTENSITY, OPTIMIZERS, PRECISIONS, SELECTIONS, THRESHOLDS, TrainConfig
+from cxrdemo.config import AUGMENTATIONS, BALANCING, HEADS, INTENSITY, OPTIMIZERS, PRECISIONS, SELECTIONS, TrainConfig
 from cxrdemo.errors import CxrError
 
 EXIT_BAD_INPUT = 2
@@ -45,7 +45,7 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gamma", type=float, default=d.gamma)
     p.add_argument("--patience", type=int, default=d.patience, help="early stopping patience (0 = off)")
     p.add_argument("--select", choices=SELECTIONS, default=d.select,
-                   help="the epoch kept: lowest val loss (default) or highest val AUROC (ranking; with --threshold val)")
+                   help="the epoch kept: lowest val loss (default) or highest val AUROC (ranking; suits a tuned --threshold)")
     p.add_argument("--augment", nargs="?", const="light", default=d.augment, choices=AUGMENTATIONS,
                    help="none | light (papers) | acquisition; bare --augment means light")
     p.add_argument("--intensity", choices=INTENSITY, default=d.intensity,
@@ -55,7 +55,9 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dropout", type=float, default=d.dropout)
     p.add_argument("--trunk-lr-factor", type=float, default=d.trunk_lr_factor)
     p.add_argument("--ema", type=float, default=d.ema, help="average the weights over steps (e.g. 0.998; 0 = off)")
-    p.add_argument("--threshold", choices=THRESHOLDS, default=d.threshold)
+    p.add_argument("--threshold", default=d.threshold, metavar="RULE",
+                   help="decision rule for two classes: argmax | val (balanced on validation) | spec:x (keep "
+                        "specificity >= x on validation, e.g. spec:0.97) | sens:x (keep sensitivity >= x)")
     p.add_argument("--precision", choices=PRECISIONS, default=d.precision,
                    help="auto = bfloat16 mixed precision where the CPU/GPU runs it natively (AMX, CUDA), else fp32")
     p.add_argument("--seed", type=int, default=d.seed)

@@ -14,7 +14,8 @@ AUGMENTATIONS = ("none", "light", "acquisition")
 BALANCING = ("sampler", "loss", "none")
 OPTIMIZERS = ("adam", "sgd")
 HEADS = ("linear", "fc512")
-THRESHOLDS = ("argmax", "val")
+THRESHOLDS = ("argmax", "val", "sens:0.95", "spec:0.95", "spec:0.97")  # presets; any spec:x / sens:x works
+_THRESHOLD_RE = re.compile(r"^(argmax|val|(spec|sens):(0\.\d+))$")
 INTENSITY = ("none", "equalize")
 PRECISIONS = ("auto", "fp32", "bf16")
 SELECTIONS = ("val_loss", "val_auroc")
@@ -48,7 +49,7 @@ class TrainConfig:
     dropout: float = 0.0
     trunk_lr_factor: float = 1.0  # lr multiplier for the trunk after a gradual unfreeze
     ema: float = 0.0  # 0 = off; else keep an exponential moving average of the weights (e.g. 0.998) and use it
-    threshold: str = "argmax"  # argmax | val (binary: decision threshold chosen on val)
+    threshold: str = "argmax"  # argmax | val (Youden) | spec:x | sens:x (binary: decision threshold chosen on val)
     precision: str = "auto"  # auto (bf16 where the hardware runs it natively) | fp32 | bf16 (mixed-precision training)
     seed: int = 0
     threads: int = 0  # 0 = choose for this machine
@@ -77,6 +78,17 @@ class TrainConfig:
     def gradual_epoch(self) -> int | None:
         """T for `gradual:T`, else None."""
         return int(self.freeze.split(":")[1]) if self.freeze.startswith("gradual:") else None
+
+
+def threshold_words(rule: str) -> str:
+    """A decision rule in words, for a form or a sentence about a prediction."""
+    if rule == "argmax":
+        return "the most probable class"
+    if rule == "val":
+        return "a threshold tuned on validation images (balanced accuracy)"
+    kind, target = rule.split(":")
+    what = "specificity (normals called normal)" if kind == "spec" else "sensitivity (disease found)"
+    return f"a threshold that keeps {100 * float(target):g}% {what} on validation images"
 
 
 def _num(name: str, value: Any, kind: type) -> None:
@@ -120,11 +132,15 @@ def validate(c: TrainConfig) -> None:
     if c.gradual_epoch is not None and not (1 <= c.gradual_epoch):
         raise ConfigError("gradual:T needs T of at least 1 epoch.")
     for name, allowed in (("augment", AUGMENTATIONS), ("balance", BALANCING), ("optimizer", OPTIMIZERS),
-                          ("head", HEADS), ("threshold", THRESHOLDS),
+                          ("head", HEADS),
                           ("intensity", INTENSITY), ("precision", PRECISIONS),
                           ("select", SELECTIONS)):
         if getattr(c, name) not in allowed:
             raise ConfigError(f"{name} must be one of {', '.join(allowed)} (got {getattr(c, name)!r}).")
+    m = _THRESHOLD_RE.match(c.threshold)
+    if not m or (m.group(3) and not 0.5 <= float(m.group(3)) < 1):
+        raise ConfigError(f"Decision rule {c.threshold!r} is not one of: argmax, val, spec:x or sens:x with x a "
+                          "fraction between 0.5 and 1 (e.g. spec:0.97 keeps 97% specificity on validation).")
     init = str(c.init)
     if not (init in ("imagenet", "scratch") or (init.startswith("run:") and len(init) > 4)):
         raise ConfigError(f"Initialisation {init!r} is not one of: imagenet, scratch, run:<run id>.")

@@ -52,14 +52,34 @@ def predict_labels(probs: np.ndarray, threshold: float | None = None) -> np.ndar
     return probs.argmax(axis=1)
 
 
-def choose_threshold(y_true: np.ndarray, probs: np.ndarray) -> float:
-    """The p(class 1) cut that maximises balanced accuracy (Youden's J) on held-out data; midpoints between scores."""
-    fpr, tpr, thr = roc_curve(y_true, probs[:, 1])
-    j = tpr - fpr
-    best = int(np.argmax(j[1:])) + 1  # skip the +inf point
-    # put the cut between this score and the next lower one, so nearby unseen scores fall on the same side
-    lower = thr[best + 1] if best + 1 < len(thr) else 0.0
-    return float((thr[best] + lower) / 2)
+def choose_threshold(y_true: np.ndarray, probs: np.ndarray, rule: str = "val") -> float:
+    """The p(class 1) cut chosen on held-out data by `rule` (see config.THRESHOLDS); midpoints between scores.
+
+    'val' maximises balanced accuracy (Youden's J). 'spec:x' is the lowest cut that keeps a specificity of at
+    least x, 'sens:x' the highest that keeps a sensitivity of at least x: fixed operating points, which move less
+    than Youden's cut when a confident model meets another site's images (its scores spread, the margin stays).
+    """
+    score = np.asarray(probs)[:, 1]
+    y = np.asarray(y_true).astype(bool)
+    if rule == "val":
+        fpr, tpr, thr = roc_curve(y, score)
+        best = int(np.argmax((tpr - fpr)[1:])) + 1  # skip the +inf point
+        # put the cut between this score and the next lower one, so nearby unseen scores fall on the same side
+        lower = thr[best + 1] if best + 1 < len(thr) else 0.0
+        return float((thr[best] + lower) / 2)
+    kind, target = rule.split(":")
+    group = np.sort(score[~y] if kind == "spec" else score[y])
+    if not len(group):
+        raise ValueError(f"threshold rule {rule!r} needs validation images of both classes")
+    k = max(1, int(np.ceil(float(target) * len(group) - 1e-9)))  # images that must stay on their side
+    distinct = np.unique(score)
+    if kind == "spec":  # the k lowest normal scores fall below the cut
+        edge = group[k - 1]
+        above = distinct[distinct > edge]
+        return float((edge + above[0]) / 2) if len(above) else float(np.nextafter(edge, np.inf))
+    edge = group[len(group) - k]  # the k highest positive scores stay at or above the cut
+    below = distinct[distinct < edge]
+    return float((edge + below[-1]) / 2) if len(below) else float(edge)
 
 
 def classification_metrics(y_true: np.ndarray, probs: np.ndarray, classes: list[str] | tuple[str, ...],

@@ -415,9 +415,13 @@ def finish(run_dir: Path, config: TrainConfig, classes, cache: dict, best_epoch:
     net = load_net(ckpt)
     plain = _Inputs(None, False, None)
     threshold = None
-    if config.threshold == "val" and len(classes) == 2:
+    if config.threshold != "argmax" and len(classes) == 2:
         _, _, val_probs = evaluate(net, cache["val"].images, cache["val"].labels, plain, classes)
-        threshold = metrics.choose_threshold(cache["val"].labels.numpy(), val_probs)
+        try:
+            threshold = metrics.choose_threshold(cache["val"].labels.numpy(), val_probs, config.threshold)
+        except ValueError:
+            raise ConfigError(f"The decision rule {config.threshold} needs validation images of both classes; "
+                              "this validation split has only one.") from None
         ckpt["threshold"] = threshold
         runs.atomic_torch_save(ckpt, run_dir / "model.pt")
     result: dict = {}

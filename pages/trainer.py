@@ -7,7 +7,7 @@ from streamlit.errors import StreamlitAPIException
 
 from cxrdemo import backbones, data, jobs, ray_backend
 from cxrdemo import trainer_view as tv
-from cxrdemo.config import AUGMENTATIONS, BALANCING, HEADS, INTENSITY, OPTIMIZERS, PRECISIONS, SELECTIONS, THRESHOLDS, TrainConfig
+from cxrdemo.config import AUGMENTATIONS, BALANCING, HEADS, INTENSITY, OPTIMIZERS, PRECISIONS, SELECTIONS, THRESHOLDS, TrainConfig, threshold_words
 from cxrdemo.worker import log_tail
 from pages import ui
 
@@ -15,7 +15,6 @@ DEFAULTS = TrainConfig()
 AUG_LABELS = {"none": "none", "light": "light (flips, small shifts and rotations, as in the papers)",
               "acquisition": "acquisition (also contrast, blur, noise: robust to other scanners)"}
 INTENSITY_LABELS = {"none": "as recorded", "equalize": "histogram-equalised"}
-THRESHOLD_LABELS = {"argmax": "most probable class", "val": "threshold tuned on validation (2 classes)"}
 HEAD_LABELS = {"linear": "one linear layer", "fc512": "two 512-unit layers (papers)"}
 PRECISION_LABELS = {"auto": "automatic (fastest this machine runs well)", "fp32": "full (float32)",
                     "bf16": "mixed (bfloat16)"}
@@ -104,7 +103,9 @@ with st.expander("More options"):
     intensity = c1.selectbox("Intensity", INTENSITY, format_func=INTENSITY_LABELS.get, key="intensity",
                              help="Histogram equalisation evens out exposure differences between scanners; "
                                   "the model repeats it on every image it is shown later.")
-    threshold = c2.selectbox("Decision rule", THRESHOLDS, format_func=THRESHOLD_LABELS.get, key="threshold")
+    threshold = c2.selectbox("Decision rule", THRESHOLDS, format_func=threshold_words, key="threshold",
+                             help="For two classes. A fixed specificity or sensitivity on validation moves less "
+                                  "than a balanced cut when the model meets another site's images.")
     ema = c3.number_input("Weight averaging (0 = off)", 0.0, 0.9999, DEFAULTS.ema, format="%.4f", key="ema",
                           help="Keep a moving average of the weights (e.g. 0.998) and save that: steadier results.")
     head = c4.selectbox("Head", HEADS, format_func=HEAD_LABELS.get, key="head")

@@ -27,6 +27,8 @@ def test_round_trip_and_unknown_keys_ignored():
     ({"img_size": 16}, "Image size"), ({"batch_size": 0}, "Batch size"), ({"freeze": "most"}, "Freeze level"),
     ({"init": "pretrained"}, "Initialisation"), ({"init": "run:"}, "Initialisation"), ({"augment": "heavy"}, "augment"),
     ({"dropout": 1.0}, "Dropout"), ({"epochs": 2.5}, "integer"), ({"data": ""}, "dataset"),
+    ({"threshold": "spec:1.5"}, "Decision rule"), ({"threshold": "spec:0.3"}, "Decision rule"),
+    ({"threshold": "youden"}, "Decision rule"), ({"threshold": "sens:"}, "Decision rule"),
 ])
 def test_bad_values_raise_config_error_with_a_sentence(changes, words):
     with pytest.raises(ConfigError, match=words):

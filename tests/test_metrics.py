@@ -51,6 +51,29 @@ def test_threshold_is_chosen_for_balanced_accuracy_and_applied():
     assert metrics.classification_metrics(y, probs, ("N", "P"))["accuracy"] == 5 / 8
 
 
+def test_operating_point_rules_keep_the_asked_specificity_or_sensitivity():
+    rng = np.random.default_rng(0)
+    y = np.r_[np.zeros(200, int), np.ones(300, int)]
+    p1 = np.r_[rng.beta(2, 5, 200), rng.beta(5, 2, 300)]  # overlapping classes: no cut is perfect
+    probs = np.c_[1 - p1, p1]
+    for target in (0.8, 0.95, 0.97):
+        t = metrics.choose_threshold(y, probs, f"spec:{target}")
+        m = metrics.classification_metrics(y, probs, ("N", "P"), threshold=t)
+        assert m["specificity"] >= target
+        # the lowest such cut: one normal score lower would break the specificity asked for
+        below = np.sort(p1[y == 0])[int(np.ceil(target * 200)) - 1]
+        assert below < t and ((p1[y == 0] < below).mean() < target)
+        t2 = metrics.choose_threshold(y, probs, f"sens:{target}")
+        m2 = metrics.classification_metrics(y, probs, ("N", "P"), threshold=t2)
+        assert m2["sensitivity"] >= target
+        assert (p1[y == 1] > t2).mean() < target + 1 / 300 + 1e-9  # the highest such cut
+    # stricter specificity -> higher cut; the Youden cut sits between the two operating points here
+    cuts = [metrics.choose_threshold(y, probs, r) for r in ("sens:0.97", "val", "spec:0.97")]
+    assert cuts == sorted(cuts) and cuts[0] < cuts[2]
+    with pytest.raises(ValueError, match="both classes"):
+        metrics.choose_threshold(np.ones(4, int), np.c_[1 - p1[:4], p1[:4]], "spec:0.9")
+
+
 def test_roc_curve_endpoints_and_monotone():
     y = np.array([0, 1, 0, 1, 1])
     fpr, tpr, thr = metrics.roc_curve(y, np.array([0.1, 0.4, 0.35, 0.8, 0.7]))

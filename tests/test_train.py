@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from cxrdemo import runs, train
+from cxrdemo import metrics, runs, train
 from cxrdemo.cli import main as cli
 from cxrdemo.config import TrainConfig
 from cxrdemo.errors import Cancelled
@@ -60,6 +60,20 @@ def _train(config):
     d = runs.create_run(config)
     status = execute_run(d)
     return d, status
+
+
+@pytest.mark.parametrize("rule", ["spec:0.9", "sens:0.9"])
+def test_operating_point_rule_is_chosen_on_validation_and_saved(ds2, rule):
+    from cxrdemo import predict
+
+    d, status = _train(_cfg(ds2, epochs=2, threshold=rule))
+    assert status["state"] == "completed", status.get("error")
+    model = predict.load_model(str(d), allow_path=True)
+    y, probs, _ = predict.predict_split(model, str(ds2), "val")
+    assert model.threshold == pytest.approx(metrics.choose_threshold(y, probs, rule))
+    m = metrics.classification_metrics(y, probs, model.classes, model.threshold)
+    assert m["specificity" if rule.startswith("spec") else "sensitivity"] >= 0.9
+    assert runs.read_test_metrics(d)["threshold"] == model.threshold
 
 
 def test_short_training_writes_a_complete_run(ds2):
