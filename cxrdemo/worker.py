@@ -32,10 +32,11 @@ def _logger(run_dir: Path) -> logging.Logger:
     log = logging.getLogger(f"cxrdemo.run.{run_dir.name}")
     log.setLevel(logging.INFO)
     log.propagate = False
-    if not log.handlers:
-        handler = logging.FileHandler(run_dir / "log.txt")
-        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
-        log.addHandler(handler)
+    # A process can train several runs (tests, a Ray worker): the same id in another store gets its own file.
+    _close(log)
+    handler = logging.FileHandler(run_dir / "log.txt")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    log.addHandler(handler)
     return log
 
 
@@ -49,6 +50,12 @@ def log_tail(run_dir: Path, lines: int = 20) -> str:
 
 def _write_error(exc: OSError) -> str:
     return f"Could not write the run's files ({exc.strerror or exc}): is the disk full or the folder read-only?"
+
+
+def _close(log: logging.Logger) -> None:
+    for handler in list(log.handlers):
+        log.removeHandler(handler)
+        handler.close()
 
 
 def execute_run(run_dir: Path, echo: Callable[[Progress], None] | None = None,
@@ -88,29 +95,34 @@ def execute_run(run_dir: Path, echo: Callable[[Progress], None] | None = None,
             echo(p)
 
     try:
-        result = fit(config, run_dir, on_progress, lambda: cancel_requested(run_dir), runs_dir)
-    except Cancelled:
-        log.info("cancelled")
-        return runs.write_status(run_dir, state="cancelled", finished=time.time(), error=None)
-    except CxrError as exc:
-        log.info("failed: %s", exc)
-        return runs.write_status(run_dir, state="failed", finished=time.time(), error=str(exc), log_tail=log_tail(run_dir))
-    except MemoryError:
-        log.info("failed: out of memory")
-        return runs.write_status(run_dir, state="failed", finished=time.time(), log_tail=log_tail(run_dir),
-                                 error="The machine ran out of memory: try a smaller batch size or image size.")
-    except OSError as exc:
-        # Disk full, read-only folder: say so plainly; earlier runs are untouched because every write is atomic.
-        log.info("failed: %s", exc)
-        msg = _write_error(exc)
         try:
-            return runs.write_status(run_dir, state="failed", finished=time.time(), error=msg, log_tail=log_tail(run_dir))
-        except OSError:
-            return {"state": "failed", "error": msg}
-    except Exception as exc:  # noqa: BLE001 - the worker must record any crash truthfully, then stop
-        log.info("crashed:\n%s", traceback.format_exc())
-        return runs.write_status(run_dir, state="failed", finished=time.time(), log_tail=log_tail(run_dir),
-                                 error=f"Training crashed: {exc.__class__.__name__}: {exc}")
-    log.info("completed in %.1f s", time.time() - started)
-    return runs.write_status(run_dir, state="completed", finished=time.time(), error=None,
-                             test_accuracy=result.get("accuracy"))
+            result = fit(config, run_dir, on_progress, lambda: cancel_requested(run_dir), runs_dir)
+        except Cancelled:
+            log.info("cancelled")
+            return runs.write_status(run_dir, state="cancelled", finished=time.time(), error=None)
+        except CxrError as exc:
+            log.info("failed: %s", exc)
+            return runs.write_status(run_dir, state="failed", finished=time.time(), error=str(exc),
+                                     log_tail=log_tail(run_dir))
+        except MemoryError:
+            log.info("failed: out of memory")
+            return runs.write_status(run_dir, state="failed", finished=time.time(), log_tail=log_tail(run_dir),
+                                     error="The machine ran out of memory: try a smaller batch size or image size.")
+        except OSError as exc:
+            # Disk full, read-only folder: say so plainly; earlier runs are untouched because every write is atomic.
+            log.info("failed: %s", exc)
+            msg = _write_error(exc)
+            try:
+                return runs.write_status(run_dir, state="failed", finished=time.time(), error=msg,
+                                         log_tail=log_tail(run_dir))
+            except OSError:
+                return {"state": "failed", "error": msg}
+        except Exception as exc:  # noqa: BLE001 - the worker must record any crash truthfully, then stop
+            log.info("crashed:\n%s", traceback.format_exc())
+            return runs.write_status(run_dir, state="failed", finished=time.time(), log_tail=log_tail(run_dir),
+                                     error=f"Training crashed: {exc.__class__.__name__}: {exc}")
+        log.info("completed in %.1f s", time.time() - started)
+        return runs.write_status(run_dir, state="completed", finished=time.time(), error=None,
+                                 test_accuracy=result.get("accuracy"))
+    finally:
+        _close(log)  # a long-lived process (a Ray worker, the tests) must not keep one open file per run

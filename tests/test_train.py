@@ -76,6 +76,26 @@ def test_operating_point_rule_is_chosen_on_validation_and_saved(ds2, rule):
     assert runs.read_test_metrics(d)["threshold"] == model.threshold
 
 
+def test_same_run_id_in_two_stores_logs_to_its_own_file(ds2, tmp_path, monkeypatch):
+    # One process trains several runs (a Ray worker, this test session); ids are unique only within a store.
+    import datetime
+    import logging
+
+    class Frozen(datetime.datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return datetime.datetime(2026, 1, 1)
+
+    monkeypatch.setattr(runs, "datetime", Frozen)
+    dirs = []
+    for store in ("a", "b"):
+        dirs.append(runs.create_run(_cfg(ds2, epochs=1), tmp_path / store))
+        assert execute_run(dirs[-1])["state"] == "completed"
+    for d in dirs:
+        assert "completed" in (d / "log.txt").read_text()
+    assert not logging.getLogger("cxrdemo.run.20260101-000000-cnn8-none").handlers  # closed, no file left open
+
+
 def test_short_training_writes_a_complete_run(ds2):
     d, status = _train(_cfg(ds2, epochs=3, threshold="val"))
     assert status["state"] == "completed", status.get("error")
