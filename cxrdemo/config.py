@@ -80,15 +80,20 @@ class TrainConfig:
         return int(self.freeze.split(":")[1]) if self.freeze.startswith("gradual:") else None
 
 
-def threshold_words(rule: str) -> str:
-    """A decision rule in words, for a form or a sentence about a prediction."""
+def threshold_how(rule: str) -> str:
+    """How a tuned threshold was chosen, as a phrase after 'threshold' ('' for argmax, which has none)."""
     if rule == "argmax":
-        return "the most probable class"
+        return ""
     if rule == "val":
-        return "a threshold tuned on validation images (balanced accuracy)"
+        return "tuned on validation images for balanced accuracy"
     kind, target = rule.split(":")
     what = "specificity (normals called normal)" if kind == "spec" else "sensitivity (disease found)"
-    return f"a threshold that keeps {100 * float(target):g}% {what} on validation images"
+    return f"that keeps {100 * float(target):g}% {what} on validation images"
+
+
+def threshold_words(rule: str) -> str:
+    """A decision rule in words, for a form or a model card."""
+    return f"a threshold {threshold_how(rule)}" if rule != "argmax" else "the most probable class"
 
 
 def _num(name: str, value: Any, kind: type) -> None:

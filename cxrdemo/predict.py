@@ -14,7 +14,7 @@ import torch
 
 from cxrdemo import data, metrics, quality, runs
 from cxrdemo.backbones import Net
-from cxrdemo.config import threshold_words
+from cxrdemo.config import threshold_how
 from cxrdemo.errors import RunError
 
 
@@ -139,9 +139,7 @@ def decision_sentence(model: LoadedModel, probs: np.ndarray, predicted: int) -> 
         return f"Prediction: **{cls}** ({p:.1f}%, the most probable class)"
     pos, p_pos, cut = model.classes[1], 100 * float(probs[1]), 100 * float(model.threshold)
     side = "at or above" if p_pos >= cut else "below"
-    rule = model.config.get("threshold", "val")
-    how = threshold_words(rule).removeprefix("a threshold ") if rule not in ("val", "argmax") else \
-        "tuned on validation images"
+    how = threshold_how(model.config.get("threshold", "val"))  # older runs saved a threshold only with `val`
     return (f"Prediction: **{cls}** — p({pos}) = {p_pos:.1f}% is {side} this model's decision threshold of "
             f"{cut:.1f}%, {how} (its probabilities are scores, not calibrated risks)")
 

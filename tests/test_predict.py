@@ -242,6 +242,7 @@ def test_the_decision_sentence_names_the_threshold_that_decided():
     assert text.startswith("Prediction: **PNEUMONIA**") and "16.9% is at or above" in text and "2.1%" in text
     below = predict.decision_sentence(tuned, np.array([0.99, 0.01]), 0)
     assert "**NORMAL**" in below and "1.0% is below" in below
+    assert "threshold of 2.1%, tuned on validation images for balanced accuracy (" in text  # a run without a rule
     fixed = predict.LoadedModel(net, ("NORMAL", "PNEUMONIA"), 64, 0.2, "r", Path("."), {"threshold": "spec:0.97"})
     assert "threshold of 20.0%, that keeps 97% specificity (normals called normal) on validation images" in \
         predict.decision_sentence(fixed, np.array([0.7, 0.3]), 1)
