@@ -2,7 +2,7 @@
 
 For each backbone (random scratch weights, 224 px, batch of one) it times, round-robin in one process:
   plain   one forward pass under inference_mode (the floor),
-  ours    cxrdemo.explain.explain: prediction and GradCAM from the CAM's own forward, autograd from the
+  ours    cxrdemo.diagnosis.explain.explain: prediction and GradCAM from the CAM's own forward, autograd from the
           target layer only,
   naive   a separate forward for the prediction, then the library's GradCAM on a network whose
           parameters all require gradients (a full backward).
@@ -25,8 +25,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pytorch_grad_cam import GradCAM  # noqa: E402
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # noqa: E402
 
-from cxrdemo import backbones, explain  # noqa: E402
-from cxrdemo.predict import LoadedModel, model_input, predict_probs  # noqa: E402
+from cxrdemo.diagnosis import explain  # noqa: E402
+from cxrdemo.diagnosis.predict import LoadedModel, model_input, predict_probs  # noqa: E402
+from cxrdemo.model import backbones
 
 BACKBONES = ("resnet18", "densenet121", "efficientnet_b0")
 

@@ -25,7 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cxrdemo import backbones  # noqa: E402
+from cxrdemo.model import backbones  # noqa: E402
 
 VARIANTS = {"fp32": (False, False), "cl": (True, False), "bf16": (False, True), "cl_bf16": (True, True)}
 

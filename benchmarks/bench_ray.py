@@ -20,14 +20,12 @@ import tempfile
 import time
 from pathlib import Path
 
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cxrdemo import jobs, runs  # noqa: E402
 from cxrdemo.config import TrainConfig  # noqa: E402
+from cxrdemo.runs import jobs
+from cxrdemo.runs import store as runs  # noqa: E402
 from tests.helpers import make_split_dataset  # noqa: E402
-
-
 
 
 def one_job(config: TrainConfig, root: Path, backend: str, timeout_s: float = 300.0) -> float:

@@ -43,8 +43,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cxrdemo import backbones, data, runs, train  # noqa: E402
 from cxrdemo.config import TrainConfig  # noqa: E402
+from cxrdemo.data import dataset as data
+from cxrdemo.model import (
+    backbones,
+    train,  # noqa: E402
+)
+from cxrdemo.runs import store as runs
 
 BACKBONES = ("resnet18", "densenet121")
 FREEZES = ("head", "3", "none")

@@ -34,11 +34,13 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cxrdemo import explain, jobs, predict, runs  # noqa: E402
 from cxrdemo.config import TrainConfig  # noqa: E402
-from tests.helpers import make_split_dataset  # noqa: E402
+from cxrdemo.diagnosis import explain, predict
 from cxrdemo.errors import RunError  # noqa: E402
-from cxrdemo.worker import execute_run  # noqa: E402
+from cxrdemo.runs import jobs
+from cxrdemo.runs import store as runs  # noqa: E402
+from cxrdemo.runs.worker import execute_run  # noqa: E402
+from tests.helpers import make_split_dataset  # noqa: E402
 
 FLAT_MIB = 64.0
 PAGE = os.sysconf("SC_PAGE_SIZE")

@@ -2,7 +2,7 @@
 
 import sys
 
-from cxrdemo.cli import main
+from cxrdemo.cli.main import main
 
 if __name__ == "__main__":
     sys.exit(main())

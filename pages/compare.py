@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import streamlit as st
 
-from cxrdemo import compare, plots, runs
+from cxrdemo.runs import store as runs
+from cxrdemo.views import compare, plots
 from pages import ui
 
 REFRESH_S = 5  # how often curves of running jobs are re-read from the run store

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from cxrdemo import explain, predict
+from cxrdemo.diagnosis import explain, predict
 from pages import ui
 
 PREDICTED = "The predicted class"

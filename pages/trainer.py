@@ -5,10 +5,23 @@ from __future__ import annotations
 import streamlit as st
 from streamlit.errors import StreamlitAPIException
 
-from cxrdemo import backbones, data, jobs, ray_backend
-from cxrdemo import trainer_view as tv
-from cxrdemo.config import AUGMENTATIONS, BALANCING, HEADS, INTENSITY, OPTIMIZERS, PRECISIONS, SELECTIONS, THRESHOLDS, TrainConfig, threshold_words
-from cxrdemo.worker import log_tail
+from cxrdemo.config import (
+    AUGMENTATIONS,
+    BALANCING,
+    HEADS,
+    INTENSITY,
+    OPTIMIZERS,
+    PRECISIONS,
+    SELECTIONS,
+    THRESHOLDS,
+    TrainConfig,
+    threshold_words,
+)
+from cxrdemo.data import dataset as data
+from cxrdemo.model import backbones
+from cxrdemo.runs import jobs, ray_backend
+from cxrdemo.runs.worker import log_tail
+from cxrdemo.views import trainer as tv
 from pages import ui
 
 DEFAULTS = TrainConfig()

@@ -8,8 +8,9 @@ from typing import Iterator
 
 import streamlit as st
 
-from cxrdemo import paths, runs
+from cxrdemo import paths
 from cxrdemo.errors import CxrError
+from cxrdemo.runs import store as runs
 
 NOTICE = ("**Research and teaching demo — not for clinical use.** Predictions and heatmaps are not a diagnosis "
           "and must not guide patient care.")

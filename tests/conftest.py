@@ -85,8 +85,9 @@ def patch_model():
 
     import torch
 
-    from cxrdemo import backbones, data
-    from cxrdemo.predict import LoadedModel
+    from cxrdemo.data import dataset as data
+    from cxrdemo.diagnosis.predict import LoadedModel
+    from cxrdemo.model import backbones
 
     torch.manual_seed(0)
     rng = _np.random.default_rng(0)
@@ -139,9 +140,10 @@ def save_patch_run(patch_model, runs_root, name: str = "patch"):
     import numpy as np
     import torch
 
-    from cxrdemo import metrics, runs, train
     from cxrdemo.config import TrainConfig
-    from cxrdemo.predict import predict_probs
+    from cxrdemo.diagnosis.predict import predict_probs
+    from cxrdemo.model import metrics, train
+    from cxrdemo.runs import store as runs
 
     cfg = TrainConfig(backbone="cnn8", img_size=PATCH_SIZE, epochs=1, freeze="head", data="synthetic-patches")
     d = runs.create_run(cfg, runs_root, name=name)
@@ -163,8 +165,9 @@ def store(tmp_path, monkeypatch):
 
     No ImageNet files and no demo model (empty weights folder), offline, workers at normal priority.
     """
-    from cxrdemo import jobs, runs
     from cxrdemo.errors import RunError
+    from cxrdemo.runs import jobs
+    from cxrdemo.runs import store as runs
 
     root = tmp_path / "runs"
     monkeypatch.setenv("CXRDEMO_RUNS_DIR", str(root))

@@ -5,8 +5,8 @@ import time
 import pytest
 import torch
 
-from cxrdemo import backbones
 from cxrdemo.errors import ConfigError, WeightsUnavailable
+from cxrdemo.model import backbones
 
 NAMES = backbones.backbone_names()
 

@@ -14,20 +14,24 @@ import math
 import os
 import resource
 import time
-import tomllib
 from pathlib import Path
 
 import numpy as np
 import pydicom
 import pytest
+import tomllib
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from cxrdemo import cli, compare, data, imageio, runs
+from cxrdemo.cli import main as cli
 from cxrdemo.config import TrainConfig
+from cxrdemo.data import dataset as data
+from cxrdemo.data import imageio
 from cxrdemo.errors import ConfigError, RunError
+from cxrdemo.runs import store as runs
+from cxrdemo.views import compare
 from tests.test_imageio import compressed_dicom, encode, make_dicom, png_with_header, ramp
 
 REPO = Path(__file__).resolve().parents[1]

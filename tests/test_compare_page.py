@@ -8,7 +8,7 @@ from pathlib import Path
 
 from streamlit.testing.v1 import AppTest
 
-from cxrdemo import runs
+from cxrdemo.runs import store as runs
 from tests.test_plots import compare_store  # noqa: F401 - the shared, trained-once fixture store
 
 PAGE = str(Path(__file__).resolve().parents[1] / "pages" / "compare.py")

@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-import cxrdemo.data as data
+from cxrdemo.data import dataset as data
 from cxrdemo.errors import ConfigError, DatasetError, ImageReadError
 
 
@@ -380,7 +380,7 @@ def test_acquisition_augment_jitters_the_aspect_ratio_but_light_does_not():
     """A centred bright square: 'acquisition' stretches it differently in x and y, 'light' keeps it square."""
     import torch
 
-    from cxrdemo import data
+    from cxrdemo.data import dataset as data
 
     x = torch.zeros(64, 1, 64, 64, dtype=torch.uint8)
     x[:, :, 24:40, 24:40] = 255

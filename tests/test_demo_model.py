@@ -5,9 +5,11 @@ import shutil
 
 import pytest
 
-from cxrdemo import paths, predict, runs
-from cxrdemo.cli import main as cli
-from cxrdemo.demo_model import DEMO_RECIPE, DEMO_STAGES, build_demo_model, load_card
+from cxrdemo import paths
+from cxrdemo.cli.demo_model import DEMO_RECIPE, DEMO_STAGES, build_demo_model, load_card
+from cxrdemo.cli.main import main as cli
+from cxrdemo.diagnosis import predict
+from cxrdemo.runs import store as runs
 
 TINY = dict(backbone="cnn8", img_size=32, epochs=1, batch_size=8, threads=1)
 

@@ -14,9 +14,10 @@ from PIL import Image
 from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-from cxrdemo import backbones, explain
+from cxrdemo.diagnosis import explain
+from cxrdemo.diagnosis.predict import LoadedModel, model_input, predict_probs
 from cxrdemo.errors import ConfigError
-from cxrdemo.predict import LoadedModel, model_input, predict_probs
+from cxrdemo.model import backbones
 
 
 def _images(make, n: int, seed: int, with_patch: bool):

@@ -8,9 +8,12 @@ import pytest
 import torch
 from PIL import Image
 
-from cxrdemo import backbones, data, imageio, runs, train
 from cxrdemo.config import TrainConfig
-from cxrdemo.worker import execute_run
+from cxrdemo.data import dataset as data
+from cxrdemo.data import imageio
+from cxrdemo.model import backbones, train
+from cxrdemo.runs import store as runs
+from cxrdemo.runs.worker import execute_run
 
 CLASSES = ("NORMAL", "PNEUMONIA")
 

@@ -26,13 +26,16 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from cxrdemo import cli, jobs, predict, runs
+from cxrdemo.cli import main as cli
 from cxrdemo.config import TrainConfig
+from cxrdemo.diagnosis import predict
 from cxrdemo.errors import RunError
-from cxrdemo.worker import execute_run
+from cxrdemo.runs import jobs
+from cxrdemo.runs import store as runs
+from cxrdemo.runs.worker import execute_run
+from tests.helpers import make_split_dataset, wait_for
 from tests.test_bad_input import GOOD, one_error_line, radiograph_like, tree_snapshot
 from tests.test_imageio import make_dicom
-from tests.helpers import make_split_dataset, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 TIMEOUT_S = 90.0
@@ -62,7 +65,7 @@ def final(root: Path, run_id: str) -> dict:
 DIE_BEFORE_REPLACE = textwrap.dedent("""
     import os, signal, sys
     from pathlib import Path
-    from cxrdemo import worker
+    from cxrdemo.runs import worker
     real_replace = os.replace
     def replace(src, dst):
         # The new model.pt is complete in its temporary file; the power goes before it is moved into place.
@@ -99,7 +102,7 @@ def test_sigkill_during_a_checkpoint_write_keeps_the_last_complete_model(store, 
 
 SUBMIT_AND_EXIT = textwrap.dedent("""
     import json, sys
-    from cxrdemo import jobs
+    from cxrdemo.runs import jobs
     from cxrdemo.config import TrainConfig
     print(jobs.submit(TrainConfig.from_dict(json.loads(sys.argv[1])), sys.argv[2], max_jobs=1), flush=True)
 """)

@@ -20,9 +20,16 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.uid import ExplicitVRLittleEndian, JPEGLosslessSV1, generate_uid
 
+from cxrdemo.data.imageio import (
+    IMAGE_SUFFIXES,
+    MAX_PIXELS,
+    ImageMeta,
+    normalize_batch,
+    preprocess,
+    read_image,
+    resize_to_uint8,
+)
 from cxrdemo.errors import ImageReadError
-from cxrdemo.imageio import (IMAGE_SUFFIXES, MAX_PIXELS, ImageMeta, normalize_batch, preprocess, read_image,
-                             resize_to_uint8)
 
 IDENTIFIERS = {"PatientName": "Doe^Jane", "PatientID": "MRN-4455667", "PatientBirthDate": "19700101",
                "AccessionNumber": "ACC-998877", "InstitutionName": "St Elsewhere Hospital",

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import os
-import signal
 import shutil
+import signal
 import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from cxrdemo import cli, jobs, runs, trainer_view
+from cxrdemo.cli import main as cli
 from cxrdemo.config import TrainConfig
 from cxrdemo.errors import RunError
+from cxrdemo.runs import jobs
+from cxrdemo.runs import store as runs
+from cxrdemo.views import trainer as trainer_view
 from tests.helpers import make_split_dataset, wait_for
 
 TIMEOUT_S = 90.0
@@ -174,7 +177,7 @@ def test_abandoned_queued_runs_are_reaped_and_do_not_block(store, data_dir):
 
 
 def test_cancel_file_name_matches_worker():
-    from cxrdemo import worker
+    from cxrdemo.runs import worker
 
     assert jobs.CANCEL_FILE == worker.CANCEL_FILE
 

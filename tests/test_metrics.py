@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score, precision_score, recall_score, roc_auc_score
 
-from cxrdemo import metrics
+from cxrdemo.model import metrics
 
 
 def test_binary_metrics_match_sklearn():

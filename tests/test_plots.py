@@ -15,10 +15,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cxrdemo import backbones, compare, metrics, plots, runs
 from cxrdemo.config import TrainConfig
 from cxrdemo.errors import RunError
-from cxrdemo.worker import execute_run
+from cxrdemo.model import backbones, metrics
+from cxrdemo.runs import store as runs
+from cxrdemo.runs.worker import execute_run
+from cxrdemo.views import compare, plots
 
 FOUR = ["COVID", "Lung_Opacity", "Normal", "Viral"]
 _BUILT: dict[str, dict] = {}  # the store is built once per session even though two modules request it

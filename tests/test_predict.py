@@ -13,7 +13,9 @@ import pytest
 import torch
 from PIL import Image
 
-from cxrdemo import cli, explain, paths, predict
+from cxrdemo import paths
+from cxrdemo.cli import main as cli
+from cxrdemo.diagnosis import explain, predict
 from cxrdemo.errors import ImageReadError
 
 SECRETS = ("Doe", "Jane", "PID-0042-SECRET", "St Elsewhere", "ACC998877", "19700101", "Dr^House")
@@ -224,7 +226,7 @@ def test_summary_falls_back_to_the_model_card_evaluation(patch_store):
     """The demo model trains on a set without a test split: its card's first held-out evaluation is shown."""
     import json
 
-    from cxrdemo import predict
+    from cxrdemo.diagnosis import predict
 
     run = patch_store.run
     (run / "test_metrics.json").unlink()

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from cxrdemo.imageio import ImageMeta, read_image
-from cxrdemo.quality import CxrCheck, check_radiograph
+from cxrdemo.data.imageio import ImageMeta, read_image
+from cxrdemo.diagnosis.quality import CxrCheck, check_radiograph
 
 
 def smooth_field(rng: np.random.Generator, h: int, w: int, scale: int) -> np.ndarray:

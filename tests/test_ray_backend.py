@@ -17,9 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from cxrdemo import jobs, ray_backend, runs
 from cxrdemo.config import TrainConfig
 from cxrdemo.errors import ConfigError, CxrError
+from cxrdemo.runs import jobs, ray_backend
+from cxrdemo.runs import store as runs
 from tests.helpers import wait_for as _wait_for
 
 TIMEOUT_S = 180.0  # a cold Ray worker imports torch: slow on a busy 2-core machine
@@ -55,8 +56,8 @@ def free_port() -> int:
 # ---------------------------------------------------------------- without a cluster
 
 def test_importing_cxrdemo_does_not_import_ray():
-    code = ("import sys, cxrdemo, cxrdemo.jobs, cxrdemo.ray_backend, cxrdemo.runs, cxrdemo.cli, cxrdemo.trainer_view;"
-            "from cxrdemo import jobs; jobs.choose_backend(); print('ray' in sys.modules)")
+    code = ("import sys, cxrdemo, cxrdemo.runs.jobs, cxrdemo.runs.ray_backend, cxrdemo.runs.store, cxrdemo.cli.main, cxrdemo.views.trainer;"
+            "from cxrdemo.runs import jobs; jobs.choose_backend(); print('ray' in sys.modules)")
     env = {k: v for k, v in os.environ.items() if k != "CXRDEMO_RAY_ADDRESS"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
     assert out.returncode == 0, out.stderr
@@ -227,7 +228,7 @@ def test_force_cancel_and_killed_worker(ray_head, store, tiny_dataset, monkeypat
 def test_device_choice(monkeypatch):
     import torch
 
-    from cxrdemo.train import choose_device
+    from cxrdemo.model.train import choose_device
 
     monkeypatch.delenv("CXRDEMO_DEVICE", raising=False)
     assert choose_device().type == ("cuda" if torch.cuda.is_available() else "cpu")

@@ -9,9 +9,9 @@ import threading
 import pytest
 import torch
 
-from cxrdemo import runs
 from cxrdemo.config import TrainConfig
 from cxrdemo.errors import RunError
+from cxrdemo.runs import store as runs
 
 
 @pytest.fixture

@@ -12,11 +12,12 @@ import pytest
 import torch
 from PIL import Image
 
-from cxrdemo import metrics, runs, train
-from cxrdemo.cli import main as cli
+from cxrdemo.cli.main import main as cli
 from cxrdemo.config import TrainConfig
 from cxrdemo.errors import Cancelled
-from cxrdemo.worker import execute_run
+from cxrdemo.model import metrics, train
+from cxrdemo.runs import store as runs
+from cxrdemo.runs.worker import execute_run
 
 
 def _make(root, classes, n=(10, 4, 4), size=48, seed=0):
@@ -64,7 +65,7 @@ def _train(config):
 
 @pytest.mark.parametrize("rule", ["spec:0.9", "sens:0.9"])
 def test_operating_point_rule_is_chosen_on_validation_and_saved(ds2, rule):
-    from cxrdemo import predict
+    from cxrdemo.diagnosis import predict
 
     d, status = _train(_cfg(ds2, epochs=2, threshold=rule))
     assert status["state"] == "completed", status.get("error")
@@ -253,7 +254,7 @@ def test_evaluate_and_predict_agree_with_the_model(ds2, capsys):
     ev = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert ev["accuracy"] == pytest.approx(tm["accuracy"]) and ev["auroc"] == pytest.approx(tm["auroc"])
     assert ev["confusion"] == tm["confusion"]
-    from cxrdemo import data
+    from cxrdemo.data import dataset as data
     first = data.scan_dataset(str(ds2)).splits["test"][0][0]
     assert cli(["predict", "--run", d.name, first]) == 0
     line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])

@@ -9,8 +9,12 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from cxrdemo import backbones, data, jobs, runs, trainer_view
 from cxrdemo.config import TrainConfig
+from cxrdemo.data import dataset as data
+from cxrdemo.model import backbones
+from cxrdemo.runs import jobs
+from cxrdemo.runs import store as runs
+from cxrdemo.views import trainer as trainer_view
 
 REPO = Path(__file__).resolve().parents[1]
 PAGE = str(REPO / "pages" / "trainer.py")

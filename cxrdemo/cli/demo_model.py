@@ -10,9 +10,11 @@ from pathlib import Path
 
 import numpy as np
 
-from cxrdemo import metrics, paths, runs
+from cxrdemo import paths
 from cxrdemo.config import TrainConfig, threshold_words
 from cxrdemo.errors import RunError
+from cxrdemo.model import metrics
+from cxrdemo.runs import store as runs
 
 # The recipe, in two stages (progressive resizing): most of the learning at 128 px, where an epoch is cheap,
 # then a short fine-tune at 224 px that starts from stage 1 through `--init run:<stage 1>` (an ordinary
@@ -34,7 +36,7 @@ COPIED_FILES = ("model.pt", "config.json", "metrics.csv", "status.json", "test_m
 
 def evaluate_model_on(run_dir: Path, data_root: str, split: str = "test", n_boot: int = 1000) -> dict:
     """Point estimates and 95% bootstrap intervals of a run's model on one split of a dataset."""
-    from cxrdemo.predict import load_model, predict_split
+    from cxrdemo.diagnosis.predict import load_model, predict_split
 
     model = load_model(str(run_dir), allow_path=True)
     y, probs, _ = predict_split(model, data_root, split)
@@ -48,7 +50,7 @@ def evaluate_model_on(run_dir: Path, data_root: str, split: str = "test", n_boot
 def build_demo_model(train_data: str, eval_sets: list[tuple[str, str]], out_dir: Path | None = None,
                      runs_dir: Path | None = None, echo=None, **overrides) -> dict:
     """Train the demo stages as normal runs (each from the last), evaluate the final one, install it as weights/demo."""
-    from cxrdemo.worker import execute_run
+    from cxrdemo.runs.worker import execute_run
 
     out_dir = Path(out_dir or paths.demo_run_dir())
     stages, recipe = [], {}

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from cxrdemo.imageio import ImageMeta, colourfulness_of
+from cxrdemo.data.imageio import ImageMeta, colourfulness_of
 
 MIN_SIDE = 64  # px; smaller cannot show lung detail
 ASPECT_RANGE = (0.4, 2.5)  # width / height; the Kermany set spans 0.9-2.2, so ~[0.5, 2.0] would refuse real films

@@ -9,9 +9,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cxrdemo import paths, runs
+from cxrdemo import paths
 from cxrdemo.config import TrainConfig
 from cxrdemo.errors import ConfigError
+from cxrdemo.runs import store as runs
 
 STATE_ICONS = {"queued": ":material/schedule:", "running": ":material/directions_run:",
                "completed": ":material/check_circle:", "failed": ":material/error:", "cancelled": ":material/cancel:",
@@ -178,7 +179,7 @@ def loss_curves(run_dir: Path):
 
 def freeze_options(backbone: str) -> dict[str, str]:
     """Freeze level -> label, from the registry's group names."""
-    from cxrdemo import backbones
+    from cxrdemo.model import backbones
 
     stages = backbones.get_spec(backbone).stage_names
     opts = {"none": "none — train every layer (full fine-tuning)",
@@ -192,7 +193,7 @@ def freeze_options(backbone: str) -> dict[str, str]:
 
 def trainable_text(backbone: str, freeze: str, num_classes: int = 2, head: str = "linear") -> str:
     """'11,177,538 of 11,177,538 parameters trainable (100 %)' for a freeze level (first epoch)."""
-    from cxrdemo import backbones
+    from cxrdemo.model import backbones
 
     total, trainable = backbones.param_counts(backbone, num_classes, freeze, head)
     return f"{trainable:,} of {total:,} parameters trainable ({trainable / total:.2%})"
@@ -219,7 +220,7 @@ def demo_backbone() -> str | None:
 
 def init_options(backbone: str, infos: list[runs.RunInfo]) -> dict[str, str]:
     """Init value -> label: ImageNet (when the registry has weights), scratch, finished runs of this backbone."""
-    from cxrdemo import backbones
+    from cxrdemo.model import backbones
 
     opts = {}
     if backbones.get_spec(backbone).supports_imagenet:
@@ -236,7 +237,7 @@ def init_options(backbone: str, infos: list[runs.RunInfo]) -> dict[str, str]:
 
 def imagenet_note(backbone: str) -> str | None:
     """None when ImageNet weights are usable offline; else where to put the file, and the alternatives."""
-    from cxrdemo import backbones
+    from cxrdemo.model import backbones
 
     if not backbones.get_spec(backbone).supports_imagenet or backbones.find_imagenet_weights(backbone):
         return None
@@ -247,7 +248,7 @@ def imagenet_note(backbone: str) -> str | None:
 
 def sweep_configs(base: TrainConfig, backbone_names: list[str], freezes: list[str]) -> tuple[list[TrainConfig], list[str]]:
     """The backbone x freeze grid as configs, plus sentences for combinations skipped or changed."""
-    from cxrdemo import backbones
+    from cxrdemo.model import backbones
 
     configs, notes = [], []
     for name, freeze in itertools.product(backbone_names, freezes):

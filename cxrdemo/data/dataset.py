@@ -1,6 +1,6 @@
 """Datasets: scan a folder of radiographs, split it, decode and cache it once, load it in batches.
 
-Reading and preprocessing one file lives in `cxrdemo.imageio`, tensor augmentation in `cxrdemo.augment`;
+Reading and preprocessing one file lives in `cxrdemo.data.imageio`, tensor augmentation in `cxrdemo.data.augment`;
 their public names are re-exported here.
 """
 
@@ -21,10 +21,22 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from cxrdemo.augment import make_augment
+from cxrdemo.data.augment import make_augment
+from cxrdemo.data.imageio import (
+    IMAGE_SUFFIXES,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    INTENSITY_MODES,
+    MAX_PIXELS,
+    ImageMeta,
+    adjust_intensity,
+    normalize_batch,
+    preprocess,
+    read_image,
+    resize_to_uint8,
+    sniff,
+)
 from cxrdemo.errors import ConfigError, DatasetError, ImageReadError
-from cxrdemo.imageio import (IMAGE_SUFFIXES, IMAGENET_MEAN, IMAGENET_STD, INTENSITY_MODES, MAX_PIXELS, ImageMeta,
-                             adjust_intensity, normalize_batch, preprocess, read_image, resize_to_uint8, sniff)
 from cxrdemo.paths import DEMO_DATA_DIR, cache_dir
 
 __all__ = [  # one door for the rest of the app: reading a file lives in imageio, datasets here

@@ -80,7 +80,7 @@ def _runs_dir(args) -> Path | None:
 # ---------------------------------------------------------------- commands
 
 def cmd_backbones(args) -> int:
-    from cxrdemo import backbones
+    from cxrdemo.model import backbones
 
     print(f"{'backbone':20} {'groups':>6} {'total':>12}  trainable by freeze level (head | 1..k | none)  imagenet")
     for name in backbones.backbone_names():
@@ -95,7 +95,7 @@ def cmd_backbones(args) -> int:
 
 
 def cmd_scan(args) -> int:
-    from cxrdemo import data
+    from cxrdemo.data import dataset as data
 
     scan = data.scan_dataset(args.data, seed=args.seed)
     print(_json(scan.summary()) if args.json else scan.report())
@@ -116,10 +116,9 @@ def _print_progress(p) -> None:
 
 
 def cmd_train(args) -> int:
-    from cxrdemo import runs
-    from cxrdemo.worker import execute_run
-
-    from cxrdemo.train import check_startable
+    from cxrdemo.model.train import check_startable
+    from cxrdemo.runs import store as runs
+    from cxrdemo.runs.worker import execute_run
 
     config = config_from_args(args)
     check_startable(config, _runs_dir(args))
@@ -135,14 +134,14 @@ def cmd_train(args) -> int:
 
 
 def cmd_worker(args) -> int:
-    from cxrdemo.worker import execute_run
+    from cxrdemo.runs.worker import execute_run
 
     status = execute_run(Path(args.run_dir), runs_dir=_runs_dir(args))
     return 0 if status.get("state") in ("completed", "cancelled") else 1
 
 
 def cmd_evaluate(args) -> int:
-    from cxrdemo.predict import evaluate_run, load_model
+    from cxrdemo.diagnosis.predict import evaluate_run, load_model
 
     model = load_model(args.run, _runs_dir(args), allow_path=True)
     print(_json(evaluate_run(model, args.data, args.split)))
@@ -159,9 +158,9 @@ def _cam_path(out: str, image: str, index: int, many: bool) -> Path:
 
 
 def cmd_predict(args) -> int:
-    from cxrdemo import explain
+    from cxrdemo.diagnosis import explain
+    from cxrdemo.diagnosis.predict import load_model, predict_probs, prepare, read_radiograph
     from cxrdemo.errors import ConfigError, ImageReadError
-    from cxrdemo.predict import load_model, predict_probs, prepare, read_radiograph
 
     model = load_model(args.run, _runs_dir(args), allow_path=True)
     explain.method_class(args.method)  # bad arguments are reported before any image is read
@@ -197,7 +196,7 @@ def cmd_predict(args) -> int:
 
 
 def cmd_demo_model(args) -> int:
-    from cxrdemo.demo_model import build_demo_model
+    from cxrdemo.cli.demo_model import build_demo_model
 
     evals = []
     for spec in args.eval:
@@ -259,7 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("worker", help=argparse.SUPPRESS)
     p.add_argument("--run-dir", required=True)
     p.set_defaults(func=cmd_worker)
-    from cxrdemo import cli_jobs  # `jobs ...` and the hidden `jobs-worker` live in cli_jobs.py
+    from cxrdemo.cli import jobs as cli_jobs  # `jobs ...` and the hidden `jobs-worker` live in cli_jobs.py
 
     cli_jobs.register(sub)
     return parser

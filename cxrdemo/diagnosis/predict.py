@@ -12,10 +12,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cxrdemo import data, metrics, quality, runs
-from cxrdemo.backbones import Net
 from cxrdemo.config import threshold_how
+from cxrdemo.data import dataset as data
+from cxrdemo.diagnosis import quality
 from cxrdemo.errors import RunError
+from cxrdemo.model import metrics
+from cxrdemo.model.backbones import Net
+from cxrdemo.runs import store as runs
 
 
 @dataclass
@@ -40,7 +43,7 @@ class LoadedModel:
 
 @functools.lru_cache(maxsize=8)
 def _load(model_file: str, mtime_ns: int) -> LoadedModel:
-    from cxrdemo.train import load_net
+    from cxrdemo.model.train import load_net
 
     path = Path(model_file)
     ckpt = runs.load_checkpoint(path)
@@ -146,7 +149,7 @@ def decision_sentence(model: LoadedModel, probs: np.ndarray, predicted: int) -> 
 
 def model_summary(model: LoadedModel) -> dict:
     """What a page shows next to a model: its recipe, its test metrics (or {}), classes and decision rule."""
-    from cxrdemo import runs
+    from cxrdemo.runs import store as runs
 
     cfg = model.config or {}
     tm = runs.read_test_metrics(model.path) or _card_metrics(model.path)

@@ -16,9 +16,9 @@ import numpy as np
 import torch
 from pytorch_grad_cam import EigenCAM, GradCAM, GradCAMPlusPlus, LayerCAM, ScoreCAM
 
-from cxrdemo import backbones
+from cxrdemo.diagnosis.predict import LoadedModel, model_input
 from cxrdemo.errors import ConfigError, CxrError
-from cxrdemo.predict import LoadedModel, model_input
+from cxrdemo.model import backbones
 
 CAM_METHODS: dict[str, type] = {
     "GradCAM": GradCAM,

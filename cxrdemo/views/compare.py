@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from cxrdemo import backbones, runs
 from cxrdemo.errors import CxrError, RunError
+from cxrdemo.model import backbones
+from cxrdemo.runs import store as runs
 
 TEST_KEYS = ("accuracy", "precision", "recall", "f1", "auroc", "sensitivity", "specificity")
 TEST_COLUMNS = tuple(f"test_{k}" for k in TEST_KEYS)

@@ -14,9 +14,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from cxrdemo import backbones, data, metrics, runs
 from cxrdemo.config import TrainConfig
+from cxrdemo.data import dataset as data
 from cxrdemo.errors import Cancelled, ConfigError, RunError
+from cxrdemo.model import backbones, metrics
+from cxrdemo.runs import store as runs
 
 
 @dataclass

@@ -7,8 +7,9 @@ import sys
 import time
 from pathlib import Path
 
-from cxrdemo import jobs, runs
 from cxrdemo.errors import ConfigError
+from cxrdemo.runs import jobs
+from cxrdemo.runs import store as runs
 
 EXIT_BAD_INPUT = 2
 
@@ -18,7 +19,7 @@ def _runs_dir(args) -> Path | None:
 
 
 def cmd_submit(args) -> int:
-    from cxrdemo.cli import config_from_args
+    from cxrdemo.cli.main import config_from_args
 
     if args.max_jobs is not None and args.max_jobs < 1:
         raise ConfigError(f"--max-jobs must be at least 1 (got {args.max_jobs}).")
@@ -28,7 +29,7 @@ def cmd_submit(args) -> int:
 
 
 def cmd_list(args) -> int:
-    from cxrdemo import trainer_view
+    from cxrdemo.views import trainer as trainer_view
 
     infos = jobs.list_jobs(_runs_dir(args))
     if not infos:
@@ -56,7 +57,7 @@ def cmd_reap(args) -> int:
 
 
 def cmd_watch(args) -> int:
-    from cxrdemo import trainer_view
+    from cxrdemo.views import trainer as trainer_view
 
     d = runs.run_dir(args.run_id, _runs_dir(args))
     deadline = time.monotonic() + args.timeout if args.timeout else None
@@ -89,7 +90,7 @@ def cmd_jobs_worker(args) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add `jobs` (and the hidden `jobs-worker` a job process runs) to the CLI's subcommands."""
-    from cxrdemo.cli import add_train_options
+    from cxrdemo.cli.main import add_train_options
 
     p = sub.add_parser("jobs", help="background training jobs: submit, list, cancel, watch")
     jsub = p.add_subparsers(dest="jobs_command", required=True)

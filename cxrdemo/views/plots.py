@@ -10,9 +10,10 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.colors import qualitative
 
-from cxrdemo import metrics, runs
-from cxrdemo.compare import TEST_METRIC_LABELS
 from cxrdemo.errors import RunError
+from cxrdemo.model import metrics
+from cxrdemo.runs import store as runs
+from cxrdemo.views.compare import TEST_METRIC_LABELS
 
 CURVE_METRICS = {"loss": ("train_loss", "val_loss", "Loss"), "accuracy": ("train_acc", "val_acc", "Accuracy")}
 _PALETTE = qualitative.Plotly + qualitative.D3 + qualitative.Dark24

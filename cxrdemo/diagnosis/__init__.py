@@ -1,0 +1,1 @@
+"""Diagnosis: one image -> prediction, quality gate, heatmaps."""

@@ -1,0 +1,1 @@
+"""Model: backbone registry, training loop, metrics. Imports data and the ground floor."""

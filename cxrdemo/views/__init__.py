@@ -1,0 +1,1 @@
+"""Views: what pages and the CLI show (sentences, labels, tables, plotly figures)."""
