@@ -113,7 +113,7 @@ def delete_section(table) -> None:
         sure = st.checkbox(f"Yes, permanently delete run {run_id} and all its files", key="delete_confirm")
         if st.button("Delete run", type="primary", disabled=not sure, key="delete_button"):
             with ui.friendly_errors("Deleting the run"):
-                compare.delete_run(run_id, ui.runs_dir())
+                runs.delete_run(run_id, ui.runs_dir())
                 st.session_state["deleted_msg"] = f"Run {run_id} was deleted."
                 st.session_state.pop("delete_confirm", None)
                 st.rerun()

@@ -31,7 +31,6 @@ from cxrdemo.data import dataset as data
 from cxrdemo.data import imageio
 from cxrdemo.errors import ConfigError, RunError
 from cxrdemo.runs import store as runs
-from cxrdemo.views import compare
 from tests.test_imageio import compressed_dicom, encode, make_dicom, png_with_header, ramp
 
 REPO = Path(__file__).resolve().parents[1]
@@ -408,7 +407,7 @@ def test_ids_with_paths_are_refused_and_nothing_outside_is_touched(box, tmp_path
         one_error_line(capsys.readouterr().err)
     for bad in (rel, str(fake_run), "..", "../x", "/etc", f"{good.name}/../../outside"):
         with pytest.raises(RunError):
-            compare.delete_run(bad, box)  # the Compare page's delete takes ids only
+            runs.delete_run(bad, box)  # the Compare page's delete takes ids only
     assert tree_snapshot(outside) == before
     assert [p.name for p in box.iterdir() if not p.name.startswith(".")] == [good.name]
     # A run FOLDER given to the CLI on purpose is read, never written.

@@ -291,18 +291,18 @@ def test_delete_refuses_active_runs_and_removes_finished_ones(compare_store, tmp
     root = tmp_path / "runs"
     shutil.copytree(compare_store["root"], root)
     with pytest.raises(RunError, match="is running.*Cancel it"):
-        compare.delete_run(compare_store["running"], root)
+        runs.delete_run(compare_store["running"], root)
     queued = runs.create_run(TrainConfig(), root, name="q")
     with pytest.raises(RunError, match="is queued"):
-        compare.delete_run(queued.name, root)
+        runs.delete_run(queued.name, root)
     for bad in ("../runs", "nope", "", "a/b"):
         with pytest.raises(RunError):
-            compare.delete_run(bad, root)
+            runs.delete_run(bad, root)
     (root / "escape").symlink_to(tmp_path)
     with pytest.raises(RunError, match="nothing was deleted"):
-        compare.delete_run("escape", root)
+        runs.delete_run("escape", root)
     for key in ("done", "failed", "damaged"):
-        compare.delete_run(compare_store[key], root)
+        runs.delete_run(compare_store[key], root)
         assert not (root / compare_store[key]).exists()
     left = {i.run_id for i in runs.list_runs(root)}
     assert left == {compare_store["grad"], compare_store["running"], compare_store["four"], queued.name, "escape"}

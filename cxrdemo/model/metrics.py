@@ -1,47 +1,45 @@
-"""Classification metrics from labels and probabilities: accuracy, macro P/R/F1, micro-recall, AUROC, confusion."""
+"""Classification metrics from labels and probabilities: accuracy, macro P/R/F1, micro-recall, AUROC, confusion.
+
+scikit-learn computes the metrics and SciPy the bootstrap percentiles: well-kept, tested implementations.
+"""
 
 from __future__ import annotations
 
 import numpy as np
+import sklearn.metrics as skm
+from scipy import stats
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
     """Rows are true classes, columns predicted classes."""
-    cm = np.zeros((num_classes, num_classes), dtype=np.int64)
-    np.add.at(cm, (np.asarray(y_true, int), np.asarray(y_pred, int)), 1)
-    return cm
+    return skm.confusion_matrix(np.asarray(y_true, int), np.asarray(y_pred, int), labels=np.arange(num_classes))
+
+
+def _one_class(y_true: np.ndarray) -> bool:
+    return bool(y_true.all() or not y_true.any())
 
 
 def binary_auroc(y_true: np.ndarray, score: np.ndarray) -> float:
-    """Area under the ROC curve by the rank (Mann-Whitney) statistic, ties averaged; NaN with one class."""
-    y_true = np.asarray(y_true).astype(bool)
-    n_pos, n_neg = int(y_true.sum()), int((~y_true).sum())
-    if n_pos == 0 or n_neg == 0:
+    """Area under the ROC curve (ties count half); NaN with one class or a score that is not a number."""
+    y_true, score = np.asarray(y_true).astype(bool), np.asarray(score, dtype=np.float64)
+    if _one_class(y_true) or not np.isfinite(score).all():
         return float("nan")
-    order = np.argsort(score, kind="mergesort")
-    ranks = np.empty(len(score), dtype=np.float64)
-    sorted_scores = np.asarray(score)[order]
-    # average ranks over ties
-    i = 0
-    while i < len(sorted_scores):
-        j = i
-        while j + 1 < len(sorted_scores) and sorted_scores[j + 1] == sorted_scores[i]:
-            j += 1
-        ranks[order[i:j + 1]] = (i + j) / 2 + 1
-        i = j + 1
-    return float((ranks[y_true].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    return float(skm.roc_auc_score(y_true, score))
 
 
 def roc_curve(y_true: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(false positive rate, true positive rate, thresholds), thresholds decreasing, starting at +inf."""
-    y_true = np.asarray(y_true).astype(bool)
-    order = np.argsort(-np.asarray(score), kind="mergesort")
-    s, y = np.asarray(score)[order], y_true[order]
-    distinct = np.r_[np.flatnonzero(np.diff(s)), len(s) - 1]
-    tps, fps = np.cumsum(y)[distinct], np.cumsum(~y)[distinct]
-    tpr = np.r_[0, tps] / max(1, y.sum())
-    fpr = np.r_[0, fps] / max(1, (~y).sum())
-    return fpr, tpr, np.r_[np.inf, s[distinct]]
+    """(false positive rate, true positive rate, thresholds), thresholds decreasing, starting at +inf.
+
+    Every distinct score is a threshold (drop_intermediate=False): the decision rules cut between neighbours.
+    """
+    y_true, score = np.asarray(y_true).astype(bool), np.asarray(score, dtype=np.float64)
+    if _one_class(y_true):
+        # scikit-learn leaves the rate of the missing class undefined (NaN, with a warning); it is 0 here, as before
+        thresholds = np.r_[np.inf, np.unique(score)[::-1]]
+        at_or_above = (score[None, :] >= thresholds[:, None]).sum(1) / max(1, len(score))
+        zero = np.zeros(len(thresholds))
+        return (zero, at_or_above, thresholds) if y_true.all() else (at_or_above, zero, thresholds)
+    return skm.roc_curve(y_true, score, drop_intermediate=False)
 
 
 def predict_labels(probs: np.ndarray, threshold: float | None = None) -> np.ndarray:
@@ -89,28 +87,29 @@ def classification_metrics(y_true: np.ndarray, probs: np.ndarray, classes: list[
     probs = np.asarray(probs, dtype=np.float64)
     k = len(classes)
     y_pred = predict_labels(probs, threshold)
-    cm = confusion_matrix(y_true, y_pred, k)
-    tp = np.diag(cm).astype(float)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        precision = np.where(cm.sum(0) > 0, tp / cm.sum(0), 0.0)
-        recall = np.where(cm.sum(1) > 0, tp / cm.sum(1), 0.0)
-        f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
+    n, labels = int(len(y_true)), np.arange(k)
+    if not n:  # an empty split: every rate is undefined (NaN below), not an error
+        cm, precision, recall, f1 = np.zeros((k, k), np.int64), *np.zeros((3, k))
+    else:
+        cm = confusion_matrix(y_true, y_pred, k)
+        # a class nobody predicted has precision 0 and one absent from the truth recall 0; averages skip the absent
+        precision, recall, f1, _ = skm.precision_recall_fscore_support(y_true, y_pred, labels=labels, average=None,
+                                                                       zero_division=0.0)
     present = cm.sum(1) > 0
     if k == 2:
         auroc = binary_auroc(y_true == 1, probs[:, 1])
     else:
-        aucs = [binary_auroc(y_true == c, probs[:, c]) for c in range(k) if present[c]]
+        aucs = [binary_auroc(y_true == c, probs[:, c]) for c in labels[present]]
         aucs = [a for a in aucs if not np.isnan(a)]
         auroc = float(np.mean(aucs)) if aucs else float("nan")
-    n = int(len(y_true))
     out = {
         "n": n,
-        "accuracy": float(tp.sum() / n) if n else float("nan"),
+        "accuracy": float(skm.accuracy_score(y_true, y_pred)) if n else float("nan"),
         "balanced_accuracy": float(recall[present].mean()) if present.any() else float("nan"),
         "precision": float(precision[present].mean()) if present.any() else float("nan"),
         "recall": float(recall[present].mean()) if present.any() else float("nan"),
         "f1": float(f1[present].mean()) if present.any() else float("nan"),
-        "micro_recall": float(tp.sum() / n) if n else float("nan"),
+        "micro_recall": float(np.trace(cm) / n) if n else float("nan"),
         "auroc": auroc,
         "per_class_recall": {c: float(r) for c, r in zip(classes, recall)},
         "confusion": cm.tolist(),
@@ -125,14 +124,21 @@ def classification_metrics(y_true: np.ndarray, probs: np.ndarray, classes: list[
 def bootstrap_ci(y_true: np.ndarray, probs: np.ndarray, classes, threshold: float | None = None,
                  keys=("accuracy", "sensitivity", "specificity", "auroc"), n_boot: int = 1000,
                  seed: int = 0) -> dict[str, tuple[float, float]]:
-    """95% percentile bootstrap intervals of some metrics (resampling images)."""
-    rng = np.random.default_rng(seed)
+    """95% percentile bootstrap intervals of some metrics (resampling images); a metric never defined is left out.
+
+    A resample that cannot define a metric (AUROC when it drew images of one class only) is left out of that metric's
+    interval. scipy.stats.bootstrap cannot leave such resamples out (it returns NaN and warns), so the resamples are
+    drawn here, as it draws them, and scipy.stats.quantile omits the undefined values.
+    """
     y_true, probs = np.asarray(y_true), np.asarray(probs)
-    samples: dict[str, list[float]] = {k: [] for k in keys}
-    for _ in range(n_boot):
-        idx = rng.integers(0, len(y_true), len(y_true))
-        m = classification_metrics(y_true[idx], probs[idx], classes, threshold)
-        for k in keys:
-            if k in m and not np.isnan(m[k]):
-                samples[k].append(m[k])
-    return {k: (float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))) for k, v in samples.items() if v}
+    if not len(y_true):
+        return {}
+    resamples = np.random.default_rng(seed).integers(0, len(y_true), (n_boot, len(y_true)))
+    draws = [classification_metrics(y_true[idx], probs[idx], classes, threshold) for idx in resamples]
+    out = {}
+    for k in keys:
+        v = np.array([m.get(k, np.nan) for m in draws], dtype=np.float64)
+        if not np.isnan(v).all():
+            lo, hi = stats.quantile(v, [0.025, 0.975], method="linear", nan_policy="omit")
+            out[k] = (float(lo), float(hi))
+    return out

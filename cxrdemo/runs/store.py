@@ -325,3 +325,21 @@ def read_test_metrics(d: Path) -> dict | None:
         return read_json(Path(d) / "test_metrics.json")
     except RunError:
         return None
+
+
+def delete_run(run_id: str, runs_dir: str | Path | None = None) -> None:
+    """Remove a finished (or damaged) run's folder; RunError for an active run or anything outside the store."""
+    root = store_dir(runs_dir).resolve()
+    d = root / check_run_id(run_id)
+    if d.is_symlink() or not d.is_dir() or d.resolve().parent != root:
+        raise RunError(f"There is no run {run_id!r} in {root}; nothing was deleted.")
+    # Checked under the run's lock so a worker cannot flip it to running between the check and the removal.
+    with run_lock(d):
+        try:
+            state = read_status(d).get("state")
+        except RunError:
+            state = None  # damaged status: nothing can be training it
+        if state in ACTIVE:
+            raise RunError(f"Run {run_id} is {state}. Cancel it on the Trainer page and wait for it to stop "
+                           f"before deleting it.")
+        shutil.rmtree(d)

@@ -1,16 +1,14 @@
-"""Runs -> pandas tables for the Compare page: one row per run, class-set groups, CSV export, safe deletion."""
+"""Runs -> pandas tables for the Compare page: one row per run, class-set groups, CSV export."""
 
 from __future__ import annotations
 
 import io
 import math
-import shutil
 from datetime import datetime
-from pathlib import Path
 
 import pandas as pd
 
-from cxrdemo.errors import CxrError, RunError
+from cxrdemo.errors import CxrError
 from cxrdemo.model import backbones
 from cxrdemo.runs import store as runs
 
@@ -178,20 +176,3 @@ def run_recipe(info: runs.RunInfo) -> dict:
             "initialisation": info.meta.get("init_note", ""), "arithmetic": info.meta.get("precision", "float32"),
             "versions": info.meta.get("versions", {})}
 
-
-def delete_run(run_id: str, runs_dir: str | Path | None = None) -> None:
-    """Remove a finished (or damaged) run's folder; RunError for an active run or anything outside the store."""
-    root = runs.store_dir(runs_dir).resolve()
-    d = root / runs.check_run_id(run_id)
-    if d.is_symlink() or not d.is_dir() or d.resolve().parent != root:
-        raise RunError(f"There is no run {run_id!r} in {root}; nothing was deleted.")
-    # Checked under the run's lock so a worker cannot flip it to running between the check and the removal.
-    with runs.run_lock(d):
-        try:
-            state = runs.read_status(d).get("state")
-        except RunError:
-            state = None  # damaged status: nothing can be training it
-        if state in runs.ACTIVE:
-            raise RunError(f"Run {run_id} is {state}. Cancel it on the Trainer page and wait for it to stop "
-                           f"before deleting it.")
-        shutil.rmtree(d)
