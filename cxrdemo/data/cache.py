@@ -17,7 +17,7 @@ from cxrdemo.data.imageio import read_image, resize_to_uint8
 from cxrdemo.errors import ImageReadError
 from cxrdemo.paths import cache_dir
 
-CACHE_VERSION = 1  # bump when read_image or resize_to_uint8 change what they produce
+CACHE_VERSION = 2  # bump when read_image or resize_to_uint8 change what they produce
 
 
 @dataclass

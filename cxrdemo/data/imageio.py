@@ -9,8 +9,6 @@ from __future__ import annotations
 import io
 import os
 import struct
-import threading
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -19,6 +17,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from cxrdemo.data.decoderwarnings import recorded_warnings
+from cxrdemo.data.deflate import inflate_if_deflated
+from cxrdemo.data.shrink import check_aspect, reduce_array, shrink_factor
 from cxrdemo.data.sniff import DICOM_SUFFIXES, HEADER_BYTES, IMAGE_SUFFIXES, sniff  # noqa: F401 - re-exported
 from cxrdemo.errors import ImageReadError
 
@@ -29,7 +30,6 @@ MAX_PIXELS = 50_000_000  # decompression-bomb guard: a 7000 x 7000 detector imag
 # Formats Pillow may use: never EPS/PDF (they run Ghostscript) nor the exotic plugins.
 _PIL_FORMATS = ("PNG", "JPEG", "BMP", "DIB", "TIFF", "GIF", "WEBP", "PPM")  # JPEG covers MPO
 _GREY_MODES = ("1", "L", "I;16", "I;16L", "I;16B", "I;16N", "I", "F")
-_WARNINGS_LOCK = threading.Lock()
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R 601, as Pillow's convert("L")
 
 
@@ -75,9 +75,8 @@ def _read(fp: BinaryIO, name: str) -> tuple[np.ndarray, ImageMeta]:
     kind = sniff(header, Path(name).suffix)
     # Decoders warn about damaged files (and Pillow about big ones); record them here so that no
     # third-party warning type reaches the user, and never copy their text: it may quote tag values.
-    # catch_warnings swaps process-wide state, so two threads (Streamlit sessions) must not interleave it.
-    with _WARNINGS_LOCK, warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    # Recorded per thread with no lock held while decoding: one slow file must not stall other sessions.
+    with recorded_warnings() as caught:
         try:
             arr, meta, invert = _read_dicom(fp) if kind == "dicom" else _read_pillow(fp)
         except ImageReadError:
@@ -113,6 +112,7 @@ def _check_size(w: int, h: int) -> None:
         raise ImageReadError("The image has no pixels (its width or height is zero).")
     if w * h > MAX_PIXELS:
         raise ImageReadError(_too_big_message(w, h))
+    check_aspect(w, h)
 
 
 def _read_pillow(fp: BinaryIO) -> tuple[np.ndarray, ImageMeta, bool]:
@@ -125,21 +125,34 @@ def _read_pillow(fp: BinaryIO) -> tuple[np.ndarray, ImageMeta, bool]:
     if frames > 1:
         im.seek(0)
         notes.append(f"first of {frames} frames used")
-    if im.getexif().get(0x0112, 1) in range(2, 9):  # 0x0112 = EXIF Orientation; 1 is already upright
+    width, height = im.size
+    factor = shrink_factor(width, height)
+    if factor > 1 and fmt == "jpeg":
+        im.draft(im.mode, (-(-width // factor), -(-height // factor)))  # DCT scaling: decode 1/2, 1/4 or 1/8
+    orientation = im.getexif().get(0x0112, 1)  # 0x0112 = EXIF Orientation; 1 is already upright
+    if orientation in range(2, 9):
         im = ImageOps.exif_transpose(im)
         notes.append("EXIF rotation applied")
+        if orientation >= 5:  # a quarter turn: the upright image is the header's height wide
+            width, height = height, width
     im.load()
     mode, colourfulness = im.mode, 0.0
-    if mode in _GREY_MODES:
-        arr = np.asarray(im)
-    elif mode in ("LA", "La"):
-        la = np.asarray(im.convert("LA"), dtype=np.float32)
+    # Reduce right after decoding, in the decoded integer type: no full-size float copy is ever made.
+    pixels = np.asarray(im.convert("L") if mode == "1" else im if mode in _GREY_MODES
+                        else im.convert("LA") if mode in ("LA", "La") else im.convert("RGBA"))
+    del im
+    arr = reduce_array(pixels, shrink_factor(pixels.shape[1], pixels.shape[0]))
+    del pixels
+    if arr.shape[:2] != (height, width):
+        notes.append(f"reduced to {arr.shape[1]} x {arr.shape[0]} pixels on reading")
+    if mode in ("LA", "La"):
+        la = arr.astype(np.float32)
         arr = la[..., 0] * (la[..., 1] / 255.0)
         notes.append("transparency flattened onto black")
-    else:
+    elif mode not in _GREY_MODES:
         if mode == "CMYK":
             notes.append("CMYK converted to grey")
-        rgba = np.asarray(im.convert("RGBA"), dtype=np.float32)
+        rgba = arr.astype(np.float32)
         rgb = rgba[..., :3]
         if (rgba[..., 3] < 255).any():
             rgb = rgb * (rgba[..., 3:] / 255.0)
@@ -149,7 +162,7 @@ def _read_pillow(fp: BinaryIO) -> tuple[np.ndarray, ImageMeta, bool]:
         if colourfulness > 1.0:
             notes.append("colour image converted to grey")
     bits = {"1": 1, "I;16": 16, "I;16L": 16, "I;16B": 16, "I;16N": 16, "I": 32, "F": 32}.get(mode, 8)
-    meta = ImageMeta(width=im.width, height=im.height, format=fmt, mode=mode, bits=bits, frames=frames,
+    meta = ImageMeta(width=width, height=height, format=fmt, mode=mode, bits=bits, frames=frames,
                      notes=notes, colourfulness=round(colourfulness, 2))
     return arr, meta, False
 
@@ -161,6 +174,7 @@ def _read_dicom(fp: BinaryIO) -> tuple[np.ndarray, ImageMeta, bool]:
     from pydicom.errors import InvalidDicomError
     from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, get_decoder, pixel_array
 
+    fp, deflated = inflate_if_deflated(fp)
     try:
         ds = pydicom.dcmread(fp, force=True)
     except InvalidDicomError:
@@ -190,10 +204,14 @@ def _read_dicom(fp: BinaryIO) -> tuple[np.ndarray, ImageMeta, bool]:
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
     bits = int(ds.get("BitsStored", ds.get("BitsAllocated", 8)) or 8)
     notes = [f"first of {frames} frames used"] if frames > 1 else []
+    notes += ["inflated (deflate-compressed file)"] if deflated else []
     arr = pixel_array(ds, index=0)  # decodes the first frame only, whatever the frame count
     colourfulness, invert = 0.0, False
     if photometric == "PALETTE COLOR":
-        arr = apply_color_lut(arr, ds)
+        arr = apply_color_lut(arr, ds)  # palette indices are looked up before averaging, never averaged
+    arr = reduce_array(arr, shrink_factor(cols, rows))  # before the LUTs: they make float64 copies
+    if arr.shape[:2] != (rows, cols):
+        notes.append(f"reduced to {arr.shape[1]} x {arr.shape[0]} pixels on reading")
     if arr.ndim == 3:
         rgb = arr.astype(np.float32)
         peak = float(2 ** (16 if arr.dtype.itemsize > 1 else 8) - 1)
