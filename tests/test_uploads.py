@@ -258,3 +258,38 @@ def test_display_copy_is_at_most_1024_px():
     assert shrink.display_copy(rgb).shape == (750, 450, 3)
     tiny = np.zeros((300, 200), np.float32)
     assert shrink.display_copy(tiny) is tiny
+
+
+# ---- dataset memory estimate ------------------------------------------------------------------------------
+
+def test_dataset_memory_estimate_counts_every_copy():
+    from cxrdemo.data import cache
+
+    assert cache.estimate_memory(1000, 224) == 1000 * 224 * 224 * 2 + cache.DECODE_RESERVE
+    assert cache.estimate_memory(10, 100, channels=3) == 10 * 100 * 100 * 3 * 2 + cache.DECODE_RESERVE
+
+
+def test_dataset_that_cannot_fit_is_refused_before_decoding(tiny_dataset, tmp_path, monkeypatch):
+    """Fails on ecfa98d: the loader decoded until the OOM killer stopped it (here: it loaded regardless)."""
+    from cxrdemo import data
+    from cxrdemo.errors import DatasetError
+
+    monkeypatch.setenv("CXRDEMO_CACHE_DIR", str(tmp_path / "cache"))
+    data.cache._MEMO.clear()
+    items = data.scan_dataset(tiny_dataset).splits["train"]
+    decoded = []
+    monkeypatch.setattr(data.cache, "read_image", lambda *a: decoded.append(a) or read_image(*a))
+    monkeypatch.setenv("CXRDEMO_MEMORY_AVAILABLE_MB", "100")
+    with pytest.raises(DatasetError, match=r"needs about 0\.3 GB of memory, but only 0\.1 GB is free"):
+        data.load_images(items, 224)
+    assert not decoded
+    monkeypatch.setenv("CXRDEMO_MEMORY_AVAILABLE_MB", "4096")
+    assert len(data.load_images(items, 32).labels) == len(items) and decoded
+
+
+def test_available_memory_reads_meminfo(monkeypatch):
+    from cxrdemo.data import cache
+
+    monkeypatch.delenv("CXRDEMO_MEMORY_AVAILABLE_MB", raising=False)
+    have = cache.available_memory()
+    assert have is None or 0 < have < 2**50

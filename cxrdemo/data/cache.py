@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from cxrdemo.data.imageio import read_image, resize_to_uint8
-from cxrdemo.errors import ImageReadError
+from cxrdemo.errors import DatasetError, ImageReadError
 from cxrdemo.paths import cache_dir
 
 CACHE_VERSION = 2  # bump when read_image or resize_to_uint8 change what they produce
@@ -33,6 +33,37 @@ class CachedImages:
 _MEMO: OrderedDict[str, tuple[torch.Tensor, list[str], list[tuple[str, str]]]] = OrderedDict()
 _MEMO_LOCK = threading.Lock()
 _MEMO_ENTRIES = 2  # one dataset at one or two sizes; more would hold gigabytes
+COPIES = 2  # the decode buffer and its trimmed copy exist together for a moment
+DECODE_RESERVE = 256 * 2**20  # one image being read (at most 2048 x 2048 after shrink-on-read) and its float copies
+
+
+def available_memory() -> int | None:
+    """Bytes this process may still allocate: CXRDEMO_MEMORY_AVAILABLE_MB if set, else /proc/meminfo, else None."""
+    override = os.environ.get("CXRDEMO_MEMORY_AVAILABLE_MB", "").strip()
+    if override:
+        return int(float(override) * 2**20)
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None  # not Linux: no estimate, as before
+
+
+def estimate_memory(n_images: int, size: int, channels: int = 1) -> int:
+    """Bytes that loading n images at size x size needs: images x size^2 x channels x COPIES, plus one decode."""
+    return n_images * size * size * channels * COPIES + DECODE_RESERVE
+
+
+def check_memory(n_images: int, size: int) -> None:
+    """DatasetError with a sentence when the images cannot fit in the memory available, before any is read."""
+    need, have = estimate_memory(n_images, size), available_memory()
+    if have is not None and need > have:
+        raise DatasetError(f"Loading {n_images:,} images at {size} px needs about {need / 2**30:.1f} GB of memory, "
+                           f"but only {have / 2**30:.1f} GB is free: use fewer images per split or a smaller "
+                           "image size.")
 
 
 def _cache_key(paths: list[str], size: int) -> str:
@@ -77,6 +108,8 @@ def load_images(items: list[tuple[str, int]], size: int, *, use_disk_cache: bool
     with _MEMO_LOCK:
         entry = _MEMO.get(key)
     cache_file = cache_dir() / f"images-{key}-{size}.pt"
+    if entry is None:
+        check_memory(len(paths), size)  # a sentence now rather than the OOM killer half-way through
     if entry is None and use_disk_cache and cache_file.is_file():
         entry = _load_cache_file(cache_file, size)
     if entry is None:
