@@ -44,7 +44,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cxrdemo.config import TrainConfig  # noqa: E402
-from cxrdemo.data import dataset as data
+from cxrdemo import data
 from cxrdemo.model import (
     backbones,
     train,  # noqa: E402
@@ -193,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
             out = {}
             # Alternate who goes first so that neither side always follows the other's memory state.
             for side in (("naive", "cxrdemo") if (bi + fi) % 2 == 0 else ("cxrdemo", "naive")):
-                data._MEMO.clear()
+                data.cache._MEMO.clear()
                 t0 = time.perf_counter()
                 with PeakRSS() as mem:
                     if side == "naive":

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import streamlit as st
 
+from cxrdemo.data.shrink import display_copy
 from cxrdemo.diagnosis import explain, predict
+from cxrdemo.views.text import escape_markdown as md
 from pages import ui
 
 PREDICTED = "The predicted class"
@@ -35,10 +39,10 @@ def diagnose(run: str, mtime: int, root: str, digest: str, method: str, target: 
 def model_panel(model: predict.LoadedModel) -> None:
     """The chosen model's recipe and test results."""
     s = predict.model_summary(model)
-    r = s["recipe"]
+    r = {k: md(v) for k, v in s["recipe"].items()}  # a hand-edited config or a folder name is not Markdown
     st.caption(f"**{r.get('backbone', '?')}**, initialised from {r.get('init', '?')}, freeze {r.get('freeze', '?')}, "
-               f"{r.get('epochs', '?')} epoch{'' if r.get('epochs') == 1 else 's'} at {r.get('img_size', model.img_size)} px · classes: "
-               f"{', '.join(s['classes'])} · decides: {s['decision']}")
+               f"{r.get('epochs', '?')} epoch{'' if s['recipe'].get('epochs') == 1 else 's'} at {r.get('img_size', model.img_size)} px · classes: "
+               f"{', '.join(md(c) for c in s['classes'])} · decides: {md(s['decision'])}")
     t = s["test"]
     if t:
         shown = [(k, lbl) for k, lbl in (("accuracy", "Test accuracy"), ("sensitivity", "Sensitivity"),
@@ -72,22 +76,25 @@ def show_result(label: str, model: predict.LoadedModel, rad: predict.Radiograph,
                 opacity: float, full: bool) -> None:
     """Predicted class, probabilities, image and overlay; compact in the comparison row."""
     if not full:
-        st.markdown(f"**{label}**")
-    st.markdown(predict.decision_sentence(model, res.probs, res.predicted))
+        st.markdown(f"**{md(label)}**")
+    # Class names are folder names: the sentence is built from escaped copies (the CLI prints them as they are).
+    shown = dataclasses.replace(model, classes=tuple(md(c) for c in model.classes))
+    st.markdown(predict.decision_sentence(shown, res.probs, res.predicted))
     if full:
         st.plotly_chart(explain.probability_figure(model.classes, res.probs, res.predicted), key="probs")
-    ov = explain.overlay(rad.grey, res.cam, opacity)
-    what = f"{res.method} for {model.classes[res.target]}" if res.class_specific else f"{res.method} (any class)"
+    grey = display_copy(rad.grey)  # the browser gets at most 1024 px: the networks saw 299 at most
+    ov = explain.overlay(grey, res.cam, opacity)
+    what = f"{res.method} for {md(model.classes[res.target])}" if res.class_specific else f"{res.method} (any class)"
     if full:
         left, right = st.columns(2)
-        left.image(rad.grey, caption="The image as read", clamp=True, width="stretch", output_format="PNG")
+        left.image(grey, caption="The image as read", clamp=True, width="stretch", output_format="PNG")
         right.image(ov, caption=what, width="stretch", output_format="PNG")
         st.download_button("Download the overlay (PNG)", data=lambda: explain.to_png_bytes(ov), mime="image/png",
                            file_name=f"cxrdemo-{model.run_id}-{res.method}.png", on_click="ignore", key="dl_overlay")
     else:
         st.image(ov, caption=what, width="stretch", output_format="PNG")
     if res.flat:
-        st.caption(f"The heatmap is empty: no region raised the score of {model.classes[res.target]}.")
+        st.caption(f"The heatmap is empty: no region raised the score of {md(model.classes[res.target])}.")
 
 
 st.title(":material/radiology: Diagnosis")
@@ -135,7 +142,7 @@ with ui.friendly_errors("Reading the image"):
 if rad is None:
     st.stop()
 m = rad.meta
-st.caption(f"Read as {m.format.upper()}, {m.width} × {m.height} px, {m.bits}-bit {m.mode}"
+st.caption(f"Read as {m.format.upper()}, {m.width} × {m.height} px, {m.bits}-bit {md(m.mode)}"
            + (f" · {'; '.join(m.notes)}" if m.notes else ""))
 if not rad.looks_like_cxr:
     st.warning(rad.warning, icon="🩻")

@@ -17,7 +17,7 @@ from cxrdemo.config import (
     TrainConfig,
     threshold_words,
 )
-from cxrdemo.data import dataset as data
+from cxrdemo import data
 from cxrdemo.model import backbones
 from cxrdemo.runs import jobs, ray_backend
 from cxrdemo.runs.worker import log_tail

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from PIL import Image, ImageOps
 
-from cxrdemo.data.dataset import patient_key
+from cxrdemo.data.scan import patient_key
 
 COUNTS = {"train": 40, "val": 10, "test": 10}  # per class
 CLASSES = ("NORMAL", "PNEUMONIA")

@@ -85,7 +85,7 @@ def patch_model():
 
     import torch
 
-    from cxrdemo.data import dataset as data
+    from cxrdemo import data
     from cxrdemo.diagnosis.predict import LoadedModel
     from cxrdemo.model import backbones
 

@@ -27,7 +27,7 @@ from streamlit.testing.v1 import AppTest
 
 from cxrdemo.cli import main as cli
 from cxrdemo.config import TrainConfig
-from cxrdemo.data import dataset as data
+from cxrdemo import data
 from cxrdemo.data import imageio
 from cxrdemo.errors import ConfigError, RunError
 from cxrdemo.runs import store as runs
@@ -88,7 +88,7 @@ def box(tmp_path, monkeypatch):
     monkeypatch.setenv("CXRDEMO_RUNS_DIR", str(root))
     monkeypatch.setenv("CXRDEMO_CACHE_DIR", str(tmp_path / "box" / "cache"))
     monkeypatch.setenv("CXRDEMO_WEIGHTS_DIR", str(tmp_path / "box" / "weights"))
-    data._MEMO.clear()
+    data.cache._MEMO.clear()
     return root
 
 
@@ -307,7 +307,7 @@ def test_messy_but_usable_dataset_trains_and_reports_what_it_skipped(box, tmp_pa
         if os.fspath(path).endswith("locked.png"):
             raise PermissionError(13, "Permission denied", os.fspath(path))
         return real_open(path, *a, **kw)
-    monkeypatch.setattr(data, "open", guarded_open, raising=False)  # module globals shadow the builtin
+    monkeypatch.setattr(data.scan, "open", guarded_open, raising=False)  # module globals shadow the builtin
     monkeypatch.setattr(imageio, "open", guarded_open, raising=False)
 
     assert cli.main(["scan", "--json", str(root)]) == 0

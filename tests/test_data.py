@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from cxrdemo.data import dataset as data
+from cxrdemo import data
 from cxrdemo.errors import ConfigError, DatasetError, ImageReadError
 
 
@@ -225,9 +225,9 @@ def test_random_trees_raise_only_dataset_error(entries, seed):
 @pytest.fixture
 def cache_tmp(tmp_path, monkeypatch):
     monkeypatch.setenv("CXRDEMO_CACHE_DIR", str(tmp_path / "cache"))
-    data._MEMO.clear()
+    data.cache._MEMO.clear()
     yield tmp_path / "cache"
-    data._MEMO.clear()
+    data.cache._MEMO.clear()
 
 
 def test_load_images_shapes_and_order(tiny_dataset, cache_tmp):
@@ -263,11 +263,11 @@ def test_second_call_hits_disk_cache(tiny_dataset, cache_tmp, monkeypatch):
     items = data.scan_dataset(tiny_dataset).splits["test"]
     first = data.load_images(items, 24)
     assert len(list(cache_tmp.glob("*.pt"))) == 1 and not list(cache_tmp.glob("*.tmp"))
-    data._MEMO.clear()  # a new process: only the disk cache remains
+    data.cache._MEMO.clear()  # a new process: only the disk cache remains
 
     def no_decoding(*args, **kwargs):
         raise AssertionError("the decoder must not run on a cache hit")
-    monkeypatch.setattr(data, "read_image", no_decoding)
+    monkeypatch.setattr(data.cache, "read_image", no_decoding)
     again = data.load_images(items, 24)
     assert torch.equal(first.images, again.images) and torch.equal(first.labels, again.labels)
     assert torch.equal(data.load_images(items, 24).images, first.images)  # and the in-process memo
@@ -279,7 +279,7 @@ def test_corrupt_cache_is_rebuilt_and_changes_invalidate(tmp_path, cache_tmp):
     first = data.load_images(items, 16)
     (cache_file,) = cache_tmp.glob("*.pt")
     cache_file.write_bytes(b"not a torch file")
-    data._MEMO.clear()
+    data.cache._MEMO.clear()
     assert torch.equal(data.load_images(items, 16).images, first.images)
     Path(items[0][0]).write_bytes(png_bytes(value=30))  # a changed file is decoded afresh
     os.utime(items[0][0], ns=(1, 1))
@@ -380,7 +380,7 @@ def test_acquisition_augment_jitters_the_aspect_ratio_but_light_does_not():
     """A centred bright square: 'acquisition' stretches it differently in x and y, 'light' keeps it square."""
     import torch
 
-    from cxrdemo.data import dataset as data
+    from cxrdemo import data
 
     x = torch.zeros(64, 1, 64, 64, dtype=torch.uint8)
     x[:, :, 24:40, 24:40] = 255

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from cxrdemo.config import TrainConfig
-from cxrdemo.data import dataset as data
+from cxrdemo import data
 from cxrdemo.data import imageio
 from cxrdemo.model import backbones, train
 from cxrdemo.runs import store as runs
@@ -38,9 +38,9 @@ def store(tmp_path, monkeypatch):
     monkeypatch.setenv("CXRDEMO_RUNS_DIR", str(tmp_path / "runs"))
     monkeypatch.setenv("CXRDEMO_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("CXRDEMO_THREADS", "1")
-    data._MEMO.clear()  # each test starts cold: the memo would otherwise carry images across tests
+    data.cache._MEMO.clear()  # each test starts cold: the memo would otherwise carry images across tests
     yield tmp_path / "runs"
-    data._MEMO.clear()
+    data.cache._MEMO.clear()
 
 
 def _cfg(ds, **kw):
@@ -145,7 +145,7 @@ def _spy(monkeypatch):
     def spy(src, name=""):
         calls.append(str(src))
         return real(src, name)
-    monkeypatch.setattr(data, "read_image", spy)
+    monkeypatch.setattr(data.cache, "read_image", spy)
     monkeypatch.setattr(imageio, "read_image", spy)
     return calls
 
@@ -157,7 +157,7 @@ def test_second_load_images_does_not_decode_again(ds, monkeypatch, tmp_path):
     assert len(calls) == len(items) == 16
     again = data.load_images(items, 32)  # memo in this process
     assert len(calls) == 16 and torch.equal(again.images, first.images)
-    data._MEMO.clear()
+    data.cache._MEMO.clear()
     from_disk = data.load_images(items, 32)  # a new process: the disk cache
     assert len(calls) == 16 and torch.equal(from_disk.images, first.images)
     data.load_images(items, 48)  # another size is another preprocessing: decoded once more

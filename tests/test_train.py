@@ -254,7 +254,7 @@ def test_evaluate_and_predict_agree_with_the_model(ds2, capsys):
     ev = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert ev["accuracy"] == pytest.approx(tm["accuracy"]) and ev["auroc"] == pytest.approx(tm["auroc"])
     assert ev["confusion"] == tm["confusion"]
-    from cxrdemo.data import dataset as data
+    from cxrdemo import data
     first = data.scan_dataset(str(ds2)).splits["test"][0][0]
     assert cli(["predict", "--run", d.name, first]) == 0
     line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])

@@ -10,7 +10,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from cxrdemo.config import TrainConfig
-from cxrdemo.data import dataset as data
+from cxrdemo import data
 from cxrdemo.model import backbones
 from cxrdemo.runs import jobs
 from cxrdemo.runs import store as runs

@@ -95,7 +95,7 @@ def cmd_backbones(args) -> int:
 
 
 def cmd_scan(args) -> int:
-    from cxrdemo.data import dataset as data
+    from cxrdemo import data
 
     scan = data.scan_dataset(args.data, seed=args.seed)
     print(_json(scan.summary()) if args.json else scan.report())

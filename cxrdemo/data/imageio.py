@@ -9,8 +9,6 @@ from __future__ import annotations
 import io
 import os
 import struct
-import threading
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -19,31 +17,19 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from cxrdemo.data.decoderwarnings import recorded_warnings
+from cxrdemo.data.deflate import inflate_if_deflated
+from cxrdemo.data.shrink import check_aspect, reduce_array, shrink_factor
+from cxrdemo.data.sniff import DICOM_SUFFIXES, HEADER_BYTES, IMAGE_SUFFIXES, sniff  # noqa: F401 - re-exported
 from cxrdemo.errors import ImageReadError
 
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".bmp", ".tif", ".tiff"})
-DICOM_SUFFIXES = frozenset({".dcm", ".dicom"})
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 MAX_PIXELS = 50_000_000  # decompression-bomb guard: a 7000 x 7000 detector image still fits
-HEADER_BYTES = 512  # enough to sniff every signature below (DICOM's "DICM" sits at byte 128)
 
 # Formats Pillow may use: never EPS/PDF (they run Ghostscript) nor the exotic plugins.
 _PIL_FORMATS = ("PNG", "JPEG", "BMP", "DIB", "TIFF", "GIF", "WEBP", "PPM")  # JPEG covers MPO
-_IMAGE_MAGIC = (
-    (b"\x89PNG\r\n\x1a\n", "png"), (b"\xff\xd8\xff", "jpeg"), (b"GIF87a", "gif"), (b"GIF89a", "gif"),
-    (b"BM", "bmp"), (b"II*\x00", "tiff"), (b"MM\x00*", "tiff"), (b"II+\x00", "tiff"), (b"MM\x00+", "tiff"),
-    (b"P5", "ppm"), (b"P6", "ppm"),
-)
-_OTHER_MAGIC = (
-    (b"%PDF", "a PDF document"), (b"PK\x03\x04", "a ZIP archive or an Office document"),
-    (b"\xd0\xcf\x11\xe0", "an Office document"), (b"\x1f\x8b", "a compressed (gzip) file"),
-    (b"{\\rtf", "a text document"), (b"Rar!", "a RAR archive"), (b"7z\xbc\xaf", "a 7-Zip archive"),
-    (b"8BPS", "a Photoshop document"), (b"%!PS", "a PostScript document"), (b"ID3", "an audio file"),
-    (b"OggS", "an audio or video file"), (b"\x00\x00\x01\x00", "an icon file"),
-)
 _GREY_MODES = ("1", "L", "I;16", "I;16L", "I;16B", "I;16N", "I", "F")
-_WARNINGS_LOCK = threading.Lock()
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R 601, as Pillow's convert("L")
 
 
@@ -59,46 +45,6 @@ class ImageMeta:
     frames: int = 1
     notes: list[str] = field(default_factory=list)
     colourfulness: float = 0.0  # Hasler-Suesstrunk M on the 0-255 RGB scale, before conversion to grey
-
-
-def sniff(header: bytes, suffix: str = "") -> str:
-    """The image kind a file's first bytes announce ('png', 'jpeg', 'dicom'...), else ImageReadError saying what."""
-    if not header:
-        raise ImageReadError("The file is empty (0 bytes).")
-    if header[128:132] == b"DICM":
-        return "dicom"
-    for magic, kind in _IMAGE_MAGIC:
-        if header.startswith(magic):
-            return kind
-    if header[:4] == b"RIFF" and header[8:12] == b"WEBP":
-        return "webp"
-    if suffix.lower() in DICOM_SUFFIXES:
-        return "dicom"  # DICOM without the 128-byte preamble: only the name tells
-    for magic, what in _OTHER_MAGIC:
-        if header.startswith(magic):
-            raise ImageReadError(f"This file is not an image (it looks like {what}).")
-    if header[4:8] == b"ftyp":
-        what = "an HEIC photo; export it as JPEG or PNG" if header[8:12] in (b"heic", b"heix", b"mif1") else "a video"
-        raise ImageReadError(f"This file is not an image this app can read (it looks like {what}).")
-    text = header.lstrip()[:64].lower()
-    if text.startswith((b"<svg", b"<?xml")):
-        raise ImageReadError("This file is not an image this app can read (it looks like an SVG drawing or XML).")
-    if text.startswith((b"<!doctype html", b"<html")):
-        raise ImageReadError("This file is not an image (it looks like a web page).")
-    if _looks_like_text(header):
-        raise ImageReadError("This file is not an image (it looks like a text file).")
-    raise ImageReadError("This file is not an image this app can read. Use PNG, JPEG or DICOM.")
-
-
-def _looks_like_text(header: bytes) -> bool:
-    try:
-        decoded = header.decode("utf-8", errors="strict")
-    except UnicodeDecodeError as err:
-        if err.start < len(header) - 4:  # a multi-byte character cut at the end is still text
-            return False
-        decoded = header[: err.start].decode("utf-8")
-    printable = sum(ch.isprintable() or ch in "\r\n\t" for ch in decoded)
-    return bool(decoded) and printable >= 0.95 * len(decoded)
 
 
 def read_image(src: str | os.PathLike | bytes, name: str = "") -> tuple[np.ndarray, ImageMeta]:
@@ -129,9 +75,8 @@ def _read(fp: BinaryIO, name: str) -> tuple[np.ndarray, ImageMeta]:
     kind = sniff(header, Path(name).suffix)
     # Decoders warn about damaged files (and Pillow about big ones); record them here so that no
     # third-party warning type reaches the user, and never copy their text: it may quote tag values.
-    # catch_warnings swaps process-wide state, so two threads (Streamlit sessions) must not interleave it.
-    with _WARNINGS_LOCK, warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    # Recorded per thread with no lock held while decoding: one slow file must not stall other sessions.
+    with recorded_warnings() as caught:
         try:
             arr, meta, invert = _read_dicom(fp) if kind == "dicom" else _read_pillow(fp)
         except ImageReadError:
@@ -167,6 +112,7 @@ def _check_size(w: int, h: int) -> None:
         raise ImageReadError("The image has no pixels (its width or height is zero).")
     if w * h > MAX_PIXELS:
         raise ImageReadError(_too_big_message(w, h))
+    check_aspect(w, h)
 
 
 def _read_pillow(fp: BinaryIO) -> tuple[np.ndarray, ImageMeta, bool]:
@@ -179,21 +125,34 @@ def _read_pillow(fp: BinaryIO) -> tuple[np.ndarray, ImageMeta, bool]:
     if frames > 1:
         im.seek(0)
         notes.append(f"first of {frames} frames used")
-    if im.getexif().get(0x0112, 1) in range(2, 9):  # 0x0112 = EXIF Orientation; 1 is already upright
+    width, height = im.size
+    factor = shrink_factor(width, height)
+    if factor > 1 and fmt == "jpeg":
+        im.draft(im.mode, (-(-width // factor), -(-height // factor)))  # DCT scaling: decode 1/2, 1/4 or 1/8
+    orientation = im.getexif().get(0x0112, 1)  # 0x0112 = EXIF Orientation; 1 is already upright
+    if orientation in range(2, 9):
         im = ImageOps.exif_transpose(im)
         notes.append("EXIF rotation applied")
+        if orientation >= 5:  # a quarter turn: the upright image is the header's height wide
+            width, height = height, width
     im.load()
     mode, colourfulness = im.mode, 0.0
-    if mode in _GREY_MODES:
-        arr = np.asarray(im)
-    elif mode in ("LA", "La"):
-        la = np.asarray(im.convert("LA"), dtype=np.float32)
+    # Reduce right after decoding, in the decoded integer type: no full-size float copy is ever made.
+    pixels = np.asarray(im.convert("L") if mode == "1" else im if mode in _GREY_MODES
+                        else im.convert("LA") if mode in ("LA", "La") else im.convert("RGBA"))
+    del im
+    arr = reduce_array(pixels, shrink_factor(pixels.shape[1], pixels.shape[0]))
+    del pixels
+    if arr.shape[:2] != (height, width):
+        notes.append(f"reduced to {arr.shape[1]} x {arr.shape[0]} pixels on reading")
+    if mode in ("LA", "La"):
+        la = arr.astype(np.float32)
         arr = la[..., 0] * (la[..., 1] / 255.0)
         notes.append("transparency flattened onto black")
-    else:
+    elif mode not in _GREY_MODES:
         if mode == "CMYK":
             notes.append("CMYK converted to grey")
-        rgba = np.asarray(im.convert("RGBA"), dtype=np.float32)
+        rgba = arr.astype(np.float32)
         rgb = rgba[..., :3]
         if (rgba[..., 3] < 255).any():
             rgb = rgb * (rgba[..., 3:] / 255.0)
@@ -203,7 +162,7 @@ def _read_pillow(fp: BinaryIO) -> tuple[np.ndarray, ImageMeta, bool]:
         if colourfulness > 1.0:
             notes.append("colour image converted to grey")
     bits = {"1": 1, "I;16": 16, "I;16L": 16, "I;16B": 16, "I;16N": 16, "I": 32, "F": 32}.get(mode, 8)
-    meta = ImageMeta(width=im.width, height=im.height, format=fmt, mode=mode, bits=bits, frames=frames,
+    meta = ImageMeta(width=width, height=height, format=fmt, mode=mode, bits=bits, frames=frames,
                      notes=notes, colourfulness=round(colourfulness, 2))
     return arr, meta, False
 
@@ -215,6 +174,7 @@ def _read_dicom(fp: BinaryIO) -> tuple[np.ndarray, ImageMeta, bool]:
     from pydicom.errors import InvalidDicomError
     from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, get_decoder, pixel_array
 
+    fp, deflated = inflate_if_deflated(fp)
     try:
         ds = pydicom.dcmread(fp, force=True)
     except InvalidDicomError:
@@ -244,10 +204,14 @@ def _read_dicom(fp: BinaryIO) -> tuple[np.ndarray, ImageMeta, bool]:
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
     bits = int(ds.get("BitsStored", ds.get("BitsAllocated", 8)) or 8)
     notes = [f"first of {frames} frames used"] if frames > 1 else []
+    notes += ["inflated (deflate-compressed file)"] if deflated else []
     arr = pixel_array(ds, index=0)  # decodes the first frame only, whatever the frame count
     colourfulness, invert = 0.0, False
     if photometric == "PALETTE COLOR":
-        arr = apply_color_lut(arr, ds)
+        arr = apply_color_lut(arr, ds)  # palette indices are looked up before averaging, never averaged
+    arr = reduce_array(arr, shrink_factor(cols, rows))  # before the LUTs: they make float64 copies
+    if arr.shape[:2] != (rows, cols):
+        notes.append(f"reduced to {arr.shape[1]} x {arr.shape[0]} pixels on reading")
     if arr.ndim == 3:
         rgb = arr.astype(np.float32)
         peak = float(2 ** (16 if arr.dtype.itemsize > 1 else 8) - 1)

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from cxrdemo.config import threshold_how
-from cxrdemo.data import dataset as data
+from cxrdemo import data
 from cxrdemo.diagnosis import quality
 from cxrdemo.errors import RunError
 from cxrdemo.model import metrics

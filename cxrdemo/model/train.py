@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from cxrdemo.config import TrainConfig
-from cxrdemo.data import dataset as data
+from cxrdemo import data
 from cxrdemo.errors import Cancelled, ConfigError, RunError
 from cxrdemo.model import backbones, metrics
 from cxrdemo.runs import store as runs

@@ -11,6 +11,7 @@ import pandas as pd
 from cxrdemo.errors import CxrError
 from cxrdemo.model import backbones
 from cxrdemo.runs import store as runs
+from cxrdemo.views.text import safe_csv_cell
 
 TEST_KEYS = ("accuracy", "precision", "recall", "f1", "auroc", "sensitivity", "specificity")
 TEST_COLUMNS = tuple(f"test_{k}" for k in TEST_KEYS)
@@ -144,7 +145,9 @@ def curves_frame(infos: list[runs.RunInfo]) -> pd.DataFrame:
 
 
 def to_csv(df: pd.DataFrame) -> str:
-    """CSV text of a table (no index; ISO timestamps) for a download button."""
+    """CSV text of a table (no index; ISO timestamps) for a download button; no cell runs as a spreadsheet formula."""
+    text_cols = [c for c in df.columns if pd.api.types.is_object_dtype(df[c]) or pd.api.types.is_string_dtype(df[c])]
+    df = df.assign(**{c: df[c].map(safe_csv_cell) for c in text_cols}) if text_cols else df
     buf = io.StringIO()
     df.to_csv(buf, index=False, date_format="%Y-%m-%dT%H:%M:%S")
     return buf.getvalue()

@@ -1,49 +1,17 @@
-"""Datasets: scan a folder of radiographs, split it, decode and cache it once, load it in batches.
-
-Reading and preprocessing one file lives in `cxrdemo.data.imageio`, tensor augmentation in `cxrdemo.data.augment`;
-their public names are re-exported here.
-"""
+"""Scan a folder of radiographs and split it: files are listed and sniffed (a few bytes each), never decoded."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import os
 import random
 import re
-import threading
-from collections import OrderedDict
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-from torch.utils.data import DataLoader, Dataset
-
-from cxrdemo.data.augment import make_augment
-from cxrdemo.data.imageio import (
-    IMAGE_SUFFIXES,
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    INTENSITY_MODES,
-    MAX_PIXELS,
-    ImageMeta,
-    adjust_intensity,
-    normalize_batch,
-    preprocess,
-    read_image,
-    resize_to_uint8,
-    sniff,
-)
+from cxrdemo.data.sniff import IMAGE_SUFFIXES, sniff
 from cxrdemo.errors import ConfigError, DatasetError, ImageReadError
-from cxrdemo.paths import DEMO_DATA_DIR, cache_dir
-
-__all__ = [  # one door for the rest of the app: reading a file lives in imageio, datasets here
-    "IMAGE_SUFFIXES", "IMAGENET_MEAN", "IMAGENET_STD", "MAX_PIXELS", "ImageMeta", "ImageReadError", "read_image",
-    "resize_to_uint8", "adjust_intensity", "INTENSITY_MODES", "normalize_batch", "preprocess", "DatasetScan", "resolve_data_root", "scan_dataset",
-    "patient_key", "CachedImages", "load_images", "make_augment", "make_loader", "class_weights",
-]
+from cxrdemo.paths import DEMO_DATA_DIR
 
 SPLITS = ("train", "val", "test")
 _SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
@@ -51,7 +19,6 @@ _SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": 
 _SYSTEM_FILES = {"thumbs.db", "desktop.ini", "__macosx", "$recycle.bin", "ehthumbs.db"}
 _MAX_DEPTH = 16  # nested patient/study folders inside a class folder, not a filesystem crawl
 _PATIENT_RES = (re.compile(r"^(person\d+)_", re.I), re.compile(r"^((?:NORMAL2-)?IM-\d+)-", re.I))
-CACHE_VERSION = 1  # bump when read_image or resize_to_uint8 change what they produce
 
 
 def patient_key(filename: str) -> str | None:
@@ -312,136 +279,3 @@ def scan_dataset(data: str | Path, *, seed: int = 0, fractions: tuple[float, flo
     splits = {s: _subset(v, max_per_split, seed, s) for s, v in splits.items()}
     return DatasetScan(root=str(root), classes=classes, splits=splits, skipped=skipped,
                        auto_split=not split_dirs, notes=notes)
-
-
-@dataclass
-class CachedImages:
-    """Decoded, resized images held in memory, with labels in the same order."""
-
-    images: torch.Tensor  # uint8 Nx1xSxS
-    labels: torch.Tensor  # int64 N
-    paths: list[str]
-    skipped: list[tuple[str, str]]  # (path, reason): files that failed to decode, reported not fatal
-
-
-_MEMO: OrderedDict[str, tuple[torch.Tensor, list[str], list[tuple[str, str]]]] = OrderedDict()
-_MEMO_LOCK = threading.Lock()
-_MEMO_ENTRIES = 2  # one dataset at one or two sizes; more would hold gigabytes
-
-
-def _cache_key(paths: list[str], size: int) -> str:
-    stamp = []
-    for p in paths:
-        try:
-            st = os.stat(p)
-            stamp.append((p, st.st_size, st.st_mtime_ns))
-        except OSError:
-            stamp.append((p, -1, -1))
-    blob = json.dumps([CACHE_VERSION, size, stamp], separators=(",", ":"))
-    return hashlib.sha256(blob.encode()).hexdigest()[:32]
-
-
-def _load_cache_file(path: Path, size: int) -> tuple[torch.Tensor, list[str], list[tuple[str, str]]] | None:
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-        images, paths, skipped = obj["images"], list(obj["paths"]), [tuple(x) for x in obj["skipped"]]
-        ok = (obj["version"] == CACHE_VERSION and images.dtype == torch.uint8 and images.ndim == 4
-              and tuple(images.shape[1:]) == (1, size, size) and images.shape[0] == len(paths))
-        return (images, paths, skipped) if ok else None
-    except Exception:  # noqa: BLE001 - any unreadable cache file is simply rebuilt
-        return None
-
-
-def _save_cache_file(path: Path, entry: tuple[torch.Tensor, list[str], list[tuple[str, str]]]) -> None:
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save({"version": CACHE_VERSION, "images": entry[0], "paths": entry[1],
-                    "skipped": [list(x) for x in entry[2]]}, tmp)
-        os.replace(tmp, path)  # readers never see half a file
-    except OSError:
-        tmp.unlink(missing_ok=True)  # a read-only cache folder costs speed, not correctness
-
-
-def load_images(items: list[tuple[str, int]], size: int, *, use_disk_cache: bool = True,
-                progress: Callable[[int, int], None] | None = None) -> CachedImages:
-    """Decode and resize each file once per (files, size): memoised in this process and cached on disk."""
-    paths = sorted({os.path.abspath(p) for p, _ in items})
-    key = _cache_key(paths, size)
-    with _MEMO_LOCK:
-        entry = _MEMO.get(key)
-    cache_file = cache_dir() / f"images-{key}-{size}.pt"
-    if entry is None and use_disk_cache and cache_file.is_file():
-        entry = _load_cache_file(cache_file, size)
-    if entry is None:
-        images = torch.empty((len(paths), 1, size, size), dtype=torch.uint8)
-        ok, skipped = [], []
-        for i, p in enumerate(paths):
-            try:
-                images[len(ok)] = resize_to_uint8(read_image(p)[0], size)
-                ok.append(p)
-            except ImageReadError as err:
-                skipped.append((p, str(err)))
-            if progress:
-                progress(i + 1, len(paths))
-        entry = (images[: len(ok)].clone(), ok, skipped)
-        if use_disk_cache:
-            _save_cache_file(cache_file, entry)
-    elif progress:
-        progress(len(paths), len(paths))
-    with _MEMO_LOCK:
-        _MEMO[key] = entry
-        _MEMO.move_to_end(key)
-        while len(_MEMO) > _MEMO_ENTRIES:
-            _MEMO.popitem(last=False)
-    images, ok, skipped = entry
-    row = {p: i for i, p in enumerate(ok)}
-    kept = [(os.path.abspath(p), k) for p, k in items if os.path.abspath(p) in row]
-    index = torch.tensor([row[p] for p, _ in kept], dtype=torch.long)
-    if len(index) == len(images) and torch.equal(index, torch.arange(len(images))):
-        selected = images  # the usual case: no second copy of the split in memory (callers never write to it)
-    else:
-        selected = images[index]
-    return CachedImages(images=selected, labels=torch.tensor([k for _, k in kept], dtype=torch.long),
-                        paths=[p for p, _ in kept], skipped=list(skipped))
-
-
-class _Batches(Dataset):
-    """Index a whole batch at once: one tensor gather instead of collating B single images."""
-
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
-        self.images, self.labels = images, labels
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, idx: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        idx_t = torch.as_tensor(idx, dtype=torch.long)
-        return self.images[idx_t], self.labels[idx_t]
-
-
-def make_loader(cached: CachedImages, batch_size: int, *, balance: str = "sampler", shuffle: bool = True,
-                seed: int = 0) -> DataLoader:
-    """Batches of (uint8 Bx1xSxS, int64 labels); balance='sampler' draws classes equally often when shuffling."""
-    n = len(cached.labels)
-    if n == 0:
-        raise DatasetError("There are no images to load (every file was skipped).")
-    g = torch.Generator().manual_seed(seed)
-    if shuffle and balance == "sampler":
-        counts = torch.bincount(cached.labels).float()
-        sampler = torch.utils.data.WeightedRandomSampler((1.0 / counts)[cached.labels], num_samples=n,
-                                                         replacement=True, generator=g)
-    elif shuffle:
-        sampler = torch.utils.data.RandomSampler(range(n), generator=g)
-    else:
-        sampler = torch.utils.data.SequentialSampler(range(n))
-    batches = torch.utils.data.BatchSampler(sampler, batch_size, drop_last=False)
-    return DataLoader(_Batches(cached.images, cached.labels), sampler=batches, batch_size=None, num_workers=0)
-
-
-def class_weights(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """Inverse class frequency scaled to mean 1 over the classes present (absent classes get 0), for balance='loss'."""
-    counts = torch.bincount(labels.long().flatten(), minlength=num_classes)[:num_classes].float()
-    inv = torch.where(counts > 0, 1.0 / counts.clamp(min=1), torch.zeros_like(counts))
-    present = counts > 0
-    return inv / inv[present].mean() if present.any() else torch.ones(num_classes)
