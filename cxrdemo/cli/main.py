@@ -116,7 +116,7 @@ def _print_progress(p) -> None:
 
 
 def cmd_train(args) -> int:
-    from cxrdemo.model.train import check_startable
+    from cxrdemo.runs.sources import check_startable
     from cxrdemo.runs import store as runs
     from cxrdemo.runs.worker import execute_run
 

@@ -65,7 +65,7 @@ def submit(config: TrainConfig, runs_dir: str | Path | None = None, name: str = 
         from cxrdemo.runs import ray_backend  # imports ray only now, and only for this backend
 
         ray_backend.connect()  # an unreachable cluster is a sentence before any run is created
-    from cxrdemo.model.train import check_startable  # torch is needed here anyway: the page built the config with it
+    from cxrdemo.runs.sources import check_startable
 
     check_startable(config, root)
     if config.data.strip().lower() != "demo":
