@@ -13,6 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
+from cxrdemo.model.checkpoint import Decision, Preprocessing
 from cxrdemo import paths
 from cxrdemo.cli import main as cli
 from cxrdemo.diagnosis import explain, predict
@@ -239,15 +240,18 @@ def test_summary_falls_back_to_the_model_card_evaluation(patch_store):
 
 def test_the_decision_sentence_names_the_threshold_that_decided():
     net = torch.nn.Identity()
-    tuned = predict.LoadedModel(net, ("NORMAL", "PNEUMONIA"), 64, 0.021, "r", Path("."))
+    pre = Preprocessing(64)
+    tuned = predict.LoadedModel(net, ("NORMAL", "PNEUMONIA"), pre, Decision("val", 0.021), "r", Path("."))
     text = predict.decision_sentence(tuned, np.array([0.831, 0.169]), 1)
     assert text.startswith("Prediction: **PNEUMONIA**") and "16.9% is at or above" in text and "2.1%" in text
     below = predict.decision_sentence(tuned, np.array([0.99, 0.01]), 0)
     assert "**NORMAL**" in below and "1.0% is below" in below
-    assert "threshold of 2.1%, tuned on validation images for balanced accuracy (" in text  # a run without a rule
-    fixed = predict.LoadedModel(net, ("NORMAL", "PNEUMONIA"), 64, 0.2, "r", Path("."), {"threshold": "spec:0.97"})
+    assert "threshold of 2.1%, tuned on validation images for balanced accuracy (" in text
+    # The decision record names its rule: the config's (here contradicting) field is not consulted.
+    fixed = predict.LoadedModel(net, ("NORMAL", "PNEUMONIA"), pre, Decision("spec:0.97", 0.2), "r", Path("."),
+                                {"threshold": "val"})
     assert "threshold of 20.0%, that keeps 97% specificity (normals called normal) on validation images" in \
         predict.decision_sentence(fixed, np.array([0.7, 0.3]), 1)
-    plain = predict.LoadedModel(net, ("A", "B", "C"), 64, None, "r", Path("."))
+    plain = predict.LoadedModel(net, ("A", "B", "C"), pre, Decision(), "r", Path("."))
     assert predict.decision_sentence(plain, np.array([0.2, 0.5, 0.3]), 1) == \
         "Prediction: **B** (50.0%, the most probable class)"
