@@ -267,3 +267,20 @@ def test_prediction_applies_the_preprocessing_record(tmp_path, monkeypatch):
     normal = predict.predict_probs(predict.load_model("demo"), x[None])
     shifted = predict.predict_probs(predict.load_model(str(folder), allow_path=True), x[None])
     assert abs(normal[0, 0] - shifted[0, 0]) > 0.1  # 0.9999 -> 0.72 on this image
+
+
+@pytest.mark.parametrize("module, forbidden", [
+    ("cxrdemo.diagnosis.predict", "cxrdemo.model.train"),  # prediction never loads the training module
+    ("cxrdemo.diagnosis.explain", "cxrdemo.model.train"),
+    ("cxrdemo.model.train", "cxrdemo.runs"),  # training knows no run store
+    ("cxrdemo.model.checkpoint", "cxrdemo.runs"),
+])
+def test_import_boundaries_of_the_model_file(module, forbidden):
+    import subprocess
+    import sys
+
+    code = (f"import sys, {module}; bad = [m for m in sys.modules if m == {forbidden!r} or "
+            f"m.startswith({forbidden!r} + '.')]; print(bad); sys.exit(1 if bad else 0)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
