@@ -28,6 +28,7 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # noqa:
 from cxrdemo.diagnosis import explain  # noqa: E402
 from cxrdemo.diagnosis.predict import LoadedModel, model_input, predict_probs  # noqa: E402
 from cxrdemo.model import backbones
+from cxrdemo.model.checkpoint import Decision, Preprocessing
 
 BACKBONES = ("resnet18", "densenet121", "efficientnet_b0")
 
@@ -36,7 +37,7 @@ def _loaded(name: str, size: int) -> LoadedModel:
     torch.manual_seed(0)
     net = backbones.build_backbone(name, 2).eval()
     net.requires_grad_(False)  # as predict.load_model leaves it
-    return LoadedModel(net, ("NORMAL", "PNEUMONIA"), size, None, f"bench-{name}", Path("."))
+    return LoadedModel(net, ("NORMAL", "PNEUMONIA"), Preprocessing(size), Decision(), f"bench-{name}", Path("."))
 
 
 def plain(model: LoadedModel, x: torch.Tensor) -> None:

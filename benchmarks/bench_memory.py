@@ -29,7 +29,6 @@ TARGET_MB = 500
 
 def make_cases(folder: Path) -> dict[str, Path]:
     """The two test files, radiograph-like (smooth body, two dark lungs, noise)."""
-    import pydicom
     from PIL import Image
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid

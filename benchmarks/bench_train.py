@@ -7,7 +7,7 @@ that both sides see the same background load:
            ToTensor, Normalize) decoding every image every epoch through a DataLoader (num_workers=0:
            on 2 cores, workers would compete with torch's 2 intra-op threads), the full torchvision model
            in train() mode, `requires_grad=False` on exactly the parameters cxrdemo freezes, Adam;
-  cxrdemo  `train.fit` on a run folder in a temporary run store, read back from its metrics.csv.
+  cxrdemo  `train.fit` (through the run worker) on a run folder in a temporary run store, read back from its metrics.csv.
 The engine runs as a user gets it: precision `auto` (bfloat16 autocast for the forward pass on CPUs with
 AMX, float32 elsewhere; `--precision fp32` measures the engine without it) and channels-last; its path
 line says which it used. Both use torch.set_num_threads(2) (the engine through TrainConfig.threads=2), the same image files,
@@ -43,13 +43,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from cxrdemo import data  # noqa: E402
 from cxrdemo.config import TrainConfig  # noqa: E402
-from cxrdemo import data
-from cxrdemo.model import (
-    backbones,
-    train,  # noqa: E402
-)
+from cxrdemo.model import backbones  # noqa: E402
 from cxrdemo.runs import store as runs
+from cxrdemo.runs.worker import execute_run
 
 BACKBONES = ("resnet18", "densenet121")
 FREEZES = ("head", "3", "none")
@@ -131,12 +129,14 @@ def naive(root: Path, files: set[str], name: str, n_frozen: int, size: int, batc
 
 def engine(data_root: Path, name: str, freeze: str, size: int, batch: int, max_images: int,
            precision: str = "auto") -> tuple[list[float], list[str]]:
-    """cxrdemo's train.fit; returns images/s and path of each epoch, from metrics.csv."""
+    """cxrdemo's train.fit, run by the worker that keeps the run's files; images/s and path of each epoch, from metrics.csv."""
     cfg = TrainConfig(data=str(data_root), backbone=name, freeze=freeze, init="scratch", epochs=EPOCHS,
                       img_size=size, batch_size=batch, threads=THREADS, patience=0, step_size=0,
                       max_images=max_images, augment="none", precision=precision)
     d = runs.create_run(cfg)
-    train.fit(cfg, d)
+    status = execute_run(d)
+    if status["state"] != "completed":
+        raise SystemExit(f"{name} {freeze}: {status.get('error')}")
     rows = runs.read_metrics_rows(d)
     meta = runs.read_json(d / "config.json")
     how = f"{meta.get('precision')}, {meta.get('memory_format')}"

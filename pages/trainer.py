@@ -5,6 +5,7 @@ from __future__ import annotations
 import streamlit as st
 from streamlit.errors import StreamlitAPIException
 
+from cxrdemo import data
 from cxrdemo.config import (
     AUGMENTATIONS,
     BALANCING,
@@ -17,7 +18,6 @@ from cxrdemo.config import (
     TrainConfig,
     threshold_words,
 )
-from cxrdemo import data
 from cxrdemo.model import backbones
 from cxrdemo.runs import jobs, ray_backend
 from cxrdemo.runs.worker import log_tail

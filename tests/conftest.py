@@ -88,6 +88,7 @@ def patch_model():
     from cxrdemo import data
     from cxrdemo.diagnosis.predict import LoadedModel
     from cxrdemo.model import backbones
+    from cxrdemo.model.checkpoint import Decision, Preprocessing
 
     torch.manual_seed(0)
     rng = _np.random.default_rng(0)
@@ -96,7 +97,7 @@ def patch_model():
     y = torch.tensor([i % 2 for i in range(n)])
     net = backbones.build_backbone("cnn8", 2).eval()
     net.set_freeze(len(net.trunk))
-    pooled = net.pool(net.frozen_features(data.normalize_batch(x)))
+    pooled = net.pool(net.frozen_features(data.normalize_batch(x, data.IMAGENET_MEAN, data.IMAGENET_STD)))
     opt = torch.optim.LBFGS(net.head.parameters(), lr=1, max_iter=15, line_search_fn="strong_wolfe")
 
     def closure():
@@ -107,7 +108,7 @@ def patch_model():
 
     opt.step(closure)  # 15 iterations: separates the classes with probabilities short of 0 and 1
     net.requires_grad_(False)
-    return LoadedModel(net, ("blank", "patch"), PATCH_SIZE, None, "patch-model", Path("."),
+    return LoadedModel(net, ("blank", "patch"), Preprocessing(PATCH_SIZE), Decision(), "patch-model", Path("."),
                        {"backbone": "cnn8", "init": "scratch", "freeze": "head", "epochs": 1, "img_size": PATCH_SIZE})
 
 
@@ -142,12 +143,15 @@ def save_patch_run(patch_model, runs_root, name: str = "patch"):
 
     from cxrdemo.config import TrainConfig
     from cxrdemo.diagnosis.predict import predict_probs
-    from cxrdemo.model import metrics, train
+    from cxrdemo.model import checkpoint, metrics
     from cxrdemo.runs import store as runs
 
     cfg = TrainConfig(backbone="cnn8", img_size=PATCH_SIZE, epochs=1, freeze="head", data="synthetic-patches")
     d = runs.create_run(cfg, runs_root, name=name)
-    train.save_model(d, patch_model.net, cfg, patch_model.classes, epoch=1, val_loss=0.1, path="cached")
+    state = {k: v.contiguous() for k, v in patch_model.net.state_dict().items()}
+    checkpoint.save(checkpoint.ModelFile(cfg.backbone, patch_model.classes, state, patch_model.preprocessing,
+                                         epoch=1, val_loss=0.1, train_path="cached-features", config=cfg.to_dict()),
+                    d / checkpoint.MODEL_FILE)
     rng = np.random.default_rng(1)
     imgs = [patch_image(rng, i % 2 == 1)[0] for i in range(20)]
     probs = predict_probs(patch_model, torch.from_numpy(np.stack(imgs))[:, None])

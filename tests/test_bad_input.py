@@ -25,13 +25,19 @@ from hypothesis import strategies as st
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
+from cxrdemo import data
 from cxrdemo.cli import main as cli
 from cxrdemo.config import TrainConfig
-from cxrdemo import data
 from cxrdemo.data import imageio
 from cxrdemo.errors import ConfigError, RunError
 from cxrdemo.runs import store as runs
-from tests.test_imageio import compressed_dicom, encode, make_dicom, png_with_header, ramp
+from tests.test_imageio import (
+    compressed_dicom,
+    encode,
+    make_dicom,
+    png_with_header,
+    ramp,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 

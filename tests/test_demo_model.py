@@ -50,7 +50,7 @@ def test_build_installs_model_card_and_intervals(env, tiny_dataset):
     assert "not for clinical use" in text and "python -m cxrdemo demo-model" in text and "shifted/test" in text
     # `--run demo` now names it everywhere
     model = predict.load_model("demo")
-    assert model.classes == ("NORMAL", "PNEUMONIA") and model.threshold is not None
+    assert model.classes == ("NORMAL", "PNEUMONIA") and model.decision.value is not None
     assert runs.run_dir("demo") == out
 
 

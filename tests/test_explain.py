@@ -18,6 +18,7 @@ from cxrdemo.diagnosis import explain
 from cxrdemo.diagnosis.predict import LoadedModel, model_input, predict_probs
 from cxrdemo.errors import ConfigError
 from cxrdemo.model import backbones
+from cxrdemo.model.checkpoint import Decision, Preprocessing
 
 
 def _images(make, n: int, seed: int, with_patch: bool):
@@ -33,7 +34,7 @@ def _scratch(name: str, size: int) -> LoadedModel:
     torch.manual_seed(0)
     net = backbones.build_backbone(name, 2).eval()
     net.requires_grad_(False)
-    return LoadedModel(net, ("NORMAL", "PNEUMONIA"), size, None, f"scratch-{name}", Path("."))
+    return LoadedModel(net, ("NORMAL", "PNEUMONIA"), Preprocessing(size), Decision(), f"scratch-{name}", Path("."))
 
 
 def test_cam_shape_range_and_the_same_probabilities_as_predict_probs(patch_model, make_patch_image):
@@ -87,7 +88,7 @@ def test_default_target_follows_the_saved_threshold(patch_model, make_patch_imag
     (img, _), = _images(make_patch_image, 1, 6, False)
     p1 = float(predict_probs(patch_model, _u8(img)[None])[0, 1])
     assert p1 < 0.5  # argmax says blank...
-    strict = dataclasses.replace(patch_model, threshold=p1 / 2)  # ...the saved threshold says patch
+    strict = dataclasses.replace(patch_model, decision=Decision("val", p1 / 2))  # ...the saved threshold says patch
     res = explain.explain(strict, _u8(img))
     assert res.predicted == 1 and res.target == 1
     np.testing.assert_allclose(res.cam, explain.explain(patch_model, _u8(img), target_class=1).cam, atol=1e-6)

@@ -8,10 +8,10 @@ import pytest
 import torch
 from PIL import Image
 
-from cxrdemo.config import TrainConfig
 from cxrdemo import data
+from cxrdemo.config import TrainConfig
 from cxrdemo.data import imageio
-from cxrdemo.model import backbones, train
+from cxrdemo.model import backbones, checkpoint, train
 from cxrdemo.runs import store as runs
 from cxrdemo.runs.worker import execute_run
 
@@ -51,7 +51,8 @@ def _cfg(ds, **kw):
 
 def _fit(config):
     d = runs.create_run(config)
-    train.fit(config, d)
+    status = execute_run(d)  # the worker writes metrics.csv and resolves `init=run:<id>` for fit
+    assert status["state"] == "completed", status.get("error")
     return d
 
 
@@ -67,7 +68,7 @@ def source_run(ds, tmp_path_factory):
     mp.setenv("CXRDEMO_CACHE_DIR", str(tmp_path_factory.mktemp("srccache")))
     d = runs.create_run(_cfg(ds, epochs=1))
     assert execute_run(d)["state"] == "completed"
-    state = runs.load_checkpoint(d / "model.pt")["state_dict"]
+    state = checkpoint.load(d / "model.pt").state_dict
     yield d, state
     mp.undo()
 
@@ -85,7 +86,7 @@ def test_frozen_groups_keep_weights_and_bn_statistics(ds, source_run, store, fre
     df = runs.read_metrics(d)
     assert list(df["path"]) == [path, path]
     assert list(df["frozen_groups"]) == [n_frozen, n_frozen]
-    after = runs.load_checkpoint(d / "model.pt")["state_dict"]
+    after = checkpoint.load(d / "model.pt").state_dict
     frozen = tuple(f"trunk.{i}." for i in range(n_frozen))
     assert any(k.endswith("running_mean") and k.startswith(frozen) and before[k].abs().sum() > 0 for k in before)
     for k in after:
@@ -101,8 +102,8 @@ def test_frozen_prefix_builds_no_graph_during_fit(ds, monkeypatch):
     seen = {"frozen": [], "trainable": [], "modes": []}
     real = train.build_model
 
-    def hooked(config, classes, runs_dir=None):
-        net, note = real(config, classes, runs_dir)
+    def hooked(config, classes, source=None):
+        net, note = real(config, classes, source)
 
         def record(kind):
             def hook(module, inputs, out):

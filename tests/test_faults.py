@@ -4,7 +4,7 @@ Each test checks that the state stays truthful and the data readable. Related ca
 elsewhere: SIGKILL mid-epoch (tests/test_train.py::test_worker_killed_mid_epoch_leaves_readable_files,
 tests/test_jobs.py::test_sigkilled_worker_reads_interrupted_and_is_reaped), an interrupted os.replace
 (tests/test_runs.py::test_atomic_write_leaves_previous_file_when_interrupted), a malicious pickle in
-model.pt refused by torch.load(weights_only=True) (tests/test_runs.py::test_malicious_checkpoint_is_refused).
+model.pt refused by torch.load(weights_only=True) (tests/test_checkpoint.py::test_malicious_model_file_is_refused).
 """
 
 from __future__ import annotations
@@ -26,10 +26,12 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from cxrdemo import fileio
 from cxrdemo.cli import main as cli
 from cxrdemo.config import TrainConfig
 from cxrdemo.diagnosis import predict
 from cxrdemo.errors import RunError
+from cxrdemo.model import checkpoint
 from cxrdemo.runs import jobs
 from cxrdemo.runs import store as runs
 from cxrdemo.runs.worker import execute_run
@@ -69,7 +71,7 @@ DIE_BEFORE_REPLACE = textwrap.dedent("""
     real_replace = os.replace
     def replace(src, dst):
         # The new model.pt is complete in its temporary file; the power goes before it is moved into place.
-        if str(dst).endswith("model.pt") and Path(dst).exists():
+        if str(dst).endswith("model.pt"):
             os.kill(os.getpid(), signal.SIGKILL)
         return real_replace(src, dst)
     os.replace = replace
@@ -78,24 +80,27 @@ DIE_BEFORE_REPLACE = textwrap.dedent("""
 
 
 @pytest.mark.slow
-def test_sigkill_during_a_checkpoint_write_keeps_the_last_complete_model(store, ds):
-    # threshold=val saves model.pt after epoch 1, then rewrites it with the chosen threshold: the kill hits the rewrite.
+def test_sigkill_during_the_model_write_leaves_no_model_without_its_decision(store, ds):
+    # model.pt is written once, at the end, with its decision: the kill hits that one write.
     d = runs.create_run(tiny(ds, threshold="val"), store)
     proc = subprocess.run([sys.executable, "-c", DIE_BEFORE_REPLACE, str(d)], timeout=TIMEOUT_S,
                           env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True)
     assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
     status = runs.read_status(d)
     assert status["state"] == "interrupted" and "stopped unexpectedly" in status["error"]
-    ckpt = runs.load_checkpoint(d / "model.pt")  # the previous, complete version
-    assert ckpt["epoch"] == 1 and ckpt["threshold"] is None
+    assert not (d / "model.pt").exists()  # never a model without its decision
+    assert checkpoint.load_best_epoch(d)[1] == 1  # the finished epoch is kept beside it
     assert list(runs.read_metrics(d)["epoch"]) == [1]
     leftovers = [p.name for p in d.iterdir() if p.name.endswith(".tmp")]
     assert all(p.startswith(".model.pt.") for p in leftovers)  # hidden, never under the real name
     assert jobs.reap(store) == [d.name]
-    assert predict.load_model(d.name, store).classes == ("NORMAL", "PNEUMONIA")  # still usable for diagnosis
+    with pytest.raises(RunError, match="has no trained model yet"):
+        predict.load_model(d.name, store)
     again = jobs.resubmit(d.name, store, max_jobs=1)  # "Start again"
     assert final(store, again)["state"] == "completed"
-    assert runs.load_checkpoint(store / again / "model.pt")["threshold"] is not None
+    decision = checkpoint.load(store / again / "model.pt").decision
+    assert decision.rule == "val" and decision.value is not None
+    assert not (store / again / checkpoint.BEST_EPOCH_FILE).exists()
 
 
 # ---------------------------------------------------------------- the app restarts while jobs run
@@ -122,19 +127,19 @@ def test_a_job_outlives_the_app_process_that_started_it(store, ds):
     wait_for(lambda: runs.read_status(store / run_id)["epoch"] > epochs)  # live, advancing
     assert jobs.cancel(run_id, store, grace_s=20)["state"] == "cancelled"
     assert len(runs.read_metrics(store / run_id)) >= 2
-    runs.load_checkpoint(store / run_id / "model.pt")
+    assert checkpoint.load(store / run_id / "model.pt").epoch >= 1  # finished epochs are kept, with a decision
 
 
 # ---------------------------------------------------------------- disk full, read-only store
 
 def _fail_writes(monkeypatch, code: int, names: tuple[str, ...] | None = None) -> None:
-    real = runs._atomic_file  # every atomic write of the store (JSON, CSV, checkpoints) goes through it
+    real = fileio.atomic_file  # every atomic write (JSON, CSV, model files) goes through it
 
     def failing(path):
         if names is None or Path(path).name in names:
             raise OSError(code, os.strerror(code), str(path))
         return real(path)
-    monkeypatch.setattr(runs, "_atomic_file", failing)
+    monkeypatch.setattr(fileio, "atomic_file", failing)
 
 
 def test_disk_full_while_saving_fails_the_job_clearly_and_spares_earlier_runs(patch_store, ds, monkeypatch, capsys):

@@ -353,11 +353,16 @@ def test_resize_squashes_whole_image():
 def test_normalize_batch_and_preprocess():
     x, meta = preprocess(encode(ramp()), 24)
     assert x.shape == (1, 24, 24) and x.dtype == torch.uint8 and meta.format == "png"
-    y = normalize_batch(x.unsqueeze(0).repeat(2, 1, 1, 1))
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    y = normalize_batch(x.unsqueeze(0).repeat(2, 1, 1, 1), mean, std)
     assert y.shape == (2, 3, 24, 24) and y.dtype == torch.float32
-    for c, (m, sd) in enumerate(zip((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))):
+    for c, (m, sd) in enumerate(zip(mean, std)):
         np.testing.assert_allclose(y[1, c, 3, 5].item(), (x[0, 3, 5].item() / 255 - m) / sd, atol=1e-5)
-    torch.testing.assert_close(normalize_batch(x.unsqueeze(0).float() / 255), normalize_batch(x.unsqueeze(0)))
+    torch.testing.assert_close(normalize_batch(x.unsqueeze(0).float() / 255, mean, std),
+                               normalize_batch(x.unsqueeze(0), mean, std))
+    # The mean/std passed in (a model's preprocessing record) are the ones applied, not module constants.
+    half = normalize_batch(x.unsqueeze(0), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    np.testing.assert_allclose(half[0, :, 3, 5].numpy(), (x[0, 3, 5].item() / 255 - 0.5) / 0.5, atol=1e-6)
 
 
 # ---- properties ---------------------------------------------------------------------------------------------

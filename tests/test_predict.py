@@ -17,6 +17,7 @@ from cxrdemo import paths
 from cxrdemo.cli import main as cli
 from cxrdemo.diagnosis import explain, predict
 from cxrdemo.errors import ImageReadError
+from cxrdemo.model.checkpoint import Decision, Preprocessing
 
 SECRETS = ("Doe", "Jane", "PID-0042-SECRET", "St Elsewhere", "ACC998877", "19700101", "Dr^House")
 
@@ -25,7 +26,11 @@ def _dicom(img_u8: np.ndarray, photometric: str = "MONOCHROME2", bits: int = 16,
            intercept: float | None = None, window: tuple[float, float] | None = None) -> bytes:
     """A CR DICOM file in memory with identifiers in every usual place; pixels from an 8-bit image."""
     from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+    from pydicom.uid import (
+        ExplicitVRLittleEndian,
+        SecondaryCaptureImageStorage,
+        generate_uid,
+    )
 
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
@@ -239,15 +244,18 @@ def test_summary_falls_back_to_the_model_card_evaluation(patch_store):
 
 def test_the_decision_sentence_names_the_threshold_that_decided():
     net = torch.nn.Identity()
-    tuned = predict.LoadedModel(net, ("NORMAL", "PNEUMONIA"), 64, 0.021, "r", Path("."))
+    pre = Preprocessing(64)
+    tuned = predict.LoadedModel(net, ("NORMAL", "PNEUMONIA"), pre, Decision("val", 0.021), "r", Path("."))
     text = predict.decision_sentence(tuned, np.array([0.831, 0.169]), 1)
     assert text.startswith("Prediction: **PNEUMONIA**") and "16.9% is at or above" in text and "2.1%" in text
     below = predict.decision_sentence(tuned, np.array([0.99, 0.01]), 0)
     assert "**NORMAL**" in below and "1.0% is below" in below
-    assert "threshold of 2.1%, tuned on validation images for balanced accuracy (" in text  # a run without a rule
-    fixed = predict.LoadedModel(net, ("NORMAL", "PNEUMONIA"), 64, 0.2, "r", Path("."), {"threshold": "spec:0.97"})
+    assert "threshold of 2.1%, tuned on validation images for balanced accuracy (" in text
+    # The decision record names its rule: the config's (here contradicting) field is not consulted.
+    fixed = predict.LoadedModel(net, ("NORMAL", "PNEUMONIA"), pre, Decision("spec:0.97", 0.2), "r", Path("."),
+                                {"threshold": "val"})
     assert "threshold of 20.0%, that keeps 97% specificity (normals called normal) on validation images" in \
         predict.decision_sentence(fixed, np.array([0.7, 0.3]), 1)
-    plain = predict.LoadedModel(net, ("A", "B", "C"), 64, None, "r", Path("."))
+    plain = predict.LoadedModel(net, ("A", "B", "C"), pre, Decision(), "r", Path("."))
     assert predict.decision_sentence(plain, np.array([0.2, 0.5, 0.3]), 1) == \
         "Prediction: **B** (50.0%, the most probable class)"

@@ -228,7 +228,7 @@ def test_force_cancel_and_killed_worker(ray_head, store, tiny_dataset, monkeypat
 def test_device_choice(monkeypatch):
     import torch
 
-    from cxrdemo.model.train import choose_device
+    from cxrdemo.model.device import choose_device
 
     monkeypatch.delenv("CXRDEMO_DEVICE", raising=False)
     assert choose_device().type == ("cuda" if torch.cuda.is_available() else "cpu")

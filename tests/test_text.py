@@ -7,7 +7,6 @@ import dataclasses
 import io
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image

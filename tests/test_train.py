@@ -15,7 +15,7 @@ from PIL import Image
 from cxrdemo.cli.main import main as cli
 from cxrdemo.config import TrainConfig
 from cxrdemo.errors import Cancelled
-from cxrdemo.model import metrics, train
+from cxrdemo.model import checkpoint, device, metrics, train
 from cxrdemo.runs import store as runs
 from cxrdemo.runs.worker import execute_run
 
@@ -71,10 +71,11 @@ def test_operating_point_rule_is_chosen_on_validation_and_saved(ds2, rule):
     assert status["state"] == "completed", status.get("error")
     model = predict.load_model(str(d), allow_path=True)
     y, probs, _ = predict.predict_split(model, str(ds2), "val")
-    assert model.threshold == pytest.approx(metrics.choose_threshold(y, probs, rule))
-    m = metrics.classification_metrics(y, probs, model.classes, model.threshold)
+    assert model.decision.rule == rule
+    assert model.decision.value == pytest.approx(metrics.choose_threshold(y, probs, rule))
+    m = metrics.classification_metrics(y, probs, model.classes, model.decision.value)
     assert m["specificity" if rule.startswith("spec") else "sensitivity"] >= 0.9
-    assert runs.read_test_metrics(d)["threshold"] == model.threshold
+    assert runs.read_test_metrics(d)["threshold"] == model.decision.value
 
 
 def test_same_run_id_in_two_stores_logs_to_its_own_file(ds2, tmp_path, monkeypatch):
@@ -104,9 +105,10 @@ def test_short_training_writes_a_complete_run(ds2):
     assert list(df["epoch"]) == [1, 2, 3]
     assert df[["train_loss", "val_loss", "val_acc", "val_auroc", "seconds", "images_per_s"]].notna().all().all()
     assert (df["trainable_params"] == 1_172_770).all()
-    ckpt = runs.load_checkpoint(d / "model.pt")
-    assert ckpt["classes"] == ["NORMAL", "PNEUMONIA"] and ckpt["preprocessing"]["img_size"] == 32
-    assert 0 < ckpt["threshold"] < 1 and ckpt["config"]["backbone"] == "cnn8"
+    model = checkpoint.load(d / "model.pt")
+    assert model.classes == ("NORMAL", "PNEUMONIA") and model.preprocessing == checkpoint.Preprocessing(32)
+    assert model.decision.rule == "val" and 0 < model.decision.value < 1 and model.config["backbone"] == "cnn8"
+    assert not (d / checkpoint.BEST_EPOCH_FILE).exists()  # model.pt holds the best epoch now
     tm = runs.read_test_metrics(d)
     assert tm["n"] == 8 and len(tm["probs"]) == 8 and np.array(tm["confusion"]).sum() == 8
     meta = runs.read_json(d / "config.json")
@@ -128,8 +130,8 @@ def test_cached_features_train_the_same_head_as_the_ordinary_path(ds2, monkeypat
     monkeypatch.setattr(train, "FEATURE_CACHE", False)
     slow, _ = _train(cfg)
     assert set(runs.read_metrics(slow)["path"]) == {"full"}
-    a = runs.load_checkpoint(fast / "model.pt")["state_dict"]
-    b = runs.load_checkpoint(slow / "model.pt")["state_dict"]
+    a = checkpoint.load(fast / "model.pt").state_dict
+    b = checkpoint.load(slow / "model.pt").state_dict
     assert not torch.equal(a["head.0.weight"], torch.zeros_like(a["head.0.weight"]))
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=2e-5, rtol=1e-4)
@@ -146,14 +148,16 @@ def test_gradual_unfreezes_after_T_and_counts_parameters(ds2):
 
 def test_run_init_same_classes_loads_everything_and_frozen_groups_stay_fixed(ds2):
     src, _ = _train(_cfg(ds2, backbone="cnn5", epochs=1))
-    source = runs.load_checkpoint(src / "model.pt")["state_dict"]
-    net, note = train.build_model(_cfg(ds2, backbone="cnn5", init=f"run:{src.name}"), ("NORMAL", "PNEUMONIA"))
+    source_file = checkpoint.load(src / "model.pt")
+    source = source_file.state_dict
+    net, note = train.build_model(_cfg(ds2, backbone="cnn5", init=f"run:{src.name}"), ("NORMAL", "PNEUMONIA"),
+                                  source_file)
     assert "trunk and head" in note
     for k, v in net.state_dict().items():
         assert torch.equal(v, source[k]), k
     d, status = _train(_cfg(ds2, backbone="cnn5", init=f"run:{src.name}", freeze="2", epochs=1, lr=1e-2))
     assert status["state"] == "completed", status.get("error")
-    after = runs.load_checkpoint(d / "model.pt")["state_dict"]
+    after = checkpoint.load(d / "model.pt").state_dict
     for k in after:
         if k.startswith(("trunk.0.", "trunk.1.")):
             assert torch.equal(after[k], source[k]), k  # weights and BN statistics untouched
@@ -162,10 +166,12 @@ def test_run_init_same_classes_loads_everything_and_frozen_groups_stay_fixed(ds2
 
 def test_run_init_with_other_classes_keeps_trunk_and_new_head(ds2, ds4):
     src, _ = _train(_cfg(ds2, backbone="cnn5", epochs=1))
-    source = runs.load_checkpoint(src / "model.pt")["state_dict"]
+    source_file = checkpoint.load(src / "model.pt")
+    source = source_file.state_dict
     d, status = _train(_cfg(ds4, backbone="cnn5", init=f"run:{src.name}", epochs=1))
     assert status["state"] == "completed", status.get("error")
-    net, note = train.build_model(_cfg(ds4, backbone="cnn5", init=f"run:{src.name}"), ("a", "b", "c", "d"))
+    net, note = train.build_model(_cfg(ds4, backbone="cnn5", init=f"run:{src.name}"), ("a", "b", "c", "d"),
+                                  source_file)
     assert "new head" in note and net.head[-1].out_features == 4
     assert torch.equal(net.state_dict()["trunk.3.0.weight"], source["trunk.3.0.weight"])
 
@@ -211,7 +217,7 @@ def test_early_stopping_on_val_loss(ds2, monkeypatch):
     d, status = _train(_cfg(ds2, epochs=5, patience=2))
     assert status["state"] == "completed"
     assert len(runs.read_metrics(d)) == 3
-    assert runs.load_checkpoint(d / "model.pt")["epoch"] == 1
+    assert checkpoint.load(d / "model.pt").epoch == 1
 
 
 def test_select_by_val_auroc_keeps_the_best_ranking_epoch(ds2, monkeypatch):
@@ -226,7 +232,7 @@ def test_select_by_val_auroc_keeps_the_best_ranking_epoch(ds2, monkeypatch):
     monkeypatch.setattr(train, "evaluate", fake)
     d, status = _train(_cfg(ds2, epochs=4, select="val_auroc", patience=2))
     assert status["state"] == "completed", status.get("error")
-    assert runs.load_checkpoint(d / "model.pt")["epoch"] == 2
+    assert checkpoint.load(d / "model.pt").epoch == 2
     assert len(runs.read_metrics(d)) == 4  # epochs 3 and 4 are the two without a gain: stopped after 4
 
 
@@ -277,8 +283,8 @@ def test_worker_killed_mid_epoch_leaves_readable_files(ds2):
     assert s["state"] == "interrupted" and s["epoch"] >= 2
     df = runs.read_metrics(d)
     assert len(df) >= 2 and df.notna()[["train_loss", "val_loss"]].all().all()
-    ckpt = runs.load_checkpoint(d / "model.pt")
-    assert ckpt["epoch"] >= 1
+    # model.pt is written only when training ends: a killed worker leaves its best epoch in best-epoch.pt
+    assert not (d / "model.pt").exists() and checkpoint.load_best_epoch(d)[1] >= 1
     # a write cut short leaves at most a hidden temp file, never a partial file under a real name
     assert all(p.name.startswith(".") for p in d.iterdir() if p.name.endswith(".tmp"))
 
@@ -305,10 +311,10 @@ def test_weight_average_is_what_gets_saved(ds2):
     plain, _ = _train(_cfg(ds2, backbone="cnn5", epochs=2, lr=1e-2))
     averaged, status = _train(_cfg(ds2, backbone="cnn5", epochs=2, lr=1e-2, ema=0.9))
     assert status["state"] == "completed", status.get("error")
-    a = runs.load_checkpoint(plain / "model.pt")
-    b = runs.load_checkpoint(averaged / "model.pt")
-    assert a["state_dict"].keys() == b["state_dict"].keys()  # a plain Net: prediction needs nothing special
-    w_plain, w_avg = a["state_dict"]["head.0.weight"], b["state_dict"]["head.0.weight"]
+    a = checkpoint.load(plain / "model.pt").state_dict
+    b = checkpoint.load(averaged / "model.pt").state_dict
+    assert a.keys() == b.keys()  # a plain Net: prediction needs nothing special
+    w_plain, w_avg = a["head.0.weight"], b["head.0.weight"]
     assert not torch.equal(w_plain, w_avg)  # the same trajectory, averaged
     assert runs.read_json(averaged / "config.json")["config"]["ema"] == 0.9
 
@@ -320,7 +326,7 @@ def test_weight_average_is_what_gets_saved(ds2):
 ])
 def test_precision_choice_on_a_cpu(monkeypatch, precision, amx, backbone, expected):
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
-    assert train.choose_precision(precision, torch.device("cpu"), backbone) == expected
+    assert device.choose_precision(precision, torch.device("cpu"), backbone) == expected
 
 
 def test_bf16_training_keeps_float32_weights_and_follows_the_fp32_run(ds2):
@@ -329,7 +335,7 @@ def test_bf16_training_keeps_float32_weights_and_follows_the_fp32_run(ds2):
     assert status["state"] == "completed", status.get("error")
     assert runs.read_json(mixed / "config.json")["precision"] == "bfloat16 mixed precision"
     assert runs.read_json(full / "config.json")["precision"] == "float32"
-    state = runs.load_checkpoint(mixed / "model.pt")["state_dict"]
+    state = checkpoint.load(mixed / "model.pt").state_dict
     assert {v.dtype for v in state.values() if v.is_floating_point()} == {torch.float32}
     a, b = runs.read_metrics(full), runs.read_metrics(mixed)
     # Same seed, same batches: only the forward's rounding differs, so the first epoch's loss is close.

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from cxrdemo.config import TrainConfig
 from cxrdemo import data
+from cxrdemo.config import TrainConfig
 from cxrdemo.model import backbones
 from cxrdemo.runs import jobs
 from cxrdemo.runs import store as runs

@@ -12,7 +12,7 @@ import zlib
 import numpy as np
 import pydicom
 import pytest
-from PIL import Image, ImageFile
+from PIL import ImageFile
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset, write_file_meta_info
 from pydicom.uid import DeflatedExplicitVRLittleEndian, RLELossless

@@ -40,8 +40,8 @@ def evaluate_model_on(run_dir: Path, data_root: str, split: str = "test", n_boot
 
     model = load_model(str(run_dir), allow_path=True)
     y, probs, _ = predict_split(model, data_root, split)
-    point = metrics.classification_metrics(y, probs, model.classes, model.threshold)
-    ci = metrics.bootstrap_ci(y, probs, model.classes, model.threshold, n_boot=n_boot)
+    point = metrics.classification_metrics(y, probs, model.classes, model.decision.value)
+    ci = metrics.bootstrap_ci(y, probs, model.classes, model.decision.value, n_boot=n_boot)
     return {"data": str(data_root), "split": split, "n": int(len(y)), "counts": np.bincount(y).tolist(),
             "metrics": {k: point[k] for k in ("accuracy", "sensitivity", "specificity", "auroc", "f1")},
             "ci95": ci, "confusion": point["confusion"]}

@@ -8,7 +8,16 @@ import math
 import sys
 from pathlib import Path
 
-from cxrdemo.config import AUGMENTATIONS, BALANCING, HEADS, INTENSITY, OPTIMIZERS, PRECISIONS, SELECTIONS, TrainConfig
+from cxrdemo.config import (
+    AUGMENTATIONS,
+    BALANCING,
+    HEADS,
+    INTENSITY,
+    OPTIMIZERS,
+    PRECISIONS,
+    SELECTIONS,
+    TrainConfig,
+)
 from cxrdemo.errors import CxrError
 
 EXIT_BAD_INPUT = 2
@@ -116,8 +125,8 @@ def _print_progress(p) -> None:
 
 
 def cmd_train(args) -> int:
-    from cxrdemo.model.train import check_startable
     from cxrdemo.runs import store as runs
+    from cxrdemo.runs.sources import check_startable
     from cxrdemo.runs.worker import execute_run
 
     config = config_from_args(args)
@@ -159,7 +168,12 @@ def _cam_path(out: str, image: str, index: int, many: bool) -> Path:
 
 def cmd_predict(args) -> int:
     from cxrdemo.diagnosis import explain
-    from cxrdemo.diagnosis.predict import load_model, predict_probs, prepare, read_radiograph
+    from cxrdemo.diagnosis.predict import (
+        load_model,
+        predict_probs,
+        prepare,
+        read_radiograph,
+    )
     from cxrdemo.errors import ConfigError, ImageReadError
 
     model = load_model(args.run, _runs_dir(args), allow_path=True)
@@ -258,7 +272,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("worker", help=argparse.SUPPRESS)
     p.add_argument("--run-dir", required=True)
     p.set_defaults(func=cmd_worker)
-    from cxrdemo.cli import jobs as cli_jobs  # `jobs ...` and the hidden `jobs-worker` live in cli_jobs.py
+    from cxrdemo.cli import (
+        jobs as cli_jobs,  # `jobs ...` and the hidden `jobs-worker` live in cli_jobs.py
+    )
 
     cli_jobs.register(sub)
     return parser

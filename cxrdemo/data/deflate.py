@@ -22,7 +22,10 @@ _CHUNK = 1 << 20
 def inflate_if_deflated(fp: BinaryIO) -> tuple[BinaryIO, bool]:
     """(fp rewound, False), or for a deflated DICOM (an in-memory inflated copy, True); ImageReadError past the limit."""
     from pydicom import uid
-    from pydicom.filereader import _read_file_meta_info, read_preamble  # the parser dcmread itself uses
+    from pydicom.filereader import (  # the parser dcmread itself uses
+        _read_file_meta_info,
+        read_preamble,
+    )
     from pydicom.filewriter import write_file_meta_info
 
     start = fp.tell()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import os
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -23,7 +24,7 @@ from cxrdemo.data.shrink import check_aspect, reduce_array, shrink_factor
 from cxrdemo.data.sniff import DICOM_SUFFIXES, HEADER_BYTES, IMAGE_SUFFIXES, sniff  # noqa: F401 - re-exported
 from cxrdemo.errors import ImageReadError
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # what training writes into the preprocessing record
 IMAGENET_STD = (0.229, 0.224, 0.225)
 MAX_PIXELS = 50_000_000  # decompression-bomb guard: a 7000 x 7000 detector image still fits
 
@@ -172,7 +173,13 @@ def _read_dicom(fp: BinaryIO) -> tuple[np.ndarray, ImageMeta, bool]:
     from pydicom import uid
     from pydicom.dataset import FileMetaDataset
     from pydicom.errors import InvalidDicomError
-    from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, get_decoder, pixel_array
+    from pydicom.pixels import (
+        apply_color_lut,
+        apply_modality_lut,
+        apply_voi_lut,
+        get_decoder,
+        pixel_array,
+    )
 
     fp, deflated = inflate_if_deflated(fp)
     try:
@@ -291,13 +298,16 @@ def adjust_intensity(x: torch.Tensor, mode: str) -> torch.Tensor:
     raise ValueError(f"unknown intensity mode {mode!r}")
 
 
-def normalize_batch(x: torch.Tensor) -> torch.Tensor:
-    """uint8 (or [0, 1] float) Bx1xSxS -> float32 Bx3xSxS with grey replicated and ImageNet mean/std applied."""
+def normalize_batch(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """uint8 (or [0, 1] float) Bx1xSxS -> float32 Bx3xSxS with grey replicated and per-channel `mean`/`std` applied.
+
+    mean and std come from the model's preprocessing record (training writes IMAGENET_MEAN/STD there).
+    """
     if x.ndim == 3:
         x = x.unsqueeze(0)
     x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
-    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
+    mean = torch.tensor(mean, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(std, device=x.device).view(1, 3, 1, 1)
     return (x.expand(-1, 3, -1, -1) - mean) / std
 
 

@@ -9,7 +9,6 @@ from cxrdemo.data.cache import CachedImages
 from cxrdemo.errors import DatasetError
 
 
-
 class _Batches(Dataset):
     """Index a whole batch at once: one tensor gather instead of collating B single images."""
 

@@ -1,4 +1,4 @@
-"""Load a run's model once, preprocess exactly as it was trained, predict."""
+"""Load a run's model once, preprocess by the record its model file carries, predict."""
 
 from __future__ import annotations
 
@@ -12,68 +12,72 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cxrdemo.config import threshold_how
 from cxrdemo import data
+from cxrdemo.config import threshold_how
 from cxrdemo.diagnosis import quality
 from cxrdemo.errors import RunError
-from cxrdemo.model import metrics
+from cxrdemo.model import checkpoint, metrics
 from cxrdemo.model.backbones import Net
+from cxrdemo.model.checkpoint import Decision, Preprocessing
 from cxrdemo.runs import store as runs
 
 
 @dataclass
 class LoadedModel:
-    """A model ready for inference, with what it needs to preprocess and decide."""
+    """A model ready for inference, with the preprocessing and the decision its model file carries."""
 
     net: Net
     classes: tuple[str, ...]
-    img_size: int
-    threshold: float | None
+    preprocessing: Preprocessing
+    decision: Decision
     run_id: str
     path: Path
     config: dict = field(default_factory=dict)
-    intensity: str = "none"  # the per-image intensity step the model was trained with
+    records: dict = field(default_factory=dict)  # calibration, conformal, domain, when the model file has them
     # The network is cached and shared by every page and tab: one forward (or CAM) at a time.
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
 
+    @property
+    def img_size(self) -> int:
+        """The square input size in pixels (from the preprocessing record)."""
+        return self.preprocessing.img_size
+
     def decide(self, probs: np.ndarray) -> np.ndarray:
-        """Class indices by the model's own rule (saved threshold, else argmax)."""
-        return metrics.predict_labels(np.atleast_2d(probs), self.threshold)
+        """Class indices by the model's own decision (its saved threshold, else argmax)."""
+        return metrics.predict_labels(np.atleast_2d(probs), self.decision.value)
 
 
 @functools.lru_cache(maxsize=8)
 def _load(model_file: str, mtime_ns: int) -> LoadedModel:
-    from cxrdemo.model.train import load_net
-
     path = Path(model_file)
-    ckpt = runs.load_checkpoint(path)
-    net = load_net(ckpt)
+    model = checkpoint.load(path)
+    net = checkpoint.rebuild_net(model)
     net.requires_grad_(False)
-    pre = ckpt.get("preprocessing") or {}
-    return LoadedModel(net, tuple(ckpt["classes"]), int(pre.get("img_size", 224)), ckpt.get("threshold"),
-                       path.parent.name, path.parent, ckpt.get("config") or {}, pre.get("intensity", "none"))
+    return LoadedModel(net, model.classes, model.preprocessing, model.decision, path.parent.name, path.parent,
+                       model.config, model.records)
 
 
 def load_model(run: str, runs_dir: str | Path | None = None, *, allow_path: bool = False) -> LoadedModel:
     """The model of run `run` ('demo', an id, or with allow_path a folder), cached until model.pt changes."""
     d = runs.run_dir(run, runs_dir, allow_path=allow_path)
-    f = d / "model.pt"
+    f = d / checkpoint.MODEL_FILE
     if not f.is_file():
         raise RunError(f"Run {run} has no trained model yet.")
     return _load(str(f), f.stat().st_mtime_ns)
 
 
 def model_input(model: LoadedModel, image: torch.Tensor) -> torch.Tensor:
-    """uint8 1xSxS (from data.preprocess) -> the normalised 1x3xSxS batch the network expects."""
-    return data.normalize_batch(image.unsqueeze(0) if image.dim() == 3 else image)
+    """uint8 1xSxS (from prepare) -> the normalised 1x3xSxS batch the network expects."""
+    pre = model.preprocessing
+    return data.normalize_batch(image.unsqueeze(0) if image.dim() == 3 else image, pre.mean, pre.std)
 
 
 @torch.inference_mode()
 def predict_probs(model: LoadedModel, images: torch.Tensor, batch_size: int = 64) -> np.ndarray:
-    """Class probabilities for a uint8 Nx1xSxS tensor."""
+    """Class probabilities for a uint8 Nx1xSxS tensor (already resized and intensity-adjusted, as by prepare)."""
     with model.lock:
         model.net.eval()
-        out = [torch.softmax(model.net(data.normalize_batch(images[i:i + batch_size])), 1)
+        out = [torch.softmax(model.net(model_input(model, images[i:i + batch_size])), 1)
                for i in range(0, len(images), batch_size)]
     return torch.cat(out).numpy() if out else np.zeros((0, len(model.classes)))
 
@@ -88,15 +92,16 @@ def predict_split(model: LoadedModel, data_root: str, split: str = "test") -> tu
     items = scan.splits.get(split) or []
     if not items:
         raise DatasetError(f"The dataset {data_root} has no '{split}' images.")
-    cached = data.load_images(items, model.img_size)
-    probs = predict_probs(model, data.adjust_intensity(cached.images, model.intensity))
+    pre = model.preprocessing
+    cached = data.load_images(items, pre.img_size)
+    probs = predict_probs(model, data.adjust_intensity(cached.images, pre.intensity))
     return cached.labels.numpy(), probs, len(cached.skipped)
 
 
 def evaluate_run(model: LoadedModel, data_root: str, split: str = "test") -> dict:
     """Metrics of `model` on one split of a dataset (classes must match the model's)."""
     y, probs, skipped = predict_split(model, data_root, split)
-    result = metrics.classification_metrics(y, probs, model.classes, model.threshold)
+    result = metrics.classification_metrics(y, probs, model.classes, model.decision.value)
     result["skipped"] = skipped
     return result
 
@@ -126,8 +131,9 @@ def read_radiograph(src: bytes | str | os.PathLike, name: str = "") -> Radiograp
 
 
 def prepare(model: LoadedModel, grey: np.ndarray) -> torch.Tensor:
-    """A [0, 1] greyscale image -> the uint8 1xSxS tensor this model was trained on."""
-    return data.adjust_intensity(data.resize_to_uint8(grey, model.img_size), model.intensity)
+    """A [0, 1] greyscale image -> the uint8 1xSxS tensor this model was trained on (size and intensity step)."""
+    pre = model.preprocessing
+    return data.adjust_intensity(data.resize_to_uint8(grey, pre.img_size), pre.intensity)
 
 
 RECIPE_KEYS = ("backbone", "init", "freeze", "epochs", "img_size", "lr", "optimizer", "augment", "balance", "head",
@@ -138,19 +144,17 @@ SUMMARY_METRICS = ("accuracy", "balanced_accuracy", "sensitivity", "specificity"
 def decision_sentence(model: LoadedModel, probs: np.ndarray, predicted: int) -> str:
     """How the model reached its answer, in words: a tuned threshold can call a class at well under 50%."""
     cls, p = model.classes[predicted], 100 * float(probs[predicted])
-    if model.threshold is None or len(model.classes) != 2:
+    if model.decision.value is None or len(model.classes) != 2:
         return f"Prediction: **{cls}** ({p:.1f}%, the most probable class)"
-    pos, p_pos, cut = model.classes[1], 100 * float(probs[1]), 100 * float(model.threshold)
+    pos, p_pos, cut = model.classes[1], 100 * float(probs[1]), 100 * float(model.decision.value)
     side = "at or above" if p_pos >= cut else "below"
-    how = threshold_how(model.config.get("threshold", "val"))  # older runs saved a threshold only with `val`
+    how = threshold_how(model.decision.rule)
     return (f"Prediction: **{cls}** — p({pos}) = {p_pos:.1f}% is {side} this model's decision threshold of "
             f"{cut:.1f}%, {how} (its probabilities are scores, not calibrated risks)")
 
 
 def model_summary(model: LoadedModel) -> dict:
     """What a page shows next to a model: its recipe, its test metrics (or {}), classes and decision rule."""
-    from cxrdemo.runs import store as runs
-
     cfg = model.config or {}
     tm = runs.read_test_metrics(model.path) or _card_metrics(model.path)
     return {
@@ -158,8 +162,8 @@ def model_summary(model: LoadedModel) -> dict:
         "classes": list(model.classes),
         "recipe": {k: cfg[k] for k in RECIPE_KEYS if k in cfg},
         "test": {k: tm[k] for k in SUMMARY_METRICS if isinstance(tm.get(k), (int, float))},
-        "decision": (f"{model.classes[1]} when p({model.classes[1]}) >= {model.threshold:.3f}"
-                     if model.threshold is not None and len(model.classes) == 2 else "the most probable class"),
+        "decision": (f"{model.classes[1]} when p({model.classes[1]}) >= {model.decision.value:.3f}"
+                     if model.decision.value is not None and len(model.classes) == 2 else "the most probable class"),
     }
 
 

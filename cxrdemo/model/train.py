@@ -1,12 +1,16 @@
-"""Training, readable top to bottom: set-up, train_one_epoch, evaluate, the epoch loop, the test."""
+"""Training, readable top to bottom: set-up, train_one_epoch, evaluate, the epoch loop, finish (decide, save, test).
+
+Nothing here knows the run store: the epoch's metrics row and the run's facts leave through the one
+progress callable, the source of `--init run:<id>` arrives as a loaded model file, and the run folder
+receives only the model's own files (best-epoch.pt while training, then model.pt and test_metrics.json;
+see model/checkpoint for when each is written).
+"""
 
 from __future__ import annotations
 
-import contextlib
 import math
-import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -14,16 +18,16 @@ import numpy as np
 import torch
 from torch import nn
 
+from cxrdemo import data, fileio
 from cxrdemo.config import TrainConfig
-from cxrdemo import data
-from cxrdemo.errors import Cancelled, ConfigError, RunError
-from cxrdemo.model import backbones, metrics
-from cxrdemo.runs import store as runs
+from cxrdemo.errors import Cancelled, ConfigError
+from cxrdemo.model import backbones, checkpoint, metrics
+from cxrdemo.model.device import autocast, choose_device, choose_precision, set_threads
 
 
 @dataclass
 class Progress:
-    """One progress report: the job runner and the CLI both listen to these."""
+    """One progress report: the worker (which keeps the run's files) and the CLI both listen to these."""
 
     phase: str  # prepare | train | val | test | done
     epoch: int = 0
@@ -31,111 +35,28 @@ class Progress:
     batch: int = 0
     batches: int = 0
     message: str = ""
-    row: dict = field(default_factory=dict)  # the epoch's metrics row once an epoch ends
+    row: dict = field(default_factory=dict)  # the epoch's metrics row once an epoch ends (a line of metrics.csv)
+    meta: dict = field(default_factory=dict)  # facts about the run found in set-up (dataset, device...): config.json
 
 
 ProgressFn = Callable[[Progress], None]
 FEATURE_CACHE = True  # tests switch it off to check the fast path against the ordinary one
 
 
-def default_threads() -> int:
-    """Cores this process may use (affinity-aware), shared by the concurrent jobs."""
-    if os.environ.get("CXRDEMO_THREADS", "").isdigit() and int(os.environ["CXRDEMO_THREADS"]) > 0:
-        return int(os.environ["CXRDEMO_THREADS"])
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    jobs = max(1, int(os.environ.get("CXRDEMO_MAX_JOBS", "1") or 1))
-    return max(1, cores // jobs)
-
-
-def set_threads(n: int) -> int:
-    """Set torch's intra-op threads (0 = choose); the loader runs in-process, so there is no oversubscription."""
-    n = n or default_threads()
-    torch.set_num_threads(n)
-    return n
-
-
-def choose_device() -> torch.device:
-    """$CXRDEMO_DEVICE (cpu, cuda, cuda:1, ...), else the GPU when there is one, else the CPU."""
-    env = os.environ.get("CXRDEMO_DEVICE", "").strip()
-    try:
-        device = torch.device(env) if env else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    except RuntimeError:
-        raise ConfigError(f"CXRDEMO_DEVICE={env!r} is not a device: use cpu, cuda or cuda:N.") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"CXRDEMO_DEVICE={env!r} asks for a GPU, but this machine has no usable CUDA GPU.")
-    return device
-
-
-def choose_precision(precision: str, device: torch.device, backbone: str) -> torch.dtype | None:
-    """The autocast dtype for training (None = plain float32).
-
-    auto: bfloat16 where the hardware runs it natively and the backbone gains from it: CUDA GPUs with bf16,
-    and CPUs with AMX for backbones of dense convolutions (2-3x faster per step, benchmarks/bench_precision.py);
-    depthwise backbones (MobileNet, EfficientNet) gain nothing from bf16 on a CPU and stay float32.
-    Weights, optimiser state and everything after training (threshold, test, prediction) stay float32.
-    """
-    if precision == "fp32":
-        return None
-    if precision == "bf16":
-        return torch.bfloat16
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-    amx = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
-    return torch.bfloat16 if amx and backbones.get_spec(backbone).bf16 else None
-
-
-def autocast(device: torch.device, dtype: torch.dtype | None):
-    """Mixed precision for a forward pass, or nothing when `dtype` is None."""
-    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
-
-
-def preprocessing_record(img_size: int, intensity: str = "none") -> dict:
-    """What a saved model needs to preprocess an image exactly as in training."""
-    return {"img_size": img_size, "intensity": intensity, "mean": list(data.IMAGENET_MEAN), "std": list(data.IMAGENET_STD),
-            "resize": "whole image squashed to a square, bilinear with antialias", "channels": 3}
+def preprocessing_for(config: TrainConfig) -> checkpoint.Preprocessing:
+    """The preprocessing a run trains with: it is applied in training and saved, as is, in model.pt."""
+    return checkpoint.Preprocessing(config.img_size, config.intensity, data.IMAGENET_MEAN, data.IMAGENET_STD)
 
 
 # ---------------------------------------------------------------- set-up
 
-def source_run(ref: str, runs_dir: Path | None = None) -> Path:
-    """The folder of a completed run that another run may start from (ConfigError with the reason otherwise)."""
-    try:
-        d = runs.run_dir(ref, runs_dir)
-        state = runs.read_status(d).get("state") if (d / "status.json").exists() else "completed"
-    except RunError as exc:
-        raise ConfigError(f"Cannot start from run {ref}: {exc}") from None
-    if state != "completed":
-        raise ConfigError(f"Run {ref} is {state}, not completed: it cannot be a starting point.")
-    return d
-
-
-def check_startable(config: TrainConfig, runs_dir: Path | None = None) -> None:
-    """Refuse up front, before a run is created, what the recipe itself gets wrong (backbone, freeze, source run)."""
-    spec = backbones.get_spec(config.backbone)
-    backbones.frozen_groups(config.freeze, config.backbone)
-    if config.init == "imagenet" and not spec.supports_imagenet:
-        raise ConfigError(f"{config.backbone} is trained from scratch: ImageNet weights exist only for torchvision "
-                          "backbones.")
-    if config.init.startswith("run:"):
-        d = source_run(config.init[4:], runs_dir)
-        try:
-            other = (runs.read_json(d / "config.json").get("config") or {}).get("backbone")
-        except RunError:
-            other = None
-        if other and other != config.backbone:
-            raise ConfigError(f"Run {config.init[4:]} trained a {other}, not a {config.backbone}: choose that "
-                              "backbone to start from it.")
-
-
-def init_from_run(net: backbones.Net, ref: str, classes: tuple[str, ...], runs_dir: Path | None) -> str:
+def init_from_run(net: backbones.Net, source: checkpoint.ModelFile, ref: str, classes: tuple[str, ...]) -> str:
     """Load a finished run's weights into `net`; the head is kept only when the classes match."""
-    d = source_run(ref, runs_dir)
-    ckpt = runs.load_checkpoint(d / "model.pt")
-    if ckpt["backbone"] != net.backbone:
-        raise ConfigError(f"Run {ref} trained a {ckpt['backbone']}, not a {net.backbone}: choose that backbone "
+    if source.backbone != net.backbone:
+        raise ConfigError(f"Run {ref} trained a {source.backbone}, not a {net.backbone}: choose that backbone "
                           f"to start from it.")
-    state = ckpt["state_dict"]
-    same_classes = tuple(ckpt.get("classes", ())) == tuple(classes)
+    state = source.state_dict
+    same_classes = source.classes == tuple(classes)
     if not same_classes:
         # A new task (e.g. CheXNet -> COVID): keep the trunk, start the head afresh.
         state = {k: v for k, v in state.items() if not k.startswith("head.")}
@@ -148,14 +69,17 @@ def init_from_run(net: backbones.Net, ref: str, classes: tuple[str, ...], runs_d
     return "trunk and head" if same_classes else "trunk only (new head for the new classes)"
 
 
-def build_model(config: TrainConfig, classes: tuple[str, ...], runs_dir: Path | None = None) -> tuple[backbones.Net, str]:
-    """The network for `config`, initialised as asked; returns (net, a note on what was loaded)."""
+def build_model(config: TrainConfig, classes: tuple[str, ...],
+                source: checkpoint.ModelFile | None = None) -> tuple[backbones.Net, str]:
+    """The network for `config`, initialised as asked (`source`: the model of run:<id>); returns (net, a note)."""
     init = config.init
     net = backbones.build_backbone(config.backbone, len(classes), init="imagenet" if init == "imagenet" else "scratch",
                                    head=config.head, dropout=config.dropout)
     note = {"imagenet": "ImageNet weights", "scratch": "random initialisation"}.get(init, "")
     if init.startswith("run:"):
-        note = "weights of run " + init[4:] + ": " + init_from_run(net, init[4:], classes, runs_dir)
+        if source is None:
+            raise ConfigError(f"Run {init[4:]} was not found: it cannot be a starting point.")
+        note = "weights of run " + init[4:] + ": " + init_from_run(net, source, init[4:], classes)
     return net, note
 
 
@@ -231,11 +155,11 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, inputs, classes
 # ---------------------------------------------------------------- the loop
 
 class _Inputs:
-    """uint8 images -> (augmented) normalised float batch, channels-last when that is faster."""
+    """uint8 images -> (augmented) normalised float batch by the preprocessing record, channels-last when faster."""
 
-    def __init__(self, augment, channels_last: bool, generator: torch.Generator | None,
-                 device: torch.device | None = None):
-        self.augment, self.channels_last, self.generator = augment, channels_last, generator
+    def __init__(self, pre: checkpoint.Preprocessing, augment=None, channels_last: bool = False,
+                 generator: torch.Generator | None = None, device: torch.device | None = None):
+        self.pre, self.augment, self.channels_last, self.generator = pre, augment, channels_last, generator
         self.device = device
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -243,58 +167,45 @@ class _Inputs:
             x = self.augment(x, self.generator)  # on the CPU: its random numbers come from a CPU generator
         if self.device is not None:
             x = x.to(self.device, non_blocking=True)  # uint8 crosses the bus, 4x less than float
-        x = data.normalize_batch(x)
+        x = data.normalize_batch(x, self.pre.mean, self.pre.std)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
 
 def fit(config: TrainConfig, run_dir: Path, progress: ProgressFn | None = None,
-        should_stop: Callable[[], bool] | None = None, runs_dir: Path | None = None) -> dict:
-    """Train `config` into `run_dir` (metrics.csv, model.pt, test_metrics.json); returns the test metrics."""
+        should_stop: Callable[[], bool] | None = None, source: checkpoint.ModelFile | None = None) -> dict:
+    """Train `config` into `run_dir` (best-epoch.pt, then model.pt and test_metrics.json); returns the test metrics.
+
+    `source` is the model file of `config.init = run:<id>`, resolved by the caller. When cancelled after at
+    least one finished epoch, model.pt is still written (the best epoch, its decision chosen on validation,
+    no test) before Cancelled propagates: finished epochs are kept.
+    """
     say = progress or (lambda p: None)
     run_dir = Path(run_dir)
     threads = set_threads(config.threads)
     torch.manual_seed(config.seed)
     np.random.seed(config.seed)
-
-    say(Progress("prepare", message="Scanning the dataset"))
-    scan = data.scan_dataset(config.data, seed=config.split_seed, max_per_split=config.max_images)
+    pre = preprocessing_for(config)
+    scan, cache = _read_dataset(config, pre, say)
     classes = scan.classes
-    cache = {}
-    for split in ("train", "val", "test"):
-        if scan.splits.get(split):
-            say(Progress("prepare", message=f"Decoding {split} images (once; cached for later runs)"))
-            cache[split] = data.load_images(scan.splits[split], config.img_size)
-            if config.intensity != "none":
-                c = cache[split]
-                cache[split] = data.CachedImages(data.adjust_intensity(c.images, config.intensity), c.labels,
-                                                 c.paths, c.skipped)
-    if "val" not in cache or len(cache["val"].labels) == 0:
-        raise ConfigError("The dataset has no validation images; add a val/ folder or more images per class.")
-    if len(cache["train"].labels) == 0:
-        raise ConfigError("No training image could be read.")
-    net, init_note = build_model(config, classes, runs_dir)
-    spec = backbones.get_spec(config.backbone)
-    channels_last = spec.channels_last
+    net, init_note = build_model(config, classes, source)
+    channels_last = backbones.get_spec(config.backbone).channels_last
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
     device = choose_device()
     net = net.to(device)  # before the optimiser is made: it must hold the device's parameters
     amp = choose_precision(config.precision, device, config.backbone)
+    say(Progress("prepare", meta=_run_meta(scan.summary(), threads, init_note, cache, device, amp, channels_last)))
     n_trunk = len(net.trunk)
     augment = data.make_augment(config.augment, config.img_size)
     gen = torch.Generator().manual_seed(config.seed)
-    plain = _Inputs(None, channels_last, None, device)
-    train_inputs = _Inputs(augment, channels_last, gen, device)
+    plain = _Inputs(pre, None, channels_last, None, device)
+    train_inputs = _Inputs(pre, augment, channels_last, gen, device)
     to_device = lambda f: f.to(device)  # noqa: E731 - cached trunk features live on the CPU
     opt = make_optimizer(config, net)
     sched = torch.optim.lr_scheduler.StepLR(opt, config.step_size, config.gamma) if config.step_size else None
     y_train = cache["train"].labels
     weight = data.class_weights(y_train, len(classes)) if config.balance == "loss" else None
     loss_fn = nn.CrossEntropyLoss(weight=None if weight is None else weight.to(device))
-    loader = data.make_loader(cache["train"], config.batch_size, balance=config.balance, seed=config.seed)
-    _update_meta(run_dir, scan.summary(), threads, init_note, {s: c.skipped for s, c in cache.items()}, str(device),
-                 "bfloat16 mixed precision" if amp is not None else "float32", channels_last)
-    runs.write_status(run_dir, device=str(device))
 
     # Self-ensembling: an exponential moving average of the weights (and BN statistics) is what gets
     # validated and saved; it smooths the epoch-to-epoch swings of small-data training.
@@ -302,57 +213,84 @@ def fit(config: TrainConfig, run_dir: Path, progress: ProgressFn | None = None,
            if config.ema else None)
     after_step = (lambda: ema.update_parameters(net)) if ema is not None else None
     best_score, best_epoch, bad_epochs, feature_cache = math.inf, 0, 0, None
-    for epoch in range(1, config.epochs + 1):
-        _check(should_stop)
-        n_frozen = backbones.frozen_groups(config.freeze, config.backbone, epoch)
-        net.set_freeze(n_frozen)
-        trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
-        t0 = time.perf_counter()
-        report = lambda i, n, e=epoch: say(Progress("train", e, config.epochs, i, n))  # noqa: E731
-        if FEATURE_CACHE and n_frozen == n_trunk and augment is None:
-            # Whole trunk frozen and inputs deterministic: trunk features never change, compute them once.
-            if feature_cache is None:
-                say(Progress("prepare", epoch, config.epochs, message="Computing trunk features once"))
-                feature_cache = {s: _trunk_features(net, c.images, plain, amp) for s, c in cache.items()}
-            f_loader = data.make_loader(data.CachedImages(feature_cache["train"], y_train, [], []),
-                                        config.batch_size, balance=config.balance, seed=config.seed + epoch)
-            tr_loss, tr_acc, seen = train_one_epoch(net.head, f_loader, to_device, opt, loss_fn, report, should_stop,
-                                                    after_step, amp)
-            ev_model, ev_x, ev_inputs, path = ((ema.module if ema else net).head, feature_cache["val"], to_device,
-                                               "cached-features")
-        else:
-            loader = data.make_loader(cache["train"], config.batch_size, balance=config.balance,
-                                      seed=config.seed + epoch)
-            tr_loss, tr_acc, seen = train_one_epoch(net, loader, train_inputs, opt, loss_fn, report, should_stop,
-                                                    after_step, amp)
-            ev_model, ev_x, ev_inputs, path = (ema.module if ema else net), cache["val"].images, plain, "full"
-        train_s = time.perf_counter() - t0
-        say(Progress("val", epoch, config.epochs, message="Validating"))
-        val_loss, val_m, _ = evaluate(ev_model, ev_x, cache["val"].labels, ev_inputs, classes, weight=weight, amp=amp)
-        lr = opt.param_groups[-1]["lr"]
-        if sched:
-            sched.step()
-        row = {"epoch": epoch, "train_loss": tr_loss, "val_loss": val_loss, "train_acc": tr_acc,
-               "val_acc": val_m["accuracy"], "val_precision": val_m["precision"], "val_recall": val_m["recall"],
-               "val_f1": val_m["f1"], "val_micro_recall": val_m["micro_recall"], "val_auroc": val_m["auroc"],
-               "lr": lr, "seconds": round(time.perf_counter() - t0, 3), "images_per_s": round(seen / train_s, 2),
-               "trainable_params": trainable, "frozen_groups": n_frozen, "path": path}
-        runs.append_metrics(run_dir, row)
-        # Lower is better for both scores; NaN (e.g. AUROC of a one-class val split) never counts as better.
-        score = val_loss if config.select == "val_loss" else -val_m["auroc"]
-        if score < best_score:
-            best_score, best_epoch, bad_epochs = score, epoch, 0
-            save_model(run_dir, ema.module if ema else net, config, classes, epoch, val_loss, path)
-        else:
-            bad_epochs += 1
-        say(Progress("val", epoch, config.epochs, message=f"Epoch {epoch} done", row=row))
-        if config.patience and bad_epochs >= config.patience:
-            say(Progress("val", epoch, config.epochs,
-                         message=f"Early stop: no {config.select.replace('_', ' ')} gain for {bad_epochs} epochs"))
-            break
+    try:
+        for epoch in range(1, config.epochs + 1):
+            _check(should_stop)
+            n_frozen = backbones.frozen_groups(config.freeze, config.backbone, epoch)
+            net.set_freeze(n_frozen)
+            trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
+            t0 = time.perf_counter()
+            report = lambda i, n, e=epoch: say(Progress("train", e, config.epochs, i, n))  # noqa: E731
+            if FEATURE_CACHE and n_frozen == n_trunk and augment is None:
+                # Whole trunk frozen and inputs deterministic: trunk features never change, compute them once.
+                if feature_cache is None:
+                    say(Progress("prepare", epoch, config.epochs, message="Computing trunk features once"))
+                    feature_cache = {s: _trunk_features(net, c.images, plain, amp) for s, c in cache.items()}
+                f_loader = data.make_loader(data.CachedImages(feature_cache["train"], y_train, [], []),
+                                            config.batch_size, balance=config.balance, seed=config.seed + epoch)
+                tr_loss, tr_acc, seen = train_one_epoch(net.head, f_loader, to_device, opt, loss_fn, report,
+                                                        should_stop, after_step, amp)
+                ev_model, ev_x, ev_inputs, path = ((ema.module if ema else net).head, feature_cache["val"], to_device,
+                                                   "cached-features")
+            else:
+                loader = data.make_loader(cache["train"], config.batch_size, balance=config.balance,
+                                          seed=config.seed + epoch)
+                tr_loss, tr_acc, seen = train_one_epoch(net, loader, train_inputs, opt, loss_fn, report, should_stop,
+                                                        after_step, amp)
+                ev_model, ev_x, ev_inputs, path = (ema.module if ema else net), cache["val"].images, plain, "full"
+            train_s = time.perf_counter() - t0
+            say(Progress("val", epoch, config.epochs, message="Validating"))
+            val_loss, val_m, _ = evaluate(ev_model, ev_x, cache["val"].labels, ev_inputs, classes, weight=weight,
+                                          amp=amp)
+            lr = opt.param_groups[-1]["lr"]
+            if sched:
+                sched.step()
+            row = {"epoch": epoch, "train_loss": tr_loss, "val_loss": val_loss, "train_acc": tr_acc,
+                   "val_acc": val_m["accuracy"], "val_precision": val_m["precision"], "val_recall": val_m["recall"],
+                   "val_f1": val_m["f1"], "val_micro_recall": val_m["micro_recall"], "val_auroc": val_m["auroc"],
+                   "lr": lr, "seconds": round(time.perf_counter() - t0, 3), "images_per_s": round(seen / train_s, 2),
+                   "trainable_params": trainable, "frozen_groups": n_frozen, "path": path}
+            # Lower is better for both scores; NaN (e.g. AUROC of a one-class val split) never counts as better.
+            score = val_loss if config.select == "val_loss" else -val_m["auroc"]
+            if score < best_score:
+                best_score, best_epoch, bad_epochs = score, epoch, 0
+                checkpoint.save_best_epoch(run_dir, (ema.module if ema else net).state_dict(), epoch, val_loss, path)
+            else:
+                bad_epochs += 1
+            say(Progress("val", epoch, config.epochs, message=f"Epoch {epoch} done", row=row))
+            if config.patience and bad_epochs >= config.patience:
+                say(Progress("val", epoch, config.epochs,
+                             message=f"Early stop: no {config.select.replace('_', ' ')} gain for {bad_epochs} epochs"))
+                break
+    except Cancelled:
+        if best_epoch:
+            net = ev_model = opt = sched = feature_cache = ema = after_step = None
+            finish(run_dir, config, classes, cache, best_epoch, say, test=False)
+        raise
     # The test reloads the best weights into a fresh net: free the training copy, its gradients and Adam state first.
     net = ev_model = opt = sched = feature_cache = ema = after_step = None
     return finish(run_dir, config, classes, cache, best_epoch, say)
+
+
+def _read_dataset(config: TrainConfig, pre: checkpoint.Preprocessing,
+                  say: ProgressFn) -> tuple[data.DatasetScan, dict[str, data.CachedImages]]:
+    """Scan the dataset and decode each split once, preprocessed by the record the model will carry."""
+    say(Progress("prepare", message="Scanning the dataset"))
+    scan = data.scan_dataset(config.data, seed=config.split_seed, max_per_split=config.max_images)
+    cache = {}
+    for split in ("train", "val", "test"):
+        if scan.splits.get(split):
+            say(Progress("prepare", message=f"Decoding {split} images (once; cached for later runs)"))
+            cache[split] = data.load_images(scan.splits[split], pre.img_size)
+            if pre.intensity != "none":
+                c = cache[split]
+                cache[split] = data.CachedImages(data.adjust_intensity(c.images, pre.intensity), c.labels,
+                                                 c.paths, c.skipped)
+    if "val" not in cache or len(cache["val"].labels) == 0:
+        raise ConfigError("The dataset has no validation images; add a val/ folder or more images per class.")
+    if len(cache["train"].labels) == 0:
+        raise ConfigError("No training image could be read.")
+    return scan, cache
 
 
 def ema_update(decay: float):
@@ -384,65 +322,55 @@ def _trunk_features(net: backbones.Net, images: torch.Tensor, inputs, amp: torch
     return torch.cat(out).clone().cpu() if out else torch.zeros(0)
 
 
-def save_model(run_dir: Path, net: backbones.Net, config: TrainConfig, classes, epoch: int, val_loss: float,
-               path: str, threshold: float | None = None) -> None:
-    """model.pt: weights plus everything needed to predict with no other file."""
-    # contiguous() copies only channels-last tensors; torch.save copies the rest itself, so no clone.
-    state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}  # .cpu(): no-op on the CPU
-    runs.atomic_torch_save({
-        "format": "cxrdemo-model/1", "backbone": config.backbone, "classes": list(classes),
-        "num_classes": len(classes), "head": config.head, "dropout": config.dropout, "state_dict": state,
-        "preprocessing": preprocessing_record(config.img_size, config.intensity), "threshold": threshold, "epoch": epoch,
-        "val_loss": val_loss, "train_path": path, "config": config.to_dict(),
-    }, run_dir / "model.pt")
-
-
-def load_net(ckpt: dict) -> backbones.Net:
-    """Rebuild the network of a checkpoint, in eval mode."""
-    net = backbones.build_backbone(ckpt["backbone"], int(ckpt["num_classes"]), head=ckpt.get("head", "linear"),
-                                   dropout=float(ckpt.get("dropout", 0.0)))
+def choose_decision(config: TrainConfig, net: backbones.Net, val: data.CachedImages, inputs: _Inputs,
+                    classes: tuple[str, ...]) -> checkpoint.Decision:
+    """The decision record: the config's rule with its p(class 1) cut chosen on validation (argmax has none)."""
+    if config.threshold == "argmax" or len(classes) != 2:
+        return checkpoint.Decision()
+    _, _, val_probs = evaluate(net, val.images, val.labels, inputs, classes)
     try:
-        net.load_state_dict(ckpt["state_dict"])
-    except RuntimeError as exc:
-        raise RunError(f"The saved weights do not fit a {ckpt['backbone']} ({str(exc)[:120]}).") from None
-    return net.eval()
+        value = metrics.choose_threshold(val.labels.numpy(), val_probs, config.threshold)
+    except ValueError:
+        raise ConfigError(f"The decision rule {config.threshold} needs validation images of both classes; "
+                          "this validation split has only one.") from None
+    return checkpoint.Decision(config.threshold, value)
 
 
-def finish(run_dir: Path, config: TrainConfig, classes, cache: dict, best_epoch: int, say: ProgressFn) -> dict:
-    """Reload the best checkpoint, choose a decision threshold if asked, and measure it on the test split."""
+def finish(run_dir: Path, config: TrainConfig, classes: tuple[str, ...], cache: dict, best_epoch: int,
+           say: ProgressFn, *, test: bool = True) -> dict:
+    """Reload the best epoch, decide on validation, write model.pt once (complete), then measure it on the test split."""
     if not best_epoch:
         raise ConfigError("No epoch produced a finite validation score (loss, or AUROC with --select val_auroc); "
                           "nothing was saved.")
-    ckpt = runs.load_checkpoint(run_dir / "model.pt")
-    net = load_net(ckpt)
-    plain = _Inputs(None, False, None)
-    threshold = None
-    if config.threshold != "argmax" and len(classes) == 2:
-        _, _, val_probs = evaluate(net, cache["val"].images, cache["val"].labels, plain, classes)
-        try:
-            threshold = metrics.choose_threshold(cache["val"].labels.numpy(), val_probs, config.threshold)
-        except ValueError:
-            raise ConfigError(f"The decision rule {config.threshold} needs validation images of both classes; "
-                              "this validation split has only one.") from None
-        ckpt["threshold"] = threshold
-        runs.atomic_torch_save(ckpt, run_dir / "model.pt")
+    state, epoch, val_loss, path = checkpoint.load_best_epoch(run_dir)
+    model = checkpoint.ModelFile(config.backbone, tuple(classes), state, preprocessing_for(config), head=config.head,
+                                 dropout=config.dropout, epoch=epoch, val_loss=val_loss, train_path=path,
+                                 config=config.to_dict())
+    net = checkpoint.rebuild_net(model)
+    plain = _Inputs(model.preprocessing)
+    model = replace(model, decision=choose_decision(config, net, cache["val"], plain, classes))
+    checkpoint.save(model, run_dir / checkpoint.MODEL_FILE)
+    checkpoint.discard_best_epoch(run_dir)
+    if not test:
+        return {}
     result: dict = {}
+    threshold = model.decision.value
     if "test" in cache and len(cache["test"].labels):
         say(Progress("test", best_epoch, config.epochs, message="Testing the best model"))
         loss, result, probs = evaluate(net, cache["test"].images, cache["test"].labels, plain, classes, threshold)
         result.update(loss=loss, best_epoch=best_epoch, threshold=threshold, split="test",
                       y_true=cache["test"].labels.tolist(), probs=np.round(probs, 6).tolist())
-        runs.atomic_write_json(run_dir / "test_metrics.json", result)
+        fileio.atomic_write_json(run_dir / "test_metrics.json", result)
     say(Progress("done", best_epoch, config.epochs, message="Finished"))
     return result
 
 
-def _update_meta(run_dir: Path, scan_summary: dict, threads: int, init_note: str, skipped: dict,
-                 device: str = "cpu", precision: str = "float32", channels_last: bool = False) -> None:
-    meta = runs.read_json(run_dir / "config.json")
-    decode_skips = [s for items in skipped.values() for s in items]
-    meta.update(dataset=scan_summary, threads=threads, init_note=init_note, device=device, precision=precision,
+def _run_meta(scan_summary: dict, threads: int, init_note: str, cache: dict, device: torch.device,
+              amp: torch.dtype | None, channels_last: bool) -> dict:
+    """What the run's config.json records about how it trained."""
+    decode_skips = [s for c in cache.values() for s in c.skipped]
+    return dict(dataset=scan_summary, threads=threads, init_note=init_note, device=str(device),
+                precision="bfloat16 mixed precision" if amp is not None else "float32",
                 memory_format="channels-last" if channels_last else "contiguous",
                 decode_skipped=[{"path": p, "reason": r} for p, r in decode_skips[:50]],
                 n_decode_skipped=len(decode_skips))
-    runs.atomic_write_json(run_dir / "config.json", meta)

@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import IO
 
 from cxrdemo import paths
-from cxrdemo.runs import store as runs
 from cxrdemo.config import TrainConfig
 from cxrdemo.errors import RunError
+from cxrdemo.runs import store as runs
 
 CANCEL_FILE = "cancel"  # must equal worker.CANCEL_FILE (worker imports torch; waiting workers must not)
 SLOTS_DIR = ".slots"
@@ -62,10 +62,12 @@ def submit(config: TrainConfig, runs_dir: str | Path | None = None, name: str = 
     """Create a queued run and start it (a detached local process, or a Ray task); returns the run id at once."""
     root = runs.store_dir(runs_dir)
     if choose_backend(backend) == "ray":
-        from cxrdemo.runs import ray_backend  # imports ray only now, and only for this backend
+        from cxrdemo.runs import (
+            ray_backend,  # imports ray only now, and only for this backend
+        )
 
         ray_backend.connect()  # an unreachable cluster is a sentence before any run is created
-    from cxrdemo.model.train import check_startable  # torch is needed here anyway: the page built the config with it
+    from cxrdemo.runs.sources import check_startable
 
     check_startable(config, root)
     if config.data.strip().lower() != "demo":
@@ -181,7 +183,9 @@ def reap(runs_dir: str | Path | None = None) -> list[str]:
 
 
 def _ray_outcome(d: Path) -> dict | None:
-    from cxrdemo.runs import ray_backend  # asks only when this process already joined the cluster
+    from cxrdemo.runs import (
+        ray_backend,  # asks only when this process already joined the cluster
+    )
 
     return ray_backend.outcome(d)
 
@@ -337,7 +341,9 @@ def run_worker(run_dir: str | Path, max_jobs: int | None = None) -> dict:
     if slot is None:
         return runs.read_status(d)
     try:
-        from cxrdemo.runs.worker import execute_run  # torch is imported only once this job may run
+        from cxrdemo.runs.worker import (
+            execute_run,  # torch is imported only once this job may run
+        )
 
         return execute_run(d, runs_dir=d.parent)
     finally:

@@ -19,8 +19,8 @@ import threading
 import time
 from pathlib import Path
 
-from cxrdemo.runs import store as runs
 from cxrdemo.errors import ConfigError, CxrError, RunError
+from cxrdemo.runs import store as runs
 
 ADDRESS_ENV = "CXRDEMO_RAY_ADDRESS"
 NUM_CPUS_ENV = "CXRDEMO_RAY_NUM_CPUS"

@@ -11,14 +11,13 @@ import os
 import platform
 import re
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterator
 
-from cxrdemo import paths
+from cxrdemo import fileio, paths
 from cxrdemo.config import TrainConfig
 from cxrdemo.errors import RunError
 
@@ -34,40 +33,8 @@ HEARTBEAT_STALE_S = 120.0
 
 # ---------------------------------------------------------------- atomic writes
 
-@contextlib.contextmanager
-def _atomic_file(path: Path) -> Iterator[io.BufferedWriter]:
-    """A temporary file in the same folder that replaces `path` (after fsync) only if the block succeeds."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary file in the same folder, fsync, then os.replace: readers never see half a file."""
-    with _atomic_file(path) as f:
-        f.write(data)
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    """Atomically write `obj` as indented JSON."""
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, default=str, allow_nan=True) + "\n").encode())
-
-
-def atomic_torch_save(obj: Any, path: Path) -> None:
-    """torch.save straight into the temporary file (no in-memory copy), then an atomic replace."""
-    import torch
-
-    with _atomic_file(path) as f:
-        torch.save(obj, f)
+# The store writes every file atomically; the helpers live on the ground floor (the model file uses them too).
+atomic_write_bytes, atomic_write_json = fileio.atomic_write_bytes, fileio.atomic_write_json
 
 
 # ---------------------------------------------------------------- addressing runs
@@ -298,25 +265,6 @@ def read_metrics(d: Path):
     numeric = [c for c in METRIC_COLUMNS if c != "path"]
     df[numeric] = df[numeric].apply(pd.to_numeric, errors="coerce")
     return df
-
-
-def load_checkpoint(path: Path) -> dict:
-    """A model.pt loaded safely (weights_only: a checkpoint cannot run code); RunError when damaged."""
-    import pickle
-
-    import torch
-
-    path = Path(path)
-    if not path.is_file():
-        raise RunError(f"Run {path.parent.name} has no trained model yet.")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, AttributeError) as exc:
-        raise RunError(f"The model file of run {path.parent.name} is damaged or unsafe and was not loaded "
-                       f"({exc.__class__.__name__}).") from None
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "backbone" not in ckpt:
-        raise RunError(f"The model file of run {path.parent.name} is not a cxrdemo model.")
-    return ckpt
 
 
 def read_test_metrics(d: Path) -> dict | None:

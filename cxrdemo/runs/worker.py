@@ -9,10 +9,11 @@ import traceback
 from pathlib import Path
 from typing import Callable
 
-from cxrdemo.runs import store as runs
 from cxrdemo.config import TrainConfig
 from cxrdemo.errors import Cancelled, CxrError
 from cxrdemo.model.train import Progress, fit
+from cxrdemo.runs import store as runs
+from cxrdemo.runs.sources import load_source
 
 CANCEL_FILE = "cancel"
 HEARTBEAT_EVERY_S = 1.0
@@ -81,12 +82,18 @@ def execute_run(run_dir: Path, echo: Callable[[Progress], None] | None = None,
 
     def on_progress(p: Progress) -> None:
         now = time.time()
+        if p.meta:  # how the run trains (dataset, device, precision...): config.json keeps it
+            runs.atomic_write_json(run_dir / "config.json", {**runs.read_json(run_dir / "config.json"), **p.meta})
+        if p.row:
+            runs.append_metrics(run_dir, p.row)
         if p.message:
             log.info("epoch %s/%s %s", p.epoch, p.epochs, p.message)
         if p.row or p.phase != "train" or now - last_beat[0] >= HEARTBEAT_EVERY_S:
             last_beat[0] = now
             fields = dict(heartbeat=now, phase=p.phase, epoch=p.epoch, epochs=p.epochs, batch=p.batch,
                           batches=p.batches, message=p.message or None)
+            if "device" in p.meta:
+                fields["device"] = p.meta["device"]
             if p.row:
                 fields["last_row"] = p.row
                 log.info("epoch %s: %s", p.epoch, {k: p.row[k] for k in ("train_loss", "val_loss", "val_acc")})
@@ -96,7 +103,8 @@ def execute_run(run_dir: Path, echo: Callable[[Progress], None] | None = None,
 
     try:
         try:
-            result = fit(config, run_dir, on_progress, lambda: cancel_requested(run_dir), runs_dir)
+            result = fit(config, run_dir, on_progress, lambda: cancel_requested(run_dir),
+                         load_source(config, runs_dir))
         except Cancelled:
             log.info("cancelled")
             return runs.write_status(run_dir, state="cancelled", finished=time.time(), error=None)

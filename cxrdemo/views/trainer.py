@@ -201,9 +201,12 @@ def trainable_text(backbone: str, freeze: str, num_classes: int = 2, head: str =
 
 @functools.lru_cache(maxsize=32)
 def _checkpoint_backbone(path: str, mtime: float) -> str | None:
+    from cxrdemo.errors import RunError
+    from cxrdemo.model import checkpoint  # torch: only once the demo model is offered
+
     try:
-        return str(runs.load_checkpoint(Path(path))["backbone"])
-    except Exception:  # noqa: BLE001 - an unreadable demo model is simply not offered
+        return checkpoint.load(Path(path)).backbone
+    except RunError:  # an unreadable demo model is simply not offered
         return None
 
 
