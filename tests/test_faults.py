@@ -180,13 +180,13 @@ def test_runs_folder_that_is_a_file_is_a_sentence(tmp_path, monkeypatch, capsys)
 
 def test_store_turning_read_only_mid_run_still_reports_failed(patch_store, ds, monkeypatch):
     d = runs.create_run(tiny(ds), patch_store.root)
-    real = runs.atomic_write_bytes
+    real = fileio.atomic_file
 
-    def read_only_after_first_epoch(path, data):
+    def read_only_after_first_epoch(path):
         if (d / "metrics.csv").exists():  # from the first epoch's row on, nothing can be written, not even status
             raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
-        return real(path, data)
-    monkeypatch.setattr(runs, "atomic_write_bytes", read_only_after_first_epoch)
+        return real(path)
+    monkeypatch.setattr(fileio, "atomic_file", read_only_after_first_epoch)
     status = execute_run(d)
     assert status["state"] == "failed" and "read-only" in status["error"]
     # status.json still holds the last state written; once the worker process is gone it reads 'interrupted'.
