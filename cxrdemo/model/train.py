@@ -417,7 +417,7 @@ def finish(run_dir: Path, config: TrainConfig, classes, cache: dict, best_epoch:
     net = load_net(ckpt)
     plain = _Inputs(None, False, None)
     threshold = None
-    if config.threshold != "argmax" and len(classes) == 2:
+    if config.threshold.tuned and len(classes) == 2:
         _, _, val_probs = evaluate(net, cache["val"].images, cache["val"].labels, plain, classes)
         try:
             threshold = metrics.choose_threshold(cache["val"].labels.numpy(), val_probs, config.threshold)
