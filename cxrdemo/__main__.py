@@ -1,4 +1,4 @@
-"""`python -m cxrdemo ...`: see cxrdemo/cli.py."""
+"""`python -m cxrdemo ...`: see cxrdemo/cli/main.py."""
 
 import sys
 

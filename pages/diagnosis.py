@@ -8,6 +8,8 @@ import streamlit as st
 
 from cxrdemo.data.shrink import display_copy
 from cxrdemo.diagnosis import explain, predict
+from cxrdemo.views import diagnosis as dv
+from cxrdemo.views import words
 from cxrdemo.views.text import escape_markdown as md
 from pages import ui
 
@@ -79,7 +81,7 @@ def show_result(label: str, model: predict.LoadedModel, rad: predict.Radiograph,
         st.markdown(f"**{md(label)}**")
     # Class names are folder names: the sentence is built from escaped copies (the CLI prints them as they are).
     shown = dataclasses.replace(model, classes=tuple(md(c) for c in model.classes))
-    st.markdown(predict.decision_sentence(shown, res.probs, res.predicted))
+    st.markdown(dv.decision_sentence(shown, res.probs, res.predicted))
     if full:
         st.plotly_chart(explain.probability_figure(model.classes, res.probs, res.predicted), key="probs")
     grey = display_copy(rad.grey)  # the browser gets at most 1024 px: the networks saw 299 at most
@@ -102,7 +104,7 @@ ui.notice()
 st.caption("See what a trained model predicts for one radiograph and, with a heatmap, which regions drove "
            "that prediction.")
 root = str(ui.runs_dir())
-choices = ui.model_choices()
+choices = words.model_choices(root)
 if not choices:
     st.info("There is no trained model yet. Train one on the **Trainer** page (a few minutes on the built-in "
             "demo data); it will be offered here as soon as it has finished.")
@@ -128,7 +130,7 @@ if model is None:
 c1, c2, c3 = st.columns(3)
 method = c1.selectbox("Heatmap method", list(explain.CAM_METHODS), key="method",
                       help="How the heatmap is computed. GradCAM is the usual choice.")
-c1.caption(explain.METHOD_NOTES[method])
+c1.caption(words.CAM_NOTES[method])
 target = c2.selectbox("Class to explain", [PREDICTED, *model.classes], key="target",
                       help="Which class the heatmap argues for: by default the one the model predicted.")
 opacity = c3.slider("Heatmap opacity", 0.0, 1.0, 0.4, 0.05, key="opacity")

@@ -6,35 +6,15 @@ import streamlit as st
 from streamlit.errors import StreamlitAPIException
 
 from cxrdemo import data
-from cxrdemo.config import (
-    AUGMENTATIONS,
-    BALANCING,
-    HEADS,
-    INTENSITY,
-    OPTIMIZERS,
-    PRECISIONS,
-    SELECTIONS,
-    THRESHOLDS,
-    TrainConfig,
-    threshold_words,
-)
 from cxrdemo.model import backbones
 from cxrdemo.runs import jobs, ray_backend
 from cxrdemo.runs.worker import log_tail
 from cxrdemo.views import trainer as tv
+from cxrdemo.views import trainer_form as form
+from cxrdemo.views import words
 from pages import ui
 
-DEFAULTS = TrainConfig()
-AUG_LABELS = {"none": "none", "light": "light (flips, small shifts and rotations, as in the papers)",
-              "acquisition": "acquisition (also contrast, blur, noise: robust to other scanners)"}
-INTENSITY_LABELS = {"none": "as recorded", "equalize": "histogram-equalised"}
-HEAD_LABELS = {"linear": "one linear layer", "fc512": "two 512-unit layers (papers)"}
-PRECISION_LABELS = {"auto": "automatic (fastest this machine runs well)", "fp32": "full (float32)",
-                    "bf16": "mixed (bfloat16)"}
-SELECT_LABELS = {"val_loss": "lowest validation loss", "val_auroc": "best validation AUROC (ranking)"}
-BAL_LABELS = {"sampler": "oversample the rarer class", "loss": "weight the loss by class", "none": "no balancing"}
-IMG_SIZES = [64, 128, 160, 224, 299]
-SWEEP_FREEZES = ["none", "head", "1", "2", "3", "gradual:1", "gradual:2"]
+SPECS = {spec.name: spec for spec in form.widget_specs()}
 
 
 @st.cache_data(ttl=30, show_spinner="Scanning the dataset…")
@@ -51,6 +31,25 @@ def link(page: str, label: str, icon: str, run_id: str) -> None:
         st.caption(f"{icon} {label}: open it from the app's sidebar.")
 
 
+def widget(spec: form.WidgetSpec, where=st):
+    """The widget a declared option asks for (a number field or a choice), keyed by the option's name."""
+    if spec.kind == "select":
+        return where.selectbox(spec.label, spec.options, index=spec.options.index(spec.default),
+                               format_func=spec.word, key=spec.name, help=spec.help)
+    return where.number_input(spec.label, spec.min, spec.max, spec.default, step=spec.step, format=spec.format,
+                              key=spec.name, help=spec.help)
+
+
+def widget_rows(group: str) -> dict:
+    """Every declared option of `group`, four to a row; their values by option name."""
+    specs = [s for s in SPECS.values() if s.group == group]
+    values = {}
+    for i in range(0, len(specs), 4):
+        for col, spec in zip(st.columns(4), specs[i:i + 4]):
+            values[spec.name] = widget(spec, col)
+    return values
+
+
 ui.notice()
 st.title(":material/model_training: Trainer")
 root = ui.runs_dir()
@@ -59,7 +58,8 @@ with ui.friendly_errors("Checking earlier jobs"):
 
 # ---------------------------------------------------------------- 1. data
 st.subheader("1 · Images")
-source = st.radio("Dataset", ["Built-in demo set (chest X-rays, NORMAL vs PNEUMONIA)", "A folder on this computer"],
+source = st.radio(SPECS["data"].label,
+                  ["Built-in demo set (chest X-rays, NORMAL vs PNEUMONIA)", "A folder on this computer"],
                   horizontal=True, key="source")
 data_path = "demo"
 if source.startswith("A folder"):
@@ -71,7 +71,7 @@ if data_path:
     with ui.friendly_errors("Reading the dataset"):
         ds = scan(data_path)
 if ds is not None:
-    st.dataframe(tv.scan_rows(ds), hide_index=True)
+    st.dataframe(form.scan_rows(ds), hide_index=True)
     for note in ds.notes:
         st.info(note)
     if ds.skipped:
@@ -83,68 +83,27 @@ num_classes = len(ds.classes) if ds is not None and ds.classes else 2
 st.subheader("2 · Network")
 names = backbones.backbone_names()
 c1, c2 = st.columns(2)
-backbone = c1.selectbox("Backbone", names, index=names.index(DEFAULTS.backbone), key="backbone",
+backbone = c1.selectbox(SPECS["backbone"].label, names, index=names.index(SPECS["backbone"].default), key="backbone",
                         format_func=lambda n: f"{n} — {backbones.get_spec(n).description} "
                                               f"({backbones.param_counts(n, num_classes)[0]:,} parameters)")
-inits = tv.init_options(backbone, jobs.list_jobs(root))
+inits = form.init_options(backbone, jobs.list_jobs(root))
 preferred = "imagenet" if "imagenet" in inits and backbones.find_imagenet_weights(backbone) else "scratch"
-init = c2.selectbox("Starting weights", list(inits), index=list(inits).index(preferred), format_func=inits.get,
+init = c2.selectbox(SPECS["init"].label, list(inits), index=list(inits).index(preferred), format_func=inits.get,
                     key=f"init-{backbone}")
-note = tv.imagenet_note(backbone)
+note = form.imagenet_note(backbone)
 if note:
     c2.info(note, icon=":material/inventory_2:")
-freezes = tv.freeze_options(backbone)
-freeze = c1.selectbox("Freeze level (which layers stay fixed)", list(freezes), format_func=freezes.get,
-                      key=f"freeze-{backbone}")
-c1.caption(tv.trainable_text(backbone, freeze, num_classes) + (" in the first epochs" if ":" in freeze else ""))
+freezes = form.freeze_options(backbone)
+freeze = c1.selectbox(SPECS["freeze"].label, list(freezes), format_func=freezes.get, key=f"freeze-{backbone}")
+c1.caption(form.trainable_text(backbone, freeze, num_classes))
 
 # ---------------------------------------------------------------- 3. training
 st.subheader("3 · Training")
-c1, c2, c3, c4 = st.columns(4)
-epochs = c1.number_input("Epochs", 1, 1000, DEFAULTS.epochs, key="epochs")
-lr = c2.number_input("Learning rate", 1e-6, 1.0, DEFAULTS.lr, format="%.5f", step=1e-4, key="lr")
-batch_size = c3.number_input("Batch size", 1, 512, DEFAULTS.batch_size, key="batch_size")
-img_size = c4.selectbox("Image size (pixels)", IMG_SIZES, index=IMG_SIZES.index(DEFAULTS.img_size), key="img_size")
-c1, c2, c3, c4 = st.columns(4)
-augment = c1.selectbox("Augmentation", AUGMENTATIONS, format_func=AUG_LABELS.get, key="augment")
-balance = c2.selectbox("Class balancing", BALANCING, format_func=BAL_LABELS.get, key="balance")
-patience = c3.number_input("Early-stopping patience (0 = off)", 0, 1000, DEFAULTS.patience, key="patience")
-max_images = c4.number_input("Images per split (0 = all)", 0, 100000, DEFAULTS.max_images,
-                             help="A smaller stratified subset gives a quick demo run.", key="max_images")
+options = widget_rows("training")
 with st.expander("More options"):
-    c1, c2, c3, c4 = st.columns(4)
-    intensity = c1.selectbox("Intensity", INTENSITY, format_func=INTENSITY_LABELS.get, key="intensity",
-                             help="Histogram equalisation evens out exposure differences between scanners; "
-                                  "the model repeats it on every image it is shown later.")
-    threshold = c2.selectbox("Decision rule", THRESHOLDS, format_func=threshold_words, key="threshold",
-                             help="For two classes. A fixed specificity or sensitivity on validation moves less "
-                                  "than a balanced cut when the model meets another site's images.")
-    ema = c3.number_input("Weight averaging (0 = off)", 0.0, 0.9999, DEFAULTS.ema, format="%.4f", key="ema",
-                          help="Keep a moving average of the weights (e.g. 0.998) and save that: steadier results.")
-    head = c4.selectbox("Head", HEADS, format_func=HEAD_LABELS.get, key="head")
-    c1, c2, c3, c4 = st.columns(4)
-    dropout = c1.number_input("Dropout on the head", 0.0, 0.9, DEFAULTS.dropout, step=0.1, key="dropout")
-    weight_decay = c2.number_input("Weight decay", 0.0, 1.0, DEFAULTS.weight_decay, format="%.5f", step=1e-4,
-                                   key="weight_decay")
-    optimizer = c3.selectbox("Optimiser", OPTIMIZERS, format_func=str.capitalize, key="optimizer")
-    seed = c4.number_input("Seed", 0, 2**31 - 1, DEFAULTS.seed, key="seed")
-    c1, c2, _, _ = st.columns(4)
-    select = c2.selectbox("Keep the epoch with", SELECTIONS, format_func=SELECT_LABELS.get, key="select",
-                          help="Early stopping watches the same score. AUROC suits a threshold tuned on validation.")
-    precision = c1.selectbox("Arithmetic precision", PRECISIONS, format_func=PRECISION_LABELS.get, key="precision",
-                             help="Mixed precision trains 2-3x faster on recent Intel CPUs (AMX) and on GPUs; "
-                                  "the saved model and every prediction stay full precision.")
+    options.update(widget_rows("more"))
 name = st.text_input("Label (optional, added to the run id)", max_chars=40, key="run_name")
-
-
-def make_config(**changes) -> TrainConfig:
-    """The form as a validated TrainConfig (ConfigError carries the sentence)."""
-    form = dict(data=data_path or "", backbone=backbone, init=init, freeze=freeze, epochs=int(epochs), lr=float(lr),
-                batch_size=int(batch_size), img_size=int(img_size), augment=augment, balance=balance,
-                patience=int(patience), max_images=int(max_images), intensity=intensity, threshold=threshold,
-                ema=float(ema), head=head, dropout=float(dropout), weight_decay=float(weight_decay),
-                optimizer=optimizer, seed=int(seed), precision=precision, select=select)
-    return TrainConfig(**{**form, **changes})
+recipe = {"data": data_path or "", "backbone": backbone, "init": init, "freeze": freeze, **options}
 
 
 # ---------------------------------------------------------------- where jobs train (Ray cluster, issue #9)
@@ -160,7 +119,7 @@ if ray_address:
     problem = cluster_problem(ray_address)
     if problem:
         st.warning(problem, icon=":material/cloud_off:")
-    targets, default_target = tv.backend_options(ray_address, problem)
+    targets, default_target = form.backend_options(ray_address, problem)
     where = {"backend": st.radio("Train on", list(targets), index=list(targets).index(default_target),
                                  format_func=targets.get, horizontal=True, key="backend")}
 # ---------------------------------------------------------------- end of where jobs train
@@ -168,17 +127,16 @@ if ray_address:
 if st.button("Start training", type="primary", disabled=ds is None, key="start",
              help=None if ds is not None else "Choose a dataset that can be read first."):
     with ui.friendly_errors("Starting the job"):
-        run_id = jobs.submit(make_config(), root, name=name, **where)
+        run_id = jobs.submit(form.make_config(recipe), root, name=name, **where)
         st.success(f"Queued run **{run_id}**; it appears below and keeps training if you close this tab.")
 
 with st.expander("Sweep: queue a grid of backbones × freeze levels"):
     sweep_nets = st.multiselect("Backbones", names, default=[backbone], key="sweep_backbones")
-    sweep_freezes = st.multiselect("Freeze levels", SWEEP_FREEZES, default=["none", "head"], key="sweep_freezes")
+    sweep_freezes = st.multiselect("Freeze levels", form.SWEEP_FREEZES, default=["none", "head"], key="sweep_freezes")
     configs, notes = [], []
     if ds is not None:
         with ui.friendly_errors("Preparing the sweep"):
-            configs, notes = tv.sweep_configs(make_config(init="scratch" if init.startswith("run:") else init),
-                                              sweep_nets, sweep_freezes)
+            configs, notes = form.sweep_configs(form.make_config(recipe), sweep_nets, sweep_freezes)
     for n in notes:
         st.caption(n)
     if st.button(f"Queue {len(configs)} run(s)", disabled=ds is None or not configs, key="sweep"):
@@ -198,7 +156,7 @@ def jobs_panel() -> None:
     for row in rows:
         with st.container(border=True):
             head, action = st.columns([5, 1])
-            head.markdown(f"{tv.STATE_ICONS.get(row.state, '')} **{row.run_id}** · {row.title}  \n{row.status_text}")
+            head.markdown(f"{words.STATE_ICONS.get(row.state, '')} **{row.run_id}** · {row.title}  \n{row.status_text}")
             if row.active:
                 st.progress(row.fraction, text=" · ".join(t for t in (row.progress_text, row.eta_text) if t))
                 if action.button("Cancel", key=f"cancel-{row.run_id}"):

@@ -10,10 +10,8 @@ import streamlit as st
 
 from cxrdemo import paths
 from cxrdemo.errors import CxrError
-from cxrdemo.runs import store as runs
+from cxrdemo.views.words import NOTICE
 
-NOTICE = ("**Research and teaching demo — not for clinical use.** Predictions and heatmaps are not a diagnosis "
-          "and must not guide patient care.")
 log = logging.getLogger("cxrdemo.app")
 
 
@@ -38,15 +36,3 @@ def friendly_errors(what: str = "That") -> Iterator[None]:
 def runs_dir():
     """The run store every page reads."""
     return paths.runs_dir()
-
-
-def model_choices() -> dict[str, str]:
-    """Label -> run reference for every model that can predict: the demo model first, then completed runs."""
-    choices: dict[str, str] = {}
-    if (paths.demo_run_dir() / "model.pt").is_file():
-        choices["Demo model (shipped)"] = paths.DEMO_RUN_NAME
-    for info in reversed(runs.list_runs(runs_dir())):
-        if info.state == "completed" and (info.path / "model.pt").is_file():
-            c = info.config
-            choices[f"{info.run_id} ({c.get('backbone')}, {c.get('init')}, freeze {c.get('freeze')})"] = info.run_id
-    return choices

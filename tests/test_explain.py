@@ -19,6 +19,7 @@ from cxrdemo.diagnosis.predict import LoadedModel, model_input, predict_probs
 from cxrdemo.errors import ConfigError
 from cxrdemo.model import backbones
 from cxrdemo.model.checkpoint import Decision, Preprocessing
+from cxrdemo.views import words
 
 
 def _images(make, n: int, seed: int, with_patch: bool):
@@ -112,7 +113,7 @@ def test_every_cam_method_runs(patch_model, make_patch_image, method):
     np.testing.assert_allclose(res.probs, predict_probs(patch_model, _u8(img)[None])[0], atol=1e-5)
     assert res.predicted == res.target == 1
     assert res.class_specific == (method != "EigenCAM")
-    assert issubclass(explain.method_class(method), object) and explain.METHOD_NOTES[method]
+    assert issubclass(explain.method_class(method), object) and words.CAM_NOTES[method]
 
 
 @pytest.mark.parametrize("name", backbones.backbone_names())

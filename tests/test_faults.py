@@ -250,9 +250,9 @@ def test_compare_page_renders_with_damaged_runs(damaged_store):
 
 
 def test_diagnosis_page_offers_the_good_models_when_one_is_damaged(damaged_store):
-    from pages import ui
+    from cxrdemo.views import words
 
-    choices = ui.model_choices()
+    choices = words.model_choices()
     assert damaged_store.bad["config"] not in choices.values() and damaged_store.bad["status"] not in choices.values()
     at = AppTest.from_file(str(REPO / "pages" / "diagnosis.py"), default_timeout=60)
     at.run()

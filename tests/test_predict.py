@@ -18,6 +18,7 @@ from cxrdemo.cli import main as cli
 from cxrdemo.diagnosis import explain, predict
 from cxrdemo.errors import ImageReadError
 from cxrdemo.model.checkpoint import Decision, Preprocessing
+from cxrdemo.views import diagnosis as diagnosis_view
 
 SECRETS = ("Doe", "Jane", "PID-0042-SECRET", "St Elsewhere", "ACC998877", "19700101", "Dr^House")
 
@@ -246,16 +247,16 @@ def test_the_decision_sentence_names_the_threshold_that_decided():
     net = torch.nn.Identity()
     pre = Preprocessing(64)
     tuned = predict.LoadedModel(net, ("NORMAL", "PNEUMONIA"), pre, Decision("val", 0.021), "r", Path("."))
-    text = predict.decision_sentence(tuned, np.array([0.831, 0.169]), 1)
+    text = diagnosis_view.decision_sentence(tuned, np.array([0.831, 0.169]), 1)
     assert text.startswith("Prediction: **PNEUMONIA**") and "16.9% is at or above" in text and "2.1%" in text
-    below = predict.decision_sentence(tuned, np.array([0.99, 0.01]), 0)
+    below = diagnosis_view.decision_sentence(tuned, np.array([0.99, 0.01]), 0)
     assert "**NORMAL**" in below and "1.0% is below" in below
     assert "threshold of 2.1%, tuned on validation images for balanced accuracy (" in text
     # The decision record names its rule: the config's (here contradicting) field is not consulted.
     fixed = predict.LoadedModel(net, ("NORMAL", "PNEUMONIA"), pre, Decision("spec:0.97", 0.2), "r", Path("."),
                                 {"threshold": "val"})
     assert "threshold of 20.0%, that keeps 97% specificity (normals called normal) on validation images" in \
-        predict.decision_sentence(fixed, np.array([0.7, 0.3]), 1)
+        diagnosis_view.decision_sentence(fixed, np.array([0.7, 0.3]), 1)
     plain = predict.LoadedModel(net, ("A", "B", "C"), pre, Decision(), "r", Path("."))
-    assert predict.decision_sentence(plain, np.array([0.2, 0.5, 0.3]), 1) == \
+    assert diagnosis_view.decision_sentence(plain, np.array([0.2, 0.5, 0.3]), 1) == \
         "Prediction: **B** (50.0%, the most probable class)"

@@ -15,6 +15,7 @@ from cxrdemo.model import backbones
 from cxrdemo.runs import jobs
 from cxrdemo.runs import store as runs
 from cxrdemo.views import trainer as trainer_view
+from cxrdemo.views import trainer_form
 
 REPO = Path(__file__).resolve().parents[1]
 PAGE = str(REPO / "pages" / "trainer.py")
@@ -67,11 +68,11 @@ def test_page_renders_demo_report_registry_and_freeze_counts(store):
     assert at.selectbox(key="init-resnet18").value == "scratch"
     note = texts(at.info)
     assert backbones.imagenet_weight_file("resnet18") in note and "weights" in note
-    assert trainer_view.trainable_text("resnet18", "none") in texts(at.caption)
+    assert trainer_form.trainable_text("resnet18", "none") in texts(at.caption)
     at.selectbox(key="freeze-resnet18").set_value("head").run()
     total, trainable = backbones.param_counts("resnet18", 2, "head")
     assert trainable < total and f"{trainable:,} of {total:,}" in texts(at.caption)
-    assert at.selectbox(key="freeze-resnet18").options[:3] == list(trainer_view.freeze_options("resnet18").values())[:3]
+    assert at.selectbox(key="freeze-resnet18").options[:3] == list(trainer_form.freeze_options("resnet18").values())[:3]
     assert "No training jobs yet" in texts(at.info)
 
 
@@ -110,7 +111,7 @@ def test_sweep_queues_the_whole_grid(store, tiny_dataset, fake_submit):
     at.multiselect(key="sweep_freezes").set_value(["none", "head", "3"]).run()
     at.button(key="sweep").click().run()
     assert not at.exception and not at.error, texts(at.error)
-    assert sorted((c.backbone, c.freeze) for c in fake_submit) == sorted(
+    assert sorted((c.backbone, str(c.freeze)) for c in fake_submit) == sorted(
         (b, f) for b in ("cnn8", "cnn5") for f in ("none", "head", "3"))
     assert len(runs.list_runs(store)) == 6 and "Queued 6 runs" in texts(at.success)
 
@@ -167,7 +168,7 @@ def test_progress_fraction_and_eta():
 
 
 def test_freeze_options_follow_the_registry():
-    opts = trainer_view.freeze_options("resnet18")
+    opts = trainer_form.freeze_options("resnet18")
     stages = backbones.get_spec("resnet18").stage_names
     assert [k for k in opts if k.isdigit()] == [str(k) for k in range(1, len(stages))]
     assert "stem + layer1" in opts["2"]
@@ -180,25 +181,26 @@ def test_sweep_grid_skips_what_cannot_run(tmp_path, monkeypatch):
     monkeypatch.setenv("CXRDEMO_WEIGHTS_DIR", str(tmp_path))
     monkeypatch.setattr(backbones, "imagenet_search_dirs", lambda: [tmp_path])
     base = TrainConfig(data="demo", init="imagenet", epochs=1)
-    configs, notes = trainer_view.sweep_configs(base, ["cnn8", "cnn5", "resnet18"], ["none", "5"])
+    configs, notes = trainer_form.sweep_configs(base, ["cnn8", "cnn5", "resnet18"], ["none", "5"])
     # cnn8 has 4 trunk groups (freeze 5 is too high); resnet18 has no local ImageNet file.
-    assert [(c.backbone, c.freeze, c.init) for c in configs] == [
+    assert [(c.backbone, str(c.freeze), c.init) for c in configs] == [
         ("cnn8", "none", "scratch"), ("cnn5", "none", "scratch"), ("cnn5", "5", "scratch")]
     text = " ".join(notes)
     assert "cnn8 with freeze 5" in text and "resnet18 with freeze none" in text and "from scratch" in text
-    configs, notes = trainer_view.sweep_configs(base.replace(init="run:x"), ["cnn8"], ["none"])
-    assert configs == [] and "one run" in notes[0]
+    # One run's weights fit one backbone: a sweep from a run starts every network from scratch, and says so.
+    configs, notes = trainer_form.sweep_configs(base.replace(init="run:x"), ["cnn8"], ["none"])
+    assert [c.init for c in configs] == ["scratch"] and "one run" in notes[0]
 
 
 def test_init_options_offer_finished_runs_of_the_same_backbone(store):
     done8 = _fake_run(store, "completed", 2)
     (done8 / "model.pt").write_bytes(b"x")
     _fake_run(store, "failed", 1, error="boom")
-    opts = trainer_view.init_options("cnn8", runs.list_runs(store))
+    opts = trainer_form.init_options("cnn8", runs.list_runs(store))
     assert list(opts) == ["scratch", f"run:{done8.name}"] and "best val acc 60.0%" in opts[f"run:{done8.name}"]
-    assert list(trainer_view.init_options("resnet18", runs.list_runs(store))) == ["imagenet", "scratch"]
-    assert trainer_view.imagenet_note("cnn8") is None
-    assert backbones.imagenet_weight_file("resnet18") in trainer_view.imagenet_note("resnet18")
+    assert list(trainer_form.init_options("resnet18", runs.list_runs(store))) == ["imagenet", "scratch"]
+    assert trainer_form.imagenet_note("cnn8") is None
+    assert backbones.imagenet_weight_file("resnet18") in trainer_form.imagenet_note("resnet18")
 
 
 def test_more_options_reach_the_recipe(store, tiny_dataset, fake_submit):
@@ -212,5 +214,5 @@ def test_more_options_reach_the_recipe(store, tiny_dataset, fake_submit):
     at.button(key="start").click().run()
     assert not at.exception and not at.error, texts(at.error)
     (config,) = fake_submit
-    assert (config.intensity, config.threshold, config.head, config.optimizer) == ("equalize", "val", "fc512", "sgd")
+    assert (config.intensity, str(config.threshold), config.head, config.optimizer) == ("equalize", "val", "fc512", "sgd")
     assert config.ema == pytest.approx(0.99) and config.dropout == pytest.approx(0.3)

@@ -11,10 +11,11 @@ from pathlib import Path
 import numpy as np
 
 from cxrdemo import paths
-from cxrdemo.config import TrainConfig, threshold_words
+from cxrdemo.config import TrainConfig
 from cxrdemo.errors import RunError
 from cxrdemo.model import metrics
 from cxrdemo.runs import store as runs
+from cxrdemo.views.words import rule_words
 
 # The recipe, in two stages (progressive resizing): most of the learning at 128 px, where an epoch is cheap,
 # then a short fine-tune at 224 px that starts from stage 1 through `--init run:<stage 1>` (an ordinary
@@ -89,8 +90,9 @@ def _fmt(m: dict, ci: dict, key: str) -> str:
 
 
 def _train_command(recipe: dict, init: str | None = None) -> str:
+    defaults = TrainConfig().to_dict()
     flags = " ".join(f"--{k.replace('_', '-')} {init if k == 'init' and init else v}" for k, v in recipe.items()
-                     if k not in ("data", "extra") and v != TrainConfig.__dataclass_fields__[k].default)
+                     if k in defaults and k != "data" and v != defaults[k])
     return f"python -m cxrdemo train --data {recipe['data']} {flags}"
 
 
@@ -120,7 +122,7 @@ triage or treat anyone.
 - **Task:** paediatric chest X-ray, NORMAL vs PNEUMONIA (bacterial and viral together).
 - **Architecture:** `{r['backbone']}` from scratch (no ImageNet weights), {r['img_size']} px input,
   greyscale replicated to 3 channels, ImageNet mean/std.
-- **Decision:** PNEUMONIA when p(PNEUMONIA) reaches {threshold_words(r['threshold'])}
+- **Decision:** PNEUMONIA when p(PNEUMONIA) reaches {rule_words(r['threshold'])}
   (`--threshold {r['threshold']}`); the threshold is saved in `model.pt`.
 - **Schedule:** {schedule}. Training arithmetic: {precision}; the saved weights are float32.
 - **Training data:** `cxr-large` (4,353 train / 488 val images from the original Kermany *train* split,

@@ -7,20 +7,14 @@ import sys
 import time
 from pathlib import Path
 
+from cxrdemo.cli.options import EXIT_BAD_INPUT, add_train_options, config_from_args
+from cxrdemo.cli.options import runs_dir as _runs_dir
 from cxrdemo.errors import ConfigError
 from cxrdemo.runs import jobs
 from cxrdemo.runs import store as runs
 
-EXIT_BAD_INPUT = 2
-
-
-def _runs_dir(args) -> Path | None:
-    return Path(args.runs_dir) if getattr(args, "runs_dir", None) else None
-
 
 def cmd_submit(args) -> int:
-    from cxrdemo.cli.main import config_from_args
-
     if args.max_jobs is not None and args.max_jobs < 1:
         raise ConfigError(f"--max-jobs must be at least 1 (got {args.max_jobs}).")
     print(jobs.submit(config_from_args(args), _runs_dir(args), name=args.name, max_jobs=args.max_jobs,
@@ -88,14 +82,12 @@ def cmd_jobs_worker(args) -> int:
     return 0 if status.get("state") in ("completed", "cancelled") else 1
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    """Add `jobs` (and the hidden `jobs-worker` a job process runs) to the CLI's subcommands."""
-    from cxrdemo.cli.main import add_train_options
-
+def register(sub: argparse._SubParsersAction, store: argparse.ArgumentParser) -> None:
+    """Add `jobs` (and the hidden `jobs-worker` a job process runs) to the CLI; `store` gives each --runs-dir."""
     p = sub.add_parser("jobs", help="background training jobs: submit, list, cancel, watch")
     jsub = p.add_subparsers(dest="jobs_command", required=True)
 
-    q = jsub.add_parser("submit", help="queue a training run in the background; prints its id")
+    q = jsub.add_parser("submit", parents=[store], help="queue a training run in the background; prints its id")
     add_train_options(q)
     q.add_argument("--max-jobs", type=int, default=None, help="jobs allowed to train at once (default: by cores)")
     q.add_argument("--backend", choices=jobs.BACKENDS, default=None,
@@ -103,25 +95,27 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "CXRDEMO_RAY_ADDRESS is set, else local)")
     q.set_defaults(func=cmd_submit)
 
-    q = jsub.add_parser("list", help="one line per run: id, state, epoch k/N, best val accuracy")
+    q = jsub.add_parser("list", parents=[store], help="one line per run: id, state, epoch k/N, best val accuracy")
     q.set_defaults(func=cmd_list)
 
-    q = jsub.add_parser("cancel", help="cancel a queued or running job (its finished epochs are kept)")
+    q = jsub.add_parser("cancel", parents=[store], help="cancel a queued or running job (its finished epochs are kept)")
     q.add_argument("run_id")
     q.add_argument("--grace", type=float, default=10.0, help="seconds to wait before stopping it by force")
     q.set_defaults(func=cmd_cancel)
 
-    q = jsub.add_parser("watch", help="print progress until the run ends (exit 0 completed, 2 otherwise)")
+    q = jsub.add_parser("watch", parents=[store],
+                        help="print progress until the run ends (exit 0 completed, 2 otherwise)")
     q.add_argument("run_id")
     q.add_argument("--every", type=float, default=1.0, help="seconds between checks")
     q.add_argument("--timeout", type=float, default=0.0, help="give up after this many seconds (0 = never)")
     q.set_defaults(func=cmd_watch)
 
-    q = jsub.add_parser("again", help="start a finished, failed, cancelled or interrupted run again as a new run")
+    q = jsub.add_parser("again", parents=[store],
+                        help="start a finished, failed, cancelled or interrupted run again as a new run")
     q.add_argument("run_id")
     q.set_defaults(func=cmd_again)
 
-    q = jsub.add_parser("reap", help="mark runs whose process died as interrupted")
+    q = jsub.add_parser("reap", parents=[store], help="mark runs whose process died as interrupted")
     q.set_defaults(func=cmd_reap)
 
     p = sub.add_parser("jobs-worker", help=argparse.SUPPRESS)

@@ -3,88 +3,22 @@
 from __future__ import annotations
 
 import argparse
-import json
-import math
+import os
 import sys
 from pathlib import Path
 
-from cxrdemo.config import (
-    AUGMENTATIONS,
-    BALANCING,
-    HEADS,
-    INTENSITY,
-    OPTIMIZERS,
-    PRECISIONS,
-    SELECTIONS,
-    TrainConfig,
+from cxrdemo.cli import jobs as cli_jobs
+from cxrdemo.cli.options import (
+    EXIT_BAD_INPUT,
+    RUNS_DIR_HELP,
+    add_train_flag,
+    add_train_options,
+    config_from_args,
+    runs_dir_parent,
 )
+from cxrdemo.cli.options import runs_dir as _runs_dir
+from cxrdemo.cli.options import to_json as _json
 from cxrdemo.errors import CxrError
-
-EXIT_BAD_INPUT = 2
-
-
-def _json(obj) -> str:
-    def clean(v):
-        if isinstance(v, float) and not math.isfinite(v):
-            return None
-        if isinstance(v, dict):
-            return {k: clean(x) for k, x in v.items()}
-        if isinstance(v, (list, tuple)):
-            return [clean(x) for x in v]
-        return v
-    return json.dumps(clean(obj), separators=(", ", ": "))
-
-
-# ---------------------------------------------------------------- train options (shared with `jobs submit`)
-
-def add_train_options(p: argparse.ArgumentParser) -> None:
-    """Every TrainConfig field as a flag, defaults from the dataclass."""
-    d = TrainConfig()
-    p.add_argument("--data", default=d.data, help="dataset folder, or 'demo' for the built-in one")
-    p.add_argument("--backbone", default=d.backbone, help="see `python -m cxrdemo backbones`")
-    p.add_argument("--init", default=d.init, help="imagenet | scratch | run:<run id>")
-    p.add_argument("--freeze", default=d.freeze, help="none | head | k (first k groups) | gradual:T")
-    p.add_argument("--epochs", type=int, default=d.epochs)
-    p.add_argument("--img-size", type=int, default=d.img_size)
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    p.add_argument("--optimizer", choices=OPTIMIZERS, default=d.optimizer)
-    p.add_argument("--step-size", type=int, default=d.step_size, help="decay lr x gamma every N epochs (0 = off)")
-    p.add_argument("--gamma", type=float, default=d.gamma)
-    p.add_argument("--patience", type=int, default=d.patience, help="early stopping patience (0 = off)")
-    p.add_argument("--select", choices=SELECTIONS, default=d.select,
-                   help="the epoch kept: lowest val loss (default) or highest val AUROC (ranking; suits a tuned --threshold)")
-    p.add_argument("--augment", nargs="?", const="light", default=d.augment, choices=AUGMENTATIONS,
-                   help="none | light (papers) | acquisition; bare --augment means light")
-    p.add_argument("--intensity", choices=INTENSITY, default=d.intensity,
-                   help="per-image intensity standardisation, repeated at prediction (equalize = histogram)")
-    p.add_argument("--balance", choices=BALANCING, default=d.balance)
-    p.add_argument("--head", choices=HEADS, default=d.head)
-    p.add_argument("--dropout", type=float, default=d.dropout)
-    p.add_argument("--trunk-lr-factor", type=float, default=d.trunk_lr_factor)
-    p.add_argument("--ema", type=float, default=d.ema, help="average the weights over steps (e.g. 0.998; 0 = off)")
-    p.add_argument("--threshold", default=d.threshold, metavar="RULE",
-                   help="decision rule for two classes: argmax | val (balanced on validation) | spec:x (keep "
-                        "specificity >= x on validation, e.g. spec:0.97) | sens:x (keep sensitivity >= x)")
-    p.add_argument("--precision", choices=PRECISIONS, default=d.precision,
-                   help="auto = bfloat16 mixed precision where the CPU/GPU runs it natively (AMX, CUDA), else fp32")
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--split-seed", type=int, default=d.split_seed)
-    p.add_argument("--threads", type=int, default=d.threads)
-    p.add_argument("--max-images", type=int, default=d.max_images, help="cap images per split (quick demos)")
-    p.add_argument("--name", default="", help="a short label added to the run id")
-
-
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """A validated TrainConfig from parsed flags."""
-    fields = TrainConfig.__dataclass_fields__
-    return TrainConfig(**{k: v for k, v in vars(args).items() if k in fields and k != "extra"})
-
-
-def _runs_dir(args) -> Path | None:
-    return Path(args.runs_dir) if getattr(args, "runs_dir", None) else None
-
 
 # ---------------------------------------------------------------- commands
 
@@ -227,31 +161,35 @@ def cmd_demo_model(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The argparse tree of `python -m cxrdemo`."""
     parser = argparse.ArgumentParser(prog="python -m cxrdemo", description=__doc__)
-    parser.add_argument("--runs-dir", help="run store (default $CXRDEMO_RUNS_DIR or ./runs)")
+    parser.add_argument("--runs-dir", help=RUNS_DIR_HELP)
     sub = parser.add_subparsers(dest="command", required=True)
+    store = runs_dir_parent()  # --runs-dir also after the sub-command, where users type it
 
-    p = sub.add_parser("backbones", help="the backbone registry with parameter counts per freeze level")
+    p = sub.add_parser("backbones", parents=[store],
+                       help="the backbone registry with parameter counts per freeze level")
     p.add_argument("--num-classes", type=int, default=2)
     p.set_defaults(func=cmd_backbones)
 
-    p = sub.add_parser("scan", help="what a dataset folder holds, and what would be skipped")
+    p = sub.add_parser("scan", parents=[store], help="what a dataset folder holds, and what would be skipped")
     p.add_argument("data")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_scan)
 
-    p = sub.add_parser("train", help="train in the foreground; prints the run id, then test metrics as JSON")
+    p = sub.add_parser("train", parents=[store],
+                       help="train in the foreground; prints the run id, then test metrics as JSON")
     add_train_options(p)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("evaluate", help="metrics of a run's model on a dataset split")
+    p = sub.add_parser("evaluate", parents=[store], help="metrics of a run's model on a dataset split")
     p.add_argument("--run", required=True, help="run id, 'demo', or a run folder")
     p.add_argument("--data", required=True)
     p.add_argument("--split", default="test")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("predict", help="one JSON line per image (an unreadable image: an 'error' line, exit 2)")
+    p = sub.add_parser("predict", parents=[store],
+                       help="one JSON line per image (an unreadable image: an 'error' line, exit 2)")
     p.add_argument("--run", default="demo", help="run id, 'demo', or a run folder")
     p.add_argument("images", nargs="+")
     p.add_argument("--cam", metavar="OUT.png", help="write the heatmap overlay (several images: OUT-<n>-<name>.png)")
@@ -259,24 +197,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--opacity", type=float, default=0.4, help="heatmap opacity in the overlay, 0 to 1")
     p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("demo-model", help="retrain the shipped demo model (weights/demo) and its model card")
-    p.add_argument("--data", required=True, help="training set folder (train/ and val/ with one folder per class)")
+    p = sub.add_parser("demo-model", parents=[store],
+                       help="retrain the shipped demo model (weights/demo) and its model card")
+    add_train_flag(p, "data", default=None, required=True,
+                   help="training set folder (train/ and val/ with one folder per class)")
     p.add_argument("--eval", action="append", default=[], metavar="DIR[:SPLIT]",
                    help="a test set to report with bootstrap intervals (repeatable)")
     p.add_argument("--out", help="install folder (default weights/demo)")
-    p.add_argument("--epochs", type=int, help="epochs of every stage (default: the recipe's; a small number = quick check)")
-    p.add_argument("--threads", type=int)
+    add_train_flag(p, "epochs", default=None,
+                   help="epochs of every stage (default: the recipe's; a small number = quick check)")
+    add_train_flag(p, "threads", default=None)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_demo_model)
 
-    p = sub.add_parser("worker", help=argparse.SUPPRESS)
+    p = sub.add_parser("worker", parents=[store], help=argparse.SUPPRESS)
     p.add_argument("--run-dir", required=True)
     p.set_defaults(func=cmd_worker)
-    from cxrdemo.cli import (
-        jobs as cli_jobs,  # `jobs ...` and the hidden `jobs-worker` live in cli_jobs.py
-    )
-
-    cli_jobs.register(sub)
+    cli_jobs.register(sub, store)  # `jobs ...` and the hidden `jobs-worker`
     return parser
 
 
@@ -284,8 +221,6 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point: returns the exit code (2 for anything the user can fix)."""
     args = build_parser().parse_args(argv)
     if getattr(args, "runs_dir", None):
-        import os
-
         os.environ["CXRDEMO_RUNS_DIR"] = str(Path(args.runs_dir).resolve())
     try:
         return int(args.func(args) or 0)

@@ -27,15 +27,6 @@ CAM_METHODS: dict[str, type] = {
     "ScoreCAM": ScoreCAM,
     "LayerCAM": LayerCAM,
 }
-# What a user should know about each method before choosing it (shown next to the choice).
-METHOD_NOTES: dict[str, str] = {
-    "GradCAM": "The standard: feature maps weighted by how much they raise the class score.",
-    "GradCAM++": "Like GradCAM, with finer weights; often better when a finding appears in several places.",
-    "EigenCAM": "The main pattern in the feature maps: the same map whichever class is explained.",
-    "ScoreCAM": "No gradients: masks the image with every feature map and re-runs the network — slow "
-                "(about one forward pass per 16 feature maps).",
-    "LayerCAM": "Gradients weighted pixel by pixel; sharper, more local maps.",
-}
 CLASS_AGNOSTIC = frozenset({"EigenCAM"})
 SCORECAM_BATCH = 32  # ScoreCAM's masked images per forward pass (the library default is 16)
 

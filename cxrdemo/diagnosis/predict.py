@@ -13,7 +13,6 @@ import numpy as np
 import torch
 
 from cxrdemo import data
-from cxrdemo.config import threshold_how
 from cxrdemo.diagnosis import quality
 from cxrdemo.errors import RunError
 from cxrdemo.model import checkpoint, metrics
@@ -139,18 +138,6 @@ def prepare(model: LoadedModel, grey: np.ndarray) -> torch.Tensor:
 RECIPE_KEYS = ("backbone", "init", "freeze", "epochs", "img_size", "lr", "optimizer", "augment", "balance", "head",
                "threshold")
 SUMMARY_METRICS = ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "auroc", "f1", "n")
-
-
-def decision_sentence(model: LoadedModel, probs: np.ndarray, predicted: int) -> str:
-    """How the model reached its answer, in words: a tuned threshold can call a class at well under 50%."""
-    cls, p = model.classes[predicted], 100 * float(probs[predicted])
-    if model.decision.value is None or len(model.classes) != 2:
-        return f"Prediction: **{cls}** ({p:.1f}%, the most probable class)"
-    pos, p_pos, cut = model.classes[1], 100 * float(probs[1]), 100 * float(model.decision.value)
-    side = "at or above" if p_pos >= cut else "below"
-    how = threshold_how(model.decision.rule)
-    return (f"Prediction: **{cls}** — p({pos}) = {p_pos:.1f}% is {side} this model's decision threshold of "
-            f"{cut:.1f}%, {how} (its probabilities are scores, not calibrated risks)")
 
 
 def model_summary(model: LoadedModel) -> dict:

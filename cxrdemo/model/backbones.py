@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from cxrdemo import paths
+from cxrdemo.config import FreezeLevel
 from cxrdemo.errors import ConfigError, WeightsUnavailable
 
 
@@ -297,21 +298,19 @@ def num_groups(name: str) -> int:
     return len(get_spec(name).stage_names) + 1
 
 
-def frozen_groups(freeze: str, name: str, epoch: int = 1) -> int:
+def frozen_groups(freeze: FreezeLevel | str, name: str, epoch: int = 1) -> int:
     """How many groups from the front are frozen at 1-based `epoch` for freeze level `freeze`."""
+    level = FreezeLevel.parse(freeze)
     n_trunk = num_groups(name) - 1
-    if freeze == "none":
+    if level.kind == "none":
         return 0
-    if freeze == "head":
+    if level.kind == "head":
         return n_trunk
-    if freeze.startswith("gradual:"):
-        return n_trunk if epoch <= int(freeze.split(":")[1]) else 0
-    if freeze.isdigit():
-        k = int(freeze)
-        if k > n_trunk:
-            raise ConfigError(f"{name} has {n_trunk} trunk groups; freeze level {k} is too high (0 to {n_trunk}).")
-        return k
-    raise ConfigError(f"Freeze level {freeze!r} is not one of: none, head, a number k, gradual:T.")
+    if level.kind == "gradual":
+        return n_trunk if epoch <= level.n else 0
+    if level.n > n_trunk:
+        raise ConfigError(f"{name} has {n_trunk} trunk groups; freeze level {level.n} is too high (0 to {n_trunk}).")
+    return level.n
 
 
 @functools.lru_cache(maxsize=256)
@@ -322,7 +321,7 @@ def group_param_counts(name: str, num_classes: int = 2, head: str = "linear") ->
     return tuple(sum(p.numel() for p in g.parameters()) for g in net.groups())
 
 
-def param_counts(name: str, num_classes: int = 2, freeze: str = "none", head: str = "linear",
+def param_counts(name: str, num_classes: int = 2, freeze: FreezeLevel | str = "none", head: str = "linear",
                  epoch: int = 1) -> tuple[int, int]:
     """(total, trainable) parameters of `name` at freeze level `freeze` and `epoch`."""
     counts = group_param_counts(name, num_classes, head)

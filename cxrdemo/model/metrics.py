@@ -9,6 +9,8 @@ import numpy as np
 import sklearn.metrics as skm
 from scipy import stats
 
+from cxrdemo.config import DecisionRule
+
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
     """Rows are true classes, columns predicted classes."""
@@ -50,7 +52,7 @@ def predict_labels(probs: np.ndarray, threshold: float | None = None) -> np.ndar
     return probs.argmax(axis=1)
 
 
-def choose_threshold(y_true: np.ndarray, probs: np.ndarray, rule: str = "val") -> float:
+def choose_threshold(y_true: np.ndarray, probs: np.ndarray, rule: DecisionRule | str = "val") -> float:
     """The p(class 1) cut chosen on held-out data by `rule` (see config.THRESHOLDS); midpoints between scores.
 
     'val' maximises balanced accuracy (Youden's J). 'spec:x' is the lowest cut that keeps a specificity of at
@@ -59,16 +61,17 @@ def choose_threshold(y_true: np.ndarray, probs: np.ndarray, rule: str = "val") -
     """
     score = np.asarray(probs)[:, 1]
     y = np.asarray(y_true).astype(bool)
-    if rule == "val":
+    rule = DecisionRule.parse(rule)
+    if rule.kind == "val":
         fpr, tpr, thr = roc_curve(y, score)
         best = int(np.argmax((tpr - fpr)[1:])) + 1  # skip the +inf point
         # put the cut between this score and the next lower one, so nearby unseen scores fall on the same side
         lower = thr[best + 1] if best + 1 < len(thr) else 0.0
         return float((thr[best] + lower) / 2)
-    kind, target = rule.split(":")
+    kind, target = rule.kind, rule.target
     group = np.sort(score[~y] if kind == "spec" else score[y])
     if not len(group):
-        raise ValueError(f"threshold rule {rule!r} needs validation images of both classes")
+        raise ValueError(f"threshold rule {str(rule)!r} needs validation images of both classes")
     k = max(1, int(np.ceil(float(target) * len(group) - 1e-9)))  # images that must stay on their side
     distinct = np.unique(score)
     if kind == "spec":  # the k lowest normal scores fall below the cut

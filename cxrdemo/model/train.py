@@ -325,7 +325,7 @@ def _trunk_features(net: backbones.Net, images: torch.Tensor, inputs, amp: torch
 def choose_decision(config: TrainConfig, net: backbones.Net, val: data.CachedImages, inputs: _Inputs,
                     classes: tuple[str, ...]) -> checkpoint.Decision:
     """The decision record: the config's rule with its p(class 1) cut chosen on validation (argmax has none)."""
-    if config.threshold == "argmax" or len(classes) != 2:
+    if not config.threshold.tuned or len(classes) != 2:
         return checkpoint.Decision()
     _, _, val_probs = evaluate(net, val.images, val.labels, inputs, classes)
     try:
@@ -333,7 +333,7 @@ def choose_decision(config: TrainConfig, net: backbones.Net, val: data.CachedIma
     except ValueError:
         raise ConfigError(f"The decision rule {config.threshold} needs validation images of both classes; "
                           "this validation split has only one.") from None
-    return checkpoint.Decision(config.threshold, value)
+    return checkpoint.Decision(str(config.threshold), value)
 
 
 def finish(run_dir: Path, config: TrainConfig, classes: tuple[str, ...], cache: dict, best_epoch: int,

@@ -78,7 +78,7 @@ def create_run(config: TrainConfig, runs_dir: str | Path | None = None, scan_sum
                name: str = "") -> Path:
     """Make a new run folder with a unique readable id, config.json first, then status 'queued'."""
     root = store_dir(runs_dir)
-    base = f"{datetime.now():%Y%m%d-%H%M%S}-{_slug(config.backbone)}-{_slug(config.freeze)}"
+    base = f"{datetime.now():%Y%m%d-%H%M%S}-{_slug(config.backbone)}-{_slug(str(config.freeze))}"
     if name:
         base += "-" + _slug(name)[:40]
     d = None

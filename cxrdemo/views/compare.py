@@ -8,9 +8,11 @@ from datetime import datetime
 
 import pandas as pd
 
+from cxrdemo.config import FreezeLevel
 from cxrdemo.errors import CxrError
 from cxrdemo.model import backbones
 from cxrdemo.runs import store as runs
+from cxrdemo.views import words
 from cxrdemo.views.text import safe_csv_cell
 
 TEST_KEYS = ("accuracy", "precision", "recall", "f1", "auroc", "sensitivity", "specificity")
@@ -45,20 +47,17 @@ def _params(cfg: dict, n_classes: int, epochs_run: int) -> tuple[float, float, f
     """(total, trainable at the last epoch run, trainable at epoch 1, note) from the registry's counts."""
     if not n_classes:
         return math.nan, math.nan, math.nan, ""
-    name, freeze, head = cfg.get("backbone", ""), str(cfg.get("freeze", "none")), cfg.get("head", "linear")
+    name, head = cfg.get("backbone", ""), cfg.get("head", "linear")
     # A run that has not trained yet is described by its plan: the phase it would end in.
     planned = _num(cfg.get("epochs"))
     last_epoch = epochs_run or (1 if math.isnan(planned) else int(planned))
     try:
+        freeze = FreezeLevel.parse(str(cfg.get("freeze", "none")))
         total, last = backbones.param_counts(name, n_classes, freeze, head, max(1, last_epoch))
         _, first = backbones.param_counts(name, n_classes, freeze, head, 1)
     except (CxrError, TypeError, ValueError):
         return math.nan, math.nan, math.nan, ""
-    note = ""
-    if freeze.startswith("gradual:"):
-        t = freeze.split(":")[1]
-        note = (f"gradual: {first:,} trainable (head only) in epochs 1-{t}, then {total:,} (all layers); "
-                f"trainable_params is the count at the last epoch run")
+    note = words.gradual_note(freeze, first, total)
     return float(total), float(last), float(first), note
 
 

@@ -1,23 +1,13 @@
-"""What the Trainer page and `jobs list/watch` show, as plain data: job rows, progress, ETA, choices, sweeps."""
+"""What the Trainer page's jobs panel and `jobs list/watch` show, as plain data: job rows, progress, ETA."""
 
 from __future__ import annotations
 
-import functools
-import itertools
 import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cxrdemo import paths
-from cxrdemo.config import TrainConfig
-from cxrdemo.errors import ConfigError
 from cxrdemo.runs import store as runs
-
-STATE_ICONS = {"queued": ":material/schedule:", "running": ":material/directions_run:",
-               "completed": ":material/check_circle:", "failed": ":material/error:", "cancelled": ":material/cancel:",
-               "interrupted": ":material/warning:", "damaged": ":material/healing:"}
-
 
 # ---------------------------------------------------------------- numbers
 
@@ -173,112 +163,3 @@ def loss_curves(run_dir: Path):
     """Per-epoch train/val loss as a DataFrame indexed by epoch (for a small live chart)."""
     df = runs.read_metrics(run_dir)
     return df.set_index("epoch")[["train_loss", "val_loss"]]
-
-
-# ---------------------------------------------------------------- choices for the form
-
-def freeze_options(backbone: str) -> dict[str, str]:
-    """Freeze level -> label, from the registry's group names."""
-    from cxrdemo.model import backbones
-
-    stages = backbones.get_spec(backbone).stage_names
-    opts = {"none": "none — train every layer (full fine-tuning)",
-            "head": "head — train only the new classifier head"}
-    for k in range(1, len(stages)):
-        opts[str(k)] = f"{k} — freeze {' + '.join(stages[:k])}"
-    for t in (1, 2, 3):
-        opts[f"gradual:{t}"] = f"gradual:{t} — head only for {t} epoch(s), then everything"
-    return opts
-
-
-def trainable_text(backbone: str, freeze: str, num_classes: int = 2, head: str = "linear") -> str:
-    """'11,177,538 of 11,177,538 parameters trainable (100 %)' for a freeze level (first epoch)."""
-    from cxrdemo.model import backbones
-
-    total, trainable = backbones.param_counts(backbone, num_classes, freeze, head)
-    return f"{trainable:,} of {total:,} parameters trainable ({trainable / total:.2%})"
-
-
-@functools.lru_cache(maxsize=32)
-def _checkpoint_backbone(path: str, mtime: float) -> str | None:
-    from cxrdemo.errors import RunError
-    from cxrdemo.model import checkpoint  # torch: only once the demo model is offered
-
-    try:
-        return checkpoint.load(Path(path)).backbone
-    except RunError:  # an unreadable demo model is simply not offered
-        return None
-
-
-def demo_backbone() -> str | None:
-    """The backbone of the shipped demo model, or None when it is not there."""
-    d = paths.demo_run_dir()
-    if (d / "config.json").is_file():
-        with_config = runs.load_run(d).config.get("backbone")
-        if with_config:
-            return str(with_config)
-    model = d / "model.pt"
-    return _checkpoint_backbone(str(model), model.stat().st_mtime) if model.is_file() else None
-
-
-def init_options(backbone: str, infos: list[runs.RunInfo]) -> dict[str, str]:
-    """Init value -> label: ImageNet (when the registry has weights), scratch, finished runs of this backbone."""
-    from cxrdemo.model import backbones
-
-    opts = {}
-    if backbones.get_spec(backbone).supports_imagenet:
-        opts["imagenet"] = "ImageNet weights (transfer learning)"
-    opts["scratch"] = "From scratch (random weights)"
-    if demo_backbone() == backbone:
-        opts[f"run:{paths.DEMO_RUN_NAME}"] = "The shipped demo model"
-    for info in reversed(infos):
-        if info.state == "completed" and info.config.get("backbone") == backbone and (info.path / "model.pt").is_file():
-            best = best_val_acc(runs.read_metrics_rows(info.path))
-            opts[f"run:{info.run_id}"] = f"Run {info.run_id}" + (f" (best val acc {best:.1%})" if best is not None else "")
-    return opts
-
-
-def imagenet_note(backbone: str) -> str | None:
-    """None when ImageNet weights are usable offline; else where to put the file, and the alternatives."""
-    from cxrdemo.model import backbones
-
-    if not backbones.get_spec(backbone).supports_imagenet or backbones.find_imagenet_weights(backbone):
-        return None
-    return (f"ImageNet weights for {backbone} are not on this machine. To use them, put the file "
-            f"`{backbones.imagenet_weight_file(backbone)}` into `{paths.weights_dir()}`. Otherwise start from "
-            "scratch or from a finished run.")
-
-
-def sweep_configs(base: TrainConfig, backbone_names: list[str], freezes: list[str]) -> tuple[list[TrainConfig], list[str]]:
-    """The backbone x freeze grid as configs, plus sentences for combinations skipped or changed."""
-    from cxrdemo.model import backbones
-
-    configs, notes = [], []
-    for name, freeze in itertools.product(backbone_names, freezes):
-        try:
-            backbones.frozen_groups(freeze, name)  # a freeze level beyond this backbone's groups
-            init = base.init
-            if init.startswith("run:"):
-                raise ConfigError("a sweep over backbones cannot start every network from one run; skipped")
-            if init == "imagenet" and not backbones.get_spec(name).supports_imagenet:
-                init = "scratch"
-                notes.append(f"{name} has no ImageNet weights: it starts from scratch.")
-            elif init == "imagenet" and backbones.find_imagenet_weights(name) is None:
-                raise ConfigError(f"ImageNet weights ({backbones.imagenet_weight_file(name)}) are not on this "
-                                  "machine; skipped")
-            configs.append(base.replace(backbone=name, freeze=freeze, init=init))
-        except ConfigError as exc:
-            notes.append(f"{name} with freeze {freeze}: {exc}")
-    return configs, list(dict.fromkeys(notes))
-
-
-def backend_options(address: str | None, problem: str | None) -> tuple[dict[str, str], str]:
-    """'Train on' choices (backend -> label) and the default: the Ray cluster when it answers, else this computer."""
-    if not address:
-        return {"local": "this computer"}, "local"
-    return {"ray": f"the Ray cluster at {address}", "local": "this computer"}, "local" if problem else "ray"
-
-
-def scan_rows(scan) -> list[dict]:
-    """One row per split: images per class and the total (for a table)."""
-    return [{"split": s, **c, "total": sum(c.values())} for s, c in scan.counts().items()]

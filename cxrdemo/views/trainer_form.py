@@ -1,0 +1,181 @@
+"""The Trainer form as plain data, generated from the option declarations: widget specs, choices, the config.
+
+The page lays the widgets out; what each one is (label, options, bounds, tooltip) comes from its TrainConfig
+field, so a new option appears in the form without touching the page.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from cxrdemo import paths
+from cxrdemo.config import FreezeLevel, TrainConfig, option_fields
+from cxrdemo.errors import ConfigError, RunError
+from cxrdemo.runs import store as runs
+from cxrdemo.views import words
+from cxrdemo.views.trainer import best_val_acc
+
+SWEEP_FREEZES = ("none", "head", "1", "2", "3", "gradual:1", "gradual:2")
+_CAST: dict[str, Callable[[Any], Any]] = {"int": int, "float": float}
+# Options whose words are computed rather than declared (they depend on the registry or on the rule's numbers).
+_FORMATTERS: dict[str, Callable[[Any], str]] = {"threshold": words.rule_words}
+
+
+# ---------------------------------------------------------------- widget specs
+
+@dataclass(frozen=True)
+class WidgetSpec:
+    """One form widget for one TrainConfig field (its key is the field name)."""
+
+    name: str
+    label: str
+    group: str  # "data", "network", "training", "more"
+    kind: str  # "number", "select", or "custom" (drawn by the page with choices from this module)
+    default: Any
+    options: tuple = ()  # select: the values offered
+    words: dict = field(default_factory=dict)  # select: value -> what the form shows
+    min: float | None = None  # number bounds, step and display format
+    max: float | None = None
+    step: float | None = None
+    format: str | None = None
+    help: str | None = None
+
+    def word(self, value: Any) -> str:
+        """What the form shows for `value` of a select."""
+        return self.words.get(value, str(value))
+
+
+def widget_specs(group: str | None = None) -> list[WidgetSpec]:
+    """The form widget of every labelled TrainConfig field (of one group), in declaration order."""
+    defaults = TrainConfig().to_dict()  # freeze level and decision rule as the text a widget holds
+    specs = []
+    for f in option_fields():
+        m = f.metadata
+        if not m["label"] or (group is not None and m["group"] != group):
+            continue
+        options = tuple(m["choices"] or m.get("presets", ()))
+        kind = "custom" if m.get("custom") else ("select" if options else "number")
+        fmt = _FORMATTERS.get(f.name)
+        shown = {v: fmt(v) for v in options} if fmt else dict(m["labels"])
+        specs.append(WidgetSpec(f.name, m["label"], m["group"], kind, defaults[f.name], options, shown,
+                                m.get("min"), m.get("max"), m.get("step"), m.get("format"), m.get("tip")))
+    return specs
+
+
+def make_config(values: dict[str, Any]) -> TrainConfig:
+    """A validated TrainConfig from widget values keyed by field name, each cast to its field's type."""
+    types = {f.name: f.type for f in option_fields()}
+    unknown = sorted(set(values) - set(types))
+    if unknown:
+        raise ConfigError(f"The form sent options this version does not know: {', '.join(unknown)}.")
+    return TrainConfig(**{k: _CAST.get(types[k], lambda v: v)(v) for k, v in values.items()})
+
+
+# ---------------------------------------------------------------- choices that depend on other choices
+
+def freeze_options(backbone: str) -> dict[str, str]:
+    """Freeze level -> label, from the registry's group names."""
+    from cxrdemo.model import backbones
+
+    levels = ["none", "head", *map(str, range(1, len(backbones.get_spec(backbone).stage_names))),
+              *(f"gradual:{t}" for t in (1, 2, 3))]
+    return {level: words.freeze_words(level, backbone) for level in levels}
+
+
+def trainable_text(backbone: str, freeze: FreezeLevel | str, num_classes: int = 2, head: str = "linear") -> str:
+    """'11,177,538 of 11,177,538 parameters trainable (100.00%)' for a freeze level (first epoch)."""
+    from cxrdemo.model import backbones
+
+    total, trainable = backbones.param_counts(backbone, num_classes, freeze, head)
+    phase = words.freeze_phase_words(freeze)
+    return f"{trainable:,} of {total:,} parameters trainable ({trainable / total:.2%}){phase}"
+
+
+@functools.lru_cache(maxsize=32)
+def _checkpoint_backbone(path: str, mtime: float) -> str | None:
+    from cxrdemo.model import checkpoint  # torch: only once the demo model is offered
+
+    try:
+        return checkpoint.load(Path(path)).backbone
+    except RunError:  # an unreadable demo model is simply not offered
+        return None
+
+
+def demo_backbone() -> str | None:
+    """The backbone of the shipped demo model, or None when it is not there."""
+    d = paths.demo_run_dir()
+    if (d / "config.json").is_file():
+        with_config = runs.load_run(d).config.get("backbone")
+        if with_config:
+            return str(with_config)
+    model = d / "model.pt"
+    return _checkpoint_backbone(str(model), model.stat().st_mtime) if model.is_file() else None
+
+
+def init_options(backbone: str, infos: list[runs.RunInfo]) -> dict[str, str]:
+    """Init value -> label: ImageNet (when the registry has weights), scratch, finished runs of this backbone."""
+    from cxrdemo.model import backbones
+
+    opts = {}
+    if backbones.get_spec(backbone).supports_imagenet:
+        opts["imagenet"] = "ImageNet weights (transfer learning)"
+    opts["scratch"] = "From scratch (random weights)"
+    if demo_backbone() == backbone:
+        opts[f"run:{paths.DEMO_RUN_NAME}"] = "The shipped demo model"
+    for info in reversed(infos):
+        if info.state == "completed" and info.config.get("backbone") == backbone and (info.path / "model.pt").is_file():
+            best = best_val_acc(runs.read_metrics_rows(info.path))
+            opts[f"run:{info.run_id}"] = f"Run {info.run_id}" + (f" (best val acc {best:.1%})" if best is not None else "")
+    return opts
+
+
+def imagenet_note(backbone: str) -> str | None:
+    """None when ImageNet weights are usable offline; else where to put the file, and the alternatives."""
+    from cxrdemo.model import backbones
+
+    if not backbones.get_spec(backbone).supports_imagenet or backbones.find_imagenet_weights(backbone):
+        return None
+    return (f"ImageNet weights for {backbone} are not on this machine. To use them, put the file "
+            f"`{backbones.imagenet_weight_file(backbone)}` into `{paths.weights_dir()}`. Otherwise start from "
+            "scratch or from a finished run.")
+
+
+def sweep_configs(base: TrainConfig, backbone_names: list[str], freezes: list[str]) -> tuple[list[TrainConfig], list[str]]:
+    """The backbone x freeze grid as configs, plus sentences for combinations skipped or changed."""
+    from cxrdemo.model import backbones
+
+    configs, notes = [], []
+    start = base.init
+    if start.startswith("run:"):  # one run's weights fit one backbone only
+        start = "scratch"
+        notes.append("A sweep over backbones cannot start every network from one run: they start from scratch.")
+    for name, freeze in itertools.product(backbone_names, freezes):
+        try:
+            backbones.frozen_groups(freeze, name)  # a freeze level beyond this backbone's groups
+            init = start
+            if init == "imagenet" and not backbones.get_spec(name).supports_imagenet:
+                init = "scratch"
+                notes.append(f"{name} has no ImageNet weights: it starts from scratch.")
+            elif init == "imagenet" and backbones.find_imagenet_weights(name) is None:
+                raise ConfigError(f"ImageNet weights ({backbones.imagenet_weight_file(name)}) are not on this "
+                                  "machine; skipped")
+            configs.append(base.replace(backbone=name, freeze=freeze, init=init))
+        except ConfigError as exc:
+            notes.append(f"{name} with freeze {freeze}: {exc}")
+    return configs, list(dict.fromkeys(notes))
+
+
+def backend_options(address: str | None, problem: str | None) -> tuple[dict[str, str], str]:
+    """'Train on' choices (backend -> label) and the default: the Ray cluster when it answers, else this computer."""
+    if not address:
+        return {"local": "this computer"}, "local"
+    return {"ray": f"the Ray cluster at {address}", "local": "this computer"}, "local" if problem else "ray"
+
+
+def scan_rows(scan) -> list[dict]:
+    """One row per split: images per class and the total (for a table)."""
+    return [{"split": s, **c, "total": sum(c.values())} for s, c in scan.counts().items()]
