@@ -20,7 +20,7 @@ from cxrdemo.config import (
 from cxrdemo.data import dataset as data
 from cxrdemo.model import backbones
 from cxrdemo.runs import jobs, ray_backend
-from cxrdemo.runs.worker import log_tail
+from cxrdemo.runs.lifecycle import log_tail
 from cxrdemo.views import trainer as tv
 from pages import ui
 

@@ -32,3 +32,20 @@ def make_split_dataset(root, per_split: tuple[int, int, int] = (5, 2, 2), size: 
             for i in range(n):
                 Image.fromarray((rng.integers(0, 120, (size, size)) + 100 * k).astype("uint8")).save(d / f"{cls}-{i}.png")
     return root
+
+
+def fake_status(run_dir, **fields) -> dict:
+    """Write status.json fields as some worker would have (a fixture: any state, no lifecycle transition checked)."""
+    from pathlib import Path
+
+    from cxrdemo import fileio
+    from cxrdemo.errors import RunError
+
+    path = Path(run_dir) / "status.json"
+    try:
+        status = fileio.read_json(path)
+    except RunError:
+        status = {}
+    status.update(fields, updated=time.time())
+    fileio.atomic_write_json(path, status)
+    return status

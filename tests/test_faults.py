@@ -26,6 +26,7 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from cxrdemo import fileio
 from cxrdemo.cli import main as cli
 from cxrdemo.config import TrainConfig
 from cxrdemo.diagnosis import predict
@@ -128,13 +129,13 @@ def test_a_job_outlives_the_app_process_that_started_it(store, ds):
 # ---------------------------------------------------------------- disk full, read-only store
 
 def _fail_writes(monkeypatch, code: int, names: tuple[str, ...] | None = None) -> None:
-    real = runs._atomic_file  # every atomic write of the store (JSON, CSV, checkpoints) goes through it
+    real = fileio.atomic_file  # every atomic write of the store (JSON, CSV, checkpoints) goes through it
 
     def failing(path):
         if names is None or Path(path).name in names:
             raise OSError(code, os.strerror(code), str(path))
         return real(path)
-    monkeypatch.setattr(runs, "_atomic_file", failing)
+    monkeypatch.setattr(fileio, "atomic_file", failing)
 
 
 def test_disk_full_while_saving_fails_the_job_clearly_and_spares_earlier_runs(patch_store, ds, monkeypatch, capsys):
@@ -175,13 +176,13 @@ def test_runs_folder_that_is_a_file_is_a_sentence(tmp_path, monkeypatch, capsys)
 
 def test_store_turning_read_only_mid_run_still_reports_failed(patch_store, ds, monkeypatch):
     d = runs.create_run(tiny(ds), patch_store.root)
-    real = runs.atomic_write_bytes
+    real = fileio.atomic_write_bytes
 
     def read_only_after_first_epoch(path, data):
         if (d / "metrics.csv").exists():  # from the first epoch's row on, nothing can be written, not even status
             raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
         return real(path, data)
-    monkeypatch.setattr(runs, "atomic_write_bytes", read_only_after_first_epoch)
+    monkeypatch.setattr(fileio, "atomic_write_bytes", read_only_after_first_epoch)
     status = execute_run(d)
     assert status["state"] == "failed" and "read-only" in status["error"]
     # status.json still holds the last state written; once the worker process is gone it reads 'interrupted'.

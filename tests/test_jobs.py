@@ -20,6 +20,7 @@ from cxrdemo.views import trainer as trainer_view
 from tests.helpers import make_split_dataset, wait_for
 
 TIMEOUT_S = 90.0
+REPO = Path(__file__).resolve().parents[1]
 
 
 
@@ -176,10 +177,11 @@ def test_abandoned_queued_runs_are_reaped_and_do_not_block(store, data_dir):
     assert runs.read_status(waiting)["state"] == "queued"
 
 
-def test_cancel_file_name_matches_worker():
-    from cxrdemo.runs import worker
-
-    assert jobs.CANCEL_FILE == worker.CANCEL_FILE
+def test_cancel_file_is_named_once():
+    # The request is written and read through the lifecycle only: no second spelling of the file name can drift.
+    spelled = [p.name for p in (REPO / "cxrdemo").rglob("*.py")
+               if 'CANCEL_FILE = ' in p.read_text() or '/ "cancel"' in p.read_text()]
+    assert spelled == ["lifecycle.py"]
 
 
 def test_slots_limit_concurrency(store):
