@@ -62,7 +62,7 @@ def imported_modules(code: str, pythonpath: tuple = (), env: dict | None = None)
     repo = Path(__file__).resolve().parents[1]
     path = os.pathsep.join([*map(str, pythonpath), str(repo)])
     script = f"{code}\nimport json as _j, sys as _s\nprint(_j.dumps(sorted(_s.modules)))"
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=repo,
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=repo, check=False,
                           env={**os.environ, "PYTHONPATH": path, **(env or {})})
     assert proc.returncode == 0, proc.stderr[-2000:]
     return set(json.loads(proc.stdout.strip().splitlines()[-1]))

@@ -16,7 +16,7 @@ import pytest
 from cxrdemo.cli import main as cli
 from cxrdemo.config import TrainConfig
 from cxrdemo.errors import RunError
-from cxrdemo.runs import jobs, lifecycle
+from cxrdemo.runs import jobs, lifecycle, slots
 from cxrdemo.runs import store as runs
 from tests.helpers import make_split_dataset, torch_modules, wait_for
 
@@ -121,7 +121,7 @@ def test_two_workers_on_one_run_train_it_once(store, data_dir):
 
 JOB_SIDE = """
 import os
-from cxrdemo.runs import jobs, lifecycle, store
+from cxrdemo.runs import jobs, lifecycle, slots, store
 from cxrdemo.cli import jobs as cli_jobs, main
 assert main.main(["jobs", "list"]) == 0
 assert main.main(["jobs", "reap"]) == 0
@@ -156,7 +156,7 @@ def test_a_full_queue_is_a_sentence(store, data_dir, monkeypatch, capsys):
 def test_waiting_workers_do_not_read_the_store(store, monkeypatch):
     """Only the head of the queue looks at the queue, once; the others read nothing while they wait."""
     first, second = runs.create_run(TrainConfig(), store), runs.create_run(TrainConfig(), store)
-    busy = jobs._try_slot(store, 1)  # the one slot is taken by a job that trains for a long time
+    busy = slots._try_slot(store, 1)  # the one slot is taken by a job that trains for a long time
     reads: list[tuple[str, str]] = []
     real_open = builtins.open
 
@@ -168,11 +168,11 @@ def test_waiting_workers_do_not_read_the_store(store, monkeypatch):
     results: dict = {}
 
     def wait(d: Path) -> None:
-        results[d.name] = jobs.wait_for_slot(d, max_jobs=1)
+        results[d.name] = slots.wait_for_slot(d, max_jobs=1)
     head = threading.Thread(target=wait, args=(first,), name="head")
     head.start()
     def head_lock_taken() -> bool:
-        probe = jobs._try_lock(store / jobs.SLOTS_DIR / jobs.HEAD_LOCK)
+        probe = slots._try_lock(store / slots.SLOTS_DIR / slots.HEAD_LOCK)
         return probe is None or bool(probe.close())
     wait_for(head_lock_taken, timeout=30)  # the first waiter leads
     other = threading.Thread(target=wait, args=(second,), name="other")

@@ -19,7 +19,7 @@ import pytest
 
 from cxrdemo.config import TrainConfig
 from cxrdemo.errors import ConfigError, CxrError
-from cxrdemo.runs import jobs, lifecycle, ray_backend
+from cxrdemo.runs import jobs, lifecycle, ray_backend, slots
 from cxrdemo.runs import store as runs
 from tests.helpers import fake_status, wait_for as _wait_for
 
@@ -115,7 +115,7 @@ def test_queued_ray_run_is_not_reaped_nor_blocks_the_local_queue(store, tiny_dat
     d = runs.create_run(tiny(tiny_dataset), store)
     runs.write_status(d, backend="ray", created=time.time() - 3600)  # waiting an hour for a free GPU
     assert jobs.reap(store) == [] and status(store, d.name)["state"] == "queued"
-    assert jobs._queue_order(store) == []
+    assert slots.queue_order(store) == []
 
 
 def test_trainer_offers_this_computer_when_the_cluster_is_unreachable(store, monkeypatch):

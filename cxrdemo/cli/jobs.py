@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from cxrdemo.errors import ConfigError
-from cxrdemo.runs import jobs
+from cxrdemo.runs import jobs, slots
 from cxrdemo.runs import store as runs
 
 EXIT_BAD_INPUT = 2
@@ -84,7 +84,7 @@ def cmd_watch(args) -> int:
 
 
 def cmd_worker(args) -> int:
-    status = jobs.run_worker(Path(args.run_dir))
+    status = slots.run_worker(Path(args.run_dir))
     if status.get("claimed") is False and status.get("state") != "cancelled":
         # Another worker has it, or it already ended: this process trains nothing.
         print(f"error: run {Path(args.run_dir).name} is {status.get('state')}, not queued: this worker leaves it "

@@ -260,7 +260,7 @@ def execute_remote(run_dir: str, env: dict[str, str]) -> dict:
     import ray
 
     context = ray.get_runtime_context()
-    claim = dict(host=platform.node(), ray_task_id=context.get_task_id(), ray_node_id=context.get_node_id())
+    claim = {"host": platform.node(), "ray_task_id": context.get_task_id(), "ray_node_id": context.get_node_id()}
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)  # Ray reuses worker processes: the app's settings apply to this task only
     stop = threading.Event()
