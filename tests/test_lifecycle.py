@@ -120,11 +120,14 @@ def test_two_workers_on_one_run_train_it_once(store, data_dir):
 # ---------------------------------------------------------------- the job side is torch-free
 
 JOB_SIDE = """
-import os
-from cxrdemo.runs import jobs, lifecycle, slots, store
 from cxrdemo.cli import jobs as cli_jobs, main
+from cxrdemo.config import TrainConfig
+from cxrdemo.runs import jobs, lifecycle, slots, store
+assert main.main(["jobs", "list"]) == 0  # an empty store
+d = store.create_run(TrainConfig())
+assert main.main(["jobs", "list"]) == 0 and main.main(["jobs", "reap"]) == 0
+assert lifecycle.request_cancel(d)[1]["state"] == "cancelled"
 assert main.main(["jobs", "list"]) == 0
-assert main.main(["jobs", "reap"]) == 0
 """
 
 
