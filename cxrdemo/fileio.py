@@ -1,4 +1,4 @@
-"""Files written whole or not at all: atomic replace after fsync, and JSON objects read with a sentence when damaged."""
+"""Atomic file writes: a reader sees the old file or the new one, never half of either."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ import io
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from cxrdemo.errors import RunError
 
