@@ -29,7 +29,7 @@ def test_create_run_writes_config_first_and_queued_status(store):
     assert runs.read_status(d)["state"] == "queued"
     runs.record_versions(d)
     meta = runs.read_json(d / "config.json")
-    assert meta["versions"]["torch"] == torch.__version__ and meta["config"]["backbone"] == "cnn5"
+    assert "torch" in meta["versions"] and meta["config"]["backbone"] == "cnn5"
 
 
 def test_concurrent_creates_get_distinct_ids(store):
