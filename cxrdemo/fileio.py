@@ -11,6 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from cxrdemo.errors import RunError
+
 
 @contextlib.contextmanager
 def atomic_file(path: Path) -> Iterator[io.BufferedWriter]:
@@ -38,3 +40,18 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 def atomic_write_json(path: Path, obj: Any) -> None:
     """Atomically write `obj` as indented JSON."""
     atomic_write_bytes(path, (json.dumps(obj, indent=2, default=str, allow_nan=True) + "\n").encode())
+
+
+def read_json(path: Path) -> dict:
+    """Read a JSON object written by atomic_write_json; RunError if it is missing or damaged."""
+    path = Path(path)
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        raise RunError(f"{path.name} is missing in {path.parent.name}.") from None
+    except (OSError, ValueError) as exc:
+        raise RunError(f"{path.name} in run {path.parent.name} is damaged ({exc.__class__.__name__}).") from None
+    if not isinstance(data, dict):
+        raise RunError(f"{path.name} in run {path.parent.name} is damaged (not an object).")
+    return data

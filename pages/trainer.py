@@ -8,7 +8,7 @@ from streamlit.errors import StreamlitAPIException
 from cxrdemo import data
 from cxrdemo.model import backbones
 from cxrdemo.runs import jobs, ray_backend
-from cxrdemo.runs.worker import log_tail
+from cxrdemo.runs.lifecycle import log_tail
 from cxrdemo.views import trainer as tv
 from cxrdemo.views import trainer_form as form
 from cxrdemo.views import words

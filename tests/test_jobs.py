@@ -14,12 +14,13 @@ import pytest
 from cxrdemo.cli import main as cli
 from cxrdemo.config import TrainConfig
 from cxrdemo.errors import RunError
-from cxrdemo.runs import jobs
+from cxrdemo.runs import jobs, slots
 from cxrdemo.runs import store as runs
 from cxrdemo.views import trainer as trainer_view
 from tests.helpers import make_split_dataset, wait_for
 
 TIMEOUT_S = 90.0
+REPO = Path(__file__).resolve().parents[1]
 
 
 
@@ -165,10 +166,10 @@ def test_abandoned_queued_runs_are_reaped_and_do_not_block(store, data_dir):
     waiting = runs.create_run(tiny(data_dir), store)
     runs.write_status(frozen, pid=os.getpid(), heartbeat=time.time())
     runs.write_status(waiting, pid=os.getpid(), heartbeat=time.time())
-    assert jobs._queue_order(store) == [never.name, frozen.name, waiting.name]
-    runs.write_status(never, created=time.time() - jobs.UNSTARTED_GRACE_S - 5)  # the app died before Popen
+    assert slots.queue_order(store) == [never.name, frozen.name, waiting.name]
+    runs.write_status(never, created=time.time() - slots.UNSTARTED_GRACE_S - 5)  # the app died before Popen
     runs.write_status(frozen, heartbeat=time.time() - runs.HEARTBEAT_STALE_S - 5)  # a pid recycled after a reboot
-    assert jobs._queue_order(store) == [waiting.name]  # leftovers do not hold the queue
+    assert slots.queue_order(store) == [waiting.name]  # leftovers do not hold the queue
     assert jobs.reap(store) == [never.name, frozen.name]
     for d in (never, frozen):
         raw = runs.read_json(d / "status.json")
@@ -176,19 +177,20 @@ def test_abandoned_queued_runs_are_reaped_and_do_not_block(store, data_dir):
     assert runs.read_status(waiting)["state"] == "queued"
 
 
-def test_cancel_file_name_matches_worker():
-    from cxrdemo.runs import worker
-
-    assert jobs.CANCEL_FILE == worker.CANCEL_FILE
+def test_cancel_file_is_named_once():
+    # The request is written and read through the lifecycle only: no second spelling of the file name can drift.
+    spelled = [p.name for p in (REPO / "cxrdemo").rglob("*.py")
+               if 'CANCEL_FILE = ' in p.read_text() or '/ "cancel"' in p.read_text()]
+    assert spelled == ["lifecycle.py"]
 
 
 def test_slots_limit_concurrency(store):
     store.mkdir(parents=True)
-    a = jobs._try_slot(store, 2)
-    b = jobs._try_slot(store, 2)
-    assert a is not None and b is not None and jobs._try_slot(store, 2) is None
+    a = slots._try_slot(store, 2)
+    b = slots._try_slot(store, 2)
+    assert a is not None and b is not None and slots._try_slot(store, 2) is None
     a.close()  # released like a dead process's lock
-    c = jobs._try_slot(store, 2)
+    c = slots._try_slot(store, 2)
     assert c is not None
     b.close()
     c.close()
@@ -196,9 +198,9 @@ def test_slots_limit_concurrency(store):
 
 def test_default_max_jobs_from_env(monkeypatch):
     monkeypatch.setenv("CXRDEMO_MAX_JOBS", "3")
-    assert jobs.default_max_jobs() == 3
+    assert slots.default_max_jobs() == 3
     monkeypatch.setenv("CXRDEMO_MAX_JOBS", "zero")
-    assert jobs.default_max_jobs() >= 1
+    assert slots.default_max_jobs() >= 1
 
 
 def test_cli_bad_input_exits_2(store, capsys):

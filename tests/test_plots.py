@@ -21,6 +21,7 @@ from cxrdemo.model import backbones, metrics
 from cxrdemo.runs import store as runs
 from cxrdemo.runs.worker import execute_run
 from cxrdemo.views import compare, plots
+from tests.helpers import fake_status
 
 FOUR = ["COVID", "Lung_Opacity", "Normal", "Viral"]
 _BUILT: dict[str, dict] = {}  # the store is built once per session even though two modules request it
@@ -41,14 +42,14 @@ def build_store(root: Path, dataset: Path, cache: Path) -> dict:
     assert execute_run(grad, runs_dir=root)["state"] == "completed"
 
     running = _fake_run(root, cfg.replace(epochs=5), summary, "live")
-    runs.write_status(running, state="running", pid=os.getpid(), started=time.time(), heartbeat=time.time(),
-                      epoch=1, epochs=5, phase="train", batch=2, batches=4)
+    fake_status(running, state="running", pid=os.getpid(), started=time.time(), heartbeat=time.time(),
+                epoch=1, epochs=5, phase="train", batch=2, batches=4)
     runs.append_metrics(running, {"epoch": 1, "train_loss": 0.71, "val_loss": 0.69, "train_acc": 0.5,
                                   "val_acc": 0.625, "seconds": 0.4, "trainable_params": 1234})
 
     failed = _fake_run(root, cfg.replace(lr=5.0), summary, "failed")
-    runs.write_status(failed, state="failed",
-                      error="The training loss became infinite or NaN: lower the learning rate.")
+    fake_status(failed, state="failed",
+                error="The training loss became infinite or NaN: lower the learning rate.")
 
     damaged = root / "20000101-000000-cnn8-broken"
     damaged.mkdir()
@@ -68,7 +69,7 @@ def build_store(root: Path, dataset: Path, cache: Path) -> dict:
     test4 = metrics.classification_metrics(y, probs, FOUR)
     test4.update(y_true=y.tolist(), probs=probs.round(6).tolist(), threshold=None, best_epoch=2)
     runs.atomic_write_json(four / "test_metrics.json", test4)
-    runs.write_status(four, state="completed", started=time.time())
+    fake_status(four, state="completed", started=time.time())
     ids = {k: d.name for k, d in (("done", done), ("grad", grad), ("running", running), ("failed", failed),
                                   ("damaged", damaged), ("four", four))}
     return {"root": root, **ids}

@@ -19,8 +19,9 @@ import pytest
 
 from cxrdemo.config import TrainConfig
 from cxrdemo.errors import ConfigError, CxrError
-from cxrdemo.runs import jobs, ray_backend
+from cxrdemo.runs import jobs, lifecycle, ray_backend, slots
 from cxrdemo.runs import store as runs
+from tests.helpers import fake_status
 from tests.helpers import wait_for as _wait_for
 
 TIMEOUT_S = 180.0  # a cold Ray worker imports torch: slow on a busy 2-core machine
@@ -103,7 +104,7 @@ def test_remote_worker_is_judged_by_heartbeat(store, tiny_dataset):
     d = runs.create_run(tiny(tiny_dataset), store)
     dead_pid = subprocess.Popen([sys.executable, "-c", "pass"]).pid
     os.waitpid(dead_pid, 0)
-    runs.write_status(d, state="running", backend="ray", host="gpu-node-7", pid=dead_pid, heartbeat=time.time())
+    fake_status(d, state="running", backend="ray", host="gpu-node-7", pid=dead_pid, heartbeat=time.time())
     assert runs.read_status(d)["state"] == "running"  # that pid lives (or not) on gpu-node-7, not here
     runs.write_status(d, heartbeat=time.time() - runs.HEARTBEAT_STALE_S - 5)
     assert runs.read_status(d)["state"] == "interrupted"
@@ -115,7 +116,7 @@ def test_queued_ray_run_is_not_reaped_nor_blocks_the_local_queue(store, tiny_dat
     d = runs.create_run(tiny(tiny_dataset), store)
     runs.write_status(d, backend="ray", created=time.time() - 3600)  # waiting an hour for a free GPU
     assert jobs.reap(store) == [] and status(store, d.name)["state"] == "queued"
-    assert jobs._queue_order(store) == []
+    assert slots.queue_order(store) == []
 
 
 def test_trainer_offers_this_computer_when_the_cluster_is_unreachable(store, monkeypatch):
@@ -206,7 +207,7 @@ def test_force_cancel_and_killed_worker(ray_head, store, tiny_dataset, monkeypat
     # A worker that does not stop within the grace period (here: never sees the cancel file) is stopped by
     # ray.cancel(ref, force=True), which kills its process; the run then reads 'cancelled', not 'interrupted'.
     f = wait_for(lambda: training(store, forced))
-    monkeypatch.setattr(jobs, "CANCEL_FILE", "cancel-not-seen-by-the-worker")
+    monkeypatch.setattr(lifecycle, "CANCEL_FILE", "cancel-not-seen-by-the-worker")
     t0 = time.monotonic()
     assert jobs.cancel(forced, store, grace_s=0.5)["state"] == "cancelled"
     assert time.monotonic() - t0 < 15 and not runs.pid_alive(f["pid"])

@@ -10,6 +10,7 @@ import pytest
 
 from cxrdemo.config import TrainConfig
 from cxrdemo.errors import RunError
+from cxrdemo.runs import lifecycle
 from cxrdemo.runs import store as runs
 
 
@@ -23,8 +24,11 @@ def test_create_run_writes_config_first_and_queued_status(store):
     d = runs.create_run(TrainConfig(backbone="cnn5", freeze="head"))
     assert d.parent == store and "-cnn5-head" in d.name
     meta = runs.read_json(d / "config.json")
-    assert meta["config"]["backbone"] == "cnn5" and "torch" in meta["versions"]
+    assert meta["config"]["backbone"] == "cnn5" and "versions" not in meta  # torch-free: the worker adds them
     assert runs.read_status(d)["state"] == "queued"
+    runs.record_versions(d)
+    meta = runs.read_json(d / "config.json")
+    assert "torch" in meta["versions"] and meta["config"]["backbone"] == "cnn5"
 
 
 def test_concurrent_creates_get_distinct_ids(store):
@@ -65,10 +69,11 @@ def test_dead_worker_reads_interrupted(store):
     d = runs.create_run(TrainConfig())
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     proc.wait()
-    runs.write_status(d, state="running", pid=proc.pid, epoch=2)
+    assert lifecycle.claim(d, pid=proc.pid)["state"] == "running"
+    runs.write_status(d, epoch=2)
     s = runs.read_status(d)
     assert s["state"] == "interrupted" and s["epoch"] == 2 and "stopped unexpectedly" in s["error"]
-    runs.write_status(d, state="running", pid=os.getpid())
+    runs.write_status(d, pid=os.getpid())
     assert runs.read_status(d)["state"] == "running"
 
 

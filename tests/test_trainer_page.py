@@ -16,6 +16,7 @@ from cxrdemo.runs import jobs
 from cxrdemo.runs import store as runs
 from cxrdemo.views import trainer as trainer_view
 from cxrdemo.views import trainer_form
+from tests.helpers import fake_status
 
 REPO = Path(__file__).resolve().parents[1]
 PAGE = str(REPO / "pages" / "trainer.py")
@@ -121,7 +122,7 @@ def _fake_run(store: Path, state: str, epochs_done: int = 0, **status) -> Path:
     for e in range(1, epochs_done + 1):
         runs.append_metrics(d, {"epoch": e, "train_loss": 1 / e, "val_loss": 1.2 / e, "train_acc": 0.5 + e / 10,
                                 "val_acc": 0.5 + e / 20, "seconds": 2.0})
-    runs.write_status(d, state=state, epochs=4, epoch=epochs_done + (state == "running"), **status)
+    fake_status(d, state=state, epochs=4, epoch=epochs_done + (state == "running"), **status)
     time.sleep(0.01)  # distinct creation times keep the order stable
     return d
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from cxrdemo.cli.options import EXIT_BAD_INPUT, add_train_options, config_from_args
 from cxrdemo.cli.options import runs_dir as _runs_dir
 from cxrdemo.errors import ConfigError
-from cxrdemo.runs import jobs
+from cxrdemo.runs import jobs, slots
 from cxrdemo.runs import store as runs
 
 
@@ -77,13 +77,18 @@ def cmd_watch(args) -> int:
     return EXIT_BAD_INPUT
 
 
-def cmd_jobs_worker(args) -> int:
-    status = jobs.run_worker(Path(args.run_dir))
+def cmd_worker(args) -> int:
+    status = slots.run_worker(Path(args.run_dir))
+    if status.get("claimed") is False and status.get("state") != "cancelled":
+        # Another worker has it, or it already ended: this process trains nothing.
+        print(f"error: run {Path(args.run_dir).name} is {status.get('state')}, not queued: this worker leaves it "
+              "alone.", file=sys.stderr)
+        return 1
     return 0 if status.get("state") in ("completed", "cancelled") else 1
 
 
 def register(sub: argparse._SubParsersAction, store: argparse.ArgumentParser) -> None:
-    """Add `jobs` (and the hidden `jobs-worker` a job process runs) to the CLI; `store` gives each --runs-dir."""
+    """Add `jobs` (and the hidden `worker` every job process runs) to the CLI; `store` gives each --runs-dir."""
     p = sub.add_parser("jobs", help="background training jobs: submit, list, cancel, watch")
     jsub = p.add_subparsers(dest="jobs_command", required=True)
 
@@ -118,6 +123,7 @@ def register(sub: argparse._SubParsersAction, store: argparse.ArgumentParser) ->
     q = jsub.add_parser("reap", parents=[store], help="mark runs whose process died as interrupted")
     q.set_defaults(func=cmd_reap)
 
-    p = sub.add_parser("jobs-worker", help=argparse.SUPPRESS)
+    # The one worker entry point: waits for a slot in queue order, claims the run under its lock, trains it.
+    p = sub.add_parser("worker", help=argparse.SUPPRESS)
     p.add_argument("--run-dir", required=True)
-    p.set_defaults(func=cmd_jobs_worker)
+    p.set_defaults(func=cmd_worker)

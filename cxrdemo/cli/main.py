@@ -76,13 +76,6 @@ def cmd_train(args) -> int:
     return 0
 
 
-def cmd_worker(args) -> int:
-    from cxrdemo.runs.worker import execute_run
-
-    status = execute_run(Path(args.run_dir), runs_dir=_runs_dir(args))
-    return 0 if status.get("state") in ("completed", "cancelled") else 1
-
-
 def cmd_evaluate(args) -> int:
     from cxrdemo.diagnosis.predict import evaluate_run, load_model
 
@@ -210,10 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_demo_model)
 
-    p = sub.add_parser("worker", parents=[store], help=argparse.SUPPRESS)
-    p.add_argument("--run-dir", required=True)
-    p.set_defaults(func=cmd_worker)
-    cli_jobs.register(sub, store)  # `jobs ...` and the hidden `jobs-worker`
+    cli_jobs.register(sub, store)  # `jobs ...` and the hidden `worker` every job process runs
     return parser
 
 

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from cxrdemo.errors import ConfigError, CxrError, RunError
+from cxrdemo.runs import lifecycle
 from cxrdemo.runs import store as runs
 
 ADDRESS_ENV = "CXRDEMO_RAY_ADDRESS"
@@ -27,8 +28,7 @@ NUM_CPUS_ENV = "CXRDEMO_RAY_NUM_CPUS"
 NUM_GPUS_ENV = "CXRDEMO_RAY_NUM_GPUS"
 NAMESPACE = "cxrdemo"
 LAUNCHER_NAME = "cxrdemo-launcher"
-CANCEL_FILE = "cancel"  # must equal worker.CANCEL_FILE (the worker imports torch; the app side must not need to)
-BEAT_EVERY_S = 5.0  # far below runs.HEARTBEAT_STALE_S: a silent run on another node is really gone
+BEAT_EVERY_S = 5.0  # far below lifecycle.HEARTBEAT_STALE_S: a silent run on another node is really gone
 PROBE_TIMEOUT_S = 3.0
 # The app's own settings that a job must not inherit: where it queues locally, its niceness, Ray's address.
 _LOCAL_ONLY = ("CXRDEMO_RUNS_DIR", "CXRDEMO_MAX_JOBS", "CXRDEMO_JOB_NICE", ADDRESS_ENV, NUM_CPUS_ENV, NUM_GPUS_ENV)
@@ -149,7 +149,7 @@ def submit(run_dir: Path) -> str:
         return ray.get(_launcher().submit.remote(str(d), job_env(num_cpus), num_cpus, num_gpus), timeout=60)
     except (CxrError, ray.exceptions.RayError) as exc:
         msg = str(exc) if isinstance(exc, CxrError) else f"The Ray cluster refused the job ({exc.__class__.__name__})."
-        runs.write_status(d, state="failed", finished=time.time(), backend="ray", error=msg)
+        lifecycle.finish(d, "failed", msg, backend="ray")
         raise RayUnavailable(msg) from None
 
 
@@ -244,36 +244,23 @@ class _Launcher:
         return {"known": True, "done": True, "state": result.get("state"), "error": result.get("error")}
 
 
-def _merge_locked(d: Path, **updates) -> dict:
-    status = runs.read_json(d / "status.json")
-    status.update(updates, updated=time.time())
-    runs.atomic_write_json(d / "status.json", status)
-    return status
-
-
 def _beat(d: Path, stop: threading.Event) -> None:
     # Beats for the whole task, decoding included: on another node a silent heartbeat is the only sign of death.
     while not stop.wait(BEAT_EVERY_S):
         with contextlib.suppress(OSError, RunError):
-            runs.write_status(d, heartbeat=time.time())
+            lifecycle.update(d, heartbeat=time.time())
 
 
 def execute_remote(run_dir: str, env: dict[str, str]) -> dict:
-    """The Ray task on a node: claim the queued run, beat, and train it with `worker.execute_run`."""
+    """The Ray task on a node: beat, and claim and train the run with `worker.execute_run` (as a local worker does)."""
     d = Path(run_dir)
     if not (d / "config.json").is_file():
         return {"state": "failed", "error": f"The run folder {d} is not visible on Ray node {platform.node()}: put "
                                             "the runs folder on storage every node mounts at the same path."}
-    with runs.run_lock(d):
-        raw = runs.read_json(d / "status.json")
-        if raw.get("state") != "queued" or (d / CANCEL_FILE).exists():
-            # Cancelled while it waited for the cluster: nothing to train.
-            return _merge_locked(d, state="cancelled", finished=time.time()) if raw.get("state") == "queued" else raw
-        import ray
+    import ray
 
-        _merge_locked(d, state="running", pid=os.getpid(), host=platform.node(), started=time.time(),
-                      heartbeat=time.time(), ray_task_id=ray.get_runtime_context().get_task_id(),
-                      ray_node_id=ray.get_runtime_context().get_node_id())
+    context = ray.get_runtime_context()
+    claim = {"host": platform.node(), "ray_task_id": context.get_task_id(), "ray_node_id": context.get_node_id()}
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)  # Ray reuses worker processes: the app's settings apply to this task only
     stop = threading.Event()
@@ -281,7 +268,8 @@ def execute_remote(run_dir: str, env: dict[str, str]) -> dict:
     try:
         from cxrdemo.runs.worker import execute_run
 
-        return execute_run(d, runs_dir=d.parent)
+        # The same claim as a local worker: a run cancelled while it waited for the cluster is not trained.
+        return execute_run(d, runs_dir=d.parent, **claim)
     finally:
         stop.set()
         for k, v in saved.items():

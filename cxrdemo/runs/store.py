@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import csv
-import fcntl
 import io
-import json
 import os
 import platform
 import re
@@ -15,32 +12,37 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from cxrdemo import fileio, paths
 from cxrdemo.config import TrainConfig
 from cxrdemo.errors import RunError
+from cxrdemo.fileio import atomic_write_bytes, atomic_write_json, read_json  # noqa: F401 - the store's file helpers
+from cxrdemo.runs import lifecycle
 
-STATES = ("queued", "running", "completed", "failed", "cancelled", "interrupted")
-ACTIVE = ("queued", "running")
-FINAL = ("completed", "failed", "cancelled", "interrupted")
+# A run's state belongs to the lifecycle; these names let readers of the store ask without a second import.
+from cxrdemo.runs.lifecycle import (  # noqa: F401
+    ACTIVE,
+    FINAL,
+    HEARTBEAT_STALE_S,
+    pid_alive,
+    read_status,
+    run_lock,
+    worker_is_local,
+)
+
 RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 METRIC_COLUMNS = ("epoch", "train_loss", "val_loss", "train_acc", "val_acc", "val_precision", "val_recall",
                   "val_f1", "val_micro_recall", "val_auroc", "lr", "seconds", "images_per_s", "trainable_params",
                   "frozen_groups", "path")
-HEARTBEAT_STALE_S = 120.0
 
 
-# ---------------------------------------------------------------- atomic writes
-
-# The store writes every file atomically; the helpers live on the ground floor (the model file uses them too).
-atomic_write_bytes, atomic_write_json = fileio.atomic_write_bytes, fileio.atomic_write_json
 
 
 # ---------------------------------------------------------------- addressing runs
 
 def store_dir(runs_dir: str | Path | None = None) -> Path:
-    """The runs directory (created on demand)."""
+    """The runs directory (not created here: create_run makes it when the first run is written)."""
     d = Path(runs_dir).expanduser().resolve() if runs_dir else paths.runs_dir()
     return d
 
@@ -94,11 +96,11 @@ def create_run(config: TrainConfig, runs_dir: str | Path | None = None, scan_sum
         else:
             raise RunError("Could not find a free run id; is the runs directory writable?")
         d = root / run_id
-        atomic_write_json(d / "config.json", {
+        # The library versions are added by the worker that trains it (record_versions): torch stays out of here.
+        fileio.atomic_write_json(d / "config.json", {
             "run_id": run_id, "created": time.time(), "config": config.to_dict(), "dataset": scan_summary or {},
-            "versions": library_versions(),
         })
-        write_status(d, state="queued", epoch=0, created=time.time())
+        lifecycle.create(d)
     except OSError as exc:
         # Disk full, read-only or not a folder: say so, and leave no half-made run behind.
         if d is not None:
@@ -109,7 +111,7 @@ def create_run(config: TrainConfig, runs_dir: str | Path | None = None, scan_sum
 
 
 def library_versions() -> dict[str, str]:
-    """Versions that matter for reproducing a run."""
+    """Versions that matter for reproducing a run (imports torch: called by the worker, not the job side)."""
     import numpy
     import torch
     import torchvision
@@ -120,79 +122,19 @@ def library_versions() -> dict[str, str]:
             "torchvision": torchvision.__version__, "numpy": numpy.__version__}
 
 
-# ---------------------------------------------------------------- status
-
-@contextlib.contextmanager
-def run_lock(d: Path) -> Iterator[None]:
-    """An exclusive lock on one run's status (released by the OS if the holder dies)."""
-    with open(Path(d) / ".lock", "a+") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+def record_versions(d: Path) -> None:
+    """Add the versions of the libraries that train the run to its config.json (by the worker that claimed it)."""
+    versions = library_versions()  # before the lock: importing torch takes seconds
+    with lifecycle.run_lock(d):
+        meta = fileio.read_json(Path(d) / "config.json")
+        fileio.atomic_write_json(Path(d) / "config.json", {**meta, "versions": versions})
 
 
-def read_json(path: Path) -> dict:
-    """Read a JSON file written by this store; RunError if it is damaged."""
-    try:
-        with open(path) as f:
-            data = json.load(f)
-    except FileNotFoundError:
-        raise RunError(f"{path.name} is missing in {path.parent.name}.") from None
-    except (OSError, ValueError) as exc:
-        raise RunError(f"{path.name} in run {path.parent.name} is damaged ({exc.__class__.__name__}).") from None
-    if not isinstance(data, dict):
-        raise RunError(f"{path.name} in run {path.parent.name} is damaged (not an object).")
-    return data
+# ---------------------------------------------------------------- status fields
 
-
-def write_status(d: Path, **updates: Any) -> dict:
-    """Merge `updates` into status.json under the run's lock, stamping the time."""
-    with run_lock(d):
-        try:
-            status = read_json(Path(d) / "status.json")
-        except RunError:
-            status = {}
-        status.update(updates, updated=time.time())
-        atomic_write_json(Path(d) / "status.json", status)
-        return status
-
-
-def pid_alive(pid: int | None) -> bool:
-    """Whether a process with this pid exists and is not a zombie."""
-    if not pid:
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{int(pid)}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return True
-
-
-def worker_is_local(status: dict) -> bool:
-    """Whether status.json's pid is a process on this machine (a Ray worker may run on another node)."""
-    return status.get("backend") != "ray" or status.get("host") == platform.node()
-
-
-def read_status(d: Path) -> dict:
-    """status.json with the truth about dead workers: an active run whose process is gone reads 'interrupted'."""
-    status = read_json(Path(d) / "status.json")
-    if status.get("state") in ACTIVE:
-        # Another node's pid means nothing here: such a worker is judged by its heartbeat alone.
-        pid = status.get("pid") if worker_is_local(status) else None
-        stale = time.time() - float(status.get("heartbeat") or status.get("updated") or 0) > HEARTBEAT_STALE_S
-        if (pid and not pid_alive(pid)) or (status.get("state") == "running" and stale and not pid_alive(pid)):
-            status = {**status, "state": "interrupted",
-                      "error": status.get("error") or "The training process stopped unexpectedly (killed or "
-                                                      "the machine restarted). Its last finished epoch is kept."}
-    return status
+def write_status(d: Path, **fields: Any) -> dict:
+    """Merge progress and bookkeeping fields into status.json (never the state: that is the lifecycle's)."""
+    return lifecycle.update(d, **fields)
 
 
 # ---------------------------------------------------------------- reading runs
@@ -218,7 +160,7 @@ def load_run(d: Path) -> RunInfo:
     d = Path(d)
     info = RunInfo(d.name, d)
     try:
-        info.meta = read_json(d / "config.json")
+        info.meta = fileio.read_json(d / "config.json")
         info.config = dict(info.meta.get("config") or {})
         info.status = read_status(d)
     except RunError as exc:
@@ -236,15 +178,15 @@ def list_runs(runs_dir: str | Path | None = None) -> list[RunInfo]:
 
 
 def append_metrics(d: Path, row: dict) -> None:
-    """Add one epoch row to metrics.csv (rewritten atomically: always a complete file)."""
-    path = Path(d) / "metrics.csv"
-    rows = read_metrics_rows(d)
-    rows.append({k: row.get(k, "") for k in METRIC_COLUMNS})
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=METRIC_COLUMNS)
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_bytes(path, buf.getvalue().encode())
+    """Add one epoch row to metrics.csv (rewritten atomically under the run lock: always a complete file, no lost row)."""
+    with lifecycle.run_lock(d):
+        rows = read_metrics_rows(d)
+        rows.append({k: row.get(k, "") for k in METRIC_COLUMNS})
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=METRIC_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+        fileio.atomic_write_bytes(Path(d) / "metrics.csv", buf.getvalue().encode())
 
 
 def read_metrics_rows(d: Path) -> list[dict]:
@@ -270,7 +212,7 @@ def read_metrics(d: Path):
 def read_test_metrics(d: Path) -> dict | None:
     """test_metrics.json of a run, or None when it has none (or it is damaged)."""
     try:
-        return read_json(Path(d) / "test_metrics.json")
+        return fileio.read_json(Path(d) / "test_metrics.json")
     except RunError:
         return None
 

@@ -1,4 +1,4 @@
-"""Run one training job on its run directory: the only input a worker needs (local process, or a cluster)."""
+"""Train one claimed run on its run directory: the only input a worker needs (local process, or a Ray task)."""
 
 from __future__ import annotations
 
@@ -12,21 +12,11 @@ from typing import Callable
 from cxrdemo.config import TrainConfig
 from cxrdemo.errors import Cancelled, CxrError
 from cxrdemo.model.train import Progress, fit
+from cxrdemo.runs import lifecycle
 from cxrdemo.runs import store as runs
 from cxrdemo.runs.sources import load_source
 
-CANCEL_FILE = "cancel"
 HEARTBEAT_EVERY_S = 1.0
-
-
-def request_cancel(run_dir: Path) -> None:
-    """Ask the worker of `run_dir` to stop at the next batch."""
-    runs.atomic_write_bytes(Path(run_dir) / CANCEL_FILE, str(time.time()).encode())
-
-
-def cancel_requested(run_dir: Path) -> bool:
-    """Whether a cancel was requested for this run."""
-    return (Path(run_dir) / CANCEL_FILE).exists()
 
 
 def _logger(run_dir: Path) -> logging.Logger:
@@ -41,14 +31,6 @@ def _logger(run_dir: Path) -> logging.Logger:
     return log
 
 
-def log_tail(run_dir: Path, lines: int = 20) -> str:
-    """The last lines of a run's log."""
-    try:
-        return "\n".join((Path(run_dir) / "log.txt").read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
-
-
 def _write_error(exc: OSError) -> str:
     return f"Could not write the run's files ({exc.strerror or exc}): is the disk full or the folder read-only?"
 
@@ -60,20 +42,25 @@ def _close(log: logging.Logger) -> None:
 
 
 def execute_run(run_dir: Path, echo: Callable[[Progress], None] | None = None,
-                runs_dir: Path | None = None) -> dict:
-    """Train the run in `run_dir`, keeping status.json truthful whatever happens; returns its final status."""
+                runs_dir: Path | None = None, **claim_fields) -> dict:
+    """Claim the queued run in `run_dir` and train it, keeping status.json truthful whatever happens.
+
+    Returns its final status; a run that is not queued (another worker has it, it ended or was cancelled)
+    is left alone and its status returned with `claimed: False`. `claim_fields` go into status.json with
+    the claim (a Ray task records its host and task id).
+    """
     run_dir = Path(run_dir)
-    with runs.run_lock(run_dir):  # status writers hold this lock; other writers of this run are dead or are us
-        for stale in run_dir.glob(".*.tmp"):  # a write cut short by a kill: never read, so tidy it once it is old
-            if time.time() - stale.stat().st_mtime > 30:
-                stale.unlink(missing_ok=True)
     started = time.time()
     try:
+        config = TrainConfig.from_dict(runs.read_json(run_dir / "config.json")["config"])
+        if lifecycle.claim(run_dir, **claim_fields) is None:
+            return {**lifecycle.read_status(run_dir), "claimed": False}
+        with lifecycle.run_lock(run_dir):  # ours now: any other writer of this run is dead
+            for stale in run_dir.glob(".*.tmp"):  # a write cut short by a kill: never read, so tidy it once it is old
+                if time.time() - stale.stat().st_mtime > 30:
+                    stale.unlink(missing_ok=True)
         log = _logger(run_dir)
-        meta = runs.read_json(run_dir / "config.json")
-        config = TrainConfig.from_dict(meta["config"])
-        runs.write_status(run_dir, state="running", pid=os.getpid(), started=started, heartbeat=started, epoch=0,
-                          error=None)
+        runs.record_versions(run_dir)
     except OSError as exc:
         # The folder cannot even be written: report it to the caller; status.json reads 'interrupted' once we exit.
         return {"state": "failed", "error": _write_error(exc)}
@@ -103,34 +90,31 @@ def execute_run(run_dir: Path, echo: Callable[[Progress], None] | None = None,
 
     try:
         try:
-            result = fit(config, run_dir, on_progress, lambda: cancel_requested(run_dir),
+            result = fit(config, run_dir, on_progress, lambda: lifecycle.cancel_requested(run_dir),
                          load_source(config, runs_dir))
         except Cancelled:
             log.info("cancelled")
-            return runs.write_status(run_dir, state="cancelled", finished=time.time(), error=None)
+            return lifecycle.finish(run_dir, "cancelled")
         except CxrError as exc:
             log.info("failed: %s", exc)
-            return runs.write_status(run_dir, state="failed", finished=time.time(), error=str(exc),
-                                     log_tail=log_tail(run_dir))
+            return lifecycle.finish(run_dir, "failed", str(exc), log_tail=lifecycle.log_tail(run_dir))
         except MemoryError:
             log.info("failed: out of memory")
-            return runs.write_status(run_dir, state="failed", finished=time.time(), log_tail=log_tail(run_dir),
-                                     error="The machine ran out of memory: try a smaller batch size or image size.")
+            return lifecycle.finish(run_dir, "failed", "The machine ran out of memory: try a smaller batch size or "
+                                    "image size.", log_tail=lifecycle.log_tail(run_dir))
         except OSError as exc:
             # Disk full, read-only folder: say so plainly; earlier runs are untouched because every write is atomic.
             log.info("failed: %s", exc)
             msg = _write_error(exc)
             try:
-                return runs.write_status(run_dir, state="failed", finished=time.time(), error=msg,
-                                         log_tail=log_tail(run_dir))
+                return lifecycle.finish(run_dir, "failed", msg, log_tail=lifecycle.log_tail(run_dir))
             except OSError:
                 return {"state": "failed", "error": msg}
         except Exception as exc:  # noqa: BLE001 - the worker must record any crash truthfully, then stop
             log.info("crashed:\n%s", traceback.format_exc())
-            return runs.write_status(run_dir, state="failed", finished=time.time(), log_tail=log_tail(run_dir),
-                                     error=f"Training crashed: {exc.__class__.__name__}: {exc}")
+            return lifecycle.finish(run_dir, "failed", f"Training crashed: {exc.__class__.__name__}: {exc}",
+                                    log_tail=lifecycle.log_tail(run_dir))
         log.info("completed in %.1f s", time.time() - started)
-        return runs.write_status(run_dir, state="completed", finished=time.time(), error=None,
-                                 test_accuracy=result.get("accuracy"))
+        return lifecycle.finish(run_dir, "completed", test_accuracy=result.get("accuracy"))
     finally:
         _close(log)  # a long-lived process (a Ray worker, the tests) must not keep one open file per run
