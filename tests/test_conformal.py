@@ -137,8 +137,10 @@ def test_sets_never_contradict_the_verdict_on_many_images():
             assert (mask[np.arange(len(p)), verdicts]).all() and (size >= 1).all()
             single = size == 1
             assert (mask[single].argmax(1) == verdicts[single]).all()
-            assert (mask >= _raw_masks(p, record)).all()  # a superset of the conformal set
-            repaired += int((size > _raw_masks(p, record).sum(1)).sum())
+            raw = _raw_masks(p, record)
+            assert (mask >= raw).all()  # a superset of the conformal set
+            assert mask[raw.sum(1) == 0].all()  # an empty conformal set is "can't tell", not {verdict}
+            repaired += int((size > raw.sum(1)).sum())
         for i in rng.choice(len(p), 300, replace=False):
             s = cf.prediction_set(p[i], record, int(verdicts[i]))
             assert int(verdicts[i]) in s and (len(s) > 1 or s == (int(verdicts[i]),))
@@ -178,3 +180,12 @@ def test_bad_inputs_say_what_is_wrong():
         cf.fit_conformal(p, np.zeros(3, int))
     with pytest.raises(ConfigError, match="between 0 and 1"):
         cf.fit_conformal(p * 3, np.zeros(4, int))
+
+
+def test_the_two_repairs_by_hand():
+    record = cf.ConformalRecord(level=0.9, qhat=[0.1, 0.3], n=[50, 50], ok=True)
+    assert cf.prediction_set([0.95, 0.05], record, 0) == (0,)  # conformal {NORMAL}, verdict NORMAL
+    assert cf.prediction_set([0.2, 0.8], record, 1) == (1,)
+    assert cf.prediction_set([0.95, 0.05], record, 1) == (0, 1)  # conformal {NORMAL}, verdict PNEUMONIA: both
+    assert cf.prediction_set([0.8, 0.2], record, 0) == (0, 1)  # conformal set empty: can't tell
+    assert cf.prediction_set([0.8, 0.2], record, 1) == (0, 1)

@@ -5,10 +5,13 @@ Fitted on the validation split only. For each class k, qhat_k is a finite-sample
 If validation and new images are exchangeable, an image of class k is covered with probability >= level, for
 every class separately (Vovk 2012; Sadinle, Lei & Wasserman 2019 for the score).
 
-The set shown never contradicts the verdict (the label after the model's decision rule): the verdict is always
-added to the conformal set. The shown set is thus a superset of a conformal set, so coverage can only grow; a
-set of one class is the verdict, and an empty conformal set (no class plausible enough) becomes {verdict}; a
-conformal set that holds only the other class becomes "both": the model's rule and the conformal test disagree.
+The set shown never contradicts the verdict (the label after the model's decision rule). Two repairs, each only
+adding classes, so the shown set is a superset of the conformal set and coverage can only grow:
+- the verdict is always added: a conformal set holding only another class becomes "both" (the model's rule and
+  the conformal test disagree), so a set of one class is always the verdict;
+- an empty conformal set (no class is typical enough of its own validation images at this level) becomes every
+  class: "can't tell", not a confident {verdict}. These are the images between the two classes' cut-offs, the
+  ones a clinician most needs to hear the model is unsure about.
 """
 
 from __future__ import annotations
@@ -103,7 +106,8 @@ def fit_conformal(probs_val: np.ndarray, labels_val: np.ndarray, level: float = 
 
 
 def set_masks(probs: np.ndarray, record: ConformalRecord, verdicts: np.ndarray) -> np.ndarray:
-    """NxK booleans: class k is in image i's set iff 1 - p_k <= qhat_k, or k is the verdict (see module doc)."""
+    """NxK booleans: class k is in image i's set iff 1 - p_k <= qhat_k or k is the verdict; an empty set becomes
+    every class (see the module doc)."""
     if not record.ok:
         raise ConfigError(record.reason or "This conformal record cannot build prediction sets.")
     probs, _ = _check(probs)
@@ -112,12 +116,13 @@ def set_masks(probs: np.ndarray, record: ConformalRecord, verdicts: np.ndarray) 
         raise ConfigError(f"The record has {len(record.qhat)} classes and the probabilities {probs.shape[1]}; "
                           f"there are {len(verdicts)} verdicts for {len(probs)} images.")
     mask = (1.0 - probs) <= np.asarray(record.qhat, dtype=np.float64)[None, :]
+    mask[~mask.any(axis=1)] = True
     mask[np.arange(len(probs)), verdicts] = True
     return mask
 
 
 def prediction_set(probs: np.ndarray, record: ConformalRecord, verdict: int) -> tuple[int, ...] | None:
-    """The class indices in one image's set (always holding `verdict`); None when the record is not ok."""
+    """The class indices in one image's set (always holding `verdict`, never empty); None when the record is not ok."""
     if not record.ok:
         return None  # the page shows record.reason instead of a set that would always be "both"
     mask = set_masks(np.asarray(probs, dtype=np.float64).reshape(1, -1), record, np.array([verdict]))[0]
