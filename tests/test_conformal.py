@@ -20,8 +20,10 @@ def _images(rng: np.random.Generator, n: int, k: int) -> tuple[np.ndarray, np.nd
 
 
 def _raw_masks(probs: np.ndarray, record: cf.ConformalRecord) -> np.ndarray:
-    """The conformal sets straight from the formula, before the verdict is added."""
-    return (1.0 - probs) <= np.asarray(record.qhat)[None, :]
+    """The conformal sets straight from the formula, before the repairs."""
+    raw = (1.0 - probs) <= np.asarray(record.qhat)[None, :]
+    assert (cf.conformal_masks(probs, record) == raw).all()
+    return raw
 
 
 @pytest.mark.parametrize("k", [2, 3])

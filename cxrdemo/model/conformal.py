@@ -12,6 +12,10 @@ adding classes, so the shown set is a superset of the conformal set and coverage
 - an empty conformal set (no class is typical enough of its own validation images at this level) becomes every
   class: "can't tell", not a confident {verdict}. These are the images between the two classes' cut-offs, the
   ones a clinician most needs to hear the model is unsure about.
+The price of the second repair: shown sets are no longer nested across levels (at 90% the two cut-offs can leave
+a gap that reads "both", while at 95% they overlap and the same image gets one class). Adding only the verdict
+would keep them nested but, for the demo model, never says "both" at 90% (its 90% conformal sets have at most one
+class), which is why empty sets read "can't tell".
 """
 
 from __future__ import annotations
@@ -105,17 +109,23 @@ def fit_conformal(probs_val: np.ndarray, labels_val: np.ndarray, level: float = 
     return ConformalRecord(level=float(level), qhat=qhat, n=counts, ok=not short, reason=reason, classes=list(names))
 
 
-def set_masks(probs: np.ndarray, record: ConformalRecord, verdicts: np.ndarray) -> np.ndarray:
-    """NxK booleans: class k is in image i's set iff 1 - p_k <= qhat_k or k is the verdict; an empty set becomes
-    every class (see the module doc)."""
+def conformal_masks(probs: np.ndarray, record: ConformalRecord) -> np.ndarray:
+    """NxK booleans of the conformal sets themselves (1 - p_k <= qhat_k), before the repairs: what the promise
+    is about, and what Compare measures when it says whether the promise held."""
     if not record.ok:
         raise ConfigError(record.reason or "This conformal record cannot build prediction sets.")
     probs, _ = _check(probs)
+    if probs.shape[1] != len(record.qhat):
+        raise ConfigError(f"The record has {len(record.qhat)} classes and the probabilities {probs.shape[1]}.")
+    return (1.0 - probs) <= np.asarray(record.qhat, dtype=np.float64)[None, :]
+
+
+def set_masks(probs: np.ndarray, record: ConformalRecord, verdicts: np.ndarray) -> np.ndarray:
+    """NxK booleans of the sets shown: the conformal set plus the verdict; an empty one becomes every class."""
+    mask = conformal_masks(probs, record)
     verdicts = np.asarray(verdicts).astype(np.int64).reshape(-1)
-    if probs.shape[1] != len(record.qhat) or len(verdicts) != len(probs):
-        raise ConfigError(f"The record has {len(record.qhat)} classes and the probabilities {probs.shape[1]}; "
-                          f"there are {len(verdicts)} verdicts for {len(probs)} images.")
-    mask = (1.0 - probs) <= np.asarray(record.qhat, dtype=np.float64)[None, :]
+    if len(verdicts) != len(mask):
+        raise ConfigError(f"There are {len(verdicts)} verdicts for {len(mask)} images: they must match.")
     mask[~mask.any(axis=1)] = True
     mask[np.arange(len(probs)), verdicts] = True
     return mask
