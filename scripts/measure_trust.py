@@ -12,12 +12,13 @@ import argparse
 import platform
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from cxrdemo.data import dataset as data
+from cxrdemo.data import imageio
 from cxrdemo.diagnosis import predict
 from cxrdemo.model import calibration as cal
 from cxrdemo.model import conformal as cf
@@ -29,26 +30,49 @@ EVAL_SETS = (("cxr-dev test", "cxr-dev", "test", "in-distribution: drawn like th
              ("cxr-shift test", "cxr-shift", "test", "shifted: the original Kermany test split, 224 x 224"))
 
 
-def load(run: str) -> predict.LoadedModel:
-    """The model under test (kept in one place: the model-file API is being rewritten)."""
-    return predict.load_model(run)
+@dataclass
+class ModelUnderTest:
+    """What this script needs of a loaded model, read in one place."""
+
+    loaded: predict.LoadedModel
+    classes: tuple[str, ...]
+    img_size: int
+    intensity: str
+    threshold: float | None  # the uncalibrated p(class 1) cut of the model's decision rule
+    config: dict
+
+
+def load(run: str) -> ModelUnderTest:
+    """The model under test. The model-file API is being rewritten (model/checkpoint: `preprocessing` and
+    `decision` records); read either shape here so the rest of the script does not care."""
+    m = predict.load_model(run)
+    pre = getattr(m, "preprocessing", None)
+    intensity = pre.intensity if pre is not None else m.intensity
+    threshold = m.decision.value if hasattr(m, "decision") else m.threshold
+    return ModelUnderTest(m, tuple(m.classes), int(m.img_size), intensity, threshold, dict(m.config or {}))
 
 
 @torch.inference_mode()
-def logits_of(model: predict.LoadedModel, root: Path, split: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(logits Nx K float64, labels N) of one split, preprocessed exactly as predict.predict_split does."""
-    scan = data.scan_dataset(root, seed=seed, require_train=False)
-    if tuple(scan.classes) != tuple(model.classes):
+def logits_of(model: ModelUnderTest, root: Path, split: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(logits NxK float64, labels N) of one split, preprocessed exactly as predict.predict_split does."""
+    try:
+        from cxrdemo.data.cache import load_images
+        from cxrdemo.data.scan import scan_dataset
+    except ImportError:  # before data/dataset.py was split into scan and cache
+        from cxrdemo.data.dataset import load_images, scan_dataset
+    scan = scan_dataset(root, seed=seed, require_train=False)
+    if tuple(scan.classes) != model.classes:
         raise SystemExit(f"{root} has classes {scan.classes}, the model {model.classes}.")
-    cached = data.load_images(scan.splits[split], model.img_size)
-    images = data.adjust_intensity(cached.images, model.intensity)
-    with model.lock:
-        model.net.eval()
-        out = [model.net(data.normalize_batch(images[i:i + 64])).float() for i in range(0, len(images), 64)]
+    cached = load_images(scan.splits[split], model.img_size)
+    images = imageio.adjust_intensity(cached.images, model.intensity)
+    m = model.loaded
+    with m.lock:
+        m.net.eval()
+        out = [m.net(predict.model_input(m, images[i:i + 64])).float() for i in range(0, len(images), 64)]
     return torch.cat(out).double().numpy(), cached.labels.numpy()
 
 
-def measure(name: str, logits: np.ndarray, y: np.ndarray, model: predict.LoadedModel, t: float,
+def measure(name: str, logits: np.ndarray, y: np.ndarray, model: ModelUnderTest, t: float,
             records: dict[float, cf.ConformalRecord], resamples: int) -> dict:
     """ECE before/after (with intervals), accuracy of the verdict, and the sets' coverage at each level."""
     raw, calibrated = cal.apply_temperature(logits, 1.0), cal.apply_temperature(logits, t)
@@ -77,42 +101,44 @@ def cpu_model() -> str:
 
 
 def ci(pair: tuple[float, float]) -> str:
+    """An interval as [low, high] with three decimals."""
     return f"[{pair[0]:.3f}, {pair[1]:.3f}]"
 
 
-def report(model: predict.LoadedModel, t: float, records: dict[float, cf.ConformalRecord], val_n: int,
+def report(model: ModelUnderTest, t: float, records: dict[float, cf.ConformalRecord], val_n: int,
            rows: list[dict], minutes: float) -> str:
     """The Markdown page: how it was fitted, one table for calibration, one for the sets, the issue's targets."""
     cut = cal.threshold_on_calibrated_scale(model.threshold, t)
     lines = [
         "# Trust measurements: calibration and conformal prediction sets",
         "",
-        f"Model: `{model.run_id}` (weights/demo), classes {', '.join(model.classes)}. Made by "
-        f"`python scripts/measure_trust.py` in {minutes:.1f} min on {cpu_model()}.",
+        (f"Model: `{model.loaded.run_id}` ({model.config.get('backbone', '?')}), classes "
+         f"{', '.join(model.classes)}. Made by `python scripts/measure_trust.py` in {minutes:.1f} min on "
+         f"{cpu_model()}."),
         "",
-        f"**Fitted on validation only**: the temperature and the conformal quantiles are fitted on the model's own "
+        (f"**Fitted on validation only**: the temperature and the conformal quantiles are fitted on the model's own "
         f"validation split ({val_n} images of cxr-large/val, the split its checkpoint and its decision threshold "
-        "were chosen on). cxr-dev test and cxr-shift test are only measured, never fitted on.",
+        "were chosen on). cxr-dev test and cxr-shift test are only measured, never fitted on."),
         "",
         *[f"- {name}: {what}" for name, _, _, what in EVAL_SETS],
         "",
         f"- temperature T = {t:.3f} (minimum validation NLL over T in [{cal.T_BOUNDS[0]}, {cal.T_BOUNDS[1]}])",
-        f"- decision threshold p({model.classes[-1]}) >= {model.threshold:.4f} (uncalibrated, from model.pt) is "
-        f"p >= {cut:.4f} on the calibrated scale: the same decision for every image (checked on each set)",
+        (f"- decision threshold p({model.classes[-1]}) >= {model.threshold:.4f} (uncalibrated, from model.pt) is "
+        f"p >= {cut:.4f} on the calibrated scale: the same decision for every image (checked on each set)"),
     ]
     for level, r in records.items():
         q = ", ".join(f"{c} {v:.4f} (n={n})" for c, v, n in zip(r.classes, r.qhat, r.n)) if r.ok else r.reason
         lines.append(f"- conformal {level:.0%}: qhat {q}")
-    lines += ["", "ECE: top label, 15 equal-width bins, 95% percentile bootstrap interval over images. "
-              "Accuracy: the single label after the model's decision rule (the verdict the page shows).", "",
+    lines += ["", ("ECE: top label, 15 equal-width bins, 95% percentile bootstrap interval over images. "
+              "Accuracy: the single label after the model's decision rule (the verdict the page shows)."), "",
               "| set | n | accuracy | ECE before | 95% CI | ECE after | 95% CI |", "|---|---:|---:|---:|---|---:|---|"]
     for r in rows:
         lines.append(f"| {r['set']} | {r['n']} | {r['accuracy']:.3f} | {r['ece_before']:.3f} | {ci(r['ci_before'])} "
                      f"| {r['ece_after']:.3f} | {ci(r['ci_after'])} |")
-    lines += ["", "Prediction sets: class-conditional (Mondrian) split conformal on the calibrated probabilities. "
+    lines += ["", ("Prediction sets: class-conditional (Mondrian) split conformal on the calibrated probabilities. "
               "'Conformal set coverage' is the promise itself (1 - p_k <= qhat_k); the set shown adds the verdict "
               "and turns an empty conformal set into 'both', so it covers at least as often. 'Both' = the model "
-              "cannot tell at this coverage; 'gain' = shown coverage minus single-label accuracy.", "",
+              "cannot tell at this coverage; 'gain' = shown coverage minus single-label accuracy."), "",
               "| set | promised | conformal set coverage | shown set coverage | single label | gain (points) | "
               "mean size | both | " + " | ".join(f"shown coverage {c}" for c in model.classes) + " |",
               "|---|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * len(model.classes)]

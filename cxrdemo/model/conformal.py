@@ -47,7 +47,7 @@ class ConformalRecord:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ConformalRecord":
+    def from_dict(cls, d: dict) -> ConformalRecord:
         """The record saved by to_dict."""
         return cls(level=float(d["level"]), qhat=[None if q is None else float(q) for q in d["qhat"]],
                    n=[int(v) for v in d["n"]], ok=bool(d["ok"]), reason=str(d.get("reason", "")),
