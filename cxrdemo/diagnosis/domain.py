@@ -64,7 +64,7 @@ class DomainRecord:
         return rec
 
 
-@torch.inference_mode()
+@torch.no_grad()  # not inference_mode: callers may reuse the features in autograd code
 def features(net: Net, x: torch.Tensor, layers: int = 1, batch_size: int = 64) -> torch.Tensor:
     """Globally pooled trunk features (N x D, float32) of a normalised N x 3 x S x S batch, in eval mode.
 
