@@ -38,7 +38,7 @@ def test_cutoff_keeps_the_quantile_of_validation_points():
 def test_new_draws_stay_in_and_far_points_are_flagged():
     rng = np.random.default_rng(1)
     x, y, centres = gaussian_classes(rng, 1500, 2, 32)
-    rec = fit_domain(x[:2000], y[:2000], x[2000:2500], quantile=0.99)
+    rec = fit_domain(x[:2000], y[:2000], x[2000:2500], quantile=0.99, transform="none")
     fresh = score_domain(rec, x[2500:])
     assert 0.97 <= np.mean(fresh <= rec.cutoff) <= 1.0  # new in-distribution points: ~1% flagged
     # Points pushed away from every class along random directions, 3x the typical spread.
@@ -54,7 +54,7 @@ def test_new_draws_stay_in_and_far_points_are_flagged():
 def test_distance_is_the_mahalanobis_distance_to_the_nearest_class():
     rng = np.random.default_rng(2)
     x, y, _ = gaussian_classes(rng, 3000, 2, 4, sep=10.0)
-    rec = fit_domain(x, y, x[:100])
+    rec = fit_domain(x, y, x[:100], transform="none")
     assert rec.shrinkage < 0.05  # plenty of samples in 4 dimensions: hardly any shrinkage
     means = np.stack([x[y == c].mean(0) for c in (0, 1)]).astype(np.float64)
     resid = x - means[y]
@@ -64,11 +64,25 @@ def test_distance_is_the_mahalanobis_distance_to_the_nearest_class():
     np.testing.assert_allclose(score_domain(rec, x[:50]), expect, rtol=0.03)
 
 
+def test_sqrt_transform_is_the_distance_on_signed_square_roots():
+    """Pooled ReLU features are skewed; the record applies the same signed square root at fit and score time."""
+    rng = np.random.default_rng(8)
+    x = rng.gamma(0.5, 2.0, size=(2000, 6)).astype(np.float32)  # non-negative, long-tailed, like pooled ReLU
+    x[:, 0] -= 0.2  # SiLU-like features dip below zero
+    y = (rng.random(2000) < 0.3).astype(int)
+    rec = fit_domain(x[:1500], y[:1500], x[1500:])
+    assert rec.transform == "sqrt" and rec.quantile == domain.DEFAULT_QUANTILE
+    root = np.sign(x) * np.sqrt(np.abs(x))
+    plain = fit_domain(root[:1500], y[:1500], root[1500:], transform="none")
+    np.testing.assert_allclose(score_domain(rec, x), score_domain(plain, root), rtol=1e-4)
+    assert rec.cutoff == pytest.approx(plain.cutoff, rel=1e-4) and np.all(np.isfinite(score_domain(rec, x)))
+
+
 @pytest.mark.parametrize("n_classes", [2, 3, 7])
 def test_any_number_of_classes(n_classes):
     rng = np.random.default_rng(n_classes)
     x, y, centres = gaussian_classes(rng, 200, n_classes, 12)
-    rec = fit_domain(x[::2], y[::2], x[1::2], quantile=0.9)
+    rec = fit_domain(x[::2], y[::2], x[1::2], quantile=0.9, transform="none")
     assert tuple(rec.means.shape) == (n_classes, 12)
     # each class mean scores near zero: every class is represented
     assert np.all(score_domain(rec, rec.means) < 0.5 * rec.cutoff)
@@ -90,7 +104,7 @@ def test_record_round_trips_through_a_dict_and_torch_save():
     rec = fit_domain(x, y, x, quantile=0.99)
     d = rec.to_dict()
     assert set(d) == {"method", "means", "precision_factor", "cutoff", "quantile", "n_train", "n_val",
-                      "feature_dim", "layers", "shrinkage"}
+                      "feature_dim", "layers", "shrinkage", "transform"}
     buf = io.BytesIO()
     torch.save({"domain": d}, buf)
     buf.seek(0)
@@ -99,10 +113,11 @@ def test_record_round_trips_through_a_dict_and_torch_save():
     assert back.cutoff == rec.cutoff and back.n_train == 200 and back.means.dtype == torch.float32
     as_lists = {**d, "means": d["means"].tolist(), "precision_factor": d["precision_factor"].tolist()}
     np.testing.assert_allclose(score_domain(DomainRecord.from_dict(as_lists), x), score_domain(rec, x))
-    assert domain.record_bytes(rec) < 4 * (10 * 10 + 2 * 10) + 2000
+    payload = 4 * (10 * 10 + 2 * 10)  # float32 factor and means; the rest is torch.save's few kB of framing
+    assert payload < domain.record_bytes(rec) < payload + 3000
 
 
-@pytest.mark.parametrize("damage", ["missing", "shape", "method"])
+@pytest.mark.parametrize("damage", ["missing", "shape", "method", "transform"])
 def test_a_damaged_record_is_refused_with_a_sentence(damage):
     rng = np.random.default_rng(5)
     x, y, _ = gaussian_classes(rng, 50, 2, 6)
@@ -111,8 +126,10 @@ def test_a_damaged_record_is_refused_with_a_sentence(damage):
         del d["cutoff"]
     elif damage == "shape":
         d["precision_factor"] = d["precision_factor"][:5]
-    else:
+    elif damage == "method":
         d["method"] = "knn"
+    else:
+        d["transform"] = "log"
     with pytest.raises(RunError, match="in-domain description"):
         DomainRecord.from_dict(d)
 
@@ -126,6 +143,8 @@ def test_bad_inputs_are_refused():
         fit_domain(x, np.zeros(len(x), int), x)
     with pytest.raises(ValueError, match="validation"):
         fit_domain(x, y, x[:0])
+    with pytest.raises(ValueError, match="transform"):
+        fit_domain(x, y, x, transform="log")
 
 
 def test_in_domain_and_sentence():
@@ -136,7 +155,7 @@ def test_in_domain_and_sentence():
     assert in_domain(rec, rec.cutoff) and not in_domain(rec, rec.cutoff * 1.01) and not in_domain(rec, float("nan"))
     out = domain_sentence(rec, rec.cutoff + 1)
     assert out.startswith("This image is unlike the 4,000 images this model learned from")
-    assert "means little here" in out and "99% of validation images" in out
+    assert "means little here" in out and "99.5% of validation images" in out
     assert domain_sentence(rec, 0.0).startswith("This image resembles the 4,000 images")
 
 
