@@ -33,8 +33,8 @@ from PIL import Image, ImageDraw
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cxrdemo.data.imageio import read_image  # noqa: E402
-from cxrdemo.errors import ImageReadError  # noqa: E402
+from cxrdemo.data.imageio import read_image
+from cxrdemo.errors import ImageReadError
 
 MODALITIES = ("CT", "MR", "US", "NM")
 CHEST_SOURCE = Path("/work/shared/data/cxr-dev/test")
@@ -145,7 +145,7 @@ def medical_images() -> list[tuple[str, np.ndarray]]:
         try:
             if str(pydicom.dcmread(f, stop_before_pixels=True, force=True).get("Modality", "")) not in MODALITIES:
                 continue  # colour test patterns, dose grids, segmentations, reports
-            img, meta = read_image(f)
+            img, _ = read_image(f)
         except (ImageReadError, pydicom.errors.InvalidDicomError):
             continue
         if min(img.shape) < 32 or float(img.std()) < 0.02:  # 3 x 3 pixels, dose grids, blank frames

@@ -26,9 +26,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from cxrdemo import paths  # noqa: E402
-from cxrdemo.data import dataset as data  # noqa: E402
-from cxrdemo.diagnosis import domain  # noqa: E402
+from cxrdemo import paths
+from cxrdemo.data import dataset as data
+from cxrdemo.diagnosis import domain
 
 DATA = Path("/work/shared/data")
 GEOMETRY = {"cxr-large": "mixed (224 x 224 squashed and aspect kept)", "cxr-dev": "aspect kept (256 px high)",

@@ -81,7 +81,7 @@ def test_sqrt_transform_is_the_distance_on_signed_square_roots():
 @pytest.mark.parametrize("n_classes", [2, 3, 7])
 def test_any_number_of_classes(n_classes):
     rng = np.random.default_rng(n_classes)
-    x, y, centres = gaussian_classes(rng, 200, n_classes, 12)
+    x, y, _ = gaussian_classes(rng, 200, n_classes, 12)
     rec = fit_domain(x[::2], y[::2], x[1::2], quantile=0.9, transform="none")
     assert tuple(rec.means.shape) == (n_classes, 12)
     # each class mean scores near zero: every class is represented

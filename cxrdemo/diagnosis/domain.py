@@ -52,7 +52,7 @@ class DomainRecord:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "DomainRecord":
+    def from_dict(cls, d: dict) -> DomainRecord:
         """Read a record back, checking that its parts fit together."""
         names = {f.name for f in fields(cls)}
         required = names - {"layers", "shrinkage", "transform"}
@@ -139,7 +139,7 @@ def fit_domain(train_feats: torch.Tensor | np.ndarray, train_labels: torch.Tenso
     chol = np.linalg.cholesky(lw.precision_)  # lower L, P = L L^T
     factor = (chol.T / scale[None, :]).astype(np.float32)  # U = L^T S^-1, precision = U^T U
     rec = DomainRecord(METHOD, torch.from_numpy(means.astype(np.float32)), torch.from_numpy(factor), 0.0,
-                       float(quantile), int(len(x)), int(len(v)), int(x.shape[1]), int(layers),
+                       float(quantile), len(x), len(v), int(x.shape[1]), int(layers),
                        float(lw.shrinkage_), transform)
     rec.cutoff = float(np.quantile(score_domain(rec, v), quantile))
     return rec
