@@ -9,7 +9,7 @@ in for the other kinds of image a model should refuse (and, as controls, for one
                Grace Hopper, as crops, rotations, flips and contrast changes     -> non-radiograph (flag)
   synthetic    noise, smooth fields, gradients, checkerboards, stripes, a text page, terrain maps
                                                                                  -> non-radiograph (flag)
-  medical      CT, MR, ultrasound, nuclear-medicine and other DICOM images that pydicom ships as test
+  medical      the CT, MR, ultrasound and nuclear-medicine DICOM images that pydicom ships as test
                files, plus matplotlib's MR slice, rendered by cxrdemo's own reader (a few crops and flips)
                                                                                  -> other modality / body part (flag)
   chest_*      synthetic shifts of cxr-dev test films (aspect ratio kept): rotated 90 / 180 degrees,
