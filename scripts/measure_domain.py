@@ -170,8 +170,8 @@ def main(argv: list[str] | None = None) -> int:
                  "min_over_cutoff": float(s.min() / rec.cutoff), "median_score": float(np.median(s)),
                  "geometry": geometry}
             rows.append(r)
-            print(f"  {name:32s} {r['flagged']:4d}/{r['n']:4d} = {100 * r['rate']:5.1f}%  median {r['median_score']:7.2f}"
-                  f"  min/cut-off {r['min_over_cutoff']:.2f}")
+            print(f"  {name:32s} {r['flagged']:4d}/{r['n']:4d} = {100 * r['rate']:5.1f}%  "
+                  f"median {r['median_score']:7.2f}  min/cut-off {r['min_over_cutoff']:.2f}")
     out = Path(args.out)
     with open(out / "flag_rates.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))

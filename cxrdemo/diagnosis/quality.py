@@ -43,8 +43,8 @@ _VIEW = 128
 RADIOGRAPH_MODALITIES = frozenset({"CR", "DX", "RG"})
 LATERAL_VIEWS = frozenset({"LL", "RL", "LAT", "LATERAL"})
 _CHEST_WORDS = ("CHEST", "THORAX", "LUNG")  # vendors write CHEST, CHEST_PA, THORAX...
-_MODALITY_NAMES = {"CT": "a CT scan", "MR": "an MR image", "US": "an ultrasound image", "NM": "a nuclear-medicine image",
-                   "PT": "a PET image", "MG": "a mammogram", "XA": "an angiogram", "RF": "a fluoroscopy image",
+_MODALITY_NAMES = {"CT": "a CT scan", "MR": "an MR image", "US": "an ultrasound image",
+                   "NM": "a nuclear-medicine image", "PT": "a PET image", "MG": "a mammogram", "XA": "an angiogram", "RF": "a fluoroscopy image",
                    "OT": "an image of type 'other'", "SC": "a secondary capture", "SEG": "a segmentation",
                    "IO": "an intra-oral dental X-ray", "PX": "a panoramic dental X-ray", "OP": "an eye photograph",
                    "XC": "a camera photograph", "ES": "an endoscopy image", "SM": "a microscopy slide"}
