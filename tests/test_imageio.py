@@ -332,7 +332,9 @@ def test_no_identifier_reaches_meta():
                       RescaleSlope=2, RescaleIntercept=-10, WindowCenter=800, WindowWidth=1200)
     _, meta = read_image(data, name="x.dcm")
     assert {f.name for f in dataclasses.fields(ImageMeta)} == {
-        "width", "height", "format", "mode", "bits", "frames", "notes", "colourfulness"}
+        "width", "height", "format", "mode", "bits", "frames", "notes", "colourfulness",
+        "modality", "body_part", "view"}  # coded header values (DX, CHEST, PA): what was imaged, not who
+    assert (meta.modality, meta.body_part, meta.view) == ("DX", "", "")
     text = repr(dataclasses.asdict(meta))
     for value in IDENTIFIERS.values():
         for part in value.split("^"):

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from cxrdemo.data.imageio import ImageMeta, read_image
-from cxrdemo.diagnosis.quality import CxrCheck, check_radiograph
+from cxrdemo.diagnosis.quality import CxrCheck, check_dicom_header, check_radiograph
 
 
 def smooth_field(rng: np.random.Generator, h: int, w: int, scale: int) -> np.ndarray:
@@ -151,3 +151,90 @@ def test_large_image_is_quick():
     start = time.process_time()
     assert not check_radiograph(big).looks_like_cxr
     assert time.process_time() - start < 2.0
+
+
+# ---- the DICOM header speaks first (issue 15) -------------------------------------------------------
+
+def chest_dicom(real: np.ndarray, **elements) -> bytes:
+    """A DX DICOM holding a real demo radiograph, with the given header elements."""
+    import pydicom
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
+    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.SOPClassUID, ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPClassUID, ds.file_meta.MediaStorageSOPInstanceUID
+    ds.Rows, ds.Columns = real.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.PixelData = (real * 4095).astype(np.uint16).tobytes()
+    for k, v in {"Modality": "DX", **elements}.items():
+        if v is not None:
+            setattr(ds, k, v)
+    buf = io.BytesIO()
+    pydicom.dcmwrite(buf, ds, enforce_file_format=True)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("elements", [
+    {}, {"Modality": "CR"}, {"BodyPartExamined": "CHEST"}, {"BodyPartExamined": "CHEST_PA", "ViewPosition": "PA"},
+    {"BodyPartExamined": "THORAX", "ViewPosition": "AP"}, {"ViewPosition": ""}, {"BodyPartExamined": ""},
+])
+def test_dicom_header_of_a_frontal_chest_film_does_not_flag(real_grey, elements):
+    img, meta = read_image(chest_dicom(real_grey, **elements))
+    assert meta.modality == elements.get("Modality", "DX")
+    assert check_dicom_header(meta) == []
+    assert check_radiograph(img, meta).looks_like_cxr  # missing BodyPartExamined or ViewPosition says nothing
+
+
+@pytest.mark.parametrize("elements,reason", [
+    ({"Modality": "CT"}, "CT scan (Modality CT)"), ({"Modality": "US"}, "ultrasound image (Modality US)"),
+    ({"Modality": "XX"}, "not a radiograph (Modality XX)"),
+    ({"BodyPartExamined": "HAND"}, "another body part (BodyPartExamined HAND)"),
+    ({"BodyPartExamined": "SKULL", "ViewPosition": "PA"}, "BodyPartExamined SKULL"),
+    ({"ViewPosition": "LL"}, "lateral view (ViewPosition LL)"), ({"ViewPosition": "RL"}, "ViewPosition RL"),
+    ({"BodyPartExamined": "CHEST", "ViewPosition": "LATERAL"}, "ViewPosition LATERAL"),
+])
+def test_dicom_header_flags_modality_body_part_and_lateral_view(real_grey, elements, reason):
+    img, meta = read_image(chest_dicom(real_grey, **elements))
+    result = check_radiograph(img, meta)
+    assert not result.looks_like_cxr and result.score == 0.0
+    assert len(result.reasons) == 1 and reason in result.reasons[0], result.reasons
+    assert result.warning.startswith("This does not look like a chest X-ray (its DICOM header")
+
+
+def test_header_reasons_come_first_and_only_for_dicom(real_grey):
+    img, meta = read_image(chest_dicom(real_grey, Modality="MR", BodyPartExamined="KNEE", ViewPosition="LL"))
+    reasons = check_radiograph(img, meta).reasons
+    assert [r.split("(")[1].split()[0] for r in reasons[:3]] == ["Modality", "BodyPartExamined", "ViewPosition"]
+    png_meta = ImageMeta(width=10, height=10, format="png", mode="L", bits=8, modality="CT")
+    assert check_dicom_header(png_meta) == [] and check_dicom_header(None) == []
+
+
+MR_ENCODINGS = ("MR_small.dcm", "MR_small_bigendian.dcm", "MR_small_expb.dcm", "MR_small_implicit.dcm",
+                "MR_small_padded.dcm", "MR_small_RLE.dcm", "MR_small_jp2klossless.dcm",
+                "MR_small_jpeg_ls_lossless.dcm")
+
+
+def test_pydicom_ct_and_mr_test_files_are_flagged_by_modality():
+    """The real CT and MR files shipped inside pydicom (they carry no BodyPartExamined) are not chest X-rays."""
+    from pydicom.data import get_testdata_file
+
+    from cxrdemo.errors import ImageReadError
+
+    flagged, unreadable = [], []
+    for name in ("CT_small.dcm", *MR_ENCODINGS):
+        try:
+            img, meta = read_image(get_testdata_file(name, download=False))
+        except ImageReadError:  # a compression with no decoder installed: refused before any prediction
+            unreadable.append(name)
+            continue
+        result = check_radiograph(img, meta)
+        assert not result.looks_like_cxr, name
+        assert f"(Modality {meta.modality})" in result.reasons[0] and meta.modality in ("CT", "MR"), name
+        assert meta.body_part == "" and meta.view == ""
+        flagged.append(name)
+    assert len(flagged) >= 7 and "CT_small.dcm" in flagged, (flagged, unreadable)

@@ -46,6 +46,10 @@ class ImageMeta:
     frames: int = 1
     notes: list[str] = field(default_factory=list)
     colourfulness: float = 0.0  # Hasler-Suesstrunk M on the 0-255 RGB scale, before conversion to grey
+    # DICOM only, upper-case and stripped ("" when absent or not DICOM): what the header says was imaged.
+    modality: str = ""  # (0008,0060) CR, DX, CT, MR, US...
+    body_part: str = ""  # (0018,0015) BodyPartExamined: CHEST, HAND...
+    view: str = ""  # (0018,5101) ViewPosition: PA, AP, LL, RL...
 
 
 def read_image(src: str | os.PathLike | bytes, name: str = "") -> tuple[np.ndarray, ImageMeta]:
@@ -238,8 +242,16 @@ def _read_dicom(fp: BinaryIO) -> tuple[np.ndarray, ImageMeta, bool]:
         if invert:
             notes.append("inverted MONOCHROME1" if photometric == "MONOCHROME1" else "inverted (presentation LUT)")
     meta = ImageMeta(width=cols, height=rows, format="dicom", mode=photometric, bits=bits, frames=frames,
-                     notes=notes, colourfulness=round(colourfulness, 2))
+                     notes=notes, colourfulness=round(colourfulness, 2), modality=_header_code(ds, "Modality"),
+                     body_part=_header_code(ds, "BodyPartExamined"), view=_header_code(ds, "ViewPosition"))
     return arr, meta, invert
+
+
+def _header_code(ds, keyword: str) -> str:
+    """A coded DICOM string element, upper-case and stripped; "" when absent or empty."""
+    value = ds.get(keyword, "")
+    return str(value if isinstance(value, str) or not hasattr(value, "__iter__") else " ".join(map(str, value))
+               ).strip().upper()[:32]
 
 
 def colourfulness_of(rgb: np.ndarray) -> float:

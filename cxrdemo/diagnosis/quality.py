@@ -2,10 +2,11 @@
 
 The model answers NORMAL or PNEUMONIA for any picture it is given; this heuristic catches the
 obvious mistakes (a colour photo, a pattern or drawing, noise, a blank or tiny image) so that
-the app can warn instead of showing a meaningless probability. It does NOT detect the wrong body
-part, a lateral view or a poor-quality radiograph. Each check compares one image statistic with a
-threshold set with a wide margin around real radiographs; `score` is the weakest check's margin
-mapped to [0, 1] (0.5 = on a threshold).
+the app can warn instead of showing a meaningless probability. From the pixels it does NOT detect the
+wrong body part, a lateral view or a poor-quality radiograph; for DICOM files the header speaks first
+(`check_dicom_header`: another modality, another body part, a lateral view). Each pixel check compares
+one image statistic with a threshold set with a wide margin around real radiographs; `score` is the
+weakest check's margin mapped to [0, 1] (0.5 = on a threshold; 0 when the header objects).
 
 Measured (tests/test_quality.py and a one-off run over the project's cxr-dev set):
   * real radiographs accepted: 120 / 120 demo images (100%); 499 / 499 cxr-dev images (100%);
@@ -37,6 +38,16 @@ MAX_FINE_ENERGY = 0.15  # share of variance at the finest scale (128 px view); r
 MIN_FINE_ENERGY = 0.0005  # below it the image is a smooth gradient or blob; radiographs 0.0017 and more
 MIN_COARSE_SHARE = 0.25  # share of variance in an 8 x 8 grid of regions (lungs vs mediastinum); radiographs 0.52+
 _VIEW = 128
+
+# Computed and digital radiography, and RG (film/screen radiography, e.g. a digitised film).
+RADIOGRAPH_MODALITIES = frozenset({"CR", "DX", "RG"})
+LATERAL_VIEWS = frozenset({"LL", "RL", "LAT", "LATERAL"})
+_CHEST_WORDS = ("CHEST", "THORAX", "LUNG")  # vendors write CHEST, CHEST_PA, THORAX...
+_MODALITY_NAMES = {"CT": "a CT scan", "MR": "an MR image", "US": "an ultrasound image",
+                   "NM": "a nuclear-medicine image", "PT": "a PET image", "MG": "a mammogram", "XA": "an angiogram", "RF": "a fluoroscopy image",
+                   "OT": "an image of type 'other'", "SC": "a secondary capture", "SEG": "a segmentation",
+                   "IO": "an intra-oral dental X-ray", "PX": "a panoramic dental X-ray", "OP": "an eye photograph",
+                   "XC": "a camera photograph", "ES": "an endoscopy image", "SM": "a microscopy slide"}
 
 
 @dataclass
@@ -81,6 +92,24 @@ def _range(sample: np.ndarray) -> tuple[float, float]:
     return (lo, hi) if hi > lo else (float(sample.min()), float(sample.max()))
 
 
+def check_dicom_header(meta: ImageMeta | None) -> list[str]:
+    """What a DICOM header says against a frontal chest radiograph ([] when it is silent or agrees)."""
+    if meta is None or meta.format != "dicom":
+        return []
+    reasons = []
+    modality, part, view = (getattr(meta, k, "") or "" for k in ("modality", "body_part", "view"))
+    if modality and modality not in RADIOGRAPH_MODALITIES:
+        what = _MODALITY_NAMES.get(modality, "not a radiograph")
+        reasons.append(f"its DICOM header says it is {what} (Modality {modality}), not a chest X-ray")
+    # A missing BodyPartExamined or ViewPosition says nothing: many real chest films lack them.
+    if part and not any(word in part for word in _CHEST_WORDS):
+        reasons.append(f"its DICOM header names another body part (BodyPartExamined {part})")
+    if view in LATERAL_VIEWS:
+        reasons.append(f"its DICOM header says it is a lateral view (ViewPosition {view}); this model learned "
+                       "from frontal films")
+    return reasons
+
+
 def check_radiograph(rgb_or_grey: np.ndarray | Image.Image, meta: ImageMeta | None = None) -> CxrCheck:
     """Say whether an image plausibly is a chest radiograph, with the reasons when it is not."""
     grey, colour = _as_grey(rgb_or_grey)
@@ -116,6 +145,7 @@ def check_radiograph(rgb_or_grey: np.ndarray | Image.Image, meta: ImageMeta | No
             (_ramp(coarse, MIN_COARSE_SHARE, upper=False), "it lacks the large bright and dark regions of a chest "
                                                            "(lungs, heart, mediastinum)"),
         ]
+    checks = [(0.0, why) for why in check_dicom_header(meta)] + checks  # the header speaks first
     reasons = [why for s, why in checks if s < 0.5]
     score = round(min(s for s, _ in checks), 3)
     warning = None

@@ -1,0 +1,192 @@
+"""Measure the "unlike the training images" check of the shipped demo model on real and proxy sets.
+
+    python scripts/make_proxy_sets.py                 # once: benchmarks/out/proxy
+    python scripts/measure_domain.py [--proxy DIR] [--out DIR] [--layers 1 2] [--transform sqrt] [--quantile Q]
+
+Fits the domain record on the demo model's own TRAIN split features (cxr-large, the split seed of
+weights/demo/config.json), chooses the cut-off on its VAL split only, then reports the share of images
+flagged on cxr-dev test, cxr-shift test, the built-in demo data and every proxy set. Features of every
+trunk stage are cached in OUT/features-<model>.npz, so trying another variant does not rerun the network.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from cxrdemo import paths
+from cxrdemo.data import dataset as data
+from cxrdemo.diagnosis import domain
+
+DATA = Path("/work/shared/data")
+GEOMETRY = {"cxr-large": "mixed (224 x 224 squashed and aspect kept)", "cxr-dev": "aspect kept (256 px high)",
+            "cxr-shift": "squashed to 224 x 224", "demo": "aspect kept", "proxy": "as made (see MANIFEST.csv)"}
+
+
+def load_demo():
+    """The shipped demo model and its training config (kept in one place: the loading API is changing)."""
+    run_config = json.loads((paths.demo_run_dir() / "config.json").read_text())
+    try:
+        from cxrdemo.diagnosis.predict import load_model
+
+        model = load_model("demo")
+        return model.net, model.img_size, model.intensity, run_config
+    except (ImportError, AttributeError):  # the model.pt owner is being rewritten: read the file directly
+        from cxrdemo.model.backbones import build_backbone
+
+        ckpt = torch.load(paths.demo_run_dir() / "model.pt", map_location="cpu", weights_only=True)
+        net = build_backbone(ckpt["backbone"], int(ckpt["num_classes"]), head=ckpt.get("head", "linear"))
+        net.load_state_dict(ckpt["state_dict"])
+        pre = ckpt.get("preprocessing") or {}
+        return net.eval(), int(pre.get("img_size", 224)), pre.get("intensity", "none"), run_config
+
+
+def stage_features(net, images: torch.Tensor, intensity: str) -> np.ndarray:
+    """Pooled features of every trunk stage (N x sum of stage widths) of uint8 N x 1 x S x S images."""
+    out = [domain.features(net, data.normalize_batch(data.adjust_intensity(images[i:i + 64], intensity)),
+                           layers=len(net.trunk)).numpy() for i in range(0, len(images), 64)]
+    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)  # normalised in batches: 12 bytes a pixel
+
+
+def image_sets(proxy: Path, run_config: dict) -> dict[str, tuple[list[tuple[str, int]], str]]:
+    """name -> (items, geometry) for every set measured; training and validation first."""
+    cfg = run_config["config"]
+    large = Path(cfg["data"]) if Path(cfg["data"]).is_absolute() else (ROOT / cfg["data"]).resolve()
+    if not large.is_dir():
+        large = Path(run_config["dataset"]["root"])
+    scan = data.scan_dataset(large, seed=int(cfg.get("split_seed", 0)))
+    sets = {"train": (scan.splits["train"], GEOMETRY["cxr-large"]), "val": (scan.splits["val"], GEOMETRY["cxr-large"])}
+    for name in ("cxr-dev", "cxr-shift"):
+        s = data.scan_dataset(DATA / name, require_train=False)
+        sets[f"{name} test"] = (s.splits["test"], GEOMETRY[name])
+    demo = data.scan_dataset(paths.DEMO_DATA_DIR)
+    sets["built-in demo (all 120)"] = ([it for sp in ("train", "val", "test") for it in demo.splits[sp]],
+                                       GEOMETRY["demo"])
+    if proxy.is_dir():
+        for folder in sorted(p for p in proxy.iterdir() if p.is_dir()):
+            items = [(str(f), 0) for f in sorted(folder.glob("*.png"))]
+            sets[f"proxy: {folder.name}"] = (items, GEOMETRY["proxy"])
+    return sets
+
+
+def compute_features(net, img_size: int, intensity: str, sets: dict, cache: Path) -> dict[str, np.ndarray]:
+    """Features and labels of every set, from the cache file when it holds the same files."""
+    key = {name: [p for p, _ in items] for name, (items, _) in sets.items()}
+    if cache.is_file():
+        z = np.load(cache, allow_pickle=False)
+        if json.loads(str(z["key"])) == key:
+            return {k: z[k] for k in z.files if k != "key"}
+    out: dict[str, np.ndarray] = {}
+    for name, (items, _) in sets.items():
+        t = time.time()
+        cached = data.load_images(items, img_size, use_disk_cache=not name.startswith("proxy"))
+        if len(cached.paths) != len(items):
+            print(f"  {name}: {len(items) - len(cached.paths)} files unreadable, left out")
+        out[f"{name}/x"] = stage_features(net, cached.images, intensity)
+        out[f"{name}/y"] = cached.labels.numpy()
+        print(f"  {name}: {len(cached.paths)} images, {time.time() - t:.1f} s", flush=True)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(cache, key=json.dumps(key), **out)
+    return out
+
+
+def last_stages(x: np.ndarray, widths: list[int], layers: int) -> np.ndarray:
+    """The columns of the last `layers` stages of an all-stage feature matrix."""
+    return x[:, sum(widths[:-layers]):]
+
+
+def timing(net, img_size: int, intensity: str, rec: domain.DomainRecord, widths: list[int]) -> dict[str, float]:
+    """Milliseconds per image: one forward pass (batch of 1) and one score."""
+    x = data.normalize_batch(data.adjust_intensity(torch.randint(0, 255, (1, 1, img_size, img_size),
+                                                                 dtype=torch.uint8), intensity))
+    with torch.inference_mode():
+        net.eval()
+        net(x)
+        t = time.perf_counter()
+        for _ in range(10):
+            net(x)
+        fwd = (time.perf_counter() - t) / 10
+    f = last_stages(domain.features(net, x, layers=len(net.trunk)).numpy(), widths, rec.layers)
+    domain.score_domain(rec, f)
+    t = time.perf_counter()
+    for _ in range(100):
+        domain.score_domain(rec, f)
+    return {"forward_ms": 1000 * fwd, "score_ms": 1000 * (time.perf_counter() - t) / 100}
+
+
+def cpu_model() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return platform.processor() or "unknown"
+    info = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
+    return f"{info.get('Model name', '?').strip()}, {info.get('CPU(s)', '?').strip()} CPU(s)"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--proxy", default="benchmarks/out/proxy")
+    ap.add_argument("--out", default="benchmarks/out/domain")
+    ap.add_argument("--layers", type=int, nargs="+", default=[1, 2], help="first: the default variant")
+    ap.add_argument("--transform", default="sqrt", choices=domain.TRANSFORMS)
+    ap.add_argument("--quantile", type=float, default=domain.DEFAULT_QUANTILE)
+    args = ap.parse_args(argv)
+    net, img_size, intensity, run_config = load_demo()
+    with torch.inference_mode():
+        h = torch.zeros(1, 3, 64, 64)
+        widths = []
+        for stage in net.trunk:
+            h = stage(h)
+            widths.append(int(h.shape[1]))
+    sets = image_sets(Path(args.proxy), run_config)
+    feats = compute_features(net, img_size, intensity, sets, Path(args.out) / f"features-{net.backbone}.npz")
+    variants = [(args.transform, args.layers[0], args.quantile)]
+    variants += [(t, k, q) for t in ("none", "sqrt") for k in args.layers for q in (0.99, 0.995)
+                 if (t, k, q) != variants[0]]
+    rows, records = [], {}
+    for transform, layers, quantile in variants:
+        x = {name: last_stages(feats[f"{name}/x"], widths, layers) for name in sets}
+        rec = domain.fit_domain(x["train"], feats["train/y"], x["val"], quantile, layers=layers, transform=transform)
+        tag = f"{transform} L{layers} q{quantile}"
+        records[tag] = rec
+        print(f"\n{tag}{' (default)' if not rows else ''}: dim {rec.feature_dim}, shrinkage {rec.shrinkage:.4f}, "
+              f"cut-off {rec.cutoff:.2f}, record {domain.record_bytes(rec) / 1e6:.2f} MB")
+        for name, (items, geometry) in sets.items():
+            s = domain.score_domain(rec, x[name])
+            r = {"variant": tag, "set": name, "n": len(s), "flagged": int((s > rec.cutoff).sum()),
+                 "rate": float((s > rec.cutoff).mean()) if len(s) else float("nan"),
+                 "min_over_cutoff": float(s.min() / rec.cutoff), "median_score": float(np.median(s)),
+                 "geometry": geometry}
+            rows.append(r)
+            print(f"  {name:32s} {r['flagged']:4d}/{r['n']:4d} = {100 * r['rate']:5.1f}%  "
+                  f"median {r['median_score']:7.2f}  min/cut-off {r['min_over_cutoff']:.2f}")
+    out = Path(args.out)
+    with open(out / "flag_rates.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    t = timing(net, img_size, intensity, next(iter(records.values())), widths)
+    summary = {"cpu": cpu_model(), "torch_threads": torch.get_num_threads(), **t,
+               "default": next(iter(records)),
+               "records": {k: {"cutoff": r.cutoff, "dim": r.feature_dim, "shrinkage": r.shrinkage,
+                               "bytes": domain.record_bytes(r), "n_train": r.n_train, "n_val": r.n_val}
+                           for k, r in records.items()}}
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
