@@ -9,7 +9,13 @@ import pytest
 import torch
 
 from cxrdemo.diagnosis import domain
-from cxrdemo.diagnosis.domain import DomainRecord, domain_sentence, fit_domain, in_domain, score_domain
+from cxrdemo.diagnosis.domain import (
+    DomainRecord,
+    domain_sentence,
+    fit_domain,
+    in_domain,
+    score_domain,
+)
 from cxrdemo.errors import RunError
 from cxrdemo.model.backbones import build_backbone
 
