@@ -1,0 +1,132 @@
+"""Build cxrdemo/lesson_data from cxr-large: a bacterial-vs-viral pneumonia set and a leakage set (Kermany, CC BY 4.0).
+
+bacteria_virus/{train,val,test}/{BACTERIA,VIRUS}: one image per patient, patients disjoint across splits.
+  train and val come from cxr-large *train* patients, test from cxr-large *val* patients only (the shipped demo
+  model trained on cxr-large train, so lesson 1's test images were never seen by the model it transfers from).
+leakage/{train,test}/{BACTERIA,VIRUS}: train holds patients with 2-4 images of one class (file names carry the
+  patient), so a split by image puts one child's films on both sides; test holds other patients (one image each,
+  from cxr-large val). A patient with both a bacterial and a viral file joins one class only.
+Every image becomes 8-bit grey JPEG (quality 85), longer side 128 px; choices use a fixed seed.
+Usage: python scripts/make_lesson_data.py [--source /work/shared/data/cxr-large] [--out cxrdemo/lesson_data]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import random
+import re
+import shutil
+from pathlib import Path
+
+from PIL import Image, ImageOps
+
+from cxrdemo.data.scan import patient_key
+
+LONG_SIDE = 128
+QUALITY = 85
+REPO = Path(__file__).resolve().parent.parent
+KIND_RE = re.compile(r"_(bacteria|virus)_", re.I)
+CLASSES = {"bacteria": "BACTERIA", "virus": "VIRUS"}
+# per class: (source split, patients); bacteria_virus takes one image per patient
+BV_COUNTS = {"train": ("train", 120), "val": ("train", 30), "test": ("val", 50)}
+LEAK_TRAIN_PATIENTS = 50  # per class, 2-4 images each (about 140 images per class)
+LEAK_TEST_PATIENTS = 40  # per class, one image each, from cxr-large val
+
+
+def by_patient(rows: list[dict], split: str) -> dict[str, dict[str, list[dict]]]:
+    """class -> patient -> rows of that kind's pneumonia files in `split` (a patient with both kinds is in both)."""
+    seen: dict[str, dict[str, list[dict]]] = {}
+    for row in rows:
+        m = KIND_RE.search(row["file"])
+        if row["split"] != split or row["label"] != "PNEUMONIA" or not m:
+            continue
+        key = patient_key(row["file"])
+        if key is None:
+            raise SystemExit(f"no patient id in {row['file']}")
+        seen.setdefault(key, {}).setdefault(CLASSES[m.group(1).lower()], []).append(row)
+    out: dict[str, dict[str, list[dict]]] = {c: {} for c in CLASSES.values()}
+    for key, kinds in seen.items():
+        for label, files in kinds.items():
+            out[label][key] = sorted(files, key=lambda r: r["file"])
+    return out
+
+
+def choose(rows: list[dict], seed: int) -> list[dict]:
+    """(set, split, label, row) choices for both sets; no patient in two splits or two classes of one set."""
+    chosen = []
+    pools = {s: by_patient(rows, s) for s in ("train", "val")}
+    used: set[str] = set()  # bacteria_virus patients
+    leak_used: set[str] = set()
+    for label in ("VIRUS", "BACTERIA"):  # the rarer class chooses first
+        for split, (source, n) in BV_COUNTS.items():
+            keys = sorted(k for k in pools[source][label] if k not in used)
+            rng = random.Random(f"{seed}:bv:{split}:{label}")
+            rng.shuffle(keys)
+            for key in keys[:n]:
+                chosen.append({**rng.choice(pools[source][label][key]), "set": "bacteria_virus", "split": split,
+                               "label": label, "patient": key})
+                used.add(key)
+        multi = sorted(k for k, v in pools["train"][label].items() if 2 <= len(v) <= 4 and k not in leak_used)
+        rng = random.Random(f"{seed}:leak:{label}")
+        rng.shuffle(multi)
+        for key in multi[:LEAK_TRAIN_PATIENTS]:
+            leak_used.add(key)
+            chosen += [{**r, "set": "leakage", "split": "train", "label": label, "patient": key}
+                       for r in pools["train"][label][key]]
+        single = sorted(k for k in pools["val"][label] if k not in leak_used)
+        rng.shuffle(single)
+        for key in single[:LEAK_TEST_PATIENTS]:
+            leak_used.add(key)
+            chosen.append({**rng.choice(pools["val"][label][key]), "set": "leakage", "split": "test", "label": label,
+                           "patient": key})
+    return chosen
+
+
+def convert(src: Path, dst: Path) -> tuple[int, int]:
+    """Grey, longer side LONG_SIDE (Lanczos), JPEG quality QUALITY; returns the new size."""
+    with Image.open(src) as im:
+        im = ImageOps.exif_transpose(im).convert("L")
+        scale = LONG_SIDE / max(im.size)
+        if scale < 1:
+            im = im.resize((round(im.width * scale), round(im.height * scale)), Image.Resampling.LANCZOS)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        im.save(dst, "JPEG", quality=QUALITY, optimize=True)
+        return im.size
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Rebuild both lesson sets and MANIFEST.csv (README.md is written by hand)."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--source", type=Path, default=Path("/work/shared/data/cxr-large"))
+    ap.add_argument("--out", type=Path, default=REPO / "cxrdemo" / "lesson_data")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    with open(args.source / "MANIFEST.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    chosen = choose(rows, args.seed)
+    for name in ("bacteria_virus", "leakage"):
+        shutil.rmtree(args.out / name, ignore_errors=True)
+    manifest = []
+    for row in sorted(chosen, key=lambda r: (r["set"], r["split"], r["label"], r["file"])):
+        rel = f"{row['set']}/{row['split']}/{row['label']}/{Path(row['file']).with_suffix('.jpg').name}"
+        w, h = convert(args.source / row["file"], args.out / rel)
+        manifest.append({"file": rel, "set": row["set"], "split": row["split"], "label": row["label"],
+                         "patient": row["patient"], "width": w, "height": h, "cxr_large_file": row["file"],
+                         "source_repo": row["source_repo"], "source_commit": row["source_commit"],
+                         "source_path": row["source_path"], "license": row["license"]})
+    with open(args.out / "MANIFEST.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(manifest[0]))
+        writer.writeheader()
+        writer.writerows(manifest)
+    total = sum((args.out / m["file"]).stat().st_size for m in manifest)
+    counts: dict[tuple, int] = {}
+    for m in manifest:
+        counts[(m["set"], m["split"], m["label"])] = counts.get((m["set"], m["split"], m["label"]), 0) + 1
+    for k, v in sorted(counts.items()):
+        print(*k, v)
+    print(f"wrote {len(manifest)} images ({total / 1e6:.2f} MB) to {args.out}")
+
+
+if __name__ == "__main__":
+    main()
