@@ -23,8 +23,10 @@ THRESHOLDS = ("argmax", "val", "sens:0.95", "spec:0.95", "spec:0.97")  # presets
 INTENSITY = ("none", "equalize")
 PRECISIONS = ("auto", "fp32", "bf16")
 SELECTIONS = ("val_loss", "val_auroc")
+SPLIT_BY = ("patient", "image")
 IMG_SIZES = (64, 128, 160, 224, 299)  # the form's presets; the CLI takes any size from 32 to 1024
 _FREEZE_RE = re.compile(r"^(none|head|[0-9]+|gradual:[0-9]+)$")
+_MARKER_RE = re.compile(r"^([^:]+):(0(\.[0-9]+)?|1(\.0*)?|\.[0-9]+)$")
 _RULE_RE = re.compile(r"^(argmax|val|(spec|sens):(0\.[0-9]+))$")
 
 
@@ -175,6 +177,13 @@ class TrainConfig:
     max_images: int = option(0, "cap images per split (quick demos)", label="Images per split (0 = all)",
                              group="training", min=0, max=100000,
                              tip="A smaller stratified subset gives a quick demo run.")  # stratified per split
+    train_share: float = option(1.0, "train on this share of the training images (stratified, by split seed)")
+    split_by: str = option("patient", "a folder without val/test folders is split by patient (file names) or by "
+                           "image (one patient's films may land on both sides: leakage, for lesson 4)",
+                           choices=SPLIT_BY)
+    marker: str = option("", "burn a marker into a share of one class's training and validation images: "
+                         "CLASS:SHARE, e.g. VIRUS:0.9 (the test is repeated on marked copies)", metavar="CLASS:SHARE")
+    tag: str = option("", "a label kept with the run (a lesson tags its runs with its name)")
 
     def __post_init__(self) -> None:
         # frozen: the parsed values replace their text once, here
@@ -257,3 +266,15 @@ def validate(c: TrainConfig) -> None:
         raise ConfigError(f"Initialisation {init!r} is not one of: imagenet, scratch, run:<run id>.")
     if not c.data:
         raise ConfigError("Choose a dataset folder (or 'demo' for the built-in one).")
+    if not (0 < c.train_share <= 1):
+        raise ConfigError(f"The share of training images must be in (0, 1], e.g. 0.25 (got {c.train_share}).")
+    if c.marker and not _MARKER_RE.match(c.marker):
+        raise ConfigError(f"Marker {c.marker!r} is not CLASS:SHARE with a share between 0 and 1, e.g. VIRUS:0.9.")
+
+
+def parse_marker(text: str) -> tuple[str, float] | None:
+    """(class name, share) of a validated `marker` option, or None when it is empty."""
+    if not text:
+        return None
+    name, share = text.rsplit(":", 1)
+    return name, float(share)

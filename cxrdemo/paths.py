@@ -7,8 +7,16 @@ from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 DEMO_DATA_DIR = PACKAGE_DIR / "demo_data"
+LESSON_DATA_DIR = PACKAGE_DIR / "lesson_data"
+LESSON_DATA_PREFIX = "lesson:"  # data = "lesson:bacteria_virus" names a built-in lesson set, on any machine
 EXAMPLES_DIR = DEMO_DATA_DIR / "test"
 DEMO_RUN_NAME = "demo"
+
+
+def is_builtin_data(data: str) -> bool:
+    """Whether `data` names a set shipped with the package ('demo', 'lesson:<name>'), not a folder of this machine."""
+    text = str(data).strip().lower()
+    return text == "demo" or text.startswith(LESSON_DATA_PREFIX)
 
 
 def runs_dir() -> Path:

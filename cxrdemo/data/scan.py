@@ -11,7 +11,7 @@ from pathlib import Path
 
 from cxrdemo.data.sniff import IMAGE_SUFFIXES, sniff
 from cxrdemo.errors import ConfigError, DatasetError, ImageReadError
-from cxrdemo.paths import DEMO_DATA_DIR
+from cxrdemo.paths import DEMO_DATA_DIR, LESSON_DATA_DIR, LESSON_DATA_PREFIX
 
 SPLITS = ("train", "val", "test")
 _SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
@@ -82,6 +82,12 @@ def resolve_data_root(data: str) -> Path:
     """'demo' -> the built-in demo set; otherwise the folder itself, which must exist."""
     if str(data).strip().lower() == "demo":
         return DEMO_DATA_DIR
+    if str(data).strip().lower().startswith(LESSON_DATA_PREFIX):
+        name = str(data).strip()[len(LESSON_DATA_PREFIX):]
+        sets = sorted(p.name for p in LESSON_DATA_DIR.iterdir() if p.is_dir()) if LESSON_DATA_DIR.is_dir() else []
+        if name not in sets:
+            raise DatasetError(f"There is no built-in lesson set {name!r}; the sets are: {', '.join(sets) or 'none'}.")
+        return LESSON_DATA_DIR / name
     path = Path(os.fspath(data)).expanduser()
     if not path.exists():
         raise DatasetError(f"The dataset folder {path} does not exist.")
@@ -169,14 +175,15 @@ def _skip_reason(e: os.DirEntry, depth: int) -> str | None:
     return None
 
 
-def _split_by_patient(items: list[tuple[str, int]], fractions: tuple[float, ...], seed: int) -> list[list]:
-    """Stratified split into len(fractions) parts; files of one patient (by name) stay together."""
+def _split_by_patient(items: list[tuple[str, int]], fractions: tuple[float, ...], seed: int,
+                      by_patient: bool = True) -> list[list]:
+    """Stratified split into len(fractions) parts; files of one patient (by name) stay together unless not by_patient."""
     parts: list[list] = [[] for _ in fractions]
     for k in sorted({k for _, k in items}):
         groups: dict[str, list] = {}
         for path, kk in items:
             if kk == k:
-                groups.setdefault(patient_key(path) or path, []).append((path, kk))
+                groups.setdefault((patient_key(path) if by_patient else None) or path, []).append((path, kk))
         keys = sorted(groups)
         random.Random(f"{seed}:{k}").shuffle(keys)
         n = sum(len(g) for g in groups.values())
@@ -207,8 +214,13 @@ def _subset(items: list[tuple[str, int]], n_max: int, seed: int, split: str) -> 
 
 
 def scan_dataset(data: str | Path, *, seed: int = 0, fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
-                 max_per_split: int = 0, require_train: bool = True) -> DatasetScan:
-    """List a dataset (ROOT/<split>/<CLASS>/img or ROOT/<CLASS>/img) and split it; reads a few bytes per file."""
+                 max_per_split: int = 0, require_train: bool = True, by_patient: bool = True,
+                 train_share: float = 1.0) -> DatasetScan:
+    """List a dataset (ROOT/<split>/<CLASS>/img or ROOT/<CLASS>/img) and split it; reads a few bytes per file.
+
+    by_patient=False splits image by image (a patient's films may land in two splits: the leakage lesson);
+    train_share < 1 keeps that stratified share of the training images.
+    """
     if len(fractions) != 3 or min(fractions) < 0 or fractions[0] <= 0 or not math.isclose(sum(fractions), 1.0):
         raise ConfigError(f"Split fractions must be three non-negative numbers summing to 1, got {fractions}.")
     root = resolve_data_root(os.fspath(data))
@@ -265,8 +277,9 @@ def scan_dataset(data: str | Path, *, seed: int = 0, fractions: tuple[float, flo
     if split_dirs:
         splits = {s: found.get(s, []) for s in SPLITS}
         if "val" not in found and "train" in found:
-            splits["train"], splits["val"] = _split_by_patient(splits["train"], (0.85, 0.15), seed)
-            notes.append("No val folder: 15% of train (by patient where file names tell) was set aside as val.")
+            splits["train"], splits["val"] = _split_by_patient(splits["train"], (0.85, 0.15), seed, by_patient)
+            notes.append("No val folder: 15% of train (" + ("by patient where file names tell" if by_patient else
+                                                            "image by image, patients ignored") + ") was set aside as val.")
         if "test" not in found:
             notes.append("No test folder: the test split is empty.")
         keys = {s: {patient_key(p) for p, _ in v} - {None} for s, v in splits.items()}
@@ -275,7 +288,9 @@ def scan_dataset(data: str | Path, *, seed: int = 0, fractions: tuple[float, flo
             notes.append(f"{len(shared)} patient(s) (by file name) appear in more than one split: "
                          "test results may be optimistic.")
     else:
-        splits = dict(zip(SPLITS, _split_by_patient(first, fractions, seed)))
+        splits = dict(zip(SPLITS, _split_by_patient(first, fractions, seed, by_patient)))
     splits = {s: _subset(v, max_per_split, seed, s) for s, v in splits.items()}
+    if train_share < 1 and splits.get("train"):
+        splits["train"] = _subset(splits["train"], max(1, round(train_share * len(splits["train"]))), seed, "share")
     return DatasetScan(root=str(root), classes=classes, splits=splits, skipped=skipped,
                        auto_split=not split_dirs, notes=notes)

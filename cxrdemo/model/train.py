@@ -19,7 +19,8 @@ import torch
 from torch import nn
 
 from cxrdemo import data, fileio
-from cxrdemo.config import TrainConfig
+from cxrdemo.config import TrainConfig, parse_marker
+from cxrdemo.data.marker import burn_marker, mark_images
 from cxrdemo.errors import Cancelled, ConfigError
 from cxrdemo.model import backbones, checkpoint, metrics
 from cxrdemo.model.device import autocast, choose_device, choose_precision, set_threads
@@ -276,7 +277,8 @@ def _read_dataset(config: TrainConfig, pre: checkpoint.Preprocessing,
                   say: ProgressFn) -> tuple[data.DatasetScan, dict[str, data.CachedImages]]:
     """Scan the dataset and decode each split once, preprocessed by the record the model will carry."""
     say(Progress("prepare", message="Scanning the dataset"))
-    scan = data.scan_dataset(config.data, seed=config.split_seed, max_per_split=config.max_images)
+    scan = data.scan_dataset(config.data, seed=config.split_seed, max_per_split=config.max_images,
+                             by_patient=config.split_by == "patient", train_share=config.train_share)
     cache = {}
     for split in ("train", "val", "test"):
         if scan.splits.get(split):
@@ -288,6 +290,17 @@ def _read_dataset(config: TrainConfig, pre: checkpoint.Preprocessing,
                                                  c.paths, c.skipped)
     if "val" not in cache or len(cache["val"].labels) == 0:
         raise ConfigError("The dataset has no validation images; add a val/ folder or more images per class.")
+    marker = parse_marker(config.marker)
+    if marker:
+        # The shortcut lesson: the data a developer holds (train and val) carries the tag; the test is clean.
+        if marker[0] not in scan.classes:
+            raise ConfigError(f"The marker's class {marker[0]!r} is not one of this dataset's classes: "
+                              f"{', '.join(scan.classes)}.")
+        k = scan.classes.index(marker[0])
+        for split in ("train", "val"):
+            c = cache[split]
+            cache[split] = data.CachedImages(mark_images(c.images, c.labels, k, marker[1], config.seed), c.labels,
+                                             c.paths, c.skipped)
     if len(cache["train"].labels) == 0:
         raise ConfigError("No training image could be read.")
     return scan, cache
@@ -360,6 +373,11 @@ def finish(run_dir: Path, config: TrainConfig, classes: tuple[str, ...], cache: 
         loss, result, probs = evaluate(net, cache["test"].images, cache["test"].labels, plain, classes, threshold)
         result.update(loss=loss, best_epoch=best_epoch, threshold=threshold, split="test",
                       y_true=cache["test"].labels.tolist(), probs=np.round(probs, 6).tolist())
+        if config.marker:
+            # The same test images with the tag burned into every one: what the model reads when it sees it.
+            m_loss, marked, m_probs = evaluate(net, burn_marker(cache["test"].images), cache["test"].labels, plain,
+                                               classes, threshold)
+            result["marked"] = {**marked, "loss": m_loss, "probs": np.round(m_probs, 6).tolist()}
         fileio.atomic_write_json(run_dir / "test_metrics.json", result)
     say(Progress("done", best_epoch, config.epochs, message="Finished"))
     return result

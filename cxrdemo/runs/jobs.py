@@ -54,7 +54,7 @@ def submit(config: TrainConfig, runs_dir: str | Path | None = None, name: str = 
 
     slots.check_queue_room(root)
     check_startable(config, root)
-    if config.data.strip().lower() != "demo":
+    if not paths.is_builtin_data(config.data):
         # config.json records where the images are, whatever folder the worker (or a later reader) runs in.
         config = config.replace(data=str(Path(config.data).expanduser().resolve()))
     d = runs.create_run(config, root, name=name)
