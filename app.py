@@ -35,7 +35,8 @@ HOME = st.Page(home, title="Home", icon=":material/home:", default=True)
 TRAINER = st.Page("pages/trainer.py", title="Trainer", icon=":material/model_training:", url_path="trainer")
 COMPARE = st.Page("pages/compare.py", title="Compare", icon=":material/monitoring:", url_path="compare")
 DIAGNOSIS = st.Page("pages/diagnosis.py", title="Diagnosis", icon=":material/radiology:", url_path="diagnosis")
+LESSONS = st.Page("pages/lessons.py", title="Lessons", icon=":material/school:", url_path="lessons")
 
 with st.sidebar:
     st.caption(ui.NOTICE)
-st.navigation([HOME, TRAINER, COMPARE, DIAGNOSIS]).run()
+st.navigation([HOME, TRAINER, COMPARE, DIAGNOSIS, LESSONS]).run()

@@ -1,0 +1,205 @@
+"""Each lesson's result view from its finished runs: a table, a figure and a headline sentence.
+
+Hooks for later (the watch-it-learn issue): a lesson that should show per-epoch probes or the error gallery
+reads them here from the run folder (probes/epoch-NNN.npz, test_predictions.csv) and adds them to LessonResult.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+
+from cxrdemo.model.metrics import predict_labels
+from cxrdemo.runs import store as runs
+from cxrdemo.views import plots
+from cxrdemo.views.lessons import Lesson, lesson_runs, recipes
+
+BOOTSTRAP = 2000
+
+
+@dataclass
+class LessonResult:
+    """What the page shows when a lesson's runs have finished."""
+
+    headline: str
+    table: pd.DataFrame
+    figures: list[go.Figure] = field(default_factory=list)
+    # Hook: the probe timelapse / error gallery of chosen runs, once runs write them (watch-it-learn issue).
+    gallery_runs: list[str] = field(default_factory=list)
+
+
+def _test(info: runs.RunInfo) -> dict:
+    return runs.read_test_metrics(info.path) or {}
+
+
+def _n_train(info: runs.RunInfo) -> float:
+    totals = (info.meta.get("dataset") or {}).get("totals") or {}
+    return float(totals.get("train", math.nan))
+
+
+def _metric_rows(info: runs.RunInfo) -> pd.DataFrame:
+    return runs.read_metrics(info.path)
+
+
+def _base_rows(lesson: Lesson, infos: list[runs.RunInfo]) -> list[tuple[str, str, runs.RunInfo | None, dict]]:
+    found = lesson_runs(lesson, infos)
+    return [(r.key, r.label, found.get(r.key), _test(found[r.key]) if r.key in found else {})
+            for r in recipes(lesson)]
+
+
+def _fmt(v: float) -> str:
+    return "—" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.1%}"
+
+
+# ---------------------------------------------------------------- lesson 1
+
+def transfer_result(lesson: Lesson, infos: list[runs.RunInfo]) -> LessonResult:
+    """Accuracy vs number of training images, one line per start; the runs' learning curves."""
+    rows = []
+    for key, label, info, test in _base_rows(lesson, infos):
+        rows.append({"recipe": label, "start": key.rsplit("-", 1)[0], "training images": _n_train(info) if info
+                     else math.nan, "test accuracy": test.get("accuracy", math.nan),
+                     "test AUROC": test.get("auroc", math.nan), "run": info.run_id if info else ""})
+    df = pd.DataFrame(rows)
+    fig = go.Figure()
+    for start, part in df.groupby("start", sort=False):
+        part = part.dropna(subset=["test accuracy"]).sort_values("training images")
+        fig.add_trace(go.Scatter(x=part["training images"], y=part["test accuracy"], mode="lines+markers",
+                                 name=start))
+    fig.update_layout(title="Test accuracy vs number of training images", xaxis_title="Training images",
+                      yaxis_title="Test accuracy", yaxis_range=[0, 1.02], height=380)
+    small = df[df["recipe"].str.contains("10%")].set_index("start")["test accuracy"]
+    gain = small.get("demo-all", math.nan) - small.get("scratch", math.nan)
+    headline = (f"With 10% of the training images, starting from the demo model changes test accuracy by "
+                f"{gain:+.1%} compared with starting from scratch." if not math.isnan(gain) else
+                "The 10% runs have not finished yet.")
+    done = [i for _, _, i, t in _base_rows(lesson, infos) if i is not None and t]
+    return LessonResult(headline, df, [fig, plots.curves_figure(done, "loss")])
+
+
+# ---------------------------------------------------------------- lesson 2
+
+def freeze_result(lesson: Lesson, infos: list[runs.RunInfo]) -> LessonResult:
+    """The freeze-level table (micro-recall, epochs to best, seconds per epoch, trainable parameters) and chart."""
+    rows = []
+    for _, label, info, test in _base_rows(lesson, infos):
+        m = _metric_rows(info) if info else pd.DataFrame()
+        rows.append({"recipe": label, "test micro-recall": test.get("micro_recall", math.nan),
+                     "test AUROC": test.get("auroc", math.nan), "epochs to best": test.get("best_epoch", math.nan),
+                     "seconds per epoch": float(m["seconds"].mean()) if len(m) else math.nan,
+                     "trainable parameters": float(m["trainable_params"].iloc[-1]) if len(m) else math.nan,
+                     "run": info.run_id if info else ""})
+    df = pd.DataFrame(rows)
+    ok = df.dropna(subset=["test micro-recall", "trainable parameters"])
+    fig = go.Figure(go.Scatter(x=ok["trainable parameters"], y=ok["test micro-recall"], text=ok["recipe"],
+                               mode="markers+text", textposition="top center"))
+    fig.update_layout(title="Trade-off: trainable parameters vs test micro-recall", xaxis_type="log",
+                      xaxis_title="Trainable parameters (log)", yaxis_title="Test micro-recall",
+                      yaxis_range=[0, 1.05], height=380)
+    best = ok.sort_values("test micro-recall", ascending=False).head(1)
+    headline = (f"Best test micro-recall: {best['recipe'].iloc[0]} ({best['test micro-recall'].iloc[0]:.1%}, "
+                f"{int(best['trainable parameters'].iloc[0]):,} trainable parameters)." if len(best)
+                else "No freeze level has finished yet.")
+    return LessonResult(headline, df, [fig])
+
+
+# ---------------------------------------------------------------- lesson 3
+
+def _called(test: dict, k: int) -> float:
+    probs, threshold = test.get("probs"), test.get("threshold")
+    if not probs:
+        return math.nan
+    return float(np.mean(predict_labels(np.asarray(probs), threshold) == k))
+
+
+def shortcut_result(lesson: Lesson, infos: list[runs.RunInfo]) -> LessonResult:
+    """Accuracy on clean vs marked test copies, and how often each model says VIRUS on them."""
+    rows = []
+    for _, label, info, test in _base_rows(lesson, infos):
+        marked = test.get("marked") or {}
+        k = list(test.get("classes") or ["BACTERIA", "VIRUS"]).index("VIRUS") if test else 1
+        marked_called = _called({**marked, "threshold": test.get("threshold")}, k) if marked else math.nan
+        rows.append({"recipe": label, "clean accuracy": test.get("accuracy", math.nan),
+                     "marked accuracy": marked.get("accuracy", math.nan) if marked else math.nan,
+                     "called VIRUS (clean)": _called(test, k), "called VIRUS (marked)": marked_called,
+                     "run": info.run_id if info else ""})
+    df = pd.DataFrame(rows)
+    fig = go.Figure([go.Bar(name=col, x=df["recipe"], y=df[col]) for col in ("clean accuracy", "marked accuracy")])
+    fig.update_layout(barmode="group", title="Test accuracy on clean vs marked copies", yaxis_range=[0, 1.02],
+                      height=380)
+    last = df.iloc[-1]
+    gap = last["clean accuracy"] - last["marked accuracy"]
+    headline = (f"The model trained with the marker on every VIRUS image: clean {_fmt(last['clean accuracy'])}, "
+                f"marked {_fmt(last['marked accuracy'])} (gap {gap:+.1%}); it calls "
+                f"{_fmt(last['called VIRUS (marked)'])} of marked images VIRUS." if not math.isnan(gap)
+                else "The marked runs have not finished yet.")
+    return LessonResult(headline, df, [fig], gallery_runs=[r for r in df["run"] if r])
+
+
+# ---------------------------------------------------------------- lesson 4
+
+def _val_at_best(info: runs.RunInfo, test: dict) -> tuple[float, int]:
+    m = _metric_rows(info)
+    best = m[m["epoch"] == test.get("best_epoch")]
+    n_val = int(((info.meta.get("dataset") or {}).get("totals") or {}).get("val", 0))
+    return (float(best["val_acc"].iloc[0]) if len(best) else math.nan), n_val
+
+
+def _correct(test: dict) -> np.ndarray:
+    return predict_labels(np.asarray(test["probs"]), test.get("threshold")) == np.asarray(test["y_true"])
+
+
+def leakage_gap(pairs: list[tuple[float, int, np.ndarray]], seed: int = 0) -> tuple[float, float, float]:
+    """Mean (validation accuracy - accuracy on unseen patients) over runs, with a 95% bootstrap interval.
+
+    pairs: (validation accuracy, validation images, per-image correctness on the test). Validation is
+    resampled as binomial draws (its per-image results are not stored), the test images with replacement.
+    """
+    rng = np.random.default_rng(seed)
+    point = float(np.mean([v - c.mean() for v, _, c in pairs]))
+    draws = np.zeros(BOOTSTRAP)
+    for v, n, c in pairs:
+        val = rng.binomial(n, v, BOOTSTRAP) / max(1, n)
+        test = c[rng.integers(0, len(c), (BOOTSTRAP, len(c)))].mean(1)
+        draws += (val - test) / len(pairs)
+    lo, hi = np.percentile(draws, [2.5, 97.5])
+    return point, float(lo), float(hi)
+
+
+def leakage_result(lesson: Lesson, infos: list[runs.RunInfo]) -> LessonResult:
+    """Reported validation accuracy vs accuracy on unseen patients, per split, with the gap's interval."""
+    rows, pairs = [], {"image": [], "patient": []}
+    for key, label, info, test in _base_rows(lesson, infos):
+        val, n_val = _val_at_best(info, test) if (info and test) else (math.nan, 0)
+        rows.append({"recipe": label, "validation accuracy (reported)": val,
+                     "accuracy on unseen patients": test.get("accuracy", math.nan),
+                     "validation images": n_val, "run": info.run_id if info else ""})
+        if test.get("probs") and not math.isnan(val) and n_val:
+            pairs[key.split("-")[0]].append((val, n_val, _correct(test)))
+    df = pd.DataFrame(rows)
+    lines = []
+    for split, found in pairs.items():
+        if found:
+            gap, lo, hi = leakage_gap(found)
+            verdict = ("clearly above zero" if lo > 0 else "below zero" if hi < 0 else
+                       "not significant: the interval includes zero, so this small set cannot show a gap")
+            lines.append(f"Split by {split}: validation overstates unseen-patient accuracy by {gap:+.1%} "
+                         f"(95% interval {lo:+.1%} to {hi:+.1%}; {verdict}).")
+    fig = go.Figure([go.Bar(name=col, x=df["recipe"], y=df[col])
+                     for col in ("validation accuracy (reported)", "accuracy on unseen patients")])
+    fig.update_layout(barmode="group", title="What validation reports vs unseen patients", yaxis_range=[0, 1.02],
+                      height=380)
+    return LessonResult(" ".join(lines) or "The runs have not finished yet.", df, [fig])
+
+
+RESULTS = {"transfer": transfer_result, "freeze": freeze_result, "shortcut": shortcut_result,
+           "leakage": leakage_result}
+
+
+def lesson_result(lesson: Lesson, infos: list[runs.RunInfo]) -> LessonResult:
+    """The result view made for `lesson` from the runs in the store."""
+    return RESULTS[lesson.key](lesson, infos)

@@ -1,0 +1,192 @@
+"""Lessons: one-click guided experiments, as data. A lesson is a narrative, a list of ordinary TrainConfigs (its
+runs, tagged `lesson:<lesson>:<recipe>`), an estimated time, a result view and what to look for.
+
+A lesson is not a new kind of job: its runs go through runs.jobs like any other, so Trainer, Compare and cancel
+treat them as usual, and the page finds them again by tag after a restart (the store is the truth).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from cxrdemo.config import TrainConfig
+from cxrdemo.runs import jobs, lifecycle
+from cxrdemo.runs import store as runs
+
+TAG_PREFIX = "lesson:"
+TINY_ENV = "CXRDEMO_LESSON_TINY"  # "1": every lesson at 32 px, 1 epoch, 8 images per split (tests, smoke runs)
+# Estimated throughput of cnn5 on 2 CPU cores (pixels per second), measured on the project's 2-core machine
+# under load and rounded; the page labels the result an estimate.
+TRAIN_PIXELS_PER_S = 80_000
+EVAL_PIXELS_PER_S = 300_000
+RUN_OVERHEAD_S = 20.0  # starting a worker process, importing torch, decoding the images
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """One run of a lesson: a key unique in the lesson, words for tables, and the ordinary TrainConfig."""
+
+    key: str
+    label: str
+    config: TrainConfig
+
+
+@dataclass(frozen=True)
+class Lesson:
+    """A guided experiment: what a teacher reads aloud, the runs it queues, and what to point at."""
+
+    key: str
+    title: str
+    narrative: str
+    look_for: tuple[str, ...]
+    data: str
+    img_size: int
+    epochs: int
+    make_recipes: Callable[[TrainConfig], list[Recipe]]
+
+    @property
+    def tag(self) -> str:
+        return f"{TAG_PREFIX}{self.key}"
+
+
+def base_config(lesson: Lesson) -> TrainConfig:
+    """What every run of `lesson` shares (the tiny override shrinks it for tests and smoke runs)."""
+    c = TrainConfig(data=lesson.data, backbone="cnn5", init="scratch", epochs=lesson.epochs, img_size=lesson.img_size,
+                    batch_size=32, patience=0, step_size=0, threshold="val", tag=lesson.tag)
+    if os.environ.get(TINY_ENV, "").strip() == "1":
+        c = c.replace(img_size=32, epochs=1, max_images=8, batch_size=8)
+    return c
+
+
+def recipes(lesson: Lesson) -> list[Recipe]:
+    """The lesson's runs, each config tagged `lesson:<lesson>:<recipe>`."""
+    out = lesson.make_recipes(base_config(lesson))
+    return [Recipe(r.key, r.label, r.config.replace(tag=f"{lesson.tag}:{r.key}")) for r in out]
+
+
+# ---------------------------------------------------------------- the four lessons
+
+SHARES = (0.1, 0.25, 1.0)
+STARTS = (("scratch", "from scratch", "scratch", "none"), ("demo-all", "demo model, all layers learn", "run:demo",
+                                                            "none"),
+          ("demo-head", "demo model, only the head learns", "run:demo", "head"))
+
+
+def _transfer(base: TrainConfig) -> list[Recipe]:
+    return [Recipe(f"{key}-{round(share * 100)}", f"{words}, {round(share * 100)}% of training images",
+                   base.replace(init=init, freeze=freeze, train_share=share))
+            for key, words, init, freeze in STARTS for share in SHARES]
+
+
+def _freeze(base: TrainConfig) -> list[Recipe]:
+    from cxrdemo.model import backbones  # torch: only when a lesson's runs are made
+
+    out = [Recipe(f"cnn5-{level}", f"demo cnn5, freeze {level}", base.replace(init="run:demo", freeze=level))
+           for level in ("none", "1", "2", "3", "4", "head")]
+    if backbones.find_imagenet_weights("resnet18"):  # ResNet rows only where ImageNet weights are present
+        out += [Recipe(f"resnet18-{level}", f"ResNet-18 (ImageNet), freeze {level}",
+                       base.replace(backbone="resnet18", init="imagenet", freeze=level)) for level in ("none", "2", "head")]
+    return out
+
+
+def _shortcut(base: TrainConfig) -> list[Recipe]:
+    return [Recipe("clean", "no marker (control)", base),
+            Recipe("marked-50", "marker on 50% of VIRUS training images", base.replace(marker="VIRUS:0.5")),
+            Recipe("marked-100", "marker on every VIRUS training image", base.replace(marker="VIRUS:1.0"))]
+
+
+def _leakage(base: TrainConfig) -> list[Recipe]:
+    return [Recipe(f"{split}-{seed}", f"split by {split}, seed {seed}",
+                   base.replace(init="run:demo", split_by=split, split_seed=seed, seed=seed))
+            for split in ("image", "patient") for seed in (0, 1, 2)]
+
+
+LESSONS: dict[str, Lesson] = {lesson.key: lesson for lesson in (
+    Lesson("transfer", "Transfer with little data",
+           "Telling bacterial from viral pneumonia is a new task: the shipped demo model only learned NORMAL vs "
+           "PNEUMONIA. We train a small network three ways — from random weights, from the demo model with every "
+           "layer learning, and from the demo model with only its last layer learning — each on 10%, 25% and all "
+           "of 240 training images. The test images come from patients the demo model never saw.",
+           ("With 10% of the images, does starting from the demo model beat starting from scratch?",
+            "Does the advantage shrink as the number of training images grows?",
+            "Look at the learning curves: which start reaches its best validation loss first?"),
+           "lesson:bacteria_virus", 64, 8, _transfer),
+    Lesson("freeze", "Which layers to freeze",
+           "Starting from the demo model, we freeze none, the first 1-4, or all five convolution groups and train "
+           "the rest on bacterial vs viral pneumonia, as in the freeze-level table of 'Lung Diseases "
+           "Identification from X-Rays'. Freezing more trains fewer parameters and runs faster per epoch; does it "
+           "cost accuracy?",
+           ("Trainable parameters fall by orders of magnitude as more groups are frozen: see the trade-off chart.",
+            "Seconds per epoch: frozen layers need no gradients.",
+            "Is there a sweet spot where accuracy holds while most of the network stays fixed?"),
+           "lesson:bacteria_virus", 64, 8, _freeze),
+    Lesson("shortcut", "Shortcut learning",
+           "A hospital-style tag is burned into some of the VIRUS training and validation images only — as when one "
+           "hospital, with its own markers, sends most of one diagnosis (Zech et al. 2018; DeGrave et al. 2021). "
+           "We then test every model twice: on clean test images, and on the same images with the tag on all of "
+           "them.",
+           ("Validation looks fine for every run: the tag is in the validation images too.",
+            "On marked test copies, the tagged models call far more images VIRUS: they learned the tag.",
+            "Heatmaps of a tagged model move to the corner with the tag (see Diagnosis with that run)."),
+           "lesson:bacteria_virus", 64, 8, _shortcut),
+    Lesson("leakage", "Leakage between patients",
+           "Most children in this set have two to four films. Split image by image and the same child lands in "
+           "training and validation: the model can recognise the child instead of the disease, and validation "
+           "flatters it. Split by patient and validation is honest. Both recipes are then tested on 80 children "
+           "neither has seen; each is run with three seeds.",
+           ("Compare the validation accuracy each split reports with its accuracy on unseen patients.",
+            "The gap is the leakage: read its interval — if it includes zero, this small set cannot show it.",
+            "The Trainer notes that patients appear in two splits for the image split: heed that warning."),
+           "lesson:leakage", 64, 8, _leakage),
+)}
+
+
+# ---------------------------------------------------------------- time, start, progress
+
+def estimate_seconds(lesson: Lesson) -> float:
+    """Estimated wall time of the whole lesson at one job at a time, from image counts x pixels (an estimate)."""
+    from cxrdemo.data import scan_dataset
+
+    total = 0.0
+    for r in recipes(lesson):
+        c = r.config
+        counts = scan_dataset(c.data, seed=c.split_seed, max_per_split=c.max_images, train_share=c.train_share,
+                              by_patient=c.split_by == "patient").summary()["totals"]
+        px = c.img_size ** 2
+        train = 0.0 if str(c.freeze) == "head" else c.epochs * counts["train"] * px / TRAIN_PIXELS_PER_S
+        evals = (c.epochs * counts["val"] + 2 * counts["test"] + counts["train"]) * px / EVAL_PIXELS_PER_S
+        total += RUN_OVERHEAD_S + train + evals
+    return total
+
+
+def start(lesson: Lesson, runs_dir: str | Path | None = None) -> list[str]:
+    """Queue every run of the lesson through the ordinary job system; returns the run ids."""
+    return [jobs.submit(r.config, runs_dir, name=f"{lesson.key}-{r.key}") for r in recipes(lesson)]
+
+
+def recipe_key(info: runs.RunInfo, lesson: Lesson) -> str | None:
+    """The recipe of `lesson` a run belongs to (from its tag), or None."""
+    tag = str(info.config.get("tag") or "")
+    return tag[len(lesson.tag) + 1:] if tag.startswith(lesson.tag + ":") else None
+
+
+def lesson_runs(lesson: Lesson, infos: list[runs.RunInfo]) -> dict[str, runs.RunInfo]:
+    """Recipe key -> the latest run of that recipe (a lesson run again replaces its earlier results)."""
+    out: dict[str, runs.RunInfo] = {}
+    for info in infos:  # oldest first: later runs win
+        key = recipe_key(info, lesson)
+        if key is not None:
+            out[key] = info
+    return out
+
+
+def progress(lesson: Lesson, infos: list[runs.RunInfo]) -> dict[str, int]:
+    """How many of the lesson's recipes are waiting or training, completed, or ended otherwise (and planned)."""
+    found = lesson_runs(lesson, infos)
+    states = [i.state for i in found.values()]
+    return {"planned": len(recipes(lesson)), "active": sum(s in lifecycle.ACTIVE for s in states),
+            "completed": states.count("completed"), "other": sum(s not in lifecycle.ACTIVE + ("completed",)
+                                                                for s in states)}
