@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from cxrdemo.runs import jobs
+from cxrdemo.runs import examples, jobs
 from cxrdemo.views import lesson_results, lessons
 from cxrdemo.views.text import escape_markdown
 from cxrdemo.views.trainer import format_duration
@@ -55,9 +55,13 @@ def watch(lesson: lessons.Lesson) -> None:
         st.warning(f"{counts['other']} run(s) of this lesson failed, were cancelled or interrupted: start the "
                    "lesson again to repeat them.")
     if not counts["completed"]:
-        if not counts["active"]:
-            st.info("Not run yet: press the button to start it.")
-        return
+        shipped = examples.list_examples()
+        if counts["active"] or not lessons.progress(lesson, shipped)["completed"]:
+            if not counts["active"]:
+                st.info("Not run yet: press the button to start it.")
+            return
+        st.info("Example results, shipped with the project (read-only): press the button to run it yourself.")
+        infos = shipped
     with ui.friendly_errors("Showing the results"):
         result = lesson_results.lesson_result(lesson, infos)
         st.markdown(f"**Result.** {escape_markdown(result.headline)}")

@@ -14,7 +14,7 @@ from cxrdemo.config import TrainConfig
 from cxrdemo.data import scan_dataset
 from cxrdemo.data.marker import burn_marker, choose_marked, mark_images
 from cxrdemo.errors import ConfigError
-from cxrdemo.runs import jobs, lifecycle
+from cxrdemo.runs import examples, jobs, lifecycle
 from cxrdemo.runs import store as runs
 from cxrdemo.views import lesson_results, lessons
 
@@ -170,3 +170,16 @@ def test_page_shows_each_result_view(store):
     assert shown.count("**Result.**") == len(lessons.LESSONS)
     assert "What to look for" in shown and "validation overstates" in shown
     assert len(at.dataframe) == len(lessons.LESSONS)
+
+
+def test_shipped_examples_are_marked_and_keep_no_weights_or_machine_paths(tmp_path):
+    lesson = lessons.LESSONS["shortcut"]
+    fabricate(lesson, tmp_path / "work", np.random.default_rng(0))
+    for info in runs.list_runs(tmp_path / "work"):
+        (info.path / "model.pt").write_bytes(b"weights")
+        examples.copy_as_example(info.path, tmp_path / "examples")
+    shipped = examples.list_examples(tmp_path / "examples")
+    assert len(shipped) == 3 and all(i.example for i in shipped)
+    assert not any((i.path / "model.pt").exists() for i in shipped)
+    assert all(i.meta["dataset"]["root"] == "lesson:bacteria_virus" for i in shipped)
+    assert lesson_results.lesson_result(lesson, shipped).table["clean accuracy"].notna().all()

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from cxrdemo.cli import jobs as cli_jobs
+from cxrdemo.cli import lessons as cli_lessons
 from cxrdemo.cli.options import (
     EXIT_BAD_INPUT,
     RUNS_DIR_HELP,
@@ -204,6 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo_model)
 
     cli_jobs.register(sub, store)  # `jobs ...` and the hidden `worker` every job process runs
+    cli_lessons.register(sub, store)
     return parser
 
 

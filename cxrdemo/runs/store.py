@@ -149,6 +149,7 @@ class RunInfo:
     meta: dict = field(default_factory=dict)
     status: dict = field(default_factory=dict)
     damaged: str | None = None
+    example: bool = False  # a read-only example shipped with the project (runs/examples), not a run of this store
 
     @property
     def state(self) -> str:

@@ -1,0 +1,62 @@
+"""`python -m cxrdemo lessons ...`: list the lessons, run them all and ship their runs as read-only examples."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from cxrdemo.runs import examples
+
+
+def cmd_list(args) -> int:
+    from cxrdemo.views import lessons
+
+    for lesson in lessons.LESSONS.values():
+        plan = lessons.recipes(lesson)
+        c = plan[0].config
+        print(f"{lesson.key:10} {len(plan):2} runs at {c.img_size} px, {c.epochs} epochs; estimated "
+              f"{lessons.estimate_seconds(lesson) / 60:.0f} min: {lesson.title}")
+    return 0
+
+
+def cmd_build_examples(args) -> int:
+    """Train every run of the chosen lessons, one at a time in this process, then copy them as examples."""
+    if args.tiny:
+        os.environ["CXRDEMO_LESSON_TINY"] = "1"
+    from cxrdemo.runs import store as runs
+    from cxrdemo.runs.worker import execute_run
+    from cxrdemo.views import lessons
+
+    work = Path(args.work_dir or tempfile.mkdtemp(prefix="cxrdemo-lessons-"))
+    out = Path(args.out) if args.out else examples.EXAMPLES_RUNS_DIR
+    chosen = args.lesson or list(lessons.LESSONS)
+    if not args.out and set(chosen) == set(lessons.LESSONS):
+        shutil.rmtree(out, ignore_errors=True)  # a full rebuild replaces every shipped example
+    for key in chosen:
+        lesson = lessons.LESSONS[key]
+        for r in lessons.recipes(lesson):
+            d = runs.create_run(r.config, work, name=f"{key}-{r.key}")
+            status = execute_run(d, runs_dir=work)
+            print(f"{key}/{r.key}: {status.get('state')} {status.get('error') or ''}".rstrip(), flush=True)
+            if status.get("state") == "completed":
+                examples.copy_as_example(d, out)
+    print(f"examples written to {out} (training folders kept in {work})")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction, store: argparse.ArgumentParser) -> None:
+    """Add `lessons list` and `lessons build-examples` to the CLI."""
+    p = sub.add_parser("lessons", help="guided experiments: list them, or build the shipped example results")
+    lsub = p.add_subparsers(dest="lessons_command", required=True)
+    q = lsub.add_parser("list", help="each lesson: runs, image size, epochs, estimated time")
+    q.set_defaults(func=cmd_list)
+    q = lsub.add_parser("build-examples", help="run every lesson here (one job at a time) and copy the runs, "
+                        "without weights, into the read-only examples folder shipped with the project")
+    q.add_argument("--lesson", action="append", help="only this lesson (repeatable)")
+    q.add_argument("--tiny", action="store_true", help="32 px, 1 epoch, 8 images per split: checks the pipeline")
+    q.add_argument("--out", default="", help="examples folder (default: the package's examples/runs)")
+    q.add_argument("--work-dir", default="", help="where the runs train (default: a new temporary folder)")
+    q.set_defaults(func=cmd_build_examples)

@@ -1,0 +1,45 @@
+"""Example runs shipped with the project: read-only copies of finished lesson runs (curves, metrics, per-image
+predictions; no weights), so a fresh install shows finished lessons. The store marks them `example`.
+
+They live in cxrdemo/examples/runs (package data) and are made by `python -m cxrdemo lessons build-examples`.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from cxrdemo import fileio, paths
+from cxrdemo.runs import store as runs
+
+EXAMPLES_RUNS_DIR = paths.PACKAGE_DIR / "examples" / "runs"
+KEPT = ("config.json", "status.json", "metrics.csv", "test_metrics.json", "test_predictions.csv")
+KEPT_DIRS = ("probes",)  # written by runs once the watch-it-learn issue lands; copied when present
+
+
+def list_examples(examples_dir: Path | None = None) -> list[runs.RunInfo]:
+    """Every shipped example run, oldest first, each marked `example` (read-only: never deleted nor resumed)."""
+    infos = runs.list_runs(examples_dir or EXAMPLES_RUNS_DIR)
+    for info in infos:
+        info.example = True
+    return infos
+
+
+def copy_as_example(d: Path, examples_dir: Path | None = None) -> Path:
+    """Copy a finished run's small files into the examples folder, without weights or paths of this machine."""
+    out = Path(examples_dir or EXAMPLES_RUNS_DIR) / d.name
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    for name in KEPT:
+        if (d / name).is_file():
+            shutil.copy2(d / name, out / name)
+    for name in KEPT_DIRS:
+        if (d / name).is_dir():
+            shutil.copytree(d / name, out / name)
+    meta = fileio.read_json(out / "config.json")
+    dataset = dict(meta.get("dataset") or {})
+    # The examples ship: keep the data's name ('lesson:bacteria_virus'), not this machine's folders.
+    dataset.update(root=meta.get("config", {}).get("data", ""), skipped=[])
+    meta.update(dataset=dataset, decode_skipped=[], example=True)
+    fileio.atomic_write_json(out / "config.json", meta)
+    return out
