@@ -26,7 +26,7 @@ from cxrdemo.data.scan import patient_key
 LONG_SIDE = 128
 QUALITY = 85
 REPO = Path(__file__).resolve().parent.parent
-KIND_RE = re.compile(r"_(bacteria|virus)_", re.I)
+KIND_RE = re.compile(r"_(bacteria|virus)_", re.IGNORECASE)
 CLASSES = {"bacteria": "BACTERIA", "virus": "VIRUS"}
 # per class: (source split, patients); bacteria_virus takes one image per patient
 BV_COUNTS = {"train": ("train", 120), "val": ("train", 30), "test": ("val", 50)}
