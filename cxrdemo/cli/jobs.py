@@ -124,9 +124,8 @@ def register(sub: argparse._SubParsersAction, store: argparse.ArgumentParser) ->
     q.set_defaults(func=cmd_reap)
 
     # The one worker entry point: waits for a slot in queue order, claims the run under its lock, trains it.
-    # Hidden: no help (argparse would list help=SUPPRESS as "==SUPPRESS=="), and left out of the listed choices;
-    # `register` comes last, so every other sub-command is listed.
+    # Hidden: no help, so it is not listed (argparse would list help=SUPPRESS as "==SUPPRESS=="); the parser
+    # names its sub-commands COMMAND rather than {backbones,...,worker}.
     p = sub.add_parser("worker")
     p.add_argument("--run-dir", required=True)
     p.set_defaults(func=cmd_worker)
-    sub.metavar = "{" + ",".join(name for name in sub.choices if name != "worker") + "}"
