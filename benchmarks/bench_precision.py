@@ -9,7 +9,7 @@ that all four see the same background load:
   cl_bf16     both.
 Each variant gets one warm-up step, then the median of `--steps` steps. Prints `name: value` lines,
 ratios last: `ratio_<variant>_<backbone>` = reference seconds / variant seconds (above 1 = faster).
-These ratios decide BackboneSpec.channels_last and BackboneSpec.bf16 in cxrdemo/backbones.py.
+These ratios decide BackboneSpec.channels_last and BackboneSpec.bf16 in cxrdemo/model/backbones.py.
 """
 
 from __future__ import annotations

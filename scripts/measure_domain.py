@@ -26,8 +26,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from cxrdemo import paths
-from cxrdemo.data import dataset as data
+from cxrdemo import data, paths
 from cxrdemo.diagnosis import domain
 
 DATA = Path("/work/shared/data")

@@ -34,6 +34,14 @@ def make_split_dataset(root, per_split: tuple[int, int, int] = (5, 2, 2), size: 
     return root
 
 
+def tiny_config(data, **kw):
+    """A TrainConfig that trains in seconds on a make_split_dataset folder (cnn8, 32 px, one epoch); `kw` wins."""
+    from cxrdemo.config import TrainConfig
+
+    return TrainConfig(**{"data": str(data), "backbone": "cnn8", "img_size": 32, "epochs": 1, "batch_size": 8,
+                          "patience": 0, **kw})
+
+
 def fake_status(run_dir, **fields) -> dict:
     """Write status.json fields as some worker would have (a fixture: any state, no lifecycle transition checked)."""
     from pathlib import Path

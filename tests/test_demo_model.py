@@ -6,7 +6,7 @@ import shutil
 import pytest
 
 from cxrdemo import paths
-from cxrdemo.cli.demo_model import DEMO_RECIPE, DEMO_STAGES, build_demo_model, load_card
+from cxrdemo.cli.demo_model import DEMO_RECIPE, DEMO_STAGES, build_demo_model
 from cxrdemo.cli.main import main as cli
 from cxrdemo.diagnosis import predict
 from cxrdemo.runs import store as runs
@@ -34,8 +34,8 @@ def test_build_installs_model_card_and_intervals(env, tiny_dataset):
     out = paths.demo_run_dir()
     assert {"model.pt", "config.json", "metrics.csv", "MODEL_CARD.md", "evaluation.json"} <= {p.name for p in out.iterdir()}
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".demo-")]  # staging folder renamed away
-    assert load_card() == json.loads((out / "evaluation.json").read_text())
-    assert load_card()["run_id"] == card["run_id"] and (env / "runs" / card["run_id"] / "model.pt").is_file()
+    installed = json.loads((out / "evaluation.json").read_text())
+    assert installed["run_id"] == card["run_id"] and (env / "runs" / card["run_id"] / "model.pt").is_file()
     first, last = card["stages"]  # progressive resizing: stage 2 starts from stage 1's weights
     assert last["run_id"] == card["run_id"] and last["recipe"]["init"] == f"run:{first['run_id']}"
     assert first["recipe"]["init"] == "scratch" and "trunk and head" in runs.read_json(

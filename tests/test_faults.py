@@ -35,7 +35,7 @@ from cxrdemo.model import checkpoint
 from cxrdemo.runs import jobs
 from cxrdemo.runs import store as runs
 from cxrdemo.runs.worker import execute_run
-from tests.helpers import make_split_dataset, wait_for
+from tests.helpers import make_split_dataset, tiny_config, wait_for
 from tests.test_bad_input import GOOD, one_error_line, radiograph_like, tree_snapshot
 from tests.test_imageio import make_dicom
 
@@ -53,8 +53,7 @@ def ds(tmp_path_factory) -> Path:
 
 
 def tiny(ds: Path, **kw) -> TrainConfig:
-    base = dict(data=str(ds), backbone="cnn8", img_size=32, epochs=1, batch_size=8, patience=0, threads=1)
-    return TrainConfig(**{**base, **kw})
+    return tiny_config(ds, **{"threads": 1, **kw})
 
 
 def final(root: Path, run_id: str) -> dict:

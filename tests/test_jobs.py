@@ -12,29 +12,20 @@ from pathlib import Path
 import pytest
 
 from cxrdemo.cli import main as cli
-from cxrdemo.config import TrainConfig
 from cxrdemo.errors import RunError
 from cxrdemo.runs import jobs, slots
 from cxrdemo.runs import store as runs
 from cxrdemo.views import trainer as trainer_view
 from tests.helpers import make_split_dataset, wait_for
+from tests.helpers import tiny_config as tiny
 
 TIMEOUT_S = 90.0
 REPO = Path(__file__).resolve().parents[1]
 
 
-
-
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory) -> Path:
     return make_split_dataset(tmp_path_factory.mktemp("jobs_data"), (6, 3, 3), 64)
-
-
-
-
-def tiny(data_dir: Path, **kw) -> TrainConfig:
-    base = dict(data=str(data_dir), backbone="cnn8", img_size=32, epochs=1, batch_size=8, patience=0)
-    return TrainConfig(**{**base, **kw})
 
 
 def state(root: Path, run_id: str) -> str:

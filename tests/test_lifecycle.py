@@ -18,7 +18,7 @@ from cxrdemo.config import TrainConfig
 from cxrdemo.errors import RunError
 from cxrdemo.runs import jobs, lifecycle, slots
 from cxrdemo.runs import store as runs
-from tests.helpers import make_split_dataset, torch_modules, wait_for
+from tests.helpers import make_split_dataset, tiny_config, torch_modules, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -29,8 +29,7 @@ def data_dir(tmp_path_factory) -> Path:
 
 
 def tiny(data_dir: Path, **kw) -> TrainConfig:
-    base = dict(data=str(data_dir), backbone="cnn8", img_size=32, epochs=1, batch_size=8, patience=0, threads=1)
-    return TrainConfig(**{**base, **kw})
+    return tiny_config(data_dir, **{"threads": 1, **kw})
 
 
 # ---------------------------------------------------------------- one writer of `state`

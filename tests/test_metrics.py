@@ -275,3 +275,48 @@ def test_resamples_without_a_class_are_left_out_of_the_auroc_interval():
     ref = _ref_bootstrap_ci(y, probs, ("N", "P"), n_boot=300)
     assert ci.keys() == ref.keys() and all(np.allclose(ci[k], ref[k], rtol=0, atol=1e-12) for k in ref)
     assert 0 < ci["auroc"][0] < ci["auroc"][1] <= 1.0  # from the resamples that drew a positive image
+
+
+# --- The bootstrap computes every resample at once; per resample it must give scikit-learn's numbers exactly.
+
+_SCALAR_KEYS = ("n", "accuracy", "balanced_accuracy", "precision", "recall", "f1", "micro_recall", "auroc",
+                "sensitivity", "specificity")
+
+
+def _per_resample_ci(y, probs, classes, threshold, keys, n_boot, seed):
+    """The bootstrap as it was: classification_metrics (scikit-learn) on each resample, SciPy's quantiles."""
+    from scipy import stats
+    resamples = np.random.default_rng(seed).integers(0, len(y), (n_boot, len(y)))
+    draws = [metrics.classification_metrics(y[idx], probs[idx], classes, threshold) for idx in resamples]
+    out = {}
+    for k in keys:
+        v = np.array([m.get(k, np.nan) for m in draws], dtype=np.float64)
+        if not np.isnan(v).all():
+            lo, hi = stats.quantile(v, [0.025, 0.975], method="linear", nan_policy="omit")
+            out[k] = (float(lo), float(hi))
+    return out
+
+
+@pytest.mark.parametrize("seed", range(16))
+def test_resampled_metrics_equal_scikit_learn_on_each_resample(seed):
+    y, probs, classes, threshold = _random_case(seed)
+    if seed == 5:  # a score that is not a number: AUROC undefined in the resamples that draw it
+        probs[0, -1] = np.nan
+    resamples = np.random.default_rng(seed).integers(0, len(y), (12, len(y)))
+    fast = metrics.resampled_metrics(y, probs, len(classes), threshold, resamples)
+    for row, idx in enumerate(resamples):
+        slow = metrics.classification_metrics(y[idx], probs[idx], classes, threshold)
+        assert {k for k in _SCALAR_KEYS if k in slow} == fast.keys()
+        for key, v in fast.items():
+            assert (np.isnan(slow[key]) and np.isnan(v[row])) or abs(v[row] - slow[key]) <= 1e-12, (key, row)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_bootstrap_intervals_equal_the_per_resample_scikit_learn_ones(seed, monkeypatch):
+    y, probs, classes, threshold = _random_case(seed)
+    monkeypatch.setattr(metrics, "_CHUNK_CELLS", 7 * len(y))  # several chunks: they must join seamlessly
+    new = metrics.bootstrap_ci(y, probs, classes, threshold, keys=_SCALAR_KEYS, n_boot=40, seed=seed)
+    ref = _per_resample_ci(y, probs, classes, threshold, _SCALAR_KEYS, n_boot=40, seed=seed)
+    assert new.keys() == ref.keys() and "accuracy" in new
+    for key, (lo, hi) in ref.items():
+        assert abs(new[key][0] - lo) <= 1e-12 and abs(new[key][1] - hi) <= 1e-12, key

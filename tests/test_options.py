@@ -131,6 +131,12 @@ def test_the_cli_modules_import_without_a_loop():
         assert "cxrdemo.cli.main" not in imported, name
 
 
+def test_the_worker_entry_is_hidden_but_parses():
+    text = cli.build_parser().format_help()
+    assert "worker" not in text and "SUPPRESS" not in text and "COMMAND" in text and "demo-model" in text
+    assert _sub(["worker", "--run-dir", "runs/x"]).run_dir == "runs/x"
+
+
 # ---------------------------------------------------------------- --runs-dir before or after the sub-command
 
 @pytest.mark.parametrize("command", [["train"], ["evaluate", "--run", "demo", "--data", "demo"],

@@ -10,6 +10,7 @@ from PIL import Image, ImageDraw
 
 from cxrdemo.data.imageio import ImageMeta, read_image
 from cxrdemo.diagnosis.quality import CxrCheck, check_dicom_header, check_radiograph
+from tests.test_imageio import make_dicom
 
 
 def smooth_field(rng: np.random.Generator, h: int, w: int, scale: int) -> np.ndarray:
@@ -156,27 +157,8 @@ def test_large_image_is_quick():
 # ---- the DICOM header speaks first (issue 15) -------------------------------------------------------
 
 def chest_dicom(real: np.ndarray, **elements) -> bytes:
-    """A DX DICOM holding a real demo radiograph, with the given header elements."""
-    import pydicom
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
-    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds.SOPClassUID, ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPClassUID, ds.file_meta.MediaStorageSOPInstanceUID
-    ds.Rows, ds.Columns = real.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    ds.PixelData = (real * 4095).astype(np.uint16).tobytes()
-    for k, v in {"Modality": "DX", **elements}.items():
-        if v is not None:
-            setattr(ds, k, v)
-    buf = io.BytesIO()
-    pydicom.dcmwrite(buf, ds, enforce_file_format=True)
-    return buf.getvalue()
+    """A DX DICOM holding a real demo radiograph (12 bits stored), with the given header elements."""
+    return make_dicom((real * 4095).astype(np.uint16), bits=12, **elements)
 
 
 @pytest.mark.parametrize("elements", [

@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from cxrdemo.config import TrainConfig
 from cxrdemo.errors import ConfigError, CxrError
 from cxrdemo.runs import jobs, lifecycle, ray_backend, slots
 from cxrdemo.runs import store as runs
 from tests.helpers import fake_status
+from tests.helpers import tiny_config as tiny
 from tests.helpers import wait_for as _wait_for
 
 TIMEOUT_S = 180.0  # a cold Ray worker imports torch: slow on a busy 2-core machine
@@ -33,11 +33,6 @@ def store(store, monkeypatch):
     monkeypatch.setenv("CXRDEMO_RAY_NUM_CPUS", "1")
     monkeypatch.delenv("CXRDEMO_RAY_ADDRESS", raising=False)
     return store
-
-
-def tiny(data: Path, **kw) -> TrainConfig:
-    return TrainConfig(**{**dict(data=str(data), backbone="cnn8", img_size=32, epochs=1, batch_size=8, patience=0),
-                          **kw})
 
 
 def wait_for(pred, timeout: float = TIMEOUT_S, step: float = 0.1):

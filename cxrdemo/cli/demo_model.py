@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 import time
@@ -180,12 +179,3 @@ def _target_line(card: dict) -> str:
     verdict = "met." if not missed else f"**not met** ({'; '.join(missed)})."
     return (f"**Project target on cxr-shift** ({goal}): {verdict} What was tried — every from-scratch recipe "
             "landed at AUROC 0.94–0.96 — and how the decision rule was chosen: docs/demo_model_trials.md.")
-
-
-def load_card(run_dir: Path | None = None) -> dict | None:
-    """evaluation.json of the installed demo model, or None."""
-    f = Path(run_dir or paths.demo_run_dir()) / "evaluation.json"
-    try:
-        return json.loads(f.read_text())
-    except (OSError, ValueError):
-        return None

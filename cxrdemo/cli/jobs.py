@@ -124,6 +124,8 @@ def register(sub: argparse._SubParsersAction, store: argparse.ArgumentParser) ->
     q.set_defaults(func=cmd_reap)
 
     # The one worker entry point: waits for a slot in queue order, claims the run under its lock, trains it.
-    p = sub.add_parser("worker", help=argparse.SUPPRESS)
+    # Hidden: no help, so it is not listed (argparse would list help=SUPPRESS as "==SUPPRESS=="); the parser
+    # names its sub-commands COMMAND rather than {backbones,...,worker}.
+    p = sub.add_parser("worker")
     p.add_argument("--run-dir", required=True)
     p.set_defaults(func=cmd_worker)

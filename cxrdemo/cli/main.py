@@ -156,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The argparse tree of `python -m cxrdemo`."""
     parser = argparse.ArgumentParser(prog="python -m cxrdemo", description=__doc__)
     parser.add_argument("--runs-dir", help=RUNS_DIR_HELP)
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")  # not listing the hidden worker
     store = runs_dir_parent()  # --runs-dir also after the sub-command, where users type it
 
     p = sub.add_parser("backbones", parents=[store],

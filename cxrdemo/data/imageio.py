@@ -21,7 +21,7 @@ from PIL import Image, ImageOps
 from cxrdemo.data.decoderwarnings import recorded_warnings
 from cxrdemo.data.deflate import inflate_if_deflated
 from cxrdemo.data.shrink import check_aspect, reduce_array, shrink_factor
-from cxrdemo.data.sniff import DICOM_SUFFIXES, HEADER_BYTES, IMAGE_SUFFIXES, sniff  # noqa: F401 - re-exported
+from cxrdemo.data.sniff import HEADER_BYTES, IMAGE_SUFFIXES, sniff  # noqa: F401 - IMAGE_SUFFIXES re-exported
 from cxrdemo.errors import ImageReadError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # what training writes into the preprocessing record

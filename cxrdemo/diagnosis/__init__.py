@@ -1,1 +1,1 @@
-"""Diagnosis: one image -> prediction, quality gate, heatmaps."""
+"""Diagnosis: one image -> prediction, quality gate, in-domain check, heatmaps. Imports runs, model, data, ground."""

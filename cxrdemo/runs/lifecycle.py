@@ -81,11 +81,7 @@ def claim(d: Path, **fields: Any) -> dict | None:
     a cancel requested while it waited is recorded here.
     """
     with run_lock(d):
-        raw = fileio.read_json(Path(d) / STATUS_FILE)
-        if raw.get("state") != "queued":
-            return None
-        if cancel_requested(d):
-            _merge(d, state="cancelled", finished=time.time(), error=None)
+        if not _waits(d):
             return None
         now = time.time()
         return _merge(d, **{"pid": os.getpid(), "started": now, "heartbeat": now, "epoch": 0, "error": None,
@@ -95,15 +91,21 @@ def claim(d: Path, **fields: Any) -> dict | None:
 def still_queued(d: Path, beat: bool = False) -> bool:
     """For a waiting worker: whether its run still waits (recording a requested cancel); with beat, say it lives."""
     with run_lock(d):
-        raw = fileio.read_json(Path(d) / STATUS_FILE)
-        if raw.get("state") != "queued":
-            return False
-        if cancel_requested(d):
-            _merge(d, state="cancelled", finished=time.time(), error=None)
+        if not _waits(d):
             return False
         if beat:
             _merge(d, pid=os.getpid(), heartbeat=time.time())
         return True
+
+
+def _waits(d: Path) -> bool:
+    """Under the run lock: whether the run is still queued; a cancel requested while it waited is recorded here."""
+    if fileio.read_json(Path(d) / STATUS_FILE).get("state") != "queued":
+        return False
+    if cancel_requested(d):
+        _merge(d, state="cancelled", finished=time.time(), error=None)
+        return False
+    return True
 
 
 def finish(d: Path, state: str, error: str | None = None, **fields: Any) -> dict:

@@ -17,7 +17,7 @@ from typing import Any
 from cxrdemo import fileio, paths
 from cxrdemo.config import TrainConfig
 from cxrdemo.errors import RunError
-from cxrdemo.fileio import atomic_write_bytes, atomic_write_json, read_json  # noqa: F401 - the store's file helpers
+from cxrdemo.fileio import atomic_write_json, read_json  # noqa: F401 - the store's file helpers
 from cxrdemo.runs import lifecycle
 
 # A run's state belongs to the lifecycle; these names let readers of the store ask without a second import.
@@ -28,7 +28,6 @@ from cxrdemo.runs.lifecycle import (  # noqa: F401
     pid_alive,
     read_status,
     run_lock,
-    worker_is_local,
 )
 
 RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")

@@ -1,1 +1,1 @@
-"""Views: what pages and the CLI show (sentences, labels, tables, plotly figures)."""
+"""Views: what pages and the CLI show (sentences, labels, forms, tables, plotly figures). Imports every layer below."""
