@@ -66,14 +66,14 @@ def test_page_renders_demo_report_registry_and_freeze_counts(store):
     assert sel.value == "resnet18" and len(sel.options) == len(backbones.backbone_names())
     assert f"{backbones.param_counts('resnet18')[0]:,} parameters" in sel.options[sel.index]
     # ImageNet weights are not on this machine: say which file goes where, start from scratch instead.
-    assert at.selectbox(key="init-resnet18").value == "scratch"
+    assert at.selectbox(key="init").value == "scratch"
     note = texts(at.info)
     assert backbones.imagenet_weight_file("resnet18") in note and "weights" in note
     assert trainer_form.trainable_text("resnet18", "none") in texts(at.caption)
-    at.selectbox(key="freeze-resnet18").set_value("head").run()
+    at.selectbox(key="freeze").set_value("head").run()
     total, trainable = backbones.param_counts("resnet18", 2, "head")
     assert trainable < total and f"{trainable:,} of {total:,}" in texts(at.caption)
-    assert at.selectbox(key="freeze-resnet18").options[:3] == list(trainer_form.freeze_options("resnet18").values())[:3]
+    assert at.selectbox(key="freeze").options[:3] == list(trainer_form.freeze_options("resnet18").values())[:3]
     assert "No training jobs yet" in texts(at.info)
 
 
@@ -145,7 +145,9 @@ def test_panel_shows_every_state_and_links_through_the_router(store, fake_submit
     links = [p.proto for p in at.get("page_link")]  # only the completed run links on
     assert [(p.page, p.query_string) for p in links] == [("compare", f"run={done.name}"),
                                                          ("diagnosis", f"run={done.name}")]
-    assert len(at.get("vega_lite_chart")) == 3  # a loss curve per run with finished epochs
+    charts = at.get("plotly_chart")  # loss and accuracy per run with finished epochs
+    assert len(charts) == 3
+    assert all('"Accuracy"' in c.proto.spec and '"Loss"' in c.proto.spec for c in charts)
     at.button(key=f"again-{failed.name}").click().run()
     assert not at.exception
     assert [c.to_dict() for c in fake_submit] == [TrainConfig.from_dict(runs.load_run(failed).config).to_dict()]
