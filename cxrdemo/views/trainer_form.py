@@ -244,6 +244,7 @@ def recipe_to_query(recipe: dict[str, Any]) -> dict[str, str]:
 def recipe_from_query(params: dict[str, str]) -> dict[str, Any]:
     """The settings a URL carries, each cast and checked alone; a value that does not fit is left out."""
     types = {f.name: f.type for f in option_fields()}
+    choices = {f.name: f.metadata["choices"] for f in option_fields()}
     specs = {s.name: s for s in widget_specs()}
     out: dict[str, Any] = {}
     for key, text in params.items():
@@ -255,7 +256,9 @@ def recipe_from_query(params: dict[str, str]) -> dict[str, Any]:
         except (ConfigError, TypeError, ValueError):
             continue
         spec = specs.get(key)
-        if spec and spec.kind == "select" and spec.options and value not in spec.options:
+        if choices[key] and value not in choices[key]:
             continue
+        if spec and spec.kind == "number" and not (spec.min is None or spec.min <= value <= spec.max):
+            continue  # outside what the form's field accepts
         out[key] = value
     return out
