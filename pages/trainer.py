@@ -9,10 +9,9 @@ from cxrdemo import data
 from cxrdemo.model import backbones
 from cxrdemo.runs import jobs, ray_backend
 from cxrdemo.runs.lifecycle import log_tail
-from cxrdemo.views import card
+from cxrdemo.views import card, words
 from cxrdemo.views import trainer as tv
 from cxrdemo.views import trainer_form as form
-from cxrdemo.views import words
 from pages import ui
 
 SPECS = {spec.name: spec for spec in form.widget_specs()}
@@ -139,8 +138,8 @@ if inherited:
 elif not st.session_state.get(KEEP + "picked:threshold"):
     st.session_state["threshold"] = SPECS["threshold"].default
 freezes = form.freeze_options(backbone)
-freeze = keep("freeze", c1.selectbox(SPECS["freeze"].label, list(freezes), format_func=freezes.get, key="freeze",
-                                     index=0 if kept("freeze", list(freezes)) else 0))
+kept("freeze", list(freezes))  # the first level ("none") is the default
+freeze = keep("freeze", c1.selectbox(SPECS["freeze"].label, list(freezes), format_func=freezes.get, key="freeze"))
 c1.caption(form.trainable_text(backbone, freeze, num_classes))
 
 # ---------------------------------------------------------------- 3. training
@@ -219,10 +218,10 @@ def jobs_panel() -> None:
                 if action.button("Cancel", key=f"cancel-{row.run_id}"):
                     with ui.friendly_errors("Cancelling"), st.spinner("Stopping the job…"):
                         jobs.cancel(row.run_id, root)
-            elif row.state in ("failed", "cancelled", "interrupted") and not row.repeat_problem:
-                if action.button("Start again", key=f"again-{row.run_id}", help="A new run with the same settings"):
-                    with ui.friendly_errors("Starting again"):
-                        jobs.resubmit(row.run_id, root)
+            elif (row.state in ("failed", "cancelled", "interrupted") and not row.repeat_problem
+                  and action.button("Start again", key=f"again-{row.run_id}", help="A new run with the same settings")):
+                with ui.friendly_errors("Starting again"):
+                    jobs.resubmit(row.run_id, root)
             if row.latest:
                 cols = st.columns(4)
                 for col, (key, label) in zip(cols, (("train_loss", "train loss"), ("val_loss", "val loss"),

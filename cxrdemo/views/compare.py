@@ -8,12 +8,11 @@ from datetime import datetime
 
 import pandas as pd
 
+from cxrdemo import paths
 from cxrdemo.config import FreezeLevel
-from cxrdemo.errors import CxrError
+from cxrdemo.errors import CxrError, RunError
 from cxrdemo.model import backbones
 from cxrdemo.runs import store as runs
-from cxrdemo import paths
-from cxrdemo.errors import RunError
 from cxrdemo.views import words
 from cxrdemo.views.chance import chance_sentence
 from cxrdemo.views.text import safe_csv_cell

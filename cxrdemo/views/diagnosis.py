@@ -67,8 +67,8 @@ def overlay_filename(model_name: str, method: str, classes, predicted: int, targ
 
 def overlay_footer(model_name: str, method: str, classes, probs: np.ndarray, predicted: int, target: int) -> list[str]:
     """The lines drawn under a downloaded overlay."""
-    return [f"{method} heatmap for {classes[target]} | prediction: {classes[predicted]} "
-            f"(p = {percent(probs[predicted])}) | model: {model_name}",
+    return [(f"{method} heatmap for {classes[target]} | prediction: {classes[predicted]} "
+             f"(p = {percent(probs[predicted])}) | model: {model_name}"),
             "cxrdemo research and teaching demo - NOT FOR CLINICAL USE"]
 
 

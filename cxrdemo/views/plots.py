@@ -15,7 +15,7 @@ from cxrdemo.model import metrics
 from cxrdemo.runs import store as runs
 from cxrdemo.views.compare import TEST_METRIC_LABELS, point_labels
 
-LEGEND_BELOW = dict(orientation="h", yanchor="top", y=-0.2, xanchor="left", x=0)  # the plot keeps the full width
+LEGEND_BELOW = {"orientation": "h", "yanchor": "top", "y": -0.2, "xanchor": "left", "x": 0}  # the plot keeps the full width
 CURVE_METRICS = {"loss": ("train_loss", "val_loss", "Loss"), "accuracy": ("train_acc", "val_acc", "Accuracy")}
 _PALETTE = qualitative.Plotly + qualitative.D3 + qualitative.Dark24
 
