@@ -208,7 +208,8 @@ def test_trainer_queues_a_job_that_finishes(server, browser):
 
 
 def _sidebar(driver, page: str, ready: str) -> None:
-    link = next(a for a in driver.find_elements(By.CSS_SELECTOR, "[data-testid='stSidebar'] a") if a.text == page)
+    link = next(a for a in driver.find_elements(By.CSS_SELECTOR, "[data-testid='stSidebar'] a")
+                if (a.get_attribute("href") or "").rstrip("/").endswith("/" + page.lower()))
     link.click()
     _wait_text(driver, ready)
     WebDriverWait(driver, 90).until(
