@@ -1,7 +1,8 @@
 """End to end in a real browser: `streamlit run app.py` on loopback, driven by headless Chromium (Selenium).
 
 Opens every page, diagnoses an example radiograph (prediction + heatmap visible), queues a 1-epoch job
-on the Trainer and waits for it to finish, and saves screenshots (to $CXRDEMO_SCREENSHOTS or tmp).
+on the Trainer and waits for it to finish, and saves screenshots (to $CXRDEMO_SCREENSHOTS or tmp). With
+$CXRDEMO_SEED_RUNS (a run store) the server starts with those runs: a Compare page worth a screenshot.
 """
 
 from __future__ import annotations
@@ -48,6 +49,9 @@ def server(tmp_path_factory):
     port = _free_port()
     env = {**os.environ, "CXRDEMO_RUNS_DIR": str(tmp / "runs"), "CXRDEMO_CACHE_DIR": str(tmp / "cache"),
            "CXRDEMO_MAX_JOBS": "1", "CXRDEMO_JOB_NICE": "0", "PYTHONUNBUFFERED": "1"}
+    seed = os.environ.get("CXRDEMO_SEED_RUNS")  # finished runs to start from (realistic README screenshots)
+    if seed:
+        shutil.copytree(seed, tmp / "runs")
     if not (ROOT / "weights" / "demo" / "model.pt").is_file():
         # No shipped model in this checkout: give Diagnosis one real (tiny) run to use.
         subprocess.run([sys.executable, "-m", "cxrdemo", "train", "--data", "demo", "--backbone", "cnn8",
@@ -242,7 +246,10 @@ def test_compare_page_lists_runs(server, browser):
     WebDriverWait(browser, 60).until(lambda d: d.find_elements(By.CSS_SELECTOR, "[data-testid='stDataFrame']"))
     WebDriverWait(browser, 60).until(lambda d: d.find_elements(By.CSS_SELECTOR, ".js-plotly-plot"))
     _no_exception(browser)
-    next(t for t in browser.find_elements(By.CSS_SELECTOR, "button[role='tab']") if t.text == "ROC curve").click()
+    tab = WebDriverWait(browser, 60).until(lambda d: next(
+        (t for t in d.find_elements(By.CSS_SELECTOR, "[role='tab']")
+         if "ROC curve" in (t.get_attribute("textContent") or "")), None))
+    browser.execute_script("arguments[0].scrollIntoView(); arguments[0].click();", tab)
     ranges = WebDriverWait(browser, 60).until(lambda d: d.execute_script(
         "for (const p of document.querySelectorAll('.js-plotly-plot')) {"
         "  const l = p._fullLayout; if (l && l.title && /ROC/.test(l.title.text) && p.offsetWidth > 0)"
