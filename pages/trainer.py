@@ -83,6 +83,8 @@ if not st.session_state.get(KEEP + "restored"):  # a new browser session (a relo
     from_url = form.recipe_from_query(st.query_params.to_dict())
     if from_url.get("data", "demo") != "demo":
         from_url.update(source=FOLDER, data_path=from_url["data"])
+    if "threshold" in from_url:  # a rule in the URL was the user's pick: a run started from keeps it
+        from_url["picked:threshold"] = True
     for key, value in from_url.items():
         st.session_state.setdefault(KEEP + key, value)
 
@@ -145,7 +147,9 @@ c1.caption(form.trainable_text(backbone, freeze, num_classes))
 # ---------------------------------------------------------------- 3. training
 st.subheader("3 · Training")
 options = widget_rows("training")
-rules = list(dict.fromkeys([*SPECS["threshold"].options, *([inherited] if inherited else [])]))
+rules = list(dict.fromkeys([*SPECS["threshold"].options, *([inherited] if inherited else []),
+                            *([str(st.session_state[KEEP + "threshold"])] if KEEP + "threshold" in st.session_state
+                              else [])]))
 with st.expander("More options"):
     options.update(widget_rows("more", per_row=3, options={"threshold": rules}))
 kept("run_name")

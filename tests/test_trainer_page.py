@@ -238,12 +238,13 @@ def test_settings_survive_a_page_switch_and_a_reload_from_the_url(store, tiny_da
     url = {k: v if isinstance(v, str) else v[0] for k, v in dict(at.query_params).items()}
     assert url["epochs"] == "3" and url["img_size"] == "64" and url["backbone"] == "cnn8"
     fresh = AppTest.from_file(PAGE, default_timeout=60)
-    fresh.query_params.update(url)
+    fresh.query_params.update({**url, "threshold": "spec:0.9"})  # a rule the presets do not list
     fresh.run()
     assert not fresh.exception, [e.value for e in fresh.exception]
     assert (fresh.selectbox(key="backbone").value, fresh.selectbox(key="img_size").value,
             fresh.number_input(key="epochs").value, fresh.text_input(key="data_path").value) == (
         "cnn8", 64, 3, str(tiny_dataset))
+    assert fresh.selectbox(key="threshold").value == "spec:0.9"
 
 
 def test_query_values_that_do_not_fit_are_left_out():
