@@ -167,7 +167,7 @@ class TrainConfig:
             "the model meets another site's images.")
     precision: str = option("auto", "auto = bfloat16 mixed precision where the CPU/GPU runs it natively (AMX, CUDA), "
                             "else fp32", label="Arithmetic precision", group="more", choices=PRECISIONS,
-                            labels={"auto": "automatic (fastest this machine runs well)", "fp32": "full (float32)",
+                            labels={"auto": "automatic (fastest here)", "fp32": "full (float32)",
                                     "bf16": "mixed (bfloat16)"},
                             tip="Mixed precision trains 2-3x faster on recent Intel CPUs (AMX) and on GPUs; the saved "
                                 "model and every prediction stay full precision.")

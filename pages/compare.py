@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import streamlit as st
+from streamlit.errors import StreamlitAPIException
 
+from cxrdemo import paths
 from cxrdemo.runs import store as runs
 from cxrdemo.views import compare, plots
 from pages import ui
 
+REFERENCE = paths.DEMO_RUN_NAME  # the shipped demo model's run id when added as a reference (never deleted from here)
 REFRESH_S = 5  # how often curves of running jobs are re-read from the run store
 
 COLUMNS = {
@@ -48,7 +51,7 @@ def live_section(root, states: dict[str, str], colors: dict[str, str]) -> None:
             st.rerun()  # a job finished or started: the table and the test-result charts must show it too
         for info in fresh:
             if info.state in runs.ACTIVE:
-                st.caption("⏳ " + compare.progress_text(info))
+                st.caption(":material/hourglass_top: " + compare.progress_text(info))
         smoothing = st.slider("Smoothing of the curves", 0.0, 0.95, 0.0, 0.05, key="smoothing",
                               help="Exponential moving average; 0 shows the raw values. Hover shows the raw value.")
         left, right = st.columns(2)
@@ -105,16 +108,17 @@ def details_section(infos: dict, chosen_ids: list[str], table) -> None:
 
 def delete_section(table) -> None:
     """Delete one run after an explicit confirmation."""
+    deletable = [r for r in table["run_id"].tolist() if r != REFERENCE]
+    if not deletable:
+        return
     with st.expander("Delete a run"):
-        if msg := st.session_state.pop("deleted_msg", None):
-            st.success(msg)
-        run_id = st.selectbox("Run to delete", table["run_id"].tolist(), key="delete_run",
+        run_id = st.selectbox("Run to delete", deletable, key="delete_run",
                               format_func=lambda r: _label(table, r))
         sure = st.checkbox(f"Yes, permanently delete run {run_id} and all its files", key="delete_confirm")
         if st.button("Delete run", type="primary", disabled=not sure, key="delete_button"):
             with ui.friendly_errors("Deleting the run"):
                 runs.delete_run(run_id, ui.runs_dir())
-                st.session_state["deleted_msg"] = f"Run {run_id} was deleted."
+                st.session_state["deleted_msg"] = f"Run {run_id} was deleted, with all its files."
                 st.session_state.pop("delete_confirm", None)
                 st.rerun()
 
@@ -123,10 +127,21 @@ st.title(":material/monitoring: Compare runs")
 st.caption("Learning curves, what each recipe cost (trainable parameters, seconds per epoch) and what it bought "
            "(test accuracy, recall, AUROC). Runs still training update by themselves.")
 root = ui.runs_dir()
+if msg := st.session_state.pop("deleted_msg", None):
+    st.success(msg, icon=":material/delete:")
 with ui.friendly_errors("Reading the runs"):
     all_infos = runs.list_runs(root)
+    reference = compare.demo_reference()
+    if reference is not None and st.toggle("Add the shipped demo model as a reference", key="with_demo",
+                                           value=bool(st.session_state.get("keep:with_demo"))):
+        all_infos = [reference, *all_infos]
+    st.session_state["keep:with_demo"] = st.session_state.get("with_demo", False)
     if not all_infos:
         st.info(f"No runs yet in {root}. Start one on the Trainer page; it will appear here while it trains.")
+        try:
+            st.page_link("pages/trainer.py", label="Open the Trainer page", icon=":material/model_training:")
+        except StreamlitAPIException:  # this page runs on its own (no router)
+            pass
         st.stop()
     table = compare.runs_table(all_infos)
     damaged = table[table["status"] == "damaged"]
@@ -141,7 +156,10 @@ with ui.friendly_errors("Reading the runs"):
                           key="filter_backbone")
     states = f3.multiselect("Status", sorted(set(table["status"])), placeholder="All states", key="filter_status")
     shown = compare.filter_table(table, datasets, nets, states)
-    st.dataframe(shown, hide_index=True, column_config=COLUMNS, key="runs_table")
+    every = st.toggle("Show every column", key="all_columns", help="The compact view fits a projector; every column "
+                      "adds parameters, timing and dataset details.")
+    st.dataframe(shown, hide_index=True, column_config=COLUMNS, key="runs_table",
+                 column_order=None if every else compare.COMPACT_COLUMNS)
 
     options = shown.loc[shown["status"] != "damaged", "run_id"].tolist()
     if "chosen" in st.session_state:  # keep only choices the current filters still show
@@ -154,6 +172,9 @@ with ui.friendly_errors("Reading the runs"):
         st.stop()
     infos = {i.run_id: i for i in all_infos}
     chosen = shown.set_index("run_id").loc[chosen_ids].reset_index()
+    for run_id, problem in zip(chosen["run_id"], chosen["problem"]):
+        if "no better than chance" in str(problem):
+            st.warning(f"**{run_id}**: {problem}", icon=":material/warning:")
     colors = plots.run_colors(chosen_ids)
 
     st.subheader("Learning curves")

@@ -7,7 +7,7 @@ import dataclasses
 import streamlit as st
 
 from cxrdemo.data.shrink import display_copy
-from cxrdemo.diagnosis import explain, predict
+from cxrdemo.diagnosis import cam_cost, explain, predict
 from cxrdemo.views import diagnosis as dv
 from cxrdemo.views import words
 from cxrdemo.views.text import escape_markdown as md
@@ -15,6 +15,7 @@ from pages import ui
 
 PREDICTED = "The predicted class"
 MAX_COMPARE = 4
+KEPT = "diagnosis:image"  # (name, decoded radiograph <= 2048 px): the upload widget forgets across page switches
 
 
 @st.cache_resource(max_entries=8, show_spinner="Loading the model…")
@@ -29,7 +30,13 @@ def read(digest: str, name: str, _raw: bytes) -> predict.Radiograph:
     return predict.read_radiograph(_raw, name)
 
 
-@st.cache_data(max_entries=32, show_spinner="Computing the prediction and the heatmap…")
+@st.cache_data(ttl=3600, show_spinner=False)
+def expected_seconds(run: str, mtime: int, root: str, method: str) -> float | None:
+    """How long `method` takes with this model here (None for the fast methods), measured once per model."""
+    return cam_cost.expected_seconds(load(run, mtime, root), method)
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
 def diagnose(run: str, mtime: int, root: str, digest: str, method: str, target: str | None,
              _rad: predict.Radiograph) -> explain.Explanation:
     """Prediction + heatmap of one model for one image; a slider move reuses it."""
@@ -42,9 +49,10 @@ def model_panel(model: predict.LoadedModel) -> None:
     """The chosen model's recipe and test results."""
     s = predict.model_summary(model)
     r = {k: md(v) for k, v in s["recipe"].items()}  # a hand-edited config or a folder name is not Markdown
-    st.caption(f"**{r.get('backbone', '?')}**, initialised from {r.get('init', '?')}, freeze {r.get('freeze', '?')}, "
-               f"{r.get('epochs', '?')} epoch{'' if s['recipe'].get('epochs') == 1 else 's'} at {r.get('img_size', model.img_size)} px · classes: "
-               f"{', '.join(md(c) for c in s['classes'])} · decides: {md(s['decision'])}")
+    line, details = dv.decision_line(dataclasses.replace(model, classes=tuple(md(c) for c in model.classes)))
+    st.caption(f"**{r.get('backbone', '?')}**, {dv.start_words(s['recipe'].get('init', '?'), root)}, "
+               f"{r.get('epochs', '?')} epoch{'' if s['recipe'].get('epochs') == 1 else 's'} at "
+               f"{r.get('img_size', model.img_size)} px · {line}", help=details)
     t = s["test"]
     if t:
         shown = [(k, lbl) for k, lbl in (("accuracy", "Test accuracy"), ("sensitivity", "Sensitivity"),
@@ -64,21 +72,36 @@ def image_source() -> tuple[bytes, str] | None:
     if up is not None:
         return up.getvalue(), up.name
     examples = predict.example_images()
+    pick = st.radio("…or try a built-in example (real test images the demo model never saw)", list(examples),
+                    index=None, horizontal=True, key="example") if examples else None
+    if pick is not None:
+        return examples[pick].read_bytes(), examples[pick].name
+    kept = st.session_state.get(KEPT)
+    if kept is not None:  # back from another page: the image chosen before (decoded and shrunk, not the file)
+        st.caption(f"Showing the image chosen before ({md(kept[0])}); upload another or pick an example to replace it.")
+        if not st.button("Clear this image", key="clear_image"):
+            return kept[1], kept[0]
+        del st.session_state[KEPT]
     if not examples:
         st.info("Upload a radiograph to start.")
-        return None
-    pick = st.radio("…or try a built-in example (real test images the demo model never saw)", list(examples),
-                    index=None, horizontal=True, key="example")
-    if pick is None:
-        return None
-    return examples[pick].read_bytes(), examples[pick].name
+    return None
+
+
+def heatmap_words(model: predict.LoadedModel, res: explain.Explanation) -> str:
+    """The heatmap's caption (class names escaped)."""
+    return dv.heatmap_caption(res.method, [md(c) for c in model.classes], res.probs, res.predicted, res.target,
+                              res.class_specific)
 
 
 def show_result(label: str, model: predict.LoadedModel, rad: predict.Radiograph, res: explain.Explanation,
                 opacity: float, full: bool) -> None:
     """Predicted class, probabilities, image and overlay; compact in the comparison row."""
     if not full:
-        st.markdown(f"**{md(label)}**")
+        with st.container(height=150, border=False):  # one header height: the columns below line up
+            st.markdown(f"**{md(label)}**  \n{dv.model_quality(predict.model_summary(model)['test'])}")
+            chance = dv.model_chance(model)
+            if chance:
+                st.warning(f"This model {chance}.", icon=":material/warning:")
     # Class names are folder names: the sentence is built from escaped copies (the CLI prints them as they are).
     shown = dataclasses.replace(model, classes=tuple(md(c) for c in model.classes))
     st.markdown(dv.decision_sentence(shown, res.probs, res.predicted))
@@ -86,13 +109,15 @@ def show_result(label: str, model: predict.LoadedModel, rad: predict.Radiograph,
         st.plotly_chart(explain.probability_figure(model.classes, res.probs, res.predicted), key="probs")
     grey = display_copy(rad.grey)  # the browser gets at most 1024 px: the networks saw 299 at most
     ov = explain.overlay(grey, res.cam, opacity)
-    what = f"{res.method} for {md(model.classes[res.target])}" if res.class_specific else f"{res.method} (any class)"
+    what = heatmap_words(model, res)
     if full:
         left, right = st.columns(2)
         left.image(grey, caption="The image as read", clamp=True, width="stretch", output_format="PNG")
         right.image(ov, caption=what, width="stretch", output_format="PNG")
-        st.download_button("Download the overlay (PNG)", data=lambda: explain.to_png_bytes(ov), mime="image/png",
-                           file_name=f"cxrdemo-{model.run_id}-{res.method}.png", on_click="ignore", key="dl_overlay")
+        footer = dv.overlay_footer(label, res.method, model.classes, res.probs, res.predicted, res.target)
+        st.download_button("Download the overlay (PNG)", data=lambda: explain.to_png_bytes(dv.with_footer(ov, footer)),
+                           mime="image/png", on_click="ignore", key="dl_overlay",
+                           file_name=dv.overlay_filename(label, res.method, model.classes, res.predicted, res.target))
     else:
         st.image(ov, caption=what, width="stretch", output_format="PNG")
     if res.flat:
@@ -130,7 +155,9 @@ if model is None:
 c1, c2, c3 = st.columns(3)
 method = c1.selectbox("Heatmap method", list(explain.CAM_METHODS), key="method",
                       help="How the heatmap is computed. GradCAM is the usual choice.")
-c1.caption(words.CAM_NOTES[method])
+eta = expected_seconds(run, predict.model_mtime(run, root), root, method)
+c1.caption(words.CAM_NOTES[method] + (f" About {max(1, round(eta))} s for this model on this machine."
+                                      if eta is not None else ""))
 target = c2.selectbox("Class to explain", [PREDICTED, *model.classes], key="target",
                       help="Which class the heatmap argues for: by default the one the model predicted.")
 opacity = c3.slider("Heatmap opacity", 0.0, 1.0, 0.4, 0.05, key="opacity")
@@ -139,32 +166,43 @@ if source is None:
     st.stop()
 raw, name = source
 rad = None
-with ui.friendly_errors("Reading the image"):
-    rad = read(predict.digest(raw), name, raw)
+if isinstance(raw, predict.Radiograph):
+    rad = raw
+else:
+    with ui.friendly_errors("Reading the image"):
+        rad = dv.kept_copy(read(predict.digest(raw), name, raw))
+        st.session_state[KEPT] = (name, rad)
 if rad is None:
     st.stop()
 m = rad.meta
 st.caption(f"Read as {m.format.upper()}, {m.width} × {m.height} px, {m.bits}-bit {md(m.mode)}"
            + (f" · {'; '.join(m.notes)}" if m.notes else ""))
 if not rad.looks_like_cxr:
-    st.warning(rad.warning, icon="🩻")
+    st.warning(rad.warning, icon=":material/warning:")
     # one acknowledgement per image: a second odd image is not run on the first one's say-so
     if not st.checkbox("I understand: run the model on this image anyway", key=f"run_anyway_{rad.digest[:16]}"):
         st.stop()
 
 key_target = None if target == PREDICTED else target
-with ui.friendly_errors("The prediction"):
-    res = diagnose(run, predict.model_mtime(run, root), root, rad.digest, method, key_target, rad)
+result = st.empty()  # replaces the previous overlay at once: nothing stale stays on screen while this computes
+with result.container(), ui.friendly_errors("The prediction"):
+    with st.spinner(dv.wait_text(method, eta)):
+        res = diagnose(run, predict.model_mtime(run, root), root, rad.digest, method, key_target, rad)
     show_result(label, model, rad, res, opacity, full=True)
 
 st.subheader("Compare models on this image")
-others = st.multiselect("Other models", [lb for lb in labels if lb != label], max_selections=MAX_COMPARE,
-                        key="compare", placeholder="Choose up to 4 models")
+candidates = [lb for lb in labels if lb != label]
+others = st.multiselect("Other models", candidates, max_selections=MAX_COMPARE, key="compare",
+                        placeholder="Choose up to 4 models" if candidates else "Train a model first (Trainer page)",
+                        disabled=not candidates)
 if others:
-    for col, lb in zip(st.columns(1 + len(others)), [label, *others]):
+    for col, lb in zip(st.columns(1 + len(others), vertical_alignment="top"), [label, *others]):
         with col, ui.friendly_errors("This model"):
             r = choices[lb]
             mt = predict.model_mtime(r, root)
             other = load(r, mt, root)
-            show_result(lb, other, rad, diagnose(r, mt, root, rad.digest, method, key_target, rad), opacity, False)
-    st.caption("Each model explains its own predicted class unless the class chosen above is one of its classes.")
+            with st.spinner(dv.wait_text(method, expected_seconds(r, mt, root, method))):
+                res_other = diagnose(r, mt, root, rad.digest, method, key_target, rad)
+            show_result(lb, other, rad, res_other, opacity, False)
+    st.caption("Each heatmap explains the class that model predicted, or the class chosen above when the model "
+               "knows it.")

@@ -9,12 +9,13 @@ from cxrdemo import data
 from cxrdemo.model import backbones
 from cxrdemo.runs import jobs, ray_backend
 from cxrdemo.runs.lifecycle import log_tail
+from cxrdemo.views import card, words
 from cxrdemo.views import trainer as tv
 from cxrdemo.views import trainer_form as form
-from cxrdemo.views import words
 from pages import ui
 
 SPECS = {spec.name: spec for spec in form.widget_specs()}
+FOLDER = "A folder on this computer"
 
 
 @st.cache_data(ttl=30, show_spinner="Scanning the dataset…")
@@ -31,22 +32,44 @@ def link(page: str, label: str, icon: str, run_id: str) -> None:
         st.caption(f"{icon} {label}: open it from the app's sidebar.")
 
 
-def widget(spec: form.WidgetSpec, where=st):
+KEEP = "trainer:"  # non-widget copies: Streamlit forgets the widgets of a page that is not shown
+
+
+def kept(key: str, options=None) -> bool:
+    """Put back this session's value of widget `key` (if still a valid choice); True when the widget has one."""
+    if key not in st.session_state and KEEP + key in st.session_state:
+        st.session_state[key] = st.session_state[KEEP + key]
+    if options is not None and key in st.session_state and st.session_state[key] not in options:
+        del st.session_state[key]
+    return key in st.session_state
+
+
+def keep(key: str, value):
+    """Remember a widget's value for this session (across page switches); returns it."""
+    st.session_state[KEEP + key] = value
+    return value
+
+
+def widget(spec: form.WidgetSpec, where=st, options=None):
     """The widget a declared option asks for (a number field or a choice), keyed by the option's name."""
     if spec.kind == "select":
-        return where.selectbox(spec.label, spec.options, index=spec.options.index(spec.default),
-                               format_func=spec.word, key=spec.name, help=spec.help)
-    return where.number_input(spec.label, spec.min, spec.max, spec.default, step=spec.step, format=spec.format,
-                              key=spec.name, help=spec.help)
+        options = list(options or spec.options)
+        index = 0 if kept(spec.name, options) else options.index(spec.default)
+        value = where.selectbox(spec.label, options, index=index, format_func=spec.word, key=spec.name,
+                                help=spec.help, on_change=keep, args=(f"picked:{spec.name}", True))
+    else:
+        value = where.number_input(spec.label, spec.min, spec.max, "min" if kept(spec.name) else spec.default,
+                                   step=spec.step, format=spec.format, key=spec.name, help=spec.help)
+    return keep(spec.name, value)
 
 
-def widget_rows(group: str) -> dict:
-    """Every declared option of `group`, four to a row; their values by option name."""
+def widget_rows(group: str, per_row: int = 4, options: dict | None = None) -> dict:
+    """Every declared option of `group`, `per_row` to a row; their values by option name."""
     specs = [s for s in SPECS.values() if s.group == group]
     values = {}
-    for i in range(0, len(specs), 4):
-        for col, spec in zip(st.columns(4), specs[i:i + 4]):
-            values[spec.name] = widget(spec, col)
+    for i in range(0, len(specs), per_row):
+        for col, spec in zip(st.columns(per_row), specs[i:i + per_row]):
+            values[spec.name] = widget(spec, col, (options or {}).get(spec.name))
     return values
 
 
@@ -55,17 +78,27 @@ st.title(":material/model_training: Trainer")
 root = ui.runs_dir()
 with ui.friendly_errors("Checking earlier jobs"):
     jobs.reap(root)
+if not st.session_state.get(KEEP + "restored"):  # a new browser session (a reload): the recipe in the URL
+    st.session_state[KEEP + "restored"] = True
+    from_url = form.recipe_from_query(st.query_params.to_dict())
+    if from_url.get("data", "demo") != "demo":
+        from_url.update(source=FOLDER, data_path=from_url["data"])
+    if "threshold" in from_url:  # a rule in the URL was the user's pick: a run started from keeps it
+        from_url["picked:threshold"] = True
+    for key, value in from_url.items():
+        st.session_state.setdefault(KEEP + key, value)
 
 # ---------------------------------------------------------------- 1. data
 st.subheader("1 · Images")
-source = st.radio(SPECS["data"].label,
-                  ["Built-in demo set (chest X-rays, NORMAL vs PNEUMONIA)", "A folder on this computer"],
-                  horizontal=True, key="source")
+sources = ["Built-in demo set (chest X-rays, NORMAL vs PNEUMONIA)", FOLDER]
+kept("source", sources)
+source = keep("source", st.radio(SPECS["data"].label, sources, horizontal=True, key="source"))
 data_path = "demo"
-if source.startswith("A folder"):
-    data_path = st.text_input("Folder path", placeholder="/data/chest_xray  (class folders, or train/val/test)",
-                              help="Either FOLDER/<class>/images or FOLDER/train|val|test/<class>/images.",
-                              key="data_path").strip()
+if source == FOLDER:
+    kept("data_path")
+    data_path = keep("data_path", st.text_input(
+        "Folder path", placeholder="/data/chest_xray  (class folders, or train/val/test)",
+        help="Either FOLDER/<class>/images or FOLDER/train|val|test/<class>/images.", key="data_path")).strip()
 ds = None
 if data_path:
     with ui.friendly_errors("Reading the dataset"):
@@ -83,27 +116,46 @@ num_classes = len(ds.classes) if ds is not None and ds.classes else 2
 st.subheader("2 · Network")
 names = backbones.backbone_names()
 c1, c2 = st.columns(2)
-backbone = c1.selectbox(SPECS["backbone"].label, names, index=names.index(SPECS["backbone"].default), key="backbone",
-                        format_func=lambda n: f"{n} — {backbones.get_spec(n).description} "
-                                              f"({backbones.param_counts(n, num_classes)[0]:,} parameters)")
+backbone = keep("backbone", c1.selectbox(
+    SPECS["backbone"].label, names, index=0 if kept("backbone", names) else names.index(SPECS["backbone"].default),
+    key="backbone", format_func=lambda n: f"{n} ({backbones.param_counts(n, num_classes)[0]:,} parameters)"))
+c1.caption(backbones.get_spec(backbone).description)
 inits = form.init_options(backbone, jobs.list_jobs(root))
-preferred = "imagenet" if "imagenet" in inits and backbones.find_imagenet_weights(backbone) else "scratch"
-init = c2.selectbox(SPECS["init"].label, list(inits), index=list(inits).index(preferred), format_func=inits.get,
-                    key=f"init-{backbone}")
+preferred = "imagenet" if "imagenet" in inits and not form.init_problem(backbone, "imagenet") else "scratch"
+init = keep("init", c2.selectbox(SPECS["init"].label, list(inits),
+                                 index=0 if kept("init", list(inits)) else list(inits).index(preferred),
+                                 format_func=lambda i: form.init_label(backbone, i, inits[i]), key="init"))
+init_problem = form.init_problem(backbone, init)
 note = form.imagenet_note(backbone)
-if note:
+if init_problem:
+    c2.warning(init_problem, icon=":material/block:")
+elif note:
     c2.info(note, icon=":material/inventory_2:")
+inherited = form.source_rule(init, list(ds.classes) if ds is not None else [], root)
+if inherited and not st.session_state.get(KEEP + "picked:threshold"):
+    st.session_state["threshold"] = inherited  # the run's operating point, until the user picks another rule
+if inherited:
+    c2.caption(f"Keeps that run's decision rule ({words.rule_words(inherited)}) unless you choose another under "
+               "*More options*.")
+elif not st.session_state.get(KEEP + "picked:threshold"):
+    st.session_state["threshold"] = SPECS["threshold"].default
 freezes = form.freeze_options(backbone)
-freeze = c1.selectbox(SPECS["freeze"].label, list(freezes), format_func=freezes.get, key=f"freeze-{backbone}")
+kept("freeze", list(freezes))  # the first level ("none") is the default
+freeze = keep("freeze", c1.selectbox(SPECS["freeze"].label, list(freezes), format_func=freezes.get, key="freeze"))
 c1.caption(form.trainable_text(backbone, freeze, num_classes))
 
 # ---------------------------------------------------------------- 3. training
 st.subheader("3 · Training")
 options = widget_rows("training")
+rules = list(dict.fromkeys([*SPECS["threshold"].options, *([inherited] if inherited else []),
+                            *([str(st.session_state[KEEP + "threshold"])] if KEEP + "threshold" in st.session_state
+                              else [])]))
 with st.expander("More options"):
-    options.update(widget_rows("more"))
-name = st.text_input("Label (optional, added to the run id)", max_chars=40, key="run_name")
+    options.update(widget_rows("more", per_row=3, options={"threshold": rules}))
+kept("run_name")
+name = keep("run_name", st.text_input("Label (optional, added to the run id)", max_chars=40, key="run_name"))
 recipe = {"data": data_path or "", "backbone": backbone, "init": init, "freeze": freeze, **options}
+st.query_params.from_dict(form.recipe_to_query(recipe))  # a reload restores this recipe
 
 
 # ---------------------------------------------------------------- where jobs train (Ray cluster, issue #9)
@@ -124,19 +176,27 @@ if ray_address:
                                  format_func=targets.get, horizontal=True, key="backend")}
 # ---------------------------------------------------------------- end of where jobs train
 
-if st.button("Start training", type="primary", disabled=ds is None, key="start",
-             help=None if ds is not None else "Choose a dataset that can be read first."):
+blocked = "Choose a dataset that can be read first." if ds is None else init_problem
+if st.button("Start training", type="primary", disabled=bool(blocked), key="start", help=blocked):
     with ui.friendly_errors("Starting the job"):
         run_id = jobs.submit(form.make_config(recipe), root, name=name, **where)
         st.success(f"Queued run **{run_id}**; it appears below and keeps training if you close this tab.")
 
 with st.expander("Sweep: queue a grid of backbones × freeze levels"):
-    sweep_nets = st.multiselect("Backbones", names, default=[backbone], key="sweep_backbones")
-    sweep_freezes = st.multiselect("Freeze levels", form.SWEEP_FREEZES, default=["none", "head"], key="sweep_freezes")
+    kept("sweep_backbones")
+    sweep_nets = keep("sweep_backbones", st.multiselect(
+        "Backbones", names, default=None if "sweep_backbones" in st.session_state else [backbone],
+        key="sweep_backbones"))
+    kept("sweep_freezes")
+    sweep_freezes = keep("sweep_freezes", st.multiselect(
+        "Freeze levels", form.SWEEP_FREEZES, default=None if "sweep_freezes" in st.session_state else ["none", "head"],
+        key="sweep_freezes"))
     configs, notes = [], []
     if ds is not None:
         with ui.friendly_errors("Preparing the sweep"):
-            configs, notes = form.sweep_configs(form.make_config(recipe), sweep_nets, sweep_freezes)
+            base = form.make_config(recipe)
+            st.markdown(form.sweep_summary(base))
+            configs, notes = form.sweep_configs(base, sweep_nets, sweep_freezes)
     for n in notes:
         st.caption(n)
     if st.button(f"Queue {len(configs)} run(s)", disabled=ds is None or not configs, key="sweep"):
@@ -162,19 +222,22 @@ def jobs_panel() -> None:
                 if action.button("Cancel", key=f"cancel-{row.run_id}"):
                     with ui.friendly_errors("Cancelling"), st.spinner("Stopping the job…"):
                         jobs.cancel(row.run_id, root)
-            elif row.state in ("failed", "cancelled", "interrupted"):
-                if action.button("Start again", key=f"again-{row.run_id}", help="A new run with the same settings"):
-                    with ui.friendly_errors("Starting again"):
-                        jobs.resubmit(row.run_id, root)
+            elif (row.state in ("failed", "cancelled", "interrupted") and not row.repeat_problem
+                  and action.button("Start again", key=f"again-{row.run_id}", help="A new run with the same settings")):
+                with ui.friendly_errors("Starting again"):
+                    jobs.resubmit(row.run_id, root)
             if row.latest:
                 cols = st.columns(4)
                 for col, (key, label) in zip(cols, (("train_loss", "train loss"), ("val_loss", "val loss"),
                                                     ("train_acc", "train accuracy"), ("val_acc", "val accuracy"))):
                     value = row.latest.get(key)
                     col.metric(label, "–" if value is None else (f"{value:.1%}" if "acc" in key else f"{value:.4f}"))
-                st.line_chart(tv.loss_curves(row.path), height=160, x_label="epoch", y_label="loss")
+                st.plotly_chart(card.card_figure(row.path), key=f"curve-{row.run_id}",
+                                config={"displayModeBar": False})
             if row.state in ("failed", "interrupted") and row.error:
-                st.error(row.error)
+                st.error(row.error, icon=":material/error:")
+                if row.repeat_problem and row.repeat_problem not in row.error:
+                    st.caption(f"Starting it again would fail the same way: {row.repeat_problem}")
                 with st.expander("Log"):
                     st.code(log_tail(row.path, 40) or "(empty)")
             if row.state == "completed":

@@ -1,7 +1,8 @@
 """End to end in a real browser: `streamlit run app.py` on loopback, driven by headless Chromium (Selenium).
 
 Opens every page, diagnoses an example radiograph (prediction + heatmap visible), queues a 1-epoch job
-on the Trainer and waits for it to finish, and saves screenshots (to $CXRDEMO_SCREENSHOTS or tmp).
+on the Trainer and waits for it to finish, and saves screenshots (to $CXRDEMO_SCREENSHOTS or tmp). With
+$CXRDEMO_SEED_RUNS (a run store) the server starts with those runs: a Compare page worth a screenshot.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -47,6 +49,9 @@ def server(tmp_path_factory):
     port = _free_port()
     env = {**os.environ, "CXRDEMO_RUNS_DIR": str(tmp / "runs"), "CXRDEMO_CACHE_DIR": str(tmp / "cache"),
            "CXRDEMO_MAX_JOBS": "1", "CXRDEMO_JOB_NICE": "0", "PYTHONUNBUFFERED": "1"}
+    seed = os.environ.get("CXRDEMO_SEED_RUNS")  # finished runs to start from (realistic README screenshots)
+    if seed:
+        shutil.copytree(seed, tmp / "runs")
     if not (ROOT / "weights" / "demo" / "model.pt").is_file():
         # No shipped model in this checkout: give Diagnosis one real (tiny) run to use.
         subprocess.run([sys.executable, "-m", "cxrdemo", "train", "--data", "demo", "--backbone", "cnn8",
@@ -149,6 +154,24 @@ def test_diagnosis_shows_prediction_and_heatmap(server, browser):
     _no_exception(browser)
     time.sleep(1)
     browser.save_screenshot(str(_shots(tmp) / "diagnosis.png"))
+    # the downloaded overlay says what it is, in its name and in a footer drawn into the pixels
+    downloads = tmp / "downloads"
+    downloads.mkdir(exist_ok=True)
+    browser.execute_cdp_cmd("Page.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads)})
+    next(b for b in browser.find_elements(By.TAG_NAME, "button") if "Download the overlay" in b.text).click()
+    WebDriverWait(browser, 60, poll_frequency=0.5).until(lambda d: list(downloads.glob("*.png")))
+    (png,) = downloads.glob("*.png")
+    assert "NOT-FOR-CLINICAL-USE" in png.name and "-heatmap-predicted-" in png.name
+    from PIL import Image
+
+    pixels = np.asarray(Image.open(png).convert("L"))
+    footer = pixels[-20:]
+    assert (footer < 10).mean() > 0.5 and (footer > 200).any(), "a black footer with white text"
+    # a heatmap for the class the model did not predict says so
+    said = re.search(r"Prediction: (NORMAL|PNEUMONIA)", browser.find_element(By.TAG_NAME, "body").text).group(1)
+    other = "NORMAL" if said == "PNEUMONIA" else "PNEUMONIA"
+    _choose(browser, "Class to explain", other)
+    _wait_text(browser, f"why it might be {other} — the model said {said}, p({other}) = ", 120)
 
 
 def _set_number(driver, label: str, value: str) -> None:
@@ -188,11 +211,49 @@ def test_trainer_queues_a_job_that_finishes(server, browser):
     browser.save_screenshot(str(_shots(tmp) / "trainer.png"))
 
 
+def _sidebar(driver, page: str, ready: str) -> None:
+    link = next(a for a in driver.find_elements(By.CSS_SELECTOR, "[data-testid='stSidebar'] a")
+                if (a.get_attribute("href") or "").rstrip("/").endswith("/" + page.lower()))
+    link.click()
+    _wait_text(driver, ready)
+    WebDriverWait(driver, 90).until(
+        lambda d: not d.find_elements(By.CSS_SELECTOR, "[data-testid='stStatusWidget']"))
+    time.sleep(1)
+
+
+def _value(driver, label: str) -> str:
+    return driver.find_element(By.CSS_SELECTOR, f"input[aria-label='{label}']").get_attribute("value")
+
+
+def test_trainer_settings_survive_a_page_switch_and_a_reload(server, browser):
+    url, _ = server
+    _open(browser, url + "/trainer", "Start training")
+    _set_number(browser, "Epochs", "3")
+    time.sleep(2)
+    _sidebar(browser, "Compare", "Compare runs")
+    _sidebar(browser, "Trainer", "Start training")
+    assert _value(browser, "Epochs") == "3"
+    assert "**3 epochs**" not in browser.find_element(By.TAG_NAME, "body").text  # rendered, not raw Markdown
+    browser.refresh()
+    _wait_text(browser, "Start training")
+    WebDriverWait(browser, 90).until(lambda d: not d.find_elements(By.CSS_SELECTOR, "[data-testid='stStatusWidget']"))
+    assert "epochs=3" in browser.current_url and _value(browser, "Epochs") == "3"
+
+
 def test_compare_page_lists_runs(server, browser):
     url, tmp = server
     _open(browser, url + "/compare", "Compare")
     WebDriverWait(browser, 60).until(lambda d: d.find_elements(By.CSS_SELECTOR, "[data-testid='stDataFrame']"))
     WebDriverWait(browser, 60).until(lambda d: d.find_elements(By.CSS_SELECTOR, ".js-plotly-plot"))
     _no_exception(browser)
+    tab = WebDriverWait(browser, 60).until(lambda d: next(
+        (t for t in d.find_elements(By.CSS_SELECTOR, "[role='tab']")
+         if "ROC curve" in (t.get_attribute("textContent") or "")), None))
+    browser.execute_script("arguments[0].scrollIntoView(); arguments[0].click();", tab)
+    ranges = WebDriverWait(browser, 60).until(lambda d: d.execute_script(
+        "for (const p of document.querySelectorAll('.js-plotly-plot')) {"
+        "  const l = p._fullLayout; if (l && l.title && /ROC/.test(l.title.text) && p.offsetWidth > 0)"
+        "    return [l.xaxis.range, l.yaxis.range]; } return null;"))
+    assert ranges == [[0, 1], [0, 1]], ranges
     time.sleep(2)
     browser.save_screenshot(str(_shots(tmp) / "compare.png"))

@@ -102,3 +102,16 @@ def test_page_with_an_empty_store(monkeypatch, tmp_path):
     at = _page(monkeypatch, tmp_path / "none")
     assert any("No runs yet" in i.value for i in at.info)
     assert not runs.list_runs(tmp_path / "none")
+
+
+def test_empty_store_links_to_the_trainer_and_the_demo_model_can_be_a_reference(monkeypatch, tmp_path):
+    monkeypatch.setenv("CXRDEMO_RUNS_DIR", str(tmp_path / "none"))
+    at = AppTest.from_file(str(Path(PAGE).parents[1] / "app.py"), default_timeout=60)
+    at.switch_page("pages/compare.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert [p.proto.page for p in at.get("page_link")] == ["trainer"]
+    at.toggle(key="with_demo").set_value(True).run()
+    assert not at.exception and not at.error, [e.value for e in (*at.exception, *at.error)]
+    row = at.dataframe[0].value.set_index("run_id").loc["demo"]
+    assert 0.5 < row["test_accuracy"] <= 1 and row["status"] == "completed"
+    assert "delete_run" not in [s.key for s in at.selectbox]  # the reference is never offered for deletion

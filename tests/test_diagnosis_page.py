@@ -55,7 +55,7 @@ def test_an_example_gives_a_prediction_probabilities_and_overlay(patch_store):
     at = _page()
     assert "not for clinical use" in at.warning[0].value
     assert at.selectbox(key="model").value.startswith(patch_store.run.name)  # no demo model: the completed run
-    assert any("cnn8" in c.value and "freeze head" in c.value for c in at.caption)  # the recipe
+    assert any("cnn8" in c.value and "Says" in c.value for c in at.caption)  # the recipe and the decision, one line
     assert [m.label for m in at.metric][:1] == ["Test accuracy"]
     assert not _predictions(at)  # nothing chosen yet
     radio = at.radio(key="example")
@@ -68,7 +68,7 @@ def test_an_example_gives_a_prediction_probabilities_and_overlay(patch_store):
     charts = at.get("plotly_chart")
     assert len(charts) == 1 and '"y":["blank","patch"]' in charts[0].proto.spec.replace(" ", "")
     captions = [c for im in at.image for c in im.captions]
-    assert captions == ["The image as read", "GradCAM for " + pred.split("**")[1]]  # side by side
+    assert captions == ["The image as read", "GradCAM: why the model said " + pred.split("**")[1]]  # side by side
     assert at.get("download_button")
 
 
@@ -129,7 +129,13 @@ def test_class_to_explain_and_model_comparison(patch_store):
     at.radio(key="example").set_value("NORMAL example 1").run()
     at.selectbox(key="target").set_value("blank").run()
     assert not at.exception, at.exception
-    assert [c for im in at.image for c in im.captions][1] == "GradCAM for blank"
+    caption = [c for im in at.image for c in im.captions][1]
+    said = _predictions(at)[0].split("**")[1]
+    if said == "blank":
+        assert caption == "GradCAM: why the model said blank"
+    else:  # a class the model did not predict: the caption says so, with that class's probability
+        assert caption.startswith("GradCAM: why it might be blank — the model said patch, p(blank) = ")
+        assert caption.endswith("%")
     assert at.selectbox(key="model").value.startswith(other.name)  # the newest completed run comes first
     options = at.multiselect(key="compare").options
     assert len(options) == 1 and options[0].startswith(patch_store.run.name)
@@ -137,6 +143,21 @@ def test_class_to_explain_and_model_comparison(patch_store):
     assert not at.exception, at.exception
     assert len(_predictions(at)) == 3  # the main result, then one per model in the comparison row
     assert len(at.image) == 4
+    assert sum("test accuracy" in m.value and "AUROC" in m.value for m in at.markdown) == 2  # each column's quality
+
+
+def test_the_image_stays_after_a_page_switch(patch_store):
+    at = AppTest.from_file(str(Path(PAGE).parents[1] / "app.py"), default_timeout=TIMEOUT)
+    at.switch_page("pages/diagnosis.py").run()
+    at.radio(key="example").set_value("PNEUMONIA example 1").run()
+    first = _predictions(at)
+    at.switch_page("pages/compare.py").run()
+    at.switch_page("pages/diagnosis.py").run()
+    assert not at.exception, at.exception
+    assert _predictions(at) == first and at.radio(key="example").value is None
+    assert any("chosen before" in c.value for c in at.caption)
+    name, kept = at.session_state["diagnosis:image"]
+    assert max(kept.grey.shape) <= 2048 and name.lower().endswith((".png", ".jpeg", ".jpg"))
 
 
 def test_the_demo_model_is_preselected_when_present(patch_store, tmp_path, monkeypatch):

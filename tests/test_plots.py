@@ -266,6 +266,24 @@ def test_roc_binary_runs_from_origin_to_corner_with_the_operating_point(store):
     assert f"AUROC {test['auroc']:.3f}" in curve.name
     assert point.x[0] == pytest.approx(1 - test["specificity"]) and point.y[0] == pytest.approx(test["sensitivity"])
     assert "PNEUMONIA" in fig.layout.title.text
+    # 0-1 on both axes at any width (a 1:1 plot shrinks its domain, never widens its range); legend below
+    assert tuple(fig.layout.xaxis.range) == tuple(fig.layout.yaxis.range) == (0, 1)
+    assert fig.layout.xaxis.constrain == fig.layout.yaxis.constrain == "domain" and fig.layout.legend.y < 0
+
+
+def test_tradeoff_labels_tell_runs_apart():
+    import pandas as pd
+
+    from cxrdemo.views import compare
+
+    table = pd.DataFrame({"run_id": ["20261122-065856-cnn5-none", "20261122-071012-cnn5-none", "x-1-resnet18",
+                                     "demo"],
+                          "backbone": ["cnn5", "cnn5", "resnet18", "cnn5"], "init": ["scratch", "scratch",
+                                                                                     "imagenet", "run:a"],
+                          "freeze": ["none", "none", "head", "none"]})
+    assert compare.point_labels(table) == ["cnn5 · From scratch · freeze none · 065856",
+                                           "cnn5 · From scratch · freeze none · 071012",
+                                           "resnet18 · ImageNet weights · freeze head", "shipped demo model"]
 
 
 def test_roc_one_vs_rest_for_four_classes(store):

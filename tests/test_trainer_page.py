@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from cxrdemo import data
+from cxrdemo import data, fileio
 from cxrdemo.config import TrainConfig
 from cxrdemo.model import backbones
 from cxrdemo.runs import jobs
@@ -66,14 +66,14 @@ def test_page_renders_demo_report_registry_and_freeze_counts(store):
     assert sel.value == "resnet18" and len(sel.options) == len(backbones.backbone_names())
     assert f"{backbones.param_counts('resnet18')[0]:,} parameters" in sel.options[sel.index]
     # ImageNet weights are not on this machine: say which file goes where, start from scratch instead.
-    assert at.selectbox(key="init-resnet18").value == "scratch"
+    assert at.selectbox(key="init").value == "scratch"
     note = texts(at.info)
     assert backbones.imagenet_weight_file("resnet18") in note and "weights" in note
     assert trainer_form.trainable_text("resnet18", "none") in texts(at.caption)
-    at.selectbox(key="freeze-resnet18").set_value("head").run()
+    at.selectbox(key="freeze").set_value("head").run()
     total, trainable = backbones.param_counts("resnet18", 2, "head")
     assert trainable < total and f"{trainable:,} of {total:,}" in texts(at.caption)
-    assert at.selectbox(key="freeze-resnet18").options[:3] == list(trainer_form.freeze_options("resnet18").values())[:3]
+    assert at.selectbox(key="freeze").options[:3] == list(trainer_form.freeze_options("resnet18").values())[:3]
     assert "No training jobs yet" in texts(at.info)
 
 
@@ -145,7 +145,9 @@ def test_panel_shows_every_state_and_links_through_the_router(store, fake_submit
     links = [p.proto for p in at.get("page_link")]  # only the completed run links on
     assert [(p.page, p.query_string) for p in links] == [("compare", f"run={done.name}"),
                                                          ("diagnosis", f"run={done.name}")]
-    assert len(at.get("vega_lite_chart")) == 3  # a loss curve per run with finished epochs
+    charts = at.get("plotly_chart")  # loss and accuracy per run with finished epochs
+    assert len(charts) == 3
+    assert all('"Accuracy"' in c.proto.spec and '"Loss"' in c.proto.spec for c in charts)
     at.button(key=f"again-{failed.name}").click().run()
     assert not at.exception
     assert [c.to_dict() for c in fake_submit] == [TrainConfig.from_dict(runs.load_run(failed).config).to_dict()]
@@ -217,3 +219,85 @@ def test_more_options_reach_the_recipe(store, tiny_dataset, fake_submit):
     (config,) = fake_submit
     assert (config.intensity, str(config.threshold), config.head, config.optimizer) == ("equalize", "val", "fc512", "sgd")
     assert config.ema == pytest.approx(0.99) and config.dropout == pytest.approx(0.3)
+
+
+def test_settings_survive_a_page_switch_and_a_reload_from_the_url(store, tiny_dataset):
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.switch_page("pages/trainer.py").run()
+    use_folder(at, tiny_dataset)
+    at.selectbox(key="backbone").set_value("cnn8").run()
+    at.selectbox(key="img_size").set_value(64)
+    at.number_input(key="epochs").set_value(3).run()
+    at.switch_page("pages/compare.py").run()
+    at.switch_page("pages/trainer.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert (at.selectbox(key="backbone").value, at.selectbox(key="img_size").value, at.number_input(key="epochs").value,
+            at.text_input(key="data_path").value) == ("cnn8", 64, 3, str(tiny_dataset))
+    assert "**3 epochs** on **64 px** images, starting **From scratch**" in texts(at.markdown)
+    # A reload is a new session: the URL the page wrote carries the recipe (never another user's latest run).
+    url = {k: v if isinstance(v, str) else v[0] for k, v in dict(at.query_params).items()}
+    assert url["epochs"] == "3" and url["img_size"] == "64" and url["backbone"] == "cnn8"
+    fresh = AppTest.from_file(PAGE, default_timeout=60)
+    fresh.query_params.update({**url, "threshold": "spec:0.9"})  # a rule the presets do not list
+    fresh.run()
+    assert not fresh.exception, [e.value for e in fresh.exception]
+    assert (fresh.selectbox(key="backbone").value, fresh.selectbox(key="img_size").value,
+            fresh.number_input(key="epochs").value, fresh.text_input(key="data_path").value) == (
+        "cnn8", 64, 3, str(tiny_dataset))
+    assert fresh.selectbox(key="threshold").value == "spec:0.9"
+
+
+def test_query_values_that_do_not_fit_are_left_out():
+    got = trainer_form.recipe_from_query({"epochs": "3", "img_size": "x", "optimizer": "rmsprop", "lr": "5",
+                                          "threshold": "spec:0.9", "nonsense": "1"})
+    assert got == {"epochs": 3, "threshold": "spec:0.9"}
+    assert trainer_form.recipe_to_query({"epochs": 10, "img_size": 64, "data": "demo"}) == {"img_size": "64"}
+
+
+def test_missing_imagenet_weights_are_refused_before_the_click(store, monkeypatch):
+    monkeypatch.setattr(backbones, "find_imagenet_weights", lambda name: None)
+    at = page()
+    init = at.selectbox(key="init")
+    assert init.format_func("imagenet").endswith("not on this machine")
+    init.set_value("imagenet").run()
+    assert at.button(key="start").disabled
+    assert backbones.imagenet_weight_file("resnet18") in texts(at.warning)
+
+
+def test_cancel_counts_finished_epochs_and_failures_that_repeat_are_not_offered_again(store, monkeypatch):
+    cancelled = _fake_run(store, "cancelled", epochs_done=1)
+    assert trainer_view.status_text(runs.load_run(cancelled)) == "Cancelled after epoch 1/4; the finished epoch is kept"
+    monkeypatch.setattr(backbones, "find_imagenet_weights", lambda name: None)
+    d = runs.create_run(TrainConfig(data="demo", backbone="resnet18", init="imagenet", epochs=2), store)
+    fake_status(d, state="failed", error="ImageNet weights for resnet18 are not on this machine.")
+    row = trainer_view.job_row(runs.load_run(d))
+    assert row.status_text == "Failed" and row.repeat_problem and "From scratch" not in row.title
+    assert "ImageNet weights" in row.title
+    at = page()
+    assert texts(at.error).count("ImageNet weights for resnet18 are not on this machine") == 1
+    assert not [b for b in at.button if b.key == f"again-{d.name}"]
+    assert [b for b in at.button if b.key == f"again-{cancelled.name}"]
+
+
+def test_a_run_at_chance_says_so_on_its_card(store):
+    d = _fake_run(store, "completed", epochs_done=2, test_accuracy=0.5)
+    fileio.atomic_write_json(d / "test_metrics.json", {"classes": ["NORMAL", "PNEUMONIA"], "auroc": 0.61,
+                                                       "confusion": [[0, 8], [0, 8]]})
+    assert "predicts PNEUMONIA for every test image: no better than chance" in texts(page().markdown)
+
+
+def test_fine_tuning_from_a_run_keeps_its_decision_rule_when_classes_match(store):
+    d = runs.create_run(TrainConfig(data="demo", backbone="cnn8", epochs=1, threshold="spec:0.9"), store)
+    (d / "model.pt").write_bytes(b"stub")
+    fileio.atomic_write_json(d / "test_metrics.json", {"classes": ["NORMAL", "PNEUMONIA"]})
+    fake_status(d, state="completed")
+    assert trainer_form.source_rule(f"run:{d.name}", ["NORMAL", "PNEUMONIA"], store) == "spec:0.9"
+    assert trainer_form.source_rule(f"run:{d.name}", ["COVID", "NORMAL"], store) is None
+    at = page()
+    at.selectbox(key="backbone").set_value("cnn8").run()
+    at.selectbox(key="init").set_value(f"run:{d.name}").run()
+    assert at.selectbox(key="threshold").value == "spec:0.9"
+    at.selectbox(key="threshold").set_value("argmax").run()  # the user's own pick wins from then on
+    at.selectbox(key="init").set_value("scratch").run()
+    at.selectbox(key="init").set_value(f"run:{d.name}").run()
+    assert at.selectbox(key="threshold").value == "argmax"

@@ -378,7 +378,7 @@ def load_imagenet_state(name: str) -> dict:
     file = imagenet_weight_file(name)
     hint = (f"ImageNet weights for {name} are not on this machine and could not be downloaded. "
             f"Put the file {file} into {paths.weights_dir()} (or {imagenet_search_dirs()[1]}), "
-            f"or choose 'scratch' or a finished run as the starting point.")
+            f"or start From scratch (--init scratch) or from a finished run instead.")
     if os.environ.get("CXRDEMO_OFFLINE"):
         raise WeightsUnavailable(hint)
     try:

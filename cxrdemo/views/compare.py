@@ -8,11 +8,13 @@ from datetime import datetime
 
 import pandas as pd
 
+from cxrdemo import paths
 from cxrdemo.config import FreezeLevel
-from cxrdemo.errors import CxrError
+from cxrdemo.errors import CxrError, RunError
 from cxrdemo.model import backbones
 from cxrdemo.runs import store as runs
 from cxrdemo.views import words
+from cxrdemo.views.chance import chance_sentence
 from cxrdemo.views.text import safe_csv_cell
 
 TEST_KEYS = ("accuracy", "precision", "recall", "f1", "auroc", "sensitivity", "specificity")
@@ -22,6 +24,9 @@ TABLE_COLUMNS = ("run_id", "status", "problem", "backbone", "init", "freeze", "h
                  "trainable_at_start", "params_note", "sec_per_epoch", "arithmetic", "dataset", "classes", "n_classes",
                  "started")
 UNKNOWN_CLASSES = "(classes not known yet)"
+# The compact table: what a projector at 1400 px can show without scrolling sideways.
+COMPACT_COLUMNS = ("run_id", "status", "backbone", "init", "freeze", "epochs_run", "test_accuracy", "test_auroc",
+                   "test_sensitivity", "test_specificity", "trainable_params", "sec_per_epoch", "problem")
 # What the trade-off chart may put on its y axis: column -> label a clinician reads.
 TEST_METRIC_LABELS = {"test_accuracy": "Test accuracy", "test_recall": "Test recall (macro)",
                       "test_sensitivity": "Test sensitivity", "test_specificity": "Test specificity",
@@ -72,7 +77,10 @@ def run_row(info: runs.RunInfo) -> dict:
     if status.get("state") in ("failed", "interrupted", "cancelled") and status.get("error"):
         row["problem"] = str(status["error"])
     m = runs.read_metrics(info.path)
-    test = runs.read_test_metrics(info.path)
+    test = runs.read_test_metrics(info.path) or card_metrics(info.path)
+    chance = chance_sentence(test)
+    if chance and not row["problem"]:
+        row["problem"] = f"The model {chance}."
     classes = run_classes(info, test)
     dataset = info.meta.get("dataset") if isinstance(info.meta.get("dataset"), dict) else {}
     epochs_run = int(m["epoch"].notna().sum())
@@ -96,6 +104,33 @@ def run_row(info: runs.RunInfo) -> dict:
         for key, col in zip(TEST_KEYS, TEST_COLUMNS):
             row[col] = _num(test.get(key))
     return row
+
+
+def card_metrics(run_dir) -> dict | None:
+    """The first held-out evaluation recorded in a model card's evaluation.json (the shipped demo model), or None."""
+    try:
+        first = (runs.read_json(run_dir / "evaluation.json").get("evaluations") or [{}])[0]
+    except RunError:
+        return None
+    return {**first["metrics"], "n": first.get("n")} if isinstance(first.get("metrics"), dict) else None
+
+
+def demo_reference() -> runs.RunInfo | None:
+    """The shipped demo model as a run to compare against (read-only), or None when it is not there."""
+    d = paths.demo_run_dir()
+    return runs.load_run(d) if (d / "model.pt").is_file() else None
+
+
+def point_labels(table: pd.DataFrame) -> list[str]:
+    """Labels that tell runs apart on a chart: the recipe in the form's words, plus the start time when it repeats."""
+    def start(init: str) -> str:
+        return "fine-tuned" if str(init).startswith("run:") else words.init_words(init)
+
+    recipes = [("shipped demo model" if run_id == paths.DEMO_RUN_NAME else f"{b} · {start(i)} · freeze {f}")
+               for b, i, f, run_id in zip(table["backbone"], table["init"], table["freeze"], table["run_id"])]
+    repeated = {r for r in recipes if recipes.count(r) > 1}
+    return [r if r not in repeated else f"{r} · {run_id.split('-')[1] if run_id.count('-') >= 2 else run_id}"
+            for r, run_id in zip(recipes, table["run_id"])]
 
 
 def runs_table(infos: list[runs.RunInfo]) -> pd.DataFrame:

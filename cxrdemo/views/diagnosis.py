@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
+import re
+
 import numpy as np
 
-from cxrdemo.diagnosis.predict import LoadedModel
+from cxrdemo import paths
+from cxrdemo.data.shrink import SHRINK_MAX_SIDE, display_copy
+from cxrdemo.diagnosis.predict import LoadedModel, Radiograph
+from cxrdemo.errors import RunError
+from cxrdemo.runs import store as runs
+from cxrdemo.views.chance import chance_sentence
 from cxrdemo.views.words import rule_how
 
 
@@ -18,3 +26,106 @@ def decision_sentence(model: LoadedModel, probs: np.ndarray, predicted: int) -> 
     how = rule_how(model.decision.rule)
     return (f"Prediction: **{cls}** — p({pos}) = {p_pos:.1f}% is {side} this model's decision threshold of "
             f"{cut:.1f}%, {how} (its probabilities are scores, not calibrated risks)")
+
+
+def percent(p: float) -> str:
+    """The one way a probability or threshold is written on the page: '8.8%'."""
+    return f"{100 * float(p):.1f}%"
+
+
+def heatmap_caption(method: str, classes, probs: np.ndarray, predicted: int, target: int,
+                    class_specific: bool = True) -> str:
+    """What the heatmap shows; for a class the model did not predict, says so with that class's probability."""
+    if not class_specific:
+        return f"{method}: the main pattern in the image, whichever class (it does not depend on the class chosen)"
+    if target == predicted:
+        return f"{method}: why the model said {classes[target]}"
+    return (f"{method}: why it might be {classes[target]} — the model said {classes[predicted]}, "
+            f"p({classes[target]}) = {percent(probs[target])}")
+
+
+def decision_line(model: LoadedModel) -> tuple[str, str]:
+    """(a one-line decision sentence, the details for a help icon) in one way of writing the threshold."""
+    if model.decision.value is None or len(model.classes) != 2:
+        return f"Says the most probable of {', '.join(model.classes)}.", "No threshold: the highest probability wins."
+    pos, neg = model.classes[1], model.classes[0]
+    line = f"Says {pos} when p({pos}) is at least {percent(model.decision.value)}, otherwise {neg}."
+    how = rule_how(model.decision.rule)
+    return line, (f"The threshold {percent(model.decision.value)} was chosen {how.replace('that keeps', 'to keep')}. "
+                  "A tuned threshold can call a finding at well under 50%: the probabilities are scores, not "
+                  "calibrated risks.")
+
+
+def overlay_filename(model_name: str, method: str, classes, predicted: int, target: int) -> str:
+    """A download's file name that says what it is: model, method, class shown, prediction, not for clinical use."""
+    def clean(text: str) -> str:
+        return re.sub(r"[^A-Za-z0-9._-]+", "-", str(text)).strip("-")[:60] or "x"
+
+    return (f"cxrdemo-{clean(model_name)}-{clean(method)}-{clean(classes[target])}-heatmap-predicted-"
+            f"{clean(classes[predicted])}-NOT-FOR-CLINICAL-USE.png")
+
+
+def overlay_footer(model_name: str, method: str, classes, probs: np.ndarray, predicted: int, target: int) -> list[str]:
+    """The lines drawn under a downloaded overlay."""
+    return [(f"{method} heatmap for {classes[target]} | prediction: {classes[predicted]} "
+             f"(p = {percent(probs[predicted])}) | model: {model_name}"),
+            "cxrdemo research and teaching demo - NOT FOR CLINICAL USE"]
+
+
+def with_footer(rgb: np.ndarray, lines: list[str]) -> np.ndarray:
+    """The image with a black footer carrying `lines` in white text, drawn into the pixels (HxWx3 uint8)."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    h, w = rgb.shape[:2]
+    size = max(12, w // 60)
+    try:
+        font = ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1 has one bitmap size
+        font = ImageFont.load_default()
+    pad, line_h = size // 2, int(size * 1.35)
+    out = Image.new("RGB", (w, h + pad * 2 + line_h * len(lines)), "black")
+    out.paste(Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8)), (0, 0))
+    draw = ImageDraw.Draw(out)
+    for i, line in enumerate(lines):
+        draw.text((pad, h + pad + i * line_h), line, fill="white", font=font)
+    return np.asarray(out)
+
+
+def model_quality(test: dict) -> str:
+    """'test accuracy 91.2% · AUROC 0.95' from a model's test metrics ('' when it has none)."""
+    parts = []
+    if isinstance(test.get("accuracy"), (int, float)):
+        parts.append(f"test accuracy {percent(test['accuracy'])}")
+    if isinstance(test.get("auroc"), (int, float)):
+        parts.append(f"AUROC {test['auroc']:.2f}")
+    return " · ".join(parts)
+
+
+def kept_copy(rad: Radiograph) -> Radiograph:
+    """The decoded radiograph shrunk to at most 2048 px (what a page keeps across page switches, never the file)."""
+    return dataclasses.replace(rad, grey=display_copy(rad.grey, SHRINK_MAX_SIDE))
+
+
+def wait_text(method: str, seconds: float | None) -> str:
+    """What the spinner says while a heatmap is computed; the expected time for a slow method."""
+    if seconds is None:
+        return "Computing the prediction and the heatmap…"
+    return f"Computing the {method} heatmap: about {max(1, round(seconds))} s on this machine…"
+
+
+def model_chance(model: LoadedModel) -> str | None:
+    """The chance-level sentence of a model's test results, or None."""
+    return chance_sentence(runs.read_test_metrics(model.path))
+
+
+def start_words(init: str, runs_dir=None) -> str:
+    """How a model started, for a clinician: no id of a run this user does not have."""
+    init = str(init)
+    if init.startswith("run:") and init[4:] != paths.DEMO_RUN_NAME:
+        try:
+            runs.run_dir(init[4:], runs_dir)
+        except RunError:
+            return "fine-tuned from an earlier model"
+        return f"fine-tuned from run {init[4:]}"
+    return {"scratch": "trained from scratch", "imagenet": "started from ImageNet weights"}.get(
+        init, "fine-tuned from the shipped demo model")

@@ -13,8 +13,9 @@ from plotly.colors import qualitative
 from cxrdemo.errors import RunError
 from cxrdemo.model import metrics
 from cxrdemo.runs import store as runs
-from cxrdemo.views.compare import TEST_METRIC_LABELS
+from cxrdemo.views.compare import TEST_METRIC_LABELS, point_labels
 
+LEGEND_BELOW = {"orientation": "h", "yanchor": "top", "y": -0.2, "xanchor": "left", "x": 0}  # the plot keeps the full width
 CURVE_METRICS = {"loss": ("train_loss", "val_loss", "Loss"), "accuracy": ("train_acc", "val_acc", "Accuracy")}
 _PALETTE = qualitative.Plotly + qualitative.D3 + qualitative.Dark24
 
@@ -67,7 +68,8 @@ def curves_figure(infos: list[runs.RunInfo], metric: str = "loss", smoothing: fl
     if not fig.data:
         return _empty("No finished epoch yet in the chosen runs.", label)
     fig.update_layout(title=f"{label} per epoch (solid: train, dashed: validation)", hovermode="closest",
-                      xaxis_title="Epoch", yaxis_title=label, legend_title_text="Run", height=420)
+                      xaxis_title="Epoch", yaxis_title=label, legend_title_text="", height=460,
+                      legend=LEGEND_BELOW)
     fig.update_xaxes(dtick=1 if max(len(t.x) for t in fig.data) <= 20 else None)
     if metric == "accuracy":
         fig.update_yaxes(range=[0, 1.02])
@@ -85,18 +87,18 @@ def tradeoff_figure(table: pd.DataFrame, y: str = "test_accuracy") -> go.Figure:
     if not len(df):
         return _empty(f"No chosen run has both a parameter count and a {label.lower()} yet.", label)
     secs = df["sec_per_epoch"].astype(float)
-    text = [f"{b} · {i} · freeze {f}" for b, i, f in zip(df["backbone"], df["init"], df["freeze"])]
+    text = point_labels(df)
     custom = np.stack([df["run_id"], text, [_fmt_int(v) for v in df["trainable_params"]],
                        [f"{s:.2f}" if pd.notna(s) else "—" for s in secs]], axis=1)
     fig = go.Figure(go.Scatter(
-        x=df["trainable_params"].astype(float), y=df[y].astype(float), mode="markers+text", text=df["backbone"],
+        x=df["trainable_params"].astype(float), y=df[y].astype(float), mode="markers+text", text=text,
         textposition="top center", customdata=custom, name=label,
         marker=dict(size=16, color=secs, colorscale="Viridis", showscale=True, line=dict(width=1, color="black"),
                     colorbar=dict(title="seconds<br>per epoch")),
         hovertemplate=("<b>%{customdata[0]}</b><br>%{customdata[1]}<br>trainable parameters %{customdata[2]}<br>"
                        + label.lower() + " %{y:.4f}<br>%{customdata[3]} s per epoch<extra></extra>")))
     fig.update_layout(title=f"Cost vs benefit: trainable parameters vs {label.lower()}", height=440,
-                      xaxis_title="Trainable parameters (log scale)", yaxis_title=label)
+                      xaxis_title="Trainable parameters (log scale)", yaxis_title=label, margin=dict(r=20))
     fig.update_xaxes(type="log")
     return fig
 
@@ -169,7 +171,9 @@ def roc_figure(test: dict) -> go.Figure:
     positive = classes[1] if len(classes) == 2 else "each class"
     fig.update_layout(title=f"ROC on test images (positive: {positive})", height=420,
                       xaxis_title="False positive rate (1 - specificity)",
-                      yaxis_title="True positive rate (sensitivity)")
-    fig.update_xaxes(range=[-0.01, 1.01])
-    fig.update_yaxes(range=[-0.01, 1.01], scaleanchor="x")
+                      yaxis_title="True positive rate (sensitivity)", legend=LEGEND_BELOW)
+    # 0-1 on both axes whatever the width: a square plot area shrinks its domain instead of widening the range
+    fig.update_xaxes(range=[0, 1], constrain="domain")
+    fig.update_yaxes(range=[0, 1], scaleanchor="x", scaleratio=1, constrain="domain")
+    fig.update_traces(cliponaxis=False)
     return fig

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cxrdemo.runs import store as runs
+from cxrdemo.views import words
+from cxrdemo.views.chance import chance_sentence
 
 # ---------------------------------------------------------------- numbers
 
@@ -86,6 +88,7 @@ class JobRow:
     error: str | None = None
     active: bool = False
     path: Path | None = None
+    repeat_problem: str | None = None  # why "Start again" would fail the same way
 
 
 def _epoch_text(status: dict, config: dict) -> str:
@@ -93,8 +96,8 @@ def _epoch_text(status: dict, config: dict) -> str:
     return f"epoch {int(status.get('epoch') or 0)}/{epochs}"
 
 
-def status_text(info: runs.RunInfo, queue_position: int | None = None) -> str:
-    """A sentence for the run's state."""
+def status_text(info: runs.RunInfo, queue_position: int | None = None, finished_epochs: int | None = None) -> str:
+    """A sentence for the run's state (a failure's own sentence is shown once, by the card, not here)."""
     st, s = info.state, info.status
     if info.damaged:
         return f"Damaged: {info.damaged}"
@@ -111,10 +114,16 @@ def status_text(info: runs.RunInfo, queue_position: int | None = None) -> str:
             f", batch {s.get('batch')}/{s.get('batches')}" if s.get("phase") == "train" and s.get("batches") else "")
     if st == "completed":
         acc = _float(s.get("test_accuracy"))
-        return "Completed" + (f": test accuracy {acc:.1%}" if acc is not None else "")
+        chance = chance_sentence(runs.read_test_metrics(info.path))
+        return ("Completed" + (f": test accuracy {acc:.1%}" if acc is not None else "")
+                + (f" — the model {chance}" if chance else ""))
     if st == "cancelled":
-        return f"Cancelled after {_epoch_text(s, info.config)}; finished epochs are kept"
-    return f"{st.capitalize()}: {s.get('error') or 'no details recorded'}"
+        epochs = int(s.get("epochs") or info.config.get("epochs") or 0)
+        done = len(runs.read_metrics_rows(info.path)) if finished_epochs is None else finished_epochs
+        if not done:
+            return "Cancelled before the first epoch finished"
+        return f"Cancelled after epoch {done}/{epochs}; the finished epoch{'s are' if done > 1 else ' is'} kept"
+    return st.capitalize() + ("" if s.get("error") else ": no details recorded")
 
 
 def job_row(info: runs.RunInfo, queue_position: int | None = None, now: float | None = None) -> JobRow:
@@ -128,10 +137,18 @@ def job_row(info: runs.RunInfo, queue_position: int | None = None, now: float | 
     if info.state == "running" and s.get("phase") == "train" and s.get("batches"):
         text += f" · batch {s.get('batch')}/{s.get('batches')}"
     eta = eta_seconds(s, rows, now)
-    return JobRow(info.run_id, info.state, f"{c.get('backbone', '?')} · init {c.get('init', '?')} · "
-                  f"freeze {c.get('freeze', '?')}", status_text(info, queue_position), frac, text,
+    return JobRow(info.run_id, info.state, f"{c.get('backbone', '?')} · {words.init_words(c.get('init', '?'))} · "
+                  f"freeze {c.get('freeze', '?')}", status_text(info, queue_position, len(rows)), frac, text,
                   f"about {format_duration(eta)} left" if eta is not None else "", latest, best_val_acc(rows),
-                  info.damaged or s.get("error"), info.state in runs.ACTIVE, info.path)
+                  info.damaged or s.get("error"), info.state in runs.ACTIVE, info.path, _repeat_problem(info))
+
+
+def _repeat_problem(info: runs.RunInfo) -> str | None:
+    if info.state not in ("failed", "cancelled", "interrupted") or info.damaged:
+        return None
+    from cxrdemo.views.trainer_form import repeat_problem  # it imports this module
+
+    return repeat_problem(info.config)
 
 
 def panel_rows(infos: list[runs.RunInfo], max_finished: int = 8, now: float | None = None) -> list[JobRow]:
@@ -163,3 +180,14 @@ def loss_curves(run_dir: Path):
     """Per-epoch train/val loss as a DataFrame indexed by epoch (for a small live chart)."""
     df = runs.read_metrics(run_dir)
     return df.set_index("epoch")[["train_loss", "val_loss"]]
+
+
+def learning_curves(run_dir: Path):
+    """Per-epoch loss and accuracy, train and val, as a long table (epoch, measure, split, value) for a chart."""
+    df = runs.read_metrics(run_dir)
+    cols = {"train_loss": ("loss", "train"), "val_loss": ("loss", "validation"),
+            "train_acc": ("accuracy", "train"), "val_acc": ("accuracy", "validation")}
+    long = df.melt(id_vars="epoch", value_vars=[c for c in cols if c in df], var_name="column")
+    long["measure"] = long["column"].map(lambda c: cols[c][0])
+    long["split"] = long["column"].map(lambda c: cols[c][1])
+    return long.drop(columns="column").dropna(subset=["value"])

@@ -179,3 +179,86 @@ def backend_options(address: str | None, problem: str | None) -> tuple[dict[str,
 def scan_rows(scan) -> list[dict]:
     """One row per split: images per class and the total (for a table)."""
     return [{"split": s, **c, "total": sum(c.values())} for s, c in scan.counts().items()]
+
+
+# ---------------------------------------------------------------- what a recipe can and cannot do
+
+def init_problem(backbone: str, init: str) -> str | None:
+    """Why starting `backbone` from `init` cannot work on this machine (a sentence), or None when it can."""
+    if init == "imagenet":
+        return imagenet_note(backbone)
+    return None
+
+
+def init_label(backbone: str, init: str, label: str) -> str:
+    """An init choice's label, marked unavailable when it cannot work here."""
+    return f"{label.split(' (')[0]} — not on this machine" if init_problem(backbone, init) else label
+
+
+def repeat_problem(config: dict) -> str | None:
+    """Why starting a failed run again would fail the same way (a sentence), or None when it might work."""
+    from cxrdemo.model import backbones
+
+    backbone, init = str(config.get("backbone", "")), str(config.get("init", ""))
+    if backbone not in backbones.backbone_names():
+        return f"This version has no backbone called {backbone}."
+    problem = init_problem(backbone, init)
+    data_path = str(config.get("data", ""))
+    if not problem and data_path and data_path != "demo" and not Path(data_path).expanduser().exists():
+        problem = f"The dataset folder {data_path} is not there any more."
+    return problem
+
+
+def source_rule(init: str, classes: list[str] | tuple[str, ...], runs_dir: str | Path | None = None) -> str | None:
+    """The decision rule of the run a fine-tune starts from, when its classes match this dataset's; else None."""
+    from cxrdemo.views.compare import run_classes
+
+    if not init.startswith("run:"):
+        return None
+    try:
+        info = runs.load_run(runs.run_dir(init[4:], runs_dir))
+    except RunError:
+        return None
+    rule = info.config.get("threshold")
+    if not rule or info.damaged or list(run_classes(info, runs.read_test_metrics(info.path))) != list(classes):
+        return None
+    return str(rule)
+
+
+def sweep_summary(config: TrainConfig) -> str:
+    """What every run of a sweep uses: epochs, image size and starting weights, in the form's words."""
+    return (f"Each run trains for **{config.epochs} epoch{'s' if config.epochs != 1 else ''}** on "
+            f"**{config.img_size} px** images, starting **{words.init_words(config.init)}**"
+            f"{'' if not config.init.startswith('run:') else ' (networks other than its own start from scratch)'}"
+            f", with the other settings above.")
+
+
+# ---------------------------------------------------------------- the recipe in the URL
+
+def recipe_to_query(recipe: dict[str, Any]) -> dict[str, str]:
+    """The recipe's settings that differ from the defaults, as URL query parameters."""
+    defaults = TrainConfig().to_dict()
+    return {k: str(v) for k, v in recipe.items() if k in defaults and str(v) != str(defaults[k]) and v != ""}
+
+
+def recipe_from_query(params: dict[str, str]) -> dict[str, Any]:
+    """The settings a URL carries, each cast and checked alone; a value that does not fit is left out."""
+    types = {f.name: f.type for f in option_fields()}
+    choices = {f.name: f.metadata["choices"] for f in option_fields()}
+    specs = {s.name: s for s in widget_specs()}
+    out: dict[str, Any] = {}
+    for key, text in params.items():
+        if key not in types or key == "extra":
+            continue
+        try:
+            value = _CAST.get(types[key], str)(text)
+            TrainConfig(**{key: value})  # validates this one value
+        except (ConfigError, TypeError, ValueError):
+            continue
+        spec = specs.get(key)
+        if choices[key] and value not in choices[key]:
+            continue
+        if spec and spec.kind == "number" and not (spec.min is None or spec.min <= value <= spec.max):
+            continue  # outside what the form's field accepts
+        out[key] = value
+    return out

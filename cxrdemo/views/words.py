@@ -80,9 +80,21 @@ def gradual_note(level: FreezeLevel | str, first: int, total: int) -> str:
 
 # ---------------------------------------------------------------- runs and models
 
+def init_words(init: str) -> str:
+    """Starting weights in the form's own words ('From scratch', 'ImageNet weights', 'from run X')."""
+    init = str(init)
+    if init == "scratch":
+        return "From scratch"
+    if init == "imagenet":
+        return "ImageNet weights"
+    if init == f"run:{paths.DEMO_RUN_NAME}":
+        return "from the shipped demo model"
+    return f"from run {init[4:]}" if init.startswith("run:") else init
+
+
 def run_title(config: dict) -> str:
-    """'cnn8, scratch, freeze head': a run's recipe in a few words."""
-    return f"{config.get('backbone')}, {config.get('init')}, freeze {config.get('freeze')}"
+    """'cnn8, From scratch, freeze head': a run's recipe in a few words, worded as the Trainer form words it."""
+    return f"{config.get('backbone')}, {init_words(config.get('init', '?'))}, freeze {config.get('freeze')}"
 
 
 def model_choices(runs_dir: str | Path | None = None) -> dict[str, str]:
