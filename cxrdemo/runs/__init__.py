@@ -1,0 +1,1 @@
+"""Runs: the run store, the run lifecycle, jobs, workers and the Ray backend."""
