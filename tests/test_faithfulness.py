@@ -80,13 +80,17 @@ def test_a_map_of_the_region_the_model_uses_scores_high_and_the_opposite_map_low
 
 def test_the_reading_says_points_at_only_for_the_map_that_beats_random_maps():
     model, image = _planted()
-    good = faithfulness.measure(model, image, _half(True), 1, "left map")
-    bad = faithfulness.measure(model, image, _half(False), 1, "right map")
+    good = faithfulness.measure(model, image, _half(True), 1, "left map", percentiles=(80, 60))
+    bad = faithfulness.measure(model, image, _half(False), 1, "right map", percentiles=(80, 60))
     assert good.beats_chance and not bad.beats_chance
     assert good.score > good.random_mean + good.random_sd
     assert len(good.random_scores) == 5 and good.random_sd > 0
     assert "points at what the model uses" in good.reading and "lowers p(left) from 0.9" in good.reading
     assert "no better than chance" in bad.reading and "points at" not in bad.reading
+    # Diagnosis's own setting (one percentile: remove 20%) tells the two maps apart as well
+    live = [faithfulness.measure(model, image, m, 1, seeds=5) for m in (_half(True), _half(False))]
+    assert live[0].percentiles == faithfulness.LIVE_PERCENTILES == (80,)
+    assert live[0].beats_chance and not live[1].beats_chance
     d = good.to_dict()
     assert d["removed_percent"] == [20, 40] and d["beats_chance"] is True and json.dumps(d)
 
