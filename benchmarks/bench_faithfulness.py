@@ -8,6 +8,8 @@ round-robin in one process (median over images and repeats):
 P: 1 = (80,), 2 = (80, 60), 4 = (80, 60, 40, 20).
 --with-training runs the same while a 1-thread training job (`python -m cxrdemo train --data demo --backbone cnn5
 --epochs 3 --img-size 128 --threads 1`, private run store) trains in the background; the job is stopped at the end.
+--sanity K instead prints the cascading-randomisation correlations (Spearman, SSIM per step, head first) of the
+demo model for the first K built-in PNEUMONIA test images and each live method.
 Prints `name: value` lines; the CPU model (lscpu) and the load average before and after.
 """
 
@@ -28,7 +30,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from cxrdemo.diagnosis import explain, faithfulness  # noqa: E402
+from cxrdemo.diagnosis import explain, faithfulness, sanity  # noqa: E402
 from cxrdemo.diagnosis.predict import LoadedModel, example_images, load_model, prepare, read_radiograph  # noqa: E402
 from cxrdemo.model import backbones  # noqa: E402
 
@@ -65,6 +67,18 @@ def bench(model: LoadedModel, images: list[torch.Tensor], repeats: int, sets: li
     return times
 
 
+def sanity_table(k: int) -> None:
+    model = load_model("demo")
+    paths = [p for label, p in example_images(per_class=k).items() if label.startswith("PNEUMONIA")]
+    for p in paths:
+        x = prepare(model, read_radiograph(p).grey)
+        for method in ("GradCAM", "GradCAM++", "LayerCAM", "EigenCAM"):
+            start = time.perf_counter()
+            check = sanity.cascading_randomisation(model, x, method)
+            steps = "  ".join(f"{s.randomised.split(' + ')[-1]} {s.spearman:+.2f}/{s.ssim:.2f}" for s in check.steps)
+            print(f"sanity {Path(p).name} {method} ({time.perf_counter() - start:.1f} s): {steps}")
+
+
 def start_training(store: str) -> subprocess.Popen:
     env = {**os.environ, "CXRDEMO_RUNS_DIR": store, "CXRDEMO_CACHE_DIR": os.path.join(store, "cache")}
     cmd = [sys.executable, "-m", "cxrdemo", "train", "--data", "demo", "--backbone", "cnn5", "--epochs", "3",
@@ -79,9 +93,13 @@ def main() -> int:
     ap.add_argument("--models", default="demo,resnet18")
     ap.add_argument("--sets", default="1,2,4")
     ap.add_argument("--with-training", action="store_true")
+    ap.add_argument("--sanity", type=int, default=0, metavar="K")
     args = ap.parse_args()
     print(f"cpu: {cpu_model()}  cores: {os.cpu_count()}  torch_threads: {torch.get_num_threads()}")
     print(f"loadavg_before: {os.getloadavg()[0]:.2f}")
+    if args.sanity:
+        sanity_table(args.sanity)
+        return 0
     paths = [p for label, p in example_images(per_class=args.images).items()][: 2 * args.images]
     sets = args.sets.split(",")
     job, tmp = None, tempfile.TemporaryDirectory()

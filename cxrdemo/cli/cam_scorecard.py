@@ -28,12 +28,14 @@ def cmd_cam_scorecard(args: argparse.Namespace) -> int:
     import random
 
     from cxrdemo.data import dataset as data
-    from cxrdemo.diagnosis import scorecard
+    from cxrdemo.diagnosis import explain, scorecard
     from cxrdemo.diagnosis.predict import load_model
 
     if args.n < 1:
         raise ConfigError(f"--n must be at least 1 (got {args.n}).")
     methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
+    for m in methods or []:
+        explain.method_class(m)  # an unknown name is reported before any image is read
     model = load_model(args.run, allow_path=True)
     scan = data.scan_dataset(args.data, require_train=False)
     if tuple(scan.classes) != tuple(model.classes):

@@ -132,6 +132,10 @@ def _p(v: float) -> str:
     return f"{v:.3f}" if text in ("0.00", "1.00") and v not in (0.0, 1.0) else text
 
 
+def _signed(v: float) -> str:
+    return f"{round(v, 3) + 0.0:+.3f}"  # + 0.0: no "-0.000"
+
+
 def _change(what: str, before: float, after: float) -> str:
     """'lowers p(X) from 0.91 to 0.35' / 'raises ...' / 'leaves p(X) at 0.90' (what = 'it' after the first)."""
     if abs(after - before) < 0.005:
@@ -179,7 +183,8 @@ class Faithfulness:
         verdict = ("this map points at what the model uses" if self.beats_chance else
                    "this map is no better than chance at finding what matters")
         return (f"Removing the highlighted {share}% {most}; removing the least highlighted {share}% {least}: "
-                f"{verdict} (ROAD {self.score:+.3f} vs random maps {self.random_mean:+.3f} ± {self.random_sd:.3f}).")
+                f"{verdict} (ROAD {_signed(self.score)} vs random maps {_signed(self.random_mean)} ± "
+                f"{self.random_sd:.3f}).")
 
     def to_dict(self) -> dict:
         """Plain JSON-ready numbers and the reading."""
