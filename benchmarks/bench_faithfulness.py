@@ -7,7 +7,7 @@ round-robin in one process (median over images and repeats):
   measure_P      faithfulness.measure with set P: the map + 5 RandomCAM maps (what Diagnosis would add).
 P: 1 = (80,), 2 = (80, 60), 4 = (80, 60, 40, 20) (measure_4 only with --measure-sets 1,2,4: slow).
 --with-training runs the same while a 1-thread training job (`python -m cxrdemo train --data demo --backbone cnn5
---epochs 3 --img-size 128 --threads 1`, private run store) trains in the background; the job is stopped at the end.
+--epochs 30 --img-size 128 --threads 1`, private run store) trains in the background; the job is stopped at the end.
 --sanity K instead prints the cascading-randomisation correlations (Spearman, SSIM per step, head first) of the
 demo model for the first K built-in PNEUMONIA test images and each live method.
 Wall seconds and the process's CPU seconds (`*_cpu`) are both printed: on a machine shared with other work the CPU
@@ -86,7 +86,7 @@ def sanity_table(k: int) -> None:
 
 def start_training(store: str) -> subprocess.Popen:
     env = {**os.environ, "CXRDEMO_RUNS_DIR": store, "CXRDEMO_CACHE_DIR": os.path.join(store, "cache")}
-    cmd = [sys.executable, "-m", "cxrdemo", "train", "--data", "demo", "--backbone", "cnn5", "--epochs", "3",
+    cmd = [sys.executable, "-m", "cxrdemo", "train", "--data", "demo", "--backbone", "cnn5", "--epochs", "30",
            "--img-size", "128", "--threads", "1", "--quiet"]
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
@@ -111,7 +111,7 @@ def main() -> int:
     job, tmp = None, tempfile.TemporaryDirectory()
     if args.with_training:
         job = start_training(tmp.name)
-        time.sleep(20)  # past the start-up: the job is decoding or training when timing starts
+        time.sleep(10)  # past the start-up: the job is decoding or training when timing starts
         print(f"training_job_running: {job.poll() is None}")
     try:
         for name in args.models.split(","):
