@@ -94,7 +94,7 @@ def _cam_path(out: str, image: str, index: int, many: bool) -> Path:
 
 
 def cmd_predict(args) -> int:
-    from cxrdemo.diagnosis import explain
+    from cxrdemo.diagnosis import explain, faithfulness
     from cxrdemo.diagnosis.predict import (
         load_model,
         predict_probs,
@@ -131,7 +131,8 @@ def cmd_predict(args) -> int:
                 "probabilities": {c: round(float(p), 6) for c, p in zip(model.classes, probs)},
                 "looks_like_cxr": rad.looks_like_cxr, "warning": rad.warning}
         if args.cam:
-            line.update(cam=str(out), method=args.method)
+            line.update(cam=str(out), method=args.method,
+                        faithfulness=faithfulness.measure_explanation(model, x, result).to_dict())
         print(_json(line), flush=True)
     return EXIT_BAD_INPUT if failed else 0
 
@@ -204,6 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo_model)
 
     cli_jobs.register(sub, store)  # `jobs ...` and the hidden `worker` every job process runs
+    from cxrdemo.cli import cam_scorecard
+
+    cam_scorecard.register(sub)
     return parser
 
 
