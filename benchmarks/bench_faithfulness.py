@@ -8,6 +8,7 @@ round-robin in one process (median over images and repeats):
 P: 1 = (80,), 2 = (80, 60), 4 = (80, 60, 40, 20) (measure_4 only with --measure-sets 1,2,4: slow).
 --with-training runs the same while a 1-thread training job (`python -m cxrdemo train --data demo --backbone cnn5
 --epochs 30 --img-size 128 --threads 1`, private run store) trains in the background; the job is stopped at the end.
+--threads N sets torch's thread count for the timed work (Diagnosis uses 1 while a training job runs).
 --sanity K instead prints the cascading-randomisation correlations (Spearman, SSIM per step, head first) of the
 demo model for the first K built-in PNEUMONIA test images and each live method.
 Wall seconds and the process's CPU seconds (`*_cpu`) are both printed: on a machine shared with other work the CPU
@@ -34,6 +35,7 @@ sys.path.insert(0, str(ROOT))
 from cxrdemo.diagnosis import explain, faithfulness, sanity  # noqa: E402
 from cxrdemo.diagnosis.predict import LoadedModel, example_images, load_model, prepare, read_radiograph  # noqa: E402
 from cxrdemo.model import backbones  # noqa: E402
+from cxrdemo.model.checkpoint import Decision, Preprocessing  # noqa: E402
 
 SETS = {"1": (80,), "2": (80, 60), "4": (80, 60, 40, 20)}
 
@@ -47,7 +49,7 @@ def _resnet18() -> LoadedModel:
     torch.manual_seed(0)
     net = backbones.build_backbone("resnet18", 2).eval()
     net.requires_grad_(False)
-    return LoadedModel(net, ("NORMAL", "PNEUMONIA"), 224, None, "bench-resnet18", Path("."))
+    return LoadedModel(net, ("NORMAL", "PNEUMONIA"), Preprocessing(224), Decision(), "bench-resnet18", Path("."))
 
 
 def bench(model: LoadedModel, images: list[torch.Tensor], repeats: int, sets: list[str],
@@ -100,7 +102,10 @@ def main() -> int:
     ap.add_argument("--measure-sets", default="1,2", help="... and with the 5 random maps (4: ~6x the map alone)")
     ap.add_argument("--with-training", action="store_true")
     ap.add_argument("--sanity", type=int, default=0, metavar="K")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads for the timed work (0: torch's default)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)  # Diagnosis uses 1 while a training job runs (views/heatmaps.py)
     print(f"cpu: {cpu_model()}  cores: {os.cpu_count()}  torch_threads: {torch.get_num_threads()}")
     print(f"loadavg_before: {os.getloadavg()[0]:.2f}")
     if args.sanity:

@@ -18,6 +18,7 @@ from cxrdemo.diagnosis import explain, faithfulness, scorecard
 from cxrdemo.diagnosis.predict import LoadedModel, model_input
 from cxrdemo.errors import Cancelled
 from cxrdemo.model.backbones import Net
+from cxrdemo.model.checkpoint import Decision, Preprocessing
 
 SIZE, STRIPES = 64, 32  # narrow stripes: RandomCAM mixes many of them, so random maps average out
 
@@ -45,13 +46,13 @@ def _planted() -> tuple[LoadedModel, torch.Tensor]:
         head.weight[1, : STRIPES // 2] = 10 / left  # removing 20% of the left energy moves the logit by ~2
         head.bias[1] = -10 + 2.2  # p(left) ~ 0.9 on the intact image
     net.eval().requires_grad_(False)
-    return LoadedModel(net, ("right", "left"), SIZE, None, "planted", Path(".")), image
+    return LoadedModel(net, ("right", "left"), Preprocessing(SIZE), Decision(), "planted", Path(".")), image
 
 
 def model_input_like(image: torch.Tensor) -> torch.Tensor:
-    from cxrdemo.data import dataset as data
+    from cxrdemo import data
 
-    return data.normalize_batch(image[None])
+    return data.normalize_batch(image[None], data.IMAGENET_MEAN, data.IMAGENET_STD)
 
 
 def _half(left: bool) -> np.ndarray:

@@ -207,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_jobs.register(sub, store)  # `jobs ...` and the hidden `worker` every job process runs
     from cxrdemo.cli import cam_scorecard
 
-    cam_scorecard.register(sub)
+    cam_scorecard.register(sub, store)
     return parser
 
 

@@ -194,13 +194,31 @@ class Faithfulness:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
 
 
+@contextlib.contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """torch's intra-op threads set to n for the block (None: left as it is), then put back.
+
+    Process-wide: a page uses 1 while a training job runs, where 2 threads on 2 busy cores only contend.
+    """
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        if n:
+            torch.set_num_threads(before)
+
+
 def measure(model: LoadedModel, image_u8: torch.Tensor, cam: np.ndarray, target: int, method: str = "GradCAM", *,
             percentiles: tuple[int, ...] = LIVE_PERCENTILES, seeds: int = RANDOM_SEEDS,
-            to_probs: ProbsFn | None = None, seed: int = 0) -> Faithfulness:
+            to_probs: ProbsFn | None = None, seed: int = 0, threads: int | None = None) -> Faithfulness:
     """ROAD of `cam` (the map on screen, explaining class `target`) and of `seeds` RandomCAM maps, one image."""
     start = time.perf_counter()
-    maps = np.concatenate([np.asarray(cam, dtype=np.float32)[None], random_cams(model, image_u8, target, seeds, seed)])
-    curves = road_curves(model, image_u8, maps, target, percentiles, to_probs=to_probs, seed=seed)
+    with torch_threads(threads):
+        maps = np.concatenate([np.asarray(cam, dtype=np.float32)[None],
+                               random_cams(model, image_u8, target, seeds, seed)])
+        curves = road_curves(model, image_u8, maps, target, percentiles, to_probs=to_probs, seed=seed)
     scores = curves.scores
     return Faithfulness(method=method, class_name=model.classes[target], target=int(target),
                         percentiles=tuple(int(q) for q in percentiles), p_before=curves.p_before,
