@@ -8,6 +8,7 @@ the sha256 of the model.pt it was made for, so a retrained model does not inheri
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import time
 from pathlib import Path
@@ -100,6 +101,13 @@ def _model_digest(run_dir: Path) -> str | None:
     f = Path(run_dir) / "model.pt"
     if not f.is_file():
         return None
+    st = f.stat()
+    # The pages ask on every rerun: hash a model file once per version (a resnet's is ~45 MB).
+    return _digest(str(f.resolve()), st.st_mtime_ns, st.st_size)
+
+
+@functools.lru_cache(maxsize=32)
+def _digest(f: str, mtime_ns: int, size: int) -> str:
     h = hashlib.sha256()
     with open(f, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
