@@ -174,7 +174,8 @@ def sanity_section(run: str, mtime: int, root: str, model: predict.LoadedModel, 
                                                                   res.method, res.target))
     saved = st.session_state.get("sanity")
     if not saved or saved[0] != key:
-        st.caption("Does this map depend on what the model learnt? Re-initialise its layers and look again.")
+        st.caption("Would this map change if the model were destroyed? Re-initialise its layers, from the head "
+                   "down, and look again.")
         return
     check = saved[1]
     images = heatmaps.strip(check, display_copy(rad.grey))

@@ -96,6 +96,7 @@ def execute(d: Path) -> dict:
     if lifecycle.claim(d) is None:
         return {**lifecycle.read_status(d), "claimed": False}
     started, last = time.time(), [0.0]
+    print(f"scorecard of run {run_dir.name} started: {params}", flush=True)  # stdout is the job's log.txt
 
     def progress(done: int, total: int, message: str) -> None:
         now = time.time()
@@ -107,6 +108,7 @@ def execute(d: Path) -> dict:
         table = compute(run_dir, params, progress, lambda: lifecycle.cancel_requested(d))
         path = scorecard.write_scorecard(run_dir, table)
     except Cancelled:
+        print("cancelled", flush=True)
         return lifecycle.finish(d, "cancelled")
     except CxrError as exc:
         return lifecycle.finish(d, "failed", str(exc))
@@ -117,5 +119,6 @@ def execute(d: Path) -> dict:
     except Exception as exc:  # noqa: BLE001 - the worker must record any crash truthfully, then stop
         print(traceback.format_exc(), flush=True)  # the job's log.txt
         return lifecycle.finish(d, "failed", f"The scorecard crashed: {exc.__class__.__name__}: {exc}")
+    print(f"completed in {time.time() - started:.1f} s: {path}", flush=True)
     return lifecycle.finish(d, "completed", file=str(path), most_faithful=table.get("most_faithful"),
                             seconds=round(time.time() - started, 1))
