@@ -8,7 +8,7 @@ from streamlit.errors import StreamlitAPIException
 from cxrdemo import paths
 from cxrdemo.runs import store as runs
 from cxrdemo.views import compare, plots
-from pages import ui
+from pages import heatmaps_ui, ui
 
 REFERENCE = paths.DEMO_RUN_NAME  # the shipped demo model's run id when added as a reference (never deleted from here)
 REFRESH_S = 5  # how often curves of running jobs are re-read from the run store
@@ -88,7 +88,7 @@ def details_section(infos: dict, chosen_ids: list[str], table) -> None:
     run_id = st.selectbox("Run", chosen_ids, key="detail_run", format_func=lambda r: _label(table, r))
     info = infos[run_id]
     test = runs.read_test_metrics(info.path) if not info.damaged else None
-    tab_cm, tab_roc, tab_recipe = st.tabs(["Confusion matrix", "ROC curve", "Recipe"])
+    tab_cm, tab_roc, tab_recipe, tab_cams = st.tabs(["Confusion matrix", "ROC curve", "Recipe", "Heatmap scorecard"])
     with tab_cm, ui.friendly_errors("Drawing the confusion matrix"):
         if test:
             st.plotly_chart(plots.confusion_figure(test), key="confusion")
@@ -104,6 +104,16 @@ def details_section(infos: dict, chosen_ids: list[str], table) -> None:
             st.info("No ROC curve without test results.")
     with tab_recipe:
         st.json(compare.run_recipe(info), expanded=1)
+    with tab_cams:
+        scorecard_section(info)
+
+
+def scorecard_section(info) -> None:
+    """Which heatmap method is most faithful for this run's model: the CAM scorecard and its job."""
+    if info.damaged or info.state != "completed":
+        st.info("The heatmap scorecard needs a completed run.")
+        return
+    heatmaps_ui.scorecard_panel(info.path, info.run_id, ui.runs_dir(), key="compare")
 
 
 def delete_section(table) -> None:

@@ -9,9 +9,9 @@ import streamlit as st
 from cxrdemo.data.shrink import display_copy
 from cxrdemo.diagnosis import cam_cost, explain, predict
 from cxrdemo.views import diagnosis as dv
-from cxrdemo.views import words
+from cxrdemo.views import heatmaps, words
 from cxrdemo.views.text import escape_markdown as md
-from pages import ui
+from pages import heatmaps_ui, ui
 
 PREDICTED = "The predicted class"
 MAX_COMPARE = 4
@@ -124,6 +124,91 @@ def show_result(label: str, model: predict.LoadedModel, rad: predict.Radiograph,
         st.caption(f"The heatmap is empty: no region raised the score of {md(model.classes[res.target])}.")
 
 
+# ---------------------------------------------------------------- can I trust this heatmap? (issue 16)
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def faithfulness_of(run: str, mtime: int, root: str, digest: str, method: str, target: str | None,
+                    _rad: predict.Radiograph) -> heatmaps.faithfulness.Faithfulness:
+    """ROAD of one model's heatmap for one image (a few seconds: computed after everything else is drawn)."""
+    model = load(run, mtime, root)
+    res = diagnose(run, mtime, root, digest, method, target, _rad)
+    return heatmaps.score(model, predict.prepare(model, _rad.grey), res, heatmaps.busy_threads(root))
+
+
+def faithfulness_slot(run: str, mtime: int, root: str, rad: predict.Radiograph, method: str,
+                      target: str | None) -> tuple:
+    """A place beside a heatmap for its faithfulness line, filled by faithfulness_section at the end of the page."""
+    return st.empty(), (run, mtime, root, rad.digest, method, target, rad)
+
+
+def faithfulness_section(pending: list[tuple]) -> None:
+    """Fill each heatmap's place with its faithfulness number and reading, one after the other."""
+    for slot, args in pending:
+        with slot.container():
+            with st.spinner("Scoring the heatmap's faithfulness (ROAD: removes what it highlights)…"):
+                with ui.friendly_errors("The faithfulness score"):
+                    f = faithfulness_of(*args)
+                    shown = dataclasses.replace(f, class_name=md(f.class_name))
+                    st.caption(heatmaps.faithfulness_line(shown), help=FAITHFULNESS_HELP)
+
+
+FAITHFULNESS_HELP = ("ROAD (Rong et al. 2022): the probability of the explained class after removing (and "
+                     "filling in) the most highlighted 20% of the pixels, against removing the least highlighted "
+                     "20%. Compared with 5 random heatmaps: a map only 'points at what the model uses' when it "
+                     "beats them by more than their spread.")
+
+
+def preselect_method(run: str, root: str) -> None:
+    """Start with the scorecard's most faithful fast method when the chosen model has a scorecard (once per model)."""
+    if st.session_state.get("method_for") == run:
+        return
+    st.session_state["method_for"] = run
+    with ui.friendly_errors("Reading the CAM scorecard"):
+        best = heatmaps.preselect(heatmaps.read_table(run_folder(run, root)), list(explain.CAM_METHODS))
+        if best:
+            st.session_state["method"] = best
+
+
+def run_folder(run: str, root: str):
+    """The folder of a run or of the demo model."""
+    from cxrdemo.runs import store
+
+    return store.run_dir(run, root)
+
+
+def scorecard_section(run: str, root: str) -> None:
+    """Which heatmap method is most faithful for this model: the table, and the job that computes it."""
+    with st.expander("Which heatmap method is most faithful for this model? (CAM scorecard)"):
+        heatmaps_ui.scorecard_panel(run_folder(run, root), run, root, key="diagnosis")
+
+
+def sanity_section(run: str, mtime: int, root: str, model: predict.LoadedModel, rad: predict.Radiograph,
+                   res: explain.Explanation) -> None:
+    """Randomise and look again: the heatmap as the model's layers are re-initialised, head first (on a button)."""
+    st.markdown("**Randomise and look again**")
+    if res.method in heatmaps.STRIP_SKIPS:
+        st.caption(f"{res.method} takes half a minute per map on this machine: choose another method to see how "
+                   "its map changes as the model is destroyed.")
+        return
+    key = ("sanity", run, mtime, rad.digest, res.method, res.target)
+    if st.button("Randomise and look again", key="sanity_button",
+                 help="Re-initialises the model's layers from the head down (on a copy) and draws the heatmap "
+                      "again after each step. A few seconds."):
+        with st.spinner("Re-initialising the layers and drawing the maps…"), ui.friendly_errors("The sanity check"):
+            st.session_state["sanity"] = (key, heatmaps.randomise(model, predict.prepare(model, rad.grey),
+                                                                  res.method, res.target))
+    saved = st.session_state.get("sanity")
+    if not saved or saved[0] != key:
+        st.caption("Would this map change if the model were destroyed? Re-initialise its layers, from the head "
+                   "down, and look again.")
+        return
+    check = saved[1]
+    images = heatmaps.strip(check, display_copy(rad.grey))
+    for col, (img, caption) in zip(st.columns(len(images)), images):
+        col.image(img, caption=caption, width="stretch", output_format="PNG")
+    st.caption(check.sentence + " ρ: rank correlation with the original map; SSIM: structural similarity.")
+
+
 st.title(":material/radiology: Diagnosis")
 ui.notice()
 st.caption("See what a trained model predicts for one radiograph and, with a heatmap, which regions drove "
@@ -152,6 +237,7 @@ with pick_image:
 if model is None:
     st.stop()
 
+preselect_method(run, root)
 c1, c2, c3 = st.columns(3)
 method = c1.selectbox("Heatmap method", list(explain.CAM_METHODS), key="method",
                       help="How the heatmap is computed. GradCAM is the usual choice.")
@@ -161,6 +247,7 @@ c1.caption(words.CAM_NOTES[method] + (f" About {max(1, round(eta))} s for this m
 target = c2.selectbox("Class to explain", [PREDICTED, *model.classes], key="target",
                       help="Which class the heatmap argues for: by default the one the model predicted.")
 opacity = c3.slider("Heatmap opacity", 0.0, 1.0, 0.4, 0.05, key="opacity")
+scorecard_section(run, root)
 
 if source is None:
     st.stop()
@@ -184,11 +271,17 @@ if not rad.looks_like_cxr:
         st.stop()
 
 key_target = None if target == PREDICTED else target
+res = None
 result = st.empty()  # replaces the previous overlay at once: nothing stale stays on screen while this computes
 with result.container(), ui.friendly_errors("The prediction"):
     with st.spinner(dv.wait_text(method, eta)):
         res = diagnose(run, predict.model_mtime(run, root), root, rad.digest, method, key_target, rad)
     show_result(label, model, rad, res, opacity, full=True)
+pending = []
+if res is not None:
+    pending.append(faithfulness_slot(run, predict.model_mtime(run, root), root, rad, method, key_target))
+    with ui.friendly_errors("The sanity check"):
+        sanity_section(run, predict.model_mtime(run, root), root, model, rad, res)
 
 st.subheader("Compare models on this image")
 candidates = [lb for lb in labels if lb != label]
@@ -204,5 +297,8 @@ if others:
             with st.spinner(dv.wait_text(method, expected_seconds(r, mt, root, method))):
                 res_other = diagnose(r, mt, root, rad.digest, method, key_target, rad)
             show_result(lb, other, rad, res_other, opacity, False)
+            pending.append(faithfulness_slot(r, mt, root, rad, method, key_target))
     st.caption("Each heatmap explains the class that model predicted, or the class chosen above when the model "
                "knows it.")
+
+faithfulness_section(pending)  # last: the prediction and heatmaps are on screen while it scores

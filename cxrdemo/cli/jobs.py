@@ -78,7 +78,13 @@ def cmd_watch(args) -> int:
 
 
 def cmd_worker(args) -> int:
-    status = slots.run_worker(Path(args.run_dir))
+    d = Path(args.run_dir)
+    execute = None
+    if slots.job_kind(d) == "scorecard":  # a run's side job (runs/slots.py: job kinds)
+        from cxrdemo.diagnosis import scorecard_job
+
+        execute = scorecard_job.execute
+    status = slots.run_worker(d, execute=execute)
     if status.get("claimed") is False and status.get("state") != "cancelled":
         # Another worker has it, or it already ended: this process trains nothing.
         print(f"error: run {Path(args.run_dir).name} is {status.get('state')}, not queued: this worker leaves it "

@@ -7,6 +7,7 @@ import os
 import sys
 from pathlib import Path
 
+from cxrdemo.cli import cam_scorecard
 from cxrdemo.cli import jobs as cli_jobs
 from cxrdemo.cli import lessons as cli_lessons
 from cxrdemo.cli.options import (
@@ -95,7 +96,7 @@ def _cam_path(out: str, image: str, index: int, many: bool) -> Path:
 
 
 def cmd_predict(args) -> int:
-    from cxrdemo.diagnosis import explain
+    from cxrdemo.diagnosis import explain, faithfulness
     from cxrdemo.diagnosis.predict import (
         load_model,
         predict_probs,
@@ -132,7 +133,8 @@ def cmd_predict(args) -> int:
                 "probabilities": {c: round(float(p), 6) for c, p in zip(model.classes, probs)},
                 "looks_like_cxr": rad.looks_like_cxr, "warning": rad.warning}
         if args.cam:
-            line.update(cam=str(out), method=args.method)
+            line.update(cam=str(out), method=args.method,
+                        faithfulness=faithfulness.measure_explanation(model, x, result).to_dict())
         print(_json(line), flush=True)
     return EXIT_BAD_INPUT if failed else 0
 
@@ -206,6 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     cli_jobs.register(sub, store)  # `jobs ...` and the hidden `worker` every job process runs
     cli_lessons.register(sub, store)
+    cam_scorecard.register(sub, store)
     return parser
 
 

@@ -99,9 +99,12 @@ def method_class(method: str) -> type:
 
 
 def explain(model: LoadedModel, image_u8: torch.Tensor, method: str = "GradCAM",
-            target_class: int | None = None) -> Explanation:
-    """Prediction and heatmap for one uint8 1xSxS image (S = model.img_size) in one forward pass."""
-    cam_class = method_class(method)
+            target_class: int | None = None, *, cam_class: type | None = None) -> Explanation:
+    """Prediction and heatmap for one uint8 1xSxS image (S = model.img_size) in one forward pass.
+
+    `cam_class`: a pytorch-grad-cam class used instead of the registry's (e.g. RandomCAM as a baseline).
+    """
+    cam_class = cam_class or method_class(method)
     if target_class is not None and not 0 <= int(target_class) < len(model.classes):
         raise ConfigError(f"Class {target_class} does not exist: this model knows {', '.join(model.classes)}.")
     net = model.net

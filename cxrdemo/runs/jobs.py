@@ -61,6 +61,12 @@ def submit(config: TrainConfig, runs_dir: str | Path | None = None, name: str = 
     if choose_backend(backend) == "ray":
         ray_backend.submit(d)
         return d.name
+    _spawn(d, root, max_jobs)
+    return d.name
+
+
+def _spawn(d: Path, root: Path, max_jobs: int | None, what: str = "training") -> None:
+    """Start the detached worker process of job folder `d` (a run, or a run's side job) and record its pid."""
     n = int(max_jobs or slots.default_max_jobs())
     # The worker imports the same cxrdemo as this process, installed or not.
     pythonpath = os.pathsep.join(p for p in (str(paths.PACKAGE_DIR.parent), os.environ.get("PYTHONPATH")) if p)
@@ -72,11 +78,29 @@ def submit(config: TrainConfig, runs_dir: str | Path | None = None, name: str = 
                                     cwd=str(root), env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                     close_fds=True, start_new_session=True)
         except OSError as exc:
-            lifecycle.finish(d, "failed", f"Could not start the training process ({exc.strerror or exc}).")
-            raise RunError(f"Could not start the training process ({exc.strerror or exc}).") from None
+            lifecycle.finish(d, "failed", f"Could not start the {what} process ({exc.strerror or exc}).")
+            raise RunError(f"Could not start the {what} process ({exc.strerror or exc}).") from None
     _adopt(proc)
     runs.write_status(d, pid=proc.pid, max_jobs=n)
-    return d.name
+
+
+def submit_side_job(run_dir: Path, kind: str, params: dict, what: str, max_jobs: int | None = None) -> Path:
+    """Queue a job of another kind on a run (e.g. 'scorecard') in `<run>/<kind>/`; the run's status is untouched.
+
+    The job takes a slot in the same queue as training and is cancelled like one (`cancel_dir`). RunError when
+    the same kind of job is already queued or running for this run. Returns the job's folder.
+    """
+    run_dir = Path(run_dir)
+    d = run_dir / kind
+    d.mkdir(exist_ok=True)
+    root = run_dir.parent
+    slots.check_queue_room(root)
+    if lifecycle.create_side_job(d) is None:
+        raise RunError(f"The {what} of run {run_dir.name} is already queued or running: wait for it or cancel it.")
+    runs.atomic_write_json(d / slots.JOB_FILE, {"kind": kind, "run": run_dir.name, "params": params})
+    (d / "log.txt").unlink(missing_ok=True)
+    _spawn(d, root, max_jobs, what)
+    return d
 
 
 def _adopt(proc: subprocess.Popen) -> None:
@@ -161,7 +185,9 @@ def _is_worker_of(pid: int, d: Path) -> bool:
         cmdline = Path(f"/proc/{int(pid)}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return False
-    return b"cxrdemo" in cmdline and any(arg.rstrip(b"/").endswith(d.name.encode()) for arg in cmdline)
+    # The last two parts of the folder: a side job's folder name ('scorecard') alone names no run.
+    tail = "/".join(Path(d).parts[-2:]).encode()
+    return b"cxrdemo" in cmdline and any(arg.rstrip(b"/").endswith(tail) for arg in cmdline)
 
 
 def _signal(pid: int, sig: int) -> None:
@@ -191,7 +217,13 @@ def _wait_until(pred, timeout_s: float, step_s: float = 0.1) -> bool:
 
 def cancel(run_id: str, runs_dir: str | Path | None = None, grace_s: float = 10.0) -> dict:
     """Cancel a queued run at once, or ask a running one to stop (killed after `grace_s`); returns its status."""
-    d = runs.run_dir(run_id, runs_dir)
+    return cancel_dir(runs.run_dir(run_id, runs_dir), grace_s)
+
+
+def cancel_dir(d: Path, grace_s: float = 10.0) -> dict:
+    """`cancel` for a job folder: a run, or a run's side job (`<run>/<kind>/`)."""
+    kind = slots.job_kind(d)
+    name = f"Run {d.name}" if kind == "train" else f"The {kind} job of run {d.parent.name}"
     before, status = lifecycle.request_cancel(d)
     if before == "queued":
         if status.get("backend") == "ray":
@@ -200,7 +232,7 @@ def cancel(run_id: str, runs_dir: str | Path | None = None, grace_s: float = 10.
             ray_backend.stop(d, force=False)  # not started: Ray drops it (and the task itself checks the state)
         return status
     if status.get("state") != "running":
-        raise RunError(f"Run {run_id} is {status.get('state')}; there is nothing to cancel.")
+        raise RunError(f"{name} is {status.get('state')}; there is nothing to cancel.")
     if status.get("backend") == "ray":
         from cxrdemo.runs import ray_backend
 

@@ -74,6 +74,24 @@ def create(d: Path) -> dict:
     return _write(d, state="queued", epoch=0, created=time.time())
 
 
+def create_side_job(d: Path) -> dict | None:
+    """Record a side job's folder (`<run>/<kind>/`) as queued afresh; None while its previous job is still active.
+
+    The check and the write happen under the folder's lock, so two clicks cannot queue the same job twice.
+    """
+    with run_lock(d):
+        if (Path(d) / STATUS_FILE).is_file():
+            try:
+                if read_status(d).get("state") in ACTIVE:
+                    return None
+            except RunError:
+                pass  # a damaged status is replaced
+        (Path(d) / CANCEL_FILE).unlink(missing_ok=True)  # the last job's request is not this one's
+        fileio.atomic_write_json(Path(d) / STATUS_FILE, {"state": "queued", "epoch": 0, "created": time.time(),
+                                                         "updated": time.time()})
+        return fileio.read_json(Path(d) / STATUS_FILE)
+
+
 def claim(d: Path, **fields: Any) -> dict | None:
     """Queued -> running for this process, under the run lock; None when the run is not queued (nothing to train).
 

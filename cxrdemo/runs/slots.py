@@ -17,7 +17,7 @@ import fcntl
 import os
 import time
 from pathlib import Path
-from typing import IO
+from typing import IO, Callable
 
 from cxrdemo.errors import RunError
 from cxrdemo.runs import lifecycle
@@ -30,6 +30,7 @@ BACKOFF_MAX_S = 4.0  # the other waiters try the head lock at most this far apar
 QUEUED_HEARTBEAT_S = 30.0  # far below lifecycle.HEARTBEAT_STALE_S: a waiter that stops beating is gone
 DEFAULT_MAX_QUEUED = 50
 UNSTARTED_GRACE_S = 60.0  # a queued run with no worker pid after this long was never started
+JOB_FILE = "job.json"  # a side job's folder (`<run>/<kind>/`) says its kind and parameters here; a run has none
 
 
 def max_queued() -> int:
@@ -71,17 +72,53 @@ def dead_queued(raw: dict) -> bool:
 # ---------------------------------------------------------------- waiting for a slot
 
 def queue_order(root: Path) -> list[str]:
-    """Ids of live queued runs, oldest first (creation time, then id), as the workers must start them."""
-    out = []
+    """Keys of live queued jobs, oldest first (creation time, then key), as the workers must start them.
+
+    A training job's key is its run id; a side job's (e.g. a CAM scorecard) is `<run id>/<kind>`.
+    """
+    waiting = []
     for info in runs.list_runs(root):
-        if info.damaged or info.state != "queued" or lifecycle.cancel_requested(info.path):
+        if info.damaged:
             continue
-        if info.status.get("backend") == "ray":
-            continue  # the cluster schedules those; they never hold a local slot
-        if dead_queued(info.status):
-            continue
-        out.append(info.run_id)
-    return out
+        for d in (info.path, *side_job_dirs(info.path)):
+            raw = info.status if d == info.path else _raw_status(d)
+            if raw.get("state") != "queued" or lifecycle.cancel_requested(d):
+                continue
+            if raw.get("backend") == "ray" or dead_queued(raw):
+                continue  # the cluster schedules Ray jobs; they never hold a local slot
+            waiting.append((float(raw.get("created") or 0), job_key(root, d)))
+    return [key for _, key in sorted(waiting)]
+
+
+# ---------------------------------------------------------------- job kinds
+
+def job_kind(d: Path) -> str:
+    """'train' for a run folder; a side job's kind (e.g. 'scorecard') from its job.json."""
+    f = Path(d) / JOB_FILE
+    return str(runs.read_json(f).get("kind") or "train") if f.is_file() else "train"
+
+
+def store_of(d: Path) -> Path:
+    """The run store a job folder belongs to: a run's parent, or a side job's run's parent."""
+    d = Path(d)
+    return d.parent.parent if (d / JOB_FILE).is_file() else d.parent
+
+
+def job_key(root: Path, d: Path) -> str:
+    """A job's name in the queue: its folder relative to the store ('run' or 'run/scorecard')."""
+    return Path(d).resolve().relative_to(Path(root).resolve()).as_posix()
+
+
+def side_job_dirs(run_dir: Path) -> list[Path]:
+    """The side-job folders of one run (each holds a job.json)."""
+    return [f.parent for f in sorted(Path(run_dir).glob(f"*/{JOB_FILE}"))]
+
+
+def _raw_status(d: Path) -> dict:
+    try:
+        return runs.read_json(Path(d) / lifecycle.STATUS_FILE)
+    except RunError:
+        return {}
 
 
 def _try_lock(path: Path) -> IO | None:
@@ -121,8 +158,8 @@ class _Waiting:
 
 def _lead(d: Path, n: int, waiting: _Waiting, poll_s: float) -> IO | None:
     """Holding the queue-head lock: if this run is first in line, wait for a slot; None if it is not (any more)."""
-    root = d.parent
-    if queue_order(root)[:1] != [d.name]:
+    root = store_of(d)
+    if queue_order(root)[:1] != [job_key(root, d)]:
         return None
     # Next in line: load torch now, while the job ahead still trains, not after it ends.
     import cxrdemo.runs.worker  # noqa: F401
@@ -139,10 +176,11 @@ def wait_for_slot(run_dir: Path, max_jobs: int | None = None, poll_s: float = PO
     """Block until this queued run may start; returns the held slot (keep it open) or None if it is not queued."""
     d = Path(run_dir)
     n = int(max_jobs or default_max_jobs())
-    (d.parent / SLOTS_DIR).mkdir(parents=True, exist_ok=True)
+    root = store_of(d)
+    (root / SLOTS_DIR).mkdir(parents=True, exist_ok=True)
     waiting = _Waiting(d)
     backoff = poll_s
-    with open(d.parent / SLOTS_DIR / HEAD_LOCK, "a+") as head:  # opened once: each try is one flock call
+    with open(root / SLOTS_DIR / HEAD_LOCK, "a+") as head:  # opened once: each try is one flock call
         while waiting.queued():
             try:
                 fcntl.flock(head, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -161,8 +199,12 @@ def wait_for_slot(run_dir: Path, max_jobs: int | None = None, poll_s: float = PO
     return None
 
 
-def run_worker(run_dir: str | Path, max_jobs: int | None = None) -> dict:
-    """The body of a job process: lower priority, wait for a slot in queue order, then claim the run and train it."""
+def run_worker(run_dir: str | Path, max_jobs: int | None = None,
+               execute: Callable[[Path], dict] | None = None) -> dict:
+    """The body of a job process: lower priority, wait for a slot in queue order, then claim and run the job.
+
+    execute(job folder) runs a side job (the CLI picks it by job_kind); by default the run is trained.
+    """
     d = Path(run_dir).resolve()
     with contextlib.suppress(OSError, AttributeError, ValueError):
         os.nice(int(os.environ.get("CXRDEMO_JOB_NICE", "5")))  # the app stays responsive while a job trains
@@ -170,6 +212,8 @@ def run_worker(run_dir: str | Path, max_jobs: int | None = None) -> dict:
     if slot is None:
         return {**lifecycle.read_status(d), "claimed": False}
     try:
+        if execute is not None:
+            return execute(d)
         from cxrdemo.runs.worker import (
             execute_run,  # torch is imported only once this job may run
         )
