@@ -80,7 +80,12 @@ def cmd_evaluate(args) -> int:
     from cxrdemo.diagnosis.predict import evaluate_run, load_model
 
     model = load_model(args.run, _runs_dir(args), allow_path=True)
-    print(_json(evaluate_run(model, args.data, args.split)))
+    out = Path(args.out) if args.out else None
+    if out is None and args.run != "demo" and os.access(model.path, os.W_OK):
+        # beside the run's own test_predictions.csv, named after the dataset folder and split
+        name = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in Path(str(args.data)).resolve().name)[:60]
+        out = model.path / f"test_predictions-{name or 'data'}-{args.split}.csv"
+    print(_json(evaluate_run(model, args.data, args.split, out)))
     return 0
 
 
@@ -179,6 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", required=True, help="run id, 'demo', or a run folder")
     p.add_argument("--data", required=True)
     p.add_argument("--split", default="test")
+    p.add_argument("--out", metavar="FILE.csv", help="per-image predictions (default: test_predictions-<dataset>-"
+                   "<split>.csv in the run folder; the demo model writes none unless asked)")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("predict", parents=[store],

@@ -1,0 +1,98 @@
+"""Watch it learn: per-image test predictions, the probe timelapse, the paired comparison of two runs."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cxrdemo.cli.main import main as cli
+from cxrdemo.config import TrainConfig
+from cxrdemo.errors import ConfigError
+from cxrdemo.model import predictions, probes
+from cxrdemo.runs import store as runs
+from cxrdemo.runs.worker import execute_run
+
+
+def _make(root, n=(8, 4, 4), size=40, seed=0):
+    rng = np.random.default_rng(seed)
+    for split, k in zip(("train", "val", "test"), n):
+        for ci, c in enumerate(("NORMAL", "PNEUMONIA")):
+            d = root / split / c
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(k):
+                a = (rng.random((size, size)) * 60 + 30).astype(np.uint8)
+                if ci:
+                    a[8:20, 10:30] = 240
+                Image.fromarray(a).save(d / f"{c}_{i}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def ds(tmp_path_factory):
+    return _make(tmp_path_factory.mktemp("watch_ds"))
+
+
+@pytest.fixture(autouse=True)
+def store(tmp_path, monkeypatch):
+    monkeypatch.setenv("CXRDEMO_RUNS_DIR", str(tmp_path / "runs"))
+    monkeypatch.setenv("CXRDEMO_CACHE_DIR", str(tmp_path.parent / "cache"))
+    return tmp_path / "runs"
+
+
+def _train(data, **kw):
+    base = dict(data=str(data), backbone="cnn8", img_size=32, epochs=2, batch_size=8, patience=0, step_size=0,
+                threads=1)
+    d = runs.create_run(TrainConfig(**{**base, **kw}))
+    status = execute_run(d)
+    assert status["state"] == "completed", status
+    return d
+
+
+def test_choose_probes_is_stratified_and_seeded():
+    labels = np.array([0] * 10 + [1] * 5 + [2] * 2)
+    a = probes.choose_probes(labels, 3, seed=4)
+    assert a == probes.choose_probes(labels, 3, seed=4)
+    assert a != probes.choose_probes(labels, 3, seed=5)
+    assert np.bincount(labels[a]).tolist() == [3, 3, 2]
+
+
+def test_probe_option_is_validated():
+    assert TrainConfig().probes == 3
+    with pytest.raises(ConfigError, match="Probe images"):
+        TrainConfig(probes=-1)
+
+
+def test_run_writes_probes_per_epoch_and_test_predictions(ds):
+    d = _train(ds, epochs=3)
+    t = probes.read_timeline(d)
+    assert t.epochs == [1, 2, 3]
+    assert t.classes == ("NORMAL", "PNEUMONIA") and t.labels.tolist() == [0, 0, 0, 1, 1, 1]
+    assert t.probs.shape == (3, 6, 2) and np.allclose(t.probs.sum(-1), 1, atol=1e-5)
+    assert t.heatmaps.shape == (3, 6, probes.HEATMAP_PX, probes.HEATMAP_PX) and t.heatmaps.dtype == np.uint8
+    assert t.thumbnails.shape == (6, probes.THUMB_PX, probes.THUMB_PX)
+    assert all(n.startswith("val/") and not n.startswith("/") for n in t.names)
+    size = sum(f.stat().st_size for f in (d / probes.FOLDER).iterdir())
+    assert size < 100_000
+    p = predictions.read(d / predictions.FILE)
+    assert len(p.images) == 8 and all(n.startswith("test/") for n in p.images)
+    assert all(len(h) == 12 for h in p.hashes)
+    tm = runs.read_test_metrics(d)
+    assert p.y_true.tolist() == tm["y_true"]
+    assert np.allclose(p.probs, tm["probs"], atol=1e-6)
+    assert (p.y_pred == p.probs.argmax(1)).all()
+    assert float(np.mean(p.y_pred == p.y_true)) == pytest.approx(tm["accuracy"])
+
+
+def test_same_seed_same_probes_and_probes_off(ds):
+    a, b = _train(ds, seed=7), _train(ds, seed=7)
+    ta, tb = probes.read_timeline(a), probes.read_timeline(b)
+    assert ta.names == tb.names
+    assert np.array_equal(ta.probs, tb.probs) and np.array_equal(ta.heatmaps, tb.heatmaps)
+    assert probes.read_timeline(_train(ds, probes=0, epochs=1)) is None
+
+
+def test_evaluate_writes_predictions_for_another_dataset(ds, tmp_path, capsys):
+    d = _train(ds, epochs=1, probes=0)
+    out = tmp_path / "preds.csv"
+    assert cli(["evaluate", "--run", d.name, "--data", str(ds), "--out", str(out)]) == 0
+    p = predictions.read(out)
+    assert p.images == predictions.read(d / predictions.FILE).images
