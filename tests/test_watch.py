@@ -96,3 +96,78 @@ def test_evaluate_writes_predictions_for_another_dataset(ds, tmp_path, capsys):
     assert cli(["evaluate", "--run", d.name, "--data", str(ds), "--out", str(out)]) == 0
     p = predictions.read(out)
     assert p.images == predictions.read(d / predictions.FILE).images
+
+
+def _preds(y, probs, images=None, threshold=None):
+    probs = np.asarray(probs, float)
+    n = len(y)
+    images = images or [f"test/{i:03d}.png" for i in range(n)]
+    pred = (probs[:, 1] >= threshold).astype(int) if threshold is not None else probs.argmax(1)
+    return predictions.Predictions(images, ["h" * 12] * n, ("NORMAL", "PNEUMONIA"), np.asarray(y), probs, pred)
+
+
+def _scores(y, noise, rng):
+    s = np.clip(0.5 + (np.asarray(y) - 0.5) * 0.3 + rng.normal(0, noise, len(y)), 0, 1)
+    return np.c_[1 - s, s]
+
+
+def test_paired_interval_covers_a_planted_difference():
+    from cxrdemo.model import paired
+
+    rng = np.random.default_rng(0)
+    y = np.array([0, 1] * 150)
+    a, b = _preds(y, _scores(y, 0.35, rng)), _preds(y, _scores(y, 0.12, rng))
+    result = paired.compare(a, b, n_resamples=500)
+    auc, acc = result.differences
+    assert result.n == 300 and result.unmatched == 0
+    assert auc.a == pytest.approx(_sk_auc(y, a.probs[:, 1])) and auc.b == pytest.approx(_sk_auc(y, b.probs[:, 1]))
+    assert auc.low < auc.delta < auc.high and auc.low > 0  # B is clearly better: the interval excludes 0
+    assert acc.delta == pytest.approx(np.mean(b.y_pred == y) - np.mean(a.y_pred == y))
+    assert acc.low < acc.delta < acc.high
+    assert "higher" in paired.sentence(auc, result.n) and "unlikely to be chance" in paired.sentence(auc, result.n)
+
+
+def test_paired_identical_runs_differ_by_zero():
+    from cxrdemo.model import paired
+
+    rng = np.random.default_rng(1)
+    y = np.array([0, 1] * 20)
+    a = _preds(y, _scores(y, 0.3, rng))
+    result = paired.compare(a, a, n_resamples=200)
+    for d in result.differences:
+        assert d.delta == 0 and d.low == 0 and d.high == 0 and d.could_be_chance
+    assert "the same as" in paired.sentence(result.differences[0], 40)
+
+
+def test_paired_small_difference_could_be_chance_and_matching():
+    from cxrdemo.model import paired
+
+    rng = np.random.default_rng(2)
+    y = np.array([0, 1] * 37)
+    pa = _scores(y, 0.3, rng)
+    pb = np.clip(pa + rng.normal(0, 0.02, pa.shape), 0, 1)
+    # B lists its images in another order and has two more: matched by name and hash, the extra ones counted
+    order = rng.permutation(74)
+    names = [f"test/{i:03d}.png" for i in range(74)]
+    b = _preds(np.r_[y[order], [0, 1]], np.r_[pb[order], [[0.5, 0.5], [0.5, 0.5]]],
+               [names[i] for i in order] + ["test/x.png", "test/y.png"])
+    result = paired.compare(_preds(y, pa, names), b, n_resamples=500)
+    assert result.n == 74 and result.unmatched == 2
+    auc = result.differences[0]
+    assert auc.could_be_chance and "on these 74 images the difference could be chance" in paired.sentence(auc, 74)
+
+
+def _sk_auc(y, s):
+    from sklearn.metrics import roc_auc_score
+    return roc_auc_score(y, s)
+
+
+def test_cli_compare(ds, capsys, store):
+    a, b = _train(ds, epochs=1, probes=0), _train(ds, epochs=2, probes=0)
+    assert cli(["compare", a.name, b.name, "--resamples", "200"]) == 0
+    out = capsys.readouterr().out
+    assert "8 test images in common" in out and "95% interval" in out and out.count("on these 8 images") == 2
+    (b / predictions.FILE).unlink()
+    assert cli(["compare", a.name, b.name]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1
