@@ -39,8 +39,8 @@ def store(tmp_path, monkeypatch):
 
 
 def _train(data, **kw):
-    base = dict(data=str(data), backbone="cnn8", img_size=32, epochs=2, batch_size=8, patience=0, step_size=0,
-                threads=1)
+    base = {"data": str(data), "backbone": "cnn8", "img_size": 32, "epochs": 2, "batch_size": 8, "patience": 0,
+            "step_size": 0, "threads": 1}
     d = runs.create_run(TrainConfig(**{**base, **kw}))
     status = execute_run(d)
     assert status["state"] == "completed", status

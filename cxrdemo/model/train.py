@@ -20,8 +20,8 @@ from torch import nn
 
 from cxrdemo import data, fileio
 from cxrdemo.config import TrainConfig
-from cxrdemo.errors import Cancelled, ConfigError
 from cxrdemo.data.naming import image_names
+from cxrdemo.errors import Cancelled, ConfigError
 from cxrdemo.model import backbones, checkpoint, metrics, predictions, probes
 from cxrdemo.model.device import autocast, choose_device, choose_precision, set_threads
 
