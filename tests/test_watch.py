@@ -171,3 +171,23 @@ def test_cli_compare(ds, capsys, store):
     assert cli(["compare", a.name, b.name]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1
+
+
+def test_timelapse_figure_has_one_frame_per_epoch(ds):
+    from cxrdemo.views import timelapse
+
+    a, b = _train(ds, epochs=3, seed=1), _train(ds, epochs=2, seed=2)
+    timelines = timelapse.read_timelines({"A": a, "B": b, "none": a.parent / "missing"})
+    assert list(timelines) == ["A", "B"]
+    fig = timelapse.timelapse_figure(timelines)
+    assert [f.name for f in fig.frames] == ["1", "2", "3"]
+    assert len(fig.data) == 12 and all(len(f.data) == 12 for f in fig.frames)
+    assert [s.label for s in fig.layout.sliders[0].steps] == ["1", "2", "3"]
+    t = timelines["A"]
+    last = [a.text for a in fig.frames[-1].layout.annotations if "p=" in a.text]
+    true = t.labels[0]
+    assert last[0].startswith(f"{t.classes[true]}: p={t.probs[-1, 0, true]:.2f}")
+    strip = timelapse.timelapse_figure({"A": t}, animate=False)
+    assert not strip.frames and "epoch 3" in strip.layout.title.text
+    lines = timelapse.probability_figure(timelines)
+    assert len(lines.data) == 12 and list(lines.data[0].y) == pytest.approx(t.probs[:, 0, true].tolist())
