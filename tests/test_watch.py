@@ -191,3 +191,26 @@ def test_timelapse_figure_has_one_frame_per_epoch(ds):
     assert not strip.frames and "epoch 3" in strip.layout.title.text
     lines = timelapse.probability_figure(timelines)
     assert len(lines.data) == 12 and list(lines.data[0].y) == pytest.approx(t.probs[:, 0, true].tolist())
+
+
+def test_gallery_orders_the_most_confidently_wrong_first(tmp_path):
+    from cxrdemo.views import gallery
+
+    y = np.array([0, 0, 0, 0, 1, 1, 1])
+    probs = np.array([[0.2, 0.8], [0.45, 0.55], [0.05, 0.95], [0.9, 0.1], [0.3, 0.7], [0.6, 0.4], [0.99, 0.01]])
+    p = _preds(y, probs)
+    wrong = gallery.cell_images(p, 0, 1)
+    assert wrong["image"].tolist() == ["test/002.png", "test/000.png", "test/001.png"]
+    assert wrong["p_predicted"].tolist() == [0.95, 0.8, 0.55]
+    assert gallery.cell_images(p, 1, 0)["image"].tolist() == ["test/006.png", "test/005.png"]
+    assert gallery.cell_images(p, 1, 1)["image"].tolist() == ["test/004.png"]
+    fig = gallery.confusion_markers_figure(p)
+    cells = {tuple(c): int(n) for c, n in zip(fig.data[0].customdata, fig.data[0].text)}
+    assert cells == {(0, 0): 1, (0, 1): 3, (1, 0): 2, (1, 1): 1}
+    assert gallery.selected_cell([{"customdata": [0, 1], "x": "PNEUMONIA"}]) == (0, 1)
+    assert gallery.selected_cell([]) is None
+    (tmp_path / "test").mkdir()
+    (tmp_path / "test" / "002.png").write_bytes(b"x")
+    assert gallery.image_file(str(tmp_path), "test/002.png") == (tmp_path / "test" / "002.png").resolve()
+    assert gallery.image_file(str(tmp_path), "../etc/passwd") is None
+    assert gallery.image_file(None, "test/002.png") is None
