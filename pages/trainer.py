@@ -12,7 +12,7 @@ from cxrdemo.runs.lifecycle import log_tail
 from cxrdemo.views import trainer as tv
 from cxrdemo.views import trainer_form as form
 from cxrdemo.views import words
-from pages import ui
+from pages import ui, watch
 
 SPECS = {spec.name: spec for spec in form.widget_specs()}
 
@@ -130,13 +130,17 @@ if st.button("Start training", type="primary", disabled=ds is None, key="start",
         run_id = jobs.submit(form.make_config(recipe), root, name=name, **where)
         st.success(f"Queued run **{run_id}**; it appears below and keeps training if you close this tab.")
 
-with st.expander("Sweep: queue a grid of backbones × freeze levels"):
+with st.expander("Sweep: queue a grid of backbones × freeze levels (× seeds)"):
     sweep_nets = st.multiselect("Backbones", names, default=[backbone], key="sweep_backbones")
     sweep_freezes = st.multiselect("Freeze levels", form.SWEEP_FREEZES, default=["none", "head"], key="sweep_freezes")
+    sweep_seeds = int(st.number_input("Seeds per recipe", 1, 10, 1, key="sweep_seeds",
+                                      help="Repeat each recipe with seeds seed, seed+1, ...: Compare shows their "
+                                           "mean ± standard deviation, so a difference can be told from luck."))
     configs, notes = [], []
     if ds is not None:
         with ui.friendly_errors("Preparing the sweep"):
-            configs, notes = form.sweep_configs(form.make_config(recipe), sweep_nets, sweep_freezes)
+            configs, notes = form.sweep_configs(form.make_config(recipe), sweep_nets, sweep_freezes,
+                                                 sweep_seeds)
     for n in notes:
         st.caption(n)
     if st.button(f"Queue {len(configs)} run(s)", disabled=ds is None or not configs, key="sweep"):
@@ -173,6 +177,7 @@ def jobs_panel() -> None:
                     value = row.latest.get(key)
                     col.metric(label, "–" if value is None else (f"{value:.1%}" if "acc" in key else f"{value:.4f}"))
                 st.line_chart(tv.loss_curves(row.path), height=160, x_label="epoch", y_label="loss")
+                watch.probe_strip(row.run_id, row.path)
             if row.state in ("failed", "interrupted") and row.error:
                 st.error(row.error)
                 with st.expander("Log"):
