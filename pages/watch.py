@@ -99,7 +99,7 @@ def paired_section(infos: dict[str, runs.RunInfo], chosen_ids: list[str]) -> Non
         files = [infos[r].path / predictions.FILE for r in (a, b)]
         result = _compare(*(str(f) for f in files), *(f.stat().st_mtime_ns for f in files))
         for d in result.differences:
-            st.markdown("- " + escape_markdown(paired.sentence(d, result.n, a, b)))
+            st.markdown("- " + paired.sentence(d, result.n, escape_markdown(a), escape_markdown(b)))
         if result.unmatched:
             st.caption(f"{result.unmatched} test image(s) were seen by one run only and are left out.")
 

@@ -214,3 +214,43 @@ def test_gallery_orders_the_most_confidently_wrong_first(tmp_path):
     assert gallery.image_file(str(tmp_path), "test/002.png") == (tmp_path / "test" / "002.png").resolve()
     assert gallery.image_file(str(tmp_path), "../etc/passwd") is None
     assert gallery.image_file(None, "test/002.png") is None
+
+
+def test_sweep_repeats_each_recipe_with_seeds_and_compare_groups_them(ds, store, monkeypatch):
+    import json
+    from pathlib import Path
+
+    from streamlit.testing.v1 import AppTest
+
+    from cxrdemo.views import compare, seeds, trainer_form
+
+    configs, _ = trainer_form.sweep_configs(TrainConfig(data=str(ds), backbone="cnn8", seed=5), ["cnn8"],
+                                            ["none", "head"], seeds=2)
+    assert [(str(c.freeze), c.seed) for c in configs] == [("none", 5), ("none", 6), ("head", 5), ("head", 6)]
+    a, b, c = _train(ds, seed=1), _train(ds, seed=2), _train(ds, seed=1, lr=0.01)
+    infos = runs.list_runs(store)
+    groups = seeds.seed_groups(infos)
+    assert [[i.run_id for i in g] for g in groups] == [[a.name, b.name]]
+    table = compare.runs_table(infos)
+    row = seeds.seed_table(table, groups).iloc[0]
+    accs = table.set_index("run_id").loc[[a.name, b.name], "test_accuracy"].astype(float)
+    assert row["test_accuracy"] == f"{accs.mean():.3f} ± {accs.std(ddof=1):.3f}"
+    band = seeds.band_figure(groups)
+    va = [runs.read_metrics(d)["val_acc"].to_numpy() for d in (a, b)]
+    assert list(band.data[1].y) == pytest.approx(list((va[0] + va[1]) / 2))
+
+    at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "pages" / "compare.py"), default_timeout=120)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+    specs = [json.loads(ch.proto.spec) for ch in at.get("plotly_chart")]
+    titles = [str((s["layout"].get("title") or {}).get("text", "")) for s in specs]
+    (lapse,) = [s for s in specs if s.get("frames")]
+    assert [f["name"] for f in lapse["frames"]] == ["1", "2"]
+    assert any("mean over seeds" in t for t in titles) and any("click a cell" in t for t in titles)
+    assert any("true class, per probe" in t for t in titles)
+    text = " ".join(m.value for m in at.markdown)
+    assert "95% interval" in text and "on these 8 images" in text
+    assert at.multiselect(key="probe_runs").value == [a.name, b.name, c.name]
+    at.multiselect(key="probe_runs").set_value([c.name]).run()
+    assert not at.exception and not at.error
