@@ -2,7 +2,8 @@
 
 python benchmarks/bench_probes.py                       # cxr-dev, 224 px, resnet18, freeze none / 3 / head
 python benchmarks/bench_probes.py --data DIR --freezes none,head --epochs 2 --size 224
-Not run by pytest. Writes only to a temporary folder (its own run store and image cache).
+Not run by pytest. Writes only to a temporary folder (its own run store; its image cache unless
+CXRDEMO_CACHE_DIR is set).
 Each epoch's `seconds` (training + validation, as metrics.csv has it) and `probe_s` (the probes: one forward
 and a Grad-CAM backward of 3 validation images per class) come from the same progress rows.
 """
@@ -40,7 +41,7 @@ def main() -> int:
     args = ap.parse_args()
     tmp = tempfile.mkdtemp(prefix="bench_probes_")
     os.environ["CXRDEMO_RUNS_DIR"] = str(Path(tmp) / "runs")
-    os.environ["CXRDEMO_CACHE_DIR"] = str(Path(tmp) / "cache")
+    os.environ.setdefault("CXRDEMO_CACHE_DIR", str(Path(tmp) / "cache"))  # a set one is reused: no second decode
     from cxrdemo.config import TrainConfig
     from cxrdemo.model import train
 
