@@ -51,8 +51,8 @@ def main() -> int:
     for freeze in args.freezes.split(","):
         config = TrainConfig(data=args.data, backbone=args.backbone, init="scratch", freeze=freeze,
                              epochs=args.epochs, img_size=args.size, patience=0, step_size=0, probes=args.probes)
-        rows = []
-        train.fit(config, Path(tempfile.mkdtemp(dir=tmp)), lambda p: rows.append(p.row) if p.row else None)
+        rows: list[dict] = []
+        train.fit(config, Path(tempfile.mkdtemp(dir=tmp)), lambda p, rows=rows: rows.append(p.row) if p.row else None)
         for r in rows:
             print(f"| {freeze} | {r['epoch']} | {r['path']} | {r['seconds']:.2f} | {r['probe_s']:.3f} | "
                   f"{100 * r['probe_s'] / r['seconds']:.1f}% |", flush=True)

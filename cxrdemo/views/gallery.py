@@ -29,9 +29,9 @@ def confusion_markers_figure(p: Predictions) -> go.Figure:
     colors = np.where(t == q, "#2e7d32", "#c62828")
     fig = go.Figure(go.Scatter(
         x=[names[j] for j in q], y=[names[i] for i in t], mode="markers+text", text=[str(c) for c in counts],
-        customdata=np.c_[t, q], textfont=dict(color="white", size=16),
-        marker=dict(symbol="square", size=[28 + 50 * np.sqrt(c / max(1, cm.max())) for c in counts],
-                    color=colors, opacity=[0.35 if c == 0 else 0.9 for c in counts]),
+        customdata=np.c_[t, q], textfont={"color": "white", "size": 16},
+        marker={"symbol": "square", "size": [28 + 50 * np.sqrt(c / max(1, cm.max())) for c in counts],
+                    "color": colors, "opacity": [0.35 if c == 0 else 0.9 for c in counts]},
         hovertemplate="true %{y}<br>predicted %{x}<br>%{text} images: click to see them<extra></extra>"))
     fig.update_layout(title="Confusion matrix (test images): click a cell", xaxis_title="Predicted",
                       yaxis_title="True", height=380, clickmode="event+select", dragmode=False)

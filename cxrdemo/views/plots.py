@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterable
 
@@ -86,7 +87,7 @@ def unfreeze_epochs(m: pd.DataFrame | None) -> list[tuple[int, int, int]]:
     if m is None or not len(m) or "trainable_params" not in m:
         return []
     counts = m[["epoch", "trainable_params"]].dropna().to_numpy(dtype=float)
-    return [(int(e), int(prev), int(n)) for (_, prev), (e, n) in zip(counts[:-1], counts[1:]) if n > prev]
+    return [(int(e), int(prev), int(n)) for (_, prev), (e, n) in itertools.pairwise(counts) if n > prev]
 
 
 def _fmt_int(v: float) -> str:

@@ -90,7 +90,7 @@ def timelapse_figure(timelines: dict[str, probes.Timeline], animate: bool = True
             for c in range(n_cols):
                 if c < len(t.names):
                     images.append(go.Image(source=_png_uri(cell_image(t, i, c)), hoverinfo="skip"))
-                    notes.append(dict(text=_cell_text(t, i, c), row=r + 1, col=c + 1))
+                    notes.append({"text": _cell_text(t, i, c), "row": r + 1, "col": c + 1})
                 else:
                     images.append(go.Image(source=_png_uri(np.zeros((2, 2, 3), np.uint8)), hoverinfo="skip"))
         return images, notes
@@ -104,33 +104,33 @@ def timelapse_figure(timelines: dict[str, probes.Timeline], animate: bool = True
         for n in notes:
             axis = (n["row"] - 1) * n_cols + n["col"]
             suffix = "" if axis == 1 else str(axis)
-            out.append(dict(text=n["text"], xref=f"x{suffix} domain", yref=f"y{suffix} domain", x=0.5, y=1.0,
-                            yanchor="bottom", showarrow=False, font_size=10))
+            out.append({"text": n["text"], "xref": f"x{suffix} domain", "yref": f"y{suffix} domain", "x": 0.5, "y": 1.0,
+                            "yanchor": "bottom", "showarrow": False, "font_size": 10})
         return out
 
     row_titles = list(fig.layout.annotations)
     fig.update_layout(annotations=row_titles + annotations(notes))
     fig.update_xaxes(visible=False)
     fig.update_yaxes(visible=False)
-    fig.update_layout(height=170 * len(runs_) + (110 if animate else 30), margin=dict(l=10, r=40, t=30, b=10),
+    fig.update_layout(height=170 * len(runs_) + (110 if animate else 30), margin={"l": 10, "r": 40, "t": 30, "b": 10},
                       title=None if animate else f"Probe images after epoch {shown[-1]}")
     if animate and len(shown) > 1:
         frames = []
         for e in shown:
             imgs, nts = cells(e)
-            frames.append(go.Frame(data=imgs, name=str(e), layout=dict(annotations=row_titles + annotations(nts))))
+            frames.append(go.Frame(data=imgs, name=str(e), layout={"annotations": row_titles + annotations(nts)}))
         fig.frames = frames
-        step = dict(mode="immediate", frame=dict(duration=0, redraw=True), transition=dict(duration=0))
+        step = {"mode": "immediate", "frame": {"duration": 0, "redraw": True}, "transition": {"duration": 0}}
         fig.update_layout(
-            sliders=[dict(active=0, currentvalue=dict(prefix="Epoch "), pad=dict(t=10),
-                          steps=[dict(label=str(e), method="animate", args=[[str(e)], step]) for e in shown])],
-            updatemenus=[dict(type="buttons", showactive=False, x=0, y=0, xanchor="right", yanchor="top",
-                              pad=dict(t=40, r=10),
-                              buttons=[dict(label="▶ Play", method="animate",
-                                            args=[None, dict(frame=dict(duration=700, redraw=True),
-                                                             fromcurrent=True, transition=dict(duration=0))]),
-                                       dict(label="⏸", method="animate",
-                                            args=[[None], dict(mode="immediate", frame=dict(duration=0))])])])
+            sliders=[{"active": 0, "currentvalue": {"prefix": "Epoch "}, "pad": {"t": 10},
+                          "steps": [{"label": str(e), "method": "animate", "args": [[str(e)], step]} for e in shown]}],
+            updatemenus=[{"type": "buttons", "showactive": False, "x": 0, "y": 0, "xanchor": "right", "yanchor": "top",
+                              "pad": {"t": 40, "r": 10},
+                              "buttons": [{"label": "▶ Play", "method": "animate",
+                                            "args": [None, {"frame": {"duration": 700, "redraw": True},
+                                                             "fromcurrent": True, "transition": {"duration": 0}}]},
+                                       {"label": "⏸", "method": "animate",
+                                            "args": [[None], {"mode": "immediate", "frame": {"duration": 0}}]}]}])
     return fig
 
 
@@ -142,7 +142,7 @@ def probability_figure(timelines: dict[str, probes.Timeline], colors: dict[str, 
             true = int(t.labels[p])
             fig.add_trace(go.Scatter(
                 x=t.epochs, y=t.probs[:, p, true], mode="lines+markers", marker_size=4, legendgroup=run_id,
-                name=run_id, showlegend=p == 0, line=dict(color=(colors or {}).get(run_id), width=1.5),
+                name=run_id, showlegend=p == 0, line={"color": (colors or {}).get(run_id), "width": 1.5},
                 hovertemplate=f"{html.escape(run_id)} · {html.escape(name)} ({t.classes[true]})"
                               "<br>epoch %{x}: p(true class) %{y:.3f}<extra></extra>"))
     fig.add_hline(y=0.5, line_dash="dot", line_color="grey")
