@@ -172,6 +172,9 @@ class TrainConfig:
                             tip="Mixed precision trains 2-3x faster on recent Intel CPUs (AMX) and on GPUs; the saved "
                                 "model and every prediction stay full precision.")
     seed: int = option(0, label="Seed", group="more", min=0, max=2**31 - 1)
+    probes: int = option(3, "validation images per class whose answer and heatmap are kept after every epoch "
+                         "(0 = off)", label="Probe images per class (0 = off)", group="more", min=0, max=20,
+                         tip="The Compare page replays how their answer and heatmap change while the model learns.")
     threads: int = option(0)  # 0 = choose for this machine
     split_seed: int = option(0)
     max_images: int = option(0, "cap images per split (quick demos)", label="Images per split (0 = all)",
@@ -255,6 +258,8 @@ def validate(c: TrainConfig) -> None:
         raise ConfigError(f"Dropout must be in [0, 1) (got {c.dropout}).")
     if c.step_size < 0 or c.patience < 0 or c.threads < 0 or c.max_images < 0:
         raise ConfigError("Step size, patience, threads and max images cannot be negative.")
+    if not (0 <= c.probes <= 20):
+        raise ConfigError(f"Probe images per class must be between 0 and 20 (got {c.probes}).")
     if not (0 < c.gamma <= 1) or not (0 < c.trunk_lr_factor <= 1):
         raise ConfigError("gamma and trunk_lr_factor must be in (0, 1].")
     for f in fields(c):

@@ -8,7 +8,7 @@ from streamlit.errors import StreamlitAPIException
 from cxrdemo import paths
 from cxrdemo.runs import store as runs
 from cxrdemo.views import compare, plots
-from pages import heatmaps_ui, ui
+from pages import heatmaps_ui, ui, watch
 
 REFERENCE = paths.DEMO_RUN_NAME  # the shipped demo model's run id when added as a reference (never deleted from here)
 REFRESH_S = 5  # how often curves of running jobs are re-read from the run store
@@ -90,7 +90,9 @@ def details_section(infos: dict, chosen_ids: list[str], table) -> None:
     test = runs.read_test_metrics(info.path) if not info.damaged else None
     tab_cm, tab_roc, tab_recipe, tab_cams = st.tabs(["Confusion matrix", "ROC curve", "Recipe", "Heatmap scorecard"])
     with tab_cm, ui.friendly_errors("Drawing the confusion matrix"):
-        if test:
+        if test and watch.gallery_tab(info):
+            pass  # the clickable matrix and its images (runs that saved per-image predictions)
+        elif test:
             st.plotly_chart(plots.confusion_figure(test), key="confusion")
         else:
             st.info("This run has no test results yet: it is still training, it stopped early, or its dataset "
@@ -193,6 +195,9 @@ with ui.friendly_errors("Reading the runs"):
     st.fragment(run_every=REFRESH_S if active else None)(live_section)(root, states, colors)
     results_section(chosen, colors)
     details_section(infos, chosen_ids, table)
+    watch.paired_section(infos, chosen_ids)
+    watch.timelapse_section(infos, chosen_ids, colors)
+    watch.seeds_section([infos[r] for r in chosen_ids], table)
 
     st.subheader("Export")
     e1, e2 = st.columns(2)

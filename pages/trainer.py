@@ -12,7 +12,7 @@ from cxrdemo.runs.lifecycle import log_tail
 from cxrdemo.views import card, words
 from cxrdemo.views import trainer as tv
 from cxrdemo.views import trainer_form as form
-from pages import ui
+from pages import ui, watch
 
 SPECS = {spec.name: spec for spec in form.widget_specs()}
 FOLDER = "A folder on this computer"
@@ -182,7 +182,7 @@ if st.button("Start training", type="primary", disabled=bool(blocked), key="star
         run_id = jobs.submit(form.make_config(recipe), root, name=name, **where)
         st.success(f"Queued run **{run_id}**; it appears below and keeps training if you close this tab.")
 
-with st.expander("Sweep: queue a grid of backbones × freeze levels"):
+with st.expander("Sweep: queue a grid of backbones × freeze levels (× seeds)"):
     kept("sweep_backbones")
     sweep_nets = keep("sweep_backbones", st.multiselect(
         "Backbones", names, default=None if "sweep_backbones" in st.session_state else [backbone],
@@ -191,12 +191,15 @@ with st.expander("Sweep: queue a grid of backbones × freeze levels"):
     sweep_freezes = keep("sweep_freezes", st.multiselect(
         "Freeze levels", form.SWEEP_FREEZES, default=None if "sweep_freezes" in st.session_state else ["none", "head"],
         key="sweep_freezes"))
+    sweep_seeds = int(st.number_input("Seeds per recipe", 1, 10, 1, key="sweep_seeds",
+                                      help="Repeat each recipe with seeds seed, seed+1, ...: Compare shows their "
+                                           "mean ± standard deviation, so a difference can be told from luck."))
     configs, notes = [], []
     if ds is not None:
         with ui.friendly_errors("Preparing the sweep"):
             base = form.make_config(recipe)
             st.markdown(form.sweep_summary(base))
-            configs, notes = form.sweep_configs(base, sweep_nets, sweep_freezes)
+            configs, notes = form.sweep_configs(base, sweep_nets, sweep_freezes, sweep_seeds)
     for n in notes:
         st.caption(n)
     if st.button(f"Queue {len(configs)} run(s)", disabled=ds is None or not configs, key="sweep"):
@@ -234,6 +237,7 @@ def jobs_panel() -> None:
                     col.metric(label, "–" if value is None else (f"{value:.1%}" if "acc" in key else f"{value:.4f}"))
                 st.plotly_chart(card.card_figure(row.path), key=f"curve-{row.run_id}",
                                 config={"displayModeBar": False})
+                watch.probe_strip(row.run_id, row.path)
             if row.state in ("failed", "interrupted") and row.error:
                 st.error(row.error, icon=":material/error:")
                 if row.repeat_problem and row.repeat_problem not in row.error:

@@ -257,3 +257,24 @@ def test_compare_page_lists_runs(server, browser):
     assert ranges == [[0, 1], [0, 1]], ranges
     time.sleep(2)
     browser.save_screenshot(str(_shots(tmp) / "compare.png"))
+
+
+def test_compare_confusion_cell_opens_its_images(server, browser):
+    """A click on a cell of the clickable confusion matrix opens that cell's test images (AppTest cannot click)."""
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    url, tmp = server
+    _open(browser, url + "/compare", "Compare")
+    _wait_text(browser, "Click a cell to see its test images", 90)
+    plots = [p for p in browser.find_elements(By.CSS_SELECTOR, ".js-plotly-plot") if "click a cell" in p.text]
+    assert plots, "the confusion matrix is drawn as selectable markers"
+    points = [p for p in plots[0].find_elements(By.CSS_SELECTOR, "g.trace.scatter path.point") if p.size["width"]]
+    assert points
+    browser.execute_script("arguments[0].scrollIntoView({block: 'center'});", plots[0])
+    time.sleep(1)
+    ActionChains(browser).move_to_element(points[0]).click().perform()
+    WebDriverWait(browser, 60, poll_frequency=0.5).until(
+        lambda d: re.search(r"\d+ \S+ image\(s\) (classified right|the model called)",
+                            d.find_element(By.TAG_NAME, "body").text))
+    _no_exception(browser)
+    browser.save_screenshot(str(_shots(tmp) / "compare_gallery.png"))

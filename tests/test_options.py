@@ -58,7 +58,9 @@ def test_config_holds_parsed_values_and_run_files_keep_the_text():
     assert TrainConfig.from_dict(json.loads(json.dumps(c.to_dict()))) == c
     # The shipped demo model's config.json (written before `extra` was removed) reads back to the same text.
     saved = json.loads((REPO / "weights" / "demo" / "config.json").read_text())["config"]
-    assert TrainConfig.from_dict(saved).to_dict() == {k: v for k, v in saved.items() if k != "extra"}
+    # Options added since (probes) take their defaults.
+    assert TrainConfig.from_dict(saved).to_dict() == {**{k: v for k, v in saved.items() if k != "extra"},
+                                                      "probes": TrainConfig().probes}
 
 
 def test_words_for_rules_and_levels():

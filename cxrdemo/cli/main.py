@@ -1,4 +1,4 @@
-"""The command line: backbones, scan, train, evaluate, predict (and jobs). Bad input -> exit 2, one line."""
+"""The command line: backbones, scan, train, evaluate, compare, predict (and jobs). Bad input -> exit 2, one line."""
 
 from __future__ import annotations
 
@@ -82,7 +82,30 @@ def cmd_evaluate(args) -> int:
     from cxrdemo.diagnosis.predict import evaluate_run, load_model
 
     model = load_model(args.run, _runs_dir(args), allow_path=True)
-    print(_json(evaluate_run(model, args.data, args.split)))
+    out = Path(args.out) if args.out else None
+    if out is None and args.run != "demo" and os.access(model.path, os.W_OK):
+        # beside the run's own test_predictions.csv, named after the dataset folder and split
+        name = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in Path(str(args.data)).resolve().name)[:60]
+        out = model.path / f"test_predictions-{name or 'data'}-{args.split}.csv"
+    print(_json(evaluate_run(model, args.data, args.split, out)))
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from cxrdemo.model import paired, predictions
+    from cxrdemo.runs import store as runs
+
+    preds = []
+    for run in (args.run_a, args.run_b):
+        d = runs.run_dir(run, _runs_dir(args), allow_path=True)
+        preds.append(predictions.read(d / predictions.FILE))
+    result = paired.compare(*preds, n_resamples=args.resamples)
+    print(f"{result.n} test images in common" + (f" ({result.unmatched} seen by one run only)"
+                                                  if result.unmatched else ""))
+    for d in result.differences:
+        print(f"{d.metric:9} A {d.a:.4f}  B {d.b:.4f}  B-A {d.delta:+.4f}  95% interval {d.low:+.4f} to {d.high:+.4f}")
+    for d in result.differences:
+        print(paired.sentence(d, result.n))
     return 0
 
 
@@ -182,7 +205,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", required=True, help="run id, 'demo', or a run folder")
     p.add_argument("--data", required=True)
     p.add_argument("--split", default="test")
+    p.add_argument("--out", metavar="FILE.csv", help="per-image predictions (default: test_predictions-<dataset>-"
+                   "<split>.csv in the run folder; the demo model writes none unless asked)")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("compare", parents=[store],
+                       help="is B better than A? paired bootstrap 95%% intervals on their common test images")
+    p.add_argument("run_a", metavar="RUN_A", help="run id or run folder")
+    p.add_argument("run_b", metavar="RUN_B", help="run id or run folder")
+    p.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples (default 2000)")
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("predict", parents=[store],
                        help="one JSON line per image (an unreadable image: an 'error' line, exit 2)")

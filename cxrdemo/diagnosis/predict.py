@@ -15,7 +15,7 @@ import torch
 from cxrdemo import data
 from cxrdemo.diagnosis import quality
 from cxrdemo.errors import RunError
-from cxrdemo.model import checkpoint, metrics
+from cxrdemo.model import checkpoint, metrics, predictions
 from cxrdemo.model.backbones import Net
 from cxrdemo.model.checkpoint import Decision, Preprocessing
 from cxrdemo.runs import store as runs
@@ -97,11 +97,31 @@ def predict_split(model: LoadedModel, data_root: str, split: str = "test") -> tu
     return cached.labels.numpy(), probs, len(cached.skipped)
 
 
-def evaluate_run(model: LoadedModel, data_root: str, split: str = "test") -> dict:
-    """Metrics of `model` on one split of a dataset (classes must match the model's)."""
-    y, probs, skipped = predict_split(model, data_root, split)
+def evaluate_run(model: LoadedModel, data_root: str, split: str = "test", out: Path | None = None) -> dict:
+    """Metrics of `model` on one split of a dataset (classes must match the model's); per-image rows to `out`."""
+    from cxrdemo.data.naming import image_names
+    from cxrdemo.errors import DatasetError
+
+    scan = data.scan_dataset(data_root, require_train=False)
+    if tuple(scan.classes) != tuple(model.classes):
+        raise DatasetError(f"The dataset's classes {list(scan.classes)} differ from the model's {list(model.classes)}.")
+    items = scan.splits.get(split) or []
+    if not items:
+        raise DatasetError(f"The dataset {data_root} has no '{split}' images.")
+    pre = model.preprocessing
+    cached = data.load_images(items, pre.img_size)
+    probs = predict_probs(model, data.adjust_intensity(cached.images, pre.intensity))
+    y = cached.labels.numpy()
     result = metrics.classification_metrics(y, probs, model.classes, model.decision.value)
-    result["skipped"] = skipped
+    result["skipped"] = len(cached.skipped)
+    if out is not None:
+        names = image_names(scan.root, cached.paths)
+        try:
+            predictions.write(predictions.Predictions([n for n, _ in names], [h for _, h in names], model.classes, y,
+                                                      probs, model.decide(probs)), Path(out))
+        except OSError as exc:
+            raise RunError(f"Could not write the per-image predictions to {out}: {exc.strerror or exc}.") from None
+        result["predictions_file"] = str(out)
     return result
 
 

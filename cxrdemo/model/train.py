@@ -21,8 +21,9 @@ from torch import nn
 from cxrdemo import data, fileio
 from cxrdemo.config import TrainConfig, parse_marker
 from cxrdemo.data.marker import burn_marker, mark_images
+from cxrdemo.data.naming import image_names
 from cxrdemo.errors import Cancelled, ConfigError
-from cxrdemo.model import backbones, checkpoint, metrics
+from cxrdemo.model import backbones, checkpoint, metrics, predictions, probes
 from cxrdemo.model.device import autocast, choose_device, choose_precision, set_threads
 
 
@@ -214,6 +215,7 @@ def fit(config: TrainConfig, run_dir: Path, progress: ProgressFn | None = None,
            if config.ema else None)
     after_step = (lambda: ema.update_parameters(net)) if ema is not None else None
     best_score, best_epoch, bad_epochs, feature_cache = math.inf, 0, 0, None
+    panel = probes.start_panel(run_dir, config, cache["val"], scan.root, classes)
     try:
         for epoch in range(1, config.epochs + 1):
             _check(should_stop)
@@ -258,6 +260,9 @@ def fit(config: TrainConfig, run_dir: Path, progress: ProgressFn | None = None,
                 checkpoint.save_best_epoch(run_dir, (ema.module if ema else net).state_dict(), epoch, val_loss, path)
             else:
                 bad_epochs += 1
+            if panel is not None:
+                # the network the epoch validated (the weight average when there is one), whole, in eval mode
+                row["probe_s"] = probes.record_epoch(panel, ema.module if ema else net, plain, epoch)
             say(Progress("val", epoch, config.epochs, message=f"Epoch {epoch} done", row=row))
             if config.patience and bad_epochs >= config.patience:
                 say(Progress("val", epoch, config.epochs,
@@ -270,7 +275,7 @@ def fit(config: TrainConfig, run_dir: Path, progress: ProgressFn | None = None,
         raise
     # The test reloads the best weights into a fresh net: free the training copy, its gradients and Adam state first.
     net = ev_model = opt = sched = feature_cache = ema = after_step = None
-    return finish(run_dir, config, classes, cache, best_epoch, say)
+    return finish(run_dir, config, classes, cache, best_epoch, say, root=scan.root)
 
 
 def _read_dataset(config: TrainConfig, pre: checkpoint.Preprocessing,
@@ -350,7 +355,7 @@ def choose_decision(config: TrainConfig, net: backbones.Net, val: data.CachedIma
 
 
 def finish(run_dir: Path, config: TrainConfig, classes: tuple[str, ...], cache: dict, best_epoch: int,
-           say: ProgressFn, *, test: bool = True) -> dict:
+           say: ProgressFn, *, test: bool = True, root: str = "") -> dict:
     """Reload the best epoch, decide on validation, write model.pt once (complete), then measure it on the test split."""
     if not best_epoch:
         raise ConfigError("No epoch produced a finite validation score (loss, or AUROC with --select val_auroc); "
@@ -379,6 +384,10 @@ def finish(run_dir: Path, config: TrainConfig, classes: tuple[str, ...], cache: 
                                                classes, threshold)
             result["marked"] = {**marked, "loss": m_loss, "probs": np.round(m_probs, 6).tolist()}
         fileio.atomic_write_json(run_dir / "test_metrics.json", result)
+        names = image_names(root, cache["test"].paths)
+        predictions.write(predictions.Predictions(
+            [n for n, _ in names], [h for _, h in names], tuple(classes), cache["test"].labels.numpy(), probs,
+            metrics.predict_labels(probs, threshold)), run_dir / predictions.FILE)
     say(Progress("done", best_epoch, config.epochs, message="Finished"))
     return result
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterable
 
@@ -58,15 +59,22 @@ def curves_figure(infos: list[runs.RunInfo], metric: str = "loss", smoothing: fl
         for col, split, dash in ((train_col, "train", "solid"), (val_col, "val", "dash")):
             raw = m[col].to_numpy(dtype=float)
             shown = ema(raw, smoothing) if smoothing else raw
-            hover = f"{info.run_id} · {split}<br>epoch %{{x}}<br>{label.lower()} %{{customdata:.4f}}"
+            hover = (f"{info.run_id} · {split}<br>epoch %{{x}}<br>{label.lower()} %{{customdata:.4f}}"
+                     "<br>%{text} trainable parameters")
             if smoothing:
                 hover += " (smoothed %{y:.4f})"
             fig.add_trace(go.Scatter(
                 x=m["epoch"].to_numpy(), y=shown, customdata=raw, name=f"{info.run_id} · {split}",
+                text=[_fmt_int(v) for v in m["trainable_params"]],
                 legendgroup=info.run_id, mode="lines+markers", marker_size=5,
                 line=dict(color=colors.get(info.run_id), dash=dash), hovertemplate=hover + "<extra></extra>"))
     if not fig.data:
         return _empty("No finished epoch yet in the chosen runs.", label)
+    for info in infos:  # a gradual:T run: mark the epoch its trunk started learning
+        for epoch, before, after in unfreeze_epochs(runs.read_metrics(info.path) if not info.damaged else None):
+            fig.add_vline(x=epoch - 0.5, line_dash="dot", line_color=colors.get(info.run_id, "grey"),
+                          annotation_text=f"{info.run_id}: trunk unfrozen ({before:,} → {after:,} trainable)",
+                          annotation_font_size=10, annotation_textangle=-90, annotation_position="top left")
     fig.update_layout(title=f"{label} per epoch (solid: train, dashed: validation)", hovermode="closest",
                       xaxis_title="Epoch", yaxis_title=label, legend_title_text="", height=460,
                       legend=LEGEND_BELOW)
@@ -74,6 +82,14 @@ def curves_figure(infos: list[runs.RunInfo], metric: str = "loss", smoothing: fl
     if metric == "accuracy":
         fig.update_yaxes(range=[0, 1.02])
     return fig
+
+
+def unfreeze_epochs(m: pd.DataFrame | None) -> list[tuple[int, int, int]]:
+    """(epoch, trainable parameters before, after) wherever a run's trainable parameter count went up."""
+    if m is None or not len(m) or "trainable_params" not in m:
+        return []
+    counts = m[["epoch", "trainable_params"]].dropna().to_numpy(dtype=float)
+    return [(int(e), int(prev), int(n)) for (_, prev), (e, n) in itertools.pairwise(counts) if n > prev]
 
 
 def _fmt_int(v: float) -> str:

@@ -144,8 +144,10 @@ def imagenet_note(backbone: str) -> str | None:
             "scratch or from a finished run.")
 
 
-def sweep_configs(base: TrainConfig, backbone_names: list[str], freezes: list[str]) -> tuple[list[TrainConfig], list[str]]:
-    """The backbone x freeze grid as configs, plus sentences for combinations skipped or changed."""
+def sweep_configs(base: TrainConfig, backbone_names: list[str], freezes: list[str],
+                  seeds: int = 1) -> tuple[list[TrainConfig], list[str]]:
+    """The backbone x freeze grid as configs (each repeated with `seeds` seeds from base.seed on), plus sentences
+    for combinations skipped or changed."""
     from cxrdemo.model import backbones
 
     configs, notes = [], []
@@ -163,7 +165,8 @@ def sweep_configs(base: TrainConfig, backbone_names: list[str], freezes: list[st
             elif init == "imagenet" and backbones.find_imagenet_weights(name) is None:
                 raise ConfigError(f"ImageNet weights ({backbones.imagenet_weight_file(name)}) are not on this "
                                   "machine; skipped")
-            configs.append(base.replace(backbone=name, freeze=freeze, init=init))
+            configs += [base.replace(backbone=name, freeze=freeze, init=init, seed=base.seed + i)
+                        for i in range(max(1, seeds))]
         except ConfigError as exc:
             notes.append(f"{name} with freeze {freeze}: {exc}")
     return configs, list(dict.fromkeys(notes))

@@ -1,0 +1,63 @@
+"""Probe timelapse overhead: seconds per epoch spent writing probes/epoch-NNN.npz vs the epoch itself.
+
+python benchmarks/bench_probes.py                       # cxr-dev, 224 px, resnet18, freeze none / 3 / head
+python benchmarks/bench_probes.py --data DIR --freezes none,head --epochs 2 --size 224
+Not run by pytest. Writes only to a temporary folder (its own run store; its image cache unless
+CXRDEMO_CACHE_DIR is set).
+Each epoch's `seconds` (training + validation, as metrics.csv has it) and `probe_s` (the probes: one forward
+and a Grad-CAM backward of 3 validation images per class) come from the same progress rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def cpu_model() -> str:
+    """lscpu's model name (what the figures were measured on)."""
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return platform.processor() or "unknown CPU"
+    return next((ln.split(":", 1)[1].strip() for ln in out.splitlines() if ln.startswith("Model name")), "unknown")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--data", default="/work/shared/data/cxr-dev")
+    ap.add_argument("--backbone", default="resnet18")
+    ap.add_argument("--freezes", default="none,3,head")
+    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--probes", type=int, default=3)
+    args = ap.parse_args()
+    tmp = tempfile.mkdtemp(prefix="bench_probes_")
+    os.environ["CXRDEMO_RUNS_DIR"] = str(Path(tmp) / "runs")
+    os.environ.setdefault("CXRDEMO_CACHE_DIR", str(Path(tmp) / "cache"))  # a set one is reused: no second decode
+    from cxrdemo.config import TrainConfig
+    from cxrdemo.model import train
+
+    print(f"cpu: {cpu_model()}, {os.cpu_count()} cores; load average {os.getloadavg()[0]:.1f}")
+    print("| freeze | epoch | path | epoch s | probe s | probe / epoch |")
+    print("|---|---|---|---|---|---|")
+    for freeze in args.freezes.split(","):
+        config = TrainConfig(data=args.data, backbone=args.backbone, init="scratch", freeze=freeze,
+                             epochs=args.epochs, img_size=args.size, patience=0, step_size=0, probes=args.probes)
+        rows: list[dict] = []
+        train.fit(config, Path(tempfile.mkdtemp(dir=tmp)), lambda p, rows=rows: rows.append(p.row) if p.row else None)
+        for r in rows:
+            print(f"| {freeze} | {r['epoch']} | {r['path']} | {r['seconds']:.2f} | {r['probe_s']:.3f} | "
+                  f"{100 * r['probe_s'] / r['seconds']:.1f}% |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,122 @@
+"""Is the difference between two runs real? Paired bootstrap intervals on the same test images.
+
+Both runs are scored on every resampled set of images (paired), so the image-to-image variation they share
+cancels out. Each class is resampled within itself (scipy.stats.bootstrap with one sample per class), so every
+resample holds both classes and defines an AUROC; the interval is the percentile interval.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import stats
+
+from cxrdemo.errors import RunError
+from cxrdemo.model.predictions import Predictions
+
+
+@dataclass(frozen=True)
+class Difference:
+    """B minus A for one metric, with its 95% interval."""
+
+    metric: str  # "auroc" | "accuracy"
+    a: float
+    b: float
+    low: float
+    high: float
+
+    @property
+    def delta(self) -> float:
+        """B minus A."""
+        return self.b - self.a
+
+    @property
+    def could_be_chance(self) -> bool:
+        """True when the interval includes no difference at all."""
+        return self.low <= 0.0 <= self.high
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """The paired comparison of run B against run A on the images both were tested on."""
+
+    n: int  # images matched
+    unmatched: int  # images only one of the runs was tested on
+    differences: tuple[Difference, ...]
+
+
+def _auroc(y: np.ndarray, probs: np.ndarray) -> float:
+    """Area under the ROC curve by ranks (ties count half); one-vs-rest mean over the classes present."""
+    k = probs.shape[1]
+    targets = [1] if k == 2 else [c for c in range(k) if (y == c).any()]
+    out = []
+    for c in targets:
+        pos = y == c
+        n1, n0 = int(pos.sum()), int((~pos).sum())
+        if not n1 or not n0:
+            continue
+        ranks = stats.rankdata(probs[:, c])
+        out.append((ranks[pos].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
+    return float(np.mean(out)) if out else float("nan")
+
+
+def match(a: Predictions, b: Predictions) -> tuple[np.ndarray, np.ndarray, int]:
+    """Row indices of the images both runs saw (same relative path and content hash), and how many did not match."""
+    if a.classes != b.classes:
+        raise RunError(f"The two runs tell different classes apart ({', '.join(a.classes)} vs "
+                       f"{', '.join(b.classes)}): their results cannot be paired.")
+    where_b = {key: j for j, key in enumerate(b.keys)}
+    pairs = [(i, where_b[key]) for i, key in enumerate(a.keys) if key in where_b]
+    if not pairs:
+        raise RunError("The two runs were tested on different images (no file name and content in common): "
+                       "evaluate both on the same test set first.")
+    ia, ib = (np.array(x, dtype=np.int64) for x in zip(*pairs))
+    if not np.array_equal(a.y_true[ia], b.y_true[ib]):
+        raise RunError("The same test image carries a different true class in the two runs: check the datasets.")
+    return ia, ib, len(a.keys) + len(b.keys) - 2 * len(pairs)
+
+
+def compare(a: Predictions, b: Predictions, n_resamples: int = 2000, seed: int = 0) -> Comparison:
+    """Paired bootstrap 95% intervals of B minus A in AUROC and in accuracy on the images both runs saw."""
+    ia, ib, unmatched = match(a, b)
+    y, pa, pb = a.y_true[ia], a.probs[ia], b.probs[ib]
+    ok_a, ok_b = (a.y_pred[ia] == y).astype(float), (b.y_pred[ib] == y).astype(float)
+    by_class = [np.flatnonzero(y == c) for c in np.unique(y)]
+    if len(by_class) < 2:
+        raise RunError("The shared test images are all of one class: AUROC is not defined on them.")
+
+    def auroc_diff(*groups: np.ndarray) -> float:
+        idx = np.concatenate(groups)
+        return _auroc(y[idx], pb[idx]) - _auroc(y[idx], pa[idx])
+
+    def accuracy_diff(*groups: np.ndarray) -> float:
+        idx = np.concatenate(groups)
+        return float(ok_b[idx].mean() - ok_a[idx].mean())
+
+    out = []
+    for name, stat, value_a, value_b in (("auroc", auroc_diff, _auroc(y, pa), _auroc(y, pb)),
+                                         ("accuracy", accuracy_diff, ok_a.mean(), ok_b.mean())):
+        res = stats.bootstrap(tuple(by_class), stat, n_resamples=n_resamples, vectorized=False, paired=False,
+                              method="percentile", confidence_level=0.95, rng=np.random.default_rng(seed))
+        lo, hi = res.confidence_interval
+        out.append(Difference(name, float(value_a), float(value_b), float(lo), float(hi)))
+    return Comparison(len(y), unmatched, tuple(out))
+
+
+_LABEL = {"auroc": "AUROC", "accuracy": "accuracy"}
+
+
+def sentence(d: Difference, n: int, a: str = "A", b: str = "B") -> str:
+    """One plain sentence: how much B differs from A, its interval, and whether that could be chance."""
+    scale, unit, digits = (100.0, " points", 1) if d.metric == "accuracy" else (1.0, "", 3)
+
+    def f(v: float) -> str:
+        return f"{v * scale:.{digits}f}".replace("-", "\u2212")
+
+    if abs(d.delta) < 0.5 * 10 ** -digits / scale:
+        head = f"{b}'s {_LABEL[d.metric]} is the same as {a}'s"
+    else:
+        head = f"{b}'s {_LABEL[d.metric]} is {f(abs(d.delta))}{unit} {'higher' if d.delta > 0 else 'lower'}"
+    verdict = "the difference could be chance" if d.could_be_chance else "the difference is unlikely to be chance"
+    return f"{head}, 95% interval {f(d.low)} to {f(d.high)}{unit}: on these {n} images {verdict}."

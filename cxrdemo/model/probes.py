@@ -1,0 +1,163 @@
+"""The probe timelapse: a fixed panel of validation images whose answer and heatmap are kept after every epoch.
+
+A run folder's probes/ holds panel.npz once (names, classes, true labels, small thumbnails, so a run shipped
+without its dataset still shows them) and epoch-NNN.npz per epoch (class probabilities and a low-resolution
+Grad-CAM of the predicted class). The panel is chosen by the run's seed: the same seed follows the same images.
+The heatmap is computed through pytorch-grad-cam (as a context manager, so its hooks are released) on the
+network the epoch validated, in eval mode, outside inference mode; the network's own flags are restored.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from pytorch_grad_cam import GradCAM
+
+from cxrdemo import fileio
+from cxrdemo.config import TrainConfig
+from cxrdemo.data.cache import CachedImages
+from cxrdemo.data.naming import image_names
+from cxrdemo.errors import RunError
+from cxrdemo.model import backbones
+
+FOLDER = "probes"
+HEATMAP_PX = 32  # a heatmap of 32x32 is what the eye can read at strip size; 1 KB per probe per epoch
+THUMB_PX = 64
+_EPOCH_RE = re.compile(r"^epoch-(\d{3,})\.npz$")
+
+
+@dataclass
+class Panel:
+    """The probe images of a run being trained: where they go and their pixels as the network sees them."""
+
+    folder: Path
+    images: torch.Tensor  # uint8 P x 1 x S x S, preprocessed like the validation split
+
+
+@dataclass(frozen=True)
+class Timeline:
+    """A run's probes over its epochs, as read back from its folder."""
+
+    names: list[str]
+    classes: tuple[str, ...]
+    labels: np.ndarray  # P true class indices
+    thumbnails: np.ndarray  # P x THUMB_PX x THUMB_PX uint8
+    epochs: list[int]
+    probs: np.ndarray  # E x P x K
+    heatmaps: np.ndarray  # E x P x HEATMAP_PX x HEATMAP_PX uint8 (0..255)
+
+
+def choose_probes(labels: np.ndarray, per_class: int, seed: int) -> list[int]:
+    """Indices of `per_class` images of each class (fewer when a class has fewer), chosen by `seed`, sorted."""
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    chosen: list[int] = []
+    for k in np.unique(labels):
+        idx = np.flatnonzero(labels == k)
+        chosen += rng.choice(idx, size=min(per_class, len(idx)), replace=False).tolist()
+    return sorted(int(i) for i in chosen)
+
+
+def _shrink(images: torch.Tensor, px: int) -> np.ndarray:
+    """N x 1 x S x S (any dtype) -> N x px x px uint8 by area averaging."""
+    small = torch.nn.functional.adaptive_avg_pool2d(images.float(), px)[:, 0]
+    return small.round().clamp(0, 255).to(torch.uint8).numpy()
+
+
+def start_panel(run_dir: Path, config: TrainConfig, val: CachedImages, root: str,
+                classes: tuple[str, ...]) -> Panel | None:
+    """Choose the probe panel from the validation split and write panel.npz; None when probes are off."""
+    if not config.probes or not len(val.labels):
+        return None
+    idx = choose_probes(val.labels.numpy(), config.probes, config.seed)
+    images = val.images[idx]
+    folder = Path(run_dir) / FOLDER
+    folder.mkdir(exist_ok=True)
+    names = image_names(root, [val.paths[i] for i in idx])
+    _save(folder / "panel.npz", names=np.array([n for n, _ in names]), hashes=np.array([h for _, h in names]),
+          classes=np.array(classes), labels=val.labels[idx].numpy(), thumbnails=_shrink(images, THUMB_PX))
+    return Panel(folder, images)
+
+
+def _save(path: Path, **arrays: np.ndarray) -> None:
+    with fileio.atomic_file(path) as f:
+        np.savez_compressed(f, **arrays)
+
+
+def _grad_from_here(module: torch.nn.Module, args, output):
+    """Forward hook: autograd starts at the target layer, so no parameter needs a gradient."""
+    if isinstance(output, torch.Tensor) and not output.requires_grad:
+        return output.requires_grad_()
+    return None
+
+
+@contextlib.contextmanager
+def _eval_without_grads(net: torch.nn.Module) -> Iterator[None]:
+    """Eval mode and no parameter gradients for the heatmap; the training flags are restored afterwards."""
+    params = list(net.parameters())
+    before, was_training = [p.requires_grad for p in params], net.training
+    try:
+        net.eval()
+        for p in params:
+            p.requires_grad_(False)
+        yield
+    finally:
+        for p, flag in zip(params, before):
+            p.requires_grad_(flag)
+        net.train(was_training)
+
+
+def heatmaps(net: backbones.Net, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """(probabilities P x K, Grad-CAM of each image's predicted class P x HEATMAP_PX x HEATMAP_PX uint8)."""
+    layer = backbones.cam_target_layer(net)
+    with torch.inference_mode(False), torch.enable_grad(), _eval_without_grads(net):
+        hook = layer.register_forward_hook(_grad_from_here, prepend=True)
+        try:
+            with GradCAM(model=net, target_layers=[layer]) as cam:
+                maps = cam(input_tensor=x.clone(), targets=None)  # None: each image's highest-scoring class
+                logits = cam.outputs.detach().float().cpu()
+        finally:
+            hook.remove()
+    maps = torch.from_numpy(np.nan_to_num(np.asarray(maps, dtype=np.float32))).clamp(0, 1)[:, None] * 255
+    return torch.softmax(logits, 1).numpy(), _shrink(maps, HEATMAP_PX)
+
+
+def record_epoch(panel: Panel, net: backbones.Net, inputs, epoch: int) -> float:
+    """Write probes/epoch-NNN.npz for `net` after `epoch`; returns the seconds it took."""
+    t0 = time.perf_counter()
+    probs, maps = heatmaps(net, inputs(panel.images))
+    _save(panel.folder / f"epoch-{epoch:03d}.npz", probs=probs.astype(np.float32), heatmaps=maps)
+    return round(time.perf_counter() - t0, 4)
+
+
+def read_timeline(run_dir: Path) -> Timeline | None:
+    """The probes of a run folder; None when it has none (probes off, or trained before they existed)."""
+    folder = Path(run_dir) / FOLDER
+    if not (folder / "panel.npz").is_file():
+        return None
+    try:
+        with np.load(folder / "panel.npz") as z:
+            names, classes, labels, thumbs = ([str(n) for n in z["names"]], tuple(str(c) for c in z["classes"]),
+                                              z["labels"].astype(np.int64), z["thumbnails"])
+        epochs, probs, maps = [], [], []
+        for f in sorted(folder.iterdir()):
+            m = _EPOCH_RE.match(f.name)
+            if m:
+                with np.load(f) as z:
+                    probs.append(z["probs"])
+                    maps.append(z["heatmaps"])
+                epochs.append(int(m.group(1)))
+    except (OSError, ValueError, KeyError) as exc:
+        raise RunError(f"The probe files of run {Path(run_dir).name} are damaged ({exc.__class__.__name__}).") \
+            from None
+    p, k = len(names), len(classes)
+    return Timeline(names, classes, labels, thumbs, epochs,
+                    np.stack(probs) if probs else np.zeros((0, p, k), np.float32),
+                    np.stack(maps) if maps else np.zeros((0, p, HEATMAP_PX, HEATMAP_PX), np.uint8))

@@ -1,0 +1,256 @@
+"""Watch it learn: per-image test predictions, the probe timelapse, the paired comparison of two runs."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cxrdemo.cli.main import main as cli
+from cxrdemo.config import TrainConfig
+from cxrdemo.errors import ConfigError
+from cxrdemo.model import predictions, probes
+from cxrdemo.runs import store as runs
+from cxrdemo.runs.worker import execute_run
+
+
+def _make(root, n=(8, 4, 4), size=40, seed=0):
+    rng = np.random.default_rng(seed)
+    for split, k in zip(("train", "val", "test"), n):
+        for ci, c in enumerate(("NORMAL", "PNEUMONIA")):
+            d = root / split / c
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(k):
+                a = (rng.random((size, size)) * 60 + 30).astype(np.uint8)
+                if ci:
+                    a[8:20, 10:30] = 240
+                Image.fromarray(a).save(d / f"{c}_{i}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def ds(tmp_path_factory):
+    return _make(tmp_path_factory.mktemp("watch_ds"))
+
+
+@pytest.fixture(autouse=True)
+def store(tmp_path, monkeypatch):
+    monkeypatch.setenv("CXRDEMO_RUNS_DIR", str(tmp_path / "runs"))
+    monkeypatch.setenv("CXRDEMO_CACHE_DIR", str(tmp_path.parent / "cache"))
+    return tmp_path / "runs"
+
+
+def _train(data, **kw):
+    base = {"data": str(data), "backbone": "cnn8", "img_size": 32, "epochs": 2, "batch_size": 8, "patience": 0,
+            "step_size": 0, "threads": 1}
+    d = runs.create_run(TrainConfig(**{**base, **kw}))
+    status = execute_run(d)
+    assert status["state"] == "completed", status
+    return d
+
+
+def test_choose_probes_is_stratified_and_seeded():
+    labels = np.array([0] * 10 + [1] * 5 + [2] * 2)
+    a = probes.choose_probes(labels, 3, seed=4)
+    assert a == probes.choose_probes(labels, 3, seed=4)
+    assert a != probes.choose_probes(labels, 3, seed=5)
+    assert np.bincount(labels[a]).tolist() == [3, 3, 2]
+
+
+def test_probe_option_is_validated():
+    assert TrainConfig().probes == 3
+    with pytest.raises(ConfigError, match="Probe images"):
+        TrainConfig(probes=-1)
+
+
+def test_run_writes_probes_per_epoch_and_test_predictions(ds):
+    d = _train(ds, epochs=3)
+    t = probes.read_timeline(d)
+    assert t.epochs == [1, 2, 3]
+    assert t.classes == ("NORMAL", "PNEUMONIA") and t.labels.tolist() == [0, 0, 0, 1, 1, 1]
+    assert t.probs.shape == (3, 6, 2) and np.allclose(t.probs.sum(-1), 1, atol=1e-5)
+    assert t.heatmaps.shape == (3, 6, probes.HEATMAP_PX, probes.HEATMAP_PX) and t.heatmaps.dtype == np.uint8
+    assert t.thumbnails.shape == (6, probes.THUMB_PX, probes.THUMB_PX)
+    assert all(n.startswith("val/") and not n.startswith("/") for n in t.names)
+    size = sum(f.stat().st_size for f in (d / probes.FOLDER).iterdir())
+    assert size < 100_000
+    p = predictions.read(d / predictions.FILE)
+    assert len(p.images) == 8 and all(n.startswith("test/") for n in p.images)
+    assert all(len(h) == 12 for h in p.hashes)
+    tm = runs.read_test_metrics(d)
+    assert p.y_true.tolist() == tm["y_true"]
+    assert np.allclose(p.probs, tm["probs"], atol=1e-6)
+    assert (p.y_pred == p.probs.argmax(1)).all()
+    assert float(np.mean(p.y_pred == p.y_true)) == pytest.approx(tm["accuracy"])
+
+
+def test_same_seed_same_probes_and_probes_off(ds):
+    a, b = _train(ds, seed=7), _train(ds, seed=7)
+    ta, tb = probes.read_timeline(a), probes.read_timeline(b)
+    assert ta.names == tb.names
+    assert np.array_equal(ta.probs, tb.probs) and np.array_equal(ta.heatmaps, tb.heatmaps)
+    assert probes.read_timeline(_train(ds, probes=0, epochs=1)) is None
+
+
+def test_evaluate_writes_predictions_for_another_dataset(ds, tmp_path, capsys):
+    d = _train(ds, epochs=1, probes=0)
+    out = tmp_path / "preds.csv"
+    assert cli(["evaluate", "--run", d.name, "--data", str(ds), "--out", str(out)]) == 0
+    p = predictions.read(out)
+    assert p.images == predictions.read(d / predictions.FILE).images
+
+
+def _preds(y, probs, images=None, threshold=None):
+    probs = np.asarray(probs, float)
+    n = len(y)
+    images = images or [f"test/{i:03d}.png" for i in range(n)]
+    pred = (probs[:, 1] >= threshold).astype(int) if threshold is not None else probs.argmax(1)
+    return predictions.Predictions(images, ["h" * 12] * n, ("NORMAL", "PNEUMONIA"), np.asarray(y), probs, pred)
+
+
+def _scores(y, noise, rng):
+    s = np.clip(0.5 + (np.asarray(y) - 0.5) * 0.3 + rng.normal(0, noise, len(y)), 0, 1)
+    return np.c_[1 - s, s]
+
+
+def test_paired_interval_covers_a_planted_difference():
+    from cxrdemo.model import paired
+
+    rng = np.random.default_rng(0)
+    y = np.array([0, 1] * 150)
+    a, b = _preds(y, _scores(y, 0.35, rng)), _preds(y, _scores(y, 0.12, rng))
+    result = paired.compare(a, b, n_resamples=500)
+    auc, acc = result.differences
+    assert result.n == 300 and result.unmatched == 0
+    assert auc.a == pytest.approx(_sk_auc(y, a.probs[:, 1])) and auc.b == pytest.approx(_sk_auc(y, b.probs[:, 1]))
+    assert auc.low < auc.delta < auc.high and auc.low > 0  # B is clearly better: the interval excludes 0
+    assert acc.delta == pytest.approx(np.mean(b.y_pred == y) - np.mean(a.y_pred == y))
+    assert acc.low < acc.delta < acc.high
+    assert "higher" in paired.sentence(auc, result.n) and "unlikely to be chance" in paired.sentence(auc, result.n)
+
+
+def test_paired_identical_runs_differ_by_zero():
+    from cxrdemo.model import paired
+
+    rng = np.random.default_rng(1)
+    y = np.array([0, 1] * 20)
+    a = _preds(y, _scores(y, 0.3, rng))
+    result = paired.compare(a, a, n_resamples=200)
+    for d in result.differences:
+        assert d.delta == 0 and d.low == 0 and d.high == 0 and d.could_be_chance
+    assert "the same as" in paired.sentence(result.differences[0], 40)
+
+
+def test_paired_small_difference_could_be_chance_and_matching():
+    from cxrdemo.model import paired
+
+    rng = np.random.default_rng(2)
+    y = np.array([0, 1] * 37)
+    pa = _scores(y, 0.3, rng)
+    pb = np.clip(pa + rng.normal(0, 0.02, pa.shape), 0, 1)
+    # B lists its images in another order and has two more: matched by name and hash, the extra ones counted
+    order = rng.permutation(74)
+    names = [f"test/{i:03d}.png" for i in range(74)]
+    b = _preds(np.r_[y[order], [0, 1]], np.r_[pb[order], [[0.5, 0.5], [0.5, 0.5]]],
+               [names[i] for i in order] + ["test/x.png", "test/y.png"])
+    result = paired.compare(_preds(y, pa, names), b, n_resamples=500)
+    assert result.n == 74 and result.unmatched == 2
+    auc = result.differences[0]
+    assert auc.could_be_chance and "on these 74 images the difference could be chance" in paired.sentence(auc, 74)
+
+
+def _sk_auc(y, s):
+    from sklearn.metrics import roc_auc_score
+    return roc_auc_score(y, s)
+
+
+def test_cli_compare(ds, capsys, store):
+    a, b = _train(ds, epochs=1, probes=0), _train(ds, epochs=2, probes=0)
+    assert cli(["compare", a.name, b.name, "--resamples", "200"]) == 0
+    out = capsys.readouterr().out
+    assert "8 test images in common" in out and "95% interval" in out and out.count("on these 8 images") == 2
+    (b / predictions.FILE).unlink()
+    assert cli(["compare", a.name, b.name]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1
+
+
+def test_timelapse_figure_has_one_frame_per_epoch(ds):
+    from cxrdemo.views import timelapse
+
+    a, b = _train(ds, epochs=3, seed=1), _train(ds, epochs=2, seed=2)
+    timelines = timelapse.read_timelines({"A": a, "B": b, "none": a.parent / "missing"})
+    assert list(timelines) == ["A", "B"]
+    fig = timelapse.timelapse_figure(timelines)
+    assert [f.name for f in fig.frames] == ["1", "2", "3"]
+    assert len(fig.data) == 12 and all(len(f.data) == 12 for f in fig.frames)
+    assert [s.label for s in fig.layout.sliders[0].steps] == ["1", "2", "3"]
+    t = timelines["A"]
+    last = [a.text for a in fig.frames[-1].layout.annotations if "p=" in a.text]
+    true = t.labels[0]
+    assert last[0].startswith(f"{t.classes[true]}: p={t.probs[-1, 0, true]:.2f}")
+    strip = timelapse.timelapse_figure({"A": t}, animate=False)
+    assert not strip.frames and "epoch 3" in strip.layout.title.text
+    lines = timelapse.probability_figure(timelines)
+    assert len(lines.data) == 12 and list(lines.data[0].y) == pytest.approx(t.probs[:, 0, true].tolist())
+
+
+def test_gallery_orders_the_most_confidently_wrong_first(tmp_path):
+    from cxrdemo.views import gallery
+
+    y = np.array([0, 0, 0, 0, 1, 1, 1])
+    probs = np.array([[0.2, 0.8], [0.45, 0.55], [0.05, 0.95], [0.9, 0.1], [0.3, 0.7], [0.6, 0.4], [0.99, 0.01]])
+    p = _preds(y, probs)
+    wrong = gallery.cell_images(p, 0, 1)
+    assert wrong["image"].tolist() == ["test/002.png", "test/000.png", "test/001.png"]
+    assert wrong["p_predicted"].tolist() == [0.95, 0.8, 0.55]
+    assert gallery.cell_images(p, 1, 0)["image"].tolist() == ["test/006.png", "test/005.png"]
+    assert gallery.cell_images(p, 1, 1)["image"].tolist() == ["test/004.png"]
+    fig = gallery.confusion_markers_figure(p)
+    cells = {tuple(c): int(n) for c, n in zip(fig.data[0].customdata, fig.data[0].text)}
+    assert cells == {(0, 0): 1, (0, 1): 3, (1, 0): 2, (1, 1): 1}
+    assert gallery.selected_cell([{"customdata": [0, 1], "x": "PNEUMONIA"}]) == (0, 1)
+    assert gallery.selected_cell([]) is None
+    (tmp_path / "test").mkdir()
+    (tmp_path / "test" / "002.png").write_bytes(b"x")
+    assert gallery.image_file(str(tmp_path), "test/002.png") == (tmp_path / "test" / "002.png").resolve()
+    assert gallery.image_file(str(tmp_path), "../etc/passwd") is None
+    assert gallery.image_file(None, "test/002.png") is None
+
+
+def test_sweep_repeats_each_recipe_with_seeds_and_compare_groups_them(ds, store, monkeypatch):
+    import json
+    from pathlib import Path
+
+    from streamlit.testing.v1 import AppTest
+
+    from cxrdemo.views import compare, seeds, trainer_form
+
+    configs, _ = trainer_form.sweep_configs(TrainConfig(data=str(ds), backbone="cnn8", seed=5), ["cnn8"],
+                                            ["none", "head"], seeds=2)
+    assert [(str(c.freeze), c.seed) for c in configs] == [("none", 5), ("none", 6), ("head", 5), ("head", 6)]
+    a, b, c = _train(ds, seed=1), _train(ds, seed=2), _train(ds, seed=1, lr=0.01)
+    infos = runs.list_runs(store)
+    groups = seeds.seed_groups(infos)
+    assert [[i.run_id for i in g] for g in groups] == [[a.name, b.name]]
+    table = compare.runs_table(infos)
+    row = seeds.seed_table(table, groups).iloc[0]
+    accs = table.set_index("run_id").loc[[a.name, b.name], "test_accuracy"].astype(float)
+    assert row["test_accuracy"] == f"{accs.mean():.3f} ± {accs.std(ddof=1):.3f}"
+    band = seeds.band_figure(groups)
+    va = [runs.read_metrics(d)["val_acc"].to_numpy() for d in (a, b)]
+    assert list(band.data[1].y) == pytest.approx(list((va[0] + va[1]) / 2))
+
+    at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "pages" / "compare.py"), default_timeout=120)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+    specs = [json.loads(ch.proto.spec) for ch in at.get("plotly_chart")]
+    titles = [str((s["layout"].get("title") or {}).get("text", "")) for s in specs]
+    (lapse,) = [s for s in specs if s.get("frames")]
+    assert [f["name"] for f in lapse["frames"]] == ["1", "2"]
+    assert any("mean over seeds" in t for t in titles) and any("click a cell" in t for t in titles)
+    assert any("true class, per probe" in t for t in titles)
+    text = " ".join(m.value for m in at.markdown)
+    assert "95% interval" in text and "on these 8 images" in text
+    assert at.multiselect(key="probe_runs").value == [a.name, b.name, c.name]
+    at.multiselect(key="probe_runs").set_value([c.name]).run()
+    assert not at.exception and not at.error
