@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 from cxrdemo import paths
 from cxrdemo.data import dataset as data
-from cxrdemo.diagnosis import domain
+from cxrdemo.model import domain
 
 DATA = Path("/work/shared/data")
 GEOMETRY = {"cxr-large": "mixed (224 x 224 squashed and aspect kept)", "cxr-dev": "aspect kept (256 px high)",

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from cxrdemo.diagnosis import domain
-from cxrdemo.diagnosis.domain import (
+from cxrdemo.model import domain
+from cxrdemo.model.domain import (
     DomainRecord,
     domain_sentence,
     fit_domain,
