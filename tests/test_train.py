@@ -111,6 +111,14 @@ def test_short_training_writes_a_complete_run(ds2):
     assert not (d / checkpoint.BEST_EPOCH_FILE).exists()  # model.pt holds the best epoch now
     tm = runs.read_test_metrics(d)
     assert tm["n"] == 8 and len(tm["probs"]) == 8 and np.array(tm["confusion"]).sum() == 8
+    # written together with the decision: temperature, sets at 90% and 95% (4 val images per class: too few), domain
+    assert set(model.records) == {"calibration", "conformal", "domain"}
+    assert model.records["calibration"]["temperature"] > 0 and model.records["domain"]["n_train"] == 20
+    assert [(c["level"], c["ok"]) for c in model.records["conformal"]["levels"]] == [(0.9, False), (0.95, False)]
+    cal = tm["calibration"]
+    assert 0 <= cal["ece_after"] <= 1 and cal["ece_before_ci"][0] <= cal["ece_before"] <= cal["ece_before_ci"][1]
+    assert [c["level"] for c in tm["coverage"]] == [0.9, 0.95] and "needs at least 9" in tm["coverage"][0]["reason"]
+    assert np.allclose(np.array(tm["calibrated_probs"]).sum(1), 1, atol=1e-5)
     meta = runs.read_json(d / "config.json")
     assert meta["dataset"]["classes"] == ["NORMAL", "PNEUMONIA"]
     assert "completed" in (d / "log.txt").read_text()
