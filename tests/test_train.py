@@ -272,7 +272,12 @@ def test_evaluate_and_predict_agree_with_the_model(ds2, capsys):
     first = data.scan_dataset(str(ds2)).splits["test"][0][0]
     assert cli(["predict", "--run", d.name, first]) == 0
     line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert line["probabilities"]["PNEUMONIA"] == pytest.approx(tm["probs"][0][1], abs=1e-5)
+    # the page and the CLI show calibrated probabilities: the same numbers the run's test measured
+    assert line["probabilities"]["PNEUMONIA"] == pytest.approx(tm["calibrated_probs"][0][1], abs=1e-5)
+    assert isinstance(line["in_domain"], bool) and line["domain_score"] > 0
+    assert line["prediction_set"] is None and "Too few validation images" in line["notes"][0]  # 4 val images a class
+    assert ev["calibration"]["ece_after"] == pytest.approx(tm["calibration"]["ece_after"], abs=1e-5)
+    assert [c["level"] for c in ev["coverage"]] == [0.9, 0.95]
 
 
 def test_worker_killed_mid_epoch_leaves_readable_files(ds2):

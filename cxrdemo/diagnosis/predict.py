@@ -15,7 +15,7 @@ import torch
 from cxrdemo import data
 from cxrdemo.diagnosis import quality
 from cxrdemo.errors import RunError
-from cxrdemo.model import checkpoint, metrics
+from cxrdemo.model import checkpoint, metrics, trust
 from cxrdemo.model.backbones import Net
 from cxrdemo.model.checkpoint import Decision, Preprocessing
 from cxrdemo.runs import store as runs
@@ -33,6 +33,7 @@ class LoadedModel:
     path: Path
     config: dict = field(default_factory=dict)
     records: dict = field(default_factory=dict)  # calibration, conformal, domain, when the model file has them
+    trust: trust.Trust = field(default_factory=trust.Trust)  # the records read back (T = 1, no sets, no check)
     # The network is cached and shared by every page and tab: one forward (or CAM) at a time.
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
 
@@ -40,6 +41,26 @@ class LoadedModel:
     def img_size(self) -> int:
         """The square input size in pixels (from the preprocessing record)."""
         return self.preprocessing.img_size
+
+    @property
+    def calibration(self) -> float:
+        """The temperature its probabilities are divided by (1.0: not calibrated)."""
+        return self.trust.temperature
+
+    @property
+    def conformal(self) -> dict:
+        """Coverage level -> ConformalRecord ({} when the model has no prediction sets)."""
+        return self.trust.conformal
+
+    @property
+    def domain(self):
+        """The DomainRecord of its training images, or None (no in-domain check)."""
+        return self.trust.domain
+
+    @property
+    def threshold(self) -> float | None:
+        """The decision cut on p(class 1) on the calibrated scale (None: the most probable class)."""
+        return trust.calibrated_threshold(self.decision.value, self.trust.temperature)
 
     def decide(self, probs: np.ndarray) -> np.ndarray:
         """Class indices by the model's own decision (its saved threshold, else argmax)."""
@@ -53,7 +74,7 @@ def _load(model_file: str, mtime_ns: int) -> LoadedModel:
     net = checkpoint.rebuild_net(model)
     net.requires_grad_(False)
     return LoadedModel(net, model.classes, model.preprocessing, model.decision, path.parent.name, path.parent,
-                       model.config, model.records)
+                       model.config, model.records, trust.Trust.from_records(model.records, path.parent.name))
 
 
 def load_model(run: str, runs_dir: str | Path | None = None, *, allow_path: bool = False) -> LoadedModel:
@@ -83,6 +104,12 @@ def predict_probs(model: LoadedModel, images: torch.Tensor, batch_size: int = 64
 
 def predict_split(model: LoadedModel, data_root: str, split: str = "test") -> tuple[np.ndarray, np.ndarray, int]:
     """(labels, probabilities, files skipped) of `model` on one split of a dataset whose classes match the model's."""
+    y, logits, skipped = split_logits(model, data_root, split)
+    return y, torch.softmax(torch.from_numpy(logits), 1).numpy(), skipped
+
+
+def split_logits(model: LoadedModel, data_root: str, split: str = "test") -> tuple[np.ndarray, np.ndarray, int]:
+    """(labels, logits float32, files skipped) of `model` on one split of a dataset with the model's classes."""
     from cxrdemo.errors import DatasetError
 
     scan = data.scan_dataset(data_root, require_train=False)
@@ -93,15 +120,19 @@ def predict_split(model: LoadedModel, data_root: str, split: str = "test") -> tu
         raise DatasetError(f"The dataset {data_root} has no '{split}' images.")
     pre = model.preprocessing
     cached = data.load_images(items, pre.img_size)
-    probs = predict_probs(model, data.adjust_intensity(cached.images, pre.intensity))
-    return cached.labels.numpy(), probs, len(cached.skipped)
+    with model.lock:
+        logits, _ = trust.logits_and_features(model.net, data.adjust_intensity(cached.images, pre.intensity), pre)
+    return cached.labels.numpy(), logits, len(cached.skipped)
 
 
 def evaluate_run(model: LoadedModel, data_root: str, split: str = "test") -> dict:
-    """Metrics of `model` on one split of a dataset (classes must match the model's)."""
-    y, probs, skipped = predict_split(model, data_root, split)
+    """Metrics of `model` on one split of a dataset (classes must match the model's), ECE and set coverage."""
+    y, logits, skipped = split_logits(model, data_root, split)
+    probs = torch.softmax(torch.from_numpy(logits), 1).numpy()
     result = metrics.classification_metrics(y, probs, model.classes, model.decision.value)
     result["skipped"] = skipped
+    if len(y):
+        result.update(trust.trust_metrics(logits, y, model.trust, model.decision.value, model.classes))
     return result
 
 

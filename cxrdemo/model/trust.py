@@ -25,7 +25,10 @@ from cxrdemo.model.checkpoint import Preprocessing
 @torch.no_grad()
 def logits_and_features(net: Net, images: torch.Tensor, pre: Preprocessing,
                         batch_size: int = 64) -> tuple[np.ndarray, torch.Tensor]:
-    """(logits N x K float64, pooled penultimate features N x D) of uint8 N x 1 x S x S images, in one pass."""
+    """(logits N x K float32, pooled penultimate features N x D) of uint8 N x 1 x S x S images, in one pass.
+
+    The logits are bit-identical to net(x) in eval mode (the same modules in the same order), so softmax of them
+    is what predict_probs returns."""
     was_training = net.training
     net.eval()
     logits, feats = [], []
@@ -33,7 +36,7 @@ def logits_and_features(net: Net, images: torch.Tensor, pre: Preprocessing,
         for i in range(0, len(images), batch_size):
             f = domain.features(net, normalize_batch(images[i:i + batch_size], pre.mean, pre.std))
             feats.append(f)
-            logits.append(net.head(f).double())  # the head sees exactly these pooled features: net(x) = head(f)
+            logits.append(net.head(f).float())  # the head sees exactly these pooled features: net(x) = head(f)
     finally:
         net.train(was_training)
     if not logits:
