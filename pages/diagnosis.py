@@ -7,9 +7,9 @@ import dataclasses
 import streamlit as st
 
 from cxrdemo.data.shrink import display_copy
-from cxrdemo.diagnosis import explain, predict
+from cxrdemo.diagnosis import assessment, explain, predict
 from cxrdemo.views import diagnosis as dv
-from cxrdemo.views import words
+from cxrdemo.views import plots, words
 from cxrdemo.views.text import escape_markdown as md
 from pages import ui
 
@@ -36,6 +36,14 @@ def diagnose(run: str, mtime: int, root: str, digest: str, method: str, target: 
     model = load(run, mtime, root)
     k = model.classes.index(target) if target in model.classes else None
     return explain.explain(model, predict.prepare(model, _rad.grey), method, k)
+
+
+@st.cache_data(max_entries=32, show_spinner="Checking the image against the model's training images…")
+def assess(run: str, mtime: int, root: str, digest: str, level: float,
+           _rad: predict.Radiograph) -> assessment.Assessment:
+    """Calibrated probabilities, verdict, prediction set and in-domain check of one model for one image."""
+    model = load(run, mtime, root)
+    return assessment.assess(model, predict.prepare(model, _rad.grey), level)
 
 
 def model_panel(model: predict.LoadedModel) -> None:
@@ -75,15 +83,18 @@ def image_source() -> tuple[bytes, str] | None:
 
 
 def show_result(label: str, model: predict.LoadedModel, rad: predict.Radiograph, res: explain.Explanation,
-                opacity: float, full: bool) -> None:
+                a: assessment.Assessment, opacity: float, full: bool) -> None:
     """Predicted class, probabilities, image and overlay; compact in the comparison row."""
     if not full:
         st.markdown(f"**{md(label)}**")
     # Class names are folder names: the sentence is built from escaped copies (the CLI prints them as they are).
     shown = dataclasses.replace(model, classes=tuple(md(c) for c in model.classes))
-    st.markdown(dv.decision_sentence(shown, res.probs, res.predicted))
+    st.markdown(dv.decision_sentence(shown, a))
     if full:
-        st.plotly_chart(explain.probability_figure(model.classes, res.probs, res.predicted), key="probs")
+        st.plotly_chart(plots.probability_figure(model.classes, a.probs, a.predicted, a.threshold), key="probs")
+    st.markdown(dv.set_sentence(shown, a))
+    if a.in_domain:
+        st.caption(a.domain_sentence)
     grey = display_copy(rad.grey)  # the browser gets at most 1024 px: the networks saw 299 at most
     ov = explain.overlay(grey, res.cam, opacity)
     what = f"{res.method} for {md(model.classes[res.target])}" if res.class_specific else f"{res.method} (any class)"
@@ -134,6 +145,10 @@ c1.caption(words.CAM_NOTES[method])
 target = c2.selectbox("Class to explain", [PREDICTED, *model.classes], key="target",
                       help="Which class the heatmap argues for: by default the one the model predicted.")
 opacity = c3.slider("Heatmap opacity", 0.0, 1.0, 0.4, 0.05, key="opacity")
+coverage = st.radio("Prediction set coverage", list(dv.COVERAGE_CHOICES), horizontal=True, key="coverage",
+                    help="How often the set should hold the true class, as measured on validation images: a higher "
+                         "coverage answers 'both' more often.")
+level = dv.COVERAGE_CHOICES[coverage]
 
 if source is None:
     st.stop()
@@ -146,8 +161,16 @@ if rad is None:
 m = rad.meta
 st.caption(f"Read as {m.format.upper()}, {m.width} × {m.height} px, {m.bits}-bit {md(m.mode)}"
            + (f" · {'; '.join(m.notes)}" if m.notes else ""))
+a = None
+with ui.friendly_errors("Checking the image"):
+    a = assess(run, predict.model_mtime(run, root), root, rad.digest, level, rad)
+if a is None:
+    st.stop()
 if not rad.looks_like_cxr:
     st.warning(rad.warning, icon="🩻")
+if a.in_domain is False:  # the features say what the pixels' statistics could not: unlike the training images
+    st.warning(a.domain_sentence, icon="🧭")
+if not rad.looks_like_cxr or a.in_domain is False:
     # one acknowledgement per image: a second odd image is not run on the first one's say-so
     if not st.checkbox("I understand: run the model on this image anyway", key=f"run_anyway_{rad.digest[:16]}"):
         st.stop()
@@ -155,7 +178,7 @@ if not rad.looks_like_cxr:
 key_target = None if target == PREDICTED else target
 with ui.friendly_errors("The prediction"):
     res = diagnose(run, predict.model_mtime(run, root), root, rad.digest, method, key_target, rad)
-    show_result(label, model, rad, res, opacity, full=True)
+    show_result(label, model, rad, res, a, opacity, full=True)
 
 st.subheader("Compare models on this image")
 others = st.multiselect("Other models", [lb for lb in labels if lb != label], max_selections=MAX_COMPARE,
@@ -166,5 +189,6 @@ if others:
             r = choices[lb]
             mt = predict.model_mtime(r, root)
             other = load(r, mt, root)
-            show_result(lb, other, rad, diagnose(r, mt, root, rad.digest, method, key_target, rad), opacity, False)
+            show_result(lb, other, rad, diagnose(r, mt, root, rad.digest, method, key_target, rad),
+                        assess(r, mt, root, rad.digest, level, rad), opacity, False)
     st.caption("Each model explains its own predicted class unless the class chosen above is one of its classes.")

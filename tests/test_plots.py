@@ -309,3 +309,18 @@ def test_delete_refuses_active_runs_and_removes_finished_ones(compare_store, tmp
     assert left == {compare_store["grad"], compare_store["running"], compare_store["four"], queued.name, "escape"}
     assert (root / compare_store["running"] / "metrics.csv").is_file() and tmp_path.is_dir()
     assert json.loads((compare_store["root"] / compare_store["done"] / "config.json").read_text())  # original intact
+
+
+def test_probability_figure_shows_the_model_probabilities():
+    fig = plots.probability_figure(("NORMAL", "PNEUMONIA"), np.array([0.2, 0.8]), 1)
+    bar = fig.data[0]
+    assert list(bar.y) == ["NORMAL", "PNEUMONIA"] and list(bar.x) == [0.2, 0.8]
+    assert list(bar.text) == ["20.0%", "80.0%"] and bar.marker.color[1] != bar.marker.color[0]
+    assert not fig.layout.shapes  # no threshold given: nothing marked
+
+
+def test_probability_figure_marks_the_threshold_on_the_second_class_bar():
+    fig = plots.probability_figure(("NORMAL", "PNEUMONIA"), np.array([0.7, 0.3]), 1, threshold=0.208)
+    (line,) = fig.layout.shapes
+    assert line.x0 == line.x1 == 0.208 and (line.y0, line.y1) == (0.5, 1.5)  # across the PNEUMONIA bar only
+    assert fig.layout.annotations[0].text == "threshold 20.8%" and fig.data[0].marker.color[1] == "#1f5fa8"

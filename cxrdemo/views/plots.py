@@ -173,3 +173,22 @@ def roc_figure(test: dict) -> go.Figure:
     fig.update_xaxes(range=[-0.01, 1.01])
     fig.update_yaxes(range=[-0.01, 1.01], scaleanchor="x")
     return fig
+
+
+def probability_figure(classes: tuple[str, ...] | list[str], probs: np.ndarray, predicted: int,
+                       threshold: float | None = None) -> go.Figure:
+    """A horizontal bar per class, the verdict highlighted; with two classes and a threshold, the decision cut
+    on p(class 1) is marked on that class's bar, so the verdict reads off the bar."""
+    colours = ["#1f5fa8" if i == predicted else "#a7b8cc" for i in range(len(classes))]
+    fig = go.Figure(go.Bar(x=[float(p) for p in probs], y=list(classes), orientation="h", marker_color=colours,
+                           text=[f"{100 * float(p):.1f}%" for p in probs], textposition="auto",
+                           hovertemplate="%{y}: %{x:.1%}<extra></extra>"))
+    if threshold is not None and len(classes) == 2 and 0 <= threshold <= 1:
+        fig.add_shape(type="line", x0=threshold, x1=threshold, y0=0.5, y1=1.5, line=dict(color="#c0392b", width=3,
+                      dash="dash"), name="decision threshold")
+        fig.add_annotation(x=threshold, y=1.5, text=f"threshold {100 * threshold:.1f}%", showarrow=False,
+                           yanchor="bottom", font=dict(color="#c0392b"))
+    fig.update_layout(xaxis=dict(range=[0, 1], tickformat=".0%", title="Probability (calibrated)"),
+                      yaxis=dict(autorange="reversed"), height=100 + 40 * len(classes),
+                      margin=dict(l=10, r=10, t=20, b=10), showlegend=False)
+    return fig
