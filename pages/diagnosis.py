@@ -53,15 +53,13 @@ def model_panel(model: predict.LoadedModel) -> None:
     st.caption(f"**{r.get('backbone', '?')}**, initialised from {r.get('init', '?')}, freeze {r.get('freeze', '?')}, "
                f"{r.get('epochs', '?')} epoch{'' if s['recipe'].get('epochs') == 1 else 's'} at {r.get('img_size', model.img_size)} px · classes: "
                f"{', '.join(md(c) for c in s['classes'])} · decides: {md(s['decision'])}")
-    t = s["test"]
-    if t:
-        shown = [(k, lbl) for k, lbl in (("accuracy", "Test accuracy"), ("sensitivity", "Sensitivity"),
-                                          ("specificity", "Specificity"), ("auroc", "AUROC")) if k in t]
-        for col, (k, lbl) in zip(st.columns(len(shown)), shown):
-            col.metric(lbl, f"{t[k]:.3f}")
-        st.caption(f"Measured on {t.get('n', '?')} held-out test images.")
-    else:
+    if not s["headlines"]:
         st.caption("This model has no test results.")
+    for h in s["headlines"]:  # the most shifted set first: the honest headline; in-distribution second
+        shown = [(k, lbl) for k, lbl in dv.HEADLINE_METRICS if isinstance(h["metrics"].get(k), float)]
+        for col, (k, lbl) in zip(st.columns(len(shown)), shown):
+            col.metric(lbl, dv.headline_value(h, k))
+        st.caption(md(dv.headline_sentence(h)) + (" 95% intervals in brackets." if h["ci95"] else ""))
 
 
 def image_source() -> tuple[bytes, str] | None:

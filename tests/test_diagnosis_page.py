@@ -56,7 +56,7 @@ def test_an_example_gives_a_prediction_probabilities_and_overlay(patch_store):
     assert "not for clinical use" in at.warning[0].value
     assert at.selectbox(key="model").value.startswith(patch_store.run.name)  # no demo model: the completed run
     assert any("cnn8" in c.value and "freeze head" in c.value for c in at.caption)  # the recipe
-    assert [m.label for m in at.metric][:1] == ["Test accuracy"]
+    assert [m.label for m in at.metric][:1] == ["Accuracy"]
     assert not _predictions(at)  # nothing chosen yet
     radio = at.radio(key="example")
     assert radio.options == ["NORMAL example 1", "NORMAL example 2", "PNEUMONIA example 1", "PNEUMONIA example 2"]

@@ -283,3 +283,30 @@ def test_a_calibrated_model_reads_its_verdict_off_the_calibrated_bar():
     assert "**{PNEUMONIA}**" in one and "**both** — the model cannot tell at this confidence" in both
     short = _assessed([0.696, 0.304], 1, cal.threshold, None, "Too few validation images for a 95% prediction set")
     assert diagnosis_view.set_sentence(cal, short).startswith("Too few validation images")
+
+
+def test_headlines_lead_with_the_most_shifted_set(patch_store):
+    run = patch_store.run
+    (run / "evaluation.json").write_text(json.dumps({"evaluations": [
+        {"data": "x/cxr-dev", "split": "test", "label": "in-distribution", "n": 74,
+         "metrics": {"accuracy": 0.959}, "ci95": {"accuracy": [0.905, 1.0]}},
+        {"data": "x/cxr-shift", "split": "test", "label": "shifted", "n": 241,
+         "metrics": {"specificity": 0.845}, "ci95": {"specificity": [0.765, 0.917]}}]}))
+    first, second = predict.headlines(run)
+    assert (first["set"], second["set"]) == ("cxr-shift/test", "cxr-dev/test")
+    assert diagnosis_view.headline_value(first, "specificity") == "0.845 (0.765–0.917)"
+    assert "a shifted set" in diagnosis_view.headline_sentence(first)
+    assert "drawn like the training images" in diagnosis_view.headline_sentence(second)
+    (run / "evaluation.json").unlink()  # a user's run: its own test split, in-distribution
+    (own,) = predict.headlines(run, {"n": 20, "accuracy": 0.9})
+    assert own["label"] == "in-distribution" and own["metrics"] == {"accuracy": 0.9}
+
+
+def test_demo_model_eval_flag_carries_a_label():
+    from cxrdemo.cli.demo_model import parse_eval
+    from cxrdemo.errors import ConfigError
+
+    assert parse_eval("../d/cxr-shift:test:shifted") == ("../d/cxr-shift", "test", "shifted")
+    assert parse_eval("../d/cxr-dev") == ("../d/cxr-dev", "test", "in-distribution")
+    with pytest.raises(ConfigError, match="must be in-distribution or shifted"):
+        parse_eval("d:test:odd")

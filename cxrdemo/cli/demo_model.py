@@ -12,7 +12,7 @@ import numpy as np
 
 from cxrdemo import paths
 from cxrdemo.config import TrainConfig
-from cxrdemo.errors import RunError
+from cxrdemo.errors import ConfigError, RunError
 from cxrdemo.model import metrics
 from cxrdemo.runs import store as runs
 from cxrdemo.views.words import rule_words
@@ -35,7 +35,21 @@ DEMO_RECIPE: dict = DEMO_STAGES[0]
 COPIED_FILES = ("model.pt", "config.json", "metrics.csv", "status.json", "test_metrics.json")
 
 
-def evaluate_model_on(run_dir: Path, data_root: str, split: str = "test", n_boot: int = 1000) -> dict:
+EVAL_LABELS = ("in-distribution", "shifted")
+
+
+def parse_eval(spec: str) -> tuple[str, str, str]:
+    """DIR[:SPLIT[:LABEL]] -> (dir, split, label); ConfigError with a sentence for an unknown label."""
+    parts = spec.split(":")
+    label = parts.pop() if len(parts) >= 3 else EVAL_LABELS[0]
+    split = parts.pop() if len(parts) >= 2 else "test"
+    if label not in EVAL_LABELS:
+        raise ConfigError(f"--eval {spec}: the label must be {' or '.join(EVAL_LABELS)}, not {label!r}.")
+    return ":".join(parts), split or "test", label
+
+
+def evaluate_model_on(run_dir: Path, data_root: str, split: str = "test", n_boot: int = 1000,
+                      label: str = EVAL_LABELS[0]) -> dict:
     """Point estimates and 95% bootstrap intervals of a run's model on one split of a dataset."""
     from cxrdemo.diagnosis.predict import load_model, predict_split
 
@@ -43,12 +57,12 @@ def evaluate_model_on(run_dir: Path, data_root: str, split: str = "test", n_boot
     y, probs, _ = predict_split(model, data_root, split)
     point = metrics.classification_metrics(y, probs, model.classes, model.decision.value)
     ci = metrics.bootstrap_ci(y, probs, model.classes, model.decision.value, n_boot=n_boot)
-    return {"data": str(data_root), "split": split, "n": int(len(y)), "counts": np.bincount(y).tolist(),
+    return {"data": str(data_root), "split": split, "label": label, "n": int(len(y)), "counts": np.bincount(y).tolist(),
             "metrics": {k: point[k] for k in ("accuracy", "sensitivity", "specificity", "auroc", "f1")},
             "ci95": ci, "confusion": point["confusion"]}
 
 
-def build_demo_model(train_data: str, eval_sets: list[tuple[str, str]], out_dir: Path | None = None,
+def build_demo_model(train_data: str, eval_sets: list[tuple[str, str, str]], out_dir: Path | None = None,
                      runs_dir: Path | None = None, echo=None, **overrides) -> dict:
     """Train the demo stages as normal runs (each from the last), evaluate the final one, install it as weights/demo."""
     from cxrdemo.runs.worker import execute_run
@@ -68,7 +82,7 @@ def build_demo_model(train_data: str, eval_sets: list[tuple[str, str]], out_dir:
             raise RunError(f"Training stage {i} of the demo model {status.get('state')}: {status.get('error')}")
         stages.append({"run_id": d.name, "minutes": round((time.time() - t0) / 60, 1), "recipe": config.to_dict()})
     minutes = (time.time() - t_start) / 60
-    evaluations = [evaluate_model_on(d, root, split) for root, split in eval_sets]
+    evaluations = [evaluate_model_on(d, root, split, label=label) for root, split, label in eval_sets]
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=".demo-"))
     for name in COPIED_FILES:
@@ -100,12 +114,12 @@ def model_card(card: dict) -> str:
     """The model card as Markdown: recipe, command, data, metrics with 95% bootstrap intervals, intended use."""
     r = card["recipe"]
     stages = card.get("stages") or [{"run_id": card["run_id"], "recipe": r, "minutes": card["train_minutes"]}]
-    evals = " ".join(f"--eval {e['data']}:{e['split']}" for e in card["evaluations"])
+    evals = " ".join(f"--eval {e['data']}:{e['split']}:{e.get('label', EVAL_LABELS[0])}" for e in card["evaluations"])
     rows = "\n".join(
         f"| {Path(e['data']).name}/{e['split']} | {e['n']} ({' : '.join(map(str, e['counts']))}) | "
         f"{_fmt(e['metrics'], e['ci95'], 'accuracy')} | {_fmt(e['metrics'], e['ci95'], 'sensitivity')} | "
         f"{_fmt(e['metrics'], e['ci95'], 'specificity')} | {_fmt(e['metrics'], e['ci95'], 'auroc')} |"
-        for e in card["evaluations"])
+        for e in sorted(card["evaluations"], key=lambda e: e.get("label") != "shifted"))  # the shifted set leads
     schedule = "; then ".join(
         f"{s['recipe']['epochs']} epochs at {s['recipe']['img_size']} px"
         f"{' from stage ' + str(i) if i else ''} (run `{s['run_id']}`, {s['minutes']} min)"

@@ -150,10 +150,9 @@ def cmd_calibrate(args) -> int:
 def cmd_demo_model(args) -> int:
     from cxrdemo.cli.demo_model import build_demo_model
 
-    evals = []
-    for spec in args.eval:
-        root, _, split = spec.rpartition(":") if ":" in spec else (spec, "", "test")
-        evals.append((root, split or "test"))
+    from cxrdemo.cli.demo_model import parse_eval
+
+    evals = [parse_eval(spec) for spec in args.eval]
     overrides = {k: v for k, v in (("epochs", args.epochs), ("threads", args.threads)) if v is not None}
     card = build_demo_model(args.data, evals, Path(args.out) if args.out else None, _runs_dir(args),
                             echo=None if args.quiet else _print_progress, **overrides)
@@ -214,8 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="retrain the shipped demo model (weights/demo) and its model card")
     add_train_flag(p, "data", default=None, required=True,
                    help="training set folder (train/ and val/ with one folder per class)")
-    p.add_argument("--eval", action="append", default=[], metavar="DIR[:SPLIT]",
-                   help="a test set to report with bootstrap intervals (repeatable)")
+    p.add_argument("--eval", action="append", default=[], metavar="DIR[:SPLIT[:LABEL]]",
+                   help="a test set to report with bootstrap intervals (repeatable); LABEL in-distribution "
+                        "(default) or shifted: the card and the Diagnosis page lead with the shifted one")
     p.add_argument("--out", help="install folder (default weights/demo)")
     add_train_flag(p, "epochs", default=None,
                    help="epochs of every stage (default: the recipe's; a small number = quick check)")

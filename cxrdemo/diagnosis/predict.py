@@ -180,9 +180,27 @@ def model_summary(model: LoadedModel) -> dict:
         "classes": list(model.classes),
         "recipe": {k: cfg[k] for k in RECIPE_KEYS if k in cfg},
         "test": {k: tm[k] for k in SUMMARY_METRICS if isinstance(tm.get(k), (int, float))},
-        "decision": (f"{model.classes[1]} when p({model.classes[1]}) >= {model.decision.value:.3f}"
-                     if model.decision.value is not None and len(model.classes) == 2 else "the most probable class"),
+        "decision": (f"{model.classes[1]} when p({model.classes[1]}) >= {model.threshold:.3f}"
+                     + (" (calibrated)" if model.trust.calibrated else "")
+                     if model.threshold is not None and len(model.classes) == 2 else "the most probable class"),
+        "headlines": headlines(model.path, tm),
     }
+
+
+def headlines(run_dir: Path, test_metrics: dict | None = None) -> list[dict]:
+    """The evaluation sets to show, most shifted first: {label, set, n, metrics, ci95}; a run's own test split
+    (in-distribution) when its model card lists none."""
+    try:
+        evals = runs.read_json(Path(run_dir) / "evaluation.json").get("evaluations") or []
+    except RunError:
+        evals = []
+    out = [{"label": e.get("label", "in-distribution"), "set": f"{Path(e.get('data', '?')).name}/{e.get('split', '?')}",
+            "n": e.get("n"), "metrics": e.get("metrics") or {}, "ci95": e.get("ci95") or {}} for e in evals]
+    if not out and test_metrics:
+        out = [{"label": "in-distribution", "set": "its test split", "n": test_metrics.get("n"),
+                "metrics": {k: test_metrics[k] for k in SUMMARY_METRICS if isinstance(test_metrics.get(k), float)},
+                "ci95": test_metrics.get("ci95") or {}}]
+    return sorted(out, key=lambda h: h["label"] != "shifted")
 
 
 def _card_metrics(run_dir: Path) -> dict:

@@ -33,3 +33,24 @@ def set_sentence(model: LoadedModel, a: Assessment) -> str:
     names = ", ".join(model.classes[i] for i in a.prediction_set)
     what = "both" if len(a.prediction_set) == 2 else f"{{{names}}}"
     return f"Prediction set at {level} coverage: **{what}** — the model cannot tell at this confidence."
+
+
+HEADLINE_METRICS = (("accuracy", "Accuracy"), ("sensitivity", "Sensitivity"), ("specificity", "Specificity"),
+                    ("auroc", "AUROC"))
+
+
+def headline_sentence(h: dict) -> str:
+    """What an evaluation set is, in one plain sentence (h: one of predict.headlines)."""
+    n = h.get("n") or "?"
+    if h["label"] == "shifted":
+        return (f"Measured on {n} images of {h['set']}, a shifted set: films from another period or source than the "
+                "training images — the closer guide to how it does on new films.")
+    return (f"Measured on {n} images of {h['set']}, drawn like the training images: expect it to do worse on films "
+            "from elsewhere.")
+
+
+def headline_value(h: dict, key: str) -> str:
+    """A metric with its 95% interval when there is one: '0.845 (0.765–0.917)'."""
+    v = h["metrics"][key]
+    lo_hi = h["ci95"].get(key)
+    return f"{v:.3f}" + (f" ({lo_hi[0]:.3f}–{lo_hi[1]:.3f})" if lo_hi else "")
