@@ -192,3 +192,28 @@ def probability_figure(classes: tuple[str, ...] | list[str], probs: np.ndarray, 
                       yaxis=dict(autorange="reversed"), height=100 + 40 * len(classes),
                       margin=dict(l=10, r=10, t=20, b=10), showlegend=False)
     return fig
+
+
+def reliability_figure(test: dict) -> go.Figure:
+    """Reliability diagram of a run's test split before and after calibration (top label, 15 bins), ECE in the legend."""
+    from cxrdemo.model import calibration
+
+    y = np.asarray(test.get("y_true") or [])
+    if not len(y) or not test.get("calibrated_probs"):
+        return _empty("No calibrated test probabilities: train again, or add them with `calibrate`.",
+                      "Reliability")
+    fig = go.Figure(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(dash="dot", color="#888"),
+                               name="perfectly calibrated"))
+    for key, name, colour in (("probs", "before", "#a7b8cc"), ("calibrated_probs", "after", "#1f5fa8")):
+        p = np.asarray(test[key], dtype=np.float64)
+        p = p / p.sum(axis=1, keepdims=True)  # rounded to 6 decimals on disk
+        curve = calibration.reliability_curve(p, y)
+        ece = calibration.expected_calibration_error(p, y)
+        fig.add_trace(go.Scatter(x=curve["confidence"], y=curve["accuracy"], mode="lines+markers", name=
+                                 f"{name} calibration (ECE {ece:.3f})", line=dict(color=colour),
+                                 customdata=curve["count"], hovertemplate="confidence %{x:.2f}: accuracy %{y:.2f} "
+                                 "(%{customdata} images)<extra></extra>"))
+    fig.update_layout(xaxis=dict(range=[0, 1], title="Confidence in the top class"),
+                      yaxis=dict(range=[0, 1], title="Share correct"), height=360, title="Reliability",
+                      margin=dict(l=10, r=10, t=40, b=10))
+    return fig
