@@ -51,15 +51,20 @@ def parse_eval(spec: str) -> tuple[str, str, str]:
 def evaluate_model_on(run_dir: Path, data_root: str, split: str = "test", n_boot: int = 1000,
                       label: str = EVAL_LABELS[0]) -> dict:
     """Point estimates and 95% bootstrap intervals of a run's model on one split of a dataset."""
-    from cxrdemo.diagnosis.predict import load_model, predict_split
+    import torch
+
+    from cxrdemo.diagnosis.predict import load_model, split_logits
+    from cxrdemo.model import trust
 
     model = load_model(str(run_dir), allow_path=True)
-    y, probs, _ = predict_split(model, data_root, split)
+    y, logits, _ = split_logits(model, data_root, split)
+    probs = torch.softmax(torch.from_numpy(logits), 1).numpy()
     point = metrics.classification_metrics(y, probs, model.classes, model.decision.value)
     ci = metrics.bootstrap_ci(y, probs, model.classes, model.decision.value, n_boot=n_boot)
     return {"data": str(data_root), "split": split, "label": label, "n": int(len(y)), "counts": np.bincount(y).tolist(),
             "metrics": {k: point[k] for k in ("accuracy", "sensitivity", "specificity", "auroc", "f1")},
-            "ci95": ci, "confusion": point["confusion"]}
+            "ci95": ci, "confusion": point["confusion"],
+            **trust.trust_metrics(logits, y, model.trust, model.decision.value, model.classes, n_boot)}
 
 
 def build_demo_model(train_data: str, eval_sets: list[tuple[str, str, str]], out_dir: Path | None = None,
@@ -89,7 +94,7 @@ def build_demo_model(train_data: str, eval_sets: list[tuple[str, str, str]], out
         if (d / name).is_file():
             shutil.copy2(d / name, staging / name)
     card = {"run_id": d.name, "train_minutes": round(minutes, 1), "recipe": config.to_dict(), "stages": stages,
-            "evaluations": evaluations}
+            "evaluations": evaluations, "trust": trust_summary(d)}
     runs.atomic_write_json(staging / "evaluation.json", card)
     (staging / "MODEL_CARD.md").write_text(model_card(card))
     if out_dir.exists():
@@ -178,11 +183,42 @@ generalises.
 For demonstrating transfer learning and Grad-CAM in teaching sessions. Paediatric AP/PA radiographs
 from one hospital only; it has never seen adults, lateral views, devices or other diseases, and it
 will answer NORMAL or PNEUMONIA for any image, including ones that are not chest X-rays (the app
-warns first). Its probabilities are not calibrated risks.
+warns first). {_trust_text(card)}
 """
 
 
 TARGET = {"accuracy": 0.928, "specificity": 0.85, "auroc": 0.97}  # issue #6, on cxr-shift/test
+
+
+def trust_summary(run_dir: Path) -> dict:
+    """What the card states about a model's trust records (temperature, sets, in-domain cut-off); {} without."""
+    from cxrdemo.model import checkpoint
+
+    records = checkpoint.load(Path(run_dir) / checkpoint.MODEL_FILE).records
+    if not records:
+        return {}
+    dom = records.get("domain") or {}
+    return {"temperature": records.get("calibration", {}).get("temperature"),
+            "conformal": [{k: c[k] for k in ("level", "qhat", "n", "ok")} for c in records.get("conformal", {}).get(
+                "levels", [])],
+            "domain": {k: dom.get(k) for k in ("cutoff", "quantile", "n_train", "n_val", "method")} if dom else {}}
+
+
+def _trust_text(card: dict) -> str:
+    """The card's paragraph on calibration, prediction sets and the in-domain check ('' when the model has none)."""
+    t = card.get("trust") or {}
+    if not t:
+        return "Its probabilities are not calibrated risks."
+    d = t.get("domain") or {}
+    levels = ", ".join(f"{c['level']:.0%}" for c in t.get("conformal", []) if c.get("ok"))
+    text = (f"Its probabilities are calibrated by temperature scaling (T = {t['temperature']:.3f}, fitted on the "
+            f"validation split); the decision threshold is applied on the same scale. Prediction sets (class-"
+            f"conditional split conformal, fitted on validation) are offered at {levels or 'no level'}.")
+    if d:
+        text += (f" In-domain check: an image whose distance to the {d['n_train']:,} training images (Mahalanobis, "
+                 f"penultimate features) exceeds {d['cutoff']:.2f} — the distance {100 * d['quantile']:g}% of the "
+                 f"{d['n_val']} validation images stay under — is flagged as unlike the training images.")
+    return text
 
 
 def _target_line(card: dict) -> str:
