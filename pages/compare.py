@@ -88,7 +88,8 @@ def details_section(infos: dict, chosen_ids: list[str], table) -> None:
     run_id = st.selectbox("Run", chosen_ids, key="detail_run", format_func=lambda r: _label(table, r))
     info = infos[run_id]
     test = runs.read_test_metrics(info.path) if not info.damaged else None
-    tab_cm, tab_roc, tab_recipe, tab_cams = st.tabs(["Confusion matrix", "ROC curve", "Recipe", "Heatmap scorecard"])
+    tab_cm, tab_roc, tab_cal, tab_recipe, tab_cams = st.tabs(["Confusion matrix", "ROC curve", "Calibration", "Recipe",
+                                                             "Heatmap scorecard"])
     with tab_cm, ui.friendly_errors("Drawing the confusion matrix"):
         if test and watch.gallery_tab(info):
             pass  # the clickable matrix and its images (runs that saved per-image predictions)
@@ -104,6 +105,17 @@ def details_section(infos: dict, chosen_ids: list[str], table) -> None:
                        "actually achieved with its decision rule.")
         else:
             st.info("No ROC curve without test results.")
+    with tab_cal, ui.friendly_errors("Drawing the calibration"):
+        if test:
+            st.plotly_chart(plots.reliability_figure(test), key="reliability")
+            rows = compare.coverage_rows(test)
+            if rows:
+                st.markdown("**Prediction sets on the test split**")
+                st.dataframe(rows, hide_index=True)
+                for sentence in compare.broken_promises(test):
+                    st.warning(sentence)
+        else:
+            st.info("No calibration without test results.")
     with tab_recipe:
         st.json(compare.run_recipe(info), expanded=1)
     with tab_cams:

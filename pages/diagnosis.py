@@ -7,9 +7,9 @@ import dataclasses
 import streamlit as st
 
 from cxrdemo.data.shrink import display_copy
-from cxrdemo.diagnosis import cam_cost, explain, predict
+from cxrdemo.diagnosis import assessment, cam_cost, explain, predict
 from cxrdemo.views import diagnosis as dv
-from cxrdemo.views import heatmaps, words
+from cxrdemo.views import heatmaps, plots, words
 from cxrdemo.views.text import escape_markdown as md
 from pages import heatmaps_ui, ui
 
@@ -45,6 +45,14 @@ def diagnose(run: str, mtime: int, root: str, digest: str, method: str, target: 
     return explain.explain(model, predict.prepare(model, _rad.grey), method, k)
 
 
+@st.cache_data(max_entries=32, show_spinner="Checking the image against the model's training images…")
+def assess(run: str, mtime: int, root: str, digest: str, level: float,
+           _rad: predict.Radiograph) -> assessment.Assessment:
+    """Calibrated probabilities, verdict, prediction set and in-domain check of one model for one image."""
+    model = load(run, mtime, root)
+    return assessment.assess(model, predict.prepare(model, _rad.grey), level)
+
+
 def model_panel(model: predict.LoadedModel) -> None:
     """The chosen model's recipe and test results."""
     s = predict.model_summary(model)
@@ -53,15 +61,13 @@ def model_panel(model: predict.LoadedModel) -> None:
     st.caption(f"**{r.get('backbone', '?')}**, {dv.start_words(s['recipe'].get('init', '?'), root)}, "
                f"{r.get('epochs', '?')} epoch{'' if s['recipe'].get('epochs') == 1 else 's'} at "
                f"{r.get('img_size', model.img_size)} px · {line}", help=details)
-    t = s["test"]
-    if t:
-        shown = [(k, lbl) for k, lbl in (("accuracy", "Test accuracy"), ("sensitivity", "Sensitivity"),
-                                          ("specificity", "Specificity"), ("auroc", "AUROC")) if k in t]
-        for col, (k, lbl) in zip(st.columns(len(shown)), shown):
-            col.metric(lbl, f"{t[k]:.3f}")
-        st.caption(f"Measured on {t.get('n', '?')} held-out test images.")
-    else:
+    if not s["headlines"]:
         st.caption("This model has no test results.")
+    for h in s["headlines"]:  # the most shifted set first: the honest headline; in-distribution second
+        shown = [(k, lbl) for k, lbl in dv.HEADLINE_METRICS if isinstance(h["metrics"].get(k), float)]
+        for col, (k, lbl) in zip(st.columns(len(shown)), shown):
+            col.metric(lbl, dv.headline_value(h, k))
+        st.caption(md(dv.headline_sentence(h)) + (" 95% intervals in brackets." if h["ci95"] else ""))
 
 
 def image_source() -> tuple[bytes, str] | None:
@@ -94,7 +100,7 @@ def heatmap_words(model: predict.LoadedModel, res: explain.Explanation) -> str:
 
 
 def show_result(label: str, model: predict.LoadedModel, rad: predict.Radiograph, res: explain.Explanation,
-                opacity: float, full: bool) -> None:
+                a: assessment.Assessment, opacity: float, full: bool) -> None:
     """Predicted class, probabilities, image and overlay; compact in the comparison row."""
     if not full:
         with st.container(height=150, border=False):  # one header height: the columns below line up
@@ -104,9 +110,12 @@ def show_result(label: str, model: predict.LoadedModel, rad: predict.Radiograph,
                 st.warning(f"This model {chance}.", icon=":material/warning:")
     # Class names are folder names: the sentence is built from escaped copies (the CLI prints them as they are).
     shown = dataclasses.replace(model, classes=tuple(md(c) for c in model.classes))
-    st.markdown(dv.decision_sentence(shown, res.probs, res.predicted))
+    st.markdown(dv.decision_sentence(shown, a))
     if full:
-        st.plotly_chart(explain.probability_figure(model.classes, res.probs, res.predicted), key="probs")
+        st.plotly_chart(plots.probability_figure(model.classes, a.probs, a.predicted, a.threshold), key="probs")
+    st.markdown(dv.set_sentence(shown, a))
+    if a.in_domain:
+        st.caption(a.domain_sentence)
     grey = display_copy(rad.grey)  # the browser gets at most 1024 px: the networks saw 299 at most
     ov = explain.overlay(grey, res.cam, opacity)
     what = heatmap_words(model, res)
@@ -248,6 +257,10 @@ target = c2.selectbox("Class to explain", [PREDICTED, *model.classes], key="targ
                       help="Which class the heatmap argues for: by default the one the model predicted.")
 opacity = c3.slider("Heatmap opacity", 0.0, 1.0, 0.4, 0.05, key="opacity")
 scorecard_section(run, root)
+coverage = st.radio("Prediction set coverage", list(dv.COVERAGE_CHOICES), horizontal=True, key="coverage",
+                    help="How often the set should hold the true class, as measured on validation images: a higher "
+                         "coverage answers 'both' more often.")
+level = dv.COVERAGE_CHOICES[coverage]
 
 if source is None:
     st.stop()
@@ -264,8 +277,16 @@ if rad is None:
 m = rad.meta
 st.caption(f"Read as {m.format.upper()}, {m.width} × {m.height} px, {m.bits}-bit {md(m.mode)}"
            + (f" · {'; '.join(m.notes)}" if m.notes else ""))
+a = None
+with ui.friendly_errors("Checking the image"):
+    a = assess(run, predict.model_mtime(run, root), root, rad.digest, level, rad)
+if a is None:
+    st.stop()
 if not rad.looks_like_cxr:
     st.warning(rad.warning, icon=":material/warning:")
+if a.in_domain is False:  # the features say what the pixels' statistics could not: unlike the training images
+    st.warning(a.domain_sentence, icon=":material/explore_off:")
+if not rad.looks_like_cxr or a.in_domain is False:
     # one acknowledgement per image: a second odd image is not run on the first one's say-so
     if not st.checkbox("I understand: run the model on this image anyway", key=f"run_anyway_{rad.digest[:16]}"):
         st.stop()
@@ -276,7 +297,7 @@ result = st.empty()  # replaces the previous overlay at once: nothing stale stay
 with result.container(), ui.friendly_errors("The prediction"):
     with st.spinner(dv.wait_text(method, eta)):
         res = diagnose(run, predict.model_mtime(run, root), root, rad.digest, method, key_target, rad)
-    show_result(label, model, rad, res, opacity, full=True)
+    show_result(label, model, rad, res, a, opacity, full=True)
 pending = []
 if res is not None:
     pending.append(faithfulness_slot(run, predict.model_mtime(run, root), root, rad, method, key_target))
@@ -296,7 +317,7 @@ if others:
             other = load(r, mt, root)
             with st.spinner(dv.wait_text(method, expected_seconds(r, mt, root, method))):
                 res_other = diagnose(r, mt, root, rad.digest, method, key_target, rad)
-            show_result(lb, other, rad, res_other, opacity, False)
+            show_result(lb, other, rad, res_other, assess(r, mt, root, rad.digest, level, rad), opacity, False)
             pending.append(faithfulness_slot(r, mt, root, rad, method, key_target))
     st.caption("Each heatmap explains the class that model predicted, or the class chosen above when the model "
                "knows it.")

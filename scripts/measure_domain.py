@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from cxrdemo import data, paths
-from cxrdemo.diagnosis import domain
+from cxrdemo.model import domain
 
 DATA = Path("/work/shared/data")
 GEOMETRY = {"cxr-large": "mixed (224 x 224 squashed and aspect kept)", "cxr-dev": "aspect kept (256 px high)",

@@ -151,6 +151,10 @@ def test_diagnosis_shows_prediction_and_heatmap(server, browser):
     assert len(images) >= 2, "the image and its heatmap overlay are shown"
     body = browser.find_element(By.TAG_NAME, "body").text
     assert "NORMAL" in body and "PNEUMONIA" in body
+    # the calibrated bar with the decision threshold marked, and a prediction set
+    _wait_text(browser, "Prediction set at 90% coverage", 60)
+    assert browser.find_elements(By.CSS_SELECTOR, ".js-plotly-plot path[style*='dash'], .js-plotly-plot .shapelayer path")
+    assert re.search(r"threshold \d+\.\d%", browser.find_element(By.TAG_NAME, "body").text)
     _no_exception(browser)
     time.sleep(1)
     browser.save_screenshot(str(_shots(tmp) / "diagnosis.png"))
@@ -172,6 +176,22 @@ def test_diagnosis_shows_prediction_and_heatmap(server, browser):
     other = "NORMAL" if said == "PNEUMONIA" else "PNEUMONIA"
     _choose(browser, "Class to explain", other)
     _wait_text(browser, f"why it might be {other} — the model said {said}, p({other}) = ", 120)
+
+
+def test_a_greyscale_photograph_is_flagged_as_unlike_the_training_images(server, browser):
+    from PIL import Image
+    from sklearn.datasets import load_sample_images
+
+    url, tmp = server
+    photo = tmp / "grey-photo.png"
+    Image.fromarray(load_sample_images().images[0]).convert("L").save(photo)  # china.jpg, in grey
+    _open(browser, url + "/diagnosis", "Upload a chest radiograph")
+    browser.find_element(By.CSS_SELECTOR, "input[type='file']").send_keys(str(photo))
+    _wait_text(browser, "unlike the", 120)
+    body = browser.find_element(By.TAG_NAME, "body").text
+    assert "run the model on this image anyway" in body and "Prediction:" not in body  # held back
+    _no_exception(browser)
+    browser.save_screenshot(str(_shots(tmp) / "diagnosis-out-of-domain.png"))
 
 
 def _set_number(driver, label: str, value: str) -> None:

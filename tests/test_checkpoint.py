@@ -46,13 +46,23 @@ def _write(folder: Path, raw: dict) -> Path:
 
 # ---------------------------------------------------------------- formats
 
-def test_the_shipped_format_1_demo_model_loads_and_is_upgraded_in_memory():
+def test_the_shipped_demo_model_carries_its_decision_and_the_trust_records():
+    """Format 1 until `calibrate --run demo` rewrote it (weights untouched: the logits test below) as format 2."""
     model = checkpoint.load(DEMO_MODEL)
     raw = torch.load(DEMO_MODEL, weights_only=True)
-    assert raw["format"] == checkpoint.FORMAT_1  # the file on disk is untouched
-    assert model.decision == Decision("spec:0.95", raw["threshold"])
+    assert raw["format"] == checkpoint.FORMAT
+    assert model.decision.rule == "spec:0.95" and model.decision.value == pytest.approx(0.0875, abs=1e-4)
     assert model.preprocessing == Preprocessing(224, "none", (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
-    assert model.classes == ("NORMAL", "PNEUMONIA") and model.backbone == "cnn5" and model.records == {}
+    assert model.classes == ("NORMAL", "PNEUMONIA") and model.backbone == "cnn5"
+    assert set(model.records) == {"calibration", "conformal", "domain"}
+    assert model.records["domain"]["n_train"] == 4353 and model.records["domain"]["n_val"] == 488
+
+
+def test_a_format_1_model_loads_and_is_upgraded_in_memory(tmp_path):
+    raw = _format_1(_small())
+    model = checkpoint.load(_write(tmp_path / "r", raw))
+    assert torch.load(tmp_path / "r" / "model.pt", weights_only=True)["format"] == checkpoint.FORMAT_1  # untouched
+    assert model.decision == Decision("spec:0.95", raw["threshold"]) and model.records == {}
 
 
 @pytest.mark.parametrize("value, rule, expected", [

@@ -30,7 +30,8 @@ def test_recipe_trains_without_imagenet_and_picks_a_threshold_on_val():
 def test_build_installs_model_card_and_intervals(env, tiny_dataset):
     test_only = env / "shifted"
     shutil.copytree(tiny_dataset / "test", test_only / "test")  # an evaluation-only set, like cxr-shift
-    card = build_demo_model(str(tiny_dataset), [(str(tiny_dataset), "test"), (str(test_only), "test")], **TINY)
+    card = build_demo_model(str(tiny_dataset), [(str(tiny_dataset), "test", "in-distribution"),
+                                                   (str(test_only), "test", "shifted")], **TINY)
     out = paths.demo_run_dir()
     assert {"model.pt", "config.json", "metrics.csv", "MODEL_CARD.md", "evaluation.json"} <= {p.name for p in out.iterdir()}
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".demo-")]  # staging folder renamed away
@@ -48,6 +49,10 @@ def test_build_installs_model_card_and_intervals(env, tiny_dataset):
         assert lo <= e1["metrics"][key] <= hi
     text = (out / "MODEL_CARD.md").read_text()
     assert "not for clinical use" in text and "python -m cxrdemo demo-model" in text and "shifted/test" in text
+    assert text.index("| shifted/test") < text.index(f"| {tiny_dataset.name}/test")  # the shifted set leads
+    assert f"--eval {test_only}:test:shifted" in text and "temperature scaling (T = " in text
+    assert "In-domain check" in text and card["trust"]["domain"]["n_train"] > 0
+    assert 0 <= e2["calibration"]["ece_after"] <= 1 and [c["level"] for c in e2["coverage"]] == [0.9, 0.95]
     # `--run demo` now names it everywhere
     model = predict.load_model("demo")
     assert model.classes == ("NORMAL", "PNEUMONIA") and model.decision.value is not None

@@ -56,7 +56,7 @@ def test_an_example_gives_a_prediction_probabilities_and_overlay(patch_store):
     assert "not for clinical use" in at.warning[0].value
     assert at.selectbox(key="model").value.startswith(patch_store.run.name)  # no demo model: the completed run
     assert any("cnn8" in c.value and "Says" in c.value for c in at.caption)  # the recipe and the decision, one line
-    assert [m.label for m in at.metric][:1] == ["Test accuracy"]
+    assert [m.label for m in at.metric][:1] == ["Accuracy"]
     assert not _predictions(at)  # nothing chosen yet
     radio = at.radio(key="example")
     assert radio.options == ["NORMAL example 1", "NORMAL example 2", "PNEUMONIA example 1", "PNEUMONIA example 2"]
@@ -182,3 +182,30 @@ def test_a_run_named_in_the_link_is_preselected(patch_store):
     assert at.selectbox(key="model").value.startswith(first)
     at2 = _page()
     assert not at2.selectbox(key="model").value.startswith(first)  # without the link: the newest run
+
+
+def test_an_image_unlike_the_training_images_is_held_back_and_sets_are_shown(patch_store, tmp_path):
+    """A calibrated patch model: a real radiograph is unlike its training images (synthetic patches)."""
+    from cxrdemo.runs.records import add_trust_records
+    from tests.conftest import patch_image
+
+    rng = np.random.default_rng(3)
+    for split in ("train", "val"):
+        for k, cls in enumerate(("blank", "patch")):
+            (tmp_path / "d" / split / cls).mkdir(parents=True)
+            for i in range(20):
+                Image.fromarray(patch_image(rng, k == 1)[0]).save(tmp_path / "d" / split / cls / f"{i}.png")
+    add_trust_records(patch_store.run.name, patch_store.root, str(tmp_path / "d"))
+    at = _page()
+    at.radio(key="example").set_value("NORMAL example 1").run()
+    assert not at.exception, at.exception
+    warnings = [w.value for w in at.warning if "unlike the 40 images this model learned from" in w.value]
+    assert len(warnings) == 1 and not _predictions(at)  # held back until "run anyway"
+    at.checkbox[0].check().run()
+    assert not at.exception, at.exception
+    assert len(_predictions(at)) == 1 and "probabilities calibrated" in _predictions(at)[0]
+    sets = [m.value for m in at.markdown if m.value.startswith("Prediction set at 90% coverage")]
+    assert len(sets) == 1
+    at.radio(key="coverage").set_value("95%").run()
+    assert not at.exception, at.exception
+    assert [m.value for m in at.markdown if m.value.startswith("Prediction set at 95% coverage")]

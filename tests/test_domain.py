@@ -8,16 +8,16 @@ import numpy as np
 import pytest
 import torch
 
-from cxrdemo.diagnosis import domain
-from cxrdemo.diagnosis.domain import (
+from cxrdemo.errors import RunError
+from cxrdemo.model import domain
+from cxrdemo.model.backbones import build_backbone
+from cxrdemo.model.domain import (
     DomainRecord,
     domain_sentence,
     fit_domain,
     in_domain,
     score_domain,
 )
-from cxrdemo.errors import RunError
-from cxrdemo.model.backbones import build_backbone
 
 
 def gaussian_classes(rng: np.random.Generator, n_per_class: int, n_classes: int, dim: int,

@@ -197,10 +197,3 @@ def test_png_bytes_round_trip():
     png = explain.to_png_bytes(rgb)
     assert png.startswith(b"\x89PNG")
     np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(png))), rgb)
-
-
-def test_probability_figure_shows_the_model_probabilities():
-    fig = explain.probability_figure(("NORMAL", "PNEUMONIA"), np.array([0.2, 0.8]), 1)
-    bar = fig.data[0]
-    assert list(bar.y) == ["NORMAL", "PNEUMONIA"] and list(bar.x) == [0.2, 0.8]
-    assert list(bar.text) == ["20.0%", "80.0%"] and bar.marker.color[1] != bar.marker.color[0]

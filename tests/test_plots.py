@@ -327,3 +327,47 @@ def test_delete_refuses_active_runs_and_removes_finished_ones(compare_store, tmp
     assert left == {compare_store["grad"], compare_store["running"], compare_store["four"], queued.name, "escape"}
     assert (root / compare_store["running"] / "metrics.csv").is_file() and tmp_path.is_dir()
     assert json.loads((compare_store["root"] / compare_store["done"] / "config.json").read_text())  # original intact
+
+
+def test_probability_figure_shows_the_model_probabilities():
+    fig = plots.probability_figure(("NORMAL", "PNEUMONIA"), np.array([0.2, 0.8]), 1)
+    bar = fig.data[0]
+    assert list(bar.y) == ["NORMAL", "PNEUMONIA"] and list(bar.x) == [0.2, 0.8]
+    assert list(bar.text) == ["20.0%", "80.0%"] and bar.marker.color[1] != bar.marker.color[0]
+    assert not fig.layout.shapes  # no threshold given: nothing marked
+
+
+def test_probability_figure_marks_the_threshold_on_the_second_class_bar():
+    fig = plots.probability_figure(("NORMAL", "PNEUMONIA"), np.array([0.7, 0.3]), 1, threshold=0.208)
+    (line,) = fig.layout.shapes
+    assert line.x0 == line.x1 == 0.208 and (line.y0, line.y1) == (0.5, 1.5)  # across the PNEUMONIA bar only
+    assert fig.layout.annotations[0].text == "threshold 20.8%" and fig.data[0].marker.color[1] == "#1f5fa8"
+
+
+def test_reliability_figure_shows_before_and_after_with_their_ece():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 200)
+    over = np.where(rng.random(200) < 0.8, y, 1 - y)  # 80% right but 99% sure: over-confident
+    probs = np.stack([np.where(over == 0, 0.99, 0.01), np.where(over == 1, 0.99, 0.01)], 1)
+    fair = np.stack([np.where(over == 0, 0.8, 0.2), np.where(over == 1, 0.8, 0.2)], 1)
+    fig = plots.reliability_figure({"y_true": y.tolist(), "probs": probs.tolist(), "calibrated_probs": fair.tolist()})
+    names = [t.name for t in fig.data]
+    ece = [float(n.split("ECE ")[1].rstrip(")")) for n in names[1:]]
+    accuracy = float((over == y).mean())
+    assert names[1].startswith("before") and ece[0] == pytest.approx(0.99 - accuracy, abs=1e-3)
+    assert names[2].startswith("after") and ece[1] == pytest.approx(abs(0.8 - accuracy), abs=1e-3) and ece[1] < ece[0]
+    assert "No calibrated" in plots.reliability_figure({"y_true": [0], "probs": [[1, 0]]}).layout.annotations[0].text
+
+
+def test_coverage_rows_and_the_sentence_when_the_promise_breaks():
+    test = {"coverage": [
+        {"level": 0.9, "ok": True, "coverage": 0.959, "conformal_coverage": 0.822, "mean_size": 1.137,
+         "share_both": 0.137, "n": 241},
+        {"level": 0.95, "ok": False, "reason": "Too few validation images for a 95% prediction set"}]}
+    rows = compare.coverage_rows(test)
+    assert rows[0]["promised"] == "90%" and rows[0]["reached"] == "82.2%" and rows[0]["mean set size"] == 1.137
+    assert rows[1]["note"].startswith("Too few")
+    (sentence,) = compare.broken_promises(test)
+    assert "held it for 82.2%" in sentence
+    test["coverage"][0]["conformal_coverage"] = 0.91
+    assert compare.broken_promises(test) == []

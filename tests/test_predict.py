@@ -243,20 +243,70 @@ def test_summary_falls_back_to_the_model_card_evaluation(patch_store):
     assert predict.model_summary(model)["test"] == {"accuracy": 0.93, "auroc": 0.98, "n": 74}
 
 
+def _assessed(probs, predicted, threshold, pset=None, note=None):
+    from cxrdemo.diagnosis.assessment import Assessment
+
+    return Assessment(np.array(probs), predicted, threshold, 0.9, pset, note, None, None, None)
+
+
 def test_the_decision_sentence_names_the_threshold_that_decided():
     net = torch.nn.Identity()
     pre = Preprocessing(64)
     tuned = predict.LoadedModel(net, ("NORMAL", "PNEUMONIA"), pre, Decision("val", 0.021), "r", Path("."))
-    text = diagnosis_view.decision_sentence(tuned, np.array([0.831, 0.169]), 1)
+    text = diagnosis_view.decision_sentence(tuned, _assessed([0.831, 0.169], 1, tuned.threshold))
     assert text.startswith("Prediction: **PNEUMONIA**") and "16.9% is at or above" in text and "2.1%" in text
-    below = diagnosis_view.decision_sentence(tuned, np.array([0.99, 0.01]), 0)
+    below = diagnosis_view.decision_sentence(tuned, _assessed([0.99, 0.01], 0, tuned.threshold))
     assert "**NORMAL**" in below and "1.0% is below" in below
-    assert "threshold of 2.1%, tuned on validation images for balanced accuracy (" in text
+    assert "threshold of 2.1% (the mark on the bar), tuned on validation images for balanced accuracy (" in text
+    assert "not calibrated" in text  # no temperature record: the sentence says what the numbers are
     # The decision record names its rule: the config's (here contradicting) field is not consulted.
     fixed = predict.LoadedModel(net, ("NORMAL", "PNEUMONIA"), pre, Decision("spec:0.97", 0.2), "r", Path("."),
                                 {"threshold": "val"})
-    assert "threshold of 20.0%, that keeps 97% specificity (normals called normal) on validation images" in \
-        diagnosis_view.decision_sentence(fixed, np.array([0.7, 0.3]), 1)
+    assert "threshold of 20.0% (the mark on the bar), that keeps 97% specificity (normals called normal) on " \
+        "validation images" in diagnosis_view.decision_sentence(fixed, _assessed([0.7, 0.3], 1, fixed.threshold))
     plain = predict.LoadedModel(net, ("A", "B", "C"), pre, Decision(), "r", Path("."))
-    assert diagnosis_view.decision_sentence(plain, np.array([0.2, 0.5, 0.3]), 1) == \
-        "Prediction: **B** (50.0%, the most probable class)"
+    assert diagnosis_view.decision_sentence(plain, _assessed([0.2, 0.5, 0.3], 1, None)) == \
+        "Prediction: **B** (50.0%, the most probable class; probabilities not calibrated: scores, not risks)"
+
+
+def test_a_calibrated_model_reads_its_verdict_off_the_calibrated_bar():
+    from cxrdemo.model import trust
+
+    net = torch.nn.Identity()
+    cal = predict.LoadedModel(net, ("NORMAL", "PNEUMONIA"), Preprocessing(64), Decision("spec:0.95", 0.0875), "r",
+                              Path("."), trust=trust.Trust(temperature=1.752))
+    assert cal.threshold == pytest.approx(0.2079, abs=1e-4)  # docs/trust_measurements.md
+    text = diagnosis_view.decision_sentence(cal, _assessed([0.696, 0.304], 1, cal.threshold))
+    assert "30.4% is at or above this model's decision threshold of 20.8%" in text and "calibrated)" in text
+    one = diagnosis_view.set_sentence(cal, _assessed([0.696, 0.304], 1, cal.threshold, (1,)))
+    both = diagnosis_view.set_sentence(cal, _assessed([0.696, 0.304], 1, cal.threshold, (0, 1)))
+    assert "**{PNEUMONIA}**" in one and "**both** — the model cannot tell at this confidence" in both
+    short = _assessed([0.696, 0.304], 1, cal.threshold, None, "Too few validation images for a 95% prediction set")
+    assert diagnosis_view.set_sentence(cal, short).startswith("Too few validation images")
+
+
+def test_headlines_lead_with_the_most_shifted_set(patch_store):
+    run = patch_store.run
+    (run / "evaluation.json").write_text(json.dumps({"evaluations": [
+        {"data": "x/cxr-dev", "split": "test", "label": "in-distribution", "n": 74,
+         "metrics": {"accuracy": 0.959}, "ci95": {"accuracy": [0.905, 1.0]}},
+        {"data": "x/cxr-shift", "split": "test", "label": "shifted", "n": 241,
+         "metrics": {"specificity": 0.845}, "ci95": {"specificity": [0.765, 0.917]}}]}))
+    first, second = predict.headlines(run)
+    assert (first["set"], second["set"]) == ("cxr-shift/test", "cxr-dev/test")
+    assert diagnosis_view.headline_value(first, "specificity") == "0.845 (0.765–0.917)"
+    assert "a shifted set" in diagnosis_view.headline_sentence(first)
+    assert "drawn like the training images" in diagnosis_view.headline_sentence(second)
+    (run / "evaluation.json").unlink()  # a user's run: its own test split, in-distribution
+    (own,) = predict.headlines(run, {"n": 20, "accuracy": 0.9})
+    assert own["label"] == "in-distribution" and own["metrics"] == {"accuracy": 0.9}
+
+
+def test_demo_model_eval_flag_carries_a_label():
+    from cxrdemo.cli.demo_model import parse_eval
+    from cxrdemo.errors import ConfigError
+
+    assert parse_eval("../d/cxr-shift:test:shifted") == ("../d/cxr-shift", "test", "shifted")
+    assert parse_eval("../d/cxr-dev") == ("../d/cxr-dev", "test", "in-distribution")
+    with pytest.raises(ConfigError, match="must be in-distribution or shifted"):
+        parse_eval("d:test:odd")

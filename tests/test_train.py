@@ -111,6 +111,14 @@ def test_short_training_writes_a_complete_run(ds2):
     assert not (d / checkpoint.BEST_EPOCH_FILE).exists()  # model.pt holds the best epoch now
     tm = runs.read_test_metrics(d)
     assert tm["n"] == 8 and len(tm["probs"]) == 8 and np.array(tm["confusion"]).sum() == 8
+    # written together with the decision: temperature, sets at 90% and 95% (4 val images per class: too few), domain
+    assert set(model.records) == {"calibration", "conformal", "domain"}
+    assert model.records["calibration"]["temperature"] > 0 and model.records["domain"]["n_train"] == 20
+    assert [(c["level"], c["ok"]) for c in model.records["conformal"]["levels"]] == [(0.9, False), (0.95, False)]
+    cal = tm["calibration"]
+    assert 0 <= cal["ece_after"] <= 1 and cal["ece_before_ci"][0] <= cal["ece_before"] <= cal["ece_before_ci"][1]
+    assert [c["level"] for c in tm["coverage"]] == [0.9, 0.95] and "needs at least 9" in tm["coverage"][0]["reason"]
+    assert np.allclose(np.array(tm["calibrated_probs"]).sum(1), 1, atol=1e-5)
     meta = runs.read_json(d / "config.json")
     assert meta["dataset"]["classes"] == ["NORMAL", "PNEUMONIA"]
     assert "completed" in (d / "log.txt").read_text()
@@ -264,7 +272,12 @@ def test_evaluate_and_predict_agree_with_the_model(ds2, capsys):
     first = data.scan_dataset(str(ds2)).splits["test"][0][0]
     assert cli(["predict", "--run", d.name, first]) == 0
     line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert line["probabilities"]["PNEUMONIA"] == pytest.approx(tm["probs"][0][1], abs=1e-5)
+    # the page and the CLI show calibrated probabilities: the same numbers the run's test measured
+    assert line["probabilities"]["PNEUMONIA"] == pytest.approx(tm["calibrated_probs"][0][1], abs=1e-5)
+    assert isinstance(line["in_domain"], bool) and line["domain_score"] > 0
+    assert line["prediction_set"] is None and "Too few validation images" in line["notes"][0]  # 4 val images a class
+    assert ev["calibration"]["ece_after"] == pytest.approx(tm["calibration"]["ece_after"], abs=1e-5)
+    assert [c["level"] for c in ev["coverage"]] == [0.9, 0.95]
 
 
 def test_worker_killed_mid_epoch_leaves_readable_files(ds2):

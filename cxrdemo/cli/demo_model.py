@@ -11,7 +11,7 @@ import numpy as np
 
 from cxrdemo import paths
 from cxrdemo.config import TrainConfig
-from cxrdemo.errors import RunError
+from cxrdemo.errors import ConfigError, RunError
 from cxrdemo.model import metrics
 from cxrdemo.runs import store as runs
 from cxrdemo.views.words import rule_words
@@ -34,20 +34,39 @@ DEMO_RECIPE: dict = DEMO_STAGES[0]
 COPIED_FILES = ("model.pt", "config.json", "metrics.csv", "status.json", "test_metrics.json")
 
 
-def evaluate_model_on(run_dir: Path, data_root: str, split: str = "test", n_boot: int = 1000) -> dict:
+EVAL_LABELS = ("in-distribution", "shifted")
+
+
+def parse_eval(spec: str) -> tuple[str, str, str]:
+    """DIR[:SPLIT[:LABEL]] -> (dir, split, label); ConfigError with a sentence for an unknown label."""
+    parts = spec.split(":")
+    label = parts.pop() if len(parts) >= 3 else EVAL_LABELS[0]
+    split = parts.pop() if len(parts) >= 2 else "test"
+    if label not in EVAL_LABELS:
+        raise ConfigError(f"--eval {spec}: the label must be {' or '.join(EVAL_LABELS)}, not {label!r}.")
+    return ":".join(parts), split or "test", label
+
+
+def evaluate_model_on(run_dir: Path, data_root: str, split: str = "test", n_boot: int = 1000,
+                      label: str = EVAL_LABELS[0]) -> dict:
     """Point estimates and 95% bootstrap intervals of a run's model on one split of a dataset."""
-    from cxrdemo.diagnosis.predict import load_model, predict_split
+    import torch
+
+    from cxrdemo.diagnosis.predict import load_model, split_logits
+    from cxrdemo.model import trust
 
     model = load_model(str(run_dir), allow_path=True)
-    y, probs, _ = predict_split(model, data_root, split)
+    y, logits, _ = split_logits(model, data_root, split)
+    probs = torch.softmax(torch.from_numpy(logits), 1).numpy()
     point = metrics.classification_metrics(y, probs, model.classes, model.decision.value)
     ci = metrics.bootstrap_ci(y, probs, model.classes, model.decision.value, n_boot=n_boot)
-    return {"data": str(data_root), "split": split, "n": int(len(y)), "counts": np.bincount(y).tolist(),
+    return {"data": str(data_root), "split": split, "label": label, "n": int(len(y)), "counts": np.bincount(y).tolist(),
             "metrics": {k: point[k] for k in ("accuracy", "sensitivity", "specificity", "auroc", "f1")},
-            "ci95": ci, "confusion": point["confusion"]}
+            "ci95": ci, "confusion": point["confusion"],
+            **trust.trust_metrics(logits, y, model.trust, model.decision.value, model.classes, n_boot)}
 
 
-def build_demo_model(train_data: str, eval_sets: list[tuple[str, str]], out_dir: Path | None = None,
+def build_demo_model(train_data: str, eval_sets: list[tuple[str, str, str]], out_dir: Path | None = None,
                      runs_dir: Path | None = None, echo=None, **overrides) -> dict:
     """Train the demo stages as normal runs (each from the last), evaluate the final one, install it as weights/demo."""
     from cxrdemo.runs.worker import execute_run
@@ -67,14 +86,14 @@ def build_demo_model(train_data: str, eval_sets: list[tuple[str, str]], out_dir:
             raise RunError(f"Training stage {i} of the demo model {status.get('state')}: {status.get('error')}")
         stages.append({"run_id": d.name, "minutes": round((time.time() - t0) / 60, 1), "recipe": config.to_dict()})
     minutes = (time.time() - t_start) / 60
-    evaluations = [evaluate_model_on(d, root, split) for root, split in eval_sets]
+    evaluations = [evaluate_model_on(d, root, split, label=label) for root, split, label in eval_sets]
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=".demo-"))
     for name in COPIED_FILES:
         if (d / name).is_file():
             shutil.copy2(d / name, staging / name)
     card = {"run_id": d.name, "train_minutes": round(minutes, 1), "recipe": config.to_dict(), "stages": stages,
-            "evaluations": evaluations}
+            "evaluations": evaluations, "trust": trust_summary(d)}
     runs.atomic_write_json(staging / "evaluation.json", card)
     (staging / "MODEL_CARD.md").write_text(model_card(card))
     if out_dir.exists():
@@ -99,12 +118,12 @@ def model_card(card: dict) -> str:
     """The model card as Markdown: recipe, command, data, metrics with 95% bootstrap intervals, intended use."""
     r = card["recipe"]
     stages = card.get("stages") or [{"run_id": card["run_id"], "recipe": r, "minutes": card["train_minutes"]}]
-    evals = " ".join(f"--eval {e['data']}:{e['split']}" for e in card["evaluations"])
+    evals = " ".join(f"--eval {e['data']}:{e['split']}:{e.get('label', EVAL_LABELS[0])}" for e in card["evaluations"])
     rows = "\n".join(
         f"| {Path(e['data']).name}/{e['split']} | {e['n']} ({' : '.join(map(str, e['counts']))}) | "
         f"{_fmt(e['metrics'], e['ci95'], 'accuracy')} | {_fmt(e['metrics'], e['ci95'], 'sensitivity')} | "
         f"{_fmt(e['metrics'], e['ci95'], 'specificity')} | {_fmt(e['metrics'], e['ci95'], 'auroc')} |"
-        for e in card["evaluations"])
+        for e in sorted(card["evaluations"], key=lambda e: e.get("label") != "shifted"))  # the shifted set leads
     schedule = "; then ".join(
         f"{s['recipe']['epochs']} epochs at {s['recipe']['img_size']} px"
         f"{' from stage ' + str(i) if i else ''} (run `{s['run_id']}`, {s['minutes']} min)"
@@ -163,11 +182,42 @@ generalises.
 For demonstrating transfer learning and Grad-CAM in teaching sessions. Paediatric AP/PA radiographs
 from one hospital only; it has never seen adults, lateral views, devices or other diseases, and it
 will answer NORMAL or PNEUMONIA for any image, including ones that are not chest X-rays (the app
-warns first). Its probabilities are not calibrated risks.
+warns first). {_trust_text(card)}
 """
 
 
 TARGET = {"accuracy": 0.928, "specificity": 0.85, "auroc": 0.97}  # issue #6, on cxr-shift/test
+
+
+def trust_summary(run_dir: Path) -> dict:
+    """What the card states about a model's trust records (temperature, sets, in-domain cut-off); {} without."""
+    from cxrdemo.model import checkpoint
+
+    records = checkpoint.load(Path(run_dir) / checkpoint.MODEL_FILE).records
+    if not records:
+        return {}
+    dom = records.get("domain") or {}
+    return {"temperature": records.get("calibration", {}).get("temperature"),
+            "conformal": [{k: c[k] for k in ("level", "qhat", "n", "ok")} for c in records.get("conformal", {}).get(
+                "levels", [])],
+            "domain": {k: dom.get(k) for k in ("cutoff", "quantile", "n_train", "n_val", "method")} if dom else {}}
+
+
+def _trust_text(card: dict) -> str:
+    """The card's paragraph on calibration, prediction sets and the in-domain check ('' when the model has none)."""
+    t = card.get("trust") or {}
+    if not t:
+        return "Its probabilities are not calibrated risks."
+    d = t.get("domain") or {}
+    levels = ", ".join(f"{c['level']:.0%}" for c in t.get("conformal", []) if c.get("ok"))
+    text = (f"Its probabilities are calibrated by temperature scaling (T = {t['temperature']:.3f}, fitted on the "
+            f"validation split); the decision threshold is applied on the same scale. Prediction sets (class-"
+            f"conditional split conformal, fitted on validation) are offered at {levels or 'no level'}.")
+    if d:
+        text += (f" In-domain check: an image whose distance to the {d['n_train']:,} training images (Mahalanobis, "
+                 f"penultimate features) exceeds {d['cutoff']:.2f} — the distance {100 * d['quantile']:g}% of the "
+                 f"{d['n_val']} validation images stay under — is flagged as unlike the training images.")
+    return text
 
 
 def _target_line(card: dict) -> str:

@@ -1,4 +1,4 @@
-"""The command line: backbones, scan, train, evaluate, compare, predict (and jobs). Bad input -> exit 2, one line."""
+"""The command line: backbones, scan, train, evaluate, compare, predict, calibrate (and jobs). Bad input -> exit 2, one line."""
 
 from __future__ import annotations
 
@@ -120,12 +120,8 @@ def _cam_path(out: str, image: str, index: int, many: bool) -> Path:
 
 def cmd_predict(args) -> int:
     from cxrdemo.diagnosis import explain, faithfulness
-    from cxrdemo.diagnosis.predict import (
-        load_model,
-        predict_probs,
-        prepare,
-        read_radiograph,
-    )
+    from cxrdemo.diagnosis.assessment import assess
+    from cxrdemo.diagnosis.predict import load_model, prepare, read_radiograph
     from cxrdemo.errors import ConfigError, ImageReadError
 
     model = load_model(args.run, _runs_dir(args), allow_path=True)
@@ -143,18 +139,21 @@ def cmd_predict(args) -> int:
         x = prepare(model, rad.grey)
         if args.cam:
             result = explain.explain(model, x, args.method)
-            probs, k = result.probs, result.predicted
             out = _cam_path(args.cam, image, i, len(args.images) > 1)
             try:
                 out.write_bytes(explain.to_png_bytes(explain.overlay(rad.grey, result.cam, args.opacity)))
             except OSError as exc:
                 raise ConfigError(f"Could not write the heatmap to {out}: {exc.strerror or exc}.") from None
-        else:
-            probs = predict_probs(model, x.unsqueeze(0))[0]
-            k = int(model.decide(probs)[0])
-        line = {"image": image, "class": model.classes[k],
-                "probabilities": {c: round(float(p), 6) for c, p in zip(model.classes, probs)},
+        a = assess(model, x, args.level)  # calibrated probabilities, the verdict read off them, set, domain
+        line = {"image": image, "class": model.classes[a.predicted],
+                "probabilities": {c: round(float(p), 6) for c, p in zip(model.classes, a.probs)},
+                "calibrated": model.trust.calibrated, "prediction_set": a.set_names(model.classes),
+                "coverage": args.level, "in_domain": a.in_domain,
+                "domain_score": None if a.domain_score is None else round(a.domain_score, 3),
                 "looks_like_cxr": rad.looks_like_cxr, "warning": rad.warning}
+        notes = [s for s in (a.set_note, None if a.in_domain in (None, True) else a.domain_sentence) if s]
+        if notes:
+            line["notes"] = notes
         if args.cam:
             line.update(cam=str(out), method=args.method,
                         faithfulness=faithfulness.measure_explanation(model, x, result).to_dict())
@@ -162,13 +161,22 @@ def cmd_predict(args) -> int:
     return EXIT_BAD_INPUT if failed else 0
 
 
-def cmd_demo_model(args) -> int:
-    from cxrdemo.cli.demo_model import build_demo_model
+def cmd_calibrate(args) -> int:
+    from cxrdemo.runs.records import add_trust_records
 
-    evals = []
-    for spec in args.eval:
-        root, _, split = spec.rpartition(":") if ":" in spec else (spec, "", "test")
-        evals.append((root, split or "test"))
+    say = (lambda s: None) if args.quiet else (lambda s: print(s, file=sys.stderr, flush=True))
+    model = add_trust_records(args.run, _runs_dir(args), args.data, say)
+    r = model.records
+    print(_json({"run": args.run, "temperature": r["calibration"]["temperature"],
+                 "conformal": [{k: c[k] for k in ("level", "qhat", "n", "ok", "reason")} for c in r["conformal"]["levels"]],
+                 "domain": {k: r["domain"][k] for k in ("method", "cutoff", "quantile", "n_train", "n_val")}}))
+    return 0
+
+
+def cmd_demo_model(args) -> int:
+    from cxrdemo.cli.demo_model import build_demo_model, parse_eval
+
+    evals = [parse_eval(spec) for spec in args.eval]
     overrides = {k: v for k, v in (("epochs", args.epochs), ("threads", args.threads)) if v is not None}
     card = build_demo_model(args.data, evals, Path(args.out) if args.out else None, _runs_dir(args),
                             echo=None if args.quiet else _print_progress, **overrides)
@@ -223,14 +231,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cam", metavar="OUT.png", help="write the heatmap overlay (several images: OUT-<n>-<name>.png)")
     p.add_argument("--method", default="GradCAM", help="GradCAM | GradCAM++ | EigenCAM | ScoreCAM | LayerCAM")
     p.add_argument("--opacity", type=float, default=0.4, help="heatmap opacity in the overlay, 0 to 1")
+    p.add_argument("--level", type=float, default=0.90, choices=(0.90, 0.95),
+                   help="coverage of the prediction set: 0.90 (default) or 0.95")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("calibrate", parents=[store],
+                       help="add calibration, prediction sets and the in-domain check to a run's model (no retraining)")
+    p.add_argument("--run", required=True, help="run id, 'demo', or a run folder")
+    p.add_argument("--data", help="the dataset the run trained on (default: the folder its config records)")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser("demo-model", parents=[store],
                        help="retrain the shipped demo model (weights/demo) and its model card")
     add_train_flag(p, "data", default=None, required=True,
                    help="training set folder (train/ and val/ with one folder per class)")
-    p.add_argument("--eval", action="append", default=[], metavar="DIR[:SPLIT]",
-                   help="a test set to report with bootstrap intervals (repeatable)")
+    p.add_argument("--eval", action="append", default=[], metavar="DIR[:SPLIT[:LABEL]]",
+                   help="a test set to report with bootstrap intervals (repeatable); LABEL in-distribution "
+                        "(default) or shifted: the card and the Diagnosis page lead with the shifted one")
     p.add_argument("--out", help="install folder (default weights/demo)")
     add_train_flag(p, "epochs", default=None,
                    help="epochs of every stage (default: the recipe's; a small number = quick check)")

@@ -158,17 +158,3 @@ def to_png_bytes(rgb: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8)).save(buf, format="PNG", compress_level=3)
     return buf.getvalue()
-
-
-def probability_figure(classes: tuple[str, ...] | list[str], probs: np.ndarray, predicted: int):
-    """A horizontal plotly bar per class, the predicted one highlighted, probabilities as percentages."""
-    import plotly.graph_objects as go
-
-    colours = ["#1f5fa8" if i == predicted else "#a7b8cc" for i in range(len(classes))]
-    fig = go.Figure(go.Bar(x=[float(p) for p in probs], y=list(classes), orientation="h", marker_color=colours,
-                           text=[f"{100 * float(p):.1f}%" for p in probs], textposition="auto",
-                           hovertemplate="%{y}: %{x:.1%}<extra></extra>"))
-    fig.update_layout(xaxis=dict(range=[0, 1], tickformat=".0%", title="Probability"),
-                      yaxis=dict(autorange="reversed"), height=80 + 40 * len(classes),
-                      margin=dict(l=10, r=10, t=10, b=10), showlegend=False)
-    return fig

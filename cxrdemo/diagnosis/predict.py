@@ -15,7 +15,7 @@ import torch
 from cxrdemo import data
 from cxrdemo.diagnosis import quality
 from cxrdemo.errors import RunError
-from cxrdemo.model import checkpoint, metrics, predictions
+from cxrdemo.model import checkpoint, metrics, predictions, trust
 from cxrdemo.model.backbones import Net
 from cxrdemo.model.checkpoint import Decision, Preprocessing
 from cxrdemo.runs import store as runs
@@ -33,6 +33,7 @@ class LoadedModel:
     path: Path
     config: dict = field(default_factory=dict)
     records: dict = field(default_factory=dict)  # calibration, conformal, domain, when the model file has them
+    trust: trust.Trust = field(default_factory=trust.Trust)  # the records read back (T = 1, no sets, no check)
     # The network is cached and shared by every page and tab: one forward (or CAM) at a time.
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
 
@@ -40,6 +41,26 @@ class LoadedModel:
     def img_size(self) -> int:
         """The square input size in pixels (from the preprocessing record)."""
         return self.preprocessing.img_size
+
+    @property
+    def calibration(self) -> float:
+        """The temperature its probabilities are divided by (1.0: not calibrated)."""
+        return self.trust.temperature
+
+    @property
+    def conformal(self) -> dict:
+        """Coverage level -> ConformalRecord ({} when the model has no prediction sets)."""
+        return self.trust.conformal
+
+    @property
+    def domain(self):
+        """The DomainRecord of its training images, or None (no in-domain check)."""
+        return self.trust.domain
+
+    @property
+    def threshold(self) -> float | None:
+        """The decision cut on p(class 1) on the calibrated scale (None: the most probable class)."""
+        return trust.calibrated_threshold(self.decision.value, self.trust.temperature)
 
     def decide(self, probs: np.ndarray) -> np.ndarray:
         """Class indices by the model's own decision (its saved threshold, else argmax)."""
@@ -53,7 +74,7 @@ def _load(model_file: str, mtime_ns: int) -> LoadedModel:
     net = checkpoint.rebuild_net(model)
     net.requires_grad_(False)
     return LoadedModel(net, model.classes, model.preprocessing, model.decision, path.parent.name, path.parent,
-                       model.config, model.records)
+                       model.config, model.records, trust.Trust.from_records(model.records, path.parent.name))
 
 
 def load_model(run: str, runs_dir: str | Path | None = None, *, allow_path: bool = False) -> LoadedModel:
@@ -83,6 +104,17 @@ def predict_probs(model: LoadedModel, images: torch.Tensor, batch_size: int = 64
 
 def predict_split(model: LoadedModel, data_root: str, split: str = "test") -> tuple[np.ndarray, np.ndarray, int]:
     """(labels, probabilities, files skipped) of `model` on one split of a dataset whose classes match the model's."""
+    y, logits, skipped = split_logits(model, data_root, split)
+    return y, torch.softmax(torch.from_numpy(logits), 1).numpy(), skipped
+
+
+def split_logits(model: LoadedModel, data_root: str, split: str = "test") -> tuple[np.ndarray, np.ndarray, int]:
+    """(labels, logits float32, files skipped) of `model` on one split of a dataset with the model's classes."""
+    y, logits, skipped, _, _ = _split_logits(model, data_root, split)
+    return y, logits, skipped
+
+
+def _split_logits(model: LoadedModel, data_root: str, split: str):
     from cxrdemo.errors import DatasetError
 
     scan = data.scan_dataset(data_root, require_train=False)
@@ -93,29 +125,24 @@ def predict_split(model: LoadedModel, data_root: str, split: str = "test") -> tu
         raise DatasetError(f"The dataset {data_root} has no '{split}' images.")
     pre = model.preprocessing
     cached = data.load_images(items, pre.img_size)
-    probs = predict_probs(model, data.adjust_intensity(cached.images, pre.intensity))
-    return cached.labels.numpy(), probs, len(cached.skipped)
+    with model.lock:
+        logits, _ = trust.logits_and_features(model.net, data.adjust_intensity(cached.images, pre.intensity), pre)
+    return cached.labels.numpy(), logits, len(cached.skipped), scan.root, cached.paths
 
 
 def evaluate_run(model: LoadedModel, data_root: str, split: str = "test", out: Path | None = None) -> dict:
-    """Metrics of `model` on one split of a dataset (classes must match the model's); per-image rows to `out`."""
+    """Metrics of `model` on one split of a dataset (classes must match the model's), ECE and set coverage;
+    per-image rows to `out` when given."""
     from cxrdemo.data.naming import image_names
-    from cxrdemo.errors import DatasetError
 
-    scan = data.scan_dataset(data_root, require_train=False)
-    if tuple(scan.classes) != tuple(model.classes):
-        raise DatasetError(f"The dataset's classes {list(scan.classes)} differ from the model's {list(model.classes)}.")
-    items = scan.splits.get(split) or []
-    if not items:
-        raise DatasetError(f"The dataset {data_root} has no '{split}' images.")
-    pre = model.preprocessing
-    cached = data.load_images(items, pre.img_size)
-    probs = predict_probs(model, data.adjust_intensity(cached.images, pre.intensity))
-    y = cached.labels.numpy()
+    y, logits, skipped, root, paths = _split_logits(model, data_root, split)
+    probs = torch.softmax(torch.from_numpy(logits), 1).numpy()
     result = metrics.classification_metrics(y, probs, model.classes, model.decision.value)
-    result["skipped"] = len(cached.skipped)
+    result["skipped"] = skipped
+    if len(y):
+        result.update(trust.trust_metrics(logits, y, model.trust, model.decision.value, model.classes))
     if out is not None:
-        names = image_names(scan.root, cached.paths)
+        names = image_names(root, paths)
         try:
             predictions.write(predictions.Predictions([n for n, _ in names], [h for _, h in names], model.classes, y,
                                                       probs, model.decide(probs)), Path(out))
@@ -169,9 +196,27 @@ def model_summary(model: LoadedModel) -> dict:
         "classes": list(model.classes),
         "recipe": {k: cfg[k] for k in RECIPE_KEYS if k in cfg},
         "test": {k: tm[k] for k in SUMMARY_METRICS if isinstance(tm.get(k), (int, float))},
-        "decision": (f"{model.classes[1]} when p({model.classes[1]}) >= {model.decision.value:.3f}"
-                     if model.decision.value is not None and len(model.classes) == 2 else "the most probable class"),
+        "decision": (f"{model.classes[1]} when p({model.classes[1]}) >= {model.threshold:.3f}"
+                     + (" (calibrated)" if model.trust.calibrated else "")
+                     if model.threshold is not None and len(model.classes) == 2 else "the most probable class"),
+        "headlines": headlines(model.path, tm),
     }
+
+
+def headlines(run_dir: Path, test_metrics: dict | None = None) -> list[dict]:
+    """The evaluation sets to show, most shifted first: {label, set, n, metrics, ci95}; a run's own test split
+    (in-distribution) when its model card lists none."""
+    try:
+        evals = runs.read_json(Path(run_dir) / "evaluation.json").get("evaluations") or []
+    except RunError:
+        evals = []
+    out = [{"label": e.get("label", "in-distribution"), "set": f"{Path(e.get('data', '?')).name}/{e.get('split', '?')}",
+            "n": e.get("n"), "metrics": e.get("metrics") or {}, "ci95": e.get("ci95") or {}} for e in evals]
+    if not out and test_metrics:
+        out = [{"label": "in-distribution", "set": "its test split", "n": test_metrics.get("n"),
+                "metrics": {k: test_metrics[k] for k in SUMMARY_METRICS if isinstance(test_metrics.get(k), float)},
+                "ci95": test_metrics.get("ci95") or {}}]
+    return sorted(out, key=lambda h: h["label"] != "shifted")
 
 
 def _card_metrics(run_dir: Path) -> dict:

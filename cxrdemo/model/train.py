@@ -23,7 +23,7 @@ from cxrdemo.config import TrainConfig, parse_marker
 from cxrdemo.data.marker import burn_marker, mark_images
 from cxrdemo.data.naming import image_names
 from cxrdemo.errors import Cancelled, ConfigError
-from cxrdemo.model import backbones, checkpoint, metrics, predictions, probes
+from cxrdemo.model import backbones, checkpoint, metrics, predictions, probes, trust
 from cxrdemo.model.device import autocast, choose_device, choose_precision, set_threads
 
 
@@ -367,6 +367,9 @@ def finish(run_dir: Path, config: TrainConfig, classes: tuple[str, ...], cache: 
     net = checkpoint.rebuild_net(model)
     plain = _Inputs(model.preprocessing)
     model = replace(model, decision=choose_decision(config, net, cache["val"], plain, classes))
+    say(Progress("test", best_epoch, config.epochs, message="Calibrating and describing the training images"))
+    # Temperature, conformal quantiles and the in-domain cut-off are chosen on validation, and saved with the decision.
+    model = replace(model, records=trust.fit_records(net, model.preprocessing, classes, cache["train"], cache["val"]))
     checkpoint.save(model, run_dir / checkpoint.MODEL_FILE)
     checkpoint.discard_best_epoch(run_dir)
     if not test:
@@ -376,8 +379,12 @@ def finish(run_dir: Path, config: TrainConfig, classes: tuple[str, ...], cache: 
     if "test" in cache and len(cache["test"].labels):
         say(Progress("test", best_epoch, config.epochs, message="Testing the best model"))
         loss, result, probs = evaluate(net, cache["test"].images, cache["test"].labels, plain, classes, threshold)
+        logits, _ = trust.logits_and_features(net, cache["test"].images, model.preprocessing)
+        fitted = trust.Trust.from_records(model.records, run_dir.name)
+        result.update(trust.trust_metrics(logits, cache["test"].labels.numpy(), fitted, threshold, tuple(classes)))
         result.update(loss=loss, best_epoch=best_epoch, threshold=threshold, split="test",
-                      y_true=cache["test"].labels.tolist(), probs=np.round(probs, 6).tolist())
+                      y_true=cache["test"].labels.tolist(), probs=np.round(probs, 6).tolist(),
+                      calibrated_probs=np.round(fitted.probabilities(logits), 6).tolist())
         if config.marker:
             # The same test images with the tag burned into every one: what the model reads when it sees it.
             m_loss, marked, m_probs = evaluate(net, burn_marker(cache["test"].images), cache["test"].labels, plain,

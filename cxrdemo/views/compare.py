@@ -213,3 +213,29 @@ def run_recipe(info: runs.RunInfo) -> dict:
             "initialisation": info.meta.get("init_note", ""), "arithmetic": info.meta.get("precision", "float32"),
             "versions": info.meta.get("versions", {})}
 
+
+
+def coverage_rows(test: dict) -> list[dict]:
+    """Per coverage level of a run's test split: promised, reached (the sets themselves and the sets shown),
+    mean set size and share 'both'; a level without sets says why."""
+    rows = []
+    for c in test.get("coverage") or []:
+        if not c.get("ok"):
+            rows.append({"promised": f"{c['level']:.0%}", "reached": "—", "note": c.get("reason", "")})
+            continue
+        rows.append({"promised": f"{c['level']:.0%}", "reached": f"{c['conformal_coverage']:.1%}",
+                     "reached by the sets shown": f"{c['coverage']:.1%}", "mean set size": round(c["mean_size"], 3),
+                     "answers 'both'": f"{c['share_both']:.1%}", "images": c["n"]})
+    return rows
+
+
+def broken_promises(test: dict, slack: float = 0.0) -> list[str]:
+    """A sentence per level whose conformal sets covered fewer test images than promised (a teaching point)."""
+    out = []
+    for c in test.get("coverage") or []:
+        if c.get("ok") and c["conformal_coverage"] < c["level"] - slack:
+            out.append(f"At {c['level']:.0%} the sets promised to hold the true class for at least {c['level']:.0%} "
+                       f"of images like the validation images; on this test split they held it for "
+                       f"{c['conformal_coverage']:.1%}. The promise holds only for images drawn like the validation "
+                       "split: these differ.")
+    return out

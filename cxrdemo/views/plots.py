@@ -193,3 +193,47 @@ def roc_figure(test: dict) -> go.Figure:
     fig.update_yaxes(range=[0, 1], scaleanchor="x", scaleratio=1, constrain="domain")
     fig.update_traces(cliponaxis=False)
     return fig
+
+
+def probability_figure(classes: tuple[str, ...] | list[str], probs: np.ndarray, predicted: int,
+                       threshold: float | None = None) -> go.Figure:
+    """A horizontal bar per class, the verdict highlighted; with two classes and a threshold, the decision cut
+    on p(class 1) is marked on that class's bar, so the verdict reads off the bar."""
+    colours = ["#1f5fa8" if i == predicted else "#a7b8cc" for i in range(len(classes))]
+    fig = go.Figure(go.Bar(x=[float(p) for p in probs], y=list(classes), orientation="h", marker_color=colours,
+                           text=[f"{100 * float(p):.1f}%" for p in probs], textposition="auto",
+                           hovertemplate="%{y}: %{x:.1%}<extra></extra>"))
+    if threshold is not None and len(classes) == 2 and 0 <= threshold <= 1:
+        fig.add_shape(type="line", x0=threshold, x1=threshold, y0=0.5, y1=1.5, line=dict(color="#c0392b", width=3,
+                      dash="dash"), name="decision threshold")
+        fig.add_annotation(x=threshold, y=1.5, text=f"threshold {100 * threshold:.1f}%", showarrow=False,
+                           yanchor="bottom", font=dict(color="#c0392b"))
+    fig.update_layout(xaxis=dict(range=[0, 1], tickformat=".0%", title="Probability (calibrated)"),
+                      yaxis=dict(autorange="reversed"), height=100 + 40 * len(classes),
+                      margin=dict(l=10, r=10, t=20, b=10), showlegend=False)
+    return fig
+
+
+def reliability_figure(test: dict) -> go.Figure:
+    """Reliability diagram of a run's test split before and after calibration (top label, 15 bins), ECE in the legend."""
+    from cxrdemo.model import calibration
+
+    y = np.asarray(test.get("y_true") or [])
+    if not len(y) or not test.get("calibrated_probs"):
+        return _empty("No calibrated test probabilities: train again, or add them with `calibrate`.",
+                      "Reliability")
+    fig = go.Figure(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(dash="dot", color="#888"),
+                               name="perfectly calibrated"))
+    for key, name, colour in (("probs", "before", "#a7b8cc"), ("calibrated_probs", "after", "#1f5fa8")):
+        p = np.asarray(test[key], dtype=np.float64)
+        p = p / p.sum(axis=1, keepdims=True)  # rounded to 6 decimals on disk
+        curve = calibration.reliability_curve(p, y)
+        ece = calibration.expected_calibration_error(p, y)
+        fig.add_trace(go.Scatter(x=curve["confidence"], y=curve["accuracy"], mode="lines+markers", name=
+                                 f"{name} calibration (ECE {ece:.3f})", line=dict(color=colour),
+                                 customdata=curve["count"], hovertemplate="confidence %{x:.2f}: accuracy %{y:.2f} "
+                                 "(%{customdata} images)<extra></extra>"))
+    fig.update_layout(xaxis=dict(range=[0, 1], title="Confidence in the top class"),
+                      yaxis=dict(range=[0, 1], title="Share correct"), height=360, title="Reliability",
+                      margin=dict(l=10, r=10, t=40, b=10))
+    return fig

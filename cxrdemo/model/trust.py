@@ -1,0 +1,132 @@
+"""The records that say how far to trust a model, fitted after training on its own splits and saved in model.pt.
+
+calibration  {temperature}: temperature scaling on the validation logits (model/calibration)
+conformal    {levels: [ConformalRecord at 90%, at 95%]}: on the calibrated validation probabilities (model/conformal)
+domain       DomainRecord: training features described, cut-off chosen on validation (model/domain)
+
+`fit_records` makes all three from a network and its train/val images; `Trust` reads them back (a model without
+records: temperature 1, no sets, no domain check); `trust_metrics` measures them on a test split.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from cxrdemo.data import CachedImages, normalize_batch
+from cxrdemo.errors import RunError
+from cxrdemo.model import calibration, conformal, domain, metrics
+from cxrdemo.model.backbones import Net
+from cxrdemo.model.checkpoint import Preprocessing
+
+
+@torch.no_grad()
+def logits_and_features(net: Net, images: torch.Tensor, pre: Preprocessing,
+                        batch_size: int = 64) -> tuple[np.ndarray, torch.Tensor]:
+    """(logits N x K float32, pooled penultimate features N x D) of uint8 N x 1 x S x S images, in one pass.
+
+    The logits are bit-identical to net(x) in eval mode (the same modules in the same order), so softmax of them
+    is what predict_probs returns."""
+    was_training = net.training
+    net.eval()
+    logits, feats = [], []
+    try:
+        for i in range(0, len(images), batch_size):
+            f = domain.features(net, normalize_batch(images[i:i + batch_size], pre.mean, pre.std))
+            feats.append(f)
+            logits.append(net.head(f).float())  # the head sees exactly these pooled features: net(x) = head(f)
+    finally:
+        net.train(was_training)
+    if not logits:
+        return np.zeros((0, 0)), torch.zeros((0, 0))
+    return torch.cat(logits).numpy(), torch.cat(feats)
+
+
+def calibrated_threshold(value: float | None, temperature: float) -> float | None:
+    """The decision cut on p(class 1) moved to the calibrated scale (the same images cross it)."""
+    if value is None or value > 1.0:  # above 1: no image crosses, on either scale
+        return value
+    return calibration.threshold_on_calibrated_scale(value, temperature)
+
+
+def fit_records(net: Net, pre: Preprocessing, classes: tuple[str, ...], train: CachedImages,
+                val: CachedImages, levels: tuple[float, ...] = conformal.LEVELS) -> dict[str, dict]:
+    """calibration, conformal and domain records for model.pt, chosen on `val` (domain description on `train`)."""
+    y_val = val.labels.numpy()
+    z_val, f_val = logits_and_features(net, val.images, pre)
+    t = calibration.fit_temperature(z_val, y_val)
+    p_val = calibration.apply_temperature(z_val, t)
+    records: dict[str, dict] = {
+        "calibration": {"method": "temperature scaling", "temperature": t, "n_val": len(y_val),
+                        "ece_val_before": calibration.expected_calibration_error(
+                            calibration.apply_temperature(z_val, 1.0), y_val),
+                        "ece_val_after": calibration.expected_calibration_error(p_val, y_val)},
+        "conformal": {"levels": [conformal.fit_conformal(p_val, y_val, lv, classes).to_dict() for lv in levels]},
+    }
+    _, f_train = logits_and_features(net, train.images, pre)
+    try:
+        records["domain"] = domain.fit_domain(f_train, train.labels, f_val).to_dict()
+    except ValueError:
+        pass  # a class missing from the training images: no description, prediction then skips the check
+    return records
+
+
+@dataclass(frozen=True)
+class Trust:
+    """A model's calibration, conformal and domain records, read back (defaults: T = 1, no sets, no check)."""
+
+    temperature: float = 1.0
+    conformal: dict[float, conformal.ConformalRecord] = field(default_factory=dict)
+    domain: domain.DomainRecord | None = None
+
+    @classmethod
+    def from_records(cls, records: dict, run: str = "?") -> Trust:
+        """The records of a loaded model file; RunError with a sentence when one is damaged."""
+        try:
+            t = float((records.get("calibration") or {}).get("temperature", 1.0))
+            sets = {rec.level: rec for rec in (conformal.ConformalRecord.from_dict(d)
+                                               for d in (records.get("conformal") or {}).get("levels", []))}
+        except (KeyError, TypeError, ValueError, AttributeError):
+            raise RunError(f"The calibration or conformal record of run {run} is damaged; add them again with "
+                           f"`python -m cxrdemo calibrate --run {run}`.") from None
+        if not t > 0:
+            raise RunError(f"The temperature of run {run} is not positive; add it again with `calibrate`.")
+        dom = domain.DomainRecord.from_dict(records["domain"]) if "domain" in records else None
+        return cls(t, sets, dom)
+
+    @property
+    def calibrated(self) -> bool:
+        """Whether a temperature was fitted (else probabilities are the network's own)."""
+        return bool(self.conformal) or self.temperature != 1.0
+
+    def probabilities(self, logits: np.ndarray) -> np.ndarray:
+        """Calibrated probabilities of N x K logits."""
+        return calibration.apply_temperature(np.atleast_2d(logits), self.temperature)
+
+
+def coverage(probs_cal: np.ndarray, labels: np.ndarray, verdicts: np.ndarray, record: conformal.ConformalRecord,
+             classes: tuple[str, ...]) -> dict:
+    """Promised and reached coverage, mean size and share 'both' of the sets shown (or why there are none)."""
+    if not record.ok:
+        return {"level": record.level, "ok": False, "reason": record.reason}
+    shown = conformal.coverage_report(conformal.set_masks(probs_cal, record, verdicts), labels, record.level, classes)
+    promise = conformal.coverage_report(conformal.conformal_masks(probs_cal, record), labels, record.level, classes)
+    return {**shown, "ok": True, "conformal_coverage": promise["coverage"]}
+
+
+def trust_metrics(logits: np.ndarray, labels: np.ndarray, trust: Trust, threshold: float | None,
+                  classes: tuple[str, ...], resamples: int = 2000) -> dict:
+    """ECE before/after calibration (with 95% bootstrap intervals) and the sets' coverage at each level."""
+    raw = calibration.apply_temperature(logits, 1.0)
+    cal = trust.probabilities(logits)
+    verdicts = metrics.predict_labels(raw, threshold)
+    lo_b, hi_b = calibration.ece_interval(raw, labels, resamples)
+    lo_a, hi_a = calibration.ece_interval(cal, labels, resamples)
+    return {
+        "calibration": {"temperature": trust.temperature,
+                        "ece_before": calibration.expected_calibration_error(raw, labels), "ece_before_ci": [lo_b, hi_b],
+                        "ece_after": calibration.expected_calibration_error(cal, labels), "ece_after_ci": [lo_a, hi_a]},
+        "coverage": [coverage(cal, labels, verdicts, rec, classes) for _, rec in sorted(trust.conformal.items())],
+    }

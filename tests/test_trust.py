@@ -1,0 +1,113 @@
+"""Trust records end to end: fitted on validation, read back, applied to one image, added to a run by `calibrate`."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cxrdemo.cli.main import main as cli
+from cxrdemo.diagnosis import assessment, predict
+from cxrdemo.model import checkpoint, conformal, metrics, trust
+from tests.conftest import patch_image
+
+
+@pytest.fixture(scope="module")
+def patch_data(tmp_path_factory):
+    """A dataset of the patch task on disk: 24 images per class in train and val, 10 in test."""
+    root = tmp_path_factory.mktemp("patches")
+    rng = np.random.default_rng(3)
+    for split, n in (("train", 24), ("val", 24), ("test", 10)):
+        for k, cls in enumerate(("blank", "patch")):
+            (root / split / cls).mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(patch_image(rng, k == 1)[0]).save(root / split / cls / f"{i}.png")
+    return root
+
+
+def _images(rng, n):
+    x = torch.from_numpy(np.stack([patch_image(rng, i % 2 == 1)[0] for i in range(n)]))[:, None]
+    return x, torch.arange(n) % 2
+
+
+def test_logits_of_one_pass_equal_the_network_and_features_feed_the_head(patch_model):
+    x, _ = _images(np.random.default_rng(0), 10)
+    logits, feats = trust.logits_and_features(patch_model.net, x, patch_model.preprocessing)
+    with torch.inference_mode():
+        ref = predict.predict_probs(patch_model, x)
+    assert logits.dtype == np.float32 and feats.shape == (10, 256)
+    assert np.array_equal(torch.softmax(torch.from_numpy(logits), 1).numpy(), ref)  # bit-identical probabilities
+
+
+def test_records_are_fitted_read_back_and_never_change_a_verdict(patch_model):
+    from cxrdemo.data import CachedImages
+
+    rng = np.random.default_rng(1)
+    (xt, yt), (xv, yv) = _images(rng, 40), _images(rng, 60)
+    records = trust.fit_records(patch_model.net, patch_model.preprocessing, patch_model.classes,
+                                CachedImages(xt, yt, [], []), CachedImages(xv, yv, [], []))
+    fitted = trust.Trust.from_records(records)
+    assert fitted.temperature == records["calibration"]["temperature"] > 0 and fitted.temperature != 1.0
+    assert sorted(fitted.conformal) == [0.9, 0.95] and all(r.ok for r in fitted.conformal.values())  # 30 a class
+    assert fitted.domain.n_train == 40 and fitted.domain.n_val == 60
+    x, y = _images(np.random.default_rng(2), 200)
+    logits, _ = trust.logits_and_features(patch_model.net, x, patch_model.preprocessing)
+    for cut in (0.2, 0.5, 0.8):  # the decision cut moved to the calibrated scale: the same images cross it
+        raw = metrics.predict_labels(trust.Trust().probabilities(logits), cut)
+        cal = metrics.predict_labels(fitted.probabilities(logits), trust.calibrated_threshold(cut, fitted.temperature))
+        assert np.array_equal(raw, cal)
+    m = trust.trust_metrics(logits, y.numpy(), fitted, 0.5, patch_model.classes, resamples=200)
+    assert m["calibration"]["ece_before_ci"][0] <= m["calibration"]["ece_before"] <= m["calibration"]["ece_before_ci"][1]
+    assert [c["level"] for c in m["coverage"]] == [0.9, 0.95]
+    assert all(c["coverage"] >= c["conformal_coverage"] and 1 <= c["mean_size"] <= 2 for c in m["coverage"])
+
+
+def test_a_model_without_records_keeps_working(patch_model):
+    x, _ = _images(np.random.default_rng(4), 2)
+    a = assessment.assess(patch_model, x[1])
+    assert patch_model.calibration == 1.0 and patch_model.domain is None and patch_model.conformal == {}
+    assert a.in_domain is None and a.domain_score is None and a.prediction_set is None and "calibrate" in a.set_note
+    assert np.allclose(a.probs, predict.predict_probs(patch_model, x[1:])[0], atol=1e-6)
+
+
+def _calibrated_run(patch_store, patch_data, capsys):
+    assert cli(["calibrate", "--run", patch_store.run.name, "--data", str(patch_data), "--quiet"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_calibrate_adds_the_three_records_and_leaves_the_weights(patch_store, patch_data, capsys):
+    path = patch_store.run / "model.pt"
+    before = checkpoint.load(path)
+    out = _calibrated_run(patch_store, patch_data, capsys)
+    after = checkpoint.load(path)
+    assert set(after.records) == {"calibration", "conformal", "domain"} and out["temperature"] > 0
+    assert all(torch.equal(after.state_dict[k], v) for k, v in before.state_dict.items())
+    assert after.decision == before.decision and out["domain"]["n_train"] == 48 and out["domain"]["n_val"] == 48
+    model = predict.load_model(patch_store.run.name)
+    rng = np.random.default_rng(5)
+    verdict_sets = []
+    for i in range(60):  # a set of one class is always the verdict; every set holds the verdict
+        a = assessment.assess(model, torch.from_numpy(patch_image(rng, i % 2 == 1)[0])[None], 0.95)
+        assert a.prediction_set is not None and a.predicted in a.prediction_set
+        verdict_sets.append(len(a.prediction_set))
+        assert a.in_domain is not None and a.domain_sentence
+    assert min(verdict_sets) == 1
+    noise = torch.from_numpy(np.random.default_rng(6).integers(0, 255, (1, 64, 64), dtype=np.uint8))
+    assert assessment.assess(model, noise).in_domain is False  # uniform noise is unlike any patch image
+
+
+def test_calibrate_refuses_bad_input_with_one_sentence(patch_store, patch_data, tmp_path, capsys):
+    assert cli(["calibrate", "--run", patch_store.run.name]) == 2  # the recorded dataset is not on this machine
+    assert "give its folder with --data" in capsys.readouterr().err
+    assert cli(["calibrate", "--run", "no-such-run", "--data", str(patch_data)]) == 2
+    assert cli(["calibrate", "--run", patch_store.run.name, "--data", str(tmp_path / "nowhere")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and all(line.startswith("error: ") for line in err)
+    assert checkpoint.load(patch_store.run / "model.pt").records == {}  # nothing was written
+
+
+def test_prediction_set_level_is_checked(patch_model):
+    with pytest.raises(Exception, match="coverage must be one of 90%, 95%"):
+        assessment.assess(patch_model, torch.zeros(1, 64, 64, dtype=torch.uint8), 0.8)
+    assert conformal.min_images(0.95) == 19
