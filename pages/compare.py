@@ -104,10 +104,14 @@ def details_section(infos: dict, chosen_ids: list[str], table) -> None:
 
 
 def delete_section(table) -> None:
-    """Delete one run after an explicit confirmation."""
+    """Delete one run after an explicit confirmation (in classroom mode, only with the teacher's passphrase)."""
     with st.expander("Delete a run"):
         if msg := st.session_state.pop("deleted_msg", None):
             st.success(msg)
+        if not POLICY.may_delete():
+            st.info("In classroom mode deleting runs needs the teacher: enter the teacher passphrase in the sidebar.",
+                    icon=":material/lock:")
+            return
         run_id = st.selectbox("Run to delete", table["run_id"].tolist(), key="delete_run",
                               format_func=lambda r: _label(table, r))
         sure = st.checkbox(f"Yes, permanently delete run {run_id} and all its files", key="delete_confirm")
@@ -123,6 +127,7 @@ st.title(":material/monitoring: Compare runs")
 st.caption("Learning curves, what each recipe cost (trainable parameters, seconds per epoch) and what it bought "
            "(test accuracy, recall, AUROC). Runs still training update by themselves.")
 root = ui.runs_dir()
+POLICY = ui.classroom()
 with ui.friendly_errors("Reading the runs"):
     all_infos = runs.list_runs(root)
     if not all_infos:

@@ -7,8 +7,9 @@ from streamlit.errors import StreamlitAPIException
 
 from cxrdemo import data
 from cxrdemo.model import backbones
-from cxrdemo.runs import jobs, ray_backend
+from cxrdemo.runs import jobs, ray_backend, slots
 from cxrdemo.runs.lifecycle import log_tail
+from cxrdemo.views import classroom as cls
 from cxrdemo.views import trainer as tv
 from cxrdemo.views import trainer_form as form
 from cxrdemo.views import words
@@ -55,21 +56,30 @@ st.title(":material/model_training: Trainer")
 root = ui.runs_dir()
 with ui.friendly_errors("Checking earlier jobs"):
     jobs.reap(root)
+policy = ui.classroom()
+owner = {"browser": cls.browser_tag(ui.browser_id())} if policy.on else {}  # jobs counted per browser
+if policy.student:
+    lim = policy.limits
+    st.caption(f":material/school: Classroom mode: up to {lim.max_epochs} epochs, {lim.max_img_size} px images, "
+               f"sweeps of {lim.max_sweep} runs and {lim.max_jobs_per_browser} waiting jobs per browser; folder "
+               "paths and larger jobs need the teacher.")
 
 # ---------------------------------------------------------------- 1. data
 st.subheader("1 · Images")
-source = st.radio(SPECS["data"].label,
-                  ["Built-in demo set (chest X-rays, NORMAL vs PNEUMONIA)", "A folder on this computer"],
-                  horizontal=True, key="source")
-data_path = "demo"
-if source.startswith("A folder"):
+DEMO_SOURCE, FOLDER_SOURCE = "Built-in demo set (chest X-rays, NORMAL vs PNEUMONIA)", "A folder on this computer"
+allowed = policy.folder_choices()  # classroom: allow-listed folders by name, no typing
+sources = [DEMO_SOURCE, *allowed] + ([FOLDER_SOURCE] if policy.may_type_folders() else [])
+source = st.radio(SPECS["data"].label, sources, horizontal=True, key="source",
+                  format_func=lambda s: f"Allowed folder: {allowed[s]}" if s in allowed else s)
+data_path = "demo" if source == DEMO_SOURCE else source
+if source == FOLDER_SOURCE:
     data_path = st.text_input("Folder path", placeholder="/data/chest_xray  (class folders, or train/val/test)",
                               help="Either FOLDER/<class>/images or FOLDER/train|val|test/<class>/images.",
                               key="data_path").strip()
 ds = None
 if data_path:
     with ui.friendly_errors("Reading the dataset"):
-        ds = scan(data_path)
+        ds = scan(policy.check_folder(data_path))
 if ds is not None:
     st.dataframe(form.scan_rows(ds), hide_index=True)
     for note in ds.notes:
@@ -127,7 +137,10 @@ if ray_address:
 if st.button("Start training", type="primary", disabled=ds is None, key="start",
              help=None if ds is not None else "Choose a dataset that can be read first."):
     with ui.friendly_errors("Starting the job"):
-        run_id = jobs.submit(form.make_config(recipe), root, name=name, **where)
+        config = form.make_config(recipe)
+        policy.check_recipe(config)
+        policy.check_browser_room(jobs.list_jobs(root), owner.get("browser", ""))
+        run_id = jobs.submit(config, root, name=name, **where, **owner)
         st.success(f"Queued run **{run_id}**; it appears below and keeps training if you close this tab.")
 
 with st.expander("Sweep: queue a grid of backbones × freeze levels"):
@@ -141,7 +154,12 @@ with st.expander("Sweep: queue a grid of backbones × freeze levels"):
         st.caption(n)
     if st.button(f"Queue {len(configs)} run(s)", disabled=ds is None or not configs, key="sweep"):
         with ui.friendly_errors("Queueing the sweep"):
-            ids = [jobs.submit(c, root, name=name or "sweep", **where) for c in configs]
+            policy.check_sweep(len(configs))
+            for c in configs:
+                policy.check_recipe(c)
+            policy.check_browser_room(jobs.list_jobs(root), owner.get("browser", ""), len(configs))
+            slots.check_queue_room(root, len(configs))  # all of the sweep or none of it
+            ids = [jobs.submit(c, root, name=name or "sweep", **where, **owner) for c in configs]
             st.success(f"Queued {len(ids)} runs; they train one after another.")
 
 
@@ -165,7 +183,9 @@ def jobs_panel() -> None:
             elif row.state in ("failed", "cancelled", "interrupted"):
                 if action.button("Start again", key=f"again-{row.run_id}", help="A new run with the same settings"):
                     with ui.friendly_errors("Starting again"):
-                        jobs.resubmit(row.run_id, root)
+                        policy.check_rerun(row.run_id, root)
+                        policy.check_browser_room(jobs.list_jobs(root), owner.get("browser", ""))
+                        jobs.resubmit(row.run_id, root, **owner)
             if row.latest:
                 cols = st.columns(4)
                 for col, (key, label) in zip(cols, (("train_loss", "train loss"), ("val_loss", "val loss"),
