@@ -16,7 +16,7 @@ import re
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 from cxrdemo.config import TrainConfig
 from cxrdemo.errors import ConfigError, DatasetError, RunError
