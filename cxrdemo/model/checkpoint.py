@@ -18,7 +18,9 @@ outright leaves `best-epoch.pt` and no `model.pt`: such a run has no model to pr
 
 from __future__ import annotations
 
+import errno
 import math
+import os
 import pickle
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -139,9 +141,20 @@ def discard_best_epoch(run_dir: Path) -> None:
     (Path(run_dir) / BEST_EPOCH_FILE).unlink(missing_ok=True)
 
 
+# torch's zip writer turns a short write into a RuntimeError ("[enforce fail at inline_container.cc:672] .
+# unexpected pos 704 vs 598" on a full tmpfs; "file write failed" in other versions) and drops the errno.
+_SHORT_WRITE = ("unexpected pos", "file write failed", "failed writing")
+
+
 def _torch_save(obj: Any, path: Path) -> None:
-    with fileio.atomic_file(Path(path)) as f:  # torch.save straight into the temporary file: no in-memory copy
-        torch.save(obj, f)
+    try:
+        with fileio.atomic_file(Path(path)) as f:  # torch.save straight into the temporary file: no in-memory copy
+            torch.save(obj, f)
+    except RuntimeError as exc:
+        if not any(s in str(exc) for s in _SHORT_WRITE):
+            raise
+        # A write that came up short is a full disk (or quota) in practice: the same OSError a plain write gives.
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from exc
 
 
 # ---------------------------------------------------------------- reading

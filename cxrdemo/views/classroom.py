@@ -14,9 +14,9 @@ import ipaddress
 import os
 import re
 import secrets
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Iterable, Mapping
 
 from cxrdemo.config import TrainConfig
 from cxrdemo.errors import ConfigError, DatasetError, RunError
