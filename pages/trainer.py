@@ -86,7 +86,7 @@ if ds is not None:
         st.info(note)
     if ds.skipped:
         with st.expander(f"{len(ds.skipped)} file(s) will be skipped"):
-            st.table([{"file": p, "reason": r} for p, r in ds.skipped[:200]])
+            st.table([{"file": p, "reason": r} for p, r in ds.skipped_report(200)])
 num_classes = len(ds.classes) if ds is not None and ds.classes else 2
 
 # ---------------------------------------------------------------- 2. network

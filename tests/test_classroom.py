@@ -258,3 +258,21 @@ def test_desktop_keeps_free_folder_paths(store, tmp_path):
         assert any("does not exist" in e for e in _errors(at))
     finally:
         st_config.set_option("server.address", old)
+
+
+def test_sweep_checks_queue_room_before_queueing_any(store, submitted, monkeypatch, tiny_dataset):
+    monkeypatch.setenv("CXRDEMO_MAX_QUEUED", "3")
+    runs.create_run(TrainConfig(data="demo", backbone="cnn8", epochs=1, img_size=64), store)  # one already waits
+    old = st_config.get_option("server.address")
+    st_config.set_option("server.address", "localhost")  # a desktop: no classroom limit on the sweep itself
+    try:
+        at = _run(AppTest.from_file(TRAINER, default_timeout=60))
+        at.multiselect(key="sweep_backbones").set_value(["cnn8", "cnn5"])
+        at.multiselect(key="sweep_freezes").set_value(["none", "head"])
+        _run(at)
+        at.button(key="sweep").click()
+        _run(at)
+    finally:
+        st_config.set_option("server.address", old)
+    assert any("The job queue is full: 1 job(s) are waiting and at most 3 may wait" in e for e in _errors(at))
+    assert not submitted and len(runs.list_runs(store)) == 1  # none of the sweep was queued

@@ -31,6 +31,7 @@ import torch
 from cxrdemo import fileio
 from cxrdemo.config import HEADS, TrainConfig
 from cxrdemo.data.imageio import IMAGENET_MEAN, IMAGENET_STD, INTENSITY_MODES
+from cxrdemo.data.scan import dataset_name
 from cxrdemo.errors import ConfigError, RunError
 from cxrdemo.model import backbones
 
@@ -94,7 +95,14 @@ class ModelFile:
         return {"format": FORMAT, "backbone": self.backbone, "classes": list(self.classes), "head": self.head,
                 "dropout": self.dropout, "state_dict": self.state_dict, "preprocessing": self.preprocessing.to_dict(),
                 "decision": self.decision.to_dict(), "epoch": self.epoch, "val_loss": self.val_loss,
-                "train_path": self.train_path, "config": self.config, **self.records}
+                "train_path": self.train_path, "config": _without_paths(self.config), **self.records}
+
+
+def _without_paths(config: dict) -> dict:
+    """The config as a model file keeps it: the dataset by name, never a folder of the machine it was trained on."""
+    if "data" not in config:
+        return config
+    return {**config, "data": dataset_name(str(config["data"]))}
 
 
 # ---------------------------------------------------------------- writing

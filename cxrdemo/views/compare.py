@@ -9,6 +9,7 @@ from datetime import datetime
 import pandas as pd
 
 from cxrdemo.config import FreezeLevel
+from cxrdemo.data.scan import dataset_name
 from cxrdemo.errors import CxrError
 from cxrdemo.model import backbones
 from cxrdemo.runs import store as runs
@@ -82,7 +83,7 @@ def run_row(info: runs.RunInfo) -> dict:
                head=str(cfg.get("head", "")), arithmetic=str(info.meta.get("precision", "float32")),
                epochs_run=epochs_run, epochs_planned=_num(cfg.get("epochs")),
                total_params=total, trainable_params=last, trainable_at_start=first, params_note=note,
-               dataset=str(dataset.get("root") or cfg.get("data", "")),
+               dataset=dataset_name(str(dataset.get("name") or dataset.get("root") or cfg.get("data", ""))),
                classes=", ".join(classes) if classes else UNKNOWN_CLASSES, n_classes=len(classes) or math.nan,
                started=pd.Timestamp(datetime.fromtimestamp(started)) if not math.isnan(started) else pd.NaT)
     if epochs_run:
