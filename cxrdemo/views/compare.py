@@ -9,7 +9,7 @@ from datetime import datetime
 import pandas as pd
 
 from cxrdemo.config import FreezeLevel
-from cxrdemo.data.scan import dataset_name
+from cxrdemo.data.scan import dataset_name, relative_path
 from cxrdemo.errors import CxrError
 from cxrdemo.model import backbones
 from cxrdemo.runs import store as runs
@@ -171,11 +171,24 @@ def changed_states(before: dict[str, str], infos: list[runs.RunInfo]) -> list[st
     return [i.run_id for i in infos if i.run_id in before and before[i.run_id] != i.state]
 
 
+def _shown_dataset(summary: dict) -> dict:
+    """A dataset summary as a page shows it: no root, skipped files relative to it (runs made before issue 17)."""
+    if not isinstance(summary, dict):
+        return {}
+    root = summary.get("root")
+    out = {k: v for k, v in summary.items() if k != "root"}
+    if root and isinstance(summary.get("skipped"), list):
+        out["skipped"] = [[relative_path(str(s[0]), str(root)), *s[1:]] if isinstance(s, list) and s else s
+                          for s in summary["skipped"]]
+    return out
+
+
 def run_recipe(info: runs.RunInfo) -> dict:
     """What a run was trained with: its config, dataset summary and library versions."""
     if info.damaged:
         return {"problem": info.damaged}
-    return {"config": info.config, "dataset": info.meta.get("dataset", {}),
+    return {"config": {**info.config, "data": dataset_name(str(info.config.get("data", "")))},
+            "dataset": _shown_dataset(info.meta.get("dataset") or {}),
             "initialisation": info.meta.get("init_note", ""), "arithmetic": info.meta.get("precision", "float32"),
             "versions": info.meta.get("versions", {})}
 
