@@ -131,11 +131,15 @@ def scorecard_section(info) -> None:
 
 
 def delete_section(table) -> None:
-    """Delete one run after an explicit confirmation."""
+    """Delete one run after an explicit confirmation (in classroom mode, only with the teacher's passphrase)."""
     deletable = [r for r in table["run_id"].tolist() if r != REFERENCE]
     if not deletable:
         return
     with st.expander("Delete a run"):
+        if not POLICY.may_delete():
+            st.info("In classroom mode deleting runs needs the teacher: enter the teacher passphrase in the sidebar.",
+                    icon=":material/lock:")
+            return
         run_id = st.selectbox("Run to delete", deletable, key="delete_run",
                               format_func=lambda r: _label(table, r))
         sure = st.checkbox(f"Yes, permanently delete run {run_id} and all its files", key="delete_confirm")
@@ -153,6 +157,7 @@ st.caption("Learning curves, what each recipe cost (trainable parameters, second
 root = ui.runs_dir()
 if msg := st.session_state.pop("deleted_msg", None):
     st.success(msg, icon=":material/delete:")
+POLICY = ui.classroom()
 with ui.friendly_errors("Reading the runs"):
     all_infos = runs.list_runs(root)
     reference = compare.demo_reference()

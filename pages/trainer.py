@@ -7,9 +7,10 @@ from streamlit.errors import StreamlitAPIException
 
 from cxrdemo import data
 from cxrdemo.model import backbones
-from cxrdemo.runs import jobs, ray_backend
+from cxrdemo.runs import jobs, ray_backend, slots
 from cxrdemo.runs.lifecycle import log_tail
 from cxrdemo.views import card, words
+from cxrdemo.views import classroom as cls
 from cxrdemo.views import trainer as tv
 from cxrdemo.views import trainer_form as form
 from pages import ui, watch
@@ -88,12 +89,23 @@ if not st.session_state.get(KEEP + "restored"):  # a new browser session (a relo
     for key, value in from_url.items():
         st.session_state.setdefault(KEEP + key, value)
 
+policy = ui.classroom()
+owner = {"browser": cls.browser_tag(ui.browser_id())} if policy.on else {}  # jobs counted per browser
+if policy.student:
+    lim = policy.limits
+    st.caption(f":material/school: Classroom mode: up to {lim.max_epochs} epochs, {lim.max_img_size} px images, "
+               f"sweeps of {lim.max_sweep} runs and {lim.max_jobs_per_browser} waiting jobs per browser; folder "
+               "paths and larger jobs need the teacher.")
+
 # ---------------------------------------------------------------- 1. data
 st.subheader("1 · Images")
-sources = ["Built-in demo set (chest X-rays, NORMAL vs PNEUMONIA)", FOLDER]
+DEMO_SOURCE = "Built-in demo set (chest X-rays, NORMAL vs PNEUMONIA)"
+allowed = policy.folder_choices()  # classroom: allow-listed folders by name, no typing
+sources = [DEMO_SOURCE, *allowed] + ([FOLDER] if policy.may_type_folders() else [])
 kept("source", sources)
-source = keep("source", st.radio(SPECS["data"].label, sources, horizontal=True, key="source"))
-data_path = "demo"
+source = keep("source", st.radio(SPECS["data"].label, sources, horizontal=True, key="source",
+                                 format_func=lambda s: f"Allowed folder: {allowed[s]}" if s in allowed else s))
+data_path = "demo" if source == DEMO_SOURCE else source
 if source == FOLDER:
     kept("data_path")
     data_path = keep("data_path", st.text_input(
@@ -102,14 +114,14 @@ if source == FOLDER:
 ds = None
 if data_path:
     with ui.friendly_errors("Reading the dataset"):
-        ds = scan(data_path)
+        ds = scan(policy.check_folder(data_path))
 if ds is not None:
     st.dataframe(form.scan_rows(ds), hide_index=True)
     for note in ds.notes:
         st.info(note)
     if ds.skipped:
         with st.expander(f"{len(ds.skipped)} file(s) will be skipped"):
-            st.table([{"file": p, "reason": r} for p, r in ds.skipped[:200]])
+            st.table([{"file": p, "reason": r} for p, r in ds.skipped_report(200)])
 num_classes = len(ds.classes) if ds is not None and ds.classes else 2
 
 # ---------------------------------------------------------------- 2. network
@@ -179,7 +191,10 @@ if ray_address:
 blocked = "Choose a dataset that can be read first." if ds is None else init_problem
 if st.button("Start training", type="primary", disabled=bool(blocked), key="start", help=blocked):
     with ui.friendly_errors("Starting the job"):
-        run_id = jobs.submit(form.make_config(recipe), root, name=name, **where)
+        config = form.make_config(recipe)
+        policy.check_recipe(config)
+        policy.check_browser_room(jobs.list_jobs(root), owner.get("browser", ""))
+        run_id = jobs.submit(config, root, name=name, **where, **owner)
         st.success(f"Queued run **{run_id}**; it appears below and keeps training if you close this tab.")
 
 with st.expander("Sweep: queue a grid of backbones × freeze levels (× seeds)"):
@@ -204,7 +219,12 @@ with st.expander("Sweep: queue a grid of backbones × freeze levels (× seeds)")
         st.caption(n)
     if st.button(f"Queue {len(configs)} run(s)", disabled=ds is None or not configs, key="sweep"):
         with ui.friendly_errors("Queueing the sweep"):
-            ids = [jobs.submit(c, root, name=name or "sweep", **where) for c in configs]
+            policy.check_sweep(len(configs))
+            for c in configs:
+                policy.check_recipe(c)
+            policy.check_browser_room(jobs.list_jobs(root), owner.get("browser", ""), len(configs))
+            slots.check_queue_room(root, len(configs))  # all of the sweep or none of it
+            ids = [jobs.submit(c, root, name=name or "sweep", **where, **owner) for c in configs]
             st.success(f"Queued {len(ids)} runs; they train one after another.")
 
 
@@ -228,7 +248,9 @@ def jobs_panel() -> None:
             elif (row.state in ("failed", "cancelled", "interrupted") and not row.repeat_problem
                   and action.button("Start again", key=f"again-{row.run_id}", help="A new run with the same settings")):
                 with ui.friendly_errors("Starting again"):
-                    jobs.resubmit(row.run_id, root)
+                    policy.check_rerun(row.run_id, root)
+                    policy.check_browser_room(jobs.list_jobs(root), owner.get("browser", ""))
+                    jobs.resubmit(row.run_id, root, **owner)
             if row.latest:
                 cols = st.columns(4)
                 for col, (key, label) in zip(cols, (("train_loss", "train loss"), ("val_loss", "val loss"),

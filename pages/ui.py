@@ -7,9 +7,11 @@ import logging
 from typing import Iterator
 
 import streamlit as st
+from streamlit import config as st_config
 
 from cxrdemo import paths
 from cxrdemo.errors import CxrError
+from cxrdemo.views import classroom as cls
 from cxrdemo.views.words import NOTICE
 
 log = logging.getLogger("cxrdemo.app")
@@ -36,3 +38,41 @@ def friendly_errors(what: str = "That") -> Iterator[None]:
 def runs_dir():
     """The run store every page reads."""
     return paths.runs_dir()
+
+
+def _secret_passphrase() -> str | None:
+    try:
+        value = st.secrets.get(cls.PASSPHRASE_SECRET)
+    except FileNotFoundError:  # no secrets.toml: the passphrase may come from the environment instead
+        return None
+    return str(value) if value else None
+
+
+def classroom() -> cls.Classroom:
+    """This page view's classroom policy (off when the server is bound to loopback); a sidebar box unlocks the teacher."""
+    address = st_config.get_option("server.address")
+    policy = cls.classroom(address)
+    if not policy.on:
+        return policy
+    secret = _secret_passphrase()
+    with st.sidebar:
+        st.caption(":material/school: Classroom mode: this app is reachable from the network.")
+        given = st.text_input("Teacher passphrase", type="password", key="teacher_passphrase",
+                              help="Unlocks folder paths, deleting runs and larger jobs for this browser tab.")
+    policy = cls.classroom(address, given, secret)
+    if given and not policy.teacher:
+        st.sidebar.error("That is not the teacher passphrase.", icon=":material/lock:")
+    elif policy.teacher:
+        st.sidebar.success("Teacher mode: classroom limits lifted for this tab.", icon=":material/lock_open:")
+    return policy
+
+
+def browser_id() -> str:
+    """A random id for this browser, kept in the address (?sid=) so that a reload keeps it."""
+    sid = st.session_state.get("browser_id") or st.query_params.get("sid")
+    if not cls.valid_browser_id(sid):
+        sid = cls.new_browser_id()
+    st.session_state["browser_id"] = sid
+    if st.query_params.get("sid") != sid:
+        st.query_params["sid"] = sid
+    return sid

@@ -59,12 +59,12 @@ def stage_features(net, images: torch.Tensor, intensity: str) -> np.ndarray:
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)  # normalised in batches: 12 bytes a pixel
 
 
-def image_sets(proxy: Path, run_config: dict) -> dict[str, tuple[list[tuple[str, int]], str]]:
+def image_sets(proxy: Path, run_config: dict, train_data: Path | None = None) -> dict[str, tuple[list[tuple[str, int]], str]]:
     """name -> (items, geometry) for every set measured; training and validation first."""
     cfg = run_config["config"]
-    large = Path(cfg["data"]) if Path(cfg["data"]).is_absolute() else (ROOT / cfg["data"]).resolve()
-    if not large.is_dir():
-        large = Path(run_config["dataset"]["root"])
+    # The shipped model records its training set by name only (no path of the machine it was made on): find it
+    # where --data says, else beside the other data sets.
+    large = train_data or DATA / Path(str(cfg["data"])).name
     scan = data.scan_dataset(large, seed=int(cfg.get("split_seed", 0)))
     sets = {"train": (scan.splits["train"], GEOMETRY["cxr-large"]), "val": (scan.splits["val"], GEOMETRY["cxr-large"])}
     for name in ("cxr-dev", "cxr-shift"):
@@ -141,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--layers", type=int, nargs="+", default=[1, 2], help="first: the default variant")
     ap.add_argument("--transform", default="sqrt", choices=domain.TRANSFORMS)
     ap.add_argument("--quantile", type=float, default=domain.DEFAULT_QUANTILE)
+    ap.add_argument("--data", type=Path, default=None, help="the demo model's training set (default: DATA/cxr-large)")
     args = ap.parse_args(argv)
     net, img_size, intensity, run_config = load_demo()
     with torch.inference_mode():
@@ -149,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         for stage in net.trunk:
             h = stage(h)
             widths.append(int(h.shape[1]))
-    sets = image_sets(Path(args.proxy), run_config)
+    sets = image_sets(Path(args.proxy), run_config, args.data)
     feats = compute_features(net, img_size, intensity, sets, Path(args.out) / f"features-{net.backbone}.npz")
     variants = [(args.transform, args.layers[0], args.quantile)]
     variants += [(t, k, q) for t in ("none", "sqrt") for k in args.layers for q in (0.99, 0.995)

@@ -125,7 +125,7 @@ def test_table_values_equal_the_run_files(store):
     total, trainable = backbones.param_counts("cnn8", 2, "none")
     assert row["total_params"] == total and row["trainable_params"] == trainable == int(m["trainable_params"].iloc[-1])
     assert row["classes"] == ", ".join(test["classes"]) and row["n_classes"] == 2
-    assert row["dataset"] == runs.read_json(d / "config.json")["dataset"]["root"]
+    assert row["dataset"] == runs.read_json(d / "config.json")["dataset"]["name"]  # the name, not the path
     assert (row["backbone"], row["init"], row["freeze"]) == ("cnn8", "scratch", "none")
     assert isinstance(row["started"], pd.Timestamp)
 
@@ -301,6 +301,8 @@ def test_recipe_is_the_config(store):
     s, infos, _ = store
     recipe = compare.run_recipe(infos[s["done"]])
     assert recipe["config"]["backbone"] == "cnn8" and recipe["config"]["epochs"] == 2
+    assert recipe["config"]["data"] == Path(infos[s["done"]].config["data"]).name  # shown by name, not path
+    assert "root" not in recipe["dataset"]
     assert "damaged" in compare.run_recipe(infos[s["damaged"]])["problem"]
 
 

@@ -11,6 +11,7 @@ import numpy as np
 
 from cxrdemo import paths
 from cxrdemo.config import TrainConfig
+from cxrdemo.data.scan import dataset_name
 from cxrdemo.errors import ConfigError, RunError
 from cxrdemo.model import metrics
 from cxrdemo.runs import store as runs
@@ -94,12 +95,25 @@ def build_demo_model(train_data: str, eval_sets: list[tuple[str, str, str]], out
             shutil.copy2(d / name, staging / name)
     card = {"run_id": d.name, "train_minutes": round(minutes, 1), "recipe": config.to_dict(), "stages": stages,
             "evaluations": evaluations, "trust": trust_summary(d)}
-    runs.atomic_write_json(staging / "evaluation.json", card)
-    (staging / "MODEL_CARD.md").write_text(model_card(card))
+    # What ships names its data sets, never a folder of the machine it was built on (pass --data to use them).
+    shipped = _names_only(card)
+    if (staging / "config.json").is_file():
+        runs.atomic_write_json(staging / "config.json", _names_only(runs.read_json(staging / "config.json")))
+    runs.atomic_write_json(staging / "evaluation.json", shipped)
+    (staging / "MODEL_CARD.md").write_text(model_card(shipped))
     if out_dir.exists():
         shutil.rmtree(out_dir)
     staging.rename(out_dir)
     return card
+
+
+def _names_only(obj):
+    """A copy of a card or config.json with every `data` path replaced by the data set's name."""
+    if isinstance(obj, dict):
+        return {k: (dataset_name(v) if k == "data" and isinstance(v, str) else _names_only(v)) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_names_only(x) for x in obj]
+    return obj
 
 
 def _fmt(m: dict, ci: dict, key: str) -> str:

@@ -17,7 +17,7 @@ from cxrdemo.data.imageio import read_image, resize_to_uint8
 from cxrdemo.errors import DatasetError, ImageReadError
 from cxrdemo.paths import cache_dir
 
-CACHE_VERSION = 2  # bump when read_image or resize_to_uint8 change what they produce
+CACHE_VERSION = 3  # bump when read_image or resize_to_uint8 change what they produce (3: relative paths)
 
 
 @dataclass
@@ -78,10 +78,17 @@ def _cache_key(paths: list[str], size: int) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 
-def _load_cache_file(path: Path, size: int) -> tuple[torch.Tensor, list[str], list[tuple[str, str]]] | None:
+def _common_folder(paths: list[str]) -> str:
+    """The deepest folder holding every file: cache files name images relative to it, never by absolute path."""
+    return os.path.commonpath([os.path.dirname(p) for p in paths]) if paths else ""
+
+
+def _load_cache_file(path: Path, size: int, base: str) -> tuple[torch.Tensor, list[str], list[tuple[str, str]]] | None:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-        images, paths, skipped = obj["images"], list(obj["paths"]), [tuple(x) for x in obj["skipped"]]
+        images = obj["images"]
+        paths = [os.path.join(base, p) for p in obj["paths"]]
+        skipped = [(os.path.join(base, p), r) for p, r in obj["skipped"]]
         ok = (obj["version"] == CACHE_VERSION and images.dtype == torch.uint8 and images.ndim == 4
               and tuple(images.shape[1:]) == (1, size, size) and images.shape[0] == len(paths))
         return (images, paths, skipped) if ok else None
@@ -89,12 +96,13 @@ def _load_cache_file(path: Path, size: int) -> tuple[torch.Tensor, list[str], li
         return None
 
 
-def _save_cache_file(path: Path, entry: tuple[torch.Tensor, list[str], list[tuple[str, str]]]) -> None:
+def _save_cache_file(path: Path, entry: tuple[torch.Tensor, list[str], list[tuple[str, str]]], base: str) -> None:
     tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save({"version": CACHE_VERSION, "images": entry[0], "paths": entry[1],
-                    "skipped": [list(x) for x in entry[2]]}, tmp)
+        # Relative names only: a folder above the dataset (a user's home, a patient's name) never reaches the cache.
+        torch.save({"version": CACHE_VERSION, "images": entry[0], "paths": [os.path.relpath(p, base) for p in entry[1]],
+                    "skipped": [[os.path.relpath(p, base), r] for p, r in entry[2]]}, tmp)
         os.replace(tmp, path)  # readers never see half a file
     except OSError:
         tmp.unlink(missing_ok=True)  # a read-only cache folder costs speed, not correctness
@@ -111,7 +119,7 @@ def load_images(items: list[tuple[str, int]], size: int, *, use_disk_cache: bool
     if entry is None:
         check_memory(len(paths), size)  # a sentence now rather than the OOM killer half-way through
     if entry is None and use_disk_cache and cache_file.is_file():
-        entry = _load_cache_file(cache_file, size)
+        entry = _load_cache_file(cache_file, size, _common_folder(paths))
     if entry is None:
         images = torch.empty((len(paths), 1, size, size), dtype=torch.uint8)
         ok, skipped = [], []
@@ -125,7 +133,7 @@ def load_images(items: list[tuple[str, int]], size: int, *, use_disk_cache: bool
                 progress(i + 1, len(paths))
         entry = (images[: len(ok)].clone(), ok, skipped)
         if use_disk_cache:
-            _save_cache_file(cache_file, entry)
+            _save_cache_file(cache_file, entry, _common_folder(paths))
     elif progress:
         progress(len(paths), len(paths))
     with _MEMO_LOCK:

@@ -49,15 +49,24 @@ class DatasetScan:
                 out[s][self.classes[k]] += 1
         return out
 
+    @property
+    def name(self) -> str:
+        """The dataset's name as runs record it: its folder's name ('demo' for the built-in set)."""
+        return dataset_name(self.root)
+
+    def skipped_report(self, limit: int | None = None) -> list[tuple[str, str]]:
+        """(path relative to the dataset root, reason) of skipped files: all a report needs, nothing above the root."""
+        return [(relative_path(p, self.root), r) for p, r in self.skipped[:limit]]
+
     def summary(self) -> dict:
-        """A JSON-ready summary for config.json and the UI."""
+        """A JSON-ready summary for config.json and the UI (no absolute path: config.data holds the root once)."""
         counts = self.counts()
         totals = {s: sum(c.values()) for s, c in counts.items()}
         imbalance = {s: (round(max(c.values()) / min(c.values()), 3) if c and min(c.values()) else None)
                      for s, c in counts.items()}
-        return {"root": self.root, "classes": list(self.classes), "counts": counts,
+        return {"name": self.name, "classes": list(self.classes), "counts": counts,
                 "totals": {**totals, "all": sum(totals.values())}, "imbalance": imbalance,
-                "n_skipped": len(self.skipped), "skipped": [list(x) for x in self.skipped[:20]],
+                "n_skipped": len(self.skipped), "skipped": [list(x) for x in self.skipped_report(20)],
                 "auto_split": self.auto_split, "notes": list(self.notes)}
 
     def report(self) -> str:
@@ -73,9 +82,23 @@ class DatasetScan:
         lines += [f"Note: {n}" for n in self.notes]
         if self.skipped:
             lines.append(f"Skipped {len(self.skipped)} file(s):")
-            lines += [f"  {p}: {r}" for p, r in self.skipped[:20]]
+            lines += [f"  {p}: {r}" for p, r in self.skipped_report(20)]
             lines += [f"  ... and {len(self.skipped) - 20} more"] if len(self.skipped) > 20 else []
         return "\n".join(lines)
+
+
+def dataset_name(data: str | Path) -> str:
+    """What runs, model files and pages call a dataset: 'demo', or its folder's name (never the full path)."""
+    text = os.fspath(data).strip()
+    if text.lower() == "demo" or (text and Path(os.path.realpath(text)) == Path(os.path.realpath(DEMO_DATA_DIR))):
+        return "demo"
+    return Path(text.rstrip("/\\")).name or text
+
+
+def relative_path(path: str | Path, root: str | Path) -> str:
+    """`path` relative to the dataset root (a skipped-file report's entry); just the file name if it is outside."""
+    rel = os.path.relpath(os.fspath(path), os.fspath(root))
+    return os.path.basename(os.fspath(path)) if rel.startswith(os.pardir) else rel
 
 
 def resolve_data_root(data: str) -> Path:

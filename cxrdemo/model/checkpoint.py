@@ -18,7 +18,9 @@ outright leaves `best-epoch.pt` and no `model.pt`: such a run has no model to pr
 
 from __future__ import annotations
 
+import errno
 import math
+import os
 import pickle
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -29,6 +31,7 @@ import torch
 from cxrdemo import fileio
 from cxrdemo.config import HEADS, TrainConfig
 from cxrdemo.data.imageio import IMAGENET_MEAN, IMAGENET_STD, INTENSITY_MODES
+from cxrdemo.data.scan import dataset_name
 from cxrdemo.errors import ConfigError, RunError
 from cxrdemo.model import backbones
 
@@ -92,7 +95,14 @@ class ModelFile:
         return {"format": FORMAT, "backbone": self.backbone, "classes": list(self.classes), "head": self.head,
                 "dropout": self.dropout, "state_dict": self.state_dict, "preprocessing": self.preprocessing.to_dict(),
                 "decision": self.decision.to_dict(), "epoch": self.epoch, "val_loss": self.val_loss,
-                "train_path": self.train_path, "config": self.config, **self.records}
+                "train_path": self.train_path, "config": _without_paths(self.config), **self.records}
+
+
+def _without_paths(config: dict) -> dict:
+    """The config as a model file keeps it: the dataset by name, never a folder of the machine it was trained on."""
+    if "data" not in config:
+        return config
+    return {**config, "data": dataset_name(str(config["data"]))}
 
 
 # ---------------------------------------------------------------- writing
@@ -139,9 +149,20 @@ def discard_best_epoch(run_dir: Path) -> None:
     (Path(run_dir) / BEST_EPOCH_FILE).unlink(missing_ok=True)
 
 
+# torch's zip writer turns a short write into a RuntimeError ("[enforce fail at inline_container.cc:672] .
+# unexpected pos 704 vs 598" on a full tmpfs; "file write failed" in other versions) and drops the errno.
+_SHORT_WRITE = ("unexpected pos", "file write failed", "failed writing")
+
+
 def _torch_save(obj: Any, path: Path) -> None:
-    with fileio.atomic_file(Path(path)) as f:  # torch.save straight into the temporary file: no in-memory copy
-        torch.save(obj, f)
+    try:
+        with fileio.atomic_file(Path(path)) as f:  # torch.save straight into the temporary file: no in-memory copy
+            torch.save(obj, f)
+    except RuntimeError as exc:
+        if not any(s in str(exc) for s in _SHORT_WRITE):
+            raise
+        # A write that came up short is a full disk (or quota) in practice: the same OSError a plain write gives.
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from exc
 
 
 # ---------------------------------------------------------------- reading

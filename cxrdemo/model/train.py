@@ -22,6 +22,7 @@ from cxrdemo import data, fileio
 from cxrdemo.config import TrainConfig, parse_marker
 from cxrdemo.data.marker import burn_marker, mark_images
 from cxrdemo.data.naming import image_names
+from cxrdemo.data.scan import relative_path
 from cxrdemo.errors import Cancelled, ConfigError
 from cxrdemo.model import backbones, checkpoint, metrics, predictions, probes, trust
 from cxrdemo.model.device import autocast, choose_device, choose_precision, set_threads
@@ -196,7 +197,7 @@ def fit(config: TrainConfig, run_dir: Path, progress: ProgressFn | None = None,
     device = choose_device()
     net = net.to(device)  # before the optimiser is made: it must hold the device's parameters
     amp = choose_precision(config.precision, device, config.backbone)
-    say(Progress("prepare", meta=_run_meta(scan.summary(), threads, init_note, cache, device, amp, channels_last)))
+    say(Progress("prepare", meta=_run_meta(scan.summary(), scan.root, threads, init_note, cache, device, amp, channels_last)))
     n_trunk = len(net.trunk)
     augment = data.make_augment(config.augment, config.img_size)
     gen = torch.Generator().manual_seed(config.seed)
@@ -399,10 +400,10 @@ def finish(run_dir: Path, config: TrainConfig, classes: tuple[str, ...], cache: 
     return result
 
 
-def _run_meta(scan_summary: dict, threads: int, init_note: str, cache: dict, device: torch.device,
+def _run_meta(scan_summary: dict, root: str, threads: int, init_note: str, cache: dict, device: torch.device,
               amp: torch.dtype | None, channels_last: bool) -> dict:
     """What the run's config.json records about how it trained."""
-    decode_skips = [s for c in cache.values() for s in c.skipped]
+    decode_skips = [(relative_path(p, root), r) for c in cache.values() for p, r in c.skipped]
     return dict(dataset=scan_summary, threads=threads, init_note=init_note, device=str(device),
                 precision="bfloat16 mixed precision" if amp is not None else "float32",
                 memory_format="channels-last" if channels_last else "contiguous",

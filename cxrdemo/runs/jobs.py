@@ -41,8 +41,11 @@ def choose_backend(backend: str | None = None) -> str:
 
 
 def submit(config: TrainConfig, runs_dir: str | Path | None = None, name: str = "",
-           max_jobs: int | None = None, backend: str | None = None) -> str:
-    """Create a queued run and start it (a detached local process, or a Ray task); returns the run id at once."""
+           max_jobs: int | None = None, backend: str | None = None, browser: str = "") -> str:
+    """Create a queued run and start it (a detached local process, or a Ray task); returns the run id at once.
+
+    `browser`: the hashed id of the browser that asked (recorded so classroom mode can count jobs per browser).
+    """
     root = runs.store_dir(runs_dir)
     if choose_backend(backend) == "ray":
         from cxrdemo.runs import (
@@ -57,7 +60,7 @@ def submit(config: TrainConfig, runs_dir: str | Path | None = None, name: str = 
     if not paths.is_builtin_data(config.data):
         # config.json records where the images are, whatever folder the worker (or a later reader) runs in.
         config = config.replace(data=str(Path(config.data).expanduser().resolve()))
-    d = runs.create_run(config, root, name=name)
+    d = runs.create_run(config, root, name=name, browser=browser)
     if choose_backend(backend) == "ray":
         ray_backend.submit(d)
         return d.name
@@ -126,12 +129,13 @@ def poll_children() -> int:
         return len(_children)
 
 
-def resubmit(run_id: str, runs_dir: str | Path | None = None, max_jobs: int | None = None) -> str:
+def resubmit(run_id: str, runs_dir: str | Path | None = None, max_jobs: int | None = None, browser: str = "") -> str:
     """Start a finished, failed, cancelled or interrupted run again from scratch, as a new run."""
     info = runs.load_run(runs.run_dir(run_id, runs_dir))
     if info.damaged:
         raise RunError(f"Run {run_id} cannot be started again: {info.damaged}")
-    return submit(TrainConfig.from_dict(info.config), runs_dir, name="again", max_jobs=max_jobs)
+    owner = {"browser": browser} if browser else {}  # classroom mode only: a desktop records no browser
+    return submit(TrainConfig.from_dict(info.config), runs_dir, name="again", max_jobs=max_jobs, **owner)
 
 
 # ---------------------------------------------------------------- reading and reaping

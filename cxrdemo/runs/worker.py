@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Callable
 
 from cxrdemo.config import TrainConfig
+from cxrdemo.data.scan import dataset_name
 from cxrdemo.errors import Cancelled, CxrError
 from cxrdemo.model.train import Progress, fit
 from cxrdemo.runs import lifecycle
@@ -64,7 +65,8 @@ def execute_run(run_dir: Path, echo: Callable[[Progress], None] | None = None,
     except OSError as exc:
         # The folder cannot even be written: report it to the caller; status.json reads 'interrupted' once we exit.
         return {"state": "failed", "error": _write_error(exc)}
-    log.info("started pid %s: %s", os.getpid(), config.to_dict())
+    # The log names the dataset, not its folder: config.json alone holds the path (issue 17).
+    log.info("started pid %s: %s", os.getpid(), {**config.to_dict(), "data": dataset_name(config.data)})
     last_beat = [0.0]
 
     def on_progress(p: Progress) -> None:

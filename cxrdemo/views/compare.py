@@ -10,6 +10,7 @@ import pandas as pd
 
 from cxrdemo import paths
 from cxrdemo.config import FreezeLevel
+from cxrdemo.data.scan import dataset_name, relative_path
 from cxrdemo.errors import CxrError, RunError
 from cxrdemo.model import backbones
 from cxrdemo.runs import store as runs
@@ -90,7 +91,7 @@ def run_row(info: runs.RunInfo) -> dict:
                head=str(cfg.get("head", "")), arithmetic=str(info.meta.get("precision", "float32")),
                epochs_run=epochs_run, epochs_planned=_num(cfg.get("epochs")),
                total_params=total, trainable_params=last, trainable_at_start=first, params_note=note,
-               dataset=str(dataset.get("root") or cfg.get("data", "")),
+               dataset=dataset_name(str(dataset.get("name") or dataset.get("root") or cfg.get("data", ""))),
                classes=", ".join(classes) if classes else UNKNOWN_CLASSES, n_classes=len(classes) or math.nan,
                started=pd.Timestamp(datetime.fromtimestamp(started)) if not math.isnan(started) else pd.NaT)
     if epochs_run:
@@ -205,11 +206,24 @@ def changed_states(before: dict[str, str], infos: list[runs.RunInfo]) -> list[st
     return [i.run_id for i in infos if i.run_id in before and before[i.run_id] != i.state]
 
 
+def _shown_dataset(summary: dict) -> dict:
+    """A dataset summary as a page shows it: no root, skipped files relative to it (runs made before issue 17)."""
+    if not isinstance(summary, dict):
+        return {}
+    root = summary.get("root")
+    out = {k: v for k, v in summary.items() if k != "root"}
+    if root and isinstance(summary.get("skipped"), list):
+        out["skipped"] = [[relative_path(str(s[0]), str(root)), *s[1:]] if isinstance(s, list) and s else s
+                          for s in summary["skipped"]]
+    return out
+
+
 def run_recipe(info: runs.RunInfo) -> dict:
     """What a run was trained with: its config, dataset summary and library versions."""
     if info.damaged:
         return {"problem": info.damaged}
-    return {"config": info.config, "dataset": info.meta.get("dataset", {}),
+    return {"config": {**info.config, "data": dataset_name(str(info.config.get("data", "")))},
+            "dataset": _shown_dataset(info.meta.get("dataset") or {}),
             "initialisation": info.meta.get("init_note", ""), "arithmetic": info.meta.get("precision", "float32"),
             "versions": info.meta.get("versions", {})}
 
