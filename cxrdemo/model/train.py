@@ -21,8 +21,8 @@ from torch import nn
 from cxrdemo import data, fileio
 from cxrdemo.config import TrainConfig
 from cxrdemo.errors import Cancelled, ConfigError
-from cxrdemo.model import backbones, checkpoint, metrics
-from cxrdemo.model.device import autocast, choose_device, choose_precision, set_threads
+from cxrdemo.model import backbones, checkpoint, metrics, speed
+from cxrdemo.model.device import autocast, choose_device, set_threads
 
 
 @dataclass
@@ -188,13 +188,19 @@ def fit(config: TrainConfig, run_dir: Path, progress: ProgressFn | None = None,
     scan, cache = _read_dataset(config, pre, say)
     classes = scan.classes
     net, init_note = build_model(config, classes, source)
-    channels_last = backbones.get_spec(config.backbone).channels_last
+    device = choose_device()
+    net.set_freeze(backbones.frozen_groups(config.freeze, config.backbone, 1))  # the trial times epoch 1's work
+    say(Progress("prepare", message="Choosing arithmetic and memory layout (a short timed trial, remembered)"))
+    how = speed.choose(net, device, precision=config.precision, backbone=config.backbone, img_size=config.img_size,
+                       batch_size=config.batch_size, n_classes=len(classes),
+                       batches_per_epoch=math.ceil(len(cache["train"].labels) / config.batch_size),
+                       hint_channels_last=backbones.get_spec(config.backbone).channels_last)
+    channels_last, amp = how.channels_last, how.amp
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
-    device = choose_device()
     net = net.to(device)  # before the optimiser is made: it must hold the device's parameters
-    amp = choose_precision(config.precision, device, config.backbone)
-    say(Progress("prepare", meta=_run_meta(scan.summary(), threads, init_note, cache, device, amp, channels_last)))
+    say(Progress("prepare", meta=_run_meta(scan.summary(), threads, init_note, cache, device, amp, channels_last,
+                                           how.record())))
     n_trunk = len(net.trunk)
     augment = data.make_augment(config.augment, config.img_size)
     gen = torch.Generator().manual_seed(config.seed)
@@ -366,11 +372,11 @@ def finish(run_dir: Path, config: TrainConfig, classes: tuple[str, ...], cache: 
 
 
 def _run_meta(scan_summary: dict, threads: int, init_note: str, cache: dict, device: torch.device,
-              amp: torch.dtype | None, channels_last: bool) -> dict:
+              amp: torch.dtype | None, channels_last: bool, speed_trial: dict | None = None) -> dict:
     """What the run's config.json records about how it trained."""
     decode_skips = [s for c in cache.values() for s in c.skipped]
     return dict(dataset=scan_summary, threads=threads, init_note=init_note, device=str(device),
                 precision="bfloat16 mixed precision" if amp is not None else "float32",
-                memory_format="channels-last" if channels_last else "contiguous",
+                memory_format="channels-last" if channels_last else "contiguous", speed_trial=speed_trial or {},
                 decode_skipped=[{"path": p, "reason": r} for p, r in decode_skips[:50]],
                 n_decode_skipped=len(decode_skips))

@@ -1,0 +1,127 @@
+"""The timed trial that chooses arithmetic and memory layout: what it compares, its budget, that it
+leaves the run alone (weights, random state), and that its answer is remembered and reused."""
+
+import numpy as np
+import pytest
+import torch
+
+from cxrdemo.config import TrainConfig
+from cxrdemo.model import backbones, checkpoint, speed
+from cxrdemo.runs import store as runs
+from cxrdemo.runs.worker import execute_run
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(autouse=True)
+def store(tmp_path, monkeypatch):
+    monkeypatch.setenv("CXRDEMO_RUNS_DIR", str(tmp_path / "runs"))
+    monkeypatch.setenv("CXRDEMO_CACHE_DIR", str(tmp_path / "cache"))
+    # One thread: on a shared, loaded 2-core machine two threads of a tiny net wait on each other for seconds.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield tmp_path / "runs"
+    torch.set_num_threads(threads)
+
+
+def _net(name="cnn5", n_frozen=0):
+    torch.manual_seed(1)
+    net = backbones.build_backbone(name, 2)
+    net.set_freeze(n_frozen)
+    return net
+
+
+@pytest.mark.parametrize("precision,expected", [
+    ("auto", ["fp32-contiguous", "fp32-channels-last", "bf16-contiguous", "bf16-channels-last"]),
+    ("fp32", ["fp32-contiguous", "fp32-channels-last"]),  # an explicit precision wins: only the layout is open
+    ("bf16", ["bf16-contiguous", "bf16-channels-last"]),
+])
+def test_candidates_on_a_cpu(precision, expected):
+    assert [c.name for c in speed.candidates(precision, CPU)] == expected
+
+
+def test_decision_takes_the_fastest_and_asks_bf16_for_a_margin():
+    cands = speed.candidates("auto", CPU)
+    fp32, fp32_cl, bf16, bf16_cl = cands
+    choice = speed._decide(cands, {fp32: 1.0, fp32_cl: 0.8, bf16: 0.5, bf16_cl: 0.6}, 1.0, 5.0, CPU)
+    assert (choice.bf16, choice.channels_last, choice.ratio) == (True, False, 2.0)
+    # bf16 only 2% faster than the best float32: its rounding is not worth it
+    choice = speed._decide(cands, {fp32: 1.0, fp32_cl: 0.8, bf16: 0.79, bf16_cl: 0.9}, 1.0, 5.0, CPU)
+    assert (choice.bf16, choice.channels_last) == (False, True)
+    assert choice.ratio == pytest.approx(1.25)
+    assert speed._decide(cands, {fp32_cl: 0.8}, 1.0, 5.0, CPU).source == "not measured"  # no reference, no ratio
+
+
+def test_trial_measures_every_candidate_and_leaves_weights_and_random_state_alone():
+    net = _net(n_frozen=1)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    torch.manual_seed(7)
+    np.random.seed(7)
+    expected_torch, expected_np = torch.rand(3), np.random.rand(3)
+    torch.manual_seed(7)
+    np.random.seed(7)
+    choice = speed.measure(net, CPU, speed.candidates("auto", CPU), batch_size=4, img_size=32, n_classes=2,
+                           batches_per_epoch=100_000)
+    assert torch.equal(torch.rand(3), expected_torch) and np.array_equal(np.random.rand(3), expected_np)
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+    assert net.n_frozen == 1 and next(net.parameters()).is_contiguous()
+    assert choice.source == "measured" and len(choice.step_s) == 4
+    assert choice.reference == "fp32-contiguous" and choice.ratio >= 1.0  # the fastest is never slower than it
+    assert choice.trial_s <= speed.MAX_TRIAL_S
+
+
+def test_trial_keeps_to_a_tenth_of_an_epoch(monkeypatch):
+    # 3 batches an epoch: 7 steps of trial would cost more than 10% of an epoch, so none is timed after the first.
+    calls = []
+    real = speed._Step.__call__
+    monkeypatch.setattr(speed._Step, "__call__", lambda self: calls.append(1) or real(self))
+    choice = speed.measure(_net(), CPU, speed.candidates("auto", CPU), 4, 32, 2, batches_per_epoch=3)
+    assert choice.source == "not measured" and len(calls) == 1
+    made = speed.choose(_net(), CPU, precision="auto", backbone="cnn5", img_size=32, batch_size=4, n_classes=2,
+                        batches_per_epoch=3, hint_channels_last=True)
+    assert (made.bf16, made.channels_last) == (False, True) and made.source.startswith("not measured")
+
+
+def test_answer_is_remembered_per_key(monkeypatch):
+    kw = dict(precision="auto", backbone="cnn5", img_size=32, batch_size=4, n_classes=2, batches_per_epoch=100_000)
+    first = speed.choose(_net(), CPU, **kw)
+    assert first.source == "measured"
+    monkeypatch.setattr(speed, "measure", lambda *a, **k: pytest.fail("measured again"))
+    again = speed.choose(_net(), CPU, **kw)
+    assert again.source == "remembered" and (again.bf16, again.channels_last) == (first.bf16, first.channels_last)
+    assert again.ratio == pytest.approx(first.ratio, abs=1e-4)
+    with pytest.raises(pytest.fail.Exception):  # another image size is another question
+        speed.choose(_net(), CPU, **{**kw, "img_size": 48})
+
+
+def test_a_run_with_the_trial_trains_the_same_weights_as_with_its_answer_given(tmp_path, monkeypatch):
+    from tests.test_train import _make
+
+    ds = _make(tmp_path / "ds", ("NORMAL", "PNEUMONIA"))
+    monkeypatch.setattr(speed, "EPOCH_FRACTION", 1e6)  # a tiny dataset: let the trial run anyway
+    cfg = TrainConfig(data=str(ds), backbone="cnn5", img_size=32, epochs=2, batch_size=8, patience=0, step_size=0,
+                      threads=1)
+    dirs = []
+    for _ in range(2):  # the first run measures, the second is given the remembered answer
+        d = runs.create_run(cfg)
+        assert execute_run(d)["state"] == "completed"
+        dirs.append(d)
+    trials = [runs.read_json(d / "config.json")["speed_trial"] for d in dirs]
+    assert [t["source"] for t in trials] == ["measured", "remembered"]
+    assert trials[0]["bf16"] == trials[1]["bf16"] and trials[0]["channels_last"] == trials[1]["channels_last"]
+    a, b = (checkpoint.load(d / "model.pt").state_dict for d in dirs)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    meta = runs.read_json(dirs[0] / "config.json")
+    assert meta["precision"] == ("bfloat16 mixed precision" if trials[0]["bf16"] else "float32")
+    assert {v.dtype for v in a.values() if v.is_floating_point()} == {torch.float32}
+
+
+def test_compare_words_the_arithmetic_with_its_measured_gain():
+    from cxrdemo.views.compare import arithmetic_of
+
+    meta = {"precision": "bfloat16 mixed precision", "memory_format": "channels-last",
+            "speed_trial": {"source": "remembered", "ratio": 1.954, "reference": "fp32-contiguous"}}
+    assert arithmetic_of(meta) == "bfloat16 mixed precision, channels-last (1.95x fp32-contiguous, measured)"
+    small = {"precision": "float32", "memory_format": "contiguous", "speed_trial": {"source": "not measured (...)"}}
+    assert arithmetic_of(small) == "float32, contiguous (not measured: small dataset)"
+    assert arithmetic_of({}) == "float32"  # runs from before the trial
