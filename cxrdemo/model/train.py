@@ -185,7 +185,7 @@ def fit(config: TrainConfig, run_dir: Path, progress: ProgressFn | None = None,
     torch.manual_seed(config.seed)
     np.random.seed(config.seed)
     pre = preprocessing_for(config)
-    scan, cache = _read_dataset(config, pre, say)
+    scan, cache = _read_dataset(config, pre, say, threads)
     classes = scan.classes
     net, init_note = build_model(config, classes, source)
     device = choose_device()
@@ -278,8 +278,8 @@ def fit(config: TrainConfig, run_dir: Path, progress: ProgressFn | None = None,
     return finish(run_dir, config, classes, cache, best_epoch, say)
 
 
-def _read_dataset(config: TrainConfig, pre: checkpoint.Preprocessing,
-                  say: ProgressFn) -> tuple[data.DatasetScan, dict[str, data.CachedImages]]:
+def _read_dataset(config: TrainConfig, pre: checkpoint.Preprocessing, say: ProgressFn,
+                  threads: int = 1) -> tuple[data.DatasetScan, dict[str, data.CachedImages]]:
     """Scan the dataset and decode each split once, preprocessed by the record the model will carry."""
     say(Progress("prepare", message="Scanning the dataset"))
     scan = data.scan_dataset(config.data, seed=config.split_seed, max_per_split=config.max_images)
@@ -287,7 +287,7 @@ def _read_dataset(config: TrainConfig, pre: checkpoint.Preprocessing,
     for split in ("train", "val", "test"):
         if scan.splits.get(split):
             say(Progress("prepare", message=f"Decoding {split} images (once; cached for later runs)"))
-            cache[split] = data.load_images(scan.splits[split], pre.img_size)
+            cache[split] = data.load_images(scan.splits[split], pre.img_size, workers=threads)
             if pre.intensity != "none":
                 c = cache[split]
                 cache[split] = data.CachedImages(data.adjust_intensity(c.images, pre.intensity), c.labels,
