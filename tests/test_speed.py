@@ -158,3 +158,35 @@ def test_bf16_matches_fp32_on_validation_and_saves_float32(tmp_path):
     assert max(acc.values()) >= 0.8  # the recipe really learns: a guard between two chance-level models guards nothing
     mean = {p: np.mean([acc[p, s] for s in (0, 1, 2)]) for p in ("fp32", "bf16")}
     assert abs(mean["fp32"] - mean["bf16"]) <= 0.02, acc
+
+
+def test_a_job_sizes_its_threads_by_the_slot_count(monkeypatch, tmp_path):
+    from cxrdemo.model import device
+    from cxrdemo.runs import lifecycle, slots
+
+    monkeypatch.delenv("CXRDEMO_THREADS", raising=False)
+    monkeypatch.setenv("CXRDEMO_MAX_JOBS", "1")  # restored afterwards; run_worker overwrites it below
+    monkeypatch.setattr(device.os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    d = runs.create_run(TrainConfig(data=str(tmp_path), backbone="cnn5"))
+    lifecycle.finish(d, "cancelled")  # not queued: run_worker returns at once, after sizing
+    assert slots.run_worker(d, max_jobs=4)["claimed"] is False
+    assert device.default_threads() == 2  # 8 cores shared by 4 slots
+
+
+def test_loader_pins_batches_for_a_gpu():
+    from cxrdemo import data
+
+    cached = data.CachedImages(torch.zeros((4, 1, 8, 8), dtype=torch.uint8), torch.tensor([0, 1, 0, 1]), [], [])
+    assert data.make_loader(cached, 2, pin_memory=True).pin_memory
+    assert not data.make_loader(cached, 2).pin_memory
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_augmentation_on_the_gpu_draws_the_same_random_numbers_as_on_the_cpu():
+    from cxrdemo import data
+
+    x = torch.randint(0, 256, (6, 1, 64, 64), dtype=torch.uint8)
+    aug = data.make_augment("acquisition", 64)
+    on_cpu = aug(x.clone(), torch.Generator().manual_seed(3))
+    on_gpu = aug(x.cuda(), torch.Generator().manual_seed(3)).cpu()
+    assert torch.allclose(on_cpu, on_gpu, atol=2e-3)

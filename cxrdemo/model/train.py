@@ -163,10 +163,13 @@ class _Inputs:
         self.device = device
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self.augment is not None:
-            x = self.augment(x, self.generator)  # on the CPU: its random numbers come from a CPU generator
         if self.device is not None:
-            x = x.to(self.device, non_blocking=True)  # uint8 crosses the bus, 4x less than float
+            # uint8 crosses the bus (4x less than float), from pinned memory on a GPU so the copy overlaps.
+            x = x.to(self.device, non_blocking=True)
+        if self.augment is not None:
+            # On the model's device (a GPU's cores, not the host's few); its random numbers still come from the
+            # CPU generator, so a seed gives the same augmentation on every device.
+            x = self.augment(x, self.generator)
         x = data.normalize_batch(x, self.pre.mean, self.pre.std)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
@@ -233,14 +236,15 @@ def fit(config: TrainConfig, run_dir: Path, progress: ProgressFn | None = None,
                     say(Progress("prepare", epoch, config.epochs, message="Computing trunk features once"))
                     feature_cache = {s: _trunk_features(net, c.images, plain, amp) for s, c in cache.items()}
                 f_loader = data.make_loader(data.CachedImages(feature_cache["train"], y_train, [], []),
-                                            config.batch_size, balance=config.balance, seed=config.seed + epoch)
+                                            config.batch_size, balance=config.balance, seed=config.seed + epoch,
+                                            pin_memory=device.type == "cuda")
                 tr_loss, tr_acc, seen = train_one_epoch(net.head, f_loader, to_device, opt, loss_fn, report,
                                                         should_stop, after_step, amp)
                 ev_model, ev_x, ev_inputs, path = ((ema.module if ema else net).head, feature_cache["val"], to_device,
                                                    "cached-features")
             else:
                 loader = data.make_loader(cache["train"], config.batch_size, balance=config.balance,
-                                          seed=config.seed + epoch)
+                                          seed=config.seed + epoch, pin_memory=device.type == "cuda")
                 tr_loss, tr_acc, seen = train_one_epoch(net, loader, train_inputs, opt, loss_fn, report, should_stop,
                                                         after_step, amp)
                 ev_model, ev_x, ev_inputs, path = (ema.module if ema else net), cache["val"].images, plain, "full"
