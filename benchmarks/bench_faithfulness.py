@@ -33,7 +33,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from cxrdemo.diagnosis import explain, faithfulness, sanity  # noqa: E402
-from cxrdemo.diagnosis.predict import LoadedModel, example_images, load_model, prepare, read_radiograph  # noqa: E402
+from cxrdemo.diagnosis.predict import (  # noqa: E402
+    LoadedModel,
+    example_images,
+    load_model,
+    prepare,
+    read_radiograph,
+)
 from cxrdemo.model import backbones  # noqa: E402
 from cxrdemo.model.checkpoint import Decision, Preprocessing  # noqa: E402
 

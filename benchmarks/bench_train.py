@@ -11,8 +11,14 @@ that both sides see the same background load:
 The engine runs as a user gets it: precision `auto` (bfloat16 autocast for the forward pass on CPUs with
 AMX, float32 elsewhere; `--precision fp32` measures the engine without it) and channels-last; its path
 line says which it used. Both use torch.set_num_threads(2) (the engine through TrainConfig.threads=2), the same image files,
-the same image size and batch size, and 3 epochs; epoch 1 is the warm-up, images/s is the mean of
-epochs 2-3 of the training pass only (the engine's column images_per_s times the training pass only).
+the same image size and batch size, and --epochs epochs (default 3); epoch 1 is the warm-up, images/s is
+the median of the other epochs' training pass only (the engine's column images_per_s times the training pass
+only). `--quick` is 96 images at 64 px over 6 epochs (median of 5): with 3 epochs of 2 batches, as it used
+to be, each ratio rested on 4 timed steps of a few tens of milliseconds.
+
+Before training it times the engine's one-off decode of the train split (data.cache.decode_all) with one
+thread and with THREADS threads: decode images/s serial vs parallel. It prints the load average at the
+start and the end: on a shared machine every figure is only as good as that.
 
 Memory: a sampler thread reads this process's resident set size from /proc/self/statm every 2 ms; a
 figure is the peak during one side's whole run (model building, data loading, all epochs, and for the
@@ -94,7 +100,8 @@ class PeakRSS:
 
 # ---------------------------------------------------------------- the two sides
 
-def naive(root: Path, files: set[str], name: str, n_frozen: int, size: int, batch: int) -> list[float]:
+def naive(root: Path, files: set[str], name: str, n_frozen: int, size: int, batch: int,
+          epochs: int = EPOCHS) -> list[float]:
     """The tutorial loop; returns images/s of each epoch's training pass."""
     import torchvision
     from torchvision import transforms as T
@@ -114,7 +121,7 @@ def naive(root: Path, files: set[str], name: str, n_frozen: int, size: int, batc
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3, weight_decay=1e-4)
     loss_fn = torch.nn.CrossEntropyLoss()
     speeds = []
-    for _ in range(EPOCHS):
+    for _ in range(epochs):
         model.train()
         t0, seen = time.perf_counter(), 0
         for x, y in loader:
@@ -128,9 +135,9 @@ def naive(root: Path, files: set[str], name: str, n_frozen: int, size: int, batc
 
 
 def engine(data_root: Path, name: str, freeze: str, size: int, batch: int, max_images: int,
-           precision: str = "auto") -> tuple[list[float], list[str]]:
+           precision: str = "auto", epochs: int = EPOCHS) -> tuple[list[float], list[str]]:
     """cxrdemo's train.fit, run by the worker that keeps the run's files; images/s and path of each epoch, from metrics.csv."""
-    cfg = TrainConfig(data=str(data_root), backbone=name, freeze=freeze, init="scratch", epochs=EPOCHS,
+    cfg = TrainConfig(data=str(data_root), backbone=name, freeze=freeze, init="scratch", epochs=epochs,
                       img_size=size, batch_size=batch, threads=THREADS, patience=0, step_size=0,
                       max_images=max_images, augment="none", precision=precision)
     d = runs.create_run(cfg)
@@ -139,7 +146,8 @@ def engine(data_root: Path, name: str, freeze: str, size: int, batch: int, max_i
         raise SystemExit(f"{name} {freeze}: {status.get('error')}")
     rows = runs.read_metrics_rows(d)
     meta = runs.read_json(d / "config.json")
-    how = f"{meta.get('precision')}, {meta.get('memory_format')}"
+    trial = meta.get("speed_trial") or {}
+    how = f"{meta.get('precision')}, {meta.get('memory_format')}, trial: {trial.get('source')} {trial.get('step_s', '')}"
     return [float(r["images_per_s"]) for r in rows], [f"{r['path']} ({how})" for r in rows]
 
 
@@ -160,7 +168,8 @@ def machine() -> dict[str, str]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "cxr-dev"), help="split-layout dataset (<data>/train/<CLASS>)")
-    ap.add_argument("--quick", action="store_true", help="64 images at 64 px: a smoke run in about a minute")
+    ap.add_argument("--quick", action="store_true", help="96 images at 64 px, 6 epochs: a short run in a few minutes")
+    ap.add_argument("--epochs", type=int, default=EPOCHS, help="epochs per side (the first is the warm-up)")
     ap.add_argument("--images", type=int, default=0, help="stratified subset of this many images per split (0 = all)")
     ap.add_argument("--size", type=int, default=224, help="image size in pixels")
     ap.add_argument("--backbones", default=",".join(BACKBONES))
@@ -172,7 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     if not (root / "train").is_dir():
         print(f"{root} has no train/ folder: point --data at a split-layout dataset.", file=sys.stderr)
         return 2
-    size, batch, max_images = (64, 32, 64) if args.quick else (args.size, 32, args.images)
+    size, batch, max_images = (64, 32, 96) if args.quick else (args.size, 32, args.images)
+    epochs = max(2, 6 if args.quick else args.epochs)
     tmp = Path(tempfile.mkdtemp(prefix="cxrdemo-bench-"))
     os.environ["CXRDEMO_RUNS_DIR"], os.environ["CXRDEMO_CACHE_DIR"] = str(tmp / "runs"), str(tmp / "cache")
     torch.set_num_threads(THREADS)
@@ -180,7 +190,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{k}: {v}")
     scan = data.scan_dataset(root, max_per_split=max_images)
     files = {os.path.abspath(p) for p, _ in scan.splits["train"]}
-    print(f"images: {len(files)}\nimg_size: {size}\nbatch: {batch}")
+    print(f"images: {len(files)}\nimg_size: {size}\nbatch: {batch}\nepochs: {epochs}\n"
+          f"load_average_start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    for workers in (1, THREADS):  # the one-off decode, serial vs parallel (no disk cache: nothing written)
+        t0 = time.perf_counter()
+        decoded = data.cache.decode_all(sorted(files), size, workers)
+        print(f"decode_images_per_s_{'serial' if workers == 1 else f'{workers}_threads'}: "
+              f"{len(decoded[1]) / (time.perf_counter() - t0):.1f}", flush=True)
+        del decoded
     for split_items in scan.splits.values():  # the engine's one-off decode, outside every measurement
         if split_items:
             data.load_images(split_items, size)
@@ -197,11 +214,11 @@ def main(argv: list[str] | None = None) -> int:
                 t0 = time.perf_counter()
                 with PeakRSS() as mem:
                     if side == "naive":
-                        speeds, path = naive(root, files, name, n_frozen, size, batch), "decode-every-epoch"
+                        speeds, path = naive(root, files, name, n_frozen, size, batch, epochs), "decode-every-epoch"
                     else:
-                        speeds, paths = engine(root, name, freeze, size, batch, max_images, args.precision)
+                        speeds, paths = engine(root, name, freeze, size, batch, max_images, args.precision, epochs)
                         path = paths[-1]
-                ips = statistics.mean(speeds[1:])
+                ips = statistics.median(speeds[1:])
                 out[side] = (ips, mem.mb)
                 print(f"{side}_images_per_s_{key}: {ips:.2f}")
                 print(f"{side}_epochs_images_per_s_{key}: {' '.join(f'{s:.2f}' for s in speeds)}")
@@ -220,6 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ratio_{key}: {r:.2f}")
     for key, (_, m) in results.items():
         print(f"mem_ratio_{key}: {m:.2f}")
+    print(f"load_average_end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     return 0
 
 

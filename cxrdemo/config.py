@@ -165,12 +165,13 @@ class TrainConfig:
         label="Decision rule", group="more", presets=THRESHOLDS,
         tip="For two classes. A fixed specificity or sensitivity on validation moves less than a balanced cut when "
             "the model meets another site's images.")
-    precision: str = option("auto", "auto = bfloat16 mixed precision where the CPU/GPU runs it natively (AMX, CUDA), "
-                            "else fp32", label="Arithmetic precision", group="more", choices=PRECISIONS,
-                            labels={"auto": "automatic (fastest here)", "fp32": "full (float32)",
+    precision: str = option("auto", "auto = float32 or bfloat16 mixed precision, whichever a short timed trial "
+                            "finds faster on this machine (remembered)", label="Arithmetic precision", group="more", choices=PRECISIONS,
+                            labels={"auto": "automatic (fastest this machine runs well)", "fp32": "full (float32)",
                                     "bf16": "mixed (bfloat16)"},
-                            tip="Mixed precision trains 2-3x faster on recent Intel CPUs (AMX) and on GPUs; the saved "
-                                "model and every prediction stay full precision.")
+                            tip="Mixed precision trains up to 2-3x faster on CPUs with bfloat16 instructions and on GPUs; "
+                                "automatic measures it on this computer. The saved model and every prediction stay full "
+                                "precision.")
     seed: int = option(0, label="Seed", group="more", min=0, max=2**31 - 1)
     probes: int = option(3, "validation images per class whose answer and heatmap are kept after every epoch "
                          "(0 = off)", label="Probe images per class (0 = off)", group="more", min=0, max=20,

@@ -32,8 +32,9 @@ COLUMNS = {
     "trainable_at_start": st.column_config.NumberColumn("Trainable in epoch 1", format="localized"),
     "params_note": st.column_config.TextColumn("Parameter note"),
     "sec_per_epoch": st.column_config.NumberColumn("Seconds per epoch", format="%.2f"),
-    "arithmetic": st.column_config.TextColumn("Arithmetic", help="float32, or bfloat16 mixed precision (faster "
-                                              "where the CPU has AMX): compare seconds per epoch like with like"),
+    "arithmetic": st.column_config.TextColumn("Arithmetic", help="float32 or bfloat16 mixed precision and the memory layout, "
+                                              "chosen by a short timed trial on this computer (its measured gain in "
+                                              "brackets): compare seconds per epoch like with like"),
     "started": st.column_config.DatetimeColumn("Started", format="YYYY-MM-DD HH:mm"),
 }
 

@@ -15,7 +15,7 @@ from PIL import Image
 from cxrdemo.cli.main import main as cli
 from cxrdemo.config import TrainConfig
 from cxrdemo.errors import Cancelled
-from cxrdemo.model import checkpoint, device, metrics, train
+from cxrdemo.model import checkpoint, metrics, train
 from cxrdemo.runs import store as runs
 from cxrdemo.runs.worker import execute_run
 
@@ -330,16 +330,6 @@ def test_weight_average_is_what_gets_saved(ds2):
     w_plain, w_avg = a["head.0.weight"], b["head.0.weight"]
     assert not torch.equal(w_plain, w_avg)  # the same trajectory, averaged
     assert runs.read_json(averaged / "config.json")["config"]["ema"] == 0.9
-
-
-@pytest.mark.parametrize("precision,amx,backbone,expected", [
-    ("fp32", True, "resnet18", None), ("bf16", False, "resnet18", torch.bfloat16),
-    ("auto", True, "resnet18", torch.bfloat16), ("auto", False, "resnet18", None),
-    ("auto", True, "mobilenet_v3_small", None),  # depthwise: measured no faster in bf16 on a CPU
-])
-def test_precision_choice_on_a_cpu(monkeypatch, precision, amx, backbone, expected):
-    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
-    assert device.choose_precision(precision, torch.device("cpu"), backbone) == expected
 
 
 def test_bf16_training_keeps_float32_weights_and_follows_the_fp32_run(ds2):

@@ -8,6 +8,7 @@ import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,7 +34,7 @@ class CachedImages:
 _MEMO: OrderedDict[str, tuple[torch.Tensor, list[str], list[tuple[str, str]]]] = OrderedDict()
 _MEMO_LOCK = threading.Lock()
 _MEMO_ENTRIES = 2  # one dataset at one or two sizes; more would hold gigabytes
-COPIES = 2  # the decode buffer and its trimmed copy exist together for a moment
+COPIES = 2  # the decode buffer and, for a moment, a reordered or intensity-adjusted copy of a split
 DECODE_RESERVE = 256 * 2**20  # one image being read (at most 2048 x 2048 after shrink-on-read) and its float copies
 
 
@@ -108,9 +109,40 @@ def _save_cache_file(path: Path, entry: tuple[torch.Tensor, list[str], list[tupl
         tmp.unlink(missing_ok=True)  # a read-only cache folder costs speed, not correctness
 
 
+def _decode_into(images: torch.Tensor, row: int, path: str, size: int) -> str | None:
+    """Read one file into images[row]; the reason it was skipped, or None."""
+    try:
+        images[row] = resize_to_uint8(read_image(path)[0], size)
+    except ImageReadError as err:
+        return str(err)
+    return None
+
+
+def decode_all(paths: list[str], size: int, workers: int = 1,
+               progress: Callable[[int, int], None] | None = None) -> tuple[torch.Tensor, list[str], list[tuple[str, str]]]:
+    """Decode and resize every file into one preallocated uint8 tensor; (images, paths read, (path, reason) skipped).
+
+    `workers` threads read in parallel: Pillow's decoders and torch's resize release the GIL, and each
+    thread writes its image straight into its row, so memory holds one copy of the split (no list of
+    arrays, no concatenation). Skipped rows are closed up in place.
+    """
+    images = torch.empty((len(paths), 1, size, size), dtype=torch.uint8)
+    reasons: list[str | None] = []
+    with ThreadPoolExecutor(max(1, workers), thread_name_prefix="cxrdemo-decode") as pool:
+        for reason in pool.map(_decode_into, [images] * len(paths), range(len(paths)), paths, [size] * len(paths)):
+            reasons.append(reason)
+            if progress:
+                progress(len(reasons), len(paths))
+    keep = [i for i, r in enumerate(reasons) if r is None]
+    for j, i in enumerate(keep):  # front to back: row i >= j is always read before anything overwrites it
+        if i != j:
+            images[j] = images[i]
+    return images[: len(keep)], [paths[i] for i in keep], [(p, r) for p, r in zip(paths, reasons) if r is not None]
+
+
 def load_images(items: list[tuple[str, int]], size: int, *, use_disk_cache: bool = True,
-                progress: Callable[[int, int], None] | None = None) -> CachedImages:
-    """Decode and resize each file once per (files, size): memoised in this process and cached on disk."""
+                progress: Callable[[int, int], None] | None = None, workers: int = 1) -> CachedImages:
+    """Decode and resize each file once per (files, size), `workers` at a time: memoised in this process and on disk."""
     paths = sorted({os.path.abspath(p) for p, _ in items})
     key = _cache_key(paths, size)
     with _MEMO_LOCK:
@@ -121,17 +153,7 @@ def load_images(items: list[tuple[str, int]], size: int, *, use_disk_cache: bool
     if entry is None and use_disk_cache and cache_file.is_file():
         entry = _load_cache_file(cache_file, size, _common_folder(paths))
     if entry is None:
-        images = torch.empty((len(paths), 1, size, size), dtype=torch.uint8)
-        ok, skipped = [], []
-        for i, p in enumerate(paths):
-            try:
-                images[len(ok)] = resize_to_uint8(read_image(p)[0], size)
-                ok.append(p)
-            except ImageReadError as err:
-                skipped.append((p, str(err)))
-            if progress:
-                progress(i + 1, len(paths))
-        entry = (images[: len(ok)].clone(), ok, skipped)
+        entry = decode_all(paths, size, workers, progress)
         if use_disk_cache:
             _save_cache_file(cache_file, entry, _common_folder(paths))
     elif progress:

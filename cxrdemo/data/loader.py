@@ -24,8 +24,11 @@ class _Batches(Dataset):
 
 
 def make_loader(cached: CachedImages, batch_size: int, *, balance: str = "sampler", shuffle: bool = True,
-                seed: int = 0) -> DataLoader:
-    """Batches of (uint8 Bx1xSxS, int64 labels); balance='sampler' draws classes equally often when shuffling."""
+                seed: int = 0, pin_memory: bool = False) -> DataLoader:
+    """Batches of (uint8 Bx1xSxS, int64 labels); balance='sampler' draws classes equally often when shuffling.
+
+    pin_memory: page-locked batches, for a GPU: their copy to the device can then run asynchronously.
+    """
     n = len(cached.labels)
     if n == 0:
         raise DatasetError("There are no images to load (every file was skipped).")
@@ -39,7 +42,8 @@ def make_loader(cached: CachedImages, batch_size: int, *, balance: str = "sample
     else:
         sampler = torch.utils.data.SequentialSampler(range(n))
     batches = torch.utils.data.BatchSampler(sampler, batch_size, drop_last=False)
-    return DataLoader(_Batches(cached.images, cached.labels), sampler=batches, batch_size=None, num_workers=0)
+    return DataLoader(_Batches(cached.images, cached.labels), sampler=batches, batch_size=None, num_workers=0,
+                      pin_memory=pin_memory)
 
 
 def class_weights(labels: torch.Tensor, num_classes: int) -> torch.Tensor:

@@ -90,11 +90,9 @@ class BackboneSpec:
     cam_layer: Callable[[Net], nn.Module]
     torchvision_name: str | None = None  # None: from-scratch CNN, no ImageNet weights
     stage_names: tuple[str, ...] = ()
-    # Measured per backbone by benchmarks/bench_precision.py (2-core AMX Xeon, 224 px, batch 32): channels-last
-    # was faster for every entry (1.17-2.0x); bf16 autocast 1.5-3.5x for dense convolutions, slower or no better
-    # than channels-last alone for the depthwise MobileNet/EfficientNet.
+    # A hint only, used when a dataset is too small for model/speed's timed trial (which decides layout and
+    # arithmetic on the machine at hand): channels-last was faster for every entry on a 2-core AMX Xeon.
     channels_last: bool = True
-    bf16: bool = True
 
     @property
     def supports_imagenet(self) -> bool:
@@ -235,9 +233,9 @@ for _spec in (
     BackboneSpec("inception_v3", "Inception-v3 (Kermany et al.)", _inception_v3, lambda n: n.trunk[-1][-1],
                  "inception_v3", ("stem", "mixed5", "mixed6", "mixed7")),
     BackboneSpec("mobilenet_v3_small", "MobileNet-v3 small", _mobilenet_v3_small, _last, "mobilenet_v3_small",
-                 ("stem", "stage1", "stage2", "stage3", "stage4"), bf16=False),
+                 ("stem", "stage1", "stage2", "stage3", "stage4")),
     BackboneSpec("efficientnet_b0", "EfficientNet-B0", _efficientnet_b0, _last, "efficientnet_b0",
-                 ("stem", "stage1", "stage2", "stage3", "stage4", "stage5"), bf16=False),
+                 ("stem", "stage1", "stage2", "stage3", "stage4", "stage5")),
 ):
     register(_spec)
 

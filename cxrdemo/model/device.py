@@ -1,4 +1,4 @@
-"""Where and how training computes: the device, the CPU threads, the mixed-precision policy."""
+"""Where training computes: the device, the CPU threads, the autocast context (model/speed chooses the arithmetic)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import os
 import torch
 
 from cxrdemo.errors import ConfigError
-from cxrdemo.model import backbones
 
 
 def default_threads() -> int:
@@ -37,24 +36,6 @@ def choose_device() -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"CXRDEMO_DEVICE={env!r} asks for a GPU, but this machine has no usable CUDA GPU.")
     return device
-
-
-def choose_precision(precision: str, device: torch.device, backbone: str) -> torch.dtype | None:
-    """The autocast dtype for training (None = plain float32).
-
-    auto: bfloat16 where the hardware runs it natively and the backbone gains from it: CUDA GPUs with bf16,
-    and CPUs with AMX for backbones of dense convolutions (2-3x faster per step, benchmarks/bench_precision.py);
-    depthwise backbones (MobileNet, EfficientNet) gain nothing from bf16 on a CPU and stay float32.
-    Weights, optimiser state and everything after training (threshold, test, prediction) stay float32.
-    """
-    if precision == "fp32":
-        return None
-    if precision == "bf16":
-        return torch.bfloat16
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-    amx = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
-    return torch.bfloat16 if amx and backbones.get_spec(backbone).bf16 else None
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None):

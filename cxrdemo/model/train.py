@@ -24,8 +24,16 @@ from cxrdemo.data.marker import burn_marker, mark_images
 from cxrdemo.data.naming import image_names
 from cxrdemo.data.scan import relative_path
 from cxrdemo.errors import Cancelled, ConfigError
-from cxrdemo.model import backbones, checkpoint, metrics, predictions, probes, trust
-from cxrdemo.model.device import autocast, choose_device, choose_precision, set_threads
+from cxrdemo.model import (
+    backbones,
+    checkpoint,
+    metrics,
+    predictions,
+    probes,
+    speed,
+    trust,
+)
+from cxrdemo.model.device import autocast, choose_device, set_threads
 
 
 @dataclass
@@ -166,10 +174,13 @@ class _Inputs:
         self.device = device
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self.augment is not None:
-            x = self.augment(x, self.generator)  # on the CPU: its random numbers come from a CPU generator
         if self.device is not None:
-            x = x.to(self.device, non_blocking=True)  # uint8 crosses the bus, 4x less than float
+            # uint8 crosses the bus (4x less than float), from pinned memory on a GPU so the copy overlaps.
+            x = x.to(self.device, non_blocking=True)
+        if self.augment is not None:
+            # On the model's device (a GPU's cores, not the host's few); its random numbers still come from the
+            # CPU generator, so a seed gives the same augmentation on every device.
+            x = self.augment(x, self.generator)
         x = data.normalize_batch(x, self.pre.mean, self.pre.std)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
@@ -188,16 +199,22 @@ def fit(config: TrainConfig, run_dir: Path, progress: ProgressFn | None = None,
     torch.manual_seed(config.seed)
     np.random.seed(config.seed)
     pre = preprocessing_for(config)
-    scan, cache = _read_dataset(config, pre, say)
+    scan, cache = _read_dataset(config, pre, say, threads)
     classes = scan.classes
     net, init_note = build_model(config, classes, source)
-    channels_last = backbones.get_spec(config.backbone).channels_last
+    device = choose_device()
+    net.set_freeze(backbones.frozen_groups(config.freeze, config.backbone, 1))  # the trial times epoch 1's work
+    say(Progress("prepare", message="Choosing arithmetic and memory layout (a short timed trial, remembered)"))
+    how = speed.choose(net, device, precision=config.precision, backbone=config.backbone, img_size=config.img_size,
+                       batch_size=config.batch_size, n_classes=len(classes),
+                       batches_per_epoch=math.ceil(len(cache["train"].labels) / config.batch_size),
+                       hint_channels_last=backbones.get_spec(config.backbone).channels_last)
+    channels_last, amp = how.channels_last, how.amp
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
-    device = choose_device()
     net = net.to(device)  # before the optimiser is made: it must hold the device's parameters
-    amp = choose_precision(config.precision, device, config.backbone)
-    say(Progress("prepare", meta=_run_meta(scan.summary(), scan.root, threads, init_note, cache, device, amp, channels_last)))
+    say(Progress("prepare", meta=_run_meta(scan.summary(), scan.root, threads, init_note, cache, device, amp,
+                                           channels_last, how.record())))
     n_trunk = len(net.trunk)
     augment = data.make_augment(config.augment, config.img_size)
     gen = torch.Generator().manual_seed(config.seed)
@@ -231,14 +248,15 @@ def fit(config: TrainConfig, run_dir: Path, progress: ProgressFn | None = None,
                     say(Progress("prepare", epoch, config.epochs, message="Computing trunk features once"))
                     feature_cache = {s: _trunk_features(net, c.images, plain, amp) for s, c in cache.items()}
                 f_loader = data.make_loader(data.CachedImages(feature_cache["train"], y_train, [], []),
-                                            config.batch_size, balance=config.balance, seed=config.seed + epoch)
+                                            config.batch_size, balance=config.balance, seed=config.seed + epoch,
+                                            pin_memory=device.type == "cuda")
                 tr_loss, tr_acc, seen = train_one_epoch(net.head, f_loader, to_device, opt, loss_fn, report,
                                                         should_stop, after_step, amp)
                 ev_model, ev_x, ev_inputs, path = ((ema.module if ema else net).head, feature_cache["val"], to_device,
                                                    "cached-features")
             else:
                 loader = data.make_loader(cache["train"], config.batch_size, balance=config.balance,
-                                          seed=config.seed + epoch)
+                                          seed=config.seed + epoch, pin_memory=device.type == "cuda")
                 tr_loss, tr_acc, seen = train_one_epoch(net, loader, train_inputs, opt, loss_fn, report, should_stop,
                                                         after_step, amp)
                 ev_model, ev_x, ev_inputs, path = (ema.module if ema else net), cache["val"].images, plain, "full"
@@ -279,8 +297,8 @@ def fit(config: TrainConfig, run_dir: Path, progress: ProgressFn | None = None,
     return finish(run_dir, config, classes, cache, best_epoch, say, root=scan.root)
 
 
-def _read_dataset(config: TrainConfig, pre: checkpoint.Preprocessing,
-                  say: ProgressFn) -> tuple[data.DatasetScan, dict[str, data.CachedImages]]:
+def _read_dataset(config: TrainConfig, pre: checkpoint.Preprocessing, say: ProgressFn,
+                  threads: int = 1) -> tuple[data.DatasetScan, dict[str, data.CachedImages]]:
     """Scan the dataset and decode each split once, preprocessed by the record the model will carry."""
     say(Progress("prepare", message="Scanning the dataset"))
     scan = data.scan_dataset(config.data, seed=config.split_seed, max_per_split=config.max_images,
@@ -289,7 +307,7 @@ def _read_dataset(config: TrainConfig, pre: checkpoint.Preprocessing,
     for split in ("train", "val", "test"):
         if scan.splits.get(split):
             say(Progress("prepare", message=f"Decoding {split} images (once; cached for later runs)"))
-            cache[split] = data.load_images(scan.splits[split], pre.img_size)
+            cache[split] = data.load_images(scan.splits[split], pre.img_size, workers=threads)
             if pre.intensity != "none":
                 c = cache[split]
                 cache[split] = data.CachedImages(data.adjust_intensity(c.images, pre.intensity), c.labels,
@@ -401,11 +419,11 @@ def finish(run_dir: Path, config: TrainConfig, classes: tuple[str, ...], cache: 
 
 
 def _run_meta(scan_summary: dict, root: str, threads: int, init_note: str, cache: dict, device: torch.device,
-              amp: torch.dtype | None, channels_last: bool) -> dict:
+              amp: torch.dtype | None, channels_last: bool, speed_trial: dict | None = None) -> dict:
     """What the run's config.json records about how it trained."""
     decode_skips = [(relative_path(p, root), r) for c in cache.values() for p, r in c.skipped]
     return dict(dataset=scan_summary, threads=threads, init_note=init_note, device=str(device),
                 precision="bfloat16 mixed precision" if amp is not None else "float32",
-                memory_format="channels-last" if channels_last else "contiguous",
+                memory_format="channels-last" if channels_last else "contiguous", speed_trial=speed_trial or {},
                 decode_skipped=[{"path": p, "reason": r} for p, r in decode_skips[:50]],
                 n_decode_skipped=len(decode_skips))

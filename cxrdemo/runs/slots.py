@@ -208,6 +208,8 @@ def run_worker(run_dir: str | Path, max_jobs: int | None = None,
     d = Path(run_dir).resolve()
     with contextlib.suppress(OSError, AttributeError, ValueError):
         os.nice(int(os.environ.get("CXRDEMO_JOB_NICE", "5")))  # the app stays responsive while a job trains
+    # Jobs x threads <= cores: the training process sizes its torch and decode threads by the slot count.
+    os.environ["CXRDEMO_MAX_JOBS"] = str(int(max_jobs or default_max_jobs()))
     slot = wait_for_slot(d, max_jobs)
     if slot is None:
         return {**lifecycle.read_status(d), "claimed": False}
