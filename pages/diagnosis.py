@@ -168,10 +168,10 @@ if not rad.looks_like_cxr:
     st.warning(rad.warning, icon="🩻")
 if a.in_domain is False:  # the features say what the pixels' statistics could not: unlike the training images
     st.warning(a.domain_sentence, icon="🧭")
-if not rad.looks_like_cxr or a.in_domain is False:
-    # one acknowledgement per image: a second odd image is not run on the first one's say-so
-    if not st.checkbox("I understand: run the model on this image anyway", key=f"run_anyway_{rad.digest[:16]}"):
-        st.stop()
+# one acknowledgement per image: a second odd image is not run on the first one's say-so
+if (not rad.looks_like_cxr or a.in_domain is False) and not st.checkbox(
+        "I understand: run the model on this image anyway", key=f"run_anyway_{rad.digest[:16]}"):
+    st.stop()
 
 key_target = None if target == PREDICTED else target
 with ui.friendly_errors("The prediction"):

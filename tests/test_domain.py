@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 import torch
 
+from cxrdemo.errors import RunError
 from cxrdemo.model import domain
+from cxrdemo.model.backbones import build_backbone
 from cxrdemo.model.domain import (
     DomainRecord,
     domain_sentence,
@@ -16,8 +18,6 @@ from cxrdemo.model.domain import (
     in_domain,
     score_domain,
 )
-from cxrdemo.errors import RunError
-from cxrdemo.model.backbones import build_backbone
 
 
 def gaussian_classes(rng: np.random.Generator, n_per_class: int, n_classes: int, dim: int,

@@ -148,9 +148,7 @@ def cmd_calibrate(args) -> int:
 
 
 def cmd_demo_model(args) -> int:
-    from cxrdemo.cli.demo_model import build_demo_model
-
-    from cxrdemo.cli.demo_model import parse_eval
+    from cxrdemo.cli.demo_model import build_demo_model, parse_eval
 
     evals = [parse_eval(spec) for spec in args.eval]
     overrides = {k: v for k, v in (("epochs", args.epochs), ("threads", args.threads)) if v is not None}
