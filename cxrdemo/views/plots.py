@@ -184,7 +184,8 @@ def probability_figure(classes: tuple[str, ...] | list[str], probs: np.ndarray, 
                            text=[f"{100 * float(p):.1f}%" for p in probs], textposition="auto",
                            hovertemplate="%{y}: %{x:.1%}<extra></extra>"))
     if threshold is not None and len(classes) == 2 and 0 <= threshold <= 1:
-        fig.add_shape(type="line", x0=threshold, x1=threshold, y0=0.5, y1=1.5, line={"color": "#c0392b", "width": 3, "dash": "dash"}, name="decision threshold")
+        fig.add_shape(type="line", x0=threshold, x1=threshold, y0=0.5, y1=1.5, name="decision threshold",
+                      line={"color": "#c0392b", "width": 3, "dash": "dash"})
         fig.add_annotation(x=threshold, y=1.5, text=f"threshold {100 * threshold:.1f}%", showarrow=False,
                            yanchor="bottom", font={"color": "#c0392b"})
     fig.update_layout(xaxis={"range": [0, 1], "tickformat": ".0%", "title": "Probability (calibrated)"},
