@@ -195,7 +195,7 @@ def probability_figure(classes: tuple[str, ...] | list[str], probs: np.ndarray, 
 
 
 def reliability_figure(test: dict) -> go.Figure:
-    """Reliability diagram of a run's test split before and after calibration (top label, 15 bins), ECE in the legend."""
+    """Reliability diagram of a run's test split before and after calibration (top label, 15 bins), with ECE."""
     from cxrdemo.model import calibration
 
     y = np.asarray(test.get("y_true") or [])
