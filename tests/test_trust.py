@@ -58,7 +58,8 @@ def test_records_are_fitted_read_back_and_never_change_a_verdict(patch_model):
         cal = metrics.predict_labels(fitted.probabilities(logits), trust.calibrated_threshold(cut, fitted.temperature))
         assert np.array_equal(raw, cal)
     m = trust.trust_metrics(logits, y.numpy(), fitted, 0.5, patch_model.classes, resamples=200)
-    assert m["calibration"]["ece_before_ci"][0] <= m["calibration"]["ece_before"] <= m["calibration"]["ece_before_ci"][1]
+    c = m["calibration"]
+    assert c["ece_before_ci"][0] <= c["ece_before"] <= c["ece_before_ci"][1]
     assert [c["level"] for c in m["coverage"]] == [0.9, 0.95]
     assert all(c["coverage"] >= c["conformal_coverage"] and 1 <= c["mean_size"] <= 2 for c in m["coverage"])
 

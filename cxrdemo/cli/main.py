@@ -168,7 +168,8 @@ def cmd_calibrate(args) -> int:
     model = add_trust_records(args.run, _runs_dir(args), args.data, say)
     r = model.records
     print(_json({"run": args.run, "temperature": r["calibration"]["temperature"],
-                 "conformal": [{k: c[k] for k in ("level", "qhat", "n", "ok", "reason")} for c in r["conformal"]["levels"]],
+                 "conformal": [{k: c[k] for k in ("level", "qhat", "n", "ok", "reason")}
+                               for c in r["conformal"]["levels"]],
                  "domain": {k: r["domain"][k] for k in ("method", "cutoff", "quantile", "n_train", "n_val")}}))
     return 0
 

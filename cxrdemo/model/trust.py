@@ -126,7 +126,8 @@ def trust_metrics(logits: np.ndarray, labels: np.ndarray, trust: Trust, threshol
     lo_a, hi_a = calibration.ece_interval(cal, labels, resamples)
     return {
         "calibration": {"temperature": trust.temperature,
-                        "ece_before": calibration.expected_calibration_error(raw, labels), "ece_before_ci": [lo_b, hi_b],
+                        "ece_before": calibration.expected_calibration_error(raw, labels),
+                        "ece_before_ci": [lo_b, hi_b],
                         "ece_after": calibration.expected_calibration_error(cal, labels), "ece_after_ci": [lo_a, hi_a]},
         "coverage": [coverage(cal, labels, verdicts, rec, classes) for _, rec in sorted(trust.conformal.items())],
     }

@@ -7,8 +7,8 @@ The weights are untouched; model/checkpoint rewrites the file with the records a
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from cxrdemo import data
 from cxrdemo.errors import DatasetError, RunError

@@ -204,25 +204,25 @@ def probability_figure(classes: tuple[str, ...] | list[str], probs: np.ndarray, 
                            text=[f"{100 * float(p):.1f}%" for p in probs], textposition="auto",
                            hovertemplate="%{y}: %{x:.1%}<extra></extra>"))
     if threshold is not None and len(classes) == 2 and 0 <= threshold <= 1:
-        fig.add_shape(type="line", x0=threshold, x1=threshold, y0=0.5, y1=1.5, line=dict(color="#c0392b", width=3,
-                      dash="dash"), name="decision threshold")
+        fig.add_shape(type="line", x0=threshold, x1=threshold, y0=0.5, y1=1.5, name="decision threshold",
+                      line={"color": "#c0392b", "width": 3, "dash": "dash"})
         fig.add_annotation(x=threshold, y=1.5, text=f"threshold {100 * threshold:.1f}%", showarrow=False,
-                           yanchor="bottom", font=dict(color="#c0392b"))
-    fig.update_layout(xaxis=dict(range=[0, 1], tickformat=".0%", title="Probability (calibrated)"),
-                      yaxis=dict(autorange="reversed"), height=100 + 40 * len(classes),
-                      margin=dict(l=10, r=10, t=20, b=10), showlegend=False)
+                           yanchor="bottom", font={"color": "#c0392b"})
+    fig.update_layout(xaxis={"range": [0, 1], "tickformat": ".0%", "title": "Probability (calibrated)"},
+                      yaxis={"autorange": "reversed"}, height=100 + 40 * len(classes),
+                      margin={"l": 10, "r": 10, "t": 20, "b": 10}, showlegend=False)
     return fig
 
 
 def reliability_figure(test: dict) -> go.Figure:
-    """Reliability diagram of a run's test split before and after calibration (top label, 15 bins), ECE in the legend."""
+    """Reliability diagram of a run's test split before and after calibration (top label, 15 bins), with ECE."""
     from cxrdemo.model import calibration
 
     y = np.asarray(test.get("y_true") or [])
     if not len(y) or not test.get("calibrated_probs"):
         return _empty("No calibrated test probabilities: train again, or add them with `calibrate`.",
                       "Reliability")
-    fig = go.Figure(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(dash="dot", color="#888"),
+    fig = go.Figure(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line={"dash": "dot", "color": "#888"},
                                name="perfectly calibrated"))
     for key, name, colour in (("probs", "before", "#a7b8cc"), ("calibrated_probs", "after", "#1f5fa8")):
         p = np.asarray(test[key], dtype=np.float64)
@@ -230,10 +230,10 @@ def reliability_figure(test: dict) -> go.Figure:
         curve = calibration.reliability_curve(p, y)
         ece = calibration.expected_calibration_error(p, y)
         fig.add_trace(go.Scatter(x=curve["confidence"], y=curve["accuracy"], mode="lines+markers", name=
-                                 f"{name} calibration (ECE {ece:.3f})", line=dict(color=colour),
+                                 f"{name} calibration (ECE {ece:.3f})", line={"color": colour},
                                  customdata=curve["count"], hovertemplate="confidence %{x:.2f}: accuracy %{y:.2f} "
                                  "(%{customdata} images)<extra></extra>"))
-    fig.update_layout(xaxis=dict(range=[0, 1], title="Confidence in the top class"),
-                      yaxis=dict(range=[0, 1], title="Share correct"), height=360, title="Reliability",
-                      margin=dict(l=10, r=10, t=40, b=10))
+    fig.update_layout(xaxis={"range": [0, 1], "title": "Confidence in the top class"},
+                      yaxis={"range": [0, 1], "title": "Share correct"}, height=360, title="Reliability",
+                      margin={"l": 10, "r": 10, "t": 40, "b": 10})
     return fig
