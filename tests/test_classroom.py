@@ -80,6 +80,7 @@ def test_refused_folders_all_say_the_same(tmp_path):
         assert str(err.value) == cls.REFUSED, path
     assert policy.check_folder(str(allowed / "empty")) == str(allowed.resolve() / "empty")
     assert policy.check_folder("demo") == "demo"
+    assert policy.check_folder("lesson:bacteria_virus") == "lesson:bacteria_virus"  # built-in sets by name
     assert cls.Classroom().check_folder("/etc") == "/etc"  # a desktop: any folder, as today
 
 

@@ -85,6 +85,13 @@ def data_roots(env: Mapping[str, str] | None = None) -> tuple[Path, ...]:
     return tuple(Path(os.path.realpath(Path(p).expanduser())) for p in raw) or (Path(os.path.realpath(DEMO_DATA_DIR)),)
 
 
+def _built_in(data: str) -> bool:
+    # Sets shipped with the package are named, never typed as folders: 'demo' and 'lesson:<set>' (as
+    # paths.is_builtin_data on main); they are always allowed.
+    text = str(data).strip().lower()
+    return text == "demo" or text.startswith("lesson:")
+
+
 def _within(path: Path, roots: Iterable[Path]) -> bool:
     return any(path == r or r in path.parents for r in roots)
 
@@ -144,7 +151,7 @@ class Classroom:
 
     def check_folder(self, path: str) -> str:
         """The folder to scan: as typed on a desktop; in classroom mode resolved and inside the allow-list, or REFUSED."""
-        if not self.on or str(path).strip().lower() == "demo":
+        if not self.on or _built_in(path):
             return path
         try:
             real = Path(os.path.realpath(Path(path).expanduser()))
@@ -157,7 +164,7 @@ class Classroom:
 
     def check_recipe(self, config: TrainConfig) -> None:
         """ConfigError naming every classroom limit a student's recipe exceeds (the data folder for everyone)."""
-        if self.on and config.data.strip().lower() != "demo":
+        if self.on and not _built_in(config.data):
             self.check_folder(config.data)
         if not self.student:
             return
