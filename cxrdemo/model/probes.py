@@ -117,7 +117,8 @@ def _eval_without_grads(net: torch.nn.Module) -> Iterator[None]:
 def _cam(model: torch.nn.Module, layer: torch.nn.Module, x: torch.Tensor, size: int,
          owner: torch.nn.Module) -> tuple[np.ndarray, np.ndarray]:
     """(probabilities, Grad-CAM of each predicted class at HEATMAP_PX) of `model` on `x`; `owner` holds its flags."""
-    from pytorch_grad_cam import GradCAM  # here: a run with probes off, and the worker's start, never load it
+    # imported here: a run with probes off, and a worker starting up, never load it
+    from pytorch_grad_cam import GradCAM
 
     with torch.inference_mode(False), torch.enable_grad(), _eval_without_grads(owner):
         hook = layer.register_forward_hook(_grad_from_here, prepend=True)
