@@ -38,7 +38,11 @@ def main() -> int:
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--probes", type=int, default=3)
+    ap.add_argument("--isolated", action="store_true",
+                    help="only time the probe step itself (wall and CPU seconds, 5 repeats): no training")
     args = ap.parse_args()
+    if args.isolated:
+        return isolated(args)
     tmp = tempfile.mkdtemp(prefix="bench_probes_")
     os.environ["CXRDEMO_RUNS_DIR"] = str(Path(tmp) / "runs")
     os.environ.setdefault("CXRDEMO_CACHE_DIR", str(Path(tmp) / "cache"))  # a set one is reused: no second decode
@@ -56,6 +60,29 @@ def main() -> int:
         for r in rows:
             print(f"| {freeze} | {r['epoch']} | {r['path']} | {r['seconds']:.2f} | {r['probe_s']:.3f} | "
                   f"{100 * r['probe_s'] / r['seconds']:.1f}% |", flush=True)
+    return 0
+
+
+def isolated(args) -> int:
+    """The probe step alone on a fresh network: min wall seconds and CPU seconds per call (load-independent)."""
+    import time
+
+    import torch
+
+    from cxrdemo.model import backbones, probes
+
+    torch.set_num_threads(2)
+    net = backbones.build_backbone(args.backbone, 2)
+    x = torch.randn(2 * args.probes, 3, args.size, args.size)
+    print(f"cpu: {cpu_model()}, {os.cpu_count()} cores; load average {os.getloadavg()[0]:.1f}")
+    walls, cpus = [], []
+    for _ in range(5):
+        w, c = time.perf_counter(), time.process_time()
+        probes.heatmaps(net, x)
+        walls.append(time.perf_counter() - w)
+        cpus.append(time.process_time() - c)
+    print(f"{args.backbone} {2 * args.probes} probes at {args.size} px: wall min {min(walls):.3f} s, "
+          f"CPU {min(cpus):.3f} s (over {torch.get_num_threads()} threads)")
     return 0
 
 

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from pytorch_grad_cam import GradCAM
 
 from cxrdemo import fileio
 from cxrdemo.config import TrainConfig
@@ -39,6 +38,7 @@ class Panel:
 
     folder: Path
     images: torch.Tensor  # uint8 P x 1 x S x S, preprocessed like the validation split
+    activations: torch.Tensor | None = None  # at the CAM layer, kept while the whole trunk is frozen
 
 
 @dataclass(frozen=True)
@@ -114,25 +114,72 @@ def _eval_without_grads(net: torch.nn.Module) -> Iterator[None]:
         net.train(was_training)
 
 
-def heatmaps(net: backbones.Net, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """(probabilities P x K, Grad-CAM of each image's predicted class P x HEATMAP_PX x HEATMAP_PX uint8)."""
-    layer = backbones.cam_target_layer(net)
-    with torch.inference_mode(False), torch.enable_grad(), _eval_without_grads(net):
+def _cam(model: torch.nn.Module, layer: torch.nn.Module, x: torch.Tensor, size: int,
+         owner: torch.nn.Module) -> tuple[np.ndarray, np.ndarray]:
+    """(probabilities, Grad-CAM of each predicted class at HEATMAP_PX) of `model` on `x`; `owner` holds its flags."""
+    # imported here: a run with probes off, and a worker starting up, never load it
+    from pytorch_grad_cam import GradCAM
+
+    with torch.inference_mode(False), torch.enable_grad(), _eval_without_grads(owner):
         hook = layer.register_forward_hook(_grad_from_here, prepend=True)
         try:
-            with GradCAM(model=net, target_layers=[layer]) as cam:
+            with GradCAM(model=model, target_layers=[layer]) as cam:
                 maps = cam(input_tensor=x.clone(), targets=None)  # None: each image's highest-scoring class
                 logits = cam.outputs.detach().float().cpu()
         finally:
             hook.remove()
-    maps = torch.from_numpy(np.nan_to_num(np.asarray(maps, dtype=np.float32))).clamp(0, 1)[:, None] * 255
-    return torch.softmax(logits, 1).numpy(), _shrink(maps, HEATMAP_PX)
+    maps = torch.from_numpy(np.nan_to_num(np.asarray(maps, dtype=np.float32))).clamp(0, 1)[:, None]
+    if maps.shape[-1] != size:  # a map at the CAM layer's resolution: to the image's, as the library does
+        maps = torch.nn.functional.interpolate(maps, size=(size, size), mode="bilinear", align_corners=False)
+    return torch.softmax(logits, 1).numpy(), _shrink(maps * 255, HEATMAP_PX)
 
 
-def record_epoch(panel: Panel, net: backbones.Net, inputs, epoch: int) -> float:
-    """Write probes/epoch-NNN.npz for `net` after `epoch`; returns the seconds it took."""
+def heatmaps(net: backbones.Net, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """(probabilities P x K, Grad-CAM of each image's predicted class P x HEATMAP_PX x HEATMAP_PX uint8)."""
+    return _cam(net, backbones.cam_target_layer(net), x, x.shape[-1], net)
+
+
+def _suffix(net: backbones.Net) -> torch.nn.Sequential | None:
+    """CAM layer -> logits as a network of its own (an Identity standing for the CAM layer), or None."""
+    layer, last = backbones.cam_target_layer(net), net.trunk[-1]
+    children = list(last.children()) if isinstance(last, torch.nn.Sequential) else []
+    if not any(c is layer for c in children):
+        return None
+    rest = children[next(i for i, c in enumerate(children) if c is layer) + 1:]
+    return torch.nn.Sequential(torch.nn.Identity(), *rest, net.pool, net.head)
+
+
+def _activations(net: backbones.Net, x: torch.Tensor) -> torch.Tensor:
+    """The CAM layer's output for `x`, in eval mode."""
+    found: list[torch.Tensor] = []
+    hook = backbones.cam_target_layer(net).register_forward_hook(lambda m, a, out: found.append(out.detach()))
+    was_training = net.training
+    try:
+        net.eval()
+        with torch.inference_mode(False), torch.no_grad():
+            net(x.clone())
+    finally:
+        hook.remove()
+        net.train(was_training)
+    return found[0].clone()
+
+
+def record_epoch(panel: Panel, net: backbones.Net, inputs, epoch: int, trunk_frozen: bool = False) -> float:
+    """Write probes/epoch-NNN.npz for `net` after `epoch`; returns the seconds it took.
+
+    With the whole trunk frozen the CAM layer's output cannot change: it is computed once, and each epoch
+    runs Grad-CAM on the few layers from there to the logits only (head-only training stays cheap).
+    """
     t0 = time.perf_counter()
-    probs, maps = heatmaps(net, inputs(panel.images))
+    x = inputs(panel.images)
+    suffix = _suffix(net) if trunk_frozen else None
+    if suffix is None:
+        panel.activations = None
+        probs, maps = heatmaps(net, x)
+    else:
+        if panel.activations is None:
+            panel.activations = _activations(net, x)
+        probs, maps = _cam(suffix, suffix[0], panel.activations, x.shape[-1], net)
     _save(panel.folder / f"epoch-{epoch:03d}.npz", probs=probs.astype(np.float32), heatmaps=maps)
     return round(time.perf_counter() - t0, 4)
 

@@ -281,7 +281,8 @@ def fit(config: TrainConfig, run_dir: Path, progress: ProgressFn | None = None,
                 bad_epochs += 1
             if panel is not None:
                 # the network the epoch validated (the weight average when there is one), whole, in eval mode
-                row["probe_s"] = probes.record_epoch(panel, ema.module if ema else net, plain, epoch)
+                row["probe_s"] = probes.record_epoch(panel, ema.module if ema else net, plain, epoch,
+                                                     trunk_frozen=n_frozen == n_trunk)
             say(Progress("val", epoch, config.epochs, message=f"Epoch {epoch} done", row=row))
             if config.patience and bad_epochs >= config.patience:
                 say(Progress("val", epoch, config.epochs,
