@@ -44,7 +44,7 @@ def _utilisation() -> float | None:
     except (RuntimeError, ModuleNotFoundError, AttributeError):
         try:
             out = subprocess.run(["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits",
-                                  "-i", str(torch.cuda.current_device())], capture_output=True, text=True, timeout=5)
+                                  "-i", str(torch.cuda.current_device())], capture_output=True, text=True, timeout=5, check=False)
             return float(out.stdout.split()[0])
         except (OSError, ValueError, IndexError, subprocess.TimeoutExpired):
             return None

@@ -11,7 +11,7 @@ from cxrdemo.runs import jobs, ray_backend
 from cxrdemo.runs.lifecycle import log_tail
 from cxrdemo.views import trainer as tv
 from cxrdemo.views import trainer_form as form
-from cxrdemo.views import words
+from cxrdemo.views import sweep_cost, words
 from pages import ui
 
 SPECS = {spec.name: spec for spec in form.widget_specs()}
@@ -139,6 +139,9 @@ with st.expander("Sweep: queue a grid of backbones × freeze levels"):
             configs, notes = form.sweep_configs(form.make_config(recipe), sweep_nets, sweep_freezes)
     for n in notes:
         st.caption(n)
+    if ds is not None and configs:
+        totals = ds.summary()["totals"]
+        st.caption(sweep_cost.sweep_cost_text(configs, totals.get("train", 0), totals.get("val", 0)))
     if st.button(f"Queue {len(configs)} run(s)", disabled=ds is None or not configs, key="sweep"):
         with ui.friendly_errors("Queueing the sweep"):
             ids = [jobs.submit(c, root, name=name or "sweep", **where) for c in configs]
