@@ -17,7 +17,8 @@ only). `--quick` is 96 images at 64 px over 6 epochs (median of 5): with 3 epoch
 to be, each ratio rested on 4 timed steps of a few tens of milliseconds.
 
 Before training it times the engine's one-off decode of the train split (data.cache.decode_all) with one
-thread and with THREADS threads: decode images/s serial vs parallel. It prints the load average at the
+thread and with THREADS threads, after one untimed pass that brings the files into the page cache:
+decode images/s serial vs parallel. It prints the load average at the
 start and the end: on a shared machine every figure is only as good as that.
 
 Memory: a sampler thread reads this process's resident set size from /proc/self/statm every 2 ms; a
@@ -192,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     files = {os.path.abspath(p) for p, _ in scan.splits["train"]}
     print(f"images: {len(files)}\nimg_size: {size}\nbatch: {batch}\nepochs: {epochs}\n"
           f"load_average_start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    data.cache.decode_all(sorted(files), size, THREADS)  # warm the page cache: both timings then read from memory
     for workers in (1, THREADS):  # the one-off decode, serial vs parallel (no disk cache: nothing written)
         t0 = time.perf_counter()
         decoded = data.cache.decode_all(sorted(files), size, workers)

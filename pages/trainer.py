@@ -9,7 +9,7 @@ from cxrdemo import data
 from cxrdemo.model import backbones
 from cxrdemo.runs import jobs, ray_backend, slots
 from cxrdemo.runs.lifecycle import log_tail
-from cxrdemo.views import card, words
+from cxrdemo.views import card, sweep_cost, words
 from cxrdemo.views import classroom as cls
 from cxrdemo.views import trainer as tv
 from cxrdemo.views import trainer_form as form
@@ -217,6 +217,9 @@ with st.expander("Sweep: queue a grid of backbones × freeze levels (× seeds)")
             configs, notes = form.sweep_configs(base, sweep_nets, sweep_freezes, sweep_seeds)
     for n in notes:
         st.caption(n)
+    if ds is not None and configs:
+        totals = ds.summary()["totals"]
+        st.caption(sweep_cost.sweep_cost_text(configs, totals.get("train", 0), totals.get("val", 0)))
     if st.button(f"Queue {len(configs)} run(s)", disabled=ds is None or not configs, key="sweep"):
         with ui.friendly_errors("Queueing the sweep"):
             policy.check_sweep(len(configs))

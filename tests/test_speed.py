@@ -71,11 +71,15 @@ def test_trial_measures_every_candidate_and_leaves_weights_and_random_state_alon
 
 
 def test_trial_keeps_to_a_tenth_of_an_epoch(monkeypatch):
-    # 3 batches an epoch: 7 steps of trial would cost more than 10% of an epoch, so none is timed after the first.
+    # 3 batches an epoch: 8 steps of trial would cost more than 10% of an epoch, so not one step is spent.
     calls = []
     real = speed._Step.__call__
     monkeypatch.setattr(speed._Step, "__call__", lambda self: calls.append(1) or real(self))
     choice = speed.measure(_net(), CPU, speed.candidates("auto", CPU), 4, 32, 2, batches_per_epoch=3)
+    assert choice.source == "not measured" and calls == []
+    # 100 batches: the step count fits, but a first step costing more than the budget's share stops it there.
+    monkeypatch.setattr(speed, "MAX_TRIAL_S", 1e-9)
+    choice = speed.measure(_net(), CPU, speed.candidates("auto", CPU), 4, 32, 2, batches_per_epoch=100)
     assert choice.source == "not measured" and len(calls) == 1
     made = speed.choose(_net(), CPU, precision="auto", backbone="cnn5", img_size=32, batch_size=4, n_classes=2,
                         batches_per_epoch=3, hint_channels_last=True)

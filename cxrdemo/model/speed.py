@@ -179,6 +179,9 @@ def measure(net: nn.Module, device: torch.device, cands: list[Candidate], batch_
     """Time each candidate on a copy of `net` (its freeze state kept) within the budget; the fastest wins."""
     max_s = MAX_TRIAL_S if max_s is None else max_s
     start = time.perf_counter()
+    if EPOCH_FRACTION * batches_per_epoch < 2 * len(cands):
+        # Not even a warm-up and one timed step per candidate fit into the share of an epoch: spend nothing.
+        return SpeedChoice(False, False, "not measured", device_model=device_model(device))
     with _RandomState():
         g = torch.Generator().manual_seed(0)
         x = data.normalize_batch(torch.randint(0, 256, (batch_size, 1, img_size, img_size), generator=g,
