@@ -29,7 +29,7 @@ def _charts(at: AppTest) -> list:
 
 def test_page_shows_table_curves_and_mixing_warning(compare_store, monkeypatch):  # noqa: F811
     at = _page(monkeypatch, compare_store["root"])
-    (table,) = at.dataframe
+    table = at.dataframe[0]
     df = table.value
     assert len(df) == 6 and {"run_id", "status", "test_accuracy", "trainable_params"} <= set(df.columns)
     assert set(df.loc[df["status"] == "damaged", "run_id"]) == {compare_store["damaged"]}
