@@ -51,15 +51,15 @@ def choose(rows: list[dict], seed: int) -> list[dict]:
     return chosen
 
 
-def convert(src: Path, dst: Path) -> tuple[int, int]:
-    """Grey, longer side LONG_SIDE (Lanczos), JPEG quality QUALITY; returns the new size."""
+def convert(src: Path, dst: Path, long_side: int = LONG_SIDE, quality: int = QUALITY) -> tuple[int, int]:
+    """Grey, longer side `long_side` (Lanczos), JPEG at `quality`; returns the new size."""
     with Image.open(src) as im:
         im = ImageOps.exif_transpose(im).convert("L")
-        scale = LONG_SIDE / max(im.size)
+        scale = long_side / max(im.size)
         if scale < 1:
             im = im.resize((round(im.width * scale), round(im.height * scale)), Image.Resampling.LANCZOS)
         dst.parent.mkdir(parents=True, exist_ok=True)
-        im.save(dst, "JPEG", quality=QUALITY, optimize=True)
+        im.save(dst, "JPEG", quality=quality, optimize=True)
         return im.size
 
 

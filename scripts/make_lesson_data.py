@@ -19,7 +19,9 @@ import re
 import shutil
 from pathlib import Path
 
-from PIL import Image, ImageOps
+from make_demo_data import (
+    convert,  # the same grey Lanczos JPEG conversion, at this script's size
+)
 
 from cxrdemo.data.scan import patient_key
 
@@ -83,18 +85,6 @@ def choose(rows: list[dict], seed: int) -> list[dict]:
     return chosen
 
 
-def convert(src: Path, dst: Path) -> tuple[int, int]:
-    """Grey, longer side LONG_SIDE (Lanczos), JPEG quality QUALITY; returns the new size."""
-    with Image.open(src) as im:
-        im = ImageOps.exif_transpose(im).convert("L")
-        scale = LONG_SIDE / max(im.size)
-        if scale < 1:
-            im = im.resize((round(im.width * scale), round(im.height * scale)), Image.Resampling.LANCZOS)
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        im.save(dst, "JPEG", quality=QUALITY, optimize=True)
-        return im.size
-
-
 def main(argv: list[str] | None = None) -> None:
     """Rebuild both lesson sets and MANIFEST.csv (README.md is written by hand)."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -110,7 +100,7 @@ def main(argv: list[str] | None = None) -> None:
     manifest = []
     for row in sorted(chosen, key=lambda r: (r["set"], r["split"], r["label"], r["file"])):
         rel = f"{row['set']}/{row['split']}/{row['label']}/{Path(row['file']).with_suffix('.jpg').name}"
-        w, h = convert(args.source / row["file"], args.out / rel)
+        w, h = convert(args.source / row["file"], args.out / rel, LONG_SIDE, QUALITY)
         manifest.append({"file": rel, "set": row["set"], "split": row["split"], "label": row["label"],
                          "patient": row["patient"], "width": w, "height": h, "cxr_large_file": row["file"],
                          "source_repo": row["source_repo"], "source_commit": row["source_commit"],

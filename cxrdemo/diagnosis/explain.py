@@ -7,10 +7,9 @@ the target layer and the logits. For ResNet, DenseNet and EfficientNet that is t
 
 from __future__ import annotations
 
-import contextlib
 import io
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable
 
 import numpy as np
 import torch
@@ -19,6 +18,7 @@ from pytorch_grad_cam import EigenCAM, GradCAM, GradCAMPlusPlus, LayerCAM, Score
 from cxrdemo.diagnosis.predict import LoadedModel, model_input
 from cxrdemo.errors import ConfigError, CxrError
 from cxrdemo.model import backbones
+from cxrdemo.model.autograd import parameters_without_grad
 
 CAM_METHODS: dict[str, type] = {
     "GradCAM": GradCAM,
@@ -76,20 +76,6 @@ def _grad_from_here(module: torch.nn.Module, args, output):
     return None
 
 
-@contextlib.contextmanager
-def _parameters_without_grad(net: torch.nn.Module) -> Iterator[None]:
-    """No parameter gradients during the CAM; each parameter's requires_grad is restored afterwards."""
-    params = list(net.parameters())
-    before = [p.requires_grad for p in params]
-    try:
-        for p in params:
-            p.requires_grad_(False)
-        yield
-    finally:
-        for p, flag in zip(params, before):
-            p.requires_grad_(flag)
-
-
 def method_class(method: str) -> type:
     """The pytorch-grad-cam class called `method`, or a ConfigError listing the known ones."""
     try:
@@ -111,7 +97,7 @@ def explain(model: LoadedModel, image_u8: torch.Tensor, method: str = "GradCAM",
     layer = backbones.cam_target_layer(net)
     grey: np.ndarray | None = None
     # One computation at a time per model: the library's hooks sit on the shared (cached) network.
-    with model.lock, torch.inference_mode(False), torch.enable_grad(), _parameters_without_grad(net):
+    with model.lock, torch.inference_mode(False), torch.enable_grad(), parameters_without_grad(net):
         x = model_input(model, image_u8)  # made here: a caller's inference_mode must not leak into the input
         was_training = net.training
         hook = layer.register_forward_hook(_grad_from_here, prepend=True)  # before the library's own hooks

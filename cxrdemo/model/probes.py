@@ -25,6 +25,7 @@ from cxrdemo.data.cache import CachedImages
 from cxrdemo.data.naming import image_names
 from cxrdemo.errors import RunError
 from cxrdemo.model import backbones
+from cxrdemo.model.autograd import parameters_without_grad
 
 FOLDER = "probes"
 HEATMAP_PX = 32  # a heatmap of 32x32 is what the eye can read at strip size; 1 KB per probe per epoch
@@ -101,16 +102,12 @@ def _grad_from_here(module: torch.nn.Module, args, output):
 @contextlib.contextmanager
 def _eval_without_grads(net: torch.nn.Module) -> Iterator[None]:
     """Eval mode and no parameter gradients for the heatmap; the training flags are restored afterwards."""
-    params = list(net.parameters())
-    before, was_training = [p.requires_grad for p in params], net.training
+    was_training = net.training
     try:
         net.eval()
-        for p in params:
-            p.requires_grad_(False)
-        yield
+        with parameters_without_grad(net):
+            yield
     finally:
-        for p, flag in zip(params, before):
-            p.requires_grad_(flag)
         net.train(was_training)
 
 
