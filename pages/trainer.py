@@ -167,7 +167,9 @@ with st.expander("More options"):
 kept("run_name")
 name = keep("run_name", st.text_input("Label (optional, added to the run id)", max_chars=40, key="run_name"))
 recipe = {"data": data_path or "", "backbone": backbone, "init": init, "freeze": freeze, **options}
-st.query_params.from_dict(form.recipe_to_query(recipe))  # a reload restores this recipe
+# A reload restores this recipe; other parameters of the address (the classroom's browser id) stay.
+st.query_params.from_dict({**{k: v for k, v in st.query_params.to_dict().items() if k == "sid"},
+                           **form.recipe_to_query(recipe)})
 
 
 # ---------------------------------------------------------------- where jobs train (Ray cluster, issue #9)

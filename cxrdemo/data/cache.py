@@ -112,7 +112,10 @@ def _save_cache_file(path: Path, entry: tuple[torch.Tensor, list[str], list[tupl
 def _decode_into(images: torch.Tensor, row: int, path: str, size: int) -> str | None:
     """Read one file into images[row]; the reason it was skipped, or None."""
     try:
-        images[row] = resize_to_uint8(read_image(path)[0], size)
+        image = resize_to_uint8(read_image(path)[0], size)
+        # Inference mode is per thread: a tensor made under the caller's inference mode is written under it here too.
+        with torch.inference_mode(images.is_inference()):
+            images[row] = image
     except ImageReadError as err:
         return str(err)
     return None
