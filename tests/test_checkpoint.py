@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from cxrdemo import paths
+from cxrdemo.data.shrink import shrink_policy
 from cxrdemo.cli.main import main as cli
 from cxrdemo.errors import RunError
 from cxrdemo.model import backbones, checkpoint
@@ -87,6 +88,7 @@ def test_save_and_load_round_trip_in_format_2(tmp_path):
     raw = torch.load(tmp_path / "model.pt", weights_only=True)
     assert raw["format"] == checkpoint.FORMAT and raw["decision"] == {"rule": "spec:0.95", "value": 0.25}
     assert "threshold" not in raw and "num_classes" not in raw
+    assert raw["preprocessing"]["shrink"] == shrink_policy()  # the reader's step travels with the model
     back = checkpoint.load(tmp_path / "model.pt")
     assert back == model  # every field but the weights (compared below)
     assert all(torch.equal(back.state_dict[k], v) for k, v in model.state_dict.items())
@@ -187,6 +189,8 @@ MALFORMED = [  # (format, change, words of the sentence)
     ("2", _set("preprocessing.std", [0.2, 0.2]), "its preprocessing std should be 3 finite numbers"),
     ("2", _set("preprocessing.std", ["a", "b", "c"]), "its preprocessing std should be 3 finite numbers"),
     ("2", _set("preprocessing.resize", "centre crop"), "its resize step 'centre crop' is not the one"),
+    ("2", _set("preprocessing.shrink", {"max_side": 1024, "method": "box", "max_aspect": 20}),
+     "its shrink-on-read step"),
     ("2", _set("preprocessing", ...), "it has no preprocessing"),
     ("2", _set("classes", "NORMAL,PNEUMONIA"), "its classes should be a list of two or more different names"),
     ("2", _set("classes", [0, 1]), "its classes should be a list of two or more different names"),

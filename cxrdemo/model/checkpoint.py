@@ -32,6 +32,7 @@ from cxrdemo import fileio
 from cxrdemo.config import HEADS, TrainConfig
 from cxrdemo.data.imageio import IMAGENET_MEAN, IMAGENET_STD, INTENSITY_MODES
 from cxrdemo.data.scan import dataset_name
+from cxrdemo.data.shrink import shrink_policy
 from cxrdemo.errors import ConfigError, RunError
 from cxrdemo.model import backbones
 
@@ -54,11 +55,13 @@ class Preprocessing:
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     resize: str = RESIZE
+    # The one reader's shrink-on-read step (long side, method, aspect limit): training and prediction read alike.
+    shrink: dict = field(default_factory=shrink_policy, compare=True)
 
     def to_dict(self) -> dict:
         """The record as saved in model.pt."""
         return {"img_size": self.img_size, "intensity": self.intensity, "mean": list(self.mean),
-                "std": list(self.std), "resize": self.resize}
+                "std": list(self.std), "resize": self.resize, "shrink": dict(self.shrink)}
 
 
 @dataclass(frozen=True)
@@ -333,7 +336,11 @@ class _Checker:
         resize = self.text(record, "resize")
         if resize != RESIZE:
             self.fail(f"its resize step {resize!r:.60} is not the one this version applies")
-        return Preprocessing(size, intensity, mean, std, resize)
+        # Files written before the policy was recorded were read by the same reader: they get today's policy.
+        shrink = record.get("shrink", shrink_policy())
+        if shrink != shrink_policy():
+            self.fail(f"its shrink-on-read step {shrink!r:.80} is not the one this version's image reader applies")
+        return Preprocessing(size, intensity, mean, std, resize, dict(shrink))
 
     def triple(self, record: dict, key: str) -> tuple[float, float, float]:
         value = self.get(record, key)
