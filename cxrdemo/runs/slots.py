@@ -86,7 +86,9 @@ def queue_order(root: Path) -> list[str]:
                 continue
             if raw.get("backend") == "ray" or dead_queued(raw):
                 continue  # the cluster schedules Ray jobs; they never hold a local slot
-            waiting.append((float(raw.get("created") or 0), job_key(root, d)))
+            # A run's place is its config.json time (the order list_runs and the pages show); a side job's, its own.
+            created = info.meta.get("created") if d == info.path else raw.get("created")
+            waiting.append((float(created or 0), job_key(root, d)))
     return [key for _, key in sorted(waiting)]
 
 
