@@ -47,3 +47,13 @@ def test_downloaded_overlay_has_a_footer_and_a_telling_name():
     assert (footer == 255).any() and (footer == 0).mean() > 0.5  # white text on black
     name = diagnosis.overlay_filename("Demo model (shipped)", "GradCAM", CLASSES, 1, 0)
     assert name == "cxrdemo-Demo-model-shipped-GradCAM-NORMAL-heatmap-predicted-PNEUMONIA-NOT-FOR-CLINICAL-USE.png"
+
+
+def test_the_decision_line_writes_the_threshold_on_the_scale_the_bar_shows():
+    from cxrdemo.diagnosis import predict
+    from cxrdemo.views import diagnosis as dv
+
+    model = predict.load_model("demo")  # calibrated: T = 1.75 moves the 8.8% cut to about 20.8%
+    line, details = dv.decision_line(model)
+    assert model.trust.calibrated and dv.percent(model.threshold) in line and dv.percent(model.threshold) in details
+    assert dv.percent(model.decision.value) not in line and "calibrated on validation" in details

@@ -83,15 +83,17 @@ def heatmap_caption(method: str, classes, probs: np.ndarray, predicted: int, tar
 
 
 def decision_line(model: LoadedModel) -> tuple[str, str]:
-    """(a one-line decision sentence, the details for a help icon) in one way of writing the threshold."""
+    """(a one-line decision sentence, the details for a help icon), with the threshold on the scale the bar shows."""
     if model.decision.value is None or len(model.classes) != 2:
         return f"Says the most probable of {', '.join(model.classes)}.", "No threshold: the highest probability wins."
     pos, neg = model.classes[1], model.classes[0]
-    line = f"Says {pos} when p({pos}) is at least {percent(model.decision.value)}, otherwise {neg}."
+    cut = percent(model.threshold)  # the calibrated scale when the model is calibrated: the mark on the bar
+    line = f"Says {pos} when p({pos}) is at least {cut}, otherwise {neg}."
     how = rule_how(model.decision.rule)
-    return line, (f"The threshold {percent(model.decision.value)} was chosen {how.replace('that keeps', 'to keep')}. "
-                  "A tuned threshold can call a finding at well under 50%: the probabilities are scores, not "
-                  "calibrated risks.")
+    scale = ("The probabilities are calibrated on validation images." if model.trust.calibrated else
+             "The probabilities are scores, not calibrated risks.")
+    return line, (f"The threshold {cut} was chosen {how.replace('that keeps', 'to keep')}. "
+                  f"A tuned threshold can call a finding at well under 50%. {scale}")
 
 
 def overlay_filename(model_name: str, method: str, classes, predicted: int, target: int) -> str:
