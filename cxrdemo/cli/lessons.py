@@ -6,6 +6,7 @@ import argparse
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 from cxrdemo.runs import examples
@@ -37,12 +38,16 @@ def cmd_build_examples(args) -> int:
         shutil.rmtree(out, ignore_errors=True)  # a full rebuild replaces every shipped example
     for key in chosen:
         lesson = lessons.LESSONS[key]
+        lesson_start = time.perf_counter()
         for r in lessons.recipes(lesson):
+            run_start = time.perf_counter()
             d = runs.create_run(r.config, work, name=f"{key}-{r.key}")
             status = execute_run(d, runs_dir=work)
-            print(f"{key}/{r.key}: {status.get('state')} {status.get('error') or ''}".rstrip(), flush=True)
+            print(f"{key}/{r.key}: {status.get('state')} in {time.perf_counter() - run_start:.0f} s "
+                  f"{status.get('error') or ''}".rstrip(), flush=True)
             if status.get("state") == "completed":
                 examples.copy_as_example(d, out)
+        print(f"{key}: {time.perf_counter() - lesson_start:.0f} s wall for the whole lesson", flush=True)
     print(f"examples written to {out} (training folders kept in {work})")
     return 0
 
