@@ -22,7 +22,7 @@ from cxrdemo.data import imageio
 from cxrdemo.diagnosis import predict
 from cxrdemo.model import calibration as cal
 from cxrdemo.model import conformal as cf
-from cxrdemo.model import metrics
+from cxrdemo.model import metrics, trust
 
 REPO = Path(__file__).resolve().parent.parent
 # (name, dataset folder under --data-dir, split, what it is)
@@ -72,12 +72,22 @@ def logits_of(model: ModelUnderTest, root: Path, split: str, seed: int) -> tuple
     return torch.cat(out).double().numpy(), cached.labels.numpy()
 
 
-def measure(name: str, logits: np.ndarray, y: np.ndarray, model: ModelUnderTest, t: float,
+def val_images(model: ModelUnderTest, root: Path, seed: int):
+    """The validation split as the cache holds it (uint8, intensity applied), for the perturbed copies."""
+    from cxrdemo.data import CachedImages
+    from cxrdemo.data.cache import load_images
+    from cxrdemo.data.scan import scan_dataset
+
+    c = load_images(scan_dataset(root, seed=seed, require_train=False).splits["val"], model.img_size)
+    return CachedImages(imageio.adjust_intensity(c.images, model.intensity), c.labels, c.paths, c.skipped)
+
+
+def measure(name: str, logits: np.ndarray, y: np.ndarray, model: ModelUnderTest, t: trust.Trust,
             records: dict[float, cf.ConformalRecord], resamples: int) -> dict:
     """ECE before/after (with intervals), accuracy of the verdict, and the sets' coverage at each level."""
-    raw, calibrated = cal.apply_temperature(logits, 1.0), cal.apply_temperature(logits, t)
+    raw, calibrated = cal.apply_calibration(logits, 1.0), t.probabilities(logits)
     verdicts = metrics.predict_labels(raw, model.threshold)
-    same = metrics.predict_labels(calibrated, cal.threshold_on_calibrated_scale(model.threshold, t))
+    same = metrics.predict_labels(calibrated, t.cut(model.threshold))
     if (same != verdicts).any():
         raise SystemExit(f"{name}: the threshold on the calibrated scale changed {(same != verdicts).sum()} decisions.")
     row = {"set": name, "n": len(y), "accuracy": float((verdicts == y).mean()),
@@ -105,10 +115,10 @@ def ci(pair: tuple[float, float]) -> str:
     return f"[{pair[0]:.3f}, {pair[1]:.3f}]"
 
 
-def report(model: ModelUnderTest, t: float, records: dict[float, cf.ConformalRecord], val_n: int,
+def report(model: ModelUnderTest, t: trust.Trust, method: str, records: dict[float, cf.ConformalRecord], val_n: int,
            rows: list[dict], minutes: float) -> str:
     """The Markdown page: how it was fitted, one table for calibration, one for the sets, the issue's targets."""
-    cut = cal.threshold_on_calibrated_scale(model.threshold, t)
+    cut = t.cut(model.threshold)
     lines = [
         "# Trust measurements: calibration and conformal prediction sets",
         "",
@@ -116,13 +126,15 @@ def report(model: ModelUnderTest, t: float, records: dict[float, cf.ConformalRec
          f"{', '.join(model.classes)}. Made by `python scripts/measure_trust.py` in {minutes:.1f} min on "
          f"{cpu_model()}."),
         "",
-        (f"**Fitted on validation only**: the temperature and the conformal quantiles are fitted on the model's own "
+        (f"**Fitted on validation only**: the calibration and the conformal quantiles are fitted on the model's own "
         f"validation split ({val_n} images of cxr-large/val, the split its checkpoint and its decision threshold "
-        "were chosen on). cxr-dev test and cxr-shift test are only measured, never fitted on."),
+        "were chosen on); the calibration also on two perturbed copies of those images (the acquisition "
+        "augmentation). cxr-dev test and cxr-shift test are only measured, never fitted on."),
         "",
         *[f"- {name}: {what}" for name, _, _, what in EVAL_SETS],
         "",
-        f"- temperature T = {t:.3f} (minimum validation NLL over T in [{cal.T_BOUNDS[0]}, {cal.T_BOUNDS[1]}])",
+        (f"- calibration: {method}: T = {t.temperature:.3f}, bias of {model.classes[-1]} "
+         f"{t.bias[-1] - t.bias[0] if t.bias else 0.0:+.3f} (minimum NLL of softmax(z / T + b))"),
         (f"- decision threshold p({model.classes[-1]}) >= {model.threshold:.4f} (uncalibrated, from model.pt) is "
         f"p >= {cut:.4f} on the calibrated scale: the same decision for every image (checked on each set)"),
     ]
@@ -177,14 +189,16 @@ def main() -> None:
     seed = int(model.config.get("split_seed", 0))
     val_root = Path(args.data_dir) / Path(model.config.get("data", "cxr-large")).name
     z_val, y_val = logits_of(model, val_root, "val", seed)  # ONLY the validation split is fitted on
-    t = cal.fit_temperature(z_val, y_val)
-    p_val = cal.apply_temperature(z_val, t)
+    calib = trust.fit_calibration(model.loaded.net, model.loaded.preprocessing, val_images(model, val_root, seed),
+                                  z_val)  # the engine's own fit: validation and its perturbed copies
+    t = trust.Trust(calib["temperature"], bias=tuple(calib["bias"]))
+    p_val = t.probabilities(z_val)
     records = {level: cf.fit_conformal(p_val, y_val, level, model.classes) for level in cf.LEVELS}
     rows = [measure("cxr-large val (fitted on)", z_val, y_val, model, t, records, args.resamples)]
     for name, folder, split, _ in EVAL_SETS:
         z, y = logits_of(model, Path(args.data_dir) / folder, split, seed)
         rows.append(measure(name, z, y, model, t, records, args.resamples))
-    text = report(model, t, records, len(y_val), rows, (time.time() - start) / 60)
+    text = report(model, t, calib["method"], records, len(y_val), rows, (time.time() - start) / 60)
     Path(args.out).write_text(text)
     print(text)
 

@@ -134,3 +134,50 @@ def test_bad_inputs_say_what_is_wrong():
         cal.fit_temperature(np.zeros((0, 2)), np.zeros(0, int))
     with pytest.raises(ConfigError, match="positive"):
         cal.apply_temperature(np.zeros((1, 2)), -1.0)
+
+
+def _shifted_logits(n: int, seed: int, scale: float, shift: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Two-class logits z1 - z0 = scale * s - shift whose true p(class 1) is sigmoid(s): too sure and biased."""
+    rng = np.random.default_rng(seed)
+    s = rng.normal(0.0, 2.0, n)
+    y = (rng.random(n) < special.expit(s)).astype(np.int64)
+    diff = scale * s - shift
+    return np.c_[np.zeros(n), diff], y, s
+
+
+def test_bias_corrected_fit_recovers_a_planted_scale_and_shift_where_temperature_cannot():
+    z, y, _ = _shifted_logits(40000, 1, scale=2.0, shift=3.0)
+    t, bias = cal.fit_bias_corrected(z, y)
+    assert t == pytest.approx(2.0, rel=0.05) and bias[0] == 0.0 and bias[1] == pytest.approx(1.5, abs=0.1)
+    after = cal.expected_calibration_error(cal.apply_calibration(z, t, bias), y)
+    temperature_only = cal.expected_calibration_error(cal.apply_temperature(z, cal.fit_temperature(z, y)), y)
+    assert after < 0.015 < temperature_only
+
+
+def test_bias_corrected_fit_equals_scikit_learn_logistic_regression_on_the_logit_difference():
+    from sklearn.linear_model import LogisticRegression
+
+    for seed in range(5):
+        z, y, _ = _shifted_logits(3000, seed, scale=0.5 + seed, shift=seed - 2.0)
+        t, bias = cal.fit_bias_corrected(z, y)
+        lr = LogisticRegression(C=np.inf, tol=1e-10, max_iter=10000).fit((z[:, 1] - z[:, 0])[:, None], y)
+        assert 1.0 / t == pytest.approx(lr.coef_[0, 0], rel=1e-3)
+        assert bias[1] - bias[0] == pytest.approx(lr.intercept_[0], abs=1e-3)
+
+
+def test_bias_corrected_fit_keeps_more_classes_and_one_class_to_temperature_only():
+    z, y = _calibrated_logits(3000, 4, seed=2)
+    t, bias = cal.fit_bias_corrected(3.0 * z, y)
+    assert bias == (0.0,) * 4 and t == pytest.approx(cal.fit_temperature(3.0 * z, y))
+    assert cal.fit_bias_corrected(z[:, :2], np.zeros(3000, int))[1] == (0.0, 0.0)
+
+
+@pytest.mark.parametrize("threshold", [None, 0.088, 0.5, 0.93])
+@pytest.mark.parametrize("temperature,gap", [(0.4, -2.0), (1.7, 3.9), (6.0, 0.7)])
+def test_threshold_with_a_bias_keeps_every_decision(threshold, temperature, gap):
+    rng = np.random.default_rng(4)
+    z = np.c_[np.zeros(50000), rng.normal(0.0, 3.0, 50000)]
+    before = metrics.predict_labels(special.softmax(z, axis=1), threshold)
+    cut = cal.threshold_on_calibrated_scale(threshold, temperature, gap)
+    after = metrics.predict_labels(cal.apply_calibration(z, temperature, (0.0, gap)), cut)
+    assert np.array_equal(before, after)

@@ -75,8 +75,10 @@ def test_every_lesson_plans_tagged_runs_within_fifteen_minutes():
 def test_tiny_override_shrinks_every_run(monkeypatch):
     monkeypatch.setenv(lessons.TINY_ENV, "1")
     for lesson in lessons.LESSONS.values():
-        assert {(r.config.img_size, r.config.epochs, r.config.max_images) for r in lessons.recipes(lesson)} == {
-            (32, 1, 8)}
+        assert {(r.config.img_size, r.config.max_images) for r in lessons.recipes(lesson)} == {(32, 8)}
+        # one epoch each, except that smaller training shares get as many steps (transfer: 10% -> 10 epochs)
+        assert {r.config.epochs for r in lessons.recipes(lesson)} == (
+            {1, 3} if lesson.key == "transfer" else {1})
 
 
 # ---------------------------------------------------------------- results on fabricated runs
@@ -183,3 +185,12 @@ def test_shipped_examples_are_marked_and_keep_no_weights_or_machine_paths(tmp_pa
     assert not any((i.path / "model.pt").exists() for i in shipped)
     assert all(i.meta["dataset"]["root"] == "lesson:bacteria_virus" for i in shipped)
     assert lesson_results.lesson_result(lesson, shipped).table["clean accuracy"].notna().all()
+
+
+def test_transfer_runs_on_fewer_images_train_for_more_epochs_up_to_three_times():
+    from cxrdemo.views import lessons
+
+    plan = {r.key: r.config for r in lessons.recipes(lessons.LESSONS["transfer"])}
+    full = plan["scratch-100"].epochs
+    assert [plan[f"scratch-{s}"].epochs for s in (10, 25, 100)] == [3 * full, 3 * full, full]
+    assert lessons.equal_steps_epochs(8, 0.5) == 16 and lessons.equal_steps_epochs(8, 1.0) == 8

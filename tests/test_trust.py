@@ -9,6 +9,7 @@ from PIL import Image
 
 from cxrdemo.cli.main import main as cli
 from cxrdemo.diagnosis import assessment, predict
+from cxrdemo.errors import RunError
 from cxrdemo.model import checkpoint, conformal, metrics, trust
 from tests.conftest import patch_image
 
@@ -55,8 +56,10 @@ def test_records_are_fitted_read_back_and_never_change_a_verdict(patch_model):
     logits, _ = trust.logits_and_features(patch_model.net, x, patch_model.preprocessing)
     for cut in (0.2, 0.5, 0.8):  # the decision cut moved to the calibrated scale: the same images cross it
         raw = metrics.predict_labels(trust.Trust().probabilities(logits), cut)
-        cal = metrics.predict_labels(fitted.probabilities(logits), trust.calibrated_threshold(cut, fitted.temperature))
+        cal = metrics.predict_labels(fitted.probabilities(logits), fitted.cut(cut))
         assert np.array_equal(raw, cal)
+    argmax = metrics.predict_labels(fitted.probabilities(logits), fitted.cut(None))  # "most probable": the raw argmax
+    assert np.array_equal(argmax, logits.argmax(1))
     m = trust.trust_metrics(logits, y.numpy(), fitted, 0.5, patch_model.classes, resamples=200)
     c = m["calibration"]
     assert c["ece_before_ci"][0] <= c["ece_before"] <= c["ece_before_ci"][1]
@@ -112,3 +115,30 @@ def test_prediction_set_level_is_checked(patch_model):
     with pytest.raises(Exception, match="coverage must be one of 90%, 95%"):
         assessment.assess(patch_model, torch.zeros(1, 64, 64, dtype=torch.uint8), 0.8)
     assert conformal.min_images(0.95) == 19
+
+
+def test_perturbed_copies_leave_the_random_state_alone_and_are_reproducible(patch_model):
+    x, _ = _images(np.random.default_rng(5), 20)
+    torch.manual_seed(123)
+    before = torch.get_rng_state().clone()
+    a = trust.perturbed_logits(patch_model.net, x, patch_model.preprocessing)
+    assert torch.equal(torch.get_rng_state(), before)  # the run's own random state is untouched
+    b = trust.perturbed_logits(patch_model.net, x, patch_model.preprocessing)
+    assert a.shape == (2 * len(x), 2) and np.array_equal(a, b)
+    clean, _ = trust.logits_and_features(patch_model.net, x, patch_model.preprocessing)
+    assert not np.allclose(a[:len(x)], clean)  # the copies really are perturbed
+    assert trust.perturbed_logits(patch_model.net, x[:, :, :8, :8], patch_model.preprocessing).size == 0
+
+
+def test_older_records_without_a_bias_read_as_temperature_only():
+    t = trust.Trust.from_records({"calibration": {"temperature": 2.0}})
+    assert t.bias == () and t.cut(None) is None
+    z = np.array([[0.0, 1.0], [2.0, -1.0]])
+    assert np.allclose(t.probabilities(z), cal_softmax(z / 2.0))
+    with pytest.raises(RunError):
+        trust.Trust.from_records({"calibration": {"temperature": 1.0, "bias": [0.0, float("nan")]}})
+
+
+def cal_softmax(z):
+    e = np.exp(z - z.max(1, keepdims=True))
+    return e / e.sum(1, keepdims=True)

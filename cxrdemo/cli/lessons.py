@@ -18,7 +18,9 @@ def cmd_list(args) -> int:
     for lesson in lessons.LESSONS.values():
         plan = lessons.recipes(lesson)
         c = plan[0].config
-        print(f"{lesson.key:10} {len(plan):2} runs at {c.img_size} px, {c.epochs} epochs; estimated "
+        lo, hi = min(r.config.epochs for r in plan), max(r.config.epochs for r in plan)
+        epochs = f"{lo}" if lo == hi else f"{lo}-{hi}"
+        print(f"{lesson.key:10} {len(plan):2} runs at {c.img_size} px, {epochs} epochs; estimated "
               f"{lessons.estimate_seconds(lesson) / 60:.0f} min: {lesson.title}")
     return 0
 

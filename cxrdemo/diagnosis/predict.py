@@ -60,7 +60,7 @@ class LoadedModel:
     @property
     def threshold(self) -> float | None:
         """The decision cut on p(class 1) on the calibrated scale (None: the most probable class)."""
-        return trust.calibrated_threshold(self.decision.value, self.trust.temperature)
+        return self.trust.cut(self.decision.value)
 
     def decide(self, probs: np.ndarray) -> np.ndarray:
         """Class indices by the model's own decision (its saved threshold, else argmax)."""

@@ -1,7 +1,11 @@
-"""Temperature scaling (Guo et al. 2017) and how well probabilities mean what they say (ECE, reliability curve).
+"""Temperature scaling (Guo et al. 2017), its bias-corrected form (Alexandari et al. 2020) and how well
+probabilities mean what they say (ECE, reliability curve).
 
-Everything here is fitted on the validation split only; temperature scaling divides the logits by one number
-T > 0, so it changes how confident the model sounds but never which class ranks first.
+Everything here is fitted on validation images only. Temperature scaling divides the logits by one number T > 0:
+it changes how confident the model sounds but never which class ranks first. A model whose scores are shifted
+towards one class (its decision threshold far from 50%) also needs a bias: with two classes, softmax(z / T + b)
+is Platt scaling of the logit difference, still monotone, so every decision threshold maps to one cut on the
+calibrated scale and no decision changes.
 """
 
 from __future__ import annotations
@@ -63,27 +67,68 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray, bounds: tuple[float,
     return float(math.exp(res.x))
 
 
-def apply_temperature(logits: np.ndarray, temperature: float) -> np.ndarray:
-    """Calibrated probabilities softmax(logits / T), NxK float64."""
+B_BOUND = 20.0  # |bias| beyond this means the validation images all sit on one side: stop at a finite value
+
+
+def _binary_nll(s: np.ndarray, y: np.ndarray, log_t: float, b: float) -> float:
+    """Mean NLL of two-class labels under p(class 1) = sigmoid(s / T + b), s = z1 - z0."""
+    a = s / math.exp(log_t) + b
+    return float(np.mean(np.logaddexp(0.0, a) - y * a))
+
+
+def fit_bias_corrected(logits: np.ndarray, labels: np.ndarray,
+                       bounds: tuple[float, float] = T_BOUNDS) -> tuple[float, tuple[float, ...]]:
+    """(T, bias per class) minimising the NLL of softmax(logits / T + bias), bias of class 0 fixed at 0.
+
+    Two classes: T and b together (Platt scaling of z1 - z0, tested against scikit-learn's logistic regression).
+    More classes: T only, bias 0 - a bias per class could reorder the classes and change argmax decisions."""
+    logits, labels = _check_scores(logits, labels, "logits")
+    k = logits.shape[1]
+    if k != 2 or len(np.unique(labels)) < 2:  # one class only: a bias would run to its bound
+        return fit_temperature(logits, labels, bounds), (0.0,) * k
+    lo, hi = bounds
+    if not 0 < lo < hi:
+        raise ConfigError(f"Temperature bounds must satisfy 0 < low < high; got {bounds}.")
+    s, y = logits[:, 1] - logits[:, 0], labels.astype(np.float64)
+    t0 = math.log(fit_temperature(logits, labels, bounds))  # a deterministic start: the temperature-only fit
+    res = optimize.minimize(lambda v: _binary_nll(s, y, v[0], v[1]), x0=np.array([t0, 0.0]), method="L-BFGS-B",
+                            bounds=[(math.log(lo), math.log(hi)), (-B_BOUND, B_BOUND)],
+                            options={"ftol": 1e-12, "gtol": 1e-9})
+    return float(math.exp(res.x[0])), (0.0, float(res.x[1]))
+
+
+def apply_calibration(logits: np.ndarray, temperature: float, bias: tuple[float, ...] | None = None) -> np.ndarray:
+    """Calibrated probabilities softmax(logits / T + bias), NxK float64."""
     if not temperature > 0:
         raise ConfigError(f"A temperature must be a positive number; got {temperature}.")
-    return special.softmax(np.asarray(logits, dtype=np.float64) / temperature, axis=1)
+    z = np.asarray(logits, dtype=np.float64) / temperature
+    if bias is not None and any(bias):
+        if len(bias) != z.shape[-1]:
+            raise ConfigError(f"The calibration has {len(bias)} class biases but the model {z.shape[-1]} classes.")
+        z = z + np.asarray(bias, dtype=np.float64)
+    return special.softmax(z, axis=-1)
 
 
-def threshold_on_calibrated_scale(threshold_prob: float | None, temperature: float) -> float | None:
+def apply_temperature(logits: np.ndarray, temperature: float) -> np.ndarray:
+    """Calibrated probabilities softmax(logits / T), NxK float64."""
+    return apply_calibration(logits, temperature)
+
+
+def threshold_on_calibrated_scale(threshold_prob: float | None, temperature: float,
+                                  bias_gap: float = 0.0) -> float | None:
     """The two-class cut on p(class 1), chosen on uncalibrated scores, moved to the calibrated scale.
 
     With two classes p(class 1) = sigmoid(z1 - z0), so p >= t  <=>  z1 - z0 >= logit(t)  <=>
-    sigmoid((z1 - z0) / T) >= sigmoid(logit(t) / T): the same images cross the cut. None stays None (argmax,
-    which temperature scaling leaves unchanged).
+    sigmoid((z1 - z0) / T + g) >= sigmoid(logit(t) / T + g), g = b1 - b0: the same images cross the cut.
+    None (the most probable class, i.e. z1 - z0 > 0) stays None without a bias, and is the cut sigmoid(g) with one.
     """
-    if threshold_prob is None:
-        return None
-    if not 0.0 <= threshold_prob <= 1.0:
-        raise ConfigError(f"A decision threshold is a probability between 0 and 1; got {threshold_prob}.")
     if not temperature > 0:
         raise ConfigError(f"A temperature must be a positive number; got {temperature}.")
-    return float(special.expit(special.logit(threshold_prob) / temperature))
+    if threshold_prob is None:
+        return None if bias_gap == 0.0 else float(special.expit(bias_gap))
+    if not 0.0 <= threshold_prob <= 1.0:
+        raise ConfigError(f"A decision threshold is a probability between 0 and 1; got {threshold_prob}.")
+    return float(special.expit(special.logit(threshold_prob) / temperature + bias_gap))
 
 
 def _top_label(probs: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

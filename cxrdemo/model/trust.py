@@ -1,6 +1,9 @@
 """The records that say how far to trust a model, fitted after training on its own splits and saved in model.pt.
 
-calibration  {temperature}: temperature scaling on the validation logits (model/calibration)
+calibration  {temperature, bias}: bias-corrected temperature scaling (model/calibration), fitted on the validation
+             logits and on two perturbed copies of the validation images (the acquisition augmentation: contrast,
+             gamma, blur, noise, positioning), so the probabilities stay honest on films from other sites
+             (Tomani et al. 2021, post-hoc calibration for domain drift)
 conformal    {levels: [ConformalRecord at 90%, at 95%]}: on the calibrated validation probabilities (model/conformal)
 domain       DomainRecord: training features described, cut-off chosen on validation (model/domain)
 
@@ -15,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from cxrdemo.data import CachedImages, normalize_batch
+from cxrdemo.data import CachedImages, augment, normalize_batch
 from cxrdemo.errors import RunError
 from cxrdemo.model import calibration, conformal, domain, metrics
 from cxrdemo.model.backbones import Net
@@ -44,11 +47,39 @@ def logits_and_features(net: Net, images: torch.Tensor, pre: Preprocessing,
     return torch.cat(logits).numpy(), torch.cat(feats)
 
 
-def calibrated_threshold(value: float | None, temperature: float) -> float | None:
-    """The decision cut on p(class 1) moved to the calibrated scale (the same images cross it)."""
-    if value is None or value > 1.0:  # above 1: no image crosses, on either scale
-        return value
-    return calibration.threshold_on_calibrated_scale(value, temperature)
+PERTURBED_COPIES = 2  # perturbed copies of the validation images the calibration is also fitted on
+PERTURB_SEED = 0  # their own generator: fitting the records never touches the run's random state
+METHOD = "bias-corrected temperature scaling on validation images and 2 perturbed copies"
+
+
+@torch.no_grad()
+def perturbed_logits(net: Net, images: torch.Tensor, pre: Preprocessing, copies: int = PERTURBED_COPIES,
+                     seed: int = PERTURB_SEED) -> np.ndarray:
+    """Logits of `copies` acquisition-perturbed versions of uint8 images (empty when the images are too small)."""
+    if copies < 1 or len(images) == 0 or images.shape[-1] < 9:
+        return np.zeros((0, 0))
+    perturb = augment.make_augment("acquisition", int(images.shape[-1]))
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(copies):
+        for i in range(0, len(images), 64):
+            x = perturb(images[i:i + 64], g).mul_(255.0).round_().to(torch.uint8)  # back to the cache's format
+            out.append(logits_and_features(net, x, pre)[0])
+    return np.concatenate(out)
+
+
+def fit_calibration(net: Net, pre: Preprocessing, val: CachedImages, z_val: np.ndarray) -> dict:
+    """The calibration record: T and bias fitted on the validation logits plus perturbed copies' logits."""
+    y_val = val.labels.numpy()
+    z_pert = perturbed_logits(net, val.images, pre)
+    z_fit = np.concatenate([z_val, z_pert]) if len(z_pert) else z_val
+    y_fit = np.concatenate([y_val] + [y_val] * (len(z_pert) // max(len(y_val), 1)))
+    t, bias = calibration.fit_bias_corrected(z_fit, y_fit)
+    p_val = calibration.apply_calibration(z_val, t, bias)
+    return {"method": METHOD if len(z_pert) else "bias-corrected temperature scaling on validation images",
+            "temperature": t, "bias": list(bias), "n_val": len(y_val), "n_fit": len(y_fit),
+            "ece_val_before": calibration.expected_calibration_error(calibration.apply_calibration(z_val, 1.0), y_val),
+            "ece_val_after": calibration.expected_calibration_error(p_val, y_val)}
 
 
 def fit_records(net: Net, pre: Preprocessing, classes: tuple[str, ...], train: CachedImages,
@@ -56,13 +87,10 @@ def fit_records(net: Net, pre: Preprocessing, classes: tuple[str, ...], train: C
     """calibration, conformal and domain records for model.pt, chosen on `val` (domain description on `train`)."""
     y_val = val.labels.numpy()
     z_val, f_val = logits_and_features(net, val.images, pre)
-    t = calibration.fit_temperature(z_val, y_val)
-    p_val = calibration.apply_temperature(z_val, t)
+    calib = fit_calibration(net, pre, val, z_val)
+    p_val = calibration.apply_calibration(z_val, calib["temperature"], calib["bias"])
     records: dict[str, dict] = {
-        "calibration": {"method": "temperature scaling", "temperature": t, "n_val": len(y_val),
-                        "ece_val_before": calibration.expected_calibration_error(
-                            calibration.apply_temperature(z_val, 1.0), y_val),
-                        "ece_val_after": calibration.expected_calibration_error(p_val, y_val)},
+        "calibration": calib,
         "conformal": {"levels": [conformal.fit_conformal(p_val, y_val, lv, classes).to_dict() for lv in levels]},
     }
     _, f_train = logits_and_features(net, train.images, pre)
@@ -80,30 +108,43 @@ class Trust:
     temperature: float = 1.0
     conformal: dict[float, conformal.ConformalRecord] = field(default_factory=dict)
     domain: domain.DomainRecord | None = None
+    bias: tuple[float, ...] = ()  # per class, added after dividing by T (older records: none)
 
     @classmethod
     def from_records(cls, records: dict, run: str = "?") -> Trust:
         """The records of a loaded model file; RunError with a sentence when one is damaged."""
         try:
-            t = float((records.get("calibration") or {}).get("temperature", 1.0))
+            calib = records.get("calibration") or {}
+            t = float(calib.get("temperature", 1.0))
+            bias = tuple(float(b) for b in calib.get("bias") or ())
             sets = {rec.level: rec for rec in (conformal.ConformalRecord.from_dict(d)
                                                for d in (records.get("conformal") or {}).get("levels", []))}
         except (KeyError, TypeError, ValueError, AttributeError):
             raise RunError(f"The calibration or conformal record of run {run} is damaged; add them again with "
                            f"`python -m cxrdemo calibrate --run {run}`.") from None
-        if not t > 0:
-            raise RunError(f"The temperature of run {run} is not positive; add it again with `calibrate`.")
+        if not (t > 0 and all(np.isfinite(bias))):
+            raise RunError(f"The calibration of run {run} is damaged (temperature not positive or a bias not a "
+                           f"number); add it again with `python -m cxrdemo calibrate --run {run}`.")
         dom = domain.DomainRecord.from_dict(records["domain"]) if "domain" in records else None
-        return cls(t, sets, dom)
+        return cls(t, sets, dom, bias)
 
     @property
     def calibrated(self) -> bool:
-        """Whether a temperature was fitted (else probabilities are the network's own)."""
-        return bool(self.conformal) or self.temperature != 1.0
+        """Whether a calibration was fitted (else probabilities are the network's own)."""
+        return bool(self.conformal) or self.temperature != 1.0 or any(self.bias)
 
     def probabilities(self, logits: np.ndarray) -> np.ndarray:
         """Calibrated probabilities of N x K logits."""
-        return calibration.apply_temperature(np.atleast_2d(logits), self.temperature)
+        logits = np.atleast_2d(logits)
+        bias = self.bias if len(self.bias) == logits.shape[1] else None  # a record for other classes: none
+        return calibration.apply_calibration(logits, self.temperature, bias)
+
+    def cut(self, value: float | None) -> float | None:
+        """The decision cut on p(class 1) moved to the calibrated scale (the same images cross it)."""
+        if value is not None and value > 1.0:  # above 1: no image crosses, on either scale
+            return value
+        gap = self.bias[1] - self.bias[0] if len(self.bias) == 2 else 0.0
+        return calibration.threshold_on_calibrated_scale(value, self.temperature, gap)
 
 
 def coverage(probs_cal: np.ndarray, labels: np.ndarray, verdicts: np.ndarray, record: conformal.ConformalRecord,
@@ -119,13 +160,13 @@ def coverage(probs_cal: np.ndarray, labels: np.ndarray, verdicts: np.ndarray, re
 def trust_metrics(logits: np.ndarray, labels: np.ndarray, trust: Trust, threshold: float | None,
                   classes: tuple[str, ...], resamples: int = 2000) -> dict:
     """ECE before/after calibration (with 95% bootstrap intervals) and the sets' coverage at each level."""
-    raw = calibration.apply_temperature(logits, 1.0)
+    raw = calibration.apply_calibration(logits, 1.0)
     cal = trust.probabilities(logits)
     verdicts = metrics.predict_labels(raw, threshold)
     lo_b, hi_b = calibration.ece_interval(raw, labels, resamples)
     lo_a, hi_a = calibration.ece_interval(cal, labels, resamples)
     return {
-        "calibration": {"temperature": trust.temperature,
+        "calibration": {"temperature": trust.temperature, "bias": list(trust.bias),
                         "ece_before": calibration.expected_calibration_error(raw, labels),
                         "ece_before_ci": [lo_b, hi_b],
                         "ece_after": calibration.expected_calibration_error(cal, labels), "ece_after_ci": [lo_a, hi_a]},

@@ -27,7 +27,7 @@ def decision_sentence(model: LoadedModel, a: Assessment) -> str:
         return f"Prediction: **{cls}** ({p:.1f}%, the most probable class; probabilities {scale})"
     pos, p_pos, cut = model.classes[1], 100 * float(a.probs[1]), 100 * float(a.threshold)
     side = "at or above" if p_pos >= cut else "below"
-    how = rule_how(model.decision.rule)
+    how = rule_how(model.decision.rule) or "where the network's own scores tie, moved by calibration"
     return (f"Prediction: **{cls}** — p({pos}) = {p_pos:.1f}% is {side} this model's decision threshold of "
             f"{cut:.1f}% (the mark on the bar), {how} (probabilities {scale})")
 
@@ -84,14 +84,17 @@ def heatmap_caption(method: str, classes, probs: np.ndarray, predicted: int, tar
 
 def decision_line(model: LoadedModel) -> tuple[str, str]:
     """(a one-line decision sentence, the details for a help icon), with the threshold on the scale the bar shows."""
-    if model.decision.value is None or len(model.classes) != 2:
+    if model.threshold is None or len(model.classes) != 2:
         return f"Says the most probable of {', '.join(model.classes)}.", "No threshold: the highest probability wins."
     pos, neg = model.classes[1], model.classes[0]
     cut = percent(model.threshold)  # the calibrated scale when the model is calibrated: the mark on the bar
     line = f"Says {pos} when p({pos}) is at least {cut}, otherwise {neg}."
-    how = rule_how(model.decision.rule)
     scale = ("The probabilities are calibrated on validation images." if model.trust.calibrated else
              "The probabilities are scores, not calibrated risks.")
+    if model.decision.value is None:  # argmax on the network's scores: calibration moved that point off 50%
+        return line, (f"The network's own most probable class; after calibration its 50% point sits at {cut} on "
+                      f"the bar. {scale}")
+    how = rule_how(model.decision.rule)
     return line, (f"The threshold {cut} was chosen {how.replace('that keeps', 'to keep')}. "
                   f"A tuned threshold can call a finding at well under 50%. {scale}")
 

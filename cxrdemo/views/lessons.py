@@ -18,10 +18,11 @@ from cxrdemo.runs import store as runs
 
 TAG_PREFIX = "lesson:"
 TINY_ENV = "CXRDEMO_LESSON_TINY"  # "1": every lesson at 32 px, 1 epoch, 8 images per split (tests, smoke runs)
-# Estimated throughput of cnn5 on 2 CPU cores (pixels per second), measured on the project's 2-core machine
-# under load and rounded; the page labels the result an estimate.
-TRAIN_PIXELS_PER_S = 80_000
-EVAL_PIXELS_PER_S = 300_000
+# Estimated throughput of cnn5 on 2 CPU cores (pixels per second): the lesson runs at 128 px on a 2-core Intel(R)
+# Xeon(R) Processor with other jobs running (load 8-10) trained at 4-6 s an epoch of 240 images (~600,000 px/s);
+# rounded down, so the page's estimate errs long. The page labels the result an estimate.
+TRAIN_PIXELS_PER_S = 500_000
+EVAL_PIXELS_PER_S = 1_500_000
 RUN_OVERHEAD_S = 20.0  # starting a worker process, importing torch, decoding the images
 
 
@@ -75,9 +76,22 @@ STARTS = (("scratch", "from scratch", "scratch", "none"), ("demo-all", "demo mod
           ("demo-head", "demo model, only the head learns", "run:demo", "head"))
 
 
+MAX_EPOCH_FACTOR = 3  # each epoch also validates, follows the probes and saves: 10x the epochs cost 4x the time
+
+
+def equal_steps_epochs(epochs: int, share: float) -> int:
+    """Epochs that give a run on `share` of the images more nearly as many training steps as `epochs` on all.
+
+    With a fixed number of epochs, 10% of the images would also mean 10% of the optimisation steps (one batch an
+    epoch): the small-data runs would be undertrained rather than short of data, and the lesson would measure
+    the wrong thing. Capped at 3x the epochs to keep the lesson within its time (10%: 24 steps vs 64 for all)."""
+    return max(epochs, min(MAX_EPOCH_FACTOR * epochs, round(epochs / share)))
+
+
 def _transfer(base: TrainConfig) -> list[Recipe]:
     return [Recipe(f"{key}-{round(share * 100)}", f"{words}, {round(share * 100)}% of training images",
-                   base.replace(init=init, freeze=freeze, train_share=share))
+                   base.replace(init=init, freeze=freeze, train_share=share,
+                                epochs=equal_steps_epochs(base.epochs, share)))
             for key, words, init, freeze in STARTS for share in SHARES]
 
 
@@ -109,11 +123,12 @@ LESSONS: dict[str, Lesson] = {lesson.key: lesson for lesson in (
            "Telling bacterial from viral pneumonia is a new task: the shipped demo model only learned NORMAL vs "
            "PNEUMONIA. We train a small network three ways — from random weights, from the demo model with every "
            "layer learning, and from the demo model with only its last layer learning — each on 10%, 25% and all "
-           "of 240 training images. The test images come from patients the demo model never saw.",
+           "of 240 training images (smaller sets train for up to three times the epochs, so they are not simply undertrained). The test "
+           "images come from patients the demo model never saw.",
            ("With 10% of the images, does starting from the demo model beat starting from scratch?",
             "Does the advantage shrink as the number of training images grows?",
             "Look at the learning curves: which start reaches its best validation loss first?"),
-           "lesson:bacteria_virus", 64, 8, _transfer),
+           "lesson:bacteria_virus", 128, 8, _transfer),
     Lesson("freeze", "Which layers to freeze",
            "Starting from the demo model, we freeze none, the first 1-4, or all five convolution groups and train "
            "the rest on bacterial vs viral pneumonia, as in the freeze-level table of 'Lung Diseases "
@@ -122,7 +137,7 @@ LESSONS: dict[str, Lesson] = {lesson.key: lesson for lesson in (
            ("Trainable parameters fall by orders of magnitude as more groups are frozen: see the trade-off chart.",
             "Seconds per epoch: frozen layers need no gradients.",
             "Is there a sweet spot where accuracy holds while most of the network stays fixed?"),
-           "lesson:bacteria_virus", 64, 8, _freeze),
+           "lesson:bacteria_virus", 128, 8, _freeze),
     Lesson("shortcut", "Shortcut learning",
            "A hospital-style tag is burned into some of the VIRUS training and validation images only — as when one "
            "hospital, with its own markers, sends most of one diagnosis (Zech et al. 2018; DeGrave et al. 2021). "
@@ -131,7 +146,7 @@ LESSONS: dict[str, Lesson] = {lesson.key: lesson for lesson in (
            ("Validation looks fine for every run: the tag is in the validation images too.",
             "On marked test copies, the tagged models call far more images VIRUS: they learned the tag.",
             "Heatmaps of a tagged model move to the corner with the tag (see Diagnosis with that run)."),
-           "lesson:bacteria_virus", 64, 8, _shortcut),
+           "lesson:bacteria_virus", 128, 8, _shortcut),
     Lesson("leakage", "Leakage between patients",
            "Most children in this set have two to four films. Split image by image and the same child lands in "
            "training and validation: the model can recognise the child instead of the disease, and validation "
@@ -140,7 +155,7 @@ LESSONS: dict[str, Lesson] = {lesson.key: lesson for lesson in (
            ("Compare the validation accuracy each split reports with its accuracy on unseen patients.",
             "The gap is the leakage: read its interval — if it includes zero, this small set cannot show it.",
             "The Trainer notes that patients appear in two splits for the image split: heed that warning."),
-           "lesson:leakage", 64, 8, _leakage),
+           "lesson:leakage", 128, 8, _leakage),
 )}
 
 
