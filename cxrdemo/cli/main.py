@@ -167,7 +167,8 @@ def cmd_calibrate(args) -> int:
     say = (lambda s: None) if args.quiet else (lambda s: print(s, file=sys.stderr, flush=True))
     model = add_trust_records(args.run, _runs_dir(args), args.data, say)
     r = model.records
-    print(_json({"run": args.run, "temperature": r["calibration"]["temperature"],
+    print(_json({"run": args.run, "calibration": r["calibration"]["method"],
+                 "temperature": r["calibration"]["temperature"], "bias": r["calibration"].get("bias", []),
                  "conformal": [{k: c[k] for k in ("level", "qhat", "n", "ok", "reason")}
                                for c in r["conformal"]["levels"]],
                  "domain": {k: r["domain"][k] for k in ("method", "cutoff", "quantile", "n_train", "n_val")}}))
