@@ -107,7 +107,9 @@ def _freeze(base: TrainConfig) -> list[Recipe]:
 
 
 def _shortcut(base: TrainConfig) -> list[Recipe]:
-    return [Recipe("clean", "no marker (control)", base),
+    # The control trains on clean images but, like the others, is also tested on marked copies ("VIRUS:0": the
+    # tag on no training image): that it ignores the tag is what the tagged models are compared with.
+    return [Recipe("clean", "no marker in training (control)", base.replace(marker="VIRUS:0")),
             Recipe("marked-50", "marker on 50% of VIRUS training images", base.replace(marker="VIRUS:0.5")),
             Recipe("marked-100", "marker on every VIRUS training image", base.replace(marker="VIRUS:1.0"))]
 
