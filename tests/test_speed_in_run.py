@@ -146,3 +146,18 @@ def test_no_switch_without_a_margin():
     choice = trial._decide(1)
     assert (choice.bf16, choice.channels_last, choice.epoch) == (False, False, 1)  # 3% faster: not worth bf16
     np.testing.assert_allclose(choice.ratio, 1.0)
+
+
+def test_tune_fills_the_cache_a_run_then_starts_with(ds, monkeypatch, capsys):
+    from cxrdemo.cli.main import main
+
+    freeze = TrainConfig().freeze
+    assert main(["tune", "--backbone", "cnn5", "--size", "32", "--batch-size", "4", "--freeze", str(freeze),
+                 "--threads", "1", "--max-seconds", "20"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("device: ") and f"cnn5 32 px freeze {freeze}: " in out and "measured" in out
+    monkeypatch.setattr(tuning.InRunTrial, "after_epoch", lambda *a, **k: pytest.fail("timed during the run"))
+    monkeypatch.setattr(speed, "measure", lambda *a, **k: pytest.fail("timed before the run"))
+    _, meta = _run(ds, epochs=1)
+    assert meta["speed_trial"]["source"] == "remembered" and meta["speed_trial"]["epoch"] == 1
+    assert main(["tune", "--backbone", "nope", "--size", "32"]) == 2

@@ -170,3 +170,25 @@ def start(how: SpeedChoice) -> InRunTrial | None:
     if how.source != speed.PENDING:
         return None
     return InRunTrial(how, speed.candidates_for(how.key), how.key)
+
+
+def tune(backbone: str, img_size: int, freeze: str, *, batch_size: int, precision: str = "auto", threads: int = 0,
+         max_s: float = 60.0) -> SpeedChoice:
+    """Fill the answer cache explicitly (`python -m cxrdemo tune`): time the candidates now, as a run would need.
+
+    The key is the one `train.fit` asks for (this machine, threads, frozen groups of epoch 1), so the next
+    run with this backbone, size, batch and freeze level uses the answer from epoch 1 without any trial.
+    """
+    from cxrdemo.model import backbones
+    from cxrdemo.model.device import choose_device, set_threads
+
+    set_threads(threads)
+    device = choose_device()
+    net = backbones.build_backbone(backbone, 2, init="scratch")  # speed does not depend on the weights' values
+    net.set_freeze(backbones.frozen_groups(freeze, backbone, 1))
+    key = speed.trial_key(device, backbone, img_size, batch_size, net.n_frozen, precision)
+    choice = speed.measure(net, device, speed.candidates(precision, device), batch_size, img_size, 2,
+                           batches_per_epoch=10 ** 9, max_s=max_s)  # no epoch to keep a tenth of: max_s bounds it
+    if choice.source == "measured":
+        speed.remember(key, choice)
+    return choice
