@@ -12,8 +12,8 @@ from cxrdemo.errors import ConfigError
 def cmd_tune(args) -> int:
     """One timed trial per freeze level; each answer is remembered for runs with the same settings."""
     from cxrdemo.model import backbones, tuning
-    from cxrdemo.model.speed import device_model
     from cxrdemo.model.device import choose_device
+    from cxrdemo.model.speed import device_model
 
     if args.backbone not in backbones.backbone_names():
         raise ConfigError(f"Unknown backbone {args.backbone!r}: choose one of {', '.join(backbones.backbone_names())}.")

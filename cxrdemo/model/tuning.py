@@ -23,7 +23,7 @@ from __future__ import annotations
 import copy
 import statistics
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -42,7 +42,7 @@ def clock(stepping: Candidate | None) -> float:
 class _Budgeted:
     """The first batches of a loader, each only while the trial's estimate of its step still fits the budget."""
 
-    def __init__(self, loader, trial: "InRunTrial", cand: Candidate, start: float, budget: float):
+    def __init__(self, loader, trial: InRunTrial, cand: Candidate, start: float, budget: float):
         self.loader, self.trial, self.cand, self.start, self.budget = loader, trial, cand, start, budget
         self.stamps = [start]
 
