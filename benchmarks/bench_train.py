@@ -51,7 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cxrdemo import data
 from cxrdemo.config import TrainConfig
-from cxrdemo.model import backbones, speed, tuning  # noqa: E402
+from cxrdemo.model import backbones, speed, tuning
 from cxrdemo.runs import store as runs
 from cxrdemo.runs.worker import execute_run
 
