@@ -3,6 +3,7 @@
 The sweep of issue 21: cnn5, resnet18, densenet121 x freeze head / 3 / none, 10 epochs on cxr-large at
 224 px. Running it takes hours on 2 cores, so this measures ONE epoch of each of the 9 recipes on a stated
 stratified subset (--images per split, default 300: 300 train and 300 val images) and extrapolates:
+  - scratch weights (speed does not depend on their values; no download);
   - each recipe's timed trial (model/tuning.tune, what a user's first run or `python -m cxrdemo tune` does)
     is done first and its cost printed apart: the epochs are timed with the remembered choice;
   - seconds per image of that epoch = the epoch's `seconds` column of metrics.csv (training pass and
@@ -49,7 +50,7 @@ THREADS = 2
 
 def one_epoch(root: Path, backbone: str, freeze: str, size: int, batch: int, images: int) -> dict:
     """One epoch of the recipe through the run worker; its metrics row and how it computed."""
-    cfg = TrainConfig(data=str(root), backbone=backbone, freeze=freeze, init="imagenet", epochs=1, img_size=size,
+    cfg = TrainConfig(data=str(root), backbone=backbone, freeze=freeze, init="scratch", epochs=1, img_size=size,
                       batch_size=batch, threads=THREADS, max_images=images, patience=0, step_size=0)
     d = runs.create_run(cfg)
     status = execute_run(d)
