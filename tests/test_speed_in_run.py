@@ -161,3 +161,23 @@ def test_tune_fills_the_cache_a_run_then_starts_with(ds, monkeypatch, capsys):
     _, meta = _run(ds, epochs=1)
     assert meta["speed_trial"]["source"] == "remembered" and meta["speed_trial"]["epoch"] == 1
     assert main(["tune", "--backbone", "nope", "--size", "32"]) == 2
+
+
+def test_a_candidate_that_fails_on_its_copy_is_given_up_and_the_run_goes_on(monkeypatch):
+    from cxrdemo.errors import ConfigError
+
+    monkeypatch.setattr(tuning, "clock", FakeClock({REF: 1.0, BF16: 0.5, BF16_CL: 0.5, FP32_CL: 1.2, None: 200.0}))
+    key = speed.trial_key(CPU, "cnn5", 32, 4, 0, "auto")
+    trial = tuning.InRunTrial(speed.SpeedChoice(False, False, speed.PENDING), speed.candidates_for(key), key)
+    _epoch(trial, 5)
+    net = torch.nn.Linear(2, 2)
+
+    def nan_loss(m, batches, *rest):
+        next(iter(batches))
+        batches.report(1, 1)
+        raise ConfigError("The training loss became infinite or NaN: lower the learning rate.")
+
+    inputs = train._Inputs(train.preprocessing_for(TrainConfig(img_size=32)))
+    choice = trial.after_epoch(1, net, torch.optim.Adam(net.parameters()), lambda: iter([0] * 9), inputs, nan_loss)
+    assert trial.finished and sorted(trial.given_up) == sorted([BF16, BF16_CL, FP32_CL])
+    assert (choice.bf16, choice.channels_last, choice.source) == (False, False, "measured during the run")

@@ -27,6 +27,7 @@ from collections.abc import Callable
 
 import torch
 
+from cxrdemo.errors import ConfigError
 from cxrdemo.model import speed
 from cxrdemo.model.speed import Candidate, SpeedChoice
 
@@ -135,8 +136,13 @@ class InRunTrial:
                 twin_inputs.generator = torch.Generator().manual_seed(0)  # the run's augmentation draws stay its own
             start = clock(cand)
             batches = _Budgeted(make_loader(), self, cand, start, budget)
-            run_steps(twin, batches, twin_inputs, twin_opt, batches.report, torch.bfloat16 if cand.bf16 else None)
-            del twin, twin_opt
+            try:
+                run_steps(twin, batches, twin_inputs, twin_opt, batches.report, torch.bfloat16 if cand.bf16 else None)
+            except ConfigError:  # e.g. a non-finite loss on the copy: this candidate is not for this run
+                self.given_up.append(cand.name)
+                return batches.stamps[-1] - start
+            finally:
+                del twin, twin_opt
         gaps = [b - a for a, b in zip(batches.stamps, batches.stamps[1:])]
         if gaps:
             self.warmups[cand] = gaps[0]
