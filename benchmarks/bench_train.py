@@ -1,35 +1,35 @@
 """Fine-tuning speed and memory on a CPU, cxrdemo vs a tutorial loop: `python benchmarks/bench_train.py [--quick]`.
 
-For each backbone (resnet18, densenet121; scratch weights: speed does not depend on their values) and
-freeze level (head, 3 = stem + stage1 + stage2 frozen, none) it trains, interleaved in ONE process so
-that both sides see the same background load:
-  naive    the usual tutorial: torchvision ImageFolder + PIL transforms (Grayscale(3), Resize((S, S)),
-           ToTensor, Normalize) decoding every image every epoch through a DataLoader (num_workers=0:
-           on 2 cores, workers would compete with torch's 2 intra-op threads), the full torchvision model
-           in train() mode, `requires_grad=False` on exactly the parameters cxrdemo freezes, Adam;
-  cxrdemo  `train.fit` (through the run worker) on a run folder in a temporary run store, read back from its metrics.csv.
-The engine runs as a user gets it: precision `auto` (bfloat16 autocast for the forward pass on CPUs with
-AMX, float32 elsewhere; `--precision fp32` measures the engine without it) and channels-last; its path
-line says which it used. Both use torch.set_num_threads(2) (the engine through TrainConfig.threads=2), the same image files,
-the same image size and batch size, and --epochs epochs (default 3); epoch 1 is the warm-up, images/s is
-the median of the other epochs' training pass only (the engine's column images_per_s times the training pass
-only). `--quick` is 96 images at 64 px over 6 epochs (median of 5): with 3 epochs of 2 batches, as it used
-to be, each ratio rested on 4 timed steps of a few tens of milliseconds.
+Rows (default): resnet18 and cnn5 at freeze 3 and none, and densenet121 head-only, each at 128 and 224 px.
+Sides, run in ONE process and interleaved: for each row, --repeats rounds, each round one run of every side,
+the side that goes first rotating from round to round, so that all see the same background load:
+  naive         the usual tutorial: torchvision ImageFolder + PIL transforms (Grayscale(3), Resize((S, S)),
+                ToTensor, Normalize) decoding every image every epoch through a DataLoader (num_workers=0:
+                on 2 cores, workers would compete with torch's 2 intra-op threads), the full model in
+                train() mode (torchvision's, or cxrdemo's Net for cnn5 with nothing frozen by the engine's
+                means), `requires_grad=False` on exactly the parameters cxrdemo freezes, Adam;
+  cxrdemo       `train.fit` (through the run worker) with precision auto, as a user gets it;
+  cxrdemo_fp32  the same with --precision fp32: "never slower than the tutorial without bf16".
+The engine's timed trial (model/tuning.tune, the `python -m cxrdemo tune` of a user) is done BEFORE any
+timing, for both precisions, and its own cost is printed separately (trial_s_<row>): the timed runs start
+with the remembered answer from epoch 1. Both sides use torch.set_num_threads(2), the same image files,
+size and batch. images/s of one run = median of its epochs 2..E, training pass only (the engine's column
+images_per_s times the training pass only); a row's ratio = the median over rounds of the per-round ratio
+(engine / naive of the same round), with its min-max. `--quick`: 64 px, 128 images (4 batches), 3 epochs,
+5 rounds, resnet18 and cnn5 at freeze none (the old quick run rested on 4 steps of a few tens of
+milliseconds each, timed in two separate blocks: a load change between the blocks moved the ratio 3x).
 
 Before training it times the engine's one-off decode of the train split (data.cache.decode_all) with one
 thread and with THREADS threads, after one untimed pass that brings the files into the page cache:
-decode images/s serial vs parallel. It prints the load average at the
-start and the end: on a shared machine every figure is only as good as that.
+decode images/s serial vs parallel. It prints the CPU model and the load average at the start and the
+end: on a shared machine every figure is only as good as that.
 
 Memory: a sampler thread reads this process's resident set size from /proc/self/statm every 2 ms; a
-figure is the peak during one side's whole run (model building, data loading, all epochs, and for the
-engine also validation, checkpoints and the test) minus the RSS at its start, after gc.collect() and
-malloc_trim(0) so memory freed by the previous measurement does not hide new allocations. The
-engine's in-memory image memo is cleared first, so its figure includes loading the uint8 image
-cache from disk (the one-off decoding happens in a warm-up before any measurement).
+figure is the peak during one side's whole run (for the engine also validation, checkpoints and the test)
+minus the RSS at its start, after gc.collect() and malloc_trim(0); the median over rounds is printed.
 
-Prints `name: value` lines, a markdown table, and last the ratios cxrdemo/naive: ratio_<backbone>_<freeze>
-(images/s, higher is better) and mem_ratio_<backbone>_<freeze> (peak memory, lower is better).
+Prints `name: value` lines, a markdown table, and last ratio_<size>_<backbone>_<freeze> (cxrdemo/naive
+images/s), ratio_fp32_<...> and mem_ratio_<...> (peak memory, lower is better).
 """
 
 from __future__ import annotations
@@ -38,7 +38,6 @@ import argparse
 import ctypes
 import gc
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -50,14 +49,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cxrdemo import data  # noqa: E402
-from cxrdemo.config import TrainConfig  # noqa: E402
-from cxrdemo.model import backbones  # noqa: E402
+from cxrdemo import data
+from cxrdemo.config import TrainConfig
+from cxrdemo.model import backbones, speed, tuning
 from cxrdemo.runs import store as runs
 from cxrdemo.runs.worker import execute_run
 
-BACKBONES = ("resnet18", "densenet121")
-FREEZES = ("head", "3", "none")
+ROWS = ("resnet18:3", "resnet18:none", "cnn5:3", "cnn5:none", "densenet121:head")
+SIZES = (128, 224)
+REPEATS = 3
 THREADS = 2
 EPOCHS = 3
 
@@ -80,7 +80,7 @@ def _trim() -> None:
 class PeakRSS:
     """Peak resident memory above the level at entry, sampled by a thread every 2 ms."""
 
-    def __enter__(self) -> "PeakRSS":
+    def __enter__(self) -> PeakRSS:
         _trim()
         self.base = self.peak = _rss()
         self._stop = threading.Event()
@@ -113,9 +113,13 @@ def naive(root: Path, files: set[str], name: str, n_frozen: int, size: int, batc
     ds = torch.utils.data.Subset(ds, [i for i, (p, _) in enumerate(ds.samples) if os.path.abspath(p) in files])
     loader = torch.utils.data.DataLoader(ds, batch_size=batch, shuffle=True, num_workers=0)
     torch.manual_seed(0)
-    model = torchvision.models.get_model(name, weights=None, num_classes=2)
-    # The same parameters as cxrdemo's first n groups: its trunk stages are this model's own modules.
-    stages, _ = backbones.get_spec(name).make_trunk(model)
+    if name in torchvision.models.list_models():
+        model = torchvision.models.get_model(name, weights=None, num_classes=2)
+        # The same parameters as cxrdemo's first n groups: its trunk stages are this model's own modules.
+        stages, _ = backbones.get_spec(name).make_trunk(model)
+    else:  # cxrdemo's own small CNNs: the same Net, but trained the tutorial's way (full graph, BN all in train)
+        model = backbones.build_backbone(name, 2, init="scratch")
+        stages = list(model.trunk)
     frozen = {id(p) for s in stages[:n_frozen] for p in s.parameters()}
     for p in model.parameters():
         p.requires_grad = id(p) not in frozen
@@ -148,7 +152,7 @@ def engine(data_root: Path, name: str, freeze: str, size: int, batch: int, max_i
     rows = runs.read_metrics_rows(d)
     meta = runs.read_json(d / "config.json")
     trial = meta.get("speed_trial") or {}
-    how = f"{meta.get('precision')}, {meta.get('memory_format')}, trial: {trial.get('source')} {trial.get('step_s', '')}"
+    how = f"{meta.get('precision')}, {meta.get('memory_format')}, trial: {trial.get('source')}"
     return [float(r["images_per_s"]) for r in rows], [f"{r['path']} ({how})" for r in rows]
 
 
@@ -156,89 +160,119 @@ def engine(data_root: Path, name: str, freeze: str, size: int, batch: int, max_i
 
 def machine() -> dict[str, str]:
     """nproc, CPU model and library versions for the README table."""
-    cpu = platform.processor() or "?"
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
     import torchvision
+
+    cpu = speed.device_model(torch.device("cpu"))
     return {"nproc": str(len(os.sched_getaffinity(0))), "cpu": cpu, "torch": torch.__version__,
             "torchvision": torchvision.__version__, "threads": str(THREADS)}
 
 
+def _trial(name: str, freeze: str, size: int, batch: int, precision: str) -> str:
+    """The engine's timed trial for one row, done (and remembered) before anything is timed; its cost, in words."""
+    if freeze == "head":
+        return "none needed (the trunk runs once)"
+    c = tuning.tune(name, size, freeze, batch_size=batch, precision=precision, threads=THREADS, max_s=60.0)
+    chosen = ("bf16" if c.bf16 else "fp32") + ("-channels-last" if c.channels_last else "-contiguous")
+    return f"{c.trial_s:.1f} s -> {chosen} ({c.ratio or 0:.2f}x {c.reference}, {c.source})"
+
+
+def _side(side: str, root: Path, files: set[str], name: str, freeze: str, size: int, batch: int, max_images: int,
+          epochs: int) -> tuple[float, float, str]:
+    """One run of one side: (median images/s of epochs 2..E, peak MB, how it computed)."""
+    data.cache._MEMO.clear()
+    with PeakRSS() as mem:
+        if side == "naive":
+            speeds, how = naive(root, files, name, backbones.frozen_groups(freeze, name), size, batch, epochs), "naive"
+        else:
+            speeds, paths = engine(root, name, freeze, size, batch, max_images,
+                                   "fp32" if side == "cxrdemo_fp32" else "auto", epochs)
+            how = paths[-1]
+    return statistics.median(speeds[1:]), mem.mb, how
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "cxr-dev"), help="split-layout dataset (<data>/train/<CLASS>)")
-    ap.add_argument("--quick", action="store_true", help="96 images at 64 px, 6 epochs: a short run in a few minutes")
-    ap.add_argument("--epochs", type=int, default=EPOCHS, help="epochs per side (the first is the warm-up)")
+    ap.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "cxr-dev"),
+                    help="split-layout dataset (<data>/train/<CLASS>)")
+    ap.add_argument("--quick", action="store_true",
+                    help="64 px, 128 images, 3 epochs, 5 interleaved rounds, resnet18 and cnn5 at freeze none")
+    ap.add_argument("--epochs", type=int, default=EPOCHS, help="epochs per run (the first is the warm-up)")
+    ap.add_argument("--repeats", type=int, default=REPEATS, help="interleaved rounds per row (the median is reported)")
     ap.add_argument("--images", type=int, default=0, help="stratified subset of this many images per split (0 = all)")
-    ap.add_argument("--size", type=int, default=224, help="image size in pixels")
-    ap.add_argument("--backbones", default=",".join(BACKBONES))
-    ap.add_argument("--freezes", default=",".join(FREEZES))
-    ap.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
-                    help="the engine's TrainConfig.precision (auto = bf16 autocast on AMX CPUs; the naive loop is fp32)")
+    ap.add_argument("--sizes", default=",".join(map(str, SIZES)), help="image sizes in pixels, comma-separated")
+    ap.add_argument("--rows", default=",".join(ROWS), help="backbone:freeze pairs, comma-separated")
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--no-fp32", action="store_true", help="leave out the forced-float32 engine side")
     args = ap.parse_args(argv)
     root = Path(args.data).resolve()
     if not (root / "train").is_dir():
         print(f"{root} has no train/ folder: point --data at a split-layout dataset.", file=sys.stderr)
         return 2
-    size, batch, max_images = (64, 32, 96) if args.quick else (args.size, 32, args.images)
-    epochs = max(2, 6 if args.quick else args.epochs)
+    if args.quick:
+        args.sizes, args.images, args.epochs, args.repeats = "64", 128, 3, 5
+        args.rows = "resnet18:none,cnn5:none" if args.rows == ",".join(ROWS) else args.rows
+    epochs, batch = max(2, args.epochs), args.batch
+    rows = [tuple(r.split(":")) for r in args.rows.split(",")]
+    sizes = [int(x) for x in args.sizes.split(",")]
+    sides = ("naive", "cxrdemo") + (() if args.no_fp32 else ("cxrdemo_fp32",))
     tmp = Path(tempfile.mkdtemp(prefix="cxrdemo-bench-"))
     os.environ["CXRDEMO_RUNS_DIR"], os.environ["CXRDEMO_CACHE_DIR"] = str(tmp / "runs"), str(tmp / "cache")
     torch.set_num_threads(THREADS)
     for k, v in machine().items():
         print(f"{k}: {v}")
-    scan = data.scan_dataset(root, max_per_split=max_images)
+    scan = data.scan_dataset(root, max_per_split=args.images)
     files = {os.path.abspath(p) for p, _ in scan.splits["train"]}
-    print(f"images: {len(files)}\nimg_size: {size}\nbatch: {batch}\nepochs: {epochs}\n"
+    print(f"images: {len(files)}\nsizes: {sizes}\nbatch: {batch}\nepochs: {epochs}\nrepeats: {args.repeats}\n"
           f"load_average_start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    data.cache.decode_all(sorted(files), size, THREADS)  # warm the page cache: both timings then read from memory
+    data.cache.decode_all(sorted(files), sizes[0], THREADS)  # warm the page cache: both timings read from memory
     for workers in (1, THREADS):  # the one-off decode, serial vs parallel (no disk cache: nothing written)
         t0 = time.perf_counter()
-        decoded = data.cache.decode_all(sorted(files), size, workers)
+        decoded = data.cache.decode_all(sorted(files), sizes[0], workers)
         print(f"decode_images_per_s_{'serial' if workers == 1 else f'{workers}_threads'}: "
               f"{len(decoded[1]) / (time.perf_counter() - t0):.1f}", flush=True)
         del decoded
-    for split_items in scan.splits.values():  # the engine's one-off decode, outside every measurement
-        if split_items:
-            data.load_images(split_items, size)
 
-    results, table = {}, []
-    for bi, name in enumerate(args.backbones.split(",")):
-        for fi, freeze in enumerate(args.freezes.split(",")):
-            key = f"{name}_{freeze}"
-            n_frozen = backbones.frozen_groups(freeze, name)
-            out = {}
-            # Alternate who goes first so that neither side always follows the other's memory state.
-            for side in (("naive", "cxrdemo") if (bi + fi) % 2 == 0 else ("cxrdemo", "naive")):
-                data.cache._MEMO.clear()
-                t0 = time.perf_counter()
-                with PeakRSS() as mem:
-                    if side == "naive":
-                        speeds, path = naive(root, files, name, n_frozen, size, batch, epochs), "decode-every-epoch"
-                    else:
-                        speeds, paths = engine(root, name, freeze, size, batch, max_images, args.precision, epochs)
-                        path = paths[-1]
-                ips = statistics.median(speeds[1:])
-                out[side] = (ips, mem.mb)
-                print(f"{side}_images_per_s_{key}: {ips:.2f}")
-                print(f"{side}_epochs_images_per_s_{key}: {' '.join(f'{s:.2f}' for s in speeds)}")
-                print(f"{side}_peak_mem_mb_{key}: {mem.mb:.1f}")
-                print(f"{side}_path_{key}: {path}")
-                print(f"{side}_wall_s_{key}: {time.perf_counter() - t0:.1f}", flush=True)
-            results[key] = (out["cxrdemo"][0] / out["naive"][0], out["cxrdemo"][1] / max(out["naive"][1], 1e-9))
-            table.append((name, freeze, out["naive"], out["cxrdemo"], results[key]))
+    table = []
+    for size in sizes:
+        for split_items in scan.splits.values():  # the engine's one-off decode, outside every measurement
+            if split_items:
+                data.load_images(split_items, size)
+        for name, freeze in rows:
+            key = f"{size}_{name}_{freeze}"
+            t0 = time.perf_counter()
+            trial = {p: _trial(name, freeze, size, batch, p) for p in ("auto", "fp32")}
+            print(f"trial_{key}: auto {trial['auto']}; fp32 {trial['fp32']} (wall {time.perf_counter() - t0:.1f} s)",
+                  flush=True)
+            got: dict[str, list] = {s: [] for s in sides}
+            for r in range(args.repeats):
+                order = sides[r % len(sides):] + sides[:r % len(sides)]  # who goes first rotates
+                for side in order:
+                    got[side].append(_side(side, root, files, name, freeze, size, batch, args.images, epochs))
+                    ips, mb, how = got[side][-1]
+                    print(f"{side}_round{r + 1}_{key}: {ips:.2f} img/s, {mb:.0f} MB, {how}", flush=True)
+            ratios = {s: [g[0] / n[0] for g, n in zip(got[s], got["naive"])] for s in sides[1:]}
+            med = {s: statistics.median(g[0] for g in got[s]) for s in sides}
+            mem = {s: statistics.median(g[1] for g in got[s]) for s in sides}
+            table.append((size, name, freeze, med, mem, ratios, got["cxrdemo"][-1][2]))
 
-    print("\n| backbone | freeze | naive img/s | cxrdemo img/s | speed-up | naive peak MB | cxrdemo peak MB | mem ratio |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|")
-    for name, freeze, nv, cx, (r, m) in table:
-        print(f"| {name} | {freeze} | {nv[0]:.1f} | {cx[0]:.1f} | {r:.2f}x | {nv[1]:.0f} | {cx[1]:.0f} | {m:.2f} |")
+    print("\n| size | backbone | freeze | naive img/s | cxrdemo img/s | speed-up (min-max) | fp32-forced img/s | "
+          "fp32 speed-up | naive MB | cxrdemo MB | cxrdemo computed |")
+    print("|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---|")
+    for size, name, freeze, med, mem, ratios, how in table:
+        r = ratios["cxrdemo"]
+        f = ratios.get("cxrdemo_fp32")
+        fp32 = f"{med['cxrdemo_fp32']:.1f} | {statistics.median(f):.2f}x" if f else "- | -"
+        print(f"| {size} | {name} | {freeze} | {med['naive']:.1f} | {med['cxrdemo']:.1f} | "
+              f"{statistics.median(r):.2f}x ({min(r):.2f}-{max(r):.2f}) | {fp32} | {mem['naive']:.0f} | "
+              f"{mem['cxrdemo']:.0f} | {how} |")
     print()
-    for key, (r, _) in results.items():
-        print(f"ratio_{key}: {r:.2f}")
-    for key, (_, m) in results.items():
-        print(f"mem_ratio_{key}: {m:.2f}")
+    for size, name, freeze, med, mem, ratios, _ in table:
+        key = f"{size}_{name}_{freeze}"
+        print(f"ratio_{key}: {statistics.median(ratios['cxrdemo']):.2f}")
+        if "cxrdemo_fp32" in ratios:
+            print(f"ratio_fp32_{key}: {statistics.median(ratios['cxrdemo_fp32']):.2f}")
+        print(f"mem_ratio_{key}: {mem['cxrdemo'] / max(mem['naive'], 1e-9):.2f}")
+    print(f"cpu: {machine()['cpu']}")
     print(f"load_average_end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     return 0
 

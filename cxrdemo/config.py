@@ -170,8 +170,9 @@ class TrainConfig:
                             labels={"auto": "automatic (fastest this machine runs well)", "fp32": "full (float32)",
                                     "bf16": "mixed (bfloat16)"},
                             tip="Mixed precision trains up to 2-3x faster on CPUs with bfloat16 instructions and on GPUs; "
-                                "automatic measures it on this computer. The saved model and every prediction stay full "
-                                "precision.")
+                                "automatic measures it on this computer (a small dataset: during its first epochs, then "
+                                "remembered; `python -m cxrdemo tune --backbone B --size S` measures it ahead). The "
+                                "saved model and every prediction stay full precision.")
     seed: int = option(0, label="Seed", group="more", min=0, max=2**31 - 1)
     probes: int = option(3, "validation images per class whose answer and heatmap are kept after every epoch "
                          "(0 = off)", label="Probe images per class (0 = off)", group="more", min=0, max=20,

@@ -83,7 +83,9 @@ def test_trial_keeps_to_a_tenth_of_an_epoch(monkeypatch):
     assert choice.source == "not measured" and len(calls) == 1
     made = speed.choose(_net(), CPU, precision="auto", backbone="cnn5", img_size=32, batch_size=4, n_classes=2,
                         batches_per_epoch=3, hint_channels_last=True)
-    assert (made.bf16, made.channels_last) == (False, True) and made.source.startswith("not measured")
+    # No trial fits before training: the run starts with the reference and model/tuning times the rest between epochs.
+    assert (made.bf16, made.channels_last, made.source) == (False, False, speed.PENDING)
+    assert [c.name for c in speed.candidates_for(made.key)][0] == "fp32-contiguous"
 
 
 def test_answer_is_remembered_per_key(monkeypatch):
@@ -129,6 +131,10 @@ def test_compare_words_the_arithmetic_with_its_measured_gain():
     small = {"precision": "float32", "memory_format": "contiguous", "speed_trial": {"source": "not measured (...)"}}
     assert arithmetic_of(small) == "float32, contiguous (not measured: small dataset)"
     assert arithmetic_of({}) == "float32"  # runs from before the trial
+    in_run = {"precision": "bfloat16 mixed precision", "memory_format": "contiguous",
+              "speed_trial": {"source": "measured during the run", "ratio": 1.81, "reference": "fp32-contiguous",
+                              "epoch": 2}}
+    assert arithmetic_of(in_run) == "bfloat16 mixed precision, contiguous (1.81x fp32-contiguous, measured, from epoch 2)"
 
 
 @pytest.mark.slow

@@ -39,3 +39,16 @@ def test_text_uses_this_computers_trial_when_there_is_one(cache):
     assert sweep_cost.machine_factor() == pytest.approx(2.0)
     text = sweep_cost.sweep_cost_text(cfgs, 4353, 488)
     assert "this computer" in text and f"{2 * ref_s / 3600:.1f} h" in text
+
+
+def test_this_computers_sweep_measurement_wins_and_names_its_cpu(cache):
+    cfgs = [TrainConfig(data="demo", backbone="resnet18", freeze=f, epochs=10, img_size=112) for f in ("3", "none")]
+    sweep_cost.save_measured({"cpu": "Test CPU 9000", "date": "2026-11-28", "img_size": 224,
+                              "per_image_s": {"resnet18": {"3": 0.04, "none": 0.08, "head": 0.01}}})
+    # 112 px is a quarter of 224 px's pixels: 10 epochs x (0.01 + 0.02) s x (900 + 90 / 3) images
+    assert sweep_cost.sweep_seconds(cfgs, 900, 90, 1.0, sweep_cost.measured()["per_image_s"], 224) == \
+        pytest.approx(10 * (0.01 + 0.02) * 930)
+    text = sweep_cost.sweep_cost_text(cfgs, 900, 90)
+    assert "Test CPU 9000" in text and f"about {round(10 * 0.03 * 930 / 60)} min" in text
+    (cache / sweep_cost.MEASURED_FILE).write_text("{not json")
+    assert sweep_cost.measured() is None and "reference PC" in sweep_cost.sweep_cost_text(cfgs, 900, 90)

@@ -10,6 +10,7 @@ from pathlib import Path
 from cxrdemo.cli import cam_scorecard
 from cxrdemo.cli import jobs as cli_jobs
 from cxrdemo.cli import lessons as cli_lessons
+from cxrdemo.cli import tune as cli_tune
 from cxrdemo.cli.options import (
     EXIT_BAD_INPUT,
     RUNS_DIR_HELP,
@@ -261,6 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_jobs.register(sub, store)  # `jobs ...` and the hidden `worker` every job process runs
     cli_lessons.register(sub, store)
     cam_scorecard.register(sub, store)
+    cli_tune.register(sub, store)  # `tune`: the timed trial of arithmetic and memory layout, ahead of any run
     return parser
 
 

@@ -35,6 +35,7 @@ EPOCH_FRACTION = 0.10
 TIMED_ROUNDS = 3  # after one warm-up step per candidate; the median decides
 BF16_MARGIN = 1.05  # bfloat16 rounds the forward pass: it must be at least 5% faster to be chosen
 TRIAL_VERSION = 1  # bump when the trial measures differently: older answers are then measured again
+PENDING = "pending: timed during the run"  # too small for a trial before training: model/tuning times it between epochs
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,11 @@ class Candidate:
     @property
     def name(self) -> str:
         return ("bf16" if self.bf16 else "fp32") + ("-channels-last" if self.channels_last else "-contiguous")
+
+    @classmethod
+    def from_name(cls, name: str) -> "Candidate":
+        """The candidate `name` spells (fp32-contiguous, bf16-channels-last, ...)."""
+        return cls(name.startswith("bf16"), name.endswith("channels-last"))
 
 
 @dataclass
@@ -62,6 +68,9 @@ class SpeedChoice:
     trial_s: float = 0.0  # what the trial cost this run (0 when remembered)
     budget_s: float = 0.0
     device_model: str = ""
+    epoch: int = 1  # the first epoch that trained with this choice (later when timed during the run)
+    given_up: list[str] = field(default_factory=list)  # candidates whose single step did not fit a budget
+    key: dict = field(default_factory=dict, repr=False)  # what the answer is valid for (not recorded)
 
     @property
     def amp(self) -> torch.dtype | None:
@@ -69,7 +78,7 @@ class SpeedChoice:
 
     def record(self) -> dict:
         """What config.json keeps (key speed_trial)."""
-        return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in asdict(self).items()}
+        return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in asdict(self).items() if k != "key"}
 
 
 def device_model(device: torch.device) -> str:
@@ -122,12 +131,18 @@ def remembered(key: dict) -> SpeedChoice | None:
         c = obj["choice"]
         return SpeedChoice(bool(c["bf16"]), bool(c["channels_last"]), "remembered", c.get("ratio"),
                            c.get("reference", ""), dict(c.get("step_s", {})), 0.0, float(c.get("budget_s", 0.0)),
-                           key["device_model"])
+                           key["device_model"], key=key)
     except (OSError, ValueError, KeyError, TypeError):
         return None  # none yet, or unreadable: measure again
 
 
-def _remember(key: dict, choice: SpeedChoice) -> None:
+def candidates_for(key: dict) -> list[Candidate]:
+    """The candidates a trial key compares, the reference first."""
+    return [Candidate.from_name(n) for n in key["candidates"]]
+
+
+def remember(key: dict, choice: SpeedChoice) -> None:
+    """Keep `choice` on disk for `key`: later runs with this key use it from epoch 1."""
     try:
         path = _cache_file(key)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -231,10 +246,11 @@ def _decide(cands: list[Candidate], timed: dict[Candidate, float], spent: float,
 
 def choose(net: nn.Module, device: torch.device, *, precision: str, backbone: str, img_size: int,
            batch_size: int, n_classes: int, batches_per_epoch: int, hint_channels_last: bool = False) -> SpeedChoice:
-    """The run's arithmetic and layout: remembered for this key, else measured (and remembered), else a default.
+    """The run's arithmetic and layout: remembered for this key, else measured (and remembered), else pending.
 
-    The default when no trial fits the budget (a dataset of a few batches: the choice hardly matters
-    there) is float32 (or the explicit precision) with the registry's layout hint.
+    Pending (no trial fits a tenth of an epoch before training: a small data set) starts with the reference,
+    float32 (or the explicit precision) contiguous, and model/tuning times the other candidates between
+    epochs. `hint_channels_last` is kept for callers; the reference never depends on one machine's table.
     """
     key = trial_key(device, backbone, img_size, batch_size, getattr(net, "n_frozen", 0), precision)
     known = remembered(key)
@@ -243,8 +259,8 @@ def choose(net: nn.Module, device: torch.device, *, precision: str, backbone: st
     cands = candidates(precision, device)
     choice = measure(net, device, cands, batch_size, img_size, n_classes, batches_per_epoch)
     if choice.source == "measured":
-        _remember(key, choice)
+        remember(key, choice)
         return choice
-    choice.bf16, choice.channels_last = cands[0].bf16, hint_channels_last
-    choice.source = "not measured (a trial would cost more than a tenth of an epoch)"
+    choice.bf16, choice.channels_last, choice.key = cands[0].bf16, cands[0].channels_last, key
+    choice.source = PENDING
     return choice

@@ -32,6 +32,7 @@ from cxrdemo.model import (
     probes,
     speed,
     trust,
+    tuning,
 )
 from cxrdemo.model.device import autocast, choose_device, set_threads
 
@@ -210,6 +211,7 @@ def fit(config: TrainConfig, run_dir: Path, progress: ProgressFn | None = None,
                        batches_per_epoch=math.ceil(len(cache["train"].labels) / config.batch_size),
                        hint_channels_last=backbones.get_spec(config.backbone).channels_last)
     channels_last, amp = how.channels_last, how.amp
+    tuner = tuning.start(how)  # a small data set: the other candidates are timed between epochs
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
     net = net.to(device)  # before the optimiser is made: it must hold the device's parameters
@@ -257,6 +259,7 @@ def fit(config: TrainConfig, run_dir: Path, progress: ProgressFn | None = None,
             else:
                 loader = data.make_loader(cache["train"], config.batch_size, balance=config.balance,
                                           seed=config.seed + epoch, pin_memory=device.type == "cuda")
+                report = tuner.watch(report) if tuner is not None else report
                 tr_loss, tr_acc, seen = train_one_epoch(net, loader, train_inputs, opt, loss_fn, report, should_stop,
                                                         after_step, amp)
                 ev_model, ev_x, ev_inputs, path = (ema.module if ema else net), cache["val"].images, plain, "full"
@@ -264,6 +267,21 @@ def fit(config: TrainConfig, run_dir: Path, progress: ProgressFn | None = None,
             say(Progress("val", epoch, config.epochs, message="Validating"))
             val_loss, val_m, _ = evaluate(ev_model, ev_x, cache["val"].labels, ev_inputs, classes, weight=weight,
                                           amp=amp)
+            if tuner is not None and path == "full" and not tuner.finished:
+                # Between epochs, a few steps of another candidate on throwaway copies; maybe switch (model/tuning).
+                new = tuner.after_epoch(epoch, net, opt, lambda: data.make_loader(
+                    cache["train"], config.batch_size, balance=config.balance, seed=config.seed),
+                    train_inputs, lambda m, b, i, o, r, a: train_one_epoch(m, b, i, o, loss_fn, r, should_stop,
+                                                                           amp=a))
+                if new is not None:
+                    amp, channels_last = new.amp, new.channels_last
+                    for m in (net, ema.module if ema else None):  # in place: the optimiser keeps its parameters
+                        if m is not None:
+                            m.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+                    plain.channels_last = train_inputs.channels_last = channels_last
+                    say(Progress("val", epoch, config.epochs, meta=_run_meta(
+                        scan.summary(), scan.root, threads, init_note, cache, device, amp, channels_last,
+                        new.record())))
             lr = opt.param_groups[-1]["lr"]
             if sched:
                 sched.step()

@@ -223,8 +223,10 @@ def arithmetic_of(meta: dict) -> str:
     if "memory_format" in meta:
         words += f", {meta['memory_format']}"
     ratio = _num(trial.get("ratio"))
-    if str(trial.get("source", "")) in ("measured", "remembered") and not math.isnan(ratio):
-        words += f" ({ratio:.2f}x {trial.get('reference') or 'float32'}, measured)"
+    source = str(trial.get("source", ""))
+    if (source.startswith("measured") or source == "remembered") and not math.isnan(ratio):
+        words += f" ({ratio:.2f}x {trial.get('reference') or 'float32'}, measured"
+        words += f", from epoch {trial['epoch']})" if int(trial.get("epoch") or 1) > 1 else ")"
     elif trial.get("source"):
         words += " (not measured: small dataset)"
     return words
