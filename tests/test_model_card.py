@@ -60,7 +60,7 @@ def test_a_run_card_states_its_own_numbers(tiny_run):
     ok = [c for c in tm["coverage"] if c["ok"]]
     assert [c["level"] for c in ok] == [0.9]  # 10 validation images per class: enough for 90%, not for 95%
     assert f"| its test split | 90% | {ok[0]['conformal_coverage']:.1%} | {ok[0]['coverage']:.1%} |" in text
-    assert "95% not offered (" in text
+    assert "95% not offered (see below)" in text and "each class needs at least 19. No set is shown. |" in text
 
 
 def test_an_example_run_without_weights_still_gets_a_card(tiny_run, tmp_path):
@@ -123,3 +123,23 @@ def test_diagnosis_page_shows_the_chosen_models_card(tiny_run, monkeypatch, tmp_
     expanders, buttons = _card_widgets(at)
     assert "Model card" in expanders and "Download the model card (Markdown)" in buttons
     assert any(m.value.strip() == model_card(tiny_run).strip() for m in at.markdown)  # the whole card, as made
+
+
+def test_card_only_rewrites_the_demo_card_without_touching_the_weights(tmp_path, capsys):
+    out = tmp_path / "demo"
+    shutil.copytree(SHIPPED_DEMO, out)
+    (out / "MODEL_CARD.md").unlink()
+    weights = (out / "model.pt").read_bytes()
+    assert cli(["demo-model", "--card-only", "--out", str(out)]) == 0
+    assert (out / "MODEL_CARD.md").read_text() == (SHIPPED_DEMO / "MODEL_CARD.md").read_text()
+    assert (out / "model.pt").read_bytes() == weights
+    assert cli(["demo-model", "--out", str(out)]) == 2  # neither --data nor --card-only
+    assert "needs --data" in capsys.readouterr().err
+
+
+def test_a_labelled_extra_set_leads_the_card_when_shifted(tiny_run, capsys):
+    data = runs.read_json(tiny_run / "config.json")["config"]["data"]
+    assert cli(["model-card", "--run", str(tiny_run), "--eval", f"{data}:test:shifted"]) == 0
+    text = capsys.readouterr().out
+    assert text.index(f"| {Path(data).name}/test | shifted | 20 (10 : 10) |") < text.index("| its test split |")
+    assert "this run's own test split only" not in text

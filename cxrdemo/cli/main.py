@@ -1,4 +1,6 @@
-"""The command line: backbones, scan, train, evaluate, compare, predict, calibrate, model-card (and jobs). Bad input -> exit 2, one line."""
+"""The command line: backbones, scan, train, evaluate, compare, predict, calibrate, model-card, jobs.
+
+Bad input -> exit 2, one line."""
 
 from __future__ import annotations
 

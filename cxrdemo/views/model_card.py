@@ -2,12 +2,13 @@
 
 It reads only the run folder: config.json (recipe and dataset scan summary), status.json, test_metrics.json
 (or test_predictions.csv), model.pt through model/checkpoint (decision, calibration, conformal, domain records)
-and, when present, evaluation.json (further evaluation sets, each labelled in-distribution or shifted, and notes
-the demo model adds). What needs model.pt is replaced by a plain sentence when a run ships without weights.
+and, when present, evaluation.json: further evaluation sets, each labelled in-distribution or shifted, and the
+paragraphs the demo model adds under `notes` (data, results, domain, use, retrain; cli/demo_model.demo_notes). What needs model.pt is replaced by a plain sentence when a run ships without weights.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 
@@ -24,8 +25,8 @@ EVALUATION_FILE = "evaluation.json"
 N_BOOT = 1000  # bootstrap resamples of the images for every interval on the card
 METRICS = (("accuracy", "accuracy"), ("sensitivity", "sensitivity"), ("specificity", "specificity"),
            ("auroc", "AUROC"))
-NOTE_KEYS = ("data", "results", "domain", "use", "retrain")  # the demo model's own paragraphs (evaluation.json)
-_SAFE = re.compile(r"[A-Za-z0-9][A-Za-z0-9 .:/_-]*")  # a name that cannot form a link, a table cell or a block
+# Text that cannot form a link, an image, emphasis, code, a table cell or a block stays as it is (readable .md)
+_SAFE = re.compile(r"[A-Za-z0-9][A-Za-z0-9 .,;:%'()/_-]*")
 
 
 def model_card(run_dir: str | Path, extra_evaluations: list[dict] | None = None) -> str:
@@ -51,8 +52,8 @@ def model_card(run_dir: str | Path, extra_evaluations: list[dict] | None = None)
     missing = "" if model else ("This run ships without its model file (model.pt) — example runs carry curves and "
                                 "test results only — so what only the model file records is not stated here.")
     parts = [f"# Model card: {_name(title)}",
-             "**Research and teaching demo — not for clinical use.** This model must not be used to diagnose, "
-             "triage or treat anyone.",
+             ("**Research and teaching demo — not for clinical use.** This model must not be used to diagnose, "
+              "triage or treat anyone."),
              *([missing] if missing else []),
              "## The model", _recipe(meta.get("run_id") or d.name, config, meta, status, card),
              "## The data", _data(meta, config), notes.get("data", ""),
@@ -78,7 +79,7 @@ def _model_file(d: Path):
 def _name(s: object) -> str:
     """A user-derived name as Markdown that shows its characters (plain names stay as they are)."""
     s = str(s)
-    plain = _SAFE.fullmatch(s) and not (" " in s and "_" in s)  # ' _x_ ' would be emphasis
+    plain = _SAFE.fullmatch(s) and not (" " in s and "_" in s) and not re.match(r"\d+[.)] ", s)  # emphasis, list
     return s if plain else escape_markdown(s)
 
 
@@ -88,11 +89,11 @@ def _pct(v: float) -> str:
 
 def _with_ci(key: str, v, ci) -> str:
     """'92.9% (89.6–96.3)' or '0.960 (0.929–0.984)'; '—' when the metric is not defined."""
-    if not isinstance(v, (int, float)) or v != v:
+    if not isinstance(v, (int, float)) or math.isnan(v):
         return "—"
     fmt = (lambda x: f"{x:.3f}") if key in ("auroc", "ece") else (lambda x: f"{100 * x:.1f}")
     unit = "" if key in ("auroc", "ece") else "%"
-    return fmt(v) + unit + (f" ({fmt(ci[0])}–{fmt(ci[1])})" if ci and len(ci) == 2 and ci[0] == ci[0] else "")
+    return fmt(v) + unit + (f" ({fmt(ci[0])}–{fmt(ci[1])})" if ci and len(ci) == 2 and not math.isnan(ci[0]) else "")
 
 
 # ---------------------------------------------------------------- what the folder holds
@@ -152,15 +153,18 @@ def _recipe(run_id: str, config: dict, meta: dict, status: dict, card: dict) -> 
     schedule = "; then ".join(f"{s['recipe']['epochs']} epochs at {s['recipe']['img_size']} px"
                               f"{' from stage ' + str(i) if i else ''} (run `{s['run_id']}`, {s['minutes']} min)"
                               for i, s in enumerate(stages))
-    lines = [f"- **Run:** `{_name(run_id)}`; classes {', '.join(_name(c) for c in (meta.get('dataset') or {}).get('classes') or [])}.",
-             f"- **Backbone:** `{_name(backbone)}`; starting weights: {_name(init_words(config.get('init', '?')))}; "
-             f"freeze level {freeze}; head {_name(config.get('head', 'linear'))}.",
-             f"- **Training:** {config.get('epochs', '?')} epoch{'' if config.get('epochs') == 1 else 's'} at {config.get('img_size', '?')} px, batch "
-             f"{config.get('batch_size', '?')}, learning rate {config.get('lr', '?')}, {config.get('optimizer', '?')}, "
-             f"augmentation {config.get('augment', '?')}, class balance {config.get('balance', '?')}, seed "
-             f"{config.get('seed', '?')}; best epoch chosen by {config.get('select', '?')}.",
-             f"- **Arithmetic:** {meta.get('precision') or config.get('precision', '?')} on "
-             f"{meta.get('device', 'cpu')} ({meta.get('threads', '?')} threads); the saved weights are float32."]
+    classes = ", ".join(_name(c) for c in (meta.get("dataset") or {}).get("classes") or [])
+    epochs = config.get("epochs", "?")
+    c = config.get
+    lines = [f"- **Run:** `{_name(run_id)}`; classes {classes or 'not recorded'}.",
+             (f"- **Backbone:** `{_name(backbone)}`; starting weights: {_name(init_words(c('init', '?')))}; "
+              f"freeze level {freeze}; head {_name(c('head', 'linear'))}."),
+             (f"- **Training:** {epochs} epoch{'' if epochs == 1 else 's'} at {c('img_size', '?')} px, batch "
+              f"{c('batch_size', '?')}, learning rate {c('lr', '?')}, {c('optimizer', '?')}, augmentation "
+              f"{c('augment', '?')}, class balance {c('balance', '?')}, seed {c('seed', '?')}; best epoch chosen by "
+              f"{c('select', '?')}."),
+             (f"- **Arithmetic:** {meta.get('precision') or c('precision', '?')} on {meta.get('device', 'cpu')} "
+              f"({meta.get('threads', '?')} threads); the saved weights are float32.")]
     if schedule:
         lines.append(f"- **Schedule:** {schedule}.")
     if minutes is not None:
@@ -197,8 +201,8 @@ def _decision(config: dict, model, records: dict) -> str:
     text = f"The model answers with {rule_words(rule)} (`--threshold {rule}`)."
     t = (records.get("calibration") or {}).get("temperature")
     if value is not None:
-        classes = model.classes
-        text += f" It calls {_name(classes[1])} when p({_name(classes[1])}) reaches {_pct(value)} on the network's own scale"
+        pos = _name(model.classes[1])
+        text += f" It calls {pos} when p({pos}) reaches {_pct(value)} on the network's own scale"
         if t:
             text += (f", which is {_pct(calibration.threshold_on_calibrated_scale(value, t))} on the calibrated "
                      "scale the app shows (the same images cross it)")
@@ -253,15 +257,16 @@ def _conformal(evals: list[dict], records: dict, has_model: bool) -> str:
         text = ("Class-conditional split-conformal sets, fitted on the calibrated validation probabilities: "
                 + "; ".join(f"{lv['level']:.0%} " + ("fitted on " + ", ".join(
                     f"{n} {_name(c)}" for n, c in zip(lv.get("n", []), lv.get("classes", [])))
-                    if lv.get("ok") else f"not offered ({escape_markdown(lv.get('reason', ''))})") for lv in levels) + ".")
+                    if lv.get("ok") else "not offered (see below)") for lv in levels) + ".")
     else:
         text = ("This model has no prediction-set record." if has_model
                 else "The prediction-set records are in model.pt, which this run does not ship.")
     rows, both = [], "answers 'both'"
     for e in evals:
         for r in coverage_rows({"coverage": e.get("coverage") or []}):
-            rows.append(f"| {_set_name(e)} | {r['promised']} | {r['reached']} | {r.get('reached by the sets shown', '—')} | "
-                        f"{r.get('mean set size', '—')} | {r.get(both, r.get('note', '—'))} |")
+            rows.append(f"| {_set_name(e)} | {r['promised']} | {r['reached']} | "
+                        f"{r.get('reached by the sets shown', '—')} | "
+                        f"{r.get('mean set size', '—')} | {_name(r.get(both, r.get('note', '—')))} |")
     if rows:
         text += ("\n\nCoverage on each evaluation set (the promise holds only for images drawn like the validation "
                  "images):\n\n| evaluation set | promised | reached | reached by the sets shown | mean set size | "
@@ -272,14 +277,16 @@ def _conformal(evals: list[dict], records: dict, has_model: bool) -> str:
 def _domain(records: dict, has_model: bool) -> str:
     d = records.get("domain") or {}
     if not d:
-        return ("This model has no in-domain description: it answers for any image, however unlike its training "
-                "images." if has_model else "The in-domain cut-off is recorded in model.pt, which this run does not ship.")
+        if not has_model:
+            return "The in-domain cut-off is recorded in model.pt, which this run does not ship."
+        return "This model has no in-domain description: it answers for any image, however unlike its training images."
     transform = "signed square root of the " if d.get("transform") == "sqrt" else ""
     layers = d.get("layers", 1)
-    where = "penultimate features (what the head sees)" if layers == 1 else f"features of the last {layers} stages"
+    where = ("penultimate features, the numbers the head sees" if layers == 1
+             else f"features of the last {layers} stages")
     return (f"An image is flagged as unlike the training images when its distance to the nearest class of the "
             f"{d.get('n_train', '?'):,} training images exceeds **{d['cutoff']:.2f}** (Mahalanobis distance on the "
-            f"{transform}pooled {where}; {d.get('method', '?')}). "
+            f"{transform}pooled {where}; method {d.get('method', '?')}). "
             f"How the cut-off was chosen: the distance that {100 * d['quantile']:g}% of the {d.get('n_val', '?')} "
             f"validation images stay under — on validation images only.")
 
