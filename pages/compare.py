@@ -216,6 +216,7 @@ with ui.friendly_errors("Reading the runs"):
     watch.paired_section(infos, chosen_ids)
     watch.timelapse_section(infos, chosen_ids, colors)
     watch.seeds_section([infos[r] for r in chosen_ids], table)
+    ui.model_cards_section([infos[r] for r in chosen_ids])
 
     st.subheader("Export")
     e1, e2 = st.columns(2)

@@ -241,6 +241,7 @@ with pick_model:
     with ui.friendly_errors("Loading the model"):
         model = load(run, predict.model_mtime(run, root), root)
         model_panel(model)
+        ui.model_card_expander(model.path, key="diagnosis")
 with pick_image:
     source = image_source()
 if model is None:

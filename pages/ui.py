@@ -12,6 +12,7 @@ from streamlit import config as st_config
 from cxrdemo import paths
 from cxrdemo.errors import CxrError
 from cxrdemo.views import classroom as cls
+from cxrdemo.views import model_card
 from cxrdemo.views.words import NOTICE
 
 log = logging.getLogger("cxrdemo.app")
@@ -76,3 +77,31 @@ def browser_id() -> str:
     if st.query_params.get("sid") != sid:
         st.query_params["sid"] = sid
     return sid
+
+
+@st.cache_data(max_entries=32, show_spinner="Writing the model card…")
+def _model_card(run_dir: str, stamp: tuple) -> str:
+    """A run's model card, made once per version of its files (stamp)."""
+    return model_card.model_card(run_dir)
+
+
+def model_card_expander(run_dir, key: str, title: str = "Model card") -> None:
+    """A collapsed 'Model card' expander for one run folder: the card as Markdown and its .md download."""
+    with st.expander(title, icon=":material/description:"), friendly_errors("The model card"):
+        text = _model_card(str(run_dir), model_card.card_stamp(run_dir))
+        st.download_button("Download the model card (Markdown)", text, model_card.card_file_name(run_dir),
+                           "text/markdown", key=f"dl_card_{key}", on_click="ignore")
+        st.markdown(text)
+
+
+def model_cards_section(infos: list) -> None:
+    """One model-card expander per completed run among `infos` (RunInfo), the others named in a caption."""
+    done = [i for i in infos if i.state == "completed"]
+    if not done:
+        return
+    st.subheader("Model cards")
+    for info in done:
+        model_card_expander(info.path, key=f"{info.run_id}", title=f"Model card — {info.run_id}")
+    rest = [i.run_id for i in infos if i.state != "completed"]
+    if rest:
+        st.caption("No model card until a run has completed: " + ", ".join(rest))

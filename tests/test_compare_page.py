@@ -40,7 +40,11 @@ def test_page_shows_table_curves_and_mixing_warning(compare_store, monkeypatch):
     assert "2 different class sets" in warnings  # the default choice mixes 2- and 4-class runs
     assert len(_charts(at)) >= 6  # loss, accuracy, trade-off, 2 bars, confusion, ROC
     assert any(compare_store["running"] in c.value for c in at.caption)  # live progress line
-    assert len(at.get("download_button")) == 2
+    labels = [b.proto.label for b in at.get("download_button")]
+    assert [lb for lb in labels if lb.startswith(("Download the table", "Download the curves"))] == [
+        "Download the table (CSV)", "Download the curves (CSV)"]
+    completed = [r for r in chosen if r in (compare_store["done"], compare_store["grad"], compare_store["four"])]
+    assert completed and labels.count("Download the model card (Markdown)") == len(completed)  # one card per run
 
 
 def test_page_choices_drive_the_charts(compare_store, monkeypatch):  # noqa: F811

@@ -1,4 +1,6 @@
-"""The command line: backbones, scan, train, evaluate, compare, predict, calibrate (and jobs). Bad input -> exit 2, one line."""
+"""The command line: backbones, scan, train, evaluate, compare, predict, calibrate, model-card, jobs.
+
+Bad input -> exit 2, one line."""
 
 from __future__ import annotations
 
@@ -177,14 +179,38 @@ def cmd_calibrate(args) -> int:
 
 
 def cmd_demo_model(args) -> int:
-    from cxrdemo.cli.demo_model import build_demo_model, parse_eval
+    from cxrdemo.cli.demo_model import build_demo_model, parse_eval, refresh_card
+    from cxrdemo.errors import ConfigError
 
     evals = [parse_eval(spec) for spec in args.eval]
+    if args.card_only:
+        card = refresh_card(evals, Path(args.out) if args.out else None)
+        print(_json({"run": card["run_id"], "evaluations": [{"data": e["data"], "label": e.get("label"),
+                                                             **e["metrics"]} for e in card["evaluations"]]}))
+        return 0
+    if not args.data:
+        raise ConfigError("demo-model needs --data, the training set folder (or --card-only to rewrite the card).")
     overrides = {k: v for k, v in (("epochs", args.epochs), ("threads", args.threads)) if v is not None}
     card = build_demo_model(args.data, evals, Path(args.out) if args.out else None, _runs_dir(args),
                             echo=None if args.quiet else _print_progress, **overrides)
     print(_json({"run": card["run_id"], "train_minutes": card["train_minutes"],
                  "evaluations": [{"data": e["data"], **e["metrics"]} for e in card["evaluations"]]}))
+    return 0
+
+
+def cmd_model_card(args) -> int:
+    from cxrdemo.cli.demo_model import evaluate_model_on, parse_eval
+    from cxrdemo.runs import store as runs
+    from cxrdemo.views.model_card import model_card
+
+    d = runs.run_dir(args.run, _runs_dir(args), allow_path=True)
+    extra = [evaluate_model_on(d, root, split, label=label) for root, split, label in map(parse_eval, args.eval)]
+    text = model_card(d, extra)
+    if args.out:
+        from cxrdemo import fileio
+
+        fileio.atomic_write_bytes(Path(args.out), text.encode())
+    print(text, end="")
     return 0
 
 
@@ -247,8 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo-model", parents=[store],
                        help="retrain the shipped demo model (weights/demo) and its model card")
-    add_train_flag(p, "data", default=None, required=True,
-                   help="training set folder (train/ and val/ with one folder per class)")
+    add_train_flag(p, "data", default=None,
+                   help="training set folder (train/ and val/ with one folder per class); not with --card-only")
     p.add_argument("--eval", action="append", default=[], metavar="DIR[:SPLIT[:LABEL]]",
                    help="a test set to report with bootstrap intervals (repeatable); LABEL in-distribution "
                         "(default) or shifted: the card and the Diagnosis page lead with the shifted one")
@@ -256,8 +282,18 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_flag(p, "epochs", default=None,
                    help="epochs of every stage (default: the recipe's; a small number = quick check)")
     add_train_flag(p, "threads", default=None)
+    p.add_argument("--card-only", action="store_true",
+                   help="no training: re-measure the installed model on the --eval sets (none: keep the recorded "
+                        "ones) and rewrite evaluation.json and MODEL_CARD.md")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_demo_model)
+
+    p = sub.add_parser("model-card", parents=[store], help="print the model card (Markdown) of a completed run")
+    p.add_argument("--run", required=True, help="run id, 'demo', or a run folder")
+    p.add_argument("--eval", action="append", default=[], metavar="DIR[:SPLIT[:LABEL]]",
+                   help="also measure the model on this set (repeatable); LABEL in-distribution (default) or shifted")
+    p.add_argument("--out", metavar="FILE.md", help="also write the card to this file")
+    p.set_defaults(func=cmd_model_card)
 
     cli_jobs.register(sub, store)  # `jobs ...` and the hidden `worker` every job process runs
     cli_lessons.register(sub, store)
