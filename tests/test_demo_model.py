@@ -50,7 +50,7 @@ def test_build_installs_model_card_and_intervals(env, tiny_dataset):
     text = (out / "MODEL_CARD.md").read_text()
     assert "not for clinical use" in text and "python -m cxrdemo demo-model" in text and "shifted/test" in text
     assert text.index("| shifted/test") < text.index(f"| {tiny_dataset.name}/test")  # the shifted set leads
-    assert f"--eval {test_only.name}:test:shifted" in text and "temperature scaling: T = " in text
+    assert f"--eval {test_only.name}:test:shifted" in text and "bias-corrected temperature scaling" in text and "T = " in text
     assert "## In-domain check" in text and "validation images stay under" in text
     assert f"| shifted/test | {e2['calibration']['ece_before']:.3f} (" in text  # ECE per set, on the card
     assert 0 <= e2["calibration"]["ece_after"] <= 1 and [c["level"] for c in e2["coverage"]] == [0.9, 0.95]

@@ -119,17 +119,20 @@ def _own_test_split(d: Path, records: dict) -> dict | None:
         out["ci95"] = metrics.bootstrap_ci(y, probs, classes or list(range(probs.shape[1])), tm.get("threshold"),
                                            n_boot=N_BOOT)
         if not out["calibration"]:  # trained before ECE was saved: measure it from the saved probabilities
-            out["calibration"] = _ece_from_probs(probs, y, (records.get("calibration") or {}).get("temperature"))
+            out["calibration"] = _ece_from_probs(probs, y, records)
     return out
 
 
-def _ece_from_probs(probs: np.ndarray, y: np.ndarray, temperature: float | None) -> dict:
-    """ECE (15 bins, top label) with its interval, before and (given a temperature) after calibration."""
+def _ece_from_probs(probs: np.ndarray, y: np.ndarray, records: dict) -> dict:
+    """ECE (15 bins, top label) with its interval, before and (given a calibration record) after calibration."""
     out = {"ece_before": calibration.expected_calibration_error(probs, y),
            "ece_before_ci": list(calibration.ece_interval(probs, y))}
-    if temperature:
-        cal = calibration.apply_temperature(np.log(np.clip(probs, 1e-12, 1)), temperature)  # softmax(log p) = p
-        out.update(temperature=temperature, ece_after=calibration.expected_calibration_error(cal, y),
+    if records.get("calibration"):
+        from cxrdemo.model import trust  # torch: only when a card needs the calibration applied
+
+        fitted = trust.Trust.from_records(records)
+        cal = fitted.probabilities(np.log(np.clip(probs, 1e-12, 1)))  # softmax(log p) = p: the logits up to a shift
+        out.update(temperature=fitted.temperature, ece_after=calibration.expected_calibration_error(cal, y),
                    ece_after_ci=list(calibration.ece_interval(cal, y)))
     return out
 
@@ -199,12 +202,13 @@ def _decision(config: dict, model, records: dict) -> str:
     rule = (model.decision.rule if model else None) or config.get("threshold", "argmax")
     value = model.decision.value if model else None
     text = f"The model answers with {rule_words(rule)} (`--threshold {rule}`)."
-    t = (records.get("calibration") or {}).get("temperature")
     if value is not None:
         pos = _name(model.classes[1])
         text += f" It calls {pos} when p({pos}) reaches {_pct(value)} on the network's own scale"
-        if t:
-            text += (f", which is {_pct(calibration.threshold_on_calibrated_scale(value, t))} on the calibrated "
+        if records.get("calibration"):
+            from cxrdemo.model import trust  # torch: only when a card needs the calibration applied
+
+            text += (f", which is {_pct(trust.Trust.from_records(records).cut(value))} on the calibrated "
                      "scale the app shows (the same images cross it)")
         text += "; the cut is saved in model.pt."
     return text
@@ -228,14 +232,19 @@ def _results(evals: list[dict], card: dict) -> str:
 def _calibration(evals: list[dict], records: dict, has_model: bool) -> str:
     rec = records.get("calibration") or {}
     if rec:
-        text = (f"Probabilities are calibrated by temperature scaling: T = {rec['temperature']:.3f}, fitted on the "
-                f"{rec.get('n_val', '?')} validation images.")
+        bias = rec.get("bias") or []
+        shift = f", bias {bias[-1] - bias[0]:+.3f}" if len(bias) >= 2 and any(bias) else ""
+        how = rec.get("method", "temperature scaling")
+        text = (f"Probabilities are calibrated by {how}: T = {rec['temperature']:.3f}{shift}, fitted on the "
+                f"{rec.get('n_val', '?')} validation images"
+                + (" (and their perturbed copies: contrast, gamma, blur, noise and positioning as from another "
+                   "site, so the probabilities hold up better on shifted films)." if "perturbed" in how else "."))
         if "ece_val_before" in rec:
             text += f" Validation ECE {rec['ece_val_before']:.3f} before, {rec['ece_val_after']:.3f} after."
     elif has_model:
         text = "This model has no calibration record: its probabilities are scores, not risks."
     else:
-        text = "The temperature is recorded in model.pt, which this run does not ship."
+        text = "The calibration is recorded in model.pt, which this run does not ship."
     rows = [f"| {_set_name(e)} | {_with_ci('ece', c.get('ece_before'), c.get('ece_before_ci'))} | "
             f"{_with_ci('ece', c.get('ece_after'), c.get('ece_after_ci'))} |"
             for e in evals for c in [e.get("calibration") or {}] if c]
