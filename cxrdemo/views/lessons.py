@@ -19,11 +19,12 @@ from cxrdemo.runs import store as runs
 
 TAG_PREFIX = "lesson:"
 TINY_ENV = "CXRDEMO_LESSON_TINY"  # "1": every lesson at 32 px, 1 epoch, 8 images per split (tests, smoke runs)
-# Throughput of cnn5 used when no example run of the same recipe was timed (pixels per second), from the example
-# builds on Intel(R) Xeon(R) Processor, 2 cores (metrics.csv: about 290 training images/s at 64 px = 1.2 M px/s,
-# validation ~1,000 images/s), rounded down; the page labels the result an estimate.
-TRAIN_PIXELS_PER_S = 1_000_000
-EVAL_PIXELS_PER_S = 3_000_000
+# Throughput of cnn5 used when no example run of the same recipe was timed (pixels per second). Measured in the
+# full example build on Intel(R) Xeon(R) Processor, 2 cores, shared with other jobs (load ~9): 40-58 training
+# images/s at 64 px (~200 k px/s; 290 images/s when the machine was quiet), e.g. transfer/scratch-100 took 53 s
+# (this formula: 55 s) and freeze/cnn5-head 13 s (formula: 16 s). Conservative on purpose; the page says estimate.
+TRAIN_PIXELS_PER_S = 200_000
+EVAL_PIXELS_PER_S = 600_000
 RUN_OVERHEAD_S = 10.0  # starting a worker process, importing torch (5-6.5 s there), scanning and decoding the images
 WORKER_START_S = 6.0  # what a measured example run did not pay: it was trained in the build's already-started process
 
@@ -246,3 +247,33 @@ def progress(lesson: Lesson, infos: list[runs.RunInfo]) -> dict[str, int]:
     return {"planned": len(recipes(lesson)), "active": sum(s in lifecycle.ACTIVE for s in states),
             "completed": states.count("completed"), "other": sum(s not in lifecycle.ACTIVE + ("completed",)
                                                                 for s in states)}
+
+
+# ---------------------------------------------------------------- words for the page
+
+def estimate_words(lesson: Lesson, est: Estimate) -> str:
+    """How long the lesson takes here before it starts, and where the figure comes from."""
+    from cxrdemo.views.trainer import format_duration
+
+    c = recipes(lesson)[0].config
+    how = (f"measured: the example runs of this recipe took that on {est.machine}, plus starting each run"
+           if est.measured == est.planned else
+           f"{est.measured} of {est.planned} runs measured on {est.machine}, the rest estimated from image counts"
+           if est.measured else "estimated from image counts and the throughput of a 2-core CPU")
+    return (f"{est.planned} runs at {c.img_size} px, {c.epochs} epochs each. Running it yourself takes about "
+            f"{format_duration(est.seconds)} at one job at a time ({how}); a slower computer or other jobs take "
+            "longer.")
+
+
+def example_words(lesson: Lesson, shipped: list[runs.RunInfo]) -> str:
+    """The label over a lesson's shipped example results: what they are, how they were made, what they took."""
+    from cxrdemo.views.text import escape_markdown
+    from cxrdemo.views.trainer import format_duration
+
+    found = example_runs(lesson, shipped)
+    wall = example_wall_seconds(lesson, shipped)
+    machine = escape_markdown(examples.machine_words(list(found.values())))  # read from run files
+    took = f"; its {len(found)} runs took {format_duration(wall)} in all" if wall is not None else ""
+    on = f" on {machine}" if machine else ""
+    return (f"Example results, shipped with the project (read-only): made by the project's command "
+            f"`{examples.BUILD_COMMAND}`{on}{took}. Press “Run it yourself” to train the same recipe here.")
