@@ -19,13 +19,12 @@ from cxrdemo.runs import store as runs
 
 TAG_PREFIX = "lesson:"
 TINY_ENV = "CXRDEMO_LESSON_TINY"  # "1": every lesson at 32 px, 1 epoch, 8 images per split (tests, smoke runs)
-# Throughput of cnn5 used when no example run of the same recipe was timed (pixels per second). Measured in the
-# full example build on Intel(R) Xeon(R) Processor, 2 cores, shared with other jobs (load ~9): 40-58 training
-# images/s at 64 px (~200 k px/s; 290 images/s when the machine was quiet), e.g. transfer/scratch-100 took 53 s
-# (this formula: 55 s) and freeze/cnn5-head 13 s (formula: 16 s). Conservative on purpose; the page says estimate.
-TRAIN_PIXELS_PER_S = 200_000
-EVAL_PIXELS_PER_S = 600_000
-RUN_OVERHEAD_S = 10.0  # starting a worker process, importing torch (5-6.5 s there), scanning and decoding the images
+# Estimated throughput of cnn5 on 2 CPU cores (pixels per second): the lesson runs at 128 px on a 2-core Intel(R)
+# Xeon(R) Processor with other jobs running (load 8-10) trained at 4-6 s an epoch of 240 images (~600,000 px/s);
+# rounded down, so the page's estimate errs long. The page labels the result an estimate.
+TRAIN_PIXELS_PER_S = 500_000
+EVAL_PIXELS_PER_S = 1_500_000
+RUN_OVERHEAD_S = 20.0  # starting a worker process, importing torch, decoding the images
 WORKER_START_S = 6.0  # what a measured example run did not pay: it was trained in the build's already-started process
 
 
