@@ -185,7 +185,7 @@ def _called(test: dict, k: int) -> float:
 def shortcut_result(lesson: Lesson, infos: list[runs.RunInfo]) -> LessonResult:
     """Accuracy on clean vs marked copies of the same test images, the gap with its paired interval, and how often
     each model says VIRUS on them."""
-    rows, gaps = [], {}
+    rows, gaps, calls = [], {}, {}
     for _, label, info, test in _base_rows(lesson, infos):
         marked = test.get("marked") or {}
         k = list(test.get("classes") or ["BACTERIA", "VIRUS"]).index("VIRUS") if test else 1
@@ -194,6 +194,8 @@ def shortcut_result(lesson: Lesson, infos: list[runs.RunInfo]) -> LessonResult:
         if _has_probs(test) and marked.get("probs") and len(marked["probs"]) == len(test["y_true"]):
             gap, lo, hi = paired_gap(_correct(test), _correct(test, "marked"))  # the same images, tag or not
             gaps[label] = (gap, lo, hi)
+            said = [predict_labels(np.asarray(p), test.get("threshold")) == k for p in (marked["probs"], test["probs"])]
+            calls[label] = paired_gap(*said)  # how much more often the tag makes it say VIRUS, same images
         rows.append({"recipe": label, "clean accuracy": test.get("accuracy", math.nan),
                      "marked accuracy": marked.get("accuracy", math.nan) if marked else math.nan,
                      "gap (clean − marked)": gap, "gap 95% low": lo, "gap 95% high": hi,
@@ -205,11 +207,15 @@ def shortcut_result(lesson: Lesson, infos: list[runs.RunInfo]) -> LessonResult:
                       height=380)
     last = df.iloc[-1]
     gap = last["clean accuracy"] - last["marked accuracy"]
+    shift = calls.get(last["recipe"])
     headline = (f"The model trained with the marker on every VIRUS image: clean {_fmt(last['clean accuracy'])}, "
                 f"marked {_fmt(last['marked accuracy'])} (gap {_pts(gap)}"
                 + (f", {_interval(*gaps[last['recipe']][1:])}; {verdict(*gaps[last['recipe']][1:])}"
                    if last["recipe"] in gaps else "")
-                + f"); it calls {_fmt(last['called VIRUS (marked)'])} of marked images VIRUS."
+                + f"); it calls {_fmt(last['called VIRUS (marked)'])} of marked images VIRUS"
+                + (f" and {_fmt(last['called VIRUS (clean)'])} of the same images without the tag "
+                   f"({_pts(shift[0])}, {_interval(*shift[1:])}; {verdict(*shift[1:])})" if shift else "")
+                + ". Accuracy alone can hide a shortcut on a balanced test: watch what it calls the images."
                 if not math.isnan(gap) else "The marked runs have not finished yet.")
     return LessonResult(headline, df, [fig], gallery_runs=[r for r in df["run"] if r])
 
