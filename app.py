@@ -2,6 +2,7 @@
 
 import streamlit as st
 
+from cxrdemo.runs import examples
 from pages import ui
 
 st.set_page_config(page_title="cxrdemo — transfer learning on chest X-rays", page_icon=":material/radiology:", layout="wide")
@@ -20,15 +21,23 @@ See **transfer learning** on chest radiographs, step by step:
    epoch, and accuracy / recall / AUROC on held-out test images.
 3. **Diagnose** — upload a PNG, JPEG or DICOM radiograph, see what a model predicts and, with a
    **Grad-CAM** heatmap, which regions drove that prediction.
+4. **Lessons** — four guided experiments a teacher can run with one click: transfer with little data,
+   which layers to freeze, shortcut learning (a burned-in marker) and leakage between patients.
 
 Everything works out of the box on the built-in demo data (real paediatric chest X-rays, NORMAL vs
 PNEUMONIA, Kermany et al. 2018, CC BY 4.0) and a small shipped demo model.
 """
     )
-    c1, c2, c3 = st.columns(3)
+    shipped = examples.list_examples()
+    if shipped:
+        st.info(f"Nothing trained yet? The lessons are already finished once: {len(shipped)} example runs shipped "
+                "with the project (read-only, marked *example*) fill the Lessons and Compare pages until you run "
+                "your own.", icon=":material/menu_book:")
+    c1, c2, c3, c4 = st.columns(4)
     c1.page_link(TRAINER, label="Start training", icon=":material/model_training:")
     c2.page_link(COMPARE, label="Compare runs", icon=":material/monitoring:")
     c3.page_link(DIAGNOSIS, label="Diagnose an image", icon=":material/radiology:")
+    c4.page_link(LESSONS, label="Open the lessons", icon=":material/school:")
 
 
 HOME = st.Page(home, title="Home", icon=":material/home:", default=True)

@@ -24,6 +24,12 @@ def runs_dir() -> Path:
     return Path(os.environ.get("CXRDEMO_RUNS_DIR") or "runs").expanduser().resolve()
 
 
+def examples_runs_dir() -> Path:
+    """The read-only example runs shipped with the project: $CXRDEMO_EXAMPLES_DIR, else the package's examples/runs."""
+    env = os.environ.get("CXRDEMO_EXAMPLES_DIR")
+    return Path(env).expanduser().resolve() if env else PACKAGE_DIR / "examples" / "runs"
+
+
 def weights_dir() -> Path:
     """Local weight files: $CXRDEMO_WEIGHTS_DIR, else the repository's weights/ folder."""
     env = os.environ.get("CXRDEMO_WEIGHTS_DIR")

@@ -6,6 +6,7 @@ import streamlit as st
 from streamlit.errors import StreamlitAPIException
 
 from cxrdemo import paths
+from cxrdemo.runs import examples
 from cxrdemo.runs import store as runs
 from cxrdemo.views import compare, plots
 from pages import heatmaps_ui, ui, watch
@@ -15,6 +16,8 @@ REFRESH_S = 5  # how often curves of running jobs are re-read from the run store
 
 COLUMNS = {
     "run_id": st.column_config.TextColumn("Run"),
+    "example": st.column_config.CheckboxColumn("Example", help="A read-only example run shipped with the project "
+                                               "(made by `python -m cxrdemo lessons build-examples`; no weights)"),
     "status": st.column_config.TextColumn("Status"),
     "problem": st.column_config.TextColumn("Problem", help="Why a run failed, stopped or cannot be read"),
     "init": st.column_config.TextColumn("Initialisation"),
@@ -41,13 +44,14 @@ COLUMNS = {
 
 def _label(table, run_id: str) -> str:
     row = table.loc[table["run_id"] == run_id].iloc[0]
-    return f"{run_id} — {row['backbone']}, {row['init']}, freeze {row['freeze']} ({row['status']})"
+    return (f"{compare.shown_id(run_id, bool(row['example']))} — {row['backbone']}, {row['init']}, "
+            f"freeze {row['freeze']} ({row['status']})")
 
 
-def live_section(root, states: dict[str, str], colors: dict[str, str]) -> None:
+def live_section(root, states: dict[str, str], colors: dict[str, str], fixed=()) -> None:
     """Curves and progress of the chosen runs, re-read from the run store on every refresh."""
     with ui.friendly_errors("Refreshing the curves"):  # a fragment rerun is outside the page's own guard
-        fresh = [i for i in runs.list_runs(root) if i.run_id in states]
+        fresh = compare.fresh_runs(root, list(states), list(fixed))  # examples and the reference never change
         if compare.changed_states(states, fresh):
             st.rerun()  # a job finished or started: the table and the test-result charts must show it too
         for info in fresh:
@@ -125,6 +129,9 @@ def details_section(infos: dict, chosen_ids: list[str], table) -> None:
 
 def scorecard_section(info) -> None:
     """Which heatmap method is most faithful for this run's model: the CAM scorecard and its job."""
+    if info.example:
+        st.info("Example runs ship without their weights: train the recipe yourself to score its heatmaps.")
+        return
     if info.damaged or info.state != "completed":
         st.info("The heatmap scorecard needs a completed run.")
         return
@@ -133,7 +140,7 @@ def scorecard_section(info) -> None:
 
 def delete_section(table) -> None:
     """Delete one run after an explicit confirmation (in classroom mode, only with the teacher's passphrase)."""
-    deletable = [r for r in table["run_id"].tolist() if r != REFERENCE]
+    deletable = compare.deletable(table)  # never the shipped demo model nor a read-only example run
     if not deletable:
         return
     with st.expander("Delete a run"):
@@ -166,6 +173,13 @@ with ui.friendly_errors("Reading the runs"):
                                            value=bool(st.session_state.get("keep:with_demo"))):
         all_infos = [reference, *all_infos]
     st.session_state["keep:with_demo"] = st.session_state.get("with_demo", False)
+    shipped = examples.list_examples()
+    if shipped and st.toggle(f"Show the {len(shipped)} example runs shipped with the project", key="with_examples",
+                             value=st.session_state.get("keep:with_examples", True),
+                             help="Read-only lesson runs made by `python -m cxrdemo lessons build-examples`, marked "
+                                  "'example' everywhere; they carry no weights, so Diagnosis cannot use them."):
+        all_infos = compare.with_examples(all_infos, shipped)
+    st.session_state["keep:with_examples"] = st.session_state.get("with_examples", True)
     if not all_infos:
         st.info(f"No runs yet in {root}. Start one on the Trainer page; it will appear here while it trains.")
         try:
@@ -210,7 +224,8 @@ with ui.friendly_errors("Reading the runs"):
     st.subheader("Learning curves")
     active = any(infos[r].state in runs.ACTIVE for r in chosen_ids)
     states = {r: infos[r].state for r in chosen_ids}
-    st.fragment(run_every=REFRESH_S if active else None)(live_section)(root, states, colors)
+    fixed = [i for i in all_infos if i.example or i.run_id == REFERENCE]
+    st.fragment(run_every=REFRESH_S if active else None)(live_section)(root, states, colors, fixed)
     results_section(chosen, colors)
     details_section(infos, chosen_ids, table)
     watch.paired_section(infos, chosen_ids)

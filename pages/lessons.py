@@ -1,13 +1,14 @@
-"""Lessons: one button queues a guided experiment's runs; its result view appears when they finish."""
+"""Lessons: one button queues a guided experiment's runs; its result view appears when they finish. Until a lesson
+has run here, the example results shipped with the project stand in, labelled as such."""
 
 from __future__ import annotations
 
 import streamlit as st
 
+from cxrdemo import paths
 from cxrdemo.runs import examples, jobs
 from cxrdemo.views import lesson_results, lessons
 from cxrdemo.views.text import escape_markdown
-from cxrdemo.views.trainer import format_duration
 from pages import ui
 
 root = ui.runs_dir()
@@ -17,23 +18,24 @@ st.markdown("Each lesson queues ordinary training runs (the Trainer and Compare 
             "there) and, when they finish, shows a result view made for that lesson.")
 
 
-@st.cache_data(show_spinner=False)
-def estimate(key: str, tiny: str) -> float:
-    """The lesson's estimated wall time (cached: it scans the lesson's images)."""
-    return lessons.estimate_seconds(lessons.LESSONS[key])
+@st.cache_data(show_spinner=False, ttl=600)
+def estimate(key: str, tiny: str, shipped_from: str) -> lessons.Estimate:
+    """The lesson's estimated wall time (cached: it scans the lesson's images and the example runs)."""
+    return lessons.estimate(lessons.LESSONS[key])
 
 
 def show_lesson(lesson: lessons.Lesson) -> None:
-    """Narrative, start button, progress, result view and what to look for, for one lesson."""
+    """Narrative, how long it takes, start button, progress, result view and what to look for, for one lesson."""
     st.markdown(lesson.narrative)
-    plan = lessons.recipes(lesson)
-    c = plan[0].config
+    c = lessons.recipes(lesson)[0].config
     with ui.friendly_errors("Estimating the time"):
-        st.caption(f"{len(plan)} runs at {c.img_size} px, {c.epochs} epochs each; estimated time at one job at a "
-                   f"time on 2 CPU cores: about {format_duration(estimate(lesson.key, str(c.img_size)))} "
-                   "(an estimate).")
+        st.caption(lessons.estimate_words(lesson, estimate(lesson.key, str(c.img_size), str(paths.examples_runs_dir()))))
     counts = lessons.progress(lesson, jobs.list_jobs(root))
-    if st.button(f"Start “{lesson.title}”", key=f"start-{lesson.key}", disabled=counts["active"] > 0):
+    has_examples = bool(lessons.example_runs(lesson, examples.list_examples()))
+    ran_here = counts["active"] + counts["completed"] + counts["other"] > 0
+    label = "Run it yourself" if has_examples and not ran_here else f"Start “{lesson.title}”"
+    if st.button(label, key=f"start-{lesson.key}", disabled=counts["active"] > 0, type="primary",
+                 help="Queues the lesson's runs here, one job at a time; the Trainer page can cancel them."):
         with ui.friendly_errors("Starting the lesson"):
             ids = lessons.start(lesson, root)
             st.success(f"Queued {len(ids)} runs.")
@@ -42,9 +44,19 @@ def show_lesson(lesson: lessons.Lesson) -> None:
     st.markdown("**What to look for**\n\n" + "\n".join(f"- {p}" for p in lesson.look_for))
 
 
+def show_result(lesson: lessons.Lesson, infos, where: str) -> None:
+    """The lesson's result view from these runs (`where` keeps widget keys apart)."""
+    with ui.friendly_errors("Showing the results"):
+        result = lesson_results.lesson_result(lesson, infos)
+        st.markdown(f"**Result.** {escape_markdown(result.headline)}")
+        st.dataframe(result.table, hide_index=True, key=f"table-{lesson.key}-{where}")
+        for i, fig in enumerate(result.figures):
+            st.plotly_chart(fig, key=f"fig-{lesson.key}-{where}-{i}")
+
+
 @st.fragment(run_every=3)
 def watch(lesson: lessons.Lesson) -> None:
-    """Progress while the lesson's runs train; its result view once any has finished."""
+    """Progress while the lesson's runs train; its result view once any has finished, else the shipped examples."""
     infos = jobs.list_jobs(root)
     counts = lessons.progress(lesson, infos)
     if counts["active"]:
@@ -54,21 +66,17 @@ def watch(lesson: lessons.Lesson) -> None:
     if counts["other"]:
         st.warning(f"{counts['other']} run(s) of this lesson failed, were cancelled or interrupted: start the "
                    "lesson again to repeat them.")
-    if not counts["completed"]:
-        shipped = examples.list_examples()
-        if counts["active"] or not lessons.progress(lesson, shipped)["completed"]:
-            if not counts["active"]:
-                st.info("Not run yet: press the button to start it.")
-            return
-        st.info("Example results, shipped with the project (read-only): press the button to run it yourself.")
-        infos = shipped
-    with ui.friendly_errors("Showing the results"):
-        result = lesson_results.lesson_result(lesson, infos)
-        st.markdown(f"**Result.** {escape_markdown(result.headline)}")
-        st.dataframe(result.table, hide_index=True)
-        for i, fig in enumerate(result.figures):
-            st.plotly_chart(fig, key=f"fig-{lesson.key}-{i}")
-        # Hook: the probe timelapse and error gallery of result.gallery_runs go here once runs write them.
+    if counts["completed"]:
+        st.success("Your results: runs trained on this computer.", icon=":material/check_circle:")
+        show_result(lesson, infos, "yours")
+        return
+    shipped = examples.list_examples()
+    if not lessons.example_runs(lesson, shipped):
+        if not counts["active"]:
+            st.info("Not run yet: press the button to start it.")
+        return
+    st.info(lessons.example_words(lesson, shipped), icon=":material/menu_book:")
+    show_result(lesson, shipped, "example")
 
 
 tabs = st.tabs([lesson.title for lesson in lessons.LESSONS.values()])

@@ -187,3 +187,11 @@ def store(tmp_path, monkeypatch):
                 jobs.cancel(info.run_id, root, grace_s=1)
             except RunError:
                 pass
+
+
+# ======================================================================== lesson examples (issue 20) — begin
+@pytest.fixture(autouse=True)
+def no_shipped_examples(tmp_path_factory, monkeypatch):
+    """Pages see no shipped example runs unless a test writes its own: tests never depend on the real examples."""
+    monkeypatch.setenv("CXRDEMO_EXAMPLES_DIR", str(tmp_path_factory.getbasetemp() / "no-examples"))
+# ======================================================================== lesson examples (issue 20) — end

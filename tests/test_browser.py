@@ -48,7 +48,9 @@ def server(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("browser")
     port = _free_port()
     env = {**os.environ, "CXRDEMO_RUNS_DIR": str(tmp / "runs"), "CXRDEMO_CACHE_DIR": str(tmp / "cache"),
-           "CXRDEMO_MAX_JOBS": "1", "CXRDEMO_JOB_NICE": "0", "PYTHONUNBUFFERED": "1"}
+           "CXRDEMO_MAX_JOBS": "1", "CXRDEMO_JOB_NICE": "0", "PYTHONUNBUFFERED": "1",
+           # lessons at 32 px, 1 epoch, 8 images per split; no shipped example runs: the lesson test sees its own
+           "CXRDEMO_LESSON_TINY": "1", "CXRDEMO_EXAMPLES_DIR": str(tmp / "no-examples")}
     seed = os.environ.get("CXRDEMO_SEED_RUNS")  # finished runs to start from (realistic README screenshots)
     if seed:
         shutil.copytree(seed, tmp / "runs")
@@ -300,3 +302,30 @@ def test_compare_confusion_cell_opens_its_images(server, browser):
                             d.find_element(By.TAG_NAME, "body").text))
     _no_exception(browser)
     browser.save_screenshot(str(_shots(tmp) / "compare_gallery.png"))
+
+
+def test_a_lesson_runs_end_to_end_and_shows_its_result_view(server, browser):
+    """The shortcut lesson on tiny settings: one click queues its 3 runs; its result view appears when they finish."""
+    url, tmp = server
+    _open(browser, url + "/lessons", "Lessons")
+    tab = next(t for t in browser.find_elements(By.CSS_SELECTOR, "[role='tab']")
+               if "Shortcut learning" in (t.get_attribute("textContent") or ""))
+    browser.execute_script("arguments[0].click();", tab)
+    time.sleep(1)
+    _wait_text(browser, "Not run yet", 60)
+    assert re.search(r"Running it yourself takes about \d", browser.find_element(By.TAG_NAME, "body").text)
+    button = next(b for b in browser.find_elements(By.TAG_NAME, "button")
+                  if b.text.strip() == "Start “Shortcut learning”" and b.is_displayed())
+    button.click()
+    _wait_text(browser, "waiting or training", 60)
+    # the fragment refreshes by itself: results show from the first finished run, complete once all have finished
+    WebDriverWait(browser, 600, poll_frequency=2).until(
+        lambda d: "Your results" in (t := d.find_element(By.TAG_NAME, "body").text) and "waiting or training" not in t)
+    body = browser.find_element(By.TAG_NAME, "body").text
+    assert re.search(r"Result\. The model trained with the marker on every VIRUS image: clean \d", body)
+    assert "95% interval" in body and "clean accuracy" in body
+    tagged = [json.loads(p.read_text())["config"]["tag"] for p in (tmp / "runs").glob("*/config.json")]
+    assert sorted(t for t in tagged if t.startswith("lesson:shortcut:")) == [
+        "lesson:shortcut:clean", "lesson:shortcut:marked-100", "lesson:shortcut:marked-50"]
+    _no_exception(browser)
+    browser.save_screenshot(str(_shots(tmp) / "lesson.png"))

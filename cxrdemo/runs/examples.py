@@ -1,7 +1,9 @@
 """Example runs shipped with the project: read-only copies of finished lesson runs (curves, metrics, per-image
 predictions; no weights), so a fresh install shows finished lessons. The store marks them `example`.
 
-They live in cxrdemo/examples/runs (package data) and are made by `python -m cxrdemo lessons build-examples`.
+They live in cxrdemo/examples/runs (package data; $CXRDEMO_EXAMPLES_DIR elsewhere) and are made by
+`python -m cxrdemo lessons build-examples`. They carry no model.pt: nothing may predict with, resume, cancel or
+delete them.
 """
 
 from __future__ import annotations
@@ -14,15 +16,35 @@ from cxrdemo.runs import store as runs
 
 EXAMPLES_RUNS_DIR = paths.PACKAGE_DIR / "examples" / "runs"
 KEPT = ("config.json", "status.json", "metrics.csv", "test_metrics.json", "test_predictions.csv")
-KEPT_DIRS = ("probes",)  # written by runs once the watch-it-learn issue lands; copied when present
+KEPT_DIRS = ("probes",)  # per-epoch probe images; copied when present
+BUILD_COMMAND = "python -m cxrdemo lessons build-examples"
 
 
 def list_examples(examples_dir: Path | None = None) -> list[runs.RunInfo]:
     """Every shipped example run, oldest first, each marked `example` (read-only: never deleted nor resumed)."""
-    infos = runs.list_runs(examples_dir or EXAMPLES_RUNS_DIR)
+    infos = runs.list_runs(examples_dir or paths.examples_runs_dir())
     for info in infos:
         info.example = True
     return infos
+
+
+def wall_seconds(info: runs.RunInfo) -> float | None:
+    """How long the run took where it was made (claimed to finished, from its status), or None when unknown."""
+    try:
+        seconds = float(info.status["finished"]) - float(info.status["started"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    return seconds if seconds >= 0 else None
+
+
+def machine_words(infos: list[runs.RunInfo]) -> str:
+    """The processor and thread count the runs were made with, in words ('' when not recorded)."""
+    for info in infos:
+        cpu = str((info.meta.get("speed_trial") or {}).get("device_model") or "")
+        threads = info.meta.get("threads")
+        if cpu:
+            return f"{cpu}, {threads} threads" if threads else cpu
+    return ""
 
 
 def copy_as_example(d: Path, examples_dir: Path | None = None) -> Path:

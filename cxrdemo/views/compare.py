@@ -20,13 +20,14 @@ from cxrdemo.views.text import safe_csv_cell
 
 TEST_KEYS = ("accuracy", "precision", "recall", "f1", "auroc", "sensitivity", "specificity")
 TEST_COLUMNS = tuple(f"test_{k}" for k in TEST_KEYS)
-TABLE_COLUMNS = ("run_id", "status", "problem", "backbone", "init", "freeze", "head", "epochs_run", "epochs_planned",
+TABLE_COLUMNS = ("run_id", "example", "status", "problem", "backbone", "init", "freeze", "head", "epochs_run", "epochs_planned",
                  "best_val_acc", "epochs_to_best", *TEST_COLUMNS, "total_params", "trainable_params",
                  "trainable_at_start", "params_note", "sec_per_epoch", "arithmetic", "dataset", "classes", "n_classes",
                  "started")
 UNKNOWN_CLASSES = "(classes not known yet)"
+EXAMPLE = "example"  # the mark of a read-only example run shipped with the project, wherever one is shown
 # The compact table: what a projector at 1400 px can show without scrolling sideways.
-COMPACT_COLUMNS = ("run_id", "status", "backbone", "init", "freeze", "epochs_run", "test_accuracy", "test_auroc",
+COMPACT_COLUMNS = ("run_id", "example", "status", "backbone", "init", "freeze", "epochs_run", "test_accuracy", "test_auroc",
                    "test_sensitivity", "test_specificity", "trainable_params", "sec_per_epoch", "problem")
 # What the trade-off chart may put on its y axis: column -> label a clinician reads.
 TEST_METRIC_LABELS = {"test_accuracy": "Test accuracy", "test_recall": "Test recall (macro)",
@@ -70,7 +71,8 @@ def _params(cfg: dict, n_classes: int, epochs_run: int) -> tuple[float, float, f
 def run_row(info: runs.RunInfo) -> dict:
     """One table row for a run; a damaged run gets its reason and NaN numbers, never an exception."""
     row: dict = {c: math.nan for c in TABLE_COLUMNS}
-    row.update(run_id=info.run_id, status=info.state, problem=info.damaged or "", params_note="", backbone="",
+    row.update(run_id=info.run_id, example=info.example, status=info.state, problem=info.damaged or "",
+               params_note="", backbone="",
                init="", freeze="", head="", dataset="", classes="", started=pd.NaT, arithmetic="")
     if info.damaged:
         return row
@@ -127,11 +129,41 @@ def point_labels(table: pd.DataFrame) -> list[str]:
     def start(init: str) -> str:
         return "fine-tuned" if str(init).startswith("run:") else words.init_words(init)
 
+    examples = table["example"] if "example" in table else [False] * len(table)
     recipes = [("shipped demo model" if run_id == paths.DEMO_RUN_NAME else f"{b} · {start(i)} · freeze {f}")
-               for b, i, f, run_id in zip(table["backbone"], table["init"], table["freeze"], table["run_id"])]
+               + (f" · {EXAMPLE}" if bool(ex) else "")
+               for b, i, f, run_id, ex in zip(table["backbone"], table["init"], table["freeze"], table["run_id"],
+                                              examples)]
     repeated = {r for r in recipes if recipes.count(r) > 1}
     return [r if r not in repeated else f"{r} · {run_id.split('-')[1] if run_id.count('-') >= 2 else run_id}"
             for r, run_id in zip(recipes, table["run_id"])]
+
+
+def with_examples(infos: list[runs.RunInfo], shipped: list[runs.RunInfo]) -> list[runs.RunInfo]:
+    """The store's runs and the shipped example runs (marked `example`); a run of the store wins an id clash."""
+    own = {i.run_id for i in infos}
+    return [*infos, *(i for i in shipped if i.run_id not in own)]
+
+
+def fresh_runs(root, chosen: list[str], fixed: list[runs.RunInfo]) -> list[runs.RunInfo]:
+    """The chosen runs re-read from the store; `fixed` ones (examples, the demo reference) never change."""
+    kept = {i.run_id: i for i in fixed if i.run_id in chosen}
+    return [*(i for i in runs.list_runs(root) if i.run_id in chosen and i.run_id not in kept), *kept.values()]
+
+
+def shown_id(run_id: str, example: bool) -> str:
+    """A run's id as charts and lists show it: example runs say so."""
+    return f"{run_id} ({EXAMPLE})" if example else run_id
+
+
+def has_model(info: runs.RunInfo) -> bool:
+    """Whether the run has weights to predict or compute heatmaps with (example runs ship none)."""
+    return not info.example and not info.damaged and (info.path / "model.pt").is_file()
+
+
+def deletable(table: pd.DataFrame) -> list[str]:
+    """Runs the Compare page may offer to delete: never the shipped demo model nor a (read-only) example run."""
+    return [r for r, ex in zip(table["run_id"], table["example"]) if r != paths.DEMO_RUN_NAME and not bool(ex)]
 
 
 def runs_table(infos: list[runs.RunInfo]) -> pd.DataFrame:

@@ -55,28 +55,85 @@ def _fmt(v: float) -> str:
     return "—" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.1%}"
 
 
+def _correct(test: dict, probs_key: str | None = None) -> np.ndarray:
+    """Per test image: did the run's decision rule get it right (`probs_key`: the marked copies' results)."""
+    probs = (test.get(probs_key) or {}).get("probs") if probs_key else test.get("probs")
+    return predict_labels(np.asarray(probs), test.get("threshold")) == np.asarray(test["y_true"])
+
+
+def accuracy_interval(correct: np.ndarray, seed: int = 0) -> tuple[float, float]:
+    """95% bootstrap interval of an accuracy from per-image correctness (images resampled with replacement)."""
+    rng = np.random.default_rng(seed)
+    draws = correct[rng.integers(0, len(correct), (BOOTSTRAP, len(correct)))].mean(1)
+    lo, hi = np.percentile(draws, [2.5, 97.5])
+    return float(lo), float(hi)
+
+
+def paired_gap(a: np.ndarray, b: np.ndarray, seed: int = 0) -> tuple[float, float, float]:
+    """Accuracy of A minus accuracy of B on the same images, with a 95% paired bootstrap interval."""
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(a), (BOOTSTRAP, len(a)))
+    lo, hi = np.percentile(a[idx].mean(1) - b[idx].mean(1), [2.5, 97.5])
+    return float(a.mean() - b.mean()), float(lo), float(hi)
+
+
+def verdict(lo: float, hi: float) -> str:
+    """Words for a 95% interval of a difference: does it exclude zero?"""
+    if lo > 0 or hi < 0:
+        return "the interval excludes zero"
+    return "not significant: the interval includes zero, so these test images cannot show a difference"
+
+
+def _pts(v: float) -> str:
+    return f"{v * 100:+.1f} points"
+
+
+def _interval(lo: float, hi: float) -> str:
+    return f"95% interval {lo * 100:+.1f} to {hi * 100:+.1f}"
+
+
+def _interval_abs(lo: float, hi: float) -> str:
+    return f"95% interval {lo:.1%} to {hi:.1%}"
+
+
+def _has_probs(test: dict) -> bool:
+    return bool(test.get("probs")) and bool(test.get("y_true"))
+
+
 # ---------------------------------------------------------------- lesson 1
 
 def transfer_result(lesson: Lesson, infos: list[runs.RunInfo]) -> LessonResult:
-    """Accuracy vs number of training images, one line per start; the runs' learning curves."""
-    rows = []
+    """Accuracy (with its interval) vs number of training images, one line per start; the learning curves."""
+    rows, correct = [], {}
     for key, label, info, test in _base_rows(lesson, infos):
-        rows.append({"recipe": label, "start": key.rsplit("-", 1)[0], "training images": _n_train(info) if info
-                     else math.nan, "test accuracy": test.get("accuracy", math.nan),
-                     "test AUROC": test.get("auroc", math.nan), "run": info.run_id if info else ""})
+        lo = hi = math.nan
+        if _has_probs(test):
+            correct[key] = _correct(test)
+            lo, hi = accuracy_interval(correct[key])
+        rows.append({"recipe": label, "start": key.rsplit("-", 1)[0], "share": key.rsplit("-", 1)[1],
+                     "training images": _n_train(info) if info else math.nan,
+                     "test accuracy": test.get("accuracy", math.nan), "95% interval low": lo,
+                     "95% interval high": hi, "test AUROC": test.get("auroc", math.nan),
+                     "run": info.run_id if info else ""})
     df = pd.DataFrame(rows)
     fig = go.Figure()
     for start, part in df.groupby("start", sort=False):
         part = part.dropna(subset=["test accuracy"]).sort_values("training images")
         fig.add_trace(go.Scatter(x=part["training images"], y=part["test accuracy"], mode="lines+markers",
-                                 name=start))
-    fig.update_layout(title="Test accuracy vs number of training images", xaxis_title="Training images",
-                      yaxis_title="Test accuracy", yaxis_range=[0, 1.02], height=380)
-    small = df[df["recipe"].str.contains("10%")].set_index("start")["test accuracy"]
-    gain = small.get("demo-all", math.nan) - small.get("scratch", math.nan)
-    headline = (f"With 10% of the training images, starting from the demo model changes test accuracy by "
-                f"{gain:+.1%} compared with starting from scratch." if not math.isnan(gain) else
-                "The 10% runs have not finished yet.")
+                                 name=start, error_y={"type": "data", "symmetric": False,
+                                                      "array": part["95% interval high"] - part["test accuracy"],
+                                                      "arrayminus": part["test accuracy"] - part["95% interval low"]}))
+    fig.update_layout(title="Test accuracy vs number of training images (bars: 95% interval)",
+                      xaxis_title="Training images", yaxis_title="Test accuracy", yaxis_range=[0, 1.02], height=380)
+    lines = []
+    for share in df["share"].unique():
+        a, b = correct.get(f"demo-all-{share}"), correct.get(f"scratch-{share}")
+        if a is None or b is None or len(a) != len(b):
+            continue  # paired by test image: both runs are tested on the lesson's fixed test split
+        gain, lo, hi = paired_gap(a, b)
+        lines.append(f"{share}% of the training images: {_pts(gain)} ({_interval(lo, hi)}; {verdict(lo, hi)}).")
+    headline = ("Starting from the demo model instead of from scratch changes test accuracy by: " + " ".join(lines)
+                if lines else "The runs from scratch and from the demo model have not both finished yet.")
     done = [i for _, _, i, t in _base_rows(lesson, infos) if i is not None and t]
     return LessonResult(headline, df, [fig, plots.curves_figure(done, "loss")])
 
@@ -85,10 +142,10 @@ def transfer_result(lesson: Lesson, infos: list[runs.RunInfo]) -> LessonResult:
 
 def freeze_result(lesson: Lesson, infos: list[runs.RunInfo]) -> LessonResult:
     """The freeze-level table (micro-recall, epochs to best, seconds per epoch, trainable parameters) and chart."""
-    rows = []
-    for _, label, info, test in _base_rows(lesson, infos):
+    rows, found = [], lesson_runs(lesson, infos)
+    for key, label, info, test in _base_rows(lesson, infos):
         m = _metric_rows(info) if info else pd.DataFrame()
-        rows.append({"recipe": label, "test micro-recall": test.get("micro_recall", math.nan),
+        rows.append({"key": key, "recipe": label, "test micro-recall": test.get("micro_recall", math.nan),
                      "test AUROC": test.get("auroc", math.nan), "epochs to best": test.get("best_epoch", math.nan),
                      "seconds per epoch": float(m["seconds"].mean()) if len(m) else math.nan,
                      "trainable parameters": float(m["trainable_params"].iloc[-1]) if len(m) else math.nan,
@@ -101,10 +158,19 @@ def freeze_result(lesson: Lesson, infos: list[runs.RunInfo]) -> LessonResult:
                       xaxis_title="Trainable parameters (log)", yaxis_title="Test micro-recall",
                       yaxis_range=[0, 1.05], height=380)
     best = ok.sort_values("test micro-recall", ascending=False).head(1)
-    headline = (f"Best test micro-recall: {best['recipe'].iloc[0]} ({best['test micro-recall'].iloc[0]:.1%}, "
-                f"{int(best['trainable parameters'].iloc[0]):,} trainable parameters)." if len(best)
-                else "No freeze level has finished yet.")
-    return LessonResult(headline, df, [fig])
+    lines = []
+    if len(best):
+        b = best.iloc[0]
+        test = _test(found[b["key"]])
+        where = f" ({_interval_abs(*accuracy_interval(_correct(test)))})" if _has_probs(test) else ""
+        lines.append(f"Best test micro-recall: {b['recipe']}, {b['test micro-recall']:.1%}{where}, with "
+                     f"{int(b['trainable parameters']):,} trainable parameters.")
+    full, head = (_test(found[k]) if k in found else {} for k in ("cnn5-none", "cnn5-head"))
+    if _has_probs(full) and _has_probs(head) and len(full["y_true"]) == len(head["y_true"]):
+        gap, lo, hi = paired_gap(_correct(head), _correct(full))
+        lines.append(f"Training only the head instead of every layer changes micro-recall by {_pts(gap)} "
+                     f"({_interval(lo, hi)}; {verdict(lo, hi)}).")
+    return LessonResult(" ".join(lines) or "No freeze level has finished yet.", df.drop(columns="key"), [fig])
 
 
 # ---------------------------------------------------------------- lesson 3
@@ -117,14 +183,22 @@ def _called(test: dict, k: int) -> float:
 
 
 def shortcut_result(lesson: Lesson, infos: list[runs.RunInfo]) -> LessonResult:
-    """Accuracy on clean vs marked test copies, and how often each model says VIRUS on them."""
-    rows = []
+    """Accuracy on clean vs marked copies of the same test images, the gap with its paired interval, and how often
+    each model says VIRUS on them."""
+    rows, gaps, calls = [], {}, {}
     for _, label, info, test in _base_rows(lesson, infos):
         marked = test.get("marked") or {}
         k = list(test.get("classes") or ["BACTERIA", "VIRUS"]).index("VIRUS") if test else 1
         marked_called = _called({**marked, "threshold": test.get("threshold")}, k) if marked else math.nan
+        gap = lo = hi = math.nan
+        if _has_probs(test) and marked.get("probs") and len(marked["probs"]) == len(test["y_true"]):
+            gap, lo, hi = paired_gap(_correct(test), _correct(test, "marked"))  # the same images, tag or not
+            gaps[label] = (gap, lo, hi)
+            said = [predict_labels(np.asarray(p), test.get("threshold")) == k for p in (marked["probs"], test["probs"])]
+            calls[label] = paired_gap(*said)  # how much more often the tag makes it say VIRUS, same images
         rows.append({"recipe": label, "clean accuracy": test.get("accuracy", math.nan),
                      "marked accuracy": marked.get("accuracy", math.nan) if marked else math.nan,
+                     "gap (clean − marked)": gap, "gap 95% low": lo, "gap 95% high": hi,
                      "called VIRUS (clean)": _called(test, k), "called VIRUS (marked)": marked_called,
                      "run": info.run_id if info else ""})
     df = pd.DataFrame(rows)
@@ -133,10 +207,16 @@ def shortcut_result(lesson: Lesson, infos: list[runs.RunInfo]) -> LessonResult:
                       height=380)
     last = df.iloc[-1]
     gap = last["clean accuracy"] - last["marked accuracy"]
+    shift = calls.get(last["recipe"])
     headline = (f"The model trained with the marker on every VIRUS image: clean {_fmt(last['clean accuracy'])}, "
-                f"marked {_fmt(last['marked accuracy'])} (gap {gap:+.1%}); it calls "
-                f"{_fmt(last['called VIRUS (marked)'])} of marked images VIRUS." if not math.isnan(gap)
-                else "The marked runs have not finished yet.")
+                f"marked {_fmt(last['marked accuracy'])} (gap {_pts(gap)}"
+                + (f", {_interval(*gaps[last['recipe']][1:])}; {verdict(*gaps[last['recipe']][1:])}"
+                   if last["recipe"] in gaps else "")
+                + f"); it calls {_fmt(last['called VIRUS (marked)'])} of marked images VIRUS"
+                + (f" and {_fmt(last['called VIRUS (clean)'])} of the same images without the tag "
+                   f"({_pts(shift[0])}, {_interval(*shift[1:])}; {verdict(*shift[1:])})" if shift else "")
+                + ". Accuracy alone can hide a shortcut on a balanced test: watch what it calls the images."
+                if not math.isnan(gap) else "The marked runs have not finished yet.")
     return LessonResult(headline, df, [fig], gallery_runs=[r for r in df["run"] if r])
 
 
@@ -147,10 +227,6 @@ def _val_at_best(info: runs.RunInfo, test: dict) -> tuple[float, int]:
     best = m[m["epoch"] == test.get("best_epoch")]
     n_val = int(((info.meta.get("dataset") or {}).get("totals") or {}).get("val", 0))
     return (float(best["val_acc"].iloc[0]) if len(best) else math.nan), n_val
-
-
-def _correct(test: dict) -> np.ndarray:
-    return predict_labels(np.asarray(test["probs"]), test.get("threshold")) == np.asarray(test["y_true"])
 
 
 def leakage_gap(pairs: list[tuple[float, int, np.ndarray]], seed: int = 0) -> tuple[float, float, float]:
@@ -185,10 +261,10 @@ def leakage_result(lesson: Lesson, infos: list[runs.RunInfo]) -> LessonResult:
     for split, found in pairs.items():
         if found:
             gap, lo, hi = leakage_gap(found)
-            verdict = ("clearly above zero" if lo > 0 else "below zero" if hi < 0 else
-                       "not significant: the interval includes zero, so this small set cannot show a gap")
+            said = ("clearly above zero" if lo > 0 else "below zero" if hi < 0 else
+                    "not significant: the interval includes zero, so this small set cannot show a gap")
             lines.append(f"Split by {split}: validation overstates unseen-patient accuracy by {gap:+.1%} "
-                         f"(95% interval {lo:+.1%} to {hi:+.1%}; {verdict}).")
+                         f"(95% interval {lo:+.1%} to {hi:+.1%}; {said}).")
     fig = go.Figure([go.Bar(name=col, x=df["recipe"], y=df[col])
                      for col in ("validation accuracy (reported)", "accuracy on unseen patients")])
     fig.update_layout(barmode="group", title="What validation reports vs unseen patients", yaxis_range=[0, 1.02],

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cxrdemo.config import TrainConfig
-from cxrdemo.runs import jobs, lifecycle
+from cxrdemo.errors import CxrError
+from cxrdemo.runs import examples, jobs, lifecycle
 from cxrdemo.runs import store as runs
 
 TAG_PREFIX = "lesson:"
@@ -24,6 +25,7 @@ TINY_ENV = "CXRDEMO_LESSON_TINY"  # "1": every lesson at 32 px, 1 epoch, 8 image
 TRAIN_PIXELS_PER_S = 500_000
 EVAL_PIXELS_PER_S = 1_500_000
 RUN_OVERHEAD_S = 20.0  # starting a worker process, importing torch, decoding the images
+WORKER_START_S = 6.0  # what a measured example run did not pay: it was trained in the build's already-started process
 
 
 @dataclass(frozen=True)
@@ -163,20 +165,73 @@ LESSONS: dict[str, Lesson] = {lesson.key: lesson for lesson in (
 
 # ---------------------------------------------------------------- time, start, progress
 
-def estimate_seconds(lesson: Lesson) -> float:
-    """Estimated wall time of the whole lesson at one job at a time, from image counts x pixels (an estimate)."""
+def _recipe_config(info: runs.RunInfo) -> TrainConfig | None:
+    try:
+        return TrainConfig.from_dict(info.config)
+    except (CxrError, TypeError):
+        return None
+
+
+def measured_seconds(recipe: Recipe, shipped: list[runs.RunInfo]) -> float | None:
+    """The wall time of the shipped example run made with exactly this recipe (None when there is none)."""
+    for info in reversed(shipped):  # the newest build wins
+        if info.state == "completed" and _recipe_config(info) == recipe.config:
+            return examples.wall_seconds(info)
+    return None
+
+
+def _pixel_seconds(c: TrainConfig) -> float:
     from cxrdemo.data import scan_dataset
 
-    total = 0.0
-    for r in recipes(lesson):
-        c = r.config
-        counts = scan_dataset(c.data, seed=c.split_seed, max_per_split=c.max_images, train_share=c.train_share,
-                              by_patient=c.split_by == "patient").summary()["totals"]
-        px = c.img_size ** 2
-        train = 0.0 if str(c.freeze) == "head" else c.epochs * counts["train"] * px / TRAIN_PIXELS_PER_S
-        evals = (c.epochs * counts["val"] + 2 * counts["test"] + counts["train"]) * px / EVAL_PIXELS_PER_S
-        total += RUN_OVERHEAD_S + train + evals
-    return total
+    counts = scan_dataset(c.data, seed=c.split_seed, max_per_split=c.max_images, train_share=c.train_share,
+                          by_patient=c.split_by == "patient").summary()["totals"]
+    px = c.img_size ** 2
+    train = (0.0 if str(c.freeze) == "head" else c.epochs * counts["train"] * px / TRAIN_PIXELS_PER_S)
+    evals = (c.epochs * counts["val"] + 2 * counts["test"] + counts["train"]) * px / EVAL_PIXELS_PER_S
+    return RUN_OVERHEAD_S + train + evals
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """The lesson's estimated wall time at one job at a time, and how many of its runs were timed for real."""
+
+    seconds: float
+    measured: int
+    planned: int
+    machine: str
+
+
+def estimate(lesson: Lesson, shipped: list[runs.RunInfo] | None = None) -> Estimate:
+    """Estimated wall time: each run's measured time from its example run when one was made with the same recipe
+    (plus starting a worker), else image counts x pixels / the throughput constants above."""
+    shipped = examples.list_examples() if shipped is None else shipped
+    total, measured = 0.0, 0
+    plan = recipes(lesson)
+    for r in plan:
+        seconds = measured_seconds(r, shipped)
+        if seconds is None:
+            total += _pixel_seconds(r.config)
+        else:
+            total += WORKER_START_S + seconds
+            measured += 1
+    mine = [i for i in shipped if recipe_key(i, lesson) is not None]
+    return Estimate(total, measured, len(plan), examples.machine_words(mine) if measured else "")
+
+
+def estimate_seconds(lesson: Lesson, shipped: list[runs.RunInfo] | None = None) -> float:
+    """Estimated wall time of the whole lesson at one job at a time (see `estimate`)."""
+    return estimate(lesson, shipped).seconds
+
+
+def example_runs(lesson: Lesson, shipped: list[runs.RunInfo]) -> dict[str, runs.RunInfo]:
+    """Recipe key -> the lesson's completed shipped example run."""
+    return {k: i for k, i in lesson_runs(lesson, shipped).items() if i.state == "completed"}
+
+
+def example_wall_seconds(lesson: Lesson, shipped: list[runs.RunInfo]) -> float | None:
+    """What the lesson's example runs took together where they were made (None when any time is missing)."""
+    times = [examples.wall_seconds(i) for i in example_runs(lesson, shipped).values()]
+    return float(sum(times)) if times and None not in times else None
 
 
 def start(lesson: Lesson, runs_dir: str | Path | None = None) -> list[str]:
@@ -207,3 +262,33 @@ def progress(lesson: Lesson, infos: list[runs.RunInfo]) -> dict[str, int]:
     return {"planned": len(recipes(lesson)), "active": sum(s in lifecycle.ACTIVE for s in states),
             "completed": states.count("completed"), "other": sum(s not in lifecycle.ACTIVE + ("completed",)
                                                                 for s in states)}
+
+
+# ---------------------------------------------------------------- words for the page
+
+def estimate_words(lesson: Lesson, est: Estimate) -> str:
+    """How long the lesson takes here before it starts, and where the figure comes from."""
+    from cxrdemo.views.trainer import format_duration
+
+    c = recipes(lesson)[0].config
+    how = (f"measured: the example runs of this recipe took that on {est.machine}, plus starting each run"
+           if est.measured == est.planned else
+           f"{est.measured} of {est.planned} runs measured on {est.machine}, the rest estimated from image counts"
+           if est.measured else "estimated from image counts and the throughput of a 2-core CPU")
+    return (f"{est.planned} runs at {c.img_size} px, {c.epochs} epochs each. Running it yourself takes about "
+            f"{format_duration(est.seconds)} at one job at a time ({how}); a slower computer or other jobs take "
+            "longer.")
+
+
+def example_words(lesson: Lesson, shipped: list[runs.RunInfo]) -> str:
+    """The label over a lesson's shipped example results: what they are, how they were made, what they took."""
+    from cxrdemo.views.text import escape_markdown
+    from cxrdemo.views.trainer import format_duration
+
+    found = example_runs(lesson, shipped)
+    wall = example_wall_seconds(lesson, shipped)
+    machine = escape_markdown(examples.machine_words(list(found.values())))  # read from run files
+    took = f"; its {len(found)} runs took {format_duration(wall)} in all" if wall is not None else ""
+    on = f" on {machine}" if machine else ""
+    return (f"Example results, shipped with the project (read-only): made by the project's command "
+            f"`{examples.BUILD_COMMAND}`{on}{took}. Press “Run it yourself” to train the same recipe here.")

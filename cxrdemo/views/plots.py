@@ -14,7 +14,7 @@ from plotly.colors import qualitative
 from cxrdemo.errors import RunError
 from cxrdemo.model import metrics
 from cxrdemo.runs import store as runs
-from cxrdemo.views.compare import TEST_METRIC_LABELS, point_labels
+from cxrdemo.views.compare import TEST_METRIC_LABELS, point_labels, shown_id
 
 LEGEND_BELOW = {"orientation": "h", "yanchor": "top", "y": -0.2, "xanchor": "left", "x": 0}  # the plot keeps the full width
 CURVE_METRICS = {"loss": ("train_loss", "val_loss", "Loss"), "accuracy": ("train_acc", "val_acc", "Accuracy")}
@@ -59,12 +59,13 @@ def curves_figure(infos: list[runs.RunInfo], metric: str = "loss", smoothing: fl
         for col, split, dash in ((train_col, "train", "solid"), (val_col, "val", "dash")):
             raw = m[col].to_numpy(dtype=float)
             shown = ema(raw, smoothing) if smoothing else raw
-            hover = (f"{info.run_id} · {split}<br>epoch %{{x}}<br>{label.lower()} %{{customdata:.4f}}"
+            name = shown_id(info.run_id, info.example)
+            hover = (f"{name} · {split}<br>epoch %{{x}}<br>{label.lower()} %{{customdata:.4f}}"
                      "<br>%{text} trainable parameters")
             if smoothing:
                 hover += " (smoothed %{y:.4f})"
             fig.add_trace(go.Scatter(
-                x=m["epoch"].to_numpy(), y=shown, customdata=raw, name=f"{info.run_id} · {split}",
+                x=m["epoch"].to_numpy(), y=shown, customdata=raw, name=f"{name} · {split}",
                 text=[_fmt_int(v) for v in m["trainable_params"]],
                 legendgroup=info.run_id, mode="lines+markers", marker_size=5,
                 line=dict(color=colors.get(info.run_id), dash=dash), hovertemplate=hover + "<extra></extra>"))
@@ -127,8 +128,10 @@ def bar_figure(table: pd.DataFrame, column: str, title: str, log: bool = False,
         return _empty("Nothing to show yet.", title)
     colors = colors or run_colors(table["run_id"])
     values = df[column].astype(float)
+    names = [shown_id(r, bool(ex)) for r, ex in zip(df["run_id"], df["example"] if "example" in df else
+                                                     [False] * len(df))]
     fig = go.Figure(go.Bar(
-        x=df["run_id"], y=values, marker_color=[colors.get(r) for r in df["run_id"]],
+        x=names, y=values, marker_color=[colors.get(r) for r in df["run_id"]],
         text=[f"{v:,.0f}" if v >= 100 else f"{v:.3g}" for v in values], textposition="outside",
         hovertemplate="%{x}<br>" + title + " %{y:,}<extra></extra>"))
     fig.update_layout(title=title, yaxis_title=title, height=380, showlegend=False)
