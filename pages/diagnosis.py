@@ -74,12 +74,12 @@ def headline_numbers(model: predict.LoadedModel, compact: bool) -> None:
         cells = dv.headline_cells(h)
         if compact:
             title = dv.headline_title({**h, "set": md(h["set"])})  # a folder name is not Markdown
-            st.markdown(f"**{title}**  \n" + "  \n".join(f"{lbl} {v}" for lbl, v in cells),
-                        help=md(dv.headline_sentence(h)))
+            st.markdown(f"**{title}**  \n" + "  \n".join(f"{lbl} {v}" + (f" ({ci})" if ci else "")
+                                                          for lbl, v, ci in cells), help=md(dv.headline_sentence(h)))
             continue
-        for col, (lbl, value) in zip(st.columns(len(cells)), cells):
-            col.metric(lbl, value)
-        st.caption(md(dv.headline_sentence(h)) + (" 95% intervals in brackets." if h["ci95"] else ""))
+        for col, (lbl, value, ci) in zip(st.columns(len(cells)), cells):  # the interval under the number: it fits
+            col.metric(lbl, value, delta=ci, delta_color="off", delta_arrow="off")
+        st.caption(md(dv.headline_sentence(h)) + (" 95% intervals under the numbers." if h["ci95"] else ""))
     chance = dv.model_chance(model)
     if chance:
         st.warning(f"This model {md(chance)}.", icon=":material/warning:")

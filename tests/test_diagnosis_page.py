@@ -177,7 +177,8 @@ def test_compared_models_show_the_shifted_set_first_with_intervals_and_chance(pa
     at = _page()
     assert at.selectbox(key="model").value == "Demo model (shipped)"
     # the single view leads with the shifted set too (the same function draws both)
-    assert [m.value for m in at.metric][:4] == ["0.880", "0.900", "0.845 (0.765–0.917)", "0.950"]
+    assert [m.value for m in at.metric][:4] == ["0.880", "0.900", "0.845", "0.950"]
+    assert [m.proto.delta for m in at.metric][:5] == ["", "", "0.765–0.917", "", "0.905–1.000"]  # interval below
     at.radio(key="example").set_value("NORMAL example 1").run()
     (run_label,) = at.multiselect(key="compare").options
     at.multiselect(key="compare").set_value([run_label]).run()
@@ -212,8 +213,8 @@ def test_a_run_with_saved_test_probabilities_shows_95_percent_intervals(patch_st
     lo, hi = own["ci95"]["accuracy"]
     assert lo < 0.9 < hi <= 1.0 and set(own["ci95"]) == {"accuracy", "sensitivity", "specificity", "auroc"}
     at = _page()
-    assert f"0.900 ({lo:.3f}–{hi:.3f})" in [m.value for m in at.metric]
-    assert any("95% intervals in brackets" in c.value for c in at.caption)
+    assert ("0.900", f"{lo:.3f}–{hi:.3f}") in [(m.value, m.proto.delta) for m in at.metric]
+    assert any("95% intervals under the numbers" in c.value for c in at.caption)
 
 
 def test_with_only_the_demo_model_the_comparison_picker_says_train_a_model_first(patch_store, tmp_path):

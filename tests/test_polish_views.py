@@ -155,3 +155,40 @@ def test_compare_table_is_compact_by_default_with_the_test_metrics(compare_store
     assert {"test_accuracy", "test_auroc", "test_sensitivity", "test_specificity"} <= set(order)
     at.toggle(key="all_columns").set_value(True).run()
     assert list(at.dataframe[0].proto.column_order) == []  # every column
+
+
+def test_the_readme_shows_exactly_the_screenshots_the_browser_test_takes():
+    """The README's pictures are retaken by `CXRDEMO_SCREENSHOTS=docs/screenshots pytest tests/test_browser.py`."""
+    import re
+
+    browser_test = (ROOT / "tests" / "test_browser.py").read_text(encoding="utf-8")
+    taken = set(re.findall(r'_shots\(tmp\) / "([\w-]+\.png)"', browser_test))
+    skipped = {"compare_gallery.png"}  # its test waits for issue 19
+    shown = set(re.findall(r"\]\(docs/screenshots/([\w-]+\.png)\)", (ROOT / "README.md").read_text(encoding="utf-8")))
+    assert {"home.png", "trainer.png", "compare.png", "diagnosis.png", "lessons.png"} <= shown
+    assert shown == taken - skipped
+
+
+def test_a_run_at_chance_says_so_on_compare(store):
+    from cxrdemo import fileio
+    from cxrdemo.config import TrainConfig
+    from cxrdemo.runs import store as runs
+    from cxrdemo.views import compare
+    from tests.helpers import fake_status
+
+    d = runs.create_run(TrainConfig(data="demo", backbone="cnn8", epochs=1), store)
+    fake_status(d, state="completed", epoch=1)
+    fileio.atomic_write_json(d / "test_metrics.json", {"classes": CLASSES, "accuracy": 0.5, "auroc": 0.61,
+                                                       "confusion": [[0, 8], [0, 8]]})
+    row = compare.run_row(runs.load_run(d))
+    assert row["problem"] == "The model predicts PNEUMONIA for every test image: no better than chance."
+
+
+def test_compare_legends_sit_below_the_plots(compare_store):
+    from cxrdemo.runs import store as runs
+    from cxrdemo.views import plots
+
+    infos = [i for i in runs.list_runs(compare_store["root"]) if not i.damaged]
+    for metric in ("loss", "accuracy"):
+        fig = plots.curves_figure(infos, metric)
+        assert fig.layout.legend.orientation == "h" and fig.layout.legend.y < 0  # the plot keeps the full width

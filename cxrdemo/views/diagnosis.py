@@ -65,9 +65,14 @@ def headline_title(h: dict) -> str:
     return f"{'Shifted set' if h['label'] == 'shifted' else 'In-distribution'}: {h['set']}{n}"
 
 
-def headline_cells(h: dict) -> list[tuple[str, str]]:
-    """(metric name, value with its 95% interval) of one evaluation set, in the order every page shows them."""
-    return [(label, headline_value(h, k)) for k, label in HEADLINE_METRICS if isinstance(h["metrics"].get(k), float)]
+def headline_cells(h: dict) -> list[tuple[str, str, str | None]]:
+    """(metric name, value, its 95% interval or None) of one evaluation set, in the order every page shows them."""
+    out = []
+    for k, label in HEADLINE_METRICS:
+        if isinstance(h["metrics"].get(k), float):
+            lo_hi = h["ci95"].get(k)
+            out.append((label, f"{h['metrics'][k]:.3f}", f"{lo_hi[0]:.3f}–{lo_hi[1]:.3f}" if lo_hi else None))
+    return out
 
 
 COMPARE_NOTE = ("Each column gives that model's results on its most shifted test set first (95% intervals in "
