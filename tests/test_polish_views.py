@@ -192,3 +192,16 @@ def test_compare_legends_sit_below_the_plots(compare_store):
     for metric in ("loss", "accuracy"):
         fig = plots.curves_figure(infos, metric)
         assert fig.layout.legend.orientation == "h" and fig.layout.legend.y < 0  # the plot keeps the full width
+
+
+def test_the_readme_says_where_the_full_datasets_come_from():
+    """Someone outside this project: the data's DOI (the one the demo data cites), the COVID-19 Radiography
+    Database, and the retrain command with a downloaded folder rather than this project's ../shared."""
+    import re
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    dois = set(re.findall(r"doi:(10\.\d+/[\w.]+\w)", (ROOT / "cxrdemo" / "demo_data" / "README.md").read_text()))
+    assert "10.17632/rscbjbr9sj.2" in dois and all(d in readme for d in dois)
+    assert "COVID-19 Radiography Database" in readme and "chest_xray/train/NORMAL" in readme  # how folders map
+    commands = [line for line in readme.splitlines() if "cxrdemo demo-model" in line]
+    assert commands and not any("shared/data" in c for c in commands)
