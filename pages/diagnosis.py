@@ -61,13 +61,28 @@ def model_panel(model: predict.LoadedModel) -> None:
     st.caption(f"**{r.get('backbone', '?')}**, {dv.start_words(s['recipe'].get('init', '?'), root)}, "
                f"{r.get('epochs', '?')} epoch{'' if s['recipe'].get('epochs') == 1 else 's'} at "
                f"{r.get('img_size', model.img_size)} px · {line}", help=details)
-    if not s["headlines"]:
+    headline_numbers(model, compact=False)
+
+
+def headline_numbers(model: predict.LoadedModel, compact: bool) -> None:
+    """How good the model is: its most shifted evaluation set first (the honest headline), then in-distribution,
+    with 95% intervals; a warning when it does no better than chance. Compact: for a column of the comparison."""
+    hs = predict.model_summary(model)["headlines"]
+    if not hs:
         st.caption("This model has no test results.")
-    for h in s["headlines"]:  # the most shifted set first: the honest headline; in-distribution second
-        shown = [(k, lbl) for k, lbl in dv.HEADLINE_METRICS if isinstance(h["metrics"].get(k), float)]
-        for col, (k, lbl) in zip(st.columns(len(shown)), shown):
-            col.metric(lbl, dv.headline_value(h, k))
-        st.caption(md(dv.headline_sentence(h)) + (" 95% intervals in brackets." if h["ci95"] else ""))
+    for h in hs:
+        cells = dv.headline_cells(h)
+        if compact:
+            title = dv.headline_title({**h, "set": md(h["set"])})  # a folder name is not Markdown
+            st.markdown(f"**{title}**  \n" + "  \n".join(f"{lbl} {v}" + (f" ({ci})" if ci else "")
+                                                          for lbl, v, ci in cells), help=md(dv.headline_sentence(h)))
+            continue
+        for col, (lbl, value, ci) in zip(st.columns(len(cells)), cells):  # the interval under the number: it fits
+            col.metric(lbl, value, delta=ci, delta_color="off", delta_arrow="off")
+        st.caption(md(dv.headline_sentence(h)) + (" 95% intervals under the numbers." if h["ci95"] else ""))
+    chance = dv.model_chance(model)
+    if chance:
+        st.warning(f"This model {md(chance)}.", icon=":material/warning:")
 
 
 def image_source() -> tuple[bytes, str] | None:
@@ -101,13 +116,13 @@ def heatmap_words(model: predict.LoadedModel, res: explain.Explanation) -> str:
 
 def show_result(label: str, model: predict.LoadedModel, rad: predict.Radiograph, res: explain.Explanation,
                 a: assessment.Assessment, opacity: float, full: bool) -> None:
-    """Predicted class, probabilities, image and overlay; compact in the comparison row."""
+    """Predicted class, probabilities, image and overlay; compact in the comparison row (the overlay first, so
+    that the images of the row line up)."""
+    grey = display_copy(rad.grey)  # the browser gets at most 1024 px: the networks saw 299 at most
+    ov = explain.overlay(grey, res.cam, opacity)
+    what = heatmap_words(model, res)
     if not full:
-        with st.container(height=150, border=False):  # one header height: the columns below line up
-            st.markdown(f"**{md(label)}**  \n{dv.model_quality(predict.model_summary(model)['test'])}")
-            chance = dv.model_chance(model)
-            if chance:
-                st.warning(f"This model {chance}.", icon=":material/warning:")
+        st.image(ov, caption=what, width="stretch", output_format="PNG")
     # Class names are folder names: the sentence is built from escaped copies (the CLI prints them as they are).
     shown = dataclasses.replace(model, classes=tuple(md(c) for c in model.classes))
     st.markdown(dv.decision_sentence(shown, a))
@@ -116,9 +131,6 @@ def show_result(label: str, model: predict.LoadedModel, rad: predict.Radiograph,
     st.markdown(dv.set_sentence(shown, a))
     if a.in_domain:
         st.caption(a.domain_sentence)
-    grey = display_copy(rad.grey)  # the browser gets at most 1024 px: the networks saw 299 at most
-    ov = explain.overlay(grey, res.cam, opacity)
-    what = heatmap_words(model, res)
     if full:
         left, right = st.columns(2)
         left.image(grey, caption="The image as read", clamp=True, width="stretch", output_format="PNG")
@@ -127,8 +139,6 @@ def show_result(label: str, model: predict.LoadedModel, rad: predict.Radiograph,
         st.download_button("Download the overlay (PNG)", data=lambda: explain.to_png_bytes(dv.with_footer(ov, footer)),
                            mime="image/png", on_click="ignore", key="dl_overlay",
                            file_name=dv.overlay_filename(label, res.method, model.classes, res.predicted, res.target))
-    else:
-        st.image(ov, caption=what, width="stretch", output_format="PNG")
     if res.flat:
         st.caption(f"The heatmap is empty: no region raised the score of {md(model.classes[res.target])}.")
 
@@ -311,16 +321,22 @@ others = st.multiselect("Other models", candidates, max_selections=MAX_COMPARE, 
                         placeholder="Choose up to 4 models" if candidates else "Train a model first (Trainer page)",
                         disabled=not candidates)
 if others:
-    for col, lb in zip(st.columns(1 + len(others), vertical_alignment="top"), [label, *others]):
+    shown, loaded = [label, *others], {}
+    # two rows: every model's name and numbers, then every model's result, so that the images line up
+    for col, lb in zip(st.columns(len(shown)), shown):
         with col, ui.friendly_errors("This model"):
-            r = choices[lb]
-            mt = predict.model_mtime(r, root)
-            other = load(r, mt, root)
+            st.markdown(f"**{md(lb)}**")
+            loaded[lb] = load(choices[lb], predict.model_mtime(choices[lb], root), root)
+            headline_numbers(loaded[lb], compact=True)
+    for col, lb in zip(st.columns(len(shown)), shown):
+        if lb not in loaded:
+            continue
+        with col, ui.friendly_errors("This model"):
+            r, mt = choices[lb], predict.model_mtime(choices[lb], root)
             with st.spinner(dv.wait_text(method, expected_seconds(r, mt, root, method))):
                 res_other = diagnose(r, mt, root, rad.digest, method, key_target, rad)
-            show_result(lb, other, rad, res_other, assess(r, mt, root, rad.digest, level, rad), opacity, False)
+            show_result(lb, loaded[lb], rad, res_other, assess(r, mt, root, rad.digest, level, rad), opacity, False)
             pending.append(faithfulness_slot(r, mt, root, rad, method, key_target))
-    st.caption("Each heatmap explains the class that model predicted, or the class chosen above when the model "
-               "knows it.")
+    st.caption(dv.COMPARE_NOTE)
 
 faithfulness_section(pending)  # last: the prediction and heatmaps are on screen while it scores

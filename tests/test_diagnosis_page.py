@@ -143,7 +143,89 @@ def test_class_to_explain_and_model_comparison(patch_store):
     assert not at.exception, at.exception
     assert len(_predictions(at)) == 3  # the main result, then one per model in the comparison row
     assert len(at.image) == 4
-    assert sum("test accuracy" in m.value and "AUROC" in m.value for m in at.markdown) == 2  # each column's quality
+    # each column's numbers: the run's own test split, said to be in-distribution, with the four headline metrics
+    heads = [m.value for m in at.markdown if m.value.startswith("**In-distribution: its test split, 20 images**")]
+    assert len(heads) == 2
+    assert all(h.count("  \n") == 4 and "AUROC" in h for h in heads)
+    assert any(c.value.startswith("Each column gives that model's results") for c in at.caption)
+
+
+def _demo_and_run(patch_store, tmp_path, chance_run: bool = False):
+    """The patch run installed as the demo model, with a card listing a shifted and an in-distribution set."""
+    import json
+    import shutil
+
+    demo = tmp_path / "weights" / paths.DEMO_RUN_NAME
+    shutil.copytree(patch_store.run, demo)
+    (demo / "evaluation.json").write_text(json.dumps({"evaluations": [
+        {"data": "x/cxr-dev", "split": "test", "label": "in-distribution", "n": 74,
+         "metrics": {"accuracy": 0.959, "sensitivity": 0.94, "specificity": 1.0, "auroc": 0.99},
+         "ci95": {"accuracy": [0.905, 1.0]}},
+        {"data": "x/cxr-shift", "split": "test", "label": "shifted", "n": 241,
+         "metrics": {"accuracy": 0.88, "sensitivity": 0.9, "specificity": 0.845, "auroc": 0.95},
+         "ci95": {"specificity": [0.765, 0.917]}}]}))
+    if chance_run:  # the user's run said PNEUMONIA... here 'patch' for every test image
+        tm = json.loads((patch_store.run / "test_metrics.json").read_text())
+        tm.update(confusion=[[0, 10], [0, 10]])
+        (patch_store.run / "test_metrics.json").write_text(json.dumps(tm))
+    return demo
+
+
+def test_compared_models_show_the_shifted_set_first_with_intervals_and_chance(patch_store, tmp_path):
+    """Compare models on this image: the same headline numbers as the single view, the shifted set first."""
+    _demo_and_run(patch_store, tmp_path, chance_run=True)
+    at = _page()
+    assert at.selectbox(key="model").value == "Demo model (shipped)"
+    # the single view leads with the shifted set too (the same function draws both)
+    assert [m.value for m in at.metric][:4] == ["0.880", "0.900", "0.845", "0.950"]
+    assert [m.proto.delta for m in at.metric][:5] == ["", "", "0.765–0.917", "", "0.905–1.000"]  # interval below
+    at.radio(key="example").set_value("NORMAL example 1").run()
+    (run_label,) = at.multiselect(key="compare").options
+    at.multiselect(key="compare").set_value([run_label]).run()
+    assert not at.exception, at.exception
+    heads = [m.value.replace("\\", "") for m in at.markdown
+             if m.value.startswith(("**Shifted set", "**In-distribution"))]
+    assert heads[0].startswith("**Shifted set: cxr-shift/test, 241 images**")  # the demo model: shifted first
+    assert "Specificity 0.845 (0.765–0.917)" in heads[0] and "Accuracy 0.880  \n" in heads[0]
+    assert heads[1].startswith("**In-distribution: cxr-dev/test, 74 images**")
+    assert "Accuracy 0.959 (0.905–1.000)" in heads[1]
+    assert heads[2].startswith("**In-distribution: its test split, 20 images**")  # the user's run
+    chance = [w.value.replace("\\", "") for w in at.warning]
+    chance = [w for w in chance if "for every test image: no better than chance" in w]
+    assert chance == ["This model predicts patch for every test image: no better than chance."]
+    assert len(_predictions(at)) == 3 and len(at.image) == 4  # the main result, then each column
+
+
+def test_a_run_with_saved_test_probabilities_shows_95_percent_intervals(patch_store):
+    import json
+
+    from cxrdemo.diagnosis import predict
+    from cxrdemo.model import metrics
+
+    tm = json.loads((patch_store.run / "test_metrics.json").read_text())
+    y = [i % 2 for i in range(20)]
+    probs = [[0.8, 0.2] if (i % 2 == 0) != (i in (3, 8)) else [0.3, 0.7] for i in range(20)]
+    tm.update(metrics.classification_metrics(np.array(y), np.array(probs), tm["classes"], 0.5))
+    tm.update(y_true=y, probs=probs, threshold=0.5)  # what training saves beside the metrics
+    assert tm["accuracy"] == 0.9
+    (patch_store.run / "test_metrics.json").write_text(json.dumps(tm))
+    (own,) = predict.headlines(patch_store.run, tm)
+    lo, hi = own["ci95"]["accuracy"]
+    assert lo < 0.9 < hi <= 1.0 and set(own["ci95"]) == {"accuracy", "sensitivity", "specificity", "auroc"}
+    at = _page()
+    assert ("0.900", f"{lo:.3f}–{hi:.3f}") in [(m.value, m.proto.delta) for m in at.metric]
+    assert any("95% intervals under the numbers" in c.value for c in at.caption)
+
+
+def test_with_only_the_demo_model_the_comparison_picker_says_train_a_model_first(patch_store, tmp_path):
+    import shutil
+
+    _demo_and_run(patch_store, tmp_path)
+    shutil.rmtree(patch_store.run)
+    at = _page()
+    at.radio(key="example").set_value("NORMAL example 1").run()
+    picker = at.multiselect(key="compare")
+    assert picker.disabled and picker.options == [] and "Train a model first" in picker.proto.placeholder
 
 
 def test_the_image_stays_after_a_page_switch(patch_store):

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from cxrdemo.views import chance, diagnosis
+from tests.test_plots import compare_store  # noqa: F401 - the shared, trained-once fixture store
 
 CLASSES = ["NORMAL", "PNEUMONIA"]
 
@@ -57,3 +58,150 @@ def test_the_decision_line_writes_the_threshold_on_the_scale_the_bar_shows():
     line, details = dv.decision_line(model)
     assert model.trust.calibrated and dv.percent(model.threshold) in line and dv.percent(model.threshold) in details
     assert dv.percent(model.decision.value) not in line and "calibrated on validation" in details
+
+
+# ---------------------------------------------------------------- issue 18, one test per bullet a browser need not see
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+
+
+def symbol_glyphs(text: str) -> list[str]:
+    """Characters that need an emoji or symbol font: Unicode 'other symbols', anything past the BMP, and the
+    emoji variation selector (arrows, ±, ×, ≥ and dashes are in every text font and pass)."""
+    import unicodedata
+
+    return [ch for ch in text if unicodedata.category(ch) == "So" or ord(ch) > 0xFFFF or ch == "\ufe0f"]
+
+
+def test_what_pages_show_needs_no_emoji_font():
+    """A warning icon showed as an empty box: icons are Streamlit's material icons (:material/...:), never glyphs."""
+    assert symbol_glyphs("⚠️ careful ✅ 📊 ✓ ▶") == ["⚠", "\ufe0f", "✅", "📊", "✓", "▶"]  # the check can fail
+    assert symbol_glyphs("8.8% · p ≥ 0.5 — 3 × 4 → ±0.02 … ρ") == []
+    sources = [ROOT / "app.py", *(ROOT / "pages").glob("*.py"), *(ROOT / "cxrdemo" / "views").glob("*.py"),
+               *(ROOT / "cxrdemo" / "diagnosis").glob("*.py")]
+    found = {p.name: symbol_glyphs(p.read_text(encoding="utf-8")) for p in sources}
+    assert len(sources) > 20 and not {k: v for k, v in found.items() if v}
+
+
+def test_the_faithfulness_mark_is_a_material_icon():
+    from types import SimpleNamespace
+
+    from cxrdemo.views import heatmaps
+
+    good = heatmaps.faithfulness_line(SimpleNamespace(beats_chance=True, score=0.2, reading="beats", seconds=1.0))
+    bad = heatmaps.faithfulness_line(SimpleNamespace(beats_chance=False, score=0.0, reading="no", seconds=1.0))
+    assert good.startswith(":material/check_circle: ") and bad.startswith(":material/warning: ")
+
+
+def test_the_job_card_chart_shows_loss_and_accuracy_for_train_and_validation(store):
+    from cxrdemo.config import TrainConfig
+    from cxrdemo.runs import store as runs
+    from cxrdemo.views import card
+
+    d = runs.create_run(TrainConfig(data="demo", backbone="cnn8", epochs=3), store)
+    for e, (tl, vl, ta, va) in enumerate([(0.9, 0.8, 0.6, 0.62), (0.6, 0.7, 0.75, 0.7), (0.4, 0.65, 0.85, 0.74)], 1):
+        runs.append_metrics(d, {"epoch": e, "train_loss": tl, "val_loss": vl, "train_acc": ta, "val_acc": va})
+    fig = card.card_figure(d)
+    traces = {(t.xaxis, t.name): list(t.y) for t in fig.data}
+    assert traces == {("x", "train"): [0.9, 0.6, 0.4], ("x", "validation"): [0.8, 0.7, 0.65],
+                      ("x2", "train"): [0.6, 0.75, 0.85], ("x2", "validation"): [0.62, 0.7, 0.74]}
+    assert fig.layout.height >= 200 and fig.layout.legend.y < 0  # readable (was ~25 px, loss only), legend below
+
+
+def test_option_words_match_their_labels():
+    from cxrdemo.views import trainer_form
+
+    specs = {spec.name: spec for spec in trainer_form.widget_specs()}
+    assert specs["optimizer"].word("sgd") == "SGD" and specs["optimizer"].word("adam") == "Adam"
+    from cxrdemo.views import words
+
+    labels = trainer_form.init_options("resnet18", [])
+    for init in ("scratch", "imagenet"):  # a job's title says what the form's choice said ("From scratch")
+        assert labels[init].startswith(words.init_words(init))
+
+
+def test_a_slow_heatmap_says_how_long_it_will_take_and_fast_ones_stay_instant(patch_model):
+    from cxrdemo.diagnosis import cam_cost
+
+    assert cam_cost.expected_seconds(patch_model, "GradCAM") is None
+    seconds = cam_cost.expected_seconds(patch_model, "ScoreCAM")
+    assert seconds is not None and seconds > 0
+    assert diagnosis.wait_text("ScoreCAM", 31.6) == "Computing the ScoreCAM heatmap: about 32 s on this machine…"
+    assert diagnosis.wait_text("GradCAM", None) == "Computing the prediction and the heatmap…"
+
+
+def test_the_model_caption_names_no_run_the_user_does_not_have(store):
+    from cxrdemo.config import TrainConfig
+    from cxrdemo.runs import store as runs
+
+    mine = runs.create_run(TrainConfig(data="demo", backbone="cnn8", epochs=1), store)
+    assert diagnosis.start_words(f"run:{mine.name}", store) == f"fine-tuned from run {mine.name}"
+    assert diagnosis.start_words("run:20250101-000000-resnet18-x", store) == "fine-tuned from an earlier model"
+    assert diagnosis.start_words("run:demo", store) == "fine-tuned from the shipped demo model"
+    assert diagnosis.start_words("scratch", store) == "trained from scratch"
+
+
+def test_compare_table_is_compact_by_default_with_the_test_metrics(compare_store, monkeypatch):  # noqa: F811
+    from streamlit.testing.v1 import AppTest
+
+    from cxrdemo.views import compare
+
+    monkeypatch.setenv("CXRDEMO_RUNS_DIR", str(compare_store["root"]))
+    at = AppTest.from_file(str(ROOT / "pages" / "compare.py"), default_timeout=60)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    order = list(at.dataframe[0].proto.column_order)
+    assert order == list(compare.COMPACT_COLUMNS) and len(order) <= 13
+    assert {"test_accuracy", "test_auroc", "test_sensitivity", "test_specificity"} <= set(order)
+    at.toggle(key="all_columns").set_value(True).run()
+    assert list(at.dataframe[0].proto.column_order) == []  # every column
+
+
+def test_the_readme_shows_exactly_the_screenshots_the_browser_test_takes():
+    """The README's pictures are retaken by `CXRDEMO_SCREENSHOTS=docs/screenshots pytest tests/test_browser.py`."""
+    import re
+
+    browser_test = (ROOT / "tests" / "test_browser.py").read_text(encoding="utf-8")
+    taken = set(re.findall(r'_shots\(tmp\) / "([\w-]+\.png)"', browser_test))
+    skipped = {"compare_gallery.png"}  # its test waits for issue 19
+    shown = set(re.findall(r"\]\(docs/screenshots/([\w-]+\.png)\)", (ROOT / "README.md").read_text(encoding="utf-8")))
+    assert {"home.png", "trainer.png", "compare.png", "diagnosis.png", "lessons.png"} <= shown
+    assert shown == taken - skipped
+
+
+def test_a_run_at_chance_says_so_on_compare(store):
+    from cxrdemo import fileio
+    from cxrdemo.config import TrainConfig
+    from cxrdemo.runs import store as runs
+    from cxrdemo.views import compare
+    from tests.helpers import fake_status
+
+    d = runs.create_run(TrainConfig(data="demo", backbone="cnn8", epochs=1), store)
+    fake_status(d, state="completed", epoch=1)
+    fileio.atomic_write_json(d / "test_metrics.json", {"classes": CLASSES, "accuracy": 0.5, "auroc": 0.61,
+                                                       "confusion": [[0, 8], [0, 8]]})
+    row = compare.run_row(runs.load_run(d))
+    assert row["problem"] == "The model predicts PNEUMONIA for every test image: no better than chance."
+
+
+def test_compare_legends_sit_below_the_plots(compare_store):
+    from cxrdemo.runs import store as runs
+    from cxrdemo.views import plots
+
+    infos = [i for i in runs.list_runs(compare_store["root"]) if not i.damaged]
+    for metric in ("loss", "accuracy"):
+        fig = plots.curves_figure(infos, metric)
+        assert fig.layout.legend.orientation == "h" and fig.layout.legend.y < 0  # the plot keeps the full width
+
+
+def test_the_readme_says_where_the_full_datasets_come_from():
+    """Someone outside this project: the data's DOI (the one the demo data cites), the COVID-19 Radiography
+    Database, and the retrain command with a downloaded folder rather than this project's ../shared."""
+    import re
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    dois = set(re.findall(r"doi:(10\.\d+/[\w.]+\w)", (ROOT / "cxrdemo" / "demo_data" / "README.md").read_text()))
+    assert "10.17632/rscbjbr9sj.2" in dois and all(d in readme for d in dois)
+    assert "COVID-19 Radiography Database" in readme and "chest_xray/train/NORMAL" in readme  # how folders map
+    commands = [line for line in readme.splitlines() if "cxrdemo demo-model" in line]
+    assert commands and not any("shared/data" in c for c in commands)

@@ -59,6 +59,26 @@ def headline_sentence(h: dict) -> str:
             "from elsewhere.")
 
 
+def headline_title(h: dict) -> str:
+    """A short name for an evaluation set, for a narrow column: 'Shifted set: cxr-shift/test, 241 images'."""
+    n = f", {h['n']} images" if h.get("n") else ""
+    return f"{'Shifted set' if h['label'] == 'shifted' else 'In-distribution'}: {h['set']}{n}"
+
+
+def headline_cells(h: dict) -> list[tuple[str, str, str | None]]:
+    """(metric name, value, its 95% interval or None) of one evaluation set, in the order every page shows them."""
+    out = []
+    for k, label in HEADLINE_METRICS:
+        if isinstance(h["metrics"].get(k), float):
+            lo_hi = h["ci95"].get(k)
+            out.append((label, f"{h['metrics'][k]:.3f}", f"{lo_hi[0]:.3f}–{lo_hi[1]:.3f}" if lo_hi else None))
+    return out
+
+
+COMPARE_NOTE = ("Each column gives that model's results on its most shifted test set first (95% intervals in "
+                "brackets) and its heatmap for the class it predicted, or for the class chosen above.")
+
+
 def headline_value(h: dict, key: str) -> str:
     """A metric with its 95% interval when there is one: '0.845 (0.765–0.917)'."""
     v = h["metrics"][key]
@@ -132,16 +152,6 @@ def with_footer(rgb: np.ndarray, lines: list[str]) -> np.ndarray:
     for i, line in enumerate(lines):
         draw.text((pad, h + pad + i * line_h), line, fill="white", font=font)
     return np.asarray(out)
-
-
-def model_quality(test: dict) -> str:
-    """'test accuracy 91.2% · AUROC 0.95' from a model's test metrics ('' when it has none)."""
-    parts = []
-    if isinstance(test.get("accuracy"), (int, float)):
-        parts.append(f"test accuracy {percent(test['accuracy'])}")
-    if isinstance(test.get("auroc"), (int, float)):
-        parts.append(f"AUROC {test['auroc']:.2f}")
-    return " · ".join(parts)
 
 
 def kept_copy(rad: Radiograph) -> Radiograph:

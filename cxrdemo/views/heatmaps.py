@@ -35,7 +35,8 @@ def score(model: LoadedModel, image_u8, res: explain.Explanation, threads: int |
 
 def faithfulness_line(f: faithfulness.Faithfulness) -> str:
     """The number and its one-line reading, for a caption under the heatmap (class names are escaped by the caller)."""
-    mark = "✅" if f.beats_chance else "⚠️"
+    # Streamlit's own icon font: an emoji needs a font the projector's browser may not have (an empty box)
+    mark = ":material/check_circle:" if f.beats_chance else ":material/warning:"
     return f"{mark} **Faithfulness (ROAD) {f.score + 0.0:+.3f}** · {f.reading} ({f.seconds:.1f} s)"
 
 

@@ -50,7 +50,7 @@ def _cell_text(timeline: probes.Timeline, i: int, probe: int) -> str:
         return timeline.classes[true]
     p = timeline.probs[i, probe]
     right = int(np.argmax(p)) == true
-    return f"{timeline.classes[true]}: p={p[true]:.2f} {'✓' if right else '✗'}"
+    return f"{timeline.classes[true]}: p={p[true]:.2f} {'right' if right else 'wrong'}"
 
 
 def read_timelines(run_dirs: dict[str, Path]) -> dict[str, probes.Timeline]:
@@ -126,10 +126,10 @@ def timelapse_figure(timelines: dict[str, probes.Timeline], animate: bool = True
                           "steps": [{"label": str(e), "method": "animate", "args": [[str(e)], step]} for e in shown]}],
             updatemenus=[{"type": "buttons", "showactive": False, "x": 0, "y": 0, "xanchor": "right", "yanchor": "top",
                               "pad": {"t": 40, "r": 10},
-                              "buttons": [{"label": "▶ Play", "method": "animate",
+                              "buttons": [{"label": "Play", "method": "animate",
                                             "args": [None, {"frame": {"duration": 700, "redraw": True},
                                                              "fromcurrent": True, "transition": {"duration": 0}}]},
-                                       {"label": "⏸", "method": "animate",
+                                       {"label": "Pause", "method": "animate",
                                             "args": [[None], {"mode": "immediate", "frame": {"duration": 0}}]}]}])
     return fig
 
