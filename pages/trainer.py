@@ -79,9 +79,13 @@ st.title(":material/model_training: Trainer")
 root = ui.runs_dir()
 with ui.friendly_errors("Checking earlier jobs"):
     jobs.reap(root)
-if not st.session_state.get(KEEP + "restored"):  # a new browser session (a reload): the recipe in the URL
-    st.session_state[KEEP + "restored"] = True
-    from_url = form.recipe_from_query(st.query_params.to_dict())
+policy = ui.classroom()
+owner = {"browser": cls.browser_tag(ui.browser_id())}  # a reload finds this browser's last recipe; classroom
+# mode also counts its jobs
+if not st.session_state.get(KEEP + "restored"):  # a new browser session (a reload): the recipe in the URL, else
+    st.session_state[KEEP + "restored"] = True  # this browser's last submission (never another browser's run)
+    from_url = (form.recipe_from_query(st.query_params.to_dict())
+                or form.last_recipe(jobs.list_jobs(root), owner["browser"]))
     if from_url.get("data", "demo") != "demo":
         from_url.update(source=FOLDER, data_path=from_url["data"])
     if "threshold" in from_url:  # a rule in the URL was the user's pick: a run started from keeps it
@@ -89,8 +93,6 @@ if not st.session_state.get(KEEP + "restored"):  # a new browser session (a relo
     for key, value in from_url.items():
         st.session_state.setdefault(KEEP + key, value)
 
-policy = ui.classroom()
-owner = {"browser": cls.browser_tag(ui.browser_id())} if policy.on else {}  # jobs counted per browser
 if policy.student:
     lim = policy.limits
     st.caption(f":material/school: Classroom mode: up to {lim.max_epochs} epochs, {lim.max_img_size} px images, "

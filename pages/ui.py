@@ -19,8 +19,10 @@ log = logging.getLogger("cxrdemo.app")
 
 
 def notice() -> None:
-    """The not-for-clinical-use banner."""
+    """The not-for-clinical-use banner; every page also keeps this browser's id in its address (a reload on any
+    page then finds this browser's last Trainer recipe)."""
     st.warning(NOTICE, icon=":material/warning:")
+    browser_id()
 
 
 @contextlib.contextmanager

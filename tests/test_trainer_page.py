@@ -30,9 +30,9 @@ def fake_submit(monkeypatch, store):
     """jobs.submit that only creates the queued run (no process): for page wiring tests."""
     submitted: list[TrainConfig] = []
 
-    def submit(config, runs_dir=None, name="", max_jobs=None):
+    def submit(config, runs_dir=None, name="", max_jobs=None, browser=""):
         submitted.append(config)
-        return runs.create_run(config, runs_dir, name=name).name
+        return runs.create_run(config, runs_dir, name=name, browser=browser).name
 
     monkeypatch.setattr(jobs, "submit", submit)
     return submitted
@@ -245,6 +245,35 @@ def test_settings_survive_a_page_switch_and_a_reload_from_the_url(store, tiny_da
             fresh.number_input(key="epochs").value, fresh.text_input(key="data_path").value) == (
         "cnn8", 64, 3, str(tiny_dataset))
     assert fresh.selectbox(key="threshold").value == "spec:0.9"
+
+
+def test_a_reload_without_a_recipe_in_the_url_restores_this_browsers_last_submission(store, tiny_dataset,
+                                                                                    fake_submit):
+    sid = "b" * 32
+    runs.create_run(TrainConfig(data="demo", backbone="cnn8", epochs=7, img_size=96), store, browser="older-other")
+    at = AppTest.from_file(PAGE, default_timeout=60)
+    at.query_params["sid"] = sid
+    at.run()
+    use_folder(at, tiny_dataset)
+    at.selectbox(key="backbone").set_value("cnn8").run()
+    at.selectbox(key="img_size").set_value(64)
+    at.number_input(key="epochs").set_value(3).run()
+    at.button(key="start").click().run()
+    assert not at.exception and len(fake_submit) == 1
+    time.sleep(0.01)
+    runs.create_run(TrainConfig(data="demo", backbone="cnn8", epochs=9, img_size=128), store,
+                    browser="someone-else")  # a newer run of another browser: never restored here
+    fresh = AppTest.from_file(PAGE, default_timeout=60)
+    fresh.query_params["sid"] = sid  # a reload on another page: the address keeps only this browser's id
+    fresh.run()
+    assert not fresh.exception, [e.value for e in fresh.exception]
+    assert (fresh.selectbox(key="backbone").value, fresh.selectbox(key="img_size").value,
+            fresh.number_input(key="epochs").value, fresh.text_input(key="data_path").value) == (
+        "cnn8", 64, 3, str(tiny_dataset))
+    stranger = AppTest.from_file(PAGE, default_timeout=60)
+    stranger.query_params["sid"] = "d" * 32
+    stranger.run()
+    assert stranger.number_input(key="epochs").value == TrainConfig().epochs  # another browser: the defaults
 
 
 def test_query_values_that_do_not_fit_are_left_out():

@@ -134,7 +134,7 @@ def resubmit(run_id: str, runs_dir: str | Path | None = None, max_jobs: int | No
     info = runs.load_run(runs.run_dir(run_id, runs_dir))
     if info.damaged:
         raise RunError(f"Run {run_id} cannot be started again: {info.damaged}")
-    owner = {"browser": browser} if browser else {}  # classroom mode only: a desktop records no browser
+    owner = {"browser": browser} if browser else {}  # the browser that asked: its last recipe, its classroom job count
     return submit(TrainConfig.from_dict(info.config), runs_dir, name="again", max_jobs=max_jobs, **owner)
 
 

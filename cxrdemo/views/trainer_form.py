@@ -265,3 +265,14 @@ def recipe_from_query(params: dict[str, str]) -> dict[str, Any]:
             continue  # outside what the form's field accepts
         out[key] = value
     return out
+
+
+def last_recipe(infos: list[runs.RunInfo], browser: str) -> dict[str, Any]:
+    """The recipe of the newest run this browser submitted (by its hashed id), as recipe_from_query reads it.
+
+    Never another browser's run: in a classroom the store's newest run is usually someone else's."""
+    mine = [i for i in infos if browser and i.meta.get("browser") == browser and not i.damaged and i.config]
+    if not mine:
+        return {}
+    newest = max(mine, key=lambda i: (float(i.meta.get("created") or 0), i.run_id))
+    return recipe_from_query(recipe_to_query(newest.config))
