@@ -64,13 +64,14 @@ def gallery_tab(info: runs.RunInfo) -> bool:
         return True
     rows = gallery.cell_images(preds, *cell)
     st.markdown(escape_markdown(gallery.cell_caption(preds, *cell, len(rows))))
-    root = (info.meta.get("dataset") or {}).get("root") if isinstance(info.meta.get("dataset"), dict) else None
+    st.caption(gallery.probability_note(preds))
+    root = gallery.data_root(info.config.get("data"))
     show_maps = st.toggle("Show heatmaps", key=f"gallery_maps_{info.run_id}",
                           help="Computed now from the run's model; needs the dataset on this machine.")
     cols = st.columns(4)
     for n, row in enumerate(rows.head(GALLERY_SHOWN).itertuples()):
         with cols[n % 4]:
-            path = gallery.image_file(root, row.image)
+            path = gallery.image_file(root, row.image, row.hash)
             caption = escape_markdown(f"{row.image} · p({row.predicted_class}) = {row.p_predicted:.2f}")
             if path is None:
                 st.caption(caption + " (image not on this machine)")

@@ -210,6 +210,19 @@ def test_curves_one_colour_per_run_train_solid_val_dashed(store, metric):
     assert len(fig.data[2].y) == 1  # the running run shows its one finished epoch
 
 
+def test_curves_mark_where_a_gradual_run_unfroze_with_its_trainable_parameters(store):
+    s, infos, _ = store
+    total, head_only = backbones.param_counts("cnn8", 2, "gradual:1", epoch=1)
+    assert plots.unfreeze_epochs(runs.read_metrics(infos[s["grad"]].path)) == [(2, head_only, total)]
+    fig = plots.curves_figure([infos[s["grad"]], infos[s["done"]]], "loss")
+    (line,) = fig.layout.shapes  # the gradual run only: the other one trained its trunk from epoch 1
+    assert line.x0 == line.x1 == 1.5 and line.line.dash == "dot"
+    (note,) = fig.layout.annotations
+    assert note.text == f"{s['grad']}: trunk unfrozen ({head_only:,} → {total:,} trainable)"
+    assert list(fig.data[0].text) == [f"{head_only:,}", f"{total:,}"]  # trainable parameters per epoch, on hover
+    assert "trainable parameters" in fig.data[0].hovertemplate
+
+
 def test_smoothing_plots_the_ema_and_hovers_the_raw_values(store):
     s, infos, _ = store
     assert plots.ema([1.0, 3.0, math.nan, 5.0], 0.5).tolist()[:2] == [1.0, 2.0]

@@ -77,8 +77,11 @@ def test_run_writes_probes_per_epoch_and_test_predictions(ds):
     assert all(len(h) == 12 for h in p.hashes)
     tm = runs.read_test_metrics(d)
     assert p.y_true.tolist() == tm["y_true"]
-    assert np.allclose(p.probs, tm["probs"], atol=1e-6)
-    assert (p.y_pred == p.probs.argmax(1)).all()
+    # the calibrated probabilities (as Diagnosis shows them) beside the network's own
+    assert np.allclose(p.probs, tm["calibrated_probs"], atol=2e-6) and np.allclose(p.raw, tm["probs"], atol=2e-6)
+    assert tm["calibration"]["temperature"] != 1.0 and not np.allclose(p.probs, p.raw, atol=1e-3)
+    assert (p.y_pred == p.raw.argmax(1)).all()
+    assert p.sets is None  # 4 validation images per class: too few for a 90% set (10 needed)
     assert float(np.mean(p.y_pred == p.y_true)) == pytest.approx(tm["accuracy"])
 
 
@@ -94,8 +97,12 @@ def test_evaluate_writes_predictions_for_another_dataset(ds, tmp_path, capsys):
     d = _train(ds, epochs=1, probes=0)
     out = tmp_path / "preds.csv"
     assert cli(["evaluate", "--run", d.name, "--data", str(ds), "--out", str(out)]) == 0
-    p = predictions.read(out)
-    assert p.images == predictions.read(d / predictions.FILE).images
+    p, own = predictions.read(out), predictions.read(d / predictions.FILE)
+    assert p.images == own.images and p.hashes == own.hashes
+    # the same model on the same images: the same calibrated and raw probabilities as the run wrote at finish
+    np.testing.assert_allclose(p.probs, own.probs, atol=1e-5)
+    np.testing.assert_allclose(p.raw, own.raw, atol=1e-5)
+    assert not np.allclose(p.probs, p.raw, atol=1e-4)
 
 
 def _preds(y, probs, images=None, threshold=None):
@@ -208,12 +215,19 @@ def test_gallery_orders_the_most_confidently_wrong_first(tmp_path):
     cells = {tuple(c): int(n) for c, n in zip(fig.data[0].customdata, fig.data[0].text)}
     assert cells == {(0, 0): 1, (0, 1): 3, (1, 0): 2, (1, 1): 1}
     assert gallery.selected_cell([{"customdata": [0, 1], "x": "PNEUMONIA"}]) == (0, 1)
-    assert gallery.selected_cell([]) is None
+    assert gallery.selected_cell([{"customdata": {"0": 1, "1": 0}}]) == (1, 0)  # a typed-array row from a browser
+    assert gallery.selected_cell([]) is None and gallery.selected_cell([{"customdata": None}]) is None
+    assert fig.to_plotly_json()["data"][0]["customdata"] == [[0, 0], [0, 1], [1, 0], [1, 1]]  # plain lists
     (tmp_path / "test").mkdir()
     (tmp_path / "test" / "002.png").write_bytes(b"x")
     assert gallery.image_file(str(tmp_path), "test/002.png") == (tmp_path / "test" / "002.png").resolve()
     assert gallery.image_file(str(tmp_path), "../etc/passwd") is None
     assert gallery.image_file(None, "test/002.png") is None
+    from cxrdemo.data.naming import content_hash
+
+    assert gallery.image_file(str(tmp_path), "test/002.png", content_hash(tmp_path / "test" / "002.png")) is not None
+    assert gallery.image_file(str(tmp_path), "test/002.png", "0" * 12) is None  # another file under that name
+    assert gallery.data_root("demo").endswith("demo_data") and gallery.data_root(str(tmp_path / "gone")) is None
 
 
 def test_sweep_repeats_each_recipe_with_seeds_and_compare_groups_them(ds, store, monkeypatch):
@@ -276,3 +290,85 @@ def test_head_only_probes_equal_the_full_network_computation(backbone):
     np.testing.assert_allclose(p, full_p, atol=1e-5)
     assert np.abs(m.astype(int) - full_m.astype(int)).max() <= 3  # bilinear resize here vs the library's cv2
     assert net.training and all(not q.requires_grad for q in net.trunk.parameters()) and panel.activations is None
+
+
+def test_head_only_runs_read_the_probe_activations_off_the_feature_pass(monkeypatch):
+    import torch
+
+    from cxrdemo.model import backbones, train
+
+    torch.manual_seed(0)
+    net = backbones.build_backbone("cnn8", 2)
+    net.set_freeze(len(net.trunk))
+    images = torch.randint(0, 255, (10, 1, 48, 48), dtype=torch.uint8)
+    plain = train._Inputs(train.preprocessing_for(TrainConfig(img_size=48)))
+    idx = [1, 4, 9]
+    panel = probes.Panel(__import__("pathlib").Path("."), images[idx], indices=tuple(idx), source_rows=10)
+    with probes.capture_activations(panel, net):
+        feats = train._trunk_features(net, images, plain, batch_size=4)  # batches 0-3, 4-7, 8-9
+    assert feats.shape[0] == 10 and panel.activations is not None
+    torch.testing.assert_close(panel.activations, probes._activations(net, plain(images[idx])))
+    # a pass that is not the whole validation split leaves them to record_epoch
+    part = probes.Panel(panel.folder, images[idx], indices=tuple(idx), source_rows=10)
+    with probes.capture_activations(part, net):
+        train._trunk_features(net, images[:8], plain, batch_size=4)
+    assert part.activations is None
+
+
+def test_head_only_probes_are_the_same_for_the_same_seed(ds):
+    a, b = _train(ds, seed=3, freeze="head"), _train(ds, seed=3, freeze="head")
+    ta, tb = probes.read_timeline(a), probes.read_timeline(b)
+    assert ta.epochs == [1, 2] and np.array_equal(ta.probs, tb.probs) and np.array_equal(ta.heatmaps, tb.heatmaps)
+    assert set(runs.read_metrics(a)["path"]) == {"cached-features"}
+
+
+def test_predictions_carry_calibrated_probabilities_and_the_90_percent_set(tmp_path):
+    from scipy.special import softmax
+
+    from cxrdemo.model import conformal
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 2, (40, 2))
+    y = rng.integers(0, 2, 40)
+    names = [(f"test/{i:02d}.png", f"{i:012x}") for i in range(40)]
+    # a planted temperature of 2 halves every logit: p = softmax(z / 2), raw stays softmax(z)
+    record = conformal.fit_conformal(softmax(logits / 2, 1), y, 0.90, ("NORMAL", "PNEUMONIA"))
+    assert record.ok
+    p = predictions.from_logits(names, ("NORMAL", "PNEUMONIA"), y, logits, temperature=2.0, threshold=0.3,
+                                record=record)
+    predictions.write(p, tmp_path / predictions.FILE)
+    back = predictions.read(tmp_path / predictions.FILE)
+    np.testing.assert_allclose(back.probs, softmax(logits / 2, 1), atol=1e-6)
+    np.testing.assert_allclose(back.raw, softmax(logits, 1), atol=1e-6)
+    assert (back.y_pred == (softmax(logits, 1)[:, 1] >= 0.3)).all()  # the decision on the raw scale
+    # the set never contradicts the predicted class, and holds more than it when the model is unsure
+    assert back.sets[np.arange(40), back.y_pred].all()
+    assert back.sets.sum(1).max() == 2 and back.sets.sum(1).min() == 1
+    from cxrdemo.views import gallery
+
+    cell = gallery.cell_images(back, 0, 1)  # NORMAL images called PNEUMONIA: their sets hold PNEUMONIA
+    assert len(cell) and all("PNEUMONIA" in s for s in cell["prediction_set"])
+    assert cell["p_predicted"].tolist() == sorted(back.probs[(y == 0) & (back.y_pred == 1), 1], reverse=True)
+    assert "calibrated" in gallery.probability_note(back)
+    header = (tmp_path / predictions.FILE).read_text().splitlines()[0].split(",")
+    assert header == ["image", "hash", "true_class", "p_NORMAL", "p_PNEUMONIA", "raw_p_NORMAL", "raw_p_PNEUMONIA",
+                      "set_90", "predicted_class"]
+    # temperature 1 and no record: the network's own softmax, no set column
+    plain = predictions.from_logits(names, ("NORMAL", "PNEUMONIA"), y, logits)
+    np.testing.assert_allclose(plain.probs, plain.raw)
+    assert plain.sets is None and "set_90" not in predictions.to_csv_text(plain).splitlines()[0]
+
+
+def test_older_prediction_files_read_back_and_damaged_ones_are_refused(tmp_path):
+    from cxrdemo.errors import RunError
+
+    old = tmp_path / "old.csv"
+    old.write_text("image,hash,true_class,p_NORMAL,p_PNEUMONIA,predicted_class\n"
+                   "test/a.png,aaaaaaaaaaaa,NORMAL,0.700000,0.300000,NORMAL\n")
+    p = predictions.read(old)
+    assert p.raw is None and p.sets is None and p.raw_probs.tolist() == [[0.7, 0.3]]
+    bad = tmp_path / "bad.csv"
+    bad.write_text("image,hash,true_class,p_NORMAL,p_PNEUMONIA,set_90,predicted_class\n"
+                   "test/a.png,aaaaaaaaaaaa,NORMAL,0.700000,0.300000,NORMAL|COVID,NORMAL\n")
+    with pytest.raises(RunError, match="damaged"):
+        predictions.read(bad)

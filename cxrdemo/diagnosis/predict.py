@@ -15,7 +15,7 @@ import torch
 from cxrdemo import data
 from cxrdemo.diagnosis import quality
 from cxrdemo.errors import RunError
-from cxrdemo.model import checkpoint, metrics, predictions, trust
+from cxrdemo.model import checkpoint, conformal, metrics, predictions, trust
 from cxrdemo.model.backbones import Net
 from cxrdemo.model.checkpoint import Decision, Preprocessing
 from cxrdemo.runs import store as runs
@@ -144,8 +144,9 @@ def evaluate_run(model: LoadedModel, data_root: str, split: str = "test", out: P
     if out is not None:
         names = image_names(root, paths)
         try:
-            predictions.write(predictions.Predictions([n for n, _ in names], [h for _, h in names], model.classes, y,
-                                                      probs, model.decide(probs)), Path(out))
+            predictions.write(predictions.from_logits(names, model.classes, y, logits, model.trust.temperature,
+                                                      model.decision.value,
+                                                      model.trust.conformal.get(conformal.DEFAULT_LEVEL)), Path(out))
         except OSError as exc:
             raise RunError(f"Could not write the per-image predictions to {out}: {exc.strerror or exc}.") from None
         result["predictions_file"] = str(out)

@@ -10,7 +10,9 @@ network the epoch validated, in eval mode, outside inference mode; the network's
 from __future__ import annotations
 
 import contextlib
+import importlib
 import re
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -40,6 +42,8 @@ class Panel:
     folder: Path
     images: torch.Tensor  # uint8 P x 1 x S x S, preprocessed like the validation split
     activations: torch.Tensor | None = None  # at the CAM layer, kept while the whole trunk is frozen
+    indices: tuple[int, ...] = ()  # the probes' rows in the validation split, ascending
+    source_rows: int = 0  # how many images the validation split has
 
 
 @dataclass(frozen=True)
@@ -78,13 +82,16 @@ def start_panel(run_dir: Path, config: TrainConfig, val: CachedImages, root: str
     if not config.probes or not len(val.labels):
         return None
     idx = choose_probes(val.labels.numpy(), config.probes, config.seed)
+    # pytorch-grad-cam (with matplotlib, OpenCV) loads while the first epoch trains, not in its probe step
+    threading.Thread(target=importlib.import_module, args=("pytorch_grad_cam",), name="probe-import",
+                     daemon=True).start()
     images = val.images[idx]
     folder = Path(run_dir) / FOLDER
     folder.mkdir(exist_ok=True)
     names = image_names(root, [val.paths[i] for i in idx])
     _save(folder / "panel.npz", names=np.array([n for n, _ in names]), hashes=np.array([h for _, h in names]),
           classes=np.array(classes), labels=val.labels[idx].numpy(), thumbnails=_shrink(images, THUMB_PX))
-    return Panel(folder, images)
+    return Panel(folder, images, indices=tuple(idx), source_rows=len(val.labels))
 
 
 def _save(path: Path, **arrays: np.ndarray) -> None:
@@ -159,6 +166,36 @@ def _activations(net: backbones.Net, x: torch.Tensor) -> torch.Tensor:
         hook.remove()
         net.train(was_training)
     return found[0].clone()
+
+
+@contextlib.contextmanager
+def capture_activations(panel: Panel | None, net: backbones.Net) -> Iterator[None]:
+    """Keep the probes' CAM-layer output from a pass over the whole validation split in order (batch after batch).
+
+    The head-only path runs the frozen trunk over every validation image once; reading the probes' rows off
+    that pass spares a second forward of the panel. Anything but one call per batch covering each row once
+    (a layer the pass never reaches) leaves `panel.activations` unset: `record_epoch` computes it then.
+    """
+    if panel is None or not panel.indices:
+        yield
+        return
+    wanted, seen, kept = panel.indices, [0], []
+
+    def keep(module, args, out) -> None:
+        lo, hi = seen[0], seen[0] + len(out)
+        rows = [i - lo for i in wanted if lo <= i < hi]
+        if rows:
+            kept.append(out[rows].detach().float().clone())
+        seen[0] = hi
+
+    hook = backbones.cam_target_layer(net).register_forward_hook(keep)
+    try:
+        yield
+    finally:
+        hook.remove()
+    found = torch.cat(kept) if kept else None
+    if found is not None and len(found) == len(wanted) and seen[0] == panel.source_rows:
+        panel.activations = found
 
 
 def record_epoch(panel: Panel, net: backbones.Net, inputs, epoch: int, trunk_frozen: bool = False) -> float:

@@ -27,6 +27,7 @@ from cxrdemo.errors import Cancelled, ConfigError
 from cxrdemo.model import (
     backbones,
     checkpoint,
+    conformal,
     metrics,
     predictions,
     probes,
@@ -248,7 +249,11 @@ def fit(config: TrainConfig, run_dir: Path, progress: ProgressFn | None = None,
                 # Whole trunk frozen and inputs deterministic: trunk features never change, compute them once.
                 if feature_cache is None:
                     say(Progress("prepare", epoch, config.epochs, message="Computing trunk features once"))
-                    feature_cache = {s: _trunk_features(net, c.images, plain, amp) for s, c in cache.items()}
+                    feature_cache = {}
+                    for s, c in cache.items():
+                        # the probes' CAM-layer output is read off this same pass over the validation images
+                        with probes.capture_activations(panel if s == "val" else None, net):
+                            feature_cache[s] = _trunk_features(net, c.images, plain, amp)
                 f_loader = data.make_loader(data.CachedImages(feature_cache["train"], y_train, [], []),
                                             config.batch_size, balance=config.balance, seed=config.seed + epoch,
                                             pin_memory=device.type == "cuda")
@@ -429,10 +434,10 @@ def finish(run_dir: Path, config: TrainConfig, classes: tuple[str, ...], cache: 
                                                classes, threshold)
             result["marked"] = {**marked, "loss": m_loss, "probs": np.round(m_probs, 6).tolist()}
         fileio.atomic_write_json(run_dir / "test_metrics.json", result)
-        names = image_names(root, cache["test"].paths)
-        predictions.write(predictions.Predictions(
-            [n for n, _ in names], [h for _, h in names], tuple(classes), cache["test"].labels.numpy(), probs,
-            metrics.predict_labels(probs, threshold)), run_dir / predictions.FILE)
+        # per image, as Diagnosis shows it: calibrated probabilities and the 90% set beside the raw softmax
+        predictions.write(predictions.from_logits(
+            image_names(root, cache["test"].paths), tuple(classes), cache["test"].labels.numpy(), logits,
+            fitted.temperature, threshold, fitted.conformal.get(conformal.DEFAULT_LEVEL)), run_dir / predictions.FILE)
     say(Progress("done", best_epoch, config.epochs, message="Finished"))
     return result
 

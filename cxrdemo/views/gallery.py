@@ -14,6 +14,9 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
+from cxrdemo.data import resolve_data_root
+from cxrdemo.data.naming import content_hash
+from cxrdemo.errors import DatasetError
 from cxrdemo.model.predictions import Predictions
 from cxrdemo.views.text import safe_csv_cell
 
@@ -29,7 +32,9 @@ def confusion_markers_figure(p: Predictions) -> go.Figure:
     colors = np.where(t == q, "#2e7d32", "#c62828")
     fig = go.Figure(go.Scatter(
         x=[names[j] for j in q], y=[names[i] for i in t], mode="markers+text", text=[str(c) for c in counts],
-        customdata=np.c_[t, q], textfont={"color": "white", "size": 16},
+        # plain lists: a numpy array travels as a typed array, and a clicked point's row then comes back from
+        # the browser as {"0": t, "1": q}, not [t, q]
+        customdata=[[int(i), int(j)] for i, j in zip(t, q)], textfont={"color": "white", "size": 16},
         marker={"symbol": "square", "size": [28 + 50 * np.sqrt(c / max(1, cm.max())) for c in counts],
                     "color": colors, "opacity": [0.35 if c == 0 else 0.9 for c in counts]},
         hovertemplate="true %{y}<br>predicted %{x}<br>%{text} images: click to see them<extra></extra>"))
@@ -44,7 +49,9 @@ def selected_cell(points: list[dict]) -> tuple[int, int] | None:
     """(true, predicted) of the first selected marker, from st.plotly_chart's selection points."""
     for point in points or []:
         data = point.get("customdata")
-        if data is not None and len(data) == 2:
+        if isinstance(data, dict):  # a typed-array row, as a browser serialises it
+            data = [data.get("0"), data.get("1")]
+        if isinstance(data, (list, tuple)) and len(data) == 2 and all(isinstance(v, (int, float)) for v in data):
             return int(data[0]), int(data[1])
     return None
 
@@ -55,9 +62,23 @@ def cell_images(p: Predictions, true: int, predicted: int) -> pd.DataFrame:
     conf = p.probs[rows, predicted]
     order = np.argsort(-conf if true != predicted else conf, kind="stable")
     rows = rows[order]
-    return pd.DataFrame({"image": [p.images[i] for i in rows], "hash": [p.hashes[i] for i in rows],
-                         "true_class": p.classes[true], "predicted_class": p.classes[predicted],
-                         "p_predicted": p.probs[rows, predicted], "p_true": p.probs[rows, true]})
+    table = pd.DataFrame({"image": [p.images[i] for i in rows], "hash": [p.hashes[i] for i in rows],
+                          "true_class": p.classes[true], "predicted_class": p.classes[predicted],
+                          "p_predicted": p.probs[rows, predicted], "p_true": p.probs[rows, true]})
+    if p.sets is not None:
+        table["prediction_set"] = [" or ".join(c for c, m in zip(p.classes, p.sets[i]) if m) for i in rows]
+    return table
+
+
+def probability_note(p: Predictions) -> str:
+    """Which probabilities the gallery shows: calibrated (as on Diagnosis) or, for an older run, the raw ones."""
+    if p.raw is None:
+        return ("Probabilities as the network gave them: this run was trained before calibrated probabilities "
+                "were saved per image.")
+    note = "Probabilities are calibrated (temperature scaling fitted on validation), as on the Diagnosis page."
+    if p.sets is not None:
+        note += " The prediction set holds the classes the model cannot rule out at 90% coverage."
+    return note
 
 
 def cell_caption(p: Predictions, true: int, predicted: int, n: int) -> str:
@@ -68,13 +89,27 @@ def cell_caption(p: Predictions, true: int, predicted: int, n: int) -> str:
     return f"{n} {t} image(s) the model called {q}, the most confidently wrong first."
 
 
-def image_file(data_root: str | None, image: str) -> Path | None:
-    """The file of a test image on this machine (data root + relative name), or None when it is not here."""
+def data_root(data: str | None) -> str | None:
+    """The dataset folder a run trained on (its config's `data`: a folder, `demo` or a lesson set), if on this machine."""
+    if not data:
+        return None
+    try:
+        return str(resolve_data_root(str(data)))
+    except DatasetError:
+        return None
+
+
+def image_file(data_root: str | None, image: str, hash_: str = "") -> Path | None:
+    """The file of a test image on this machine (data root + relative name), or None when it is not here.
+
+    With `hash_` the file must also have that content: a changed or another dataset's file is not shown."""
     if not data_root:
         return None
     root = Path(data_root)
     path = (root / image).resolve()
     if root.resolve() not in path.parents or not path.is_file():  # a relative name must stay inside its root
+        return None
+    if hash_ and content_hash(path) != hash_:
         return None
     return path
 
