@@ -344,6 +344,8 @@ def test_predictions_carry_calibrated_probabilities_and_the_90_percent_set(tmp_p
     # the set never contradicts the predicted class, and holds more than it when the model is unsure
     assert back.sets[np.arange(40), back.y_pred].all()
     assert back.sets.sum(1).max() == 2 and back.sets.sum(1).min() == 1
+    biased = predictions.from_logits(names, ("NORMAL", "PNEUMONIA"), y, logits, temperature=2.0, bias=(0.0, 1.5))
+    np.testing.assert_allclose(biased.probs, softmax(logits / 2 + np.array([0.0, 1.5]), 1))  # the class bias too
     from cxrdemo.views import gallery
 
     cell = gallery.cell_images(back, 0, 1)  # NORMAL images called PNEUMONIA: their sets hold PNEUMONIA

@@ -146,7 +146,8 @@ def evaluate_run(model: LoadedModel, data_root: str, split: str = "test", out: P
         try:
             predictions.write(predictions.from_logits(names, model.classes, y, logits, model.trust.temperature,
                                                       model.decision.value,
-                                                      model.trust.conformal.get(conformal.DEFAULT_LEVEL)), Path(out))
+                                                      model.trust.conformal.get(conformal.DEFAULT_LEVEL),
+                                                      model.trust.bias), Path(out))
         except OSError as exc:
             raise RunError(f"Could not write the per-image predictions to {out}: {exc.strerror or exc}.") from None
         result["predictions_file"] = str(out)

@@ -437,7 +437,8 @@ def finish(run_dir: Path, config: TrainConfig, classes: tuple[str, ...], cache: 
         # per image, as Diagnosis shows it: calibrated probabilities and the 90% set beside the raw softmax
         predictions.write(predictions.from_logits(
             image_names(root, cache["test"].paths), tuple(classes), cache["test"].labels.numpy(), logits,
-            fitted.temperature, threshold, fitted.conformal.get(conformal.DEFAULT_LEVEL)), run_dir / predictions.FILE)
+            fitted.temperature, threshold, fitted.conformal.get(conformal.DEFAULT_LEVEL), fitted.bias),
+            run_dir / predictions.FILE)
     say(Progress("done", best_epoch, config.epochs, message="Finished"))
     return result
 
