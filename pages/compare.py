@@ -209,7 +209,8 @@ with ui.friendly_errors("Reading the runs"):
     if "chosen" in st.session_state:  # keep only choices the current filters still show
         st.session_state["chosen"] = [r for r in st.session_state["chosen"] if r in options]
     chosen_ids = st.multiselect("Runs to compare", options, default=None if "chosen" in st.session_state
-                                else options[-6:], key="chosen", format_func=lambda r: _label(table, r))
+                                else compare.default_choice(options, all_infos), key="chosen",
+                                format_func=lambda r: _label(table, r))
     if not chosen_ids:
         st.info("Choose one or more runs above to compare them.")
         delete_section(table)

@@ -184,3 +184,21 @@ def test_home_mentions_lessons_and_examples(shipped):
     assert not at.exception, [e.value for e in at.exception]
     text = "\n".join(m.value for m in at.markdown) + "\n".join(i.value for i in at.info)
     assert "**Lessons**" in text and f"{len(shipped)} example runs shipped" in text
+
+
+def test_compare_opens_on_the_users_own_runs_else_the_freeze_lessons_examples(tmp_path):
+    from cxrdemo.config import TrainConfig
+    from cxrdemo.runs import store as runs_store
+    from cxrdemo.views import compare
+
+    def info(run_id, tag="", example=False):
+        return runs_store.RunInfo(run_id, tmp_path / run_id, config=TrainConfig(tag=tag).to_dict() if tag else {},
+                                  example=example)
+
+    shipped = [info(f"t{i}", "lesson:transfer:x", True) for i in range(3)] + [
+        info(f"f{i}", "lesson:freeze:cnn5-none", True) for i in range(7)] + [info("s0", "lesson:shortcut:clean", True)]
+    ids = [i.run_id for i in shipped]
+    assert compare.default_choice(ids, shipped) == ["f1", "f2", "f3", "f4", "f5", "f6"]
+    mine = [info("mine-1"), info("mine-2")]
+    assert compare.default_choice(["mine-1", "mine-2", *ids], mine + shipped) == ["mine-1", "mine-2"]
+    assert compare.default_choice(["t0", "t1"], shipped[:2]) == ["t0", "t1"]  # no freeze lesson: the newest

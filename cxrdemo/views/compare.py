@@ -145,6 +145,22 @@ def with_examples(infos: list[runs.RunInfo], shipped: list[runs.RunInfo]) -> lis
     return [*infos, *(i for i in shipped if i.run_id not in own)]
 
 
+DEFAULT_CHOSEN = 6
+DEFAULT_EXAMPLE_TAG = "lesson:freeze:"  # a fresh install opens on one lesson's runs: one task, one story
+
+
+def default_choice(options: list[str], infos: list[runs.RunInfo]) -> list[str]:
+    """The runs chosen when the page opens: the user's newest own runs, else one lesson's example runs (the freeze
+    lesson: its trade-off chart tells the papers' story), else the newest of whatever is there."""
+    by_id = {i.run_id: i for i in infos}
+    own = [r for r in options if r in by_id and not by_id[r].example and r != paths.DEMO_RUN_NAME]
+    if own:
+        return own[-DEFAULT_CHOSEN:]
+    lesson = [r for r in options if r in by_id and str(by_id[r].config.get("tag") or "").startswith(
+        DEFAULT_EXAMPLE_TAG)]
+    return (lesson or options)[-DEFAULT_CHOSEN:]
+
+
 def fresh_runs(root, chosen: list[str], fixed: list[runs.RunInfo]) -> list[runs.RunInfo]:
     """The chosen runs re-read from the store; `fixed` ones (examples, the demo reference) never change."""
     kept = {i.run_id: i for i in fixed if i.run_id in chosen}
