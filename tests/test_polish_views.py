@@ -151,7 +151,7 @@ def test_compare_table_is_compact_by_default_with_the_test_metrics(compare_store
     at.run()
     assert not at.exception, [e.value for e in at.exception]
     order = list(at.dataframe[0].proto.column_order)
-    assert order == list(compare.COMPACT_COLUMNS) and len(order) <= 13
+    assert order == list(compare.COMPACT_COLUMNS) and len(order) <= 14  # 13 + the narrow example checkbox
     assert {"test_accuracy", "test_auroc", "test_sensitivity", "test_specificity"} <= set(order)
     at.toggle(key="all_columns").set_value(True).run()
     assert list(at.dataframe[0].proto.column_order) == []  # every column
