@@ -3,7 +3,7 @@
 import streamlit as st
 
 from cxrdemo.runs import examples
-from pages import ui
+from app_pages import ui
 
 st.set_page_config(page_title="cxrdemo — transfer learning on chest X-rays", page_icon=":material/radiology:", layout="wide")
 
@@ -41,10 +41,10 @@ PNEUMONIA, Kermany et al. 2018, CC BY 4.0) and a small shipped demo model.
 
 
 HOME = st.Page(home, title="Home", icon=":material/home:", default=True)
-TRAINER = st.Page("pages/trainer.py", title="Trainer", icon=":material/model_training:", url_path="trainer")
-COMPARE = st.Page("pages/compare.py", title="Compare", icon=":material/monitoring:", url_path="compare")
-DIAGNOSIS = st.Page("pages/diagnosis.py", title="Diagnosis", icon=":material/radiology:", url_path="diagnosis")
-LESSONS = st.Page("pages/lessons.py", title="Lessons", icon=":material/school:", url_path="lessons")
+TRAINER = st.Page("app_pages/trainer.py", title="Trainer", icon=":material/model_training:", url_path="trainer")
+COMPARE = st.Page("app_pages/compare.py", title="Compare", icon=":material/monitoring:", url_path="compare")
+DIAGNOSIS = st.Page("app_pages/diagnosis.py", title="Diagnosis", icon=":material/radiology:", url_path="diagnosis")
+LESSONS = st.Page("app_pages/lessons.py", title="Lessons", icon=":material/school:", url_path="lessons")
 
 with st.sidebar:
     st.caption(ui.NOTICE)

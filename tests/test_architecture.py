@@ -30,7 +30,7 @@ LAYER_NAMES = {0: "the ground floor", 1: "data", 2: "model", 3: "runs", 4: "diag
 # Imports that break the rules on purpose, each with its reason: (importing module, imported module) -> why.
 ALLOWED: dict[tuple[str, str], str] = {}
 
-# What pages/*.py and app.py must never import: they call cxrdemo, which builds models and loops over batches.
+# What app_pages/*.py and app.py must never import: they call cxrdemo, which builds models and loops over batches.
 PAGE_FORBIDDEN = ("torch", "torchvision", "pytorch_grad_cam")
 
 
@@ -117,7 +117,7 @@ def test_every_module_keeps_the_layer_rules():
 
 
 def test_pages_do_not_import_torch():
-    pages = [*(REPO / "pages").glob("*.py"), REPO / "app.py"]
+    pages = [*(REPO / "app_pages").glob("*.py"), REPO / "app.py"]
     assert len(pages) >= 4
     assert page_violations(pages) == []
 

@@ -233,7 +233,7 @@ def test_predict_bad_arguments_are_sentences(patch_store, tmp_path, capsys):
 # ---------------------------------------------------------------- uploads through the Diagnosis page
 
 def test_diagnosis_page_survives_bad_uploads_then_diagnoses_a_good_one(patch_store):
-    at = AppTest.from_file(str(REPO / "pages" / "diagnosis.py"), default_timeout=60)
+    at = AppTest.from_file(str(REPO / "app_pages" / "diagnosis.py"), default_timeout=60)
     at.run()
     assert not at.exception, [e.value for e in at.exception]
     for name in ("empty.png", "notes.png", "scan.pdf", "bomb.png", "report.dcm", "truncated.jpg"):

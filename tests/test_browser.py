@@ -110,7 +110,7 @@ def browser(server):
         opts.add_argument(flag)
     driver = webdriver.Chrome(options=opts, service=webdriver.ChromeService(executable_path=CHROMEDRIVER))
     driver.set_page_load_timeout(60)
-    # Home first: until app.py has run once, Streamlit serves a deep link (/compare) from the pages/ folder without
+    # Home first: until app.py has run once, Streamlit serves a deep link (/compare) from the app_pages/ folder without
     # app.py (its own sidebar list, no wide layout); one -k selected test would otherwise see that.
     driver.get(server[0])
     WebDriverWait(driver, 120, poll_frequency=0.5).until(

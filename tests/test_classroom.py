@@ -18,8 +18,8 @@ from cxrdemo.views import classroom as cls
 from tests.helpers import fake_status
 
 REPO = Path(__file__).resolve().parents[1]
-TRAINER = str(REPO / "pages" / "trainer.py")
-COMPARE = str(REPO / "pages" / "compare.py")
+TRAINER = str(REPO / "app_pages" / "trainer.py")
+COMPARE = str(REPO / "app_pages" / "compare.py")
 PASS = "correct horse battery"
 FOLDER = "A folder on this computer"
 

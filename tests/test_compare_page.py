@@ -11,7 +11,7 @@ from streamlit.testing.v1 import AppTest
 from cxrdemo.runs import store as runs
 from tests.test_plots import compare_store  # noqa: F401 - the shared, trained-once fixture store
 
-PAGE = str(Path(__file__).resolve().parents[1] / "pages" / "compare.py")
+PAGE = str(Path(__file__).resolve().parents[1] / "app_pages" / "compare.py")
 
 
 def _page(monkeypatch, root) -> AppTest:
@@ -111,7 +111,7 @@ def test_page_with_an_empty_store(monkeypatch, tmp_path):
 def test_empty_store_links_to_the_trainer_and_the_demo_model_can_be_a_reference(monkeypatch, tmp_path):
     monkeypatch.setenv("CXRDEMO_RUNS_DIR", str(tmp_path / "none"))
     at = AppTest.from_file(str(Path(PAGE).parents[1] / "app.py"), default_timeout=60)
-    at.switch_page("pages/compare.py").run()
+    at.switch_page("app_pages/compare.py").run()
     assert not at.exception, [e.value for e in at.exception]
     assert [p.proto.page for p in at.get("page_link")] == ["trainer"]
     at.toggle(key="with_demo").set_value(True).run()

@@ -13,7 +13,7 @@ from streamlit.testing.v1 import AppTest
 from cxrdemo import paths
 from tests.test_predict import SECRETS, _checkerboard, _dicom, bad_uploads
 
-PAGE = str(Path(__file__).resolve().parents[1] / "pages" / "diagnosis.py")
+PAGE = str(Path(__file__).resolve().parents[1] / "app_pages" / "diagnosis.py")
 TIMEOUT = 60
 
 
@@ -230,11 +230,11 @@ def test_with_only_the_demo_model_the_comparison_picker_says_train_a_model_first
 
 def test_the_image_stays_after_a_page_switch(patch_store):
     at = AppTest.from_file(str(Path(PAGE).parents[1] / "app.py"), default_timeout=TIMEOUT)
-    at.switch_page("pages/diagnosis.py").run()
+    at.switch_page("app_pages/diagnosis.py").run()
     at.radio(key="example").set_value("PNEUMONIA example 1").run()
     first = _predictions(at)
-    at.switch_page("pages/compare.py").run()
-    at.switch_page("pages/diagnosis.py").run()
+    at.switch_page("app_pages/compare.py").run()
+    at.switch_page("app_pages/diagnosis.py").run()
     assert not at.exception, at.exception
     assert _predictions(at) == first and at.radio(key="example").value is None
     assert any("chosen before" in c.value for c in at.caption)

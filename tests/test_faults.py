@@ -239,7 +239,7 @@ def test_damaged_runs_are_listed_and_every_other_run_works(damaged_store, capsys
 
 
 def test_compare_page_renders_with_damaged_runs(damaged_store):
-    at = AppTest.from_file(str(REPO / "pages" / "compare.py"), default_timeout=60)
+    at = AppTest.from_file(str(REPO / "app_pages" / "compare.py"), default_timeout=60)
     at.run()
     assert not at.exception, [e.value for e in at.exception]
     table = at.dataframe[0].value
@@ -253,7 +253,7 @@ def test_diagnosis_page_offers_the_good_models_when_one_is_damaged(damaged_store
 
     choices = words.model_choices()
     assert damaged_store.bad["config"] not in choices.values() and damaged_store.bad["status"] not in choices.values()
-    at = AppTest.from_file(str(REPO / "pages" / "diagnosis.py"), default_timeout=60)
+    at = AppTest.from_file(str(REPO / "app_pages" / "diagnosis.py"), default_timeout=60)
     at.run()
     assert not at.exception, [e.value for e in at.exception]
     label = next(lb for lb, r in choices.items() if r == damaged_store.bad["model"])
@@ -358,7 +358,7 @@ def test_dicom_identifiers_never_reach_disk_or_logs(patch_store, tmp_path, caplo
     before = tree_snapshot(patch_store.root)
     caplog.set_level(logging.DEBUG)
     # The Diagnosis page: upload, prediction and heatmap, with every model-comparison control touched.
-    at = AppTest.from_file(str(REPO / "pages" / "diagnosis.py"), default_timeout=60)
+    at = AppTest.from_file(str(REPO / "app_pages" / "diagnosis.py"), default_timeout=60)
     at.run()
     at.file_uploader[0].set_value(("chest.dcm", dicom, "application/dicom"))
     at.run()

@@ -17,7 +17,7 @@ from cxrdemo.runs import store as runs
 from cxrdemo.views import heatmaps
 from tests.helpers import make_split_dataset, wait_for
 
-PAGES = Path(__file__).resolve().parents[1] / "pages"
+PAGES = Path(__file__).resolve().parents[1] / "app_pages"
 TIMEOUT = 90
 
 

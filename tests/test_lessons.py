@@ -18,7 +18,7 @@ from cxrdemo.runs import examples, jobs, lifecycle
 from cxrdemo.runs import store as runs
 from cxrdemo.views import lesson_results, lessons
 
-PAGE = str(Path(__file__).resolve().parents[1] / "pages" / "lessons.py")
+PAGE = str(Path(__file__).resolve().parents[1] / "app_pages" / "lessons.py")
 
 
 # ---------------------------------------------------------------- data and options

@@ -19,8 +19,8 @@ from cxrdemo.runs import store as runs
 from cxrdemo.views import compare, lesson_results, lessons, plots
 
 ROOT = Path(__file__).resolve().parents[1]
-LESSONS_PAGE = str(ROOT / "pages" / "lessons.py")
-COMPARE_PAGE = str(ROOT / "pages" / "compare.py")
+LESSONS_PAGE = str(ROOT / "app_pages" / "lessons.py")
+COMPARE_PAGE = str(ROOT / "app_pages" / "compare.py")
 pytestmark = pytest.mark.slow
 
 

@@ -52,7 +52,7 @@ def _state_writes(path: Path) -> list[int]:
 
 
 def test_only_the_lifecycle_writes_a_run_state():
-    sources = [*(REPO / "cxrdemo").rglob("*.py"), *(REPO / "pages").glob("*.py"), REPO / "app.py"]
+    sources = [*(REPO / "cxrdemo").rglob("*.py"), *(REPO / "app_pages").glob("*.py"), REPO / "app.py"]
     writers = {str(p.relative_to(REPO)): w for p in sources if (w := _state_writes(p))}
     assert "cxrdemo/runs/lifecycle.py" in writers  # the check sees the writes it is looking for
     assert list(writers) == ["cxrdemo/runs/lifecycle.py"], writers

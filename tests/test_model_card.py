@@ -18,7 +18,7 @@ from cxrdemo.runs.worker import execute_run
 from cxrdemo.views.model_card import model_card
 from tests.helpers import make_split_dataset, tiny_config
 
-PAGES = Path(__file__).resolve().parents[1] / "pages"
+PAGES = Path(__file__).resolve().parents[1] / "app_pages"
 SHIPPED_DEMO = paths.PACKAGE_DIR.parent / "weights" / "demo"
 
 

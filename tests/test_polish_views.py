@@ -77,7 +77,7 @@ def test_what_pages_show_needs_no_emoji_font():
     """A warning icon showed as an empty box: icons are Streamlit's material icons (:material/...:), never glyphs."""
     assert symbol_glyphs("⚠️ careful ✅ 📊 ✓ ▶") == ["⚠", "\ufe0f", "✅", "📊", "✓", "▶"]  # the check can fail
     assert symbol_glyphs("8.8% · p ≥ 0.5 — 3 × 4 → ±0.02 … ρ") == []
-    sources = [ROOT / "app.py", *(ROOT / "pages").glob("*.py"), *(ROOT / "cxrdemo" / "views").glob("*.py"),
+    sources = [ROOT / "app.py", *(ROOT / "app_pages").glob("*.py"), *(ROOT / "cxrdemo" / "views").glob("*.py"),
                *(ROOT / "cxrdemo" / "diagnosis").glob("*.py")]
     found = {p.name: symbol_glyphs(p.read_text(encoding="utf-8")) for p in sources}
     assert len(sources) > 20 and not {k: v for k, v in found.items() if v}
@@ -147,7 +147,7 @@ def test_compare_table_is_compact_by_default_with_the_test_metrics(compare_store
     from cxrdemo.views import compare
 
     monkeypatch.setenv("CXRDEMO_RUNS_DIR", str(compare_store["root"]))
-    at = AppTest.from_file(str(ROOT / "pages" / "compare.py"), default_timeout=60)
+    at = AppTest.from_file(str(ROOT / "app_pages" / "compare.py"), default_timeout=60)
     at.run()
     assert not at.exception, [e.value for e in at.exception]
     order = list(at.dataframe[0].proto.column_order)

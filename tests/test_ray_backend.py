@@ -125,7 +125,7 @@ def test_trainer_offers_this_computer_when_the_cluster_is_unreachable(store, mon
     sent = []
     monkeypatch.setattr(jobs, "submit", lambda config, runs_dir=None, name="", max_jobs=None, backend=None, browser="":
                         sent.append(backend) or runs.create_run(config, runs_dir, name=name).name)
-    at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "pages" / "trainer.py"), default_timeout=60)
+    at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "app_pages" / "trainer.py"), default_timeout=60)
     at.run()
     assert not at.exception, [e.value for e in at.exception]
     warnings = [w.value for w in at.warning if "Ray" in w.value]

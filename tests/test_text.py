@@ -17,7 +17,7 @@ from cxrdemo.views import compare
 from cxrdemo.views.text import escape_markdown, safe_csv_cell
 from tests.conftest import save_patch_run
 
-PAGE = str(Path(__file__).resolve().parents[1] / "pages" / "diagnosis.py")
+PAGE = str(Path(__file__).resolve().parents[1] / "app_pages" / "diagnosis.py")
 EVIL = "p(![pixel](https:evil.example/track.png)"
 FORMULA = '=HYPERLINK("https://evil.example","x")'
 

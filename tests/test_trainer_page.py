@@ -19,7 +19,7 @@ from cxrdemo.views import trainer_form
 from tests.helpers import fake_status
 
 REPO = Path(__file__).resolve().parents[1]
-PAGE = str(REPO / "pages" / "trainer.py")
+PAGE = str(REPO / "app_pages" / "trainer.py")
 APP = str(REPO / "app.py")
 
 
@@ -133,7 +133,7 @@ def test_panel_shows_every_state_and_links_through_the_router(store, fake_submit
     running = _fake_run(store, "running", 2, pid=os.getpid(), phase="train", batch=3, batches=6,
                         started=time.time() - 10)
     at = AppTest.from_file(APP, default_timeout=60)
-    at.switch_page("pages/trainer.py").run()
+    at.switch_page("app_pages/trainer.py").run()
     assert not at.exception, [e.value for e in at.exception]
     md = texts(at.markdown)
     assert all(d.name in md for d in (done, failed, running))
@@ -223,13 +223,13 @@ def test_more_options_reach_the_recipe(store, tiny_dataset, fake_submit):
 
 def test_settings_survive_a_page_switch_and_a_reload_from_the_url(store, tiny_dataset):
     at = AppTest.from_file(APP, default_timeout=60)
-    at.switch_page("pages/trainer.py").run()
+    at.switch_page("app_pages/trainer.py").run()
     use_folder(at, tiny_dataset)
     at.selectbox(key="backbone").set_value("cnn8").run()
     at.selectbox(key="img_size").set_value(64)
     at.number_input(key="epochs").set_value(3).run()
-    at.switch_page("pages/compare.py").run()
-    at.switch_page("pages/trainer.py").run()
+    at.switch_page("app_pages/compare.py").run()
+    at.switch_page("app_pages/trainer.py").run()
     assert not at.exception, [e.value for e in at.exception]
     assert (at.selectbox(key="backbone").value, at.selectbox(key="img_size").value, at.number_input(key="epochs").value,
             at.text_input(key="data_path").value) == ("cnn8", 64, 3, str(tiny_dataset))

@@ -253,7 +253,7 @@ def test_sweep_repeats_each_recipe_with_seeds_and_compare_groups_them(ds, store,
     va = [runs.read_metrics(d)["val_acc"].to_numpy() for d in (a, b)]
     assert list(band.data[1].y) == pytest.approx(list((va[0] + va[1]) / 2))
 
-    at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "pages" / "compare.py"), default_timeout=120)
+    at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "app_pages" / "compare.py"), default_timeout=120)
     at.run()
     assert not at.exception, [e.value for e in at.exception]
     assert not at.error, [e.value for e in at.error]

@@ -9,7 +9,7 @@ import streamlit as st
 from cxrdemo.runs import lifecycle
 from cxrdemo.views import heatmaps
 from cxrdemo.views.text import escape_markdown as md
-from pages import ui
+from app_pages import ui
 
 REFRESH_S = 2.0
 

@@ -9,7 +9,7 @@ from cxrdemo import paths
 from cxrdemo.runs import examples
 from cxrdemo.runs import store as runs
 from cxrdemo.views import compare, plots
-from pages import heatmaps_ui, ui, watch
+from app_pages import heatmaps_ui, ui, watch
 
 REFERENCE = paths.DEMO_RUN_NAME  # the shipped demo model's run id when added as a reference (never deleted from here)
 REFRESH_S = 5  # how often curves of running jobs are re-read from the run store
@@ -183,7 +183,7 @@ with ui.friendly_errors("Reading the runs"):
     if not all_infos:
         st.info(f"No runs yet in {root}. Start one on the Trainer page; it will appear here while it trains.")
         try:
-            st.page_link("pages/trainer.py", label="Open the Trainer page", icon=":material/model_training:")
+            st.page_link("app_pages/trainer.py", label="Open the Trainer page", icon=":material/model_training:")
         except StreamlitAPIException:  # this page runs on its own (no router)
             pass
         st.stop()

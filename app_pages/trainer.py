@@ -13,7 +13,7 @@ from cxrdemo.views import card, sweep_cost, words
 from cxrdemo.views import classroom as cls
 from cxrdemo.views import trainer as tv
 from cxrdemo.views import trainer_form as form
-from pages import ui, watch
+from app_pages import ui, watch
 
 SPECS = {spec.name: spec for spec in form.widget_specs()}
 FOLDER = "A folder on this computer"
@@ -276,9 +276,9 @@ def jobs_panel() -> None:
             if row.state == "completed":
                 c1, c2 = st.columns(2)
                 with c1:
-                    link("pages/compare.py", "Compare with other runs", ":material/monitoring:", row.run_id)
+                    link("app_pages/compare.py", "Compare with other runs", ":material/monitoring:", row.run_id)
                 with c2:
-                    link("pages/diagnosis.py", "Diagnose an image", ":material/radiology:", row.run_id)
+                    link("app_pages/diagnosis.py", "Diagnose an image", ":material/radiology:", row.run_id)
 
 
 jobs_panel()

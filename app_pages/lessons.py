@@ -9,7 +9,7 @@ from cxrdemo import paths
 from cxrdemo.runs import examples, jobs
 from cxrdemo.views import lesson_results, lessons
 from cxrdemo.views.text import escape_markdown
-from pages import ui
+from app_pages import ui
 
 root = ui.runs_dir()
 st.title("Lessons")

@@ -11,7 +11,7 @@ from cxrdemo.diagnosis import assessment, cam_cost, explain, predict
 from cxrdemo.views import diagnosis as dv
 from cxrdemo.views import heatmaps, plots, words
 from cxrdemo.views.text import escape_markdown as md
-from pages import heatmaps_ui, ui
+from app_pages import heatmaps_ui, ui
 
 PREDICTED = "The predicted class"
 MAX_COMPARE = 4

@@ -12,7 +12,7 @@ from cxrdemo.model import paired, predictions
 from cxrdemo.runs import store as runs
 from cxrdemo.views import gallery, seeds, timelapse
 from cxrdemo.views.text import escape_markdown
-from pages import ui
+from app_pages import ui
 
 GALLERY_SHOWN = 8
 
