@@ -13,19 +13,10 @@ from cxrdemo.config import TrainConfig
 from cxrdemo.model import backbones, checkpoint, speed, train, tuning
 from cxrdemo.runs import store as runs
 from cxrdemo.runs.worker import execute_run
+from tests.test_speed import store  # noqa: F401 - autouse: a private run store and one thread, as in test_speed
 
 CPU = torch.device("cpu")
 REF, BF16, BF16_CL, FP32_CL = "fp32-contiguous", "bf16-contiguous", "bf16-channels-last", "fp32-channels-last"
-
-
-@pytest.fixture(autouse=True)
-def store(tmp_path, monkeypatch):
-    monkeypatch.setenv("CXRDEMO_RUNS_DIR", str(tmp_path / "runs"))
-    monkeypatch.setenv("CXRDEMO_CACHE_DIR", str(tmp_path / "cache"))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield tmp_path / "runs"
-    torch.set_num_threads(threads)
 
 
 class FakeClock:
