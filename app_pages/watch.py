@@ -5,6 +5,8 @@ Layout only: every number and figure comes from cxrdemo.views (seeds, timelapse,
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import streamlit as st
 
 from cxrdemo.errors import RunError
@@ -33,7 +35,8 @@ def timelapse_section(infos: dict[str, runs.RunInfo], chosen_ids: list[str], col
     """Probe images of up to three runs, epoch by epoch (a plotly slider: no rerun)."""
     st.subheader("Watch them learn")
     with ui.friendly_errors("Reading the probe images"):
-        available = timelapse.read_timelines({r: infos[r].path for r in chosen_ids})
+        dirs = {r: infos[r].path for r in chosen_ids}
+        available = _timelines(tuple((r, str(d)) for r, d in dirs.items()), timelapse.stamp(dirs))
         if not available:
             st.info("None of the chosen runs kept probe images (they were trained before probes existed, or with "
                     "probes set to 0).")
@@ -42,12 +45,27 @@ def timelapse_section(infos: dict[str, runs.RunInfo], chosen_ids: list[str], col
                                max_selections=timelapse.MAX_RUNS, key="probe_runs")
         if not shown:
             return
-        picked = {r: available[r] for r in shown}
+        picked = {r: dirs[r] for r in shown}
+        timeline_fig, probability_fig = _figures(tuple((r, str(d)) for r, d in picked.items()),
+                                                 timelapse.stamp(picked), tuple(sorted(colors.items())))
         st.caption("Each image is a validation image the run followed: the heatmap shows where the model looked "
                    "for the class it predicted, the label the probability it gave the true class. Move the slider "
                    "or press play.")
-        st.plotly_chart(timelapse.timelapse_figure(picked), key="probe_timelapse")
-        st.plotly_chart(timelapse.probability_figure(picked, colors), key="probe_probs")
+        st.plotly_chart(timeline_fig, key="probe_timelapse")
+        st.plotly_chart(probability_fig, key="probe_probs")
+
+
+# Every rerun of Compare (each widget touched) would re-read the probe files and re-encode every thumbnail of the
+# timelapse: cached on the runs and their newest probe file, so only a new epoch draws it again.
+@st.cache_data(max_entries=16, show_spinner=False)
+def _timelines(run_dirs: tuple[tuple[str, str], ...], stamp: tuple[int, ...]) -> dict:
+    return timelapse.read_timelines({r: Path(d) for r, d in run_dirs})
+
+
+@st.cache_data(max_entries=16, show_spinner="Drawing the probe images…")
+def _figures(run_dirs: tuple[tuple[str, str], ...], stamp: tuple[int, ...], colors: tuple[tuple[str, str], ...]):
+    picked = _timelines(run_dirs, stamp)
+    return timelapse.timelapse_figure(picked), timelapse.probability_figure(picked, dict(colors))
 
 
 def gallery_tab(info: runs.RunInfo) -> bool:

@@ -185,7 +185,7 @@ def test_a_run_at_chance_says_so_on_compare(store):
     assert row["problem"] == "The model predicts PNEUMONIA for every test image: no better than chance."
 
 
-def test_compare_legends_sit_below_the_plots(compare_store):
+def test_compare_legends_sit_below_the_plots(compare_store):  # noqa: F811
     from cxrdemo.runs import store as runs
     from cxrdemo.views import plots
 

@@ -374,3 +374,19 @@ def test_older_prediction_files_read_back_and_damaged_ones_are_refused(tmp_path)
                    "test/a.png,aaaaaaaaaaaa,NORMAL,0.700000,0.300000,NORMAL|COVID,NORMAL\n")
     with pytest.raises(RunError, match="damaged"):
         predictions.read(bad)
+
+
+def test_the_timelapse_cache_key_changes_when_a_run_writes_a_new_epoch(tmp_path):
+    import os
+
+    from cxrdemo.views import timelapse
+
+    d = tmp_path / "run"
+    (d / "probes").mkdir(parents=True)
+    assert timelapse.stamp({"r": d}) == (0,)  # no probes yet
+    (d / "probes" / "epoch-001.npz").write_bytes(b"1")
+    os.utime(d / "probes" / "epoch-001.npz", ns=(10**18, 10**18))
+    first = timelapse.stamp({"r": d})
+    (d / "probes" / "epoch-002.npz").write_bytes(b"2")
+    os.utime(d / "probes" / "epoch-002.npz", ns=(2 * 10**18, 2 * 10**18))
+    assert first == (10**18,) and timelapse.stamp({"r": d}) == (2 * 10**18,)

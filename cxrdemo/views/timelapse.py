@@ -53,6 +53,12 @@ def _cell_text(timeline: probes.Timeline, i: int, probe: int) -> str:
     return f"{timeline.classes[true]}: p={p[true]:.2f} {'right' if right else 'wrong'}"
 
 
+def stamp(run_dirs: dict[str, Path]) -> tuple[int, ...]:
+    """The newest probe file of each run (ns): what a cached timelapse is keyed on, so a new epoch redraws it."""
+    return tuple(max((f.stat().st_mtime_ns for f in (Path(d) / "probes").glob("*.npz")), default=0)
+                 for d in run_dirs.values())
+
+
 def read_timelines(run_dirs: dict[str, Path]) -> dict[str, probes.Timeline]:
     """Run id -> its probes, for the runs that have them (at most MAX_RUNS, in the order given)."""
     out = {}
