@@ -3,10 +3,11 @@
 Best evidence first:
 1. MEASURED_FILE in this computer's cache folder, written by benchmarks/bench_sweep.py: one epoch of every
    backbone x freeze level timed here (labelled with its CPU and date), used as it is;
-2. REFERENCE: seconds per training image at 224 px (batch 32, 2 threads) on REFERENCE_CPU (quiet, torch
-   2.14.1, bfloat16 autocast + channels-last: benchmarks/README.md, bench_train.py and bench_precision.py of
-   2026-11-22; rows marked modelled there were not measured directly), scaled by this computer's remembered
-   trial step times when model/speed has measured a backbone here, else said to be the reference PC's.
+2. REFERENCE: seconds per training image at 224 px (batch 32, 2 threads) on REFERENCE_CPU, measured by
+   `benchmarks/bench_sweep.py` on 2026-11-28 (quiet machine, torch 2.14.1, each recipe's own trial choice: bfloat16
+   autocast + channels-last for freeze 3 and none; one epoch on 300 train + 300 validation images of cxr-large;
+   benchmarks/README.md), scaled by this computer's remembered trial step times when model/speed has measured a
+   backbone here, else said to be the reference PC's.
 """
 
 from __future__ import annotations
@@ -24,9 +25,9 @@ REFERENCE_CPU = "a 2-core Intel Xeon with AMX"
 REFERENCE_SIZE = 224
 # backbone -> freeze -> seconds per training image per epoch; "head": the trunk runs once (epoch 1), then ~free.
 REFERENCE: dict[str, dict[str, float]] = {
-    "cnn5": {"none": 0.0204, "3": 0.0130, "head": 0.0068},
-    "resnet18": {"none": 0.0182, "3": 0.0121, "head": 0.0061},
-    "densenet121": {"none": 0.0725, "3": 0.0362, "head": 0.0242},
+    "cnn5": {"none": 0.0238, "3": 0.0158, "head": 0.0302},
+    "resnet18": {"none": 0.0180, "3": 0.0138, "head": 0.0224},
+    "densenet121": {"none": 0.0723, "3": 0.0481, "head": 0.0764},
 }
 VAL_SHARE = 1 / 3  # a validation image costs a forward pass: about a third of a training step
 DEFAULT_PER_IMAGE = 0.03  # an unlisted backbone: between resnet18 and densenet121
