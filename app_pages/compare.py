@@ -15,7 +15,10 @@ REFERENCE = paths.DEMO_RUN_NAME  # the shipped demo model's run id when added as
 REFRESH_S = 5  # how often curves of running jobs are re-read from the run store
 
 COLUMNS = {
-    "run_id": st.column_config.TextColumn("Run"),
+    "name": st.column_config.TextColumn("Run", pinned=True, help="The run's label (else its recipe) and when it "
+                                        "started; the full run id is in the run id column"),
+    "recipe": st.column_config.TextColumn("Recipe", help="Backbone · starting weights · freeze level"),
+    "run_id": st.column_config.TextColumn("Run id"),
     "example": st.column_config.CheckboxColumn("Example", help="A read-only example run shipped with the project "
                                                "(made by `python -m cxrdemo lessons build-examples`; no weights)"),
     "status": st.column_config.TextColumn("Status"),
@@ -42,10 +45,21 @@ COLUMNS = {
 }
 
 
+def compact_columns() -> dict:
+    """The compact table's columns: short headers (the caption above says they are test results), fixed widths."""
+    short = {"name": "Run", "recipe": "Recipe", "status": "Status", "epochs_run": "Epochs", "test_accuracy": "Accuracy",
+             "test_auroc": "AUROC", "test_sensitivity": "Sens.", "test_specificity": "Spec.",
+             "trainable_params": "Trainable", "sec_per_epoch": "s/epoch"}
+    config = {}
+    for col, width in compare.COMPACT_WIDTHS.items():
+        base = dict(COLUMNS.get(col) or {})
+        config[col] = {**base, "label": short[col], "width": width}
+    return config
+
+
 def _label(table, run_id: str) -> str:
     row = table.loc[table["run_id"] == run_id].iloc[0]
-    return (f"{compare.shown_id(run_id, bool(row['example']))} — {row['backbone']}, {row['init']}, "
-            f"freeze {row['freeze']} ({row['status']})")
+    return f"{row['name']} — {row['recipe']} ({row['status']})" if row["recipe"] else str(row["name"])
 
 
 def live_section(root, states: dict[str, str], colors: dict[str, str], fixed=()) -> None:
@@ -77,7 +91,7 @@ def results_section(chosen, colors: dict[str, str]) -> None:
     metric = st.selectbox("Test metric", list(compare.TEST_METRIC_LABELS), key="tradeoff_metric",
                           format_func=compare.TEST_METRIC_LABELS.get)
     st.plotly_chart(plots.tradeoff_figure(same_task, metric), key="tradeoff")
-    missing = same_task.loc[same_task[metric].isna(), "run_id"].tolist()
+    missing = same_task.loc[same_task[metric].isna(), "name"].tolist()
     if missing:
         st.caption("Not on this chart (still training, stopped, or no test images): " + ", ".join(missing))
     left, right = st.columns(2)
@@ -202,7 +216,10 @@ with ui.friendly_errors("Reading the runs"):
     shown = compare.filter_table(table, datasets, nets, states)
     every = st.toggle("Show every column", key="all_columns", help="The compact view fits a projector; every column "
                       "adds parameters, timing and dataset details.")
-    st.dataframe(shown, hide_index=True, column_config=COLUMNS, key="runs_table",
+    if not every:
+        st.caption("Accuracy, AUROC, sensitivity (Sens.) and specificity (Spec.) on each run's test split; "
+                   "*Show every column* adds precision, F1, parameters, timing and the dataset.")
+    st.dataframe(shown, hide_index=True, column_config=COLUMNS if every else compact_columns(), key="runs_table",
                  column_order=None if every else compare.COMPACT_COLUMNS)
 
     options = shown.loc[shown["status"] != "damaged", "run_id"].tolist()
@@ -217,9 +234,9 @@ with ui.friendly_errors("Reading the runs"):
         st.stop()
     infos = {i.run_id: i for i in all_infos}
     chosen = shown.set_index("run_id").loc[chosen_ids].reset_index()
-    for run_id, problem in zip(chosen["run_id"], chosen["problem"]):
-        if "no better than chance" in str(problem):
-            st.warning(f"**{run_id}**: {problem}", icon=":material/warning:")
+    for name, problem in zip(chosen["name"], chosen["problem"]):
+        if problem:  # the compact table leaves the problem column out: a chosen run's problem is said here
+            st.warning(f"**{name}**: {problem}", icon=":material/warning:")
     colors = plots.run_colors(chosen_ids)
 
     st.subheader("Learning curves")

@@ -64,9 +64,10 @@ def widget(spec: form.WidgetSpec, where=st, options=None):
     return keep(spec.name, value)
 
 
-def widget_rows(group: str, per_row: int = 4, options: dict | None = None) -> dict:
-    """Every declared option of `group`, `per_row` to a row; their values by option name."""
+def widget_rows(group: str, options: dict | None = None) -> dict:
+    """Every declared option of `group`, as many to a row as the form's layout declares; their values by name."""
     specs = [s for s in SPECS.values() if s.group == group]
+    per_row = form.ROW_WIDGETS[group]
     values = {}
     for i in range(0, len(specs), per_row):
         for col, spec in zip(st.columns(per_row), specs[i:i + per_row]):
@@ -129,10 +130,10 @@ num_classes = len(ds.classes) if ds is not None and ds.classes else 2
 # ---------------------------------------------------------------- 2. network
 st.subheader("2 · Network")
 names = backbones.backbone_names()
-c1, c2 = st.columns(2)
+c1, c2 = st.columns(form.ROW_WIDGETS["network"])
 backbone = keep("backbone", c1.selectbox(
     SPECS["backbone"].label, names, index=0 if kept("backbone", names) else names.index(SPECS["backbone"].default),
-    key="backbone", format_func=lambda n: f"{n} ({backbones.param_counts(n, num_classes)[0]:,} parameters)"))
+    key="backbone", format_func=lambda n: form.backbone_label(n, num_classes)))
 c1.caption(backbones.get_spec(backbone).description)
 inits = form.init_options(backbone, jobs.list_jobs(root))
 preferred = "imagenet" if "imagenet" in inits and not form.init_problem(backbone, "imagenet") else "scratch"
@@ -165,7 +166,7 @@ rules = list(dict.fromkeys([*SPECS["threshold"].options, *([inherited] if inheri
                             *([str(st.session_state[KEEP + "threshold"])] if KEEP + "threshold" in st.session_state
                               else [])]))
 with st.expander("More options"):
-    options.update(widget_rows("more", per_row=3, options={"threshold": rules}))
+    options.update(widget_rows("more", options={"threshold": rules}))
 kept("run_name")
 name = keep("run_name", st.text_input("Label (optional, added to the run id)", max_chars=40, key="run_name"))
 recipe = {"data": data_path or "", "backbone": backbone, "init": init, "freeze": freeze, **options}

@@ -12,7 +12,7 @@ import streamlit as st
 from cxrdemo.errors import RunError
 from cxrdemo.model import paired, predictions
 from cxrdemo.runs import store as runs
-from cxrdemo.views import gallery, seeds, timelapse
+from cxrdemo.views import gallery, seeds, timelapse, words
 from cxrdemo.views.text import escape_markdown
 from app_pages import ui
 
@@ -42,7 +42,8 @@ def timelapse_section(infos: dict[str, runs.RunInfo], chosen_ids: list[str], col
                     "probes set to 0).")
             return
         shown = st.multiselect("Runs side by side (up to three)", list(available), default=list(available)[:3],
-                               max_selections=timelapse.MAX_RUNS, key="probe_runs")
+                               max_selections=timelapse.MAX_RUNS, key="probe_runs",
+                               format_func=lambda r: words.run_name(r, infos[r].example))
         if not shown:
             return
         picked = {r: dirs[r] for r in shown}
@@ -109,8 +110,11 @@ def paired_section(infos: dict[str, runs.RunInfo], chosen_ids: list[str]) -> Non
         return
     st.subheader("Is the difference real?")
     a_col, b_col = st.columns(2)
-    a = a_col.selectbox("Run A", with_preds, index=0, key="paired_a")
-    b = b_col.selectbox("Run B", with_preds, index=1, key="paired_b")
+    def name(r: str) -> str:
+        return words.run_name(r, infos[r].example)
+
+    a = a_col.selectbox("Run A", with_preds, index=0, key="paired_a", format_func=name)
+    b = b_col.selectbox("Run B", with_preds, index=1, key="paired_b", format_func=name)
     if a == b:
         st.info("Choose two different runs.")
         return
@@ -118,7 +122,7 @@ def paired_section(infos: dict[str, runs.RunInfo], chosen_ids: list[str]) -> Non
         files = [infos[r].path / predictions.FILE for r in (a, b)]
         result = _compare(*(str(f) for f in files), *(f.stat().st_mtime_ns for f in files))
         for d in result.differences:
-            st.markdown("- " + paired.sentence(d, result.n, escape_markdown(a), escape_markdown(b)))
+            st.markdown("- " + paired.sentence(d, result.n, escape_markdown(name(a)), escape_markdown(name(b))))
         if result.unmatched:
             st.caption(f"{result.unmatched} test image(s) were seen by one run only and are left out.")
 

@@ -141,9 +141,10 @@ class TrainConfig:
                          tip="Early stopping watches the same score. AUROC suits a threshold tuned on validation.")
     augment: str = option("none", "none | light (papers) | acquisition; bare --augment means light", const="light",
                           label="Augmentation", group="training", choices=AUGMENTATIONS,
-                          labels={"none": "none",
-                                  "light": "light (flips, small shifts and rotations, as in the papers)",
-                                  "acquisition": "acquisition (also contrast, blur, noise: robust to other scanners)"})
+                          labels={"none": "none", "light": "light (as in the papers)",
+                                  "acquisition": "acquisition (scanners)"},
+                          tip="Light: flips, small shifts and rotations, as in the papers. Acquisition: also contrast, "
+                              "blur and noise, so the model copes better with other scanners' images.")
     intensity: str = option("none", "per-image intensity standardisation, repeated at prediction (equalize = "
                             "histogram)", label="Intensity", group="more", choices=INTENSITY,
                             labels={"none": "as recorded", "equalize": "histogram-equalised"},
@@ -167,7 +168,7 @@ class TrainConfig:
             "the model meets another site's images.")
     precision: str = option("auto", "auto = float32 or bfloat16 mixed precision, whichever a short timed trial "
                             "finds faster on this machine (remembered)", label="Arithmetic precision", group="more", choices=PRECISIONS,
-                            labels={"auto": "automatic (fastest this machine runs well)", "fp32": "full (float32)",
+                            labels={"auto": "automatic (measured here)", "fp32": "full (float32)",
                                     "bf16": "mixed (bfloat16)"},
                             tip="Mixed precision trains up to 2-3x faster on CPUs with bfloat16 instructions and on GPUs; "
                                 "automatic measures it on this computer (a small dataset: during its first epochs, then "

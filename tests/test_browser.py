@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cxrdemo.views import compare
+
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -271,6 +273,21 @@ def test_trainer_settings_survive_a_page_switch_and_a_reload(server, browser):
     _wait_text(browser, "Start training")
     WebDriverWait(browser, 90).until(lambda d: not d.find_elements(By.CSS_SELECTOR, "[data-testid='stStatusWidget']"))
     assert "epochs=3" in browser.current_url and _value(browser, "Epochs") == "3"
+    # every choice fits its box at 1400 px: none is cut with '…' ("automatic (fastest this mach…" was)
+    assert browser.execute_script("return window.innerWidth") == 1400
+    more = next(e for e in browser.find_elements(By.CSS_SELECTOR, "[data-testid='stExpander'] summary")
+                if "More options" in e.text)
+    more.click()
+    _wait_text(browser, "Arithmetic precision")
+    _choose(browser, "Augmentation", "acquisition")
+    time.sleep(2)
+    cut = browser.execute_script(
+        "const cut = []; for (const box of document.querySelectorAll(\"[data-testid='stSelectbox']\"))"
+        "  for (const el of box.querySelectorAll('*')) { const cs = getComputedStyle(el);"
+        "    if (cs.textOverflow === 'ellipsis' && el.scrollWidth > el.clientWidth + 1) cut.push(el.textContent); }"
+        "return cut;")
+    assert not cut, cut
+    assert "acquisition (scanners)" in browser.find_element(By.TAG_NAME, "body").text
 
 
 def test_compare_page_lists_runs(server, browser):
@@ -282,6 +299,11 @@ def test_compare_page_lists_runs(server, browser):
     _no_exception(browser)
     time.sleep(2)
     assert browser.execute_script("return window.innerWidth") == 1400
+    # the compact table fits: no sideways scrolling, its test metrics in view (its widths are declared to fit this)
+    table_px, content_px, scroll_px = WebDriverWait(browser, 60).until(lambda d: d.execute_script(
+        "const t = document.querySelector(\"[data-testid='stDataFrame']\"); const s = t && t.querySelector('.dvn-scroller');"
+        "return s ? [t.offsetWidth, s.scrollWidth, s.clientWidth] : null;"))
+    assert table_px >= compare.PROJECTOR_TABLE_PX and content_px <= scroll_px + 2, (table_px, content_px, scroll_px)
     browser.save_screenshot(str(_shots(tmp) / "compare.png"))  # the top: table and learning curves
     tab = WebDriverWait(browser, 60).until(lambda d: next(
         (t for t in d.find_elements(By.CSS_SELECTOR, "[role='tab']")

@@ -9,6 +9,7 @@ from pathlib import Path
 from streamlit.testing.v1 import AppTest
 
 from cxrdemo.runs import store as runs
+from cxrdemo.views import words
 from tests.test_plots import compare_store  # noqa: F401 - the shared, trained-once fixture store
 
 PAGE = str(Path(__file__).resolve().parents[1] / "app_pages" / "compare.py")
@@ -78,7 +79,8 @@ def test_page_filters_and_class_set_choice(compare_store, monkeypatch):  # noqa:
     assert compare_store["four"] not in at.multiselect(key="chosen").value
     assert "different class sets" not in " ".join(w.value for w in at.warning)
     names = [t["name"] for t in _figure(at, "Loss per epoch")["data"]]
-    assert f"{compare_store['running']} · val" in names and not any(compare_store["four"] in n for n in names)
+    assert f"{words.run_name(compare_store['running'])} · val" in names
+    assert not any(words.run_name(compare_store["four"]) in n for n in names)
 
 
 def test_page_delete_needs_confirmation_and_refuses_running(compare_store, monkeypatch, tmp_path):  # noqa: F811

@@ -20,7 +20,7 @@ from cxrdemo.errors import RunError
 from cxrdemo.model import backbones, metrics
 from cxrdemo.runs import store as runs
 from cxrdemo.runs.worker import execute_run
-from cxrdemo.views import compare, plots
+from cxrdemo.views import compare, plots, words
 from tests.helpers import fake_status
 
 FOUR = ["COVID", "Lung_Opacity", "Normal", "Viral"]
@@ -196,7 +196,7 @@ def test_curves_one_colour_per_run_train_solid_val_dashed(store, metric):
     fig = plots.curves_figure(chosen, metric)
     names = [t.name for t in fig.data]
     with_curves = (s["done"], s["running"], s["four"])
-    assert names == [f"{r} · {split}" for r in with_curves for split in ("train", "val")]
+    assert names == [f"{words.run_name(r)} · {split}" for r in with_curves for split in ("train", "val")]
     train_col, val_col, _ = plots.CURVE_METRICS[metric]
     for r in with_curves:
         tr, va = (t for t in fig.data if t.legendgroup == r)
@@ -253,10 +253,11 @@ def test_bar_charts_show_params_and_time(store):
     fig = plots.bar_figure(table, "trainable_params", "Trainable parameters", log=True)
     assert fig.layout.yaxis.type == "log"
     bars = dict(zip(fig.data[0].x, fig.data[0].y))
-    assert s["failed"] in bars and s["damaged"] not in bars  # a failed run still has its recipe's count
-    assert bars[s["done"]] == _row(table, s["done"])["trainable_params"]
+    name = dict(zip(table["run_id"], table["name"]))  # bars are labelled with the runs' short names
+    assert name[s["failed"]] in bars and name[s["damaged"]] not in bars  # a failed run still has its recipe's count
+    assert bars[name[s["done"]]] == _row(table, s["done"])["trainable_params"]
     secs = plots.bar_figure(table, "sec_per_epoch", "Seconds per epoch").data[0]
-    assert set(secs.x) == {s["done"], s["grad"], s["running"], s["four"]}
+    assert set(secs.x) == {name[s[k]] for k in ("done", "grad", "running", "four")}
 
 
 def test_confusion_matrix_is_the_saved_one(store):

@@ -151,8 +151,14 @@ def test_compare_table_is_compact_by_default_with_the_test_metrics(compare_store
     at.run()
     assert not at.exception, [e.value for e in at.exception]
     order = list(at.dataframe[0].proto.column_order)
-    assert order == list(compare.COMPACT_COLUMNS) and len(order) <= 14  # 13 + the narrow example checkbox
+    assert order == list(compare.COMPACT_COLUMNS)
     assert {"test_accuracy", "test_auroc", "test_sensitivity", "test_specificity"} <= set(order)
+    # fixed widths that add up to what a 1400 px projector shows beside the sidebar (the browser test measures it)
+    assert sum(compare.COMPACT_WIDTHS.values()) <= compare.PROJECTOR_TABLE_PX
+    df = at.dataframe[0].value
+    readable = df[df["status"] != "damaged"]  # a damaged run keeps its folder name: that is all it has
+    assert df["name"].is_unique and len(readable) >= 4 and not readable["name"].str.match(r"^\d{8}-").any()
+    assert any("Sens." in c.value for c in at.caption)  # the short headers are explained
     at.toggle(key="all_columns").set_value(True).run()
     assert list(at.dataframe[0].proto.column_order) == []  # every column
 
@@ -206,3 +212,57 @@ def test_the_readme_says_where_the_full_datasets_come_from():
     assert "COVID-19 Radiography Database" in readme and "chest_xray/train/NORMAL" in readme  # how folders map
     commands = [line for line in readme.splitlines() if "cxrdemo demo-model" in line]
     assert commands and not any("shared/data" in c for c in commands)
+
+
+# ---------------------------------------------------------------- short names and labels that fit their boxes
+
+@pytest.mark.parametrize("run_id, example, expected", [
+    ("20261128-101028-cnn5-1-freeze-cnn5-1", False, "freeze-cnn5-1 · 28 Nov 10:10"),
+    ("20261128-101028-cnn5-1-freeze-cnn5-1", True, "freeze-cnn5-1 (example)"),
+    ("20261128-115103-cnn8-none", False, "cnn8 · freeze none · 28 Nov 11:51"),
+    ("20261128-115103-resnet18-gradual-2", False, "resnet18 · freeze gradual:2 · 28 Nov 11:51"),
+    ("20261128-115103-resnet18-gradual-2-2", False, "resnet18 · freeze gradual:2 #2 · 28 Nov 11:51"),
+    ("20260105-090000-mobilenet_v3_small-head-my-run", False, "my-run · 5 Jan 09:00"),
+    ("demo", False, "shipped demo model"),
+    ("someone-elses-id", False, "someone-elses-id"),
+])
+def test_run_names_are_short_and_say_what_the_run_is(run_id, example, expected):
+    from cxrdemo.views import words
+
+    assert words.run_name(run_id, example) == expected
+
+
+def test_run_names_stay_unique_when_two_runs_read_the_same():
+    from cxrdemo.views import words
+
+    ids = ["20261128-115103-cnn8-none", "20261128-115159-cnn8-none", "20261128-120000-cnn8-none"]
+    names = words.run_names(ids)
+    assert names == ["cnn8 · freeze none · 28 Nov 11:51:03", "cnn8 · freeze none · 28 Nov 11:51:59",
+                     "cnn8 · freeze none · 28 Nov 12:00"]
+
+
+def test_every_trainer_choice_fits_its_box(tmp_path):
+    """Streamlit cuts a choice longer than its box with '…' ('automatic (fastest this mach…'): every label of every
+    select, for every backbone, stays within the characters its row's box holds at 1400 px."""
+    from cxrdemo.config import TrainConfig
+    from cxrdemo.model import backbones
+    from cxrdemo.runs import store as runs
+    from cxrdemo.views import trainer_form as form
+    from cxrdemo.views import words
+    from tests.helpers import fake_status
+
+    budget = {group: form.LABEL_CHARS[n] for group, n in form.ROW_WIDGETS.items()}
+    too_long = [(s.name, s.word(o)) for s in form.widget_specs() if s.kind == "select"
+                for o in s.options if len(s.word(o)) > budget[s.group]]
+    rules = ["argmax", "val", "spec:0.975", "sens:0.95"]
+    too_long += [("threshold", words.rule_label(r)) for r in rules if len(words.rule_label(r)) > budget["more"]]
+    done = runs.create_run(TrainConfig(data="demo", backbone="cnn5", freeze="1"), tmp_path, name="freeze-cnn5-1")
+    fake_status(done, state="completed", epochs=1, epoch=1)
+    (done / "model.pt").write_bytes(b"x")
+    infos = runs.list_runs(tmp_path)
+    for b in backbones.backbone_names():
+        labels = [form.backbone_label(b, 14), *form.freeze_options(b).values(),
+                  *form.init_options(b, infos).values()]
+        too_long += [(b, label) for label in labels if len(label) > budget["network"]]
+    assert not too_long, too_long
+    assert any(label.startswith("Run freeze-cnn5-1 · ") for label in form.init_options("cnn5", infos).values())

@@ -20,15 +20,18 @@ from cxrdemo.views.text import safe_csv_cell
 
 TEST_KEYS = ("accuracy", "precision", "recall", "f1", "auroc", "sensitivity", "specificity")
 TEST_COLUMNS = tuple(f"test_{k}" for k in TEST_KEYS)
-TABLE_COLUMNS = ("run_id", "example", "status", "problem", "backbone", "init", "freeze", "head", "epochs_run", "epochs_planned",
+TABLE_COLUMNS = ("name", "run_id", "example", "status", "problem", "backbone", "init", "freeze", "head", "epochs_run", "epochs_planned",
                  "best_val_acc", "epochs_to_best", *TEST_COLUMNS, "total_params", "trainable_params",
                  "trainable_at_start", "params_note", "sec_per_epoch", "arithmetic", "dataset", "classes", "n_classes",
-                 "started")
+                 "started", "recipe")
 UNKNOWN_CLASSES = "(classes not known yet)"
-EXAMPLE = "example"  # the mark of a read-only example run shipped with the project, wherever one is shown
-# The compact table: what a projector at 1400 px can show without scrolling sideways.
-COMPACT_COLUMNS = ("run_id", "example", "status", "backbone", "init", "freeze", "epochs_run", "test_accuracy", "test_auroc",
-                   "test_sensitivity", "test_specificity", "trainable_params", "sec_per_epoch", "problem")
+EXAMPLE = words.EXAMPLE
+# The compact table: what a projector at 1400 px shows without scrolling sideways (about 930 px beside the
+# sidebar): column -> width in pixels. Its run is named short (words.run_name), its recipe is one cell.
+COMPACT_WIDTHS = {"name": 190, "recipe": 200, "status": 82, "epochs_run": 56, "test_accuracy": 66, "test_auroc": 60,
+                  "test_sensitivity": 60, "test_specificity": 60, "trainable_params": 84, "sec_per_epoch": 62}
+COMPACT_COLUMNS = tuple(COMPACT_WIDTHS)
+PROJECTOR_TABLE_PX = 930  # the table's width at 1400 px with the sidebar open (measured in the browser test)
 # What the trade-off chart may put on its y axis: column -> label a clinician reads.
 TEST_METRIC_LABELS = {"test_accuracy": "Test accuracy", "test_recall": "Test recall (macro)",
                       "test_sensitivity": "Test sensitivity", "test_specificity": "Test specificity",
@@ -168,8 +171,13 @@ def fresh_runs(root, chosen: list[str], fixed: list[runs.RunInfo]) -> list[runs.
 
 
 def shown_id(run_id: str, example: bool) -> str:
-    """A run's id as charts and lists show it: example runs say so."""
-    return f"{run_id} ({EXAMPLE})" if example else run_id
+    """A run as charts and lists show it: its short name (label or recipe, and when); example runs say so."""
+    return words.run_name(run_id, example)
+
+
+def recipe_cell(backbone: str, init: str, freeze: str) -> str:
+    """'cnn5 · demo model · freeze 3': a run's recipe in one table cell."""
+    return f"{backbone} · {words.init_short(init)} · freeze {freeze}" if backbone else ""
 
 
 def has_model(info: runs.RunInfo) -> bool:
@@ -189,6 +197,8 @@ def runs_table(infos: list[runs.RunInfo]) -> pd.DataFrame:
                 "trainable_at_start"):
         df[col] = pd.to_numeric(df[col], errors="coerce").astype("Float64").round(0).astype("Int64")
     df["started"] = pd.to_datetime(df["started"])
+    df["name"] = words.run_names(df["run_id"].tolist(), df["example"].astype(bool).tolist())
+    df["recipe"] = [recipe_cell(b, i, f) for b, i, f in zip(df["backbone"], df["init"], df["freeze"])]
     return df
 
 

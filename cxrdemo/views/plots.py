@@ -128,8 +128,8 @@ def bar_figure(table: pd.DataFrame, column: str, title: str, log: bool = False,
         return _empty("Nothing to show yet.", title)
     colors = colors or run_colors(table["run_id"])
     values = df[column].astype(float)
-    names = [shown_id(r, bool(ex)) for r, ex in zip(df["run_id"], df["example"] if "example" in df else
-                                                     [False] * len(df))]
+    names = df["name"].tolist() if "name" in df else [  # the table's names are made unique
+        shown_id(r, bool(ex)) for r, ex in zip(df["run_id"], df["example"] if "example" in df else [False] * len(df))]
     fig = go.Figure(go.Bar(
         x=names, y=values, marker_color=[colors.get(r) for r in df["run_id"]],
         text=[f"{v:,.0f}" if v >= 100 else f"{v:.3g}" for v in values], textposition="outside",

@@ -17,6 +17,7 @@ from plotly.subplots import make_subplots
 
 from cxrdemo.errors import RunError
 from cxrdemo.model import probes
+from cxrdemo.views import words
 
 MAX_RUNS = 3
 OPACITY = 0.45
@@ -86,7 +87,7 @@ def timelapse_figure(timelines: dict[str, probes.Timeline], animate: bool = True
     epochs = sorted({e for t in timelines.values() for e in t.epochs})
     shown = epochs if animate else epochs[-1:]
     fig = make_subplots(rows=len(runs_), cols=n_cols, horizontal_spacing=0.01, vertical_spacing=0.08,
-                        row_titles=[html.escape(r) for r in runs_])
+                        row_titles=[html.escape(words.run_name(r)) for r in runs_])
 
     def cells(epoch: int) -> tuple[list[go.Image], list[dict]]:
         images, notes = [], []
@@ -148,8 +149,8 @@ def probability_figure(timelines: dict[str, probes.Timeline], colors: dict[str, 
             true = int(t.labels[p])
             fig.add_trace(go.Scatter(
                 x=t.epochs, y=t.probs[:, p, true], mode="lines+markers", marker_size=4, legendgroup=run_id,
-                name=run_id, showlegend=p == 0, line={"color": (colors or {}).get(run_id), "width": 1.5},
-                hovertemplate=f"{html.escape(run_id)} · {html.escape(name)} ({t.classes[true]})"
+                name=words.run_name(run_id), showlegend=p == 0, line={"color": (colors or {}).get(run_id), "width": 1.5},
+                hovertemplate=f"{html.escape(words.run_name(run_id))} · {html.escape(name)} ({t.classes[true]})"
                               "<br>epoch %{x}: p(true class) %{y:.3f}<extra></extra>"))
     fig.add_hline(y=0.5, line_dash="dot", line_color="grey")
     fig.update_layout(title="Probability of the true class, per probe image", xaxis_title="Epoch",

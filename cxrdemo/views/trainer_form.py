@@ -22,7 +22,11 @@ from cxrdemo.views.trainer import best_val_acc
 SWEEP_FREEZES = ("none", "head", "1", "2", "3", "gradual:1", "gradual:2")
 _CAST: dict[str, Callable[[Any], Any]] = {"int": int, "float": float}
 # Options whose words are computed rather than declared (they depend on the registry or on the rule's numbers).
-_FORMATTERS: dict[str, Callable[[Any], str]] = {"threshold": words.rule_words}
+_FORMATTERS: dict[str, Callable[[Any], str]] = {"threshold": words.rule_label}
+# The form's layout, declared once: widgets per row of each group, and the characters a choice's label may have
+# in a box of that width at 1400 px (Streamlit cuts a longer one with '…'); tests hold every label to it.
+ROW_WIDGETS = {"network": 2, "training": 4, "more": 3}
+LABEL_CHARS = {2: 56, 3: 32, 4: 26}
 
 
 # ---------------------------------------------------------------- widget specs
@@ -77,6 +81,13 @@ def make_config(values: dict[str, Any]) -> TrainConfig:
 
 # ---------------------------------------------------------------- choices that depend on other choices
 
+def backbone_label(backbone: str, num_classes: int = 2) -> str:
+    """'resnet18 (11,177,538 parameters)': a backbone choice with its size for this many classes."""
+    from cxrdemo.model import backbones
+
+    return f"{backbone} ({backbones.param_counts(backbone, num_classes)[0]:,} parameters)"
+
+
 def freeze_options(backbone: str) -> dict[str, str]:
     """Freeze level -> label, from the registry's group names."""
     from cxrdemo.model import backbones
@@ -129,7 +140,8 @@ def init_options(backbone: str, infos: list[runs.RunInfo]) -> dict[str, str]:
     for info in reversed(infos):
         if info.state == "completed" and info.config.get("backbone") == backbone and (info.path / "model.pt").is_file():
             best = best_val_acc(runs.read_metrics_rows(info.path))
-            opts[f"run:{info.run_id}"] = f"Run {info.run_id}" + (f" (best val acc {best:.1%})" if best is not None else "")
+            opts[f"run:{info.run_id}"] = f"Run {words.run_name(info.run_id)}" + (
+                f" (best val acc {best:.1%})" if best is not None else "")
     return opts
 
 

@@ -6,6 +6,7 @@ the Compare table say the same thing.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from cxrdemo import paths
@@ -45,6 +46,16 @@ def rule_words(rule: DecisionRule | str) -> str:
     """A decision rule in words, for a form or a model card."""
     rule = DecisionRule.parse(rule)
     return f"a threshold {rule_how(rule)}" if rule.tuned else "the most probable class"
+
+
+def rule_label(rule: DecisionRule | str) -> str:
+    """A decision rule as a short choice in the form ('keep 97% specificity'); rule_words says it in full."""
+    rule = DecisionRule.parse(rule)
+    if rule.kind == "argmax":
+        return "the most probable class"
+    if rule.kind == "val":
+        return "balanced on validation"
+    return f"keep {100 * rule.target:g}% {'specificity' if rule.kind == 'spec' else 'sensitivity'}"
 
 
 # ---------------------------------------------------------------- freeze levels
@@ -106,3 +117,63 @@ def model_choices(runs_dir: str | Path | None = None) -> dict[str, str]:
         if info.state == "completed" and (info.path / "model.pt").is_file():
             choices[f"{info.run_id} ({run_title(info.config)})"] = info.run_id
     return choices
+
+
+# ---------------------------------------------------------------- run names
+
+_RUN_ID = re.compile(r"^(\d{4})(\d{2})(\d{2})-(\d{2})(\d{2})(\d{2})-(.+)$")
+_FREEZE_SLUG = re.compile(r"^(none|head|gradual-\d+|\d+)(?:-(.+))?$")
+EXAMPLE = "example"  # the mark of a read-only example run shipped with the project, wherever one is shown
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+def _id_parts(run_id: str) -> tuple[str, str, str, str] | None:
+    """(backbone, freeze, label, 'D Mon HH:MM') of an id made by the run store, None for any other id."""
+    from cxrdemo.model import backbones
+
+    m = _RUN_ID.match(run_id)
+    if not m:
+        return None
+    _, month, day, hour, minute, _, rest = m.groups()
+    backbone = next((b for b in sorted(backbones.backbone_names(), key=len, reverse=True)
+                     if rest.startswith(b + "-")), None)
+    f = _FREEZE_SLUG.match(rest[len(backbone) + 1:]) if backbone else None
+    if not f or not 1 <= int(month) <= 12:
+        return None
+    return backbone, f.group(1).replace("-", ":"), f.group(2) or "", f"{int(day)} {_MONTHS[int(month) - 1]} {hour}:{minute}"
+
+
+def run_name(run_id: str, example: bool = False) -> str:
+    """A run's short name for tables, legends and choices: its label (else its recipe) and when it started.
+
+    '20261128-101028-cnn5-1-freeze-cnn5-1' -> 'freeze-cnn5-1 · 28 Nov 10:10'; an example run says so instead
+    of a date ('freeze-cnn5-1 (example)'); the shipped demo model and ids the store did not make keep their id.
+    """
+    if run_id == paths.DEMO_RUN_NAME:
+        return "shipped demo model"
+    parts = _id_parts(run_id)
+    if parts is None:
+        return f"{run_id} ({EXAMPLE})" if example else run_id
+    backbone, freeze, label, when = parts
+    suffix = re.fullmatch(r"\d+", label)  # the store's '-2' of a second run in the same second, not a label
+    name = f"{backbone} · freeze {freeze}" + (f" #{label}" if suffix else "") if suffix or not label else label
+    return f"{name} ({EXAMPLE})" if example else f"{name} · {when}"
+
+
+def run_names(run_ids: list[str], examples: list[bool] | None = None) -> list[str]:
+    """run_name of each id, made unique: two names that would read the same get their run's seconds, else its id."""
+    examples = examples if examples is not None else [False] * len(run_ids)
+    first = [run_name(r, bool(e)) for r, e in zip(run_ids, examples)]
+    names = [f"{n}:{m.group(6)}" if first.count(n) > 1 and (m := _RUN_ID.match(r)) and not e else n
+             for r, e, n in zip(run_ids, examples, first)]
+    return [n if names.count(n) == 1 else f"{n} ({r})" for r, n in zip(run_ids, names)]
+
+
+def init_short(init: str) -> str:
+    """Starting weights in a table cell: 'scratch', 'ImageNet', 'demo model', 'run <name>'."""
+    init = str(init)
+    if init == f"run:{paths.DEMO_RUN_NAME}":
+        return "demo model"
+    if init.startswith("run:"):
+        return f"run {run_name(init[4:])}"
+    return {"scratch": "scratch", "imagenet": "ImageNet"}.get(init, init)
