@@ -189,11 +189,12 @@ def main() -> None:
     seed = int(model.config.get("split_seed", 0))
     val_root = Path(args.data_dir) / Path(model.config.get("data", "cxr-large")).name
     z_val, y_val = logits_of(model, val_root, "val", seed)  # ONLY the validation split is fitted on
-    calib = trust.fit_calibration(model.loaded.net, model.loaded.preprocessing, val_images(model, val_root, seed),
-                                  z_val)  # the engine's own fit: validation and its perturbed copies
-    t = trust.Trust(calib["temperature"], bias=tuple(calib["bias"]))
-    p_val = t.probabilities(z_val)
-    records = {level: cf.fit_conformal(p_val, y_val, level, model.classes) for level in cf.LEVELS}
+    z_pert = trust.perturbed_logits(model.loaded.net, val_images(model, val_root, seed).images,
+                                    model.loaded.preprocessing)
+    fitted = trust.fit_trust(y_val, z_val, z_pert, model.classes)  # the engine's own fit: validation + perturbed copies
+    calib = fitted["calibration"]
+    t = trust.Trust.from_records(fitted, args.run)
+    records = t.conformal
     rows = [measure("cxr-large val (fitted on)", z_val, y_val, model, t, records, args.resamples)]
     for name, folder, split, _ in EVAL_SETS:
         z, y = logits_of(model, Path(args.data_dir) / folder, split, seed)
