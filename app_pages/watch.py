@@ -47,8 +47,9 @@ def timelapse_section(infos: dict[str, runs.RunInfo], chosen_ids: list[str], col
         if not shown:
             return
         picked = {r: dirs[r] for r in shown}
+        names = tuple(zip(picked, words.run_names(list(picked), [infos[r].example for r in picked])))
         timeline_fig, probability_fig = _figures(tuple((r, str(d)) for r, d in picked.items()),
-                                                 timelapse.stamp(picked), tuple(sorted(colors.items())))
+                                                 timelapse.stamp(picked), tuple(sorted(colors.items())), names)
         st.caption("Each image is a validation image the run followed: the heatmap shows where the model looked "
                    "for the class it predicted, the label the probability it gave the true class. Move the slider "
                    "or press play.")
@@ -64,9 +65,11 @@ def _timelines(run_dirs: tuple[tuple[str, str], ...], stamp: tuple[int, ...]) ->
 
 
 @st.cache_data(max_entries=16, show_spinner="Drawing the probe images…")
-def _figures(run_dirs: tuple[tuple[str, str], ...], stamp: tuple[int, ...], colors: tuple[tuple[str, str], ...]):
+def _figures(run_dirs: tuple[tuple[str, str], ...], stamp: tuple[int, ...], colors: tuple[tuple[str, str], ...],
+             names: tuple[tuple[str, str], ...] = ()):
     picked = _timelines(run_dirs, stamp)
-    return timelapse.timelapse_figure(picked), timelapse.probability_figure(picked, dict(colors))
+    return (timelapse.timelapse_figure(picked, names=dict(names)),
+            timelapse.probability_figure(picked, dict(colors), dict(names)))
 
 
 def gallery_tab(info: runs.RunInfo) -> bool:

@@ -218,7 +218,7 @@ def test_curves_mark_where_a_gradual_run_unfroze_with_its_trainable_parameters(s
     (line,) = fig.layout.shapes  # the gradual run only: the other one trained its trunk from epoch 1
     assert line.x0 == line.x1 == 1.5 and line.line.dash == "dot"
     (note,) = fig.layout.annotations
-    assert note.text == f"{s['grad']}: trunk unfrozen ({head_only:,} → {total:,} trainable)"
+    assert note.text == f"{words.run_name(s['grad'])}: trunk unfrozen ({head_only:,} → {total:,} trainable)"
     assert list(fig.data[0].text) == [f"{head_only:,}", f"{total:,}"]  # trainable parameters per epoch, on hover
     assert "trainable parameters" in fig.data[0].hovertemplate
 

@@ -198,6 +198,11 @@ def test_timelapse_figure_has_one_frame_per_epoch(ds):
     assert not strip.frames and "epoch 3" in strip.layout.title.text
     lines = timelapse.probability_figure(timelines)
     assert len(lines.data) == 12 and list(lines.data[0].y) == pytest.approx(t.probs[:, 0, true].tolist())
+    names = {"A": "first run (example)", "B": "second run"}  # the page's short names label rows and legends
+    named = timelapse.timelapse_figure(timelines, names=names)
+    assert [a.text for a in named.layout.annotations if a.text in names.values()] == list(names.values())
+    legend = {d.name for d in timelapse.probability_figure(timelines, names=names).data}
+    assert legend == set(names.values())
 
 
 def test_gallery_orders_the_most_confidently_wrong_first(tmp_path):

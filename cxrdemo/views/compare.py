@@ -170,11 +170,6 @@ def fresh_runs(root, chosen: list[str], fixed: list[runs.RunInfo]) -> list[runs.
     return [*(i for i in runs.list_runs(root) if i.run_id in chosen and i.run_id not in kept), *kept.values()]
 
 
-def shown_id(run_id: str, example: bool) -> str:
-    """A run as charts and lists show it: its short name (label or recipe, and when); example runs say so."""
-    return words.run_name(run_id, example)
-
-
 def recipe_cell(backbone: str, init: str, freeze: str) -> str:
     """'cnn5 · demo model · freeze 3': a run's recipe in one table cell."""
     return f"{backbone} · {words.init_short(init)} · freeze {freeze}" if backbone else ""

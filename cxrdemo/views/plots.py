@@ -14,7 +14,8 @@ from plotly.colors import qualitative
 from cxrdemo.errors import RunError
 from cxrdemo.model import metrics
 from cxrdemo.runs import store as runs
-from cxrdemo.views.compare import TEST_METRIC_LABELS, point_labels, shown_id
+from cxrdemo.views import words
+from cxrdemo.views.compare import TEST_METRIC_LABELS, point_labels
 
 LEGEND_BELOW = {"orientation": "h", "yanchor": "top", "y": -0.2, "xanchor": "left", "x": 0}  # the plot keeps the full width
 CURVE_METRICS = {"loss": ("train_loss", "val_loss", "Loss"), "accuracy": ("train_acc", "val_acc", "Accuracy")}
@@ -51,6 +52,7 @@ def curves_figure(infos: list[runs.RunInfo], metric: str = "loss", smoothing: fl
     """Train (solid) and val (dashed) `metric` per epoch, one colour per run; hover shows the exact values."""
     train_col, val_col, label = CURVE_METRICS[metric]
     colors = colors or run_colors(i.run_id for i in infos)
+    names = dict(zip((i.run_id for i in infos), words.run_names([i.run_id for i in infos], [i.example for i in infos])))
     fig = go.Figure()
     for info in infos:
         m = runs.read_metrics(info.path) if not info.damaged else pd.DataFrame()
@@ -59,7 +61,7 @@ def curves_figure(infos: list[runs.RunInfo], metric: str = "loss", smoothing: fl
         for col, split, dash in ((train_col, "train", "solid"), (val_col, "val", "dash")):
             raw = m[col].to_numpy(dtype=float)
             shown = ema(raw, smoothing) if smoothing else raw
-            name = shown_id(info.run_id, info.example)
+            name = names[info.run_id]
             hover = (f"{name} · {split}<br>epoch %{{x}}<br>{label.lower()} %{{customdata:.4f}}"
                      "<br>%{text} trainable parameters")
             if smoothing:
@@ -74,7 +76,7 @@ def curves_figure(infos: list[runs.RunInfo], metric: str = "loss", smoothing: fl
     for info in infos:  # a gradual:T run: mark the epoch its trunk started learning
         for epoch, before, after in unfreeze_epochs(runs.read_metrics(info.path) if not info.damaged else None):
             fig.add_vline(x=epoch - 0.5, line_dash="dot", line_color=colors.get(info.run_id, "grey"),
-                          annotation_text=f"{info.run_id}: trunk unfrozen ({before:,} → {after:,} trainable)",
+                          annotation_text=f"{names[info.run_id]}: trunk unfrozen ({before:,} → {after:,} trainable)",
                           annotation_font_size=10, annotation_textangle=-90, annotation_position="top left")
     fig.update_layout(title=f"{label} per epoch (solid: train, dashed: validation)", hovermode="closest",
                       xaxis_title="Epoch", yaxis_title=label, legend_title_text="", height=460,
@@ -128,8 +130,8 @@ def bar_figure(table: pd.DataFrame, column: str, title: str, log: bool = False,
         return _empty("Nothing to show yet.", title)
     colors = colors or run_colors(table["run_id"])
     values = df[column].astype(float)
-    names = df["name"].tolist() if "name" in df else [  # the table's names are made unique
-        shown_id(r, bool(ex)) for r, ex in zip(df["run_id"], df["example"] if "example" in df else [False] * len(df))]
+    names = df["name"].tolist() if "name" in df else words.run_names(  # unique, as the table's
+        df["run_id"].tolist(), [bool(ex) for ex in (df["example"] if "example" in df else [False] * len(df))])
     fig = go.Figure(go.Bar(
         x=names, y=values, marker_color=[colors.get(r) for r in df["run_id"]],
         text=[f"{v:,.0f}" if v >= 100 else f"{v:.3g}" for v in values], textposition="outside",

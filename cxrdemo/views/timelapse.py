@@ -75,7 +75,8 @@ def read_timelines(run_dirs: dict[str, Path]) -> dict[str, probes.Timeline]:
     return out
 
 
-def timelapse_figure(timelines: dict[str, probes.Timeline], animate: bool = True) -> go.Figure:
+def timelapse_figure(timelines: dict[str, probes.Timeline], animate: bool = True,
+                     names: dict[str, str] | None = None) -> go.Figure:
     """One row per run, one column per probe; the slider (and play button) moves through the epochs.
 
     Each cell: the probe's thumbnail, the heatmap of the predicted class at that epoch, and above it the
@@ -87,7 +88,7 @@ def timelapse_figure(timelines: dict[str, probes.Timeline], animate: bool = True
     epochs = sorted({e for t in timelines.values() for e in t.epochs})
     shown = epochs if animate else epochs[-1:]
     fig = make_subplots(rows=len(runs_), cols=n_cols, horizontal_spacing=0.01, vertical_spacing=0.08,
-                        row_titles=[html.escape(words.run_name(r)) for r in runs_])
+                        row_titles=[html.escape((names or {}).get(r) or words.run_name(r)) for r in runs_])
 
     def cells(epoch: int) -> tuple[list[go.Image], list[dict]]:
         images, notes = [], []
@@ -141,16 +142,18 @@ def timelapse_figure(timelines: dict[str, probes.Timeline], animate: bool = True
     return fig
 
 
-def probability_figure(timelines: dict[str, probes.Timeline], colors: dict[str, str] | None = None) -> go.Figure:
+def probability_figure(timelines: dict[str, probes.Timeline], colors: dict[str, str] | None = None,
+                       names: dict[str, str] | None = None) -> go.Figure:
     """Each probe's probability of its true class over the epochs: one line per probe, one colour per run."""
     fig = go.Figure()
     for run_id, t in timelines.items():
+        run = (names or {}).get(run_id) or words.run_name(run_id)
         for p, name in enumerate(t.names):
             true = int(t.labels[p])
             fig.add_trace(go.Scatter(
                 x=t.epochs, y=t.probs[:, p, true], mode="lines+markers", marker_size=4, legendgroup=run_id,
-                name=words.run_name(run_id), showlegend=p == 0, line={"color": (colors or {}).get(run_id), "width": 1.5},
-                hovertemplate=f"{html.escape(words.run_name(run_id))} · {html.escape(name)} ({t.classes[true]})"
+                name=run, showlegend=p == 0, line={"color": (colors or {}).get(run_id), "width": 1.5},
+                hovertemplate=f"{html.escape(run)} · {html.escape(name)} ({t.classes[true]})"
                               "<br>epoch %{x}: p(true class) %{y:.3f}<extra></extra>"))
     fig.add_hline(y=0.5, line_dash="dot", line_color="grey")
     fig.update_layout(title="Probability of the true class, per probe image", xaxis_title="Epoch",
