@@ -53,8 +53,10 @@ def load(run: str) -> ModelUnderTest:
 
 
 @torch.inference_mode()
-def logits_of(model: ModelUnderTest, root: Path, split: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(logits NxK float64, labels N) of one split, preprocessed exactly as predict.predict_split does."""
+def logits_of(model: ModelUnderTest, root: Path, split: str,
+              seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """(logits NxK float64, labels N, which images the in-domain check flags) of one split, preprocessed exactly
+    as predict.predict_split does."""
     try:
         from cxrdemo.data.cache import load_images
         from cxrdemo.data.scan import scan_dataset
@@ -67,9 +69,9 @@ def logits_of(model: ModelUnderTest, root: Path, split: str, seed: int) -> tuple
     images = imageio.adjust_intensity(cached.images, model.intensity)
     m = model.loaded
     with m.lock:
-        m.net.eval()
-        out = [m.net(predict.model_input(m, images[i:i + 64])).float() for i in range(0, len(images), 64)]
-    return torch.cat(out).double().numpy(), cached.labels.numpy()
+        logits, feats = trust.logits_and_features(m.net, images, m.preprocessing)
+        scores = trust.domain_scores(m.net, images, m.preprocessing, m.domain, feats)
+    return logits.astype(np.float64), cached.labels.numpy(), trust.outside_domain(m.domain, scores)
 
 
 def val_images(model: ModelUnderTest, root: Path, seed: int):
@@ -83,8 +85,9 @@ def val_images(model: ModelUnderTest, root: Path, seed: int):
 
 
 def measure(name: str, logits: np.ndarray, y: np.ndarray, model: ModelUnderTest, t: trust.Trust,
-            records: dict[float, cf.ConformalRecord], resamples: int) -> dict:
-    """ECE before/after (with intervals), accuracy of the verdict, and the sets' coverage at each level."""
+            records: dict[float, cf.ConformalRecord], resamples: int, outside: np.ndarray | None = None) -> dict:
+    """ECE before/after (with intervals), accuracy of the verdict, and the sets' coverage at each level (the sets
+    shown: every class for the images the in-domain check flags, `outside`)."""
     raw, calibrated = cal.apply_calibration(logits, 1.0), t.probabilities(logits)
     verdicts = metrics.predict_labels(raw, model.threshold)
     same = metrics.predict_labels(calibrated, t.cut(model.threshold))
@@ -93,11 +96,13 @@ def measure(name: str, logits: np.ndarray, y: np.ndarray, model: ModelUnderTest,
     row = {"set": name, "n": len(y), "accuracy": float((verdicts == y).mean()),
            "ece_before": cal.expected_calibration_error(raw, y), "ci_before": cal.ece_interval(raw, y, resamples),
            "ece_after": cal.expected_calibration_error(calibrated, y),
-           "ci_after": cal.ece_interval(calibrated, y, resamples), "sets": {}}
+           "ci_after": cal.ece_interval(calibrated, y, resamples), "sets": {},
+           "flagged": float(np.mean(outside)) if outside is not None else float("nan")}
     for level, record in records.items():
-        shown = cf.coverage_report(cf.set_masks(calibrated, record, verdicts), y, level, model.classes)
+        shown = cf.coverage_report(cf.set_masks(calibrated, record, verdicts, outside), y, level, model.classes)
         raw = cf.coverage_report(cf.conformal_masks(calibrated, record), y, level, model.classes)
-        row["sets"][level] = {**shown, "raw": raw}
+        unflagged = cf.coverage_report(cf.set_masks(calibrated, record, verdicts), y, level, model.classes)
+        row["sets"][level] = {**shown, "raw": raw, "without_flag": unflagged}
     return row
 
 
@@ -149,18 +154,22 @@ def report(model: ModelUnderTest, t: trust.Trust, method: str, records: dict[flo
                      f"| {r['ece_after']:.3f} | {ci(r['ci_after'])} |")
     lines += ["", ("Prediction sets: class-conditional (Mondrian) split conformal on the calibrated probabilities. "
               "'Conformal set coverage' is the promise itself (1 - p_k <= qhat_k); the set shown adds the verdict "
-              "and turns an empty conformal set into 'both', so it covers at least as often. 'Both' = the model "
-              "cannot tell at this coverage; 'gain' = shown coverage minus single-label accuracy."), "",
+              "and turns an empty conformal set, or the set of an image the in-domain check flags ('flagged'), into "
+              "'both', so it covers at least as often. 'Both' = the model cannot tell at this coverage; 'gain' = "
+              "shown coverage minus single-label accuracy; 'gain, flag not used' = the same without the in-domain "
+              "repair."), "",
               "| set | promised | conformal set coverage | shown set coverage | single label | gain (points) | "
-              "mean size | both | " + " | ".join(f"shown coverage {c}" for c in model.classes) + " |",
-              "|---|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * len(model.classes)]
+              "gain, flag not used | mean size | both | flagged | "
+              + " | ".join(f"shown coverage {c}" for c in model.classes) + " |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * len(model.classes)]
     for r in rows:
         for level, s in r["sets"].items():
             per = " | ".join(f"{s['per_class'][c]['coverage']:.3f} (n={s['per_class'][c]['n']})" for c in model.classes)
             lines.append(f"| {r['set']} | {level:.0%} | {s['raw']['coverage']:.3f} | {s['coverage']:.3f} | "
                          f"{r['accuracy']:.3f} | "
-                         f"{100 * (s['coverage'] - r['accuracy']):+.1f} | {s['mean_size']:.3f} | "
-                         f"{s['share_both']:.1%} | {per} |")
+                         f"{100 * (s['coverage'] - r['accuracy']):+.1f} | "
+                         f"{100 * (s['without_flag']['coverage'] - r['accuracy']):+.1f} | {s['mean_size']:.3f} | "
+                         f"{s['share_both']:.1%} | {r['flagged']:.1%} | {per} |")
     shift = next(r for r in rows if r["set"] == "cxr-shift test")
     dev = next(r for r in rows if r["set"] == "cxr-dev test")
     s90 = shift["sets"][cf.DEFAULT_LEVEL]
@@ -188,17 +197,17 @@ def main() -> None:
     model = load(args.run)
     seed = int(model.config.get("split_seed", 0))
     val_root = Path(args.data_dir) / Path(model.config.get("data", "cxr-large")).name
-    z_val, y_val = logits_of(model, val_root, "val", seed)  # ONLY the validation split is fitted on
+    z_val, y_val, out_val = logits_of(model, val_root, "val", seed)  # ONLY the validation split is fitted on
     z_pert = trust.perturbed_logits(model.loaded.net, val_images(model, val_root, seed).images,
                                     model.loaded.preprocessing)
     fitted = trust.fit_trust(y_val, z_val, z_pert, model.classes)  # the engine's own fit: validation + perturbed copies
     calib = fitted["calibration"]
     t = trust.Trust.from_records(fitted, args.run)
     records = t.conformal
-    rows = [measure("cxr-large val (fitted on)", z_val, y_val, model, t, records, args.resamples)]
+    rows = [measure("cxr-large val (fitted on)", z_val, y_val, model, t, records, args.resamples, out_val)]
     for name, folder, split, _ in EVAL_SETS:
-        z, y = logits_of(model, Path(args.data_dir) / folder, split, seed)
-        rows.append(measure(name, z, y, model, t, records, args.resamples))
+        z, y, outside = logits_of(model, Path(args.data_dir) / folder, split, seed)
+        rows.append(measure(name, z, y, model, t, records, args.resamples, outside))
     text = report(model, t, calib["method"], records, len(y_val), rows, (time.time() - start) / 60)
     Path(args.out).write_text(text)
     print(text)

@@ -134,7 +134,10 @@ def test_sets_never_contradict_the_verdict_on_many_images():
         record = cf.fit_conformal(p_val, y_val, level)
         for threshold in (None, 0.088, 0.5, 0.9):
             verdicts = metrics.predict_labels(p, threshold)
-            mask = cf.set_masks(p, record, verdicts)
+            outside = rng.random(len(p)) < 0.05  # images the in-domain check would flag
+            mask = cf.set_masks(p, record, verdicts, outside)
+            assert mask[outside].all()  # unlike the training images: every class, whatever the scores say
+            assert (mask[~outside] == cf.set_masks(p[~outside], record, verdicts[~outside])).all()
             size = mask.sum(1)
             assert (mask[np.arange(len(p)), verdicts]).all() and (size >= 1).all()
             single = size == 1
@@ -184,10 +187,16 @@ def test_bad_inputs_say_what_is_wrong():
         cf.fit_conformal(p * 3, np.zeros(4, int))
 
 
-def test_the_two_repairs_by_hand():
+def test_the_three_repairs_by_hand():
     record = cf.ConformalRecord(level=0.9, qhat=[0.1, 0.3], n=[50, 50], ok=True)
     assert cf.prediction_set([0.95, 0.05], record, 0) == (0,)  # conformal {NORMAL}, verdict NORMAL
     assert cf.prediction_set([0.2, 0.8], record, 1) == (1,)
     assert cf.prediction_set([0.95, 0.05], record, 1) == (0, 1)  # conformal {NORMAL}, verdict PNEUMONIA: both
     assert cf.prediction_set([0.8, 0.2], record, 0) == (0, 1)  # conformal set empty: can't tell
     assert cf.prediction_set([0.8, 0.2], record, 1) == (0, 1)
+    # the third: an image the in-domain check flags is outside the promise, even when one class looks certain
+    assert cf.prediction_set([0.999, 0.001], record, 0, outside=True) == (0, 1)
+    assert cf.prediction_set([0.001, 0.999], record, 1, outside=True) == (0, 1)
+    assert cf.prediction_set([0.001, 0.999], record, 1, outside=False) == (1,)
+    with pytest.raises(ConfigError, match="in-domain flags"):
+        cf.set_masks(np.array([[0.9, 0.1], [0.2, 0.8]]), record, np.array([0, 1]), np.array([True]))

@@ -287,7 +287,7 @@ def test_an_image_unlike_the_training_images_is_held_back_and_sets_are_shown(pat
     assert not at.exception, at.exception
     assert len(_predictions(at)) == 1 and "probabilities calibrated" in _predictions(at)[0]
     sets = [m.value for m in at.markdown if m.value.startswith("Prediction set at 90% coverage")]
-    assert len(sets) == 1
+    assert len(sets) == 1 and "**both**" in sets[0] and "unlike the training images" in sets[0]  # outside the promise
     at.radio(key="coverage").set_value("95%").run()
     assert not at.exception, at.exception
     assert [m.value for m in at.markdown if m.value.startswith("Prediction set at 95% coverage")]

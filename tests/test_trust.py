@@ -11,6 +11,7 @@ from cxrdemo.cli.main import main as cli
 from cxrdemo.diagnosis import assessment, predict
 from cxrdemo.errors import RunError
 from cxrdemo.model import checkpoint, conformal, metrics, trust
+from cxrdemo.views import diagnosis as diagnosis_view
 from tests.conftest import patch_image
 
 
@@ -67,6 +68,37 @@ def test_records_are_fitted_read_back_and_never_change_a_verdict(patch_model):
     assert all(c["coverage"] >= c["conformal_coverage"] and 1 <= c["mean_size"] <= 2 for c in m["coverage"])
 
 
+def test_flagged_test_images_count_as_both_in_the_coverage_and_scores_reuse_the_features(patch_model):
+    from cxrdemo.data import CachedImages, normalize_batch
+    from cxrdemo.model import domain
+
+    rng = np.random.default_rng(3)
+    (xt, yt), (xv, yv) = _images(rng, 40), _images(rng, 60)
+    net, pre = patch_model.net, patch_model.preprocessing
+    fitted = trust.Trust.from_records(trust.fit_records(net, pre, patch_model.classes, CachedImages(xt, yt, [], []),
+                                                        CachedImages(xv, yv, [], [])))
+    x, y = _images(np.random.default_rng(4), 40)
+    x[:8] = torch.from_numpy(np.random.default_rng(5).integers(0, 255, (8, 1, 64, 64), dtype=np.uint8))  # noise
+    logits, feats = trust.logits_and_features(net, x, pre)
+    scores = trust.domain_scores(net, x, pre, fitted.domain, feats)
+    assert np.allclose(scores, trust.domain_scores(net, x, pre, fitted.domain), rtol=1e-5)  # recomputed: the same
+    outside = trust.outside_domain(fitted.domain, scores)
+    assert outside[:8].all() and outside.sum() < 12
+    assert trust.domain_scores(net, x, pre, None, feats) is None and trust.outside_domain(None, None) is None
+    two = domain.fit_domain(domain.features(net, normalize_batch(xt, pre.mean, pre.std), 2), yt,
+                            domain.features(net, normalize_batch(xv, pre.mean, pre.std), 2), layers=2)
+    assert len(trust.domain_scores(net, x, pre, two, feats)) == 40  # two stages: not the one-stage features
+    plain = trust.trust_metrics(logits, y.numpy(), fitted, 0.5, patch_model.classes, resamples=50)
+    flagged = trust.trust_metrics(logits, y.numpy(), fitted, 0.5, patch_model.classes, resamples=50, outside=outside)
+    for a, b in zip(plain["coverage"], flagged["coverage"]):
+        assert b["share_flagged"] == pytest.approx(outside.mean()) and a["share_flagged"] is None
+        assert b["coverage"] >= a["coverage"] and b["mean_size"] >= a["mean_size"]
+        assert b["conformal_coverage"] == a["conformal_coverage"]  # the promise itself is not changed by the flag
+    probs = fitted.probabilities(logits)
+    masks = conformal.set_masks(probs, fitted.conformal[0.9], metrics.predict_labels(probs, fitted.cut(0.5)), outside)
+    assert masks[:8].all()
+
+
 def test_a_model_without_records_keeps_working(patch_model):
     x, _ = _images(np.random.default_rng(4), 2)
     a = assessment.assess(patch_model, x[1])
@@ -98,7 +130,11 @@ def test_calibrate_adds_the_three_records_and_leaves_the_weights(patch_store, pa
         assert a.in_domain is not None and a.domain_sentence
     assert min(verdict_sets) == 1
     noise = torch.from_numpy(np.random.default_rng(6).integers(0, 255, (1, 64, 64), dtype=np.uint8))
-    assert assessment.assess(model, noise).in_domain is False  # uniform noise is unlike any patch image
+    flagged = assessment.assess(model, noise)
+    assert flagged.in_domain is False  # uniform noise is unlike any patch image
+    assert flagged.prediction_set == (0, 1)  # and so outside the promise: "both", whatever its probabilities
+    sentence = diagnosis_view.set_sentence(model, flagged)
+    assert "**both**" in sentence and "unlike the training images" in sentence
 
 
 def test_calibrate_refuses_bad_input_with_one_sentence(patch_store, patch_data, tmp_path, capsys):

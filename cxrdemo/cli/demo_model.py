@@ -57,14 +57,14 @@ def evaluate_model_on(run_dir: Path, data_root: str, split: str = "test", n_boot
     from cxrdemo.model import trust
 
     model = load_model(str(run_dir), allow_path=True)
-    y, logits, _ = split_logits(model, data_root, split)
+    y, logits, _, outside = split_logits(model, data_root, split)
     probs = torch.softmax(torch.from_numpy(logits), 1).numpy()
     point = metrics.classification_metrics(y, probs, model.classes, model.decision.value)
     ci = metrics.bootstrap_ci(y, probs, model.classes, model.decision.value, n_boot=n_boot)
     return {"data": str(data_root), "split": split, "label": label, "n": int(len(y)), "counts": np.bincount(y).tolist(),
             "metrics": {k: point[k] for k in ("accuracy", "sensitivity", "specificity", "auroc", "f1")},
             "ci95": ci, "confusion": point["confusion"],
-            **trust.trust_metrics(logits, y, model.trust, model.decision.value, model.classes, n_boot)}
+            **trust.trust_metrics(logits, y, model.trust, model.decision.value, model.classes, n_boot, outside)}
 
 
 def build_demo_model(train_data: str, eval_sets: list[tuple[str, str, str]], out_dir: Path | None = None,

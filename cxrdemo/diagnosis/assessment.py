@@ -8,7 +8,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from cxrdemo.data import normalize_batch
 from cxrdemo.diagnosis.predict import LoadedModel
 from cxrdemo.errors import ConfigError
 from cxrdemo.model import conformal, domain, metrics, trust
@@ -41,12 +40,12 @@ def assess(model: LoadedModel, image_u8: torch.Tensor, level: float = DEFAULT_LE
     if level not in LEVELS:
         raise ConfigError(f"The coverage must be one of {', '.join(f'{lv:.0%}' for lv in LEVELS)}; got {level}.")
     batch = image_u8.unsqueeze(0) if image_u8.dim() == 3 else image_u8
+    dom = model.domain
     with model.lock:
         logits, feats = trust.logits_and_features(model.net, batch, model.preprocessing)
-        dom = model.domain
-        if dom is not None and dom.layers != 1:  # a description of several stages needs their features
-            pre = model.preprocessing
-            feats = domain.features(model.net, normalize_batch(batch, pre.mean, pre.std), layers=dom.layers)
+        scores = trust.domain_scores(model.net, batch, model.preprocessing, dom, feats)
+    score = None if scores is None else float(scores[0])
+    inside = None if score is None else domain.in_domain(dom, score)
     probs = model.trust.probabilities(logits)[0]
     cut = model.threshold
     predicted = int(metrics.predict_labels(probs[None], cut)[0])  # the same verdict as on the network's own scale
@@ -56,10 +55,7 @@ def assess(model: LoadedModel, image_u8: torch.Tensor, level: float = DEFAULT_LE
                             f"`python -m cxrdemo calibrate --run {model.run_id}`.")
     elif not record.ok:
         pset, note = None, record.reason
-    else:
-        pset, note = conformal.prediction_set(probs, record, predicted), None
-    if dom is None:
-        return Assessment(probs, predicted, cut, level, pset, note, None, None, None)
-    score = float(domain.score_domain(dom, feats)[0])
-    return Assessment(probs, predicted, cut, level, pset, note, domain.in_domain(dom, score), score,
-                      domain.domain_sentence(dom, score))
+    else:  # an image unlike the training images is outside the promise: every class
+        pset, note = conformal.prediction_set(probs, record, predicted, outside=inside is False), None
+    return Assessment(probs, predicted, cut, level, pset, note, inside, score,
+                      None if score is None else domain.domain_sentence(dom, score))

@@ -104,14 +104,16 @@ def predict_probs(model: LoadedModel, images: torch.Tensor, batch_size: int = 64
 
 def predict_split(model: LoadedModel, data_root: str, split: str = "test") -> tuple[np.ndarray, np.ndarray, int]:
     """(labels, probabilities, files skipped) of `model` on one split of a dataset whose classes match the model's."""
-    y, logits, skipped = split_logits(model, data_root, split)
+    y, logits, skipped, _ = split_logits(model, data_root, split)
     return y, torch.softmax(torch.from_numpy(logits), 1).numpy(), skipped
 
 
-def split_logits(model: LoadedModel, data_root: str, split: str = "test") -> tuple[np.ndarray, np.ndarray, int]:
-    """(labels, logits float32, files skipped) of `model` on one split of a dataset with the model's classes."""
-    y, logits, skipped, _, _ = _split_logits(model, data_root, split)
-    return y, logits, skipped
+def split_logits(model: LoadedModel, data_root: str,
+                 split: str = "test") -> tuple[np.ndarray, np.ndarray, int, np.ndarray | None]:
+    """(labels, logits float32, files skipped, which images the in-domain check flags or None) of `model` on one
+    split of a dataset with the model's classes."""
+    y, logits, skipped, _, _, outside = _split_logits(model, data_root, split)
+    return y, logits, skipped, outside
 
 
 def _split_logits(model: LoadedModel, data_root: str, split: str):
@@ -125,9 +127,12 @@ def _split_logits(model: LoadedModel, data_root: str, split: str):
         raise DatasetError(f"The dataset {data_root} has no '{split}' images.")
     pre = model.preprocessing
     cached = data.load_images(items, pre.img_size)
+    images = data.adjust_intensity(cached.images, pre.intensity)
     with model.lock:
-        logits, _ = trust.logits_and_features(model.net, data.adjust_intensity(cached.images, pre.intensity), pre)
-    return cached.labels.numpy(), logits, len(cached.skipped), scan.root, cached.paths
+        logits, feats = trust.logits_and_features(model.net, images, pre)
+        scores = trust.domain_scores(model.net, images, pre, model.domain, feats)
+    outside = trust.outside_domain(model.domain, scores)
+    return cached.labels.numpy(), logits, len(cached.skipped), scan.root, cached.paths, outside
 
 
 def evaluate_run(model: LoadedModel, data_root: str, split: str = "test", out: Path | None = None) -> dict:
@@ -135,19 +140,20 @@ def evaluate_run(model: LoadedModel, data_root: str, split: str = "test", out: P
     per-image rows to `out` when given."""
     from cxrdemo.data.naming import image_names
 
-    y, logits, skipped, root, paths = _split_logits(model, data_root, split)
+    y, logits, skipped, root, paths, outside = _split_logits(model, data_root, split)
     probs = torch.softmax(torch.from_numpy(logits), 1).numpy()
     result = metrics.classification_metrics(y, probs, model.classes, model.decision.value)
     result["skipped"] = skipped
     if len(y):
-        result.update(trust.trust_metrics(logits, y, model.trust, model.decision.value, model.classes))
+        result.update(trust.trust_metrics(logits, y, model.trust, model.decision.value, model.classes,
+                                          outside=outside))
     if out is not None:
         names = image_names(root, paths)
         try:
             predictions.write(predictions.from_logits(names, model.classes, y, logits, model.trust.temperature,
                                                       model.decision.value,
                                                       model.trust.conformal.get(conformal.DEFAULT_LEVEL),
-                                                      model.trust.bias), Path(out))
+                                                      model.trust.bias, outside), Path(out))
         except OSError as exc:
             raise RunError(f"Could not write the per-image predictions to {out}: {exc.strerror or exc}.") from None
         result["predictions_file"] = str(out)

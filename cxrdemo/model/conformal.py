@@ -5,13 +5,16 @@ Fitted on the validation split only. For each class k, qhat_k is a finite-sample
 If validation and new images are exchangeable, an image of class k is covered with probability >= level, for
 every class separately (Vovk 2012; Sadinle, Lei & Wasserman 2019 for the score).
 
-The set shown never contradicts the verdict (the label after the model's decision rule). Two repairs, each only
+The set shown never contradicts the verdict (the label after the model's decision rule). Three repairs, each only
 adding classes, so the shown set is a superset of the conformal set and coverage can only grow:
 - the verdict is always added: a conformal set holding only another class becomes "both" (the model's rule and
   the conformal test disagree), so a set of one class is always the verdict;
 - an empty conformal set (no class is typical enough of its own validation images at this level) becomes every
   class: "can't tell", not a confident {verdict}. These are the images between the two classes' cut-offs, the
-  ones a clinician most needs to hear the model is unsure about.
+  ones a clinician most needs to hear the model is unsure about;
+- an image the in-domain check flags (unlike the training images: model/domain) gets every class. The promise
+  rests on the image being exchangeable with the validation images, which that check says it is not: an adult
+  film or a photograph must not read {PNEUMONIA} "at 90% coverage".
 The price of the second repair: shown sets are no longer nested across levels (at 90% the two cut-offs can leave
 a gap that reads "both", while at 95% they overlap and the same image gets one class). Adding only the verdict
 would keep them nested but, for the demo model, never says "both" at 90% (its 90% conformal sets have at most one
@@ -120,22 +123,32 @@ def conformal_masks(probs: np.ndarray, record: ConformalRecord) -> np.ndarray:
     return (1.0 - probs) <= np.asarray(record.qhat, dtype=np.float64)[None, :]
 
 
-def set_masks(probs: np.ndarray, record: ConformalRecord, verdicts: np.ndarray) -> np.ndarray:
-    """NxK booleans of the sets shown: the conformal set plus the verdict; an empty one becomes every class."""
+def set_masks(probs: np.ndarray, record: ConformalRecord, verdicts: np.ndarray,
+              outside: np.ndarray | None = None) -> np.ndarray:
+    """NxK booleans of the sets shown: the conformal set plus the verdict; an empty one, or one of an image the
+    in-domain check flags (`outside`, N booleans; None: no check), becomes every class."""
     mask = conformal_masks(probs, record)
     verdicts = np.asarray(verdicts).astype(np.int64).reshape(-1)
     if len(verdicts) != len(mask):
         raise ConfigError(f"There are {len(verdicts)} verdicts for {len(mask)} images: they must match.")
     mask[~mask.any(axis=1)] = True
+    if outside is not None:
+        outside = np.asarray(outside, dtype=bool).reshape(-1)
+        if len(outside) != len(mask):
+            raise ConfigError(f"There are {len(outside)} in-domain flags for {len(mask)} images: they must match.")
+        mask[outside] = True
     mask[np.arange(len(probs)), verdicts] = True
     return mask
 
 
-def prediction_set(probs: np.ndarray, record: ConformalRecord, verdict: int) -> tuple[int, ...] | None:
-    """The class indices in one image's set (always holding `verdict`, never empty); None when the record is not ok."""
+def prediction_set(probs: np.ndarray, record: ConformalRecord, verdict: int,
+                   outside: bool = False) -> tuple[int, ...] | None:
+    """The class indices in one image's set (always holding `verdict`, never empty; every class when `outside`,
+    i.e. the in-domain check flags the image); None when the record is not ok."""
     if not record.ok:
         return None  # the page shows record.reason instead of a set that would always be "both"
-    mask = set_masks(np.asarray(probs, dtype=np.float64).reshape(1, -1), record, np.array([verdict]))[0]
+    mask = set_masks(np.asarray(probs, dtype=np.float64).reshape(1, -1), record, np.array([verdict]),
+                     np.array([bool(outside)]))[0]
     return tuple(int(i) for i in np.flatnonzero(mask))
 
 

@@ -53,13 +53,15 @@ class Predictions:
 
 def from_logits(names: list[tuple[str, str]], classes: tuple[str, ...], y_true: np.ndarray, logits: np.ndarray,
                 temperature: float = 1.0, threshold: float | None = None,
-                record: conformal.ConformalRecord | None = None, bias: tuple[float, ...] = ()) -> Predictions:
-    """The rows of a model with these records: calibrated and raw probabilities, verdict, prediction set."""
+                record: conformal.ConformalRecord | None = None, bias: tuple[float, ...] = (),
+                outside: np.ndarray | None = None) -> Predictions:
+    """The rows of a model with these records: calibrated and raw probabilities, verdict, prediction set (every
+    class for the images the in-domain check flags: `outside`)."""
     logits = np.asarray(logits, dtype=np.float64).reshape(len(names), len(classes))
     raw = calibration.apply_calibration(logits, 1.0)
     cal = calibration.apply_calibration(logits, temperature, bias if len(bias) == len(classes) else None)
     verdicts = metrics.predict_labels(raw, threshold)
-    sets = conformal.set_masks(cal, record, verdicts) if record is not None and record.ok and len(names) else None
+    sets = conformal.set_masks(cal, record, verdicts, outside) if record is not None and record.ok and len(names) else None
     return Predictions([n for n, _ in names], [h for _, h in names], tuple(classes), np.asarray(y_true, np.int64),
                        cal, verdicts, raw, sets)
 

@@ -422,9 +422,12 @@ def finish(run_dir: Path, config: TrainConfig, classes: tuple[str, ...], cache: 
     if "test" in cache and len(cache["test"].labels):
         say(Progress("test", best_epoch, config.epochs, message="Testing the best model"))
         loss, result, probs = evaluate(net, cache["test"].images, cache["test"].labels, plain, classes, threshold)
-        logits, _ = trust.logits_and_features(net, cache["test"].images, model.preprocessing)
+        logits, feats = trust.logits_and_features(net, cache["test"].images, model.preprocessing)
         fitted = trust.Trust.from_records(model.records, run_dir.name)
-        result.update(trust.trust_metrics(logits, cache["test"].labels.numpy(), fitted, threshold, tuple(classes)))
+        outside = trust.outside_domain(fitted.domain, trust.domain_scores(
+            net, cache["test"].images, model.preprocessing, fitted.domain, feats))  # their sets: every class
+        result.update(trust.trust_metrics(logits, cache["test"].labels.numpy(), fitted, threshold, tuple(classes),
+                                          outside=outside))
         result.update(loss=loss, best_epoch=best_epoch, threshold=threshold, split="test",
                       y_true=cache["test"].labels.tolist(), probs=np.round(probs, 6).tolist(),
                       calibrated_probs=np.round(fitted.probabilities(logits), 6).tolist())
@@ -437,7 +440,7 @@ def finish(run_dir: Path, config: TrainConfig, classes: tuple[str, ...], cache: 
         # per image, as Diagnosis shows it: calibrated probabilities and the 90% set beside the raw softmax
         predictions.write(predictions.from_logits(
             image_names(root, cache["test"].paths), tuple(classes), cache["test"].labels.numpy(), logits,
-            fitted.temperature, threshold, fitted.conformal.get(conformal.DEFAULT_LEVEL), fitted.bias),
+            fitted.temperature, threshold, fitted.conformal.get(conformal.DEFAULT_LEVEL), fitted.bias, outside),
             run_dir / predictions.FILE)
     say(Progress("done", best_epoch, config.epochs, message="Finished"))
     return result

@@ -4,7 +4,8 @@ calibration  {temperature, bias}: bias-corrected temperature scaling (model/cali
              logits and on two perturbed copies of the validation images (the acquisition augmentation: contrast,
              gamma, blur, noise, positioning), so the probabilities stay honest on films from other sites
              (Tomani et al. 2021, post-hoc calibration for domain drift)
-conformal    {levels: [ConformalRecord at 90%, at 95%]}: on the calibrated validation probabilities (model/conformal)
+conformal    {levels: [ConformalRecord at 90%, at 95%]}: on the calibrated validation probabilities (model/conformal;
+             an image the domain check flags is outside their promise: its set shown is every class)
 domain       DomainRecord: training features described, cut-off chosen on validation (model/domain)
 
 `fit_records` makes all three from a network and its train/val images; `Trust` reads them back (a model without
@@ -45,6 +46,34 @@ def logits_and_features(net: Net, images: torch.Tensor, pre: Preprocessing,
     if not logits:
         return np.zeros((0, 0)), torch.zeros((0, 0))
     return torch.cat(logits).numpy(), torch.cat(feats)
+
+
+@torch.no_grad()
+def domain_scores(net: Net, images: torch.Tensor, pre: Preprocessing, record: domain.DomainRecord | None,
+                  feats: torch.Tensor | None = None, batch_size: int = 64) -> np.ndarray | None:
+    """Each image's in-domain score (higher = less like the training images); None when there is no record.
+
+    `feats` are logits_and_features' pooled features of the same images: reused when the record describes that one
+    stage, recomputed when it describes several."""
+    if record is None:
+        return None
+    if feats is None or record.layers != 1:
+        was_training = net.training
+        net.eval()
+        try:
+            feats = torch.cat([domain.features(net, normalize_batch(images[i:i + batch_size], pre.mean, pre.std),
+                                               layers=record.layers) for i in range(0, len(images), batch_size)]
+                              or [torch.zeros((0, record.feature_dim))])
+        finally:
+            net.train(was_training)
+    return domain.score_domain(record, feats)
+
+
+def outside_domain(record: domain.DomainRecord | None, scores: np.ndarray | None) -> np.ndarray | None:
+    """N booleans: which images the in-domain check flags (None when there is no check)."""
+    if record is None or scores is None:
+        return None
+    return ~np.array([domain.in_domain(record, float(s)) for s in np.asarray(scores).reshape(-1)], dtype=bool)
 
 
 PERTURBED_COPIES = 2  # perturbed copies of the validation images the calibration is also fitted on
@@ -152,18 +181,22 @@ class Trust:
 
 
 def coverage(probs_cal: np.ndarray, labels: np.ndarray, verdicts: np.ndarray, record: conformal.ConformalRecord,
-             classes: tuple[str, ...]) -> dict:
-    """Promised and reached coverage, mean size and share 'both' of the sets shown (or why there are none)."""
+             classes: tuple[str, ...], outside: np.ndarray | None = None) -> dict:
+    """Promised and reached coverage, mean size and share 'both' of the sets shown (or why there are none);
+    `outside`: the images the in-domain check flags (their sets are every class)."""
     if not record.ok:
         return {"level": record.level, "ok": False, "reason": record.reason}
-    shown = conformal.coverage_report(conformal.set_masks(probs_cal, record, verdicts), labels, record.level, classes)
+    shown = conformal.coverage_report(conformal.set_masks(probs_cal, record, verdicts, outside), labels,
+                                      record.level, classes)
     promise = conformal.coverage_report(conformal.conformal_masks(probs_cal, record), labels, record.level, classes)
-    return {**shown, "ok": True, "conformal_coverage": promise["coverage"]}
+    flagged = float(np.mean(outside)) if outside is not None and len(outside) else None
+    return {**shown, "ok": True, "conformal_coverage": promise["coverage"], "share_flagged": flagged}
 
 
 def trust_metrics(logits: np.ndarray, labels: np.ndarray, trust: Trust, threshold: float | None,
-                  classes: tuple[str, ...], resamples: int = 2000) -> dict:
-    """ECE before/after calibration (with 95% bootstrap intervals) and the sets' coverage at each level."""
+                  classes: tuple[str, ...], resamples: int = 2000, outside: np.ndarray | None = None) -> dict:
+    """ECE before/after calibration (with 95% bootstrap intervals) and the sets' coverage at each level
+    (`outside`: the images the in-domain check flags, see coverage)."""
     raw = calibration.apply_calibration(logits, 1.0)
     cal = trust.probabilities(logits)
     verdicts = metrics.predict_labels(raw, threshold)
@@ -174,5 +207,6 @@ def trust_metrics(logits: np.ndarray, labels: np.ndarray, trust: Trust, threshol
                         "ece_before": calibration.expected_calibration_error(raw, labels),
                         "ece_before_ci": [lo_b, hi_b],
                         "ece_after": calibration.expected_calibration_error(cal, labels), "ece_after_ci": [lo_a, hi_a]},
-        "coverage": [coverage(cal, labels, verdicts, rec, classes) for _, rec in sorted(trust.conformal.items())],
+        "coverage": [coverage(cal, labels, verdicts, rec, classes, outside)
+                     for _, rec in sorted(trust.conformal.items())],
     }

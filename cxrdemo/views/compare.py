@@ -298,15 +298,18 @@ def run_recipe(info: runs.RunInfo) -> dict:
 
 def coverage_rows(test: dict) -> list[dict]:
     """Per coverage level of a run's test split: promised, reached (the sets themselves and the sets shown),
-    mean set size and share 'both'; a level without sets says why."""
+    mean set size, share 'both' and share flagged unlike the training images; a level without sets says why."""
     rows = []
     for c in test.get("coverage") or []:
         if not c.get("ok"):
             rows.append({"promised": f"{c['level']:.0%}", "reached": "—", "note": c.get("reason", "")})
             continue
-        rows.append({"promised": f"{c['level']:.0%}", "reached": f"{c['conformal_coverage']:.1%}",
-                     "reached by the sets shown": f"{c['coverage']:.1%}", "mean set size": round(c["mean_size"], 3),
-                     "answers 'both'": f"{c['share_both']:.1%}", "images": c["n"]})
+        row = {"promised": f"{c['level']:.0%}", "reached": f"{c['conformal_coverage']:.1%}",
+               "reached by the sets shown": f"{c['coverage']:.1%}", "mean set size": round(c["mean_size"], 3),
+               "answers 'both'": f"{c['share_both']:.1%}", "images": c["n"]}
+        if c.get("share_flagged") is not None:  # older runs did not record it
+            row["unlike training (so 'both')"] = f"{c['share_flagged']:.1%}"
+        rows.append(row)
     return rows
 
 

@@ -266,7 +266,9 @@ def _conformal(evals: list[dict], records: dict, has_model: bool) -> str:
         text = ("Class-conditional split-conformal sets, fitted on the calibrated validation probabilities: "
                 + "; ".join(f"{lv['level']:.0%} " + ("fitted on " + ", ".join(
                     f"{n} {_name(c)}" for n, c in zip(lv.get("n", []), lv.get("classes", [])))
-                    if lv.get("ok") else "not offered (see below)") for lv in levels) + ".")
+                    if lv.get("ok") else "not offered (see below)") for lv in levels) + ". The set shown always "
+                "holds the verdict, and reads 'both' where the conformal set is empty or the in-domain check flags the "
+                "image: the promise covers only images like the validation images.")
     else:
         text = ("This model has no prediction-set record." if has_model
                 else "The prediction-set records are in model.pt, which this run does not ship.")
