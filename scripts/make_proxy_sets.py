@@ -2,15 +2,21 @@
 
     python scripts/make_proxy_sets.py [OUT]          (default benchmarks/out/proxy, git-ignored)
 
-No adult chest films exist on this machine, so the adult-film target cannot be measured; these sets stand
-in for the other kinds of image a model should refuse (and, as controls, for ones it should accept):
+Adult chest films: the only one this environment can reach is RG1 of pydicom-data (`pip install pydicom-data`, from
+the package registry: a CR PA chest of an adult, 1955 x 1841, MONOCHROME1), so the adult-film target cannot be
+measured as a rate; the other sets stand in for the other kinds of image a model should refuse (and, as controls,
+for ones it should accept):
+
+  adult_chest  pydicom-data's one adult chest film (when installed), as stored and in a few framings and
+               exposures (mirrored, borders trimmed, gamma)                      -> adult film (flag); ONE patient
 
   photos       greyscale photographs: scikit-learn's two sample photos and matplotlib's portrait of
                Grace Hopper, as crops, rotations, flips and contrast changes     -> non-radiograph (flag)
   synthetic    noise, smooth fields, gradients, checkerboards, stripes, a text page, terrain maps
                                                                                  -> non-radiograph (flag)
   medical      the CT, MR, ultrasound and nuclear-medicine DICOM images that pydicom ships as test
-               files, plus matplotlib's MR slice, rendered by cxrdemo's own reader (a few crops and flips)
+               files (and pydicom-data's, when installed, with its radiograph of a tibia), plus matplotlib's
+               MR slice, rendered by cxrdemo's own reader (a few crops and flips)
                                                                                  -> other modality / body part (flag)
   chest_*      synthetic shifts of cxr-dev test films (aspect ratio kept): rotated 90 / 180 degrees,
                inverted grey levels, a heavy crop (about a ninth of the film, zoomed) -> flag;
@@ -37,8 +43,10 @@ from cxrdemo.data.imageio import read_image
 from cxrdemo.errors import ImageReadError
 
 MODALITIES = ("CT", "MR", "US", "NM")
+RADIOGRAPHS = ("CR", "DX")  # pydicom-data's: chest films go to adult_chest, other body parts to medical
 CHEST_SOURCE = Path("/work/shared/data/cxr-dev/test")
 STANDS_FOR = {
+    "adult_chest": "the one adult chest film reachable here (pydicom-data RG1, CR PA) in a few framings: flag",
     "photos": "greyscale photographs (non-radiograph): flag",
     "synthetic": "noise, patterns, gradients, text, maps (non-radiograph): flag",
     "medical": "other modalities and body parts (CT, MR, US, NM; DICOM test files): flag",
@@ -134,23 +142,65 @@ def synthetic_images(rng: np.random.Generator) -> list[tuple[str, np.ndarray]]:
     return out
 
 
-def medical_images() -> list[tuple[str, np.ndarray]]:
-    """The CT, MR, US and NM test images pydicom ships (decodable here, >= 32 px) and matplotlib's MR slice."""
-    import pydicom
-    from matplotlib import cbook
+def pydicom_data_folder() -> Path | None:
+    """The folder of pydicom-data's files (`pip install pydicom-data`), or None when it is not installed."""
+    try:
+        import data_store  # the import name of pydicom-data
+    except ImportError:
+        return None
+    folder = Path(data_store.__file__).parent / "data"
+    return folder if folder.is_dir() else None
 
-    folder = Path(pydicom.__file__).parent / "data" / "test_files"  # only files inside the package
+
+def _dicom_images(folder: Path, modalities: tuple[str, ...], chest: bool | None = None) -> list[tuple[str, np.ndarray]]:
+    """Decodable DICOM images of these modalities in `folder` (chest: only / never BodyPartExamined CHEST)."""
+    import pydicom
+
     out: list[tuple[str, np.ndarray]] = []
     for f in sorted(folder.glob("*.dcm")):
         try:
-            if str(pydicom.dcmread(f, stop_before_pixels=True, force=True).get("Modality", "")) not in MODALITIES:
+            head = pydicom.dcmread(f, stop_before_pixels=True, force=True)
+            if str(head.get("Modality", "")) not in modalities:
                 continue  # colour test patterns, dose grids, segmentations, reports
+            if chest is not None and (str(head.get("BodyPartExamined", "")).upper() == "CHEST") != chest:
+                continue
             img, _ = read_image(f)
         except (ImageReadError, pydicom.errors.InvalidDicomError):
             continue
         if min(img.shape) < 32 or float(img.std()) < 0.02:  # 3 x 3 pixels, dose grids, blank frames
             continue
         out.append((f.stem, img))
+    return out
+
+
+def adult_chest_images() -> list[tuple[str, np.ndarray]]:
+    """pydicom-data's one adult chest film (uncompressed and lossy encodings), mirrored, with trimmed borders and
+    two exposures: one patient in a few framings (how near the cut-off the film sits), not a rate over adults."""
+    folder = pydicom_data_folder()
+    if folder is None:
+        return []
+    films = _dicom_images(folder, RADIOGRAPHS, chest=True)
+    # UNCR first (the film as acquired); J2KI is its lossy encoding; UNCI and J2KR hold the same pixels as UNCR
+    out = sorted(((n, a) for n, a in films if n.endswith(("UNCR", "J2KI"))), key=lambda t: not t[0].endswith("UNCR"))
+    for name, img in list(out[:1]):
+        h, w = img.shape
+        out += [(f"{name}_hflip", img[:, ::-1]),
+                *[(f"{name}_trim{k}", img[int(h * k / 100): h - int(h * k / 100), int(w * k / 100): w - int(w * k / 100)])
+                  for k in (5, 10)],
+                *[(f"{name}_gamma{g}", np.clip(img, 0, 1) ** g) for g in (0.8, 1.25)]]
+    return out
+
+
+def medical_images() -> list[tuple[str, np.ndarray]]:
+    """The CT, MR, US and NM test images pydicom ships (decodable here, >= 32 px), pydicom-data's (when installed,
+    with its radiograph of a tibia) and matplotlib's MR slice."""
+    import pydicom
+    from matplotlib import cbook
+
+    out = _dicom_images(Path(pydicom.__file__).parent / "data" / "test_files", MODALITIES)  # inside the package
+    extra_folder = pydicom_data_folder()
+    if extra_folder is not None:
+        out += _dicom_images(extra_folder, MODALITIES + RADIOGRAPHS, chest=False)
     with gzip.open(cbook.get_sample_data("s1045.ima.gz", asfileobj=False)) as f:  # a 256 x 256 16-bit MR slice
         raw = f.read()
     mr = np.frombuffer(raw, np.uint16).astype(np.float32).reshape(256, 256)
@@ -193,6 +243,10 @@ def main(argv: list[str] | None = None) -> int:
     rng = np.random.default_rng(0)
     sets: dict[str, list[tuple[str, np.ndarray]]] = {"photos": [], "synthetic": synthetic_images(rng),
                                                       "medical": medical_images()}
+    if pydicom_data_folder() is not None:
+        sets["adult_chest"] = adult_chest_images()
+    else:
+        print("pydicom-data is not installed (pip install pydicom-data): no adult chest film, fewer medical images")
     for src, img in photo_sources().items():
         sets["photos"] += [(f"{src}_{v}", a) for v, a in variants(img, rng, n_crops=8)]
     if CHEST_SOURCE.is_dir():
