@@ -35,26 +35,18 @@ GEOMETRY = {"cxr-large": "mixed (224 x 224 squashed and aspect kept)", "cxr-dev"
 
 
 def load_demo():
-    """The shipped demo model and its training config (kept in one place: the loading API is changing)."""
+    """The shipped demo model (through the model-file owner) and its training config."""
+    from cxrdemo.diagnosis.predict import load_model
+
     run_config = json.loads((paths.demo_run_dir() / "config.json").read_text())
-    try:
-        from cxrdemo.diagnosis.predict import load_model
-
-        model = load_model("demo")
-        return model.net, model.img_size, model.intensity, run_config
-    except (ImportError, AttributeError):  # the model.pt owner is being rewritten: read the file directly
-        from cxrdemo.model.backbones import build_backbone
-
-        ckpt = torch.load(paths.demo_run_dir() / "model.pt", map_location="cpu", weights_only=True)
-        net = build_backbone(ckpt["backbone"], int(ckpt["num_classes"]), head=ckpt.get("head", "linear"))
-        net.load_state_dict(ckpt["state_dict"])
-        pre = ckpt.get("preprocessing") or {}
-        return net.eval(), int(pre.get("img_size", 224)), pre.get("intensity", "none"), run_config
+    model = load_model("demo")
+    return model.net, model.preprocessing, run_config
 
 
-def stage_features(net, images: torch.Tensor, intensity: str) -> np.ndarray:
+def stage_features(net, images: torch.Tensor, pre) -> np.ndarray:
     """Pooled features of every trunk stage (N x sum of stage widths) of uint8 N x 1 x S x S images."""
-    out = [domain.features(net, data.normalize_batch(data.adjust_intensity(images[i:i + 64], intensity)),
+    out = [domain.features(net, data.normalize_batch(data.adjust_intensity(images[i:i + 64], pre.intensity),
+                                                     pre.mean, pre.std),
                            layers=len(net.trunk)).numpy() for i in range(0, len(images), 64)]
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)  # normalised in batches: 12 bytes a pixel
 
@@ -80,7 +72,7 @@ def image_sets(proxy: Path, run_config: dict, train_data: Path | None = None) ->
     return sets
 
 
-def compute_features(net, img_size: int, intensity: str, sets: dict, cache: Path) -> dict[str, np.ndarray]:
+def compute_features(net, pre, sets: dict, cache: Path) -> dict[str, np.ndarray]:
     """Features and labels of every set, from the cache file when it holds the same files."""
     key = {name: [p for p, _ in items] for name, (items, _) in sets.items()}
     if cache.is_file():
@@ -90,10 +82,10 @@ def compute_features(net, img_size: int, intensity: str, sets: dict, cache: Path
     out: dict[str, np.ndarray] = {}
     for name, (items, _) in sets.items():
         t = time.time()
-        cached = data.load_images(items, img_size, use_disk_cache=not name.startswith("proxy"))
+        cached = data.load_images(items, pre.img_size, use_disk_cache=not name.startswith("proxy"))
         if len(cached.paths) != len(items):
             print(f"  {name}: {len(items) - len(cached.paths)} files unreadable, left out")
-        out[f"{name}/x"] = stage_features(net, cached.images, intensity)
+        out[f"{name}/x"] = stage_features(net, cached.images, pre)
         out[f"{name}/y"] = cached.labels.numpy()
         print(f"  {name}: {len(cached.paths)} images, {time.time() - t:.1f} s", flush=True)
     cache.parent.mkdir(parents=True, exist_ok=True)
@@ -106,10 +98,10 @@ def last_stages(x: np.ndarray, widths: list[int], layers: int) -> np.ndarray:
     return x[:, sum(widths[:-layers]):]
 
 
-def timing(net, img_size: int, intensity: str, rec: domain.DomainRecord, widths: list[int]) -> dict[str, float]:
+def timing(net, pre, rec: domain.DomainRecord, widths: list[int]) -> dict[str, float]:
     """Milliseconds per image: one forward pass (batch of 1) and one score."""
-    x = data.normalize_batch(data.adjust_intensity(torch.randint(0, 255, (1, 1, img_size, img_size),
-                                                                 dtype=torch.uint8), intensity))
+    x = data.normalize_batch(data.adjust_intensity(torch.randint(0, 255, (1, 1, pre.img_size, pre.img_size),
+                                                                 dtype=torch.uint8), pre.intensity), pre.mean, pre.std)
     with torch.inference_mode():
         net.eval()
         net(x)
@@ -143,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quantile", type=float, default=domain.DEFAULT_QUANTILE)
     ap.add_argument("--data", type=Path, default=None, help="the demo model's training set (default: DATA/cxr-large)")
     args = ap.parse_args(argv)
-    net, img_size, intensity, run_config = load_demo()
+    net, pre, run_config = load_demo()
     with torch.inference_mode():
         h = torch.zeros(1, 3, 64, 64)
         widths = []
@@ -151,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
             h = stage(h)
             widths.append(int(h.shape[1]))
     sets = image_sets(Path(args.proxy), run_config, args.data)
-    feats = compute_features(net, img_size, intensity, sets, Path(args.out) / f"features-{net.backbone}.npz")
+    feats = compute_features(net, pre, sets, Path(args.out) / f"features-{net.backbone}.npz")
     variants = [(args.transform, args.layers[0], args.quantile)]
     variants += [(t, k, q) for t in ("none", "sqrt") for k in args.layers for q in (0.99, 0.995)
                  if (t, k, q) != variants[0]]
@@ -177,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
-    t = timing(net, img_size, intensity, next(iter(records.values())), widths)
+    t = timing(net, pre, next(iter(records.values())), widths)
     summary = {"cpu": cpu_model(), "torch_threads": torch.get_num_threads(), **t,
                "default": next(iter(records)),
                "records": {k: {"cutoff": r.cutoff, "dim": r.feature_dim, "shrinkage": r.shrinkage,
