@@ -50,7 +50,7 @@ def assess(run: str, mtime: int, root: str, digest: str, level: float,
            _rad: predict.Radiograph) -> assessment.Assessment:
     """Calibrated probabilities, verdict, prediction set and in-domain check of one model for one image."""
     model = load(run, mtime, root)
-    return assessment.assess(model, predict.prepare(model, _rad.grey), level)
+    return assessment.assess(model, predict.prepare(model, _rad.grey), level, _rad.looks_like_cxr)
 
 
 def model_panel(model: predict.LoadedModel) -> None:

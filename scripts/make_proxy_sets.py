@@ -185,7 +185,7 @@ def adult_chest_images() -> list[tuple[str, np.ndarray]]:
     for name, img in list(out[:1]):
         h, w = img.shape
         out += [(f"{name}_hflip", img[:, ::-1]),
-                *[(f"{name}_trim{k}", img[int(h * k / 100): h - int(h * k / 100), int(w * k / 100): w - int(w * k / 100)])
+                *[(f"{name}_trim{k}", img[h * k // 100: h - h * k // 100, w * k // 100: w - w * k // 100])
                   for k in (5, 10)],
                 *[(f"{name}_gamma{g}", np.clip(img, 0, 1) ** g) for g in (0.8, 1.25)]]
     return out

@@ -211,7 +211,7 @@ def test_a_greyscale_photograph_is_flagged_as_unlike_the_training_images(server,
     _wait_text(browser, "Prediction set at 90% coverage", 120)
     body = browser.find_element(By.TAG_NAME, "body").text
     # outside the promise: whatever its probabilities, the set is "both" and says why
-    assert "Prediction set at 90% coverage: both" in body and "unlike the training images, and the 90%" in body
+    assert "Prediction set at 90% coverage: both" in body and "unlike the training images; the 90% promise" in body
     _no_exception(browser)
 
 

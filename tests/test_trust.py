@@ -135,6 +135,16 @@ def test_calibrate_adds_the_three_records_and_leaves_the_weights(patch_store, pa
     assert flagged.prediction_set == (0, 1)  # and so outside the promise: "both", whatever its probabilities
     sentence = diagnosis_view.set_sentence(model, flagged)
     assert "**both**" in sentence and "unlike the training images" in sentence
+    # an image that failed the quality gate (pixels or DICOM header: not a frontal chest film) is outside it too
+    for i in range(60):
+        x = torch.from_numpy(patch_image(rng, i % 2 == 1)[0])[None]
+        if len(assessment.assess(model, x).prediction_set) == 1:
+            break
+    single = assessment.assess(model, x)
+    gated = assessment.assess(model, x, passed_gate=False)
+    assert len(single.prediction_set) == 1 and single.outside is None and single.in_domain is True
+    assert gated.prediction_set == (0, 1) and gated.predicted == single.predicted  # the verdict itself is kept
+    assert "did not pass the check" in diagnosis_view.set_sentence(model, gated)
 
 
 def test_calibrate_refuses_bad_input_with_one_sentence(patch_store, patch_data, tmp_path, capsys):

@@ -147,7 +147,7 @@ def cmd_predict(args) -> int:
                 out.write_bytes(explain.to_png_bytes(explain.overlay(rad.grey, result.cam, args.opacity)))
             except OSError as exc:
                 raise ConfigError(f"Could not write the heatmap to {out}: {exc.strerror or exc}.") from None
-        a = assess(model, x, args.level)  # calibrated probabilities, the verdict read off them, set, domain
+        a = assess(model, x, args.level, rad.looks_like_cxr)  # calibrated probabilities, verdict, set, domain
         line = {"image": image, "class": model.classes[a.predicted],
                 "probabilities": {c: round(float(p), 6) for c, p in zip(model.classes, a.probs)},
                 "calibrated": model.trust.calibrated, "prediction_set": a.set_names(model.classes),

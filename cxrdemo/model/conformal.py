@@ -12,9 +12,10 @@ adding classes, so the shown set is a superset of the conformal set and coverage
 - an empty conformal set (no class is typical enough of its own validation images at this level) becomes every
   class: "can't tell", not a confident {verdict}. These are the images between the two classes' cut-offs, the
   ones a clinician most needs to hear the model is unsure about;
-- an image the in-domain check flags (unlike the training images: model/domain) gets every class. The promise
-  rests on the image being exchangeable with the validation images, which that check says it is not: an adult
-  film or a photograph must not read {PNEUMONIA} "at 90% coverage".
+- an image the in-domain check flags (unlike the training images: model/domain), or one that failed the quality
+  gate (diagnosis/assessment passes that in), gets every class. The promise rests on the image being exchangeable
+  with the validation images, which those checks say it is not: an adult film, a lateral view or a photograph must
+  not read {PNEUMONIA} "at 90% coverage".
 The price of the second repair: shown sets are no longer nested across levels (at 90% the two cut-offs can leave
 a gap that reads "both", while at 95% they overlap and the same image gets one class). Adding only the verdict
 would keep them nested but, for the demo model, never says "both" at 90% (its 90% conformal sets have at most one

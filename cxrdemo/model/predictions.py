@@ -61,7 +61,8 @@ def from_logits(names: list[tuple[str, str]], classes: tuple[str, ...], y_true: 
     raw = calibration.apply_calibration(logits, 1.0)
     cal = calibration.apply_calibration(logits, temperature, bias if len(bias) == len(classes) else None)
     verdicts = metrics.predict_labels(raw, threshold)
-    sets = conformal.set_masks(cal, record, verdicts, outside) if record is not None and record.ok and len(names) else None
+    has_sets = record is not None and record.ok and len(names)
+    sets = conformal.set_masks(cal, record, verdicts, outside) if has_sets else None
     return Predictions([n for n, _ in names], [h for _, h in names], tuple(classes), np.asarray(y_true, np.int64),
                        cal, verdicts, raw, sets)
 

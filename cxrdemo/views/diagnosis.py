@@ -42,9 +42,9 @@ def set_sentence(model: LoadedModel, a: Assessment) -> str:
                 "is confident enough to name one class.")
     names = ", ".join(model.classes[i] for i in a.prediction_set)
     what = "both" if len(a.prediction_set) == 2 else f"{{{names}}}"
-    if a.in_domain is False:
-        return (f"Prediction set at {level} coverage: **{what}** — this image is unlike the training images, and the "
-                f"{level} promise holds only for images like them: the model cannot tell.")
+    if a.outside:
+        return (f"Prediction set at {level} coverage: **{what}** — {a.outside}; the {level} promise covers only "
+                "chest films like the training images: the model cannot tell.")
     return f"Prediction set at {level} coverage: **{what}** — the model cannot tell at this confidence."
 
 
