@@ -104,7 +104,7 @@ def predict_probs(model: LoadedModel, images: torch.Tensor, batch_size: int = 64
 
 def predict_split(model: LoadedModel, data_root: str, split: str = "test") -> tuple[np.ndarray, np.ndarray, int]:
     """(labels, probabilities, files skipped) of `model` on one split of a dataset whose classes match the model's."""
-    y, logits, skipped, _ = split_logits(model, data_root, split)
+    y, logits, skipped, _, _, _ = _split_logits(model, data_root, split, flags=False)
     return y, torch.softmax(torch.from_numpy(logits), 1).numpy(), skipped
 
 
@@ -116,7 +116,8 @@ def split_logits(model: LoadedModel, data_root: str,
     return y, logits, skipped, outside
 
 
-def _split_logits(model: LoadedModel, data_root: str, split: str):
+def _split_logits(model: LoadedModel, data_root: str, split: str, flags: bool = True):
+    """(labels, logits, skipped, root, paths, in-domain flags: None when `flags` is False or there is no check)."""
     from cxrdemo.errors import DatasetError
 
     scan = data.scan_dataset(data_root, require_train=False)
@@ -130,7 +131,7 @@ def _split_logits(model: LoadedModel, data_root: str, split: str):
     images = data.adjust_intensity(cached.images, pre.intensity)
     with model.lock:
         logits, feats = trust.logits_and_features(model.net, images, pre)
-        scores = trust.domain_scores(model.net, images, pre, model.domain, feats)
+        scores = trust.domain_scores(model.net, images, pre, model.domain, feats) if flags else None
     outside = trust.outside_domain(model.domain, scores)
     return cached.labels.numpy(), logits, len(cached.skipped), scan.root, cached.paths, outside
 

@@ -57,15 +57,10 @@ def domain_scores(net: Net, images: torch.Tensor, pre: Preprocessing, record: do
     stage, recomputed when it describes several."""
     if record is None:
         return None
-    if feats is None or record.layers != 1:
-        was_training = net.training
-        net.eval()
-        try:
-            feats = torch.cat([domain.features(net, normalize_batch(images[i:i + batch_size], pre.mean, pre.std),
-                                               layers=record.layers) for i in range(0, len(images), batch_size)]
-                              or [torch.zeros((0, record.feature_dim))])
-        finally:
-            net.train(was_training)
+    if feats is None or record.layers != 1:  # domain.features runs the trunk in eval mode and restores the mode
+        feats = torch.cat([domain.features(net, normalize_batch(images[i:i + batch_size], pre.mean, pre.std),
+                                           layers=record.layers) for i in range(0, len(images), batch_size)]
+                          or [torch.zeros((0, record.feature_dim))])
     return domain.score_domain(record, feats)
 
 
