@@ -26,11 +26,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, NoReturn
 
+import numpy as np
 import torch
 
 from cxrdemo import fileio
 from cxrdemo.config import HEADS, TrainConfig
-from cxrdemo.data.imageio import IMAGENET_MEAN, IMAGENET_STD, INTENSITY_MODES
+from cxrdemo.data.cache import CachedImages, load_images
+from cxrdemo.data.imageio import (IMAGENET_MEAN, IMAGENET_STD, INTENSITY_MODES, adjust_intensity, normalize_batch,
+                                resize_to_uint8)
 from cxrdemo.data.scan import dataset_name
 from cxrdemo.data.shrink import shrink_policy
 from cxrdemo.errors import ConfigError, RunError
@@ -62,6 +65,30 @@ class Preprocessing:
         """The record as saved in model.pt."""
         return {"img_size": self.img_size, "intensity": self.intensity, "mean": list(self.mean),
                 "std": list(self.std), "resize": self.resize, "shrink": dict(self.shrink)}
+
+    # The record applies itself (torchvision's habit: weights carry their transforms). Every consumer -- training,
+    # evaluation, prediction, probes, the scorecard, the trust fitting -- goes through these three steps.
+
+    def prepare(self, grey: np.ndarray) -> torch.Tensor:
+        """A [0, 1] HxW greyscale image (as read by data.read_image) -> uint8 1xSxS, as the network's cache holds it."""
+        return self.adjust(resize_to_uint8(grey, self.img_size))
+
+    def adjust(self, images: torch.Tensor) -> torch.Tensor:
+        """Resized uint8 (N)x1xSxS images (the decode-once cache's) -> the same after this record's intensity step."""
+        return adjust_intensity(images, self.intensity)
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """Prepared uint8 (N)x1xSxS images -> the float32 Nx3xSxS batch the network takes."""
+        return normalize_batch(images, self.mean, self.std)
+
+    def load(self, items: list[tuple[str, int]], **kwargs: Any) -> CachedImages:
+        """Decode, resize (once per files and size: the cache) and intensity-adjust a split's images."""
+        c = load_images(items, self.img_size, **kwargs)
+        return c if self.intensity == "none" else CachedImages(self.adjust(c.images), c.labels, c.paths, c.skipped)
+
+    def __call__(self, grey: np.ndarray) -> torch.Tensor:
+        """A [0, 1] HxW greyscale image -> the 1x3xSxS float input of the network."""
+        return self.normalize(self.prepare(grey))
 
 
 @dataclass(frozen=True)
