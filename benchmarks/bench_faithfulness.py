@@ -32,7 +32,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from cxrdemo.diagnosis import explain, faithfulness, sanity  # noqa: E402
+from cxrdemo.diagnosis import explain, faithfulness, result, sanity  # noqa: E402
 from cxrdemo.diagnosis.predict import (  # noqa: E402
     LoadedModel,
     example_images,
@@ -71,12 +71,13 @@ def bench(model: LoadedModel, images: list[torch.Tensor], repeats: int, sets: li
 
     for _ in range(repeats):
         for x in images:
-            res = explain.explain(model, x)
-            timed("explain", lambda: explain.explain(model, x))
+            res = result.assess_image(model, x)
+            heat = explain.heatmap(model, res)
+            timed("explain", lambda: explain.heatmap(model, result.assess_image(model, x)))
             for s in sets:
-                timed(f"road_map_{s}", lambda: faithfulness.road_curves(model, x, res.cam, res.target, SETS[s]))
+                timed(f"road_map_{s}", lambda: faithfulness.road_curves(model, x, heat.cam, heat.target, SETS[s]))
                 if s in measure_sets:
-                    timed(f"measure_{s}", lambda: faithfulness.measure_explanation(model, x, res, percentiles=SETS[s]))
+                    timed(f"measure_{s}", lambda: faithfulness.measure(model, res, heat, percentiles=SETS[s]))
     return times
 
 
@@ -87,7 +88,7 @@ def sanity_table(k: int) -> None:
         x = prepare(model, read_radiograph(p).grey)
         for method in ("GradCAM", "GradCAM++", "LayerCAM", "EigenCAM"):
             start = time.perf_counter()
-            check = sanity.cascading_randomisation(model, x, method)
+            check = sanity.cascading_randomisation(model, x, method, result.assess_image(model, x).predicted)
             steps = "  ".join(f"{s.randomised.split(' + ')[-1]} {s.spearman:+.2f}/{s.ssim:.2f}" for s in check.steps)
             print(f"sanity {Path(p).name} {method} ({time.perf_counter() - start:.1f} s): {steps}")
 
@@ -128,7 +129,7 @@ def main() -> int:
         for name in args.models.split(","):
             model = load_model("demo") if name == "demo" else _resnet18()
             images = [prepare(model, read_radiograph(p).grey) for p in paths]
-            explain.explain(model, images[0])  # warm-up
+            explain.heatmap(model, result.assess_image(model, images[0]))  # warm-up
             times = bench(model, images, args.repeats, sets, args.measure_sets.split(","))
             for key, values in times.items():
                 print(f"{name}_{key}_s: {statistics.median(values):.3f}  (n={len(values)}, "

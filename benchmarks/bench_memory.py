@@ -68,7 +68,7 @@ def child(path: str) -> None:
     import os
 
     os.environ.setdefault("CXRDEMO_RUNS_DIR", tempfile.mkdtemp())
-    from cxrdemo.diagnosis import explain, predict
+    from cxrdemo.diagnosis import explain, predict, result
 
     try:
         from cxrdemo.data.shrink import display_copy
@@ -84,7 +84,7 @@ def child(path: str) -> None:
     raw = Path(path).read_bytes()
     start = time.perf_counter()
     rad = predict.read_radiograph(raw, Path(path).name)
-    res = explain.explain(model, predict.prepare(model, rad.grey), "GradCAM", None)
+    res = explain.heatmap(model, result.assess(model, rad), "GradCAM")
     grey = display_copy(rad.grey)
     ov = explain.overlay(grey, res.cam, 0.4)
     from PIL import Image

@@ -35,7 +35,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cxrdemo.config import TrainConfig  # noqa: E402
-from cxrdemo.diagnosis import explain, predict
+from cxrdemo.diagnosis import explain, predict, result
 from cxrdemo.errors import RunError  # noqa: E402
 from cxrdemo.runs import jobs
 from cxrdemo.runs import store as runs  # noqa: E402
@@ -85,12 +85,9 @@ def upload_bytes() -> bytes:
 
 def predict_once(model: predict.LoadedModel, raw: bytes, cam: bool) -> None:
     """What the Diagnosis page does for one upload."""
-    rad = predict.read_radiograph(raw, "upload.png")
-    x = predict.prepare(model, rad.grey)
+    res = result.assess(model, predict.read_radiograph(raw, "upload.png"))
     if cam:
-        explain.explain(model, x, "GradCAM")
-    else:
-        predict.predict_probs(model, x.unsqueeze(0))
+        explain.heatmap(model, res, "GradCAM")
 
 
 def zombies_and_workers(store: Path) -> tuple[list[int], list[int]]:

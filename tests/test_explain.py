@@ -14,7 +14,9 @@ from PIL import Image
 from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-from cxrdemo.diagnosis import explain
+from types import SimpleNamespace
+
+from cxrdemo.diagnosis import explain, result
 from cxrdemo.diagnosis.predict import LoadedModel, model_input, predict_probs
 from cxrdemo.errors import ConfigError
 from cxrdemo.model import backbones
@@ -31,6 +33,14 @@ def _u8(img: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(img)[None]
 
 
+def _explain(model: LoadedModel, x: torch.Tensor, method: str = "GradCAM", target_class: int | None = None):
+    """The page's two steps: the image's one result, then the heatmap of its verdict (or of `target_class`)."""
+    r = result.assess_image(model, x)
+    h = explain.heatmap(model, r, method, target_class)
+    return SimpleNamespace(probs=r.probs, predicted=r.predicted, target=h.target, cam=h.cam, flat=h.flat,
+                           method=h.method, class_specific=h.class_specific)
+
+
 def _scratch(name: str, size: int) -> LoadedModel:
     torch.manual_seed(0)
     net = backbones.build_backbone(name, 2).eval()
@@ -43,7 +53,7 @@ def test_cam_shape_range_and_the_same_probabilities_as_predict_probs(patch_model
     x = torch.from_numpy(np.stack([im for im, _ in imgs]))[:, None]
     expected = predict_probs(patch_model, x)
     for (img, box), p in zip(imgs, expected):
-        res = explain.explain(patch_model, _u8(img))
+        res = _explain(patch_model, _u8(img))
         assert res.cam.shape == (64, 64) and res.cam.dtype == np.float32
         assert 0.0 <= res.cam.min() and res.cam.max() <= 1.0
         if box:  # on a blank image nothing raises the 'blank' score: an empty map is the right answer there
@@ -58,7 +68,7 @@ def test_gradcam_finds_the_bright_patch(patch_model, make_patch_image):
     negatives = _images(make_patch_image, 20, 4, False)
     peak_hits, hot_share = 0, []
     for img, (top, left, side) in positives:
-        res = explain.explain(patch_model, _u8(img))
+        res = _explain(patch_model, _u8(img))
         assert res.predicted == 1
         cam = res.cam
         # one cell of the 8x8 feature map is 8 px: count half a cell around the square as "on the patch"
@@ -77,12 +87,12 @@ def test_gradcam_finds_the_bright_patch(patch_model, make_patch_image):
 
 def test_the_explained_class_changes_the_map(patch_model, make_patch_image):
     (img, _), = _images(make_patch_image, 1, 5, True)
-    for_patch = explain.explain(patch_model, _u8(img), target_class=1)
-    for_blank = explain.explain(patch_model, _u8(img), target_class=0)
+    for_patch = _explain(patch_model, _u8(img), target_class=1)
+    for_blank = _explain(patch_model, _u8(img), target_class=0)
     assert (for_patch.target, for_blank.target) == (1, 0)
     assert np.abs(for_patch.cam - for_blank.cam).mean() > 0.1
     np.testing.assert_allclose(for_patch.probs, for_blank.probs, atol=1e-6)  # the prediction does not change
-    np.testing.assert_allclose(explain.explain(patch_model, _u8(img)).cam, for_patch.cam, atol=1e-6)
+    np.testing.assert_allclose(_explain(patch_model, _u8(img)).cam, for_patch.cam, atol=1e-6)
 
 
 def test_default_target_follows_the_saved_threshold(patch_model, make_patch_image):
@@ -90,24 +100,24 @@ def test_default_target_follows_the_saved_threshold(patch_model, make_patch_imag
     p1 = float(predict_probs(patch_model, _u8(img)[None])[0, 1])
     assert p1 < 0.5  # argmax says blank...
     strict = dataclasses.replace(patch_model, decision=Decision("val", p1 / 2))  # ...the saved threshold says patch
-    res = explain.explain(strict, _u8(img))
+    res = _explain(strict, _u8(img))
     assert res.predicted == 1 and res.target == 1
-    np.testing.assert_allclose(res.cam, explain.explain(patch_model, _u8(img), target_class=1).cam, atol=1e-6)
-    assert explain.explain(patch_model, _u8(img)).target == 0
+    np.testing.assert_allclose(res.cam, _explain(patch_model, _u8(img), target_class=1).cam, atol=1e-6)
+    assert _explain(patch_model, _u8(img)).target == 0
 
 
 def test_explain_works_when_called_under_inference_mode(patch_model, make_patch_image):
     (img, _), = _images(make_patch_image, 1, 10, True)
     with torch.inference_mode():
-        res = explain.explain(patch_model, _u8(img))
-    np.testing.assert_allclose(res.cam, explain.explain(patch_model, _u8(img)).cam, atol=1e-6)
+        res = _explain(patch_model, _u8(img))
+    np.testing.assert_allclose(res.cam, _explain(patch_model, _u8(img)).cam, atol=1e-6)
     assert res.cam.max() > 0.5
 
 
 @pytest.mark.parametrize("method", list(explain.CAM_METHODS))
 def test_every_cam_method_runs(patch_model, make_patch_image, method):
     (img, _), = _images(make_patch_image, 1, 7, True)
-    res = explain.explain(patch_model, _u8(img), method)
+    res = _explain(patch_model, _u8(img), method)
     assert res.cam.shape == (64, 64) and 0.0 <= res.cam.min() <= res.cam.max() <= 1.0
     assert res.cam.max() > 0.5 and res.method == method
     np.testing.assert_allclose(res.probs, predict_probs(patch_model, _u8(img)[None])[0], atol=1e-5)
@@ -126,7 +136,7 @@ def test_gradcam_works_on_every_backbone_and_leaves_the_model_as_it_was(name):
     before = [p.requires_grad for p in params]
     layer = backbones.cam_target_layer(model.net)
     x = torch.randint(0, 256, (1, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-    res = explain.explain(model, x)
+    res = _explain(model, x)
     assert res.cam.shape == (size, size) and np.isfinite(res.cam).all()
     assert 0.0 <= res.cam.min() <= res.cam.max() <= 1.0
     np.testing.assert_allclose(res.probs, predict_probs(model, x[None])[0], atol=1e-5)
@@ -141,7 +151,7 @@ def test_backward_stops_at_the_target_layer():
     seen: list[bool] = []
     handle = model.net.trunk[3].register_forward_hook(lambda m, a, out: seen.append(out.requires_grad))  # layer3
     x = torch.randint(0, 256, (1, 64, 64), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-    explain.explain(model, x)
+    explain.explain(model, x, "GradCAM", 0)  # the whole network (no kept activations)
     assert seen == [False]  # autograd starts after layer3: nothing before the target layer is differentiated
     # the naive use (every parameter trainable) builds the graph through the whole network
     model.net.requires_grad_(True)
@@ -155,18 +165,18 @@ def test_backward_stops_at_the_target_layer():
 def test_unknown_method_or_class_is_a_sentence(patch_model):
     x = torch.zeros((1, 64, 64), dtype=torch.uint8)
     with pytest.raises(ConfigError, match="GradCAM, GradCAM\\+\\+, EigenCAM, ScoreCAM, LayerCAM"):
-        explain.explain(patch_model, x, "SaliencyMagic")
+        _explain(patch_model, x, "SaliencyMagic")
     with pytest.raises(ConfigError, match="blank, patch"):
-        explain.explain(patch_model, x, target_class=2)
+        _explain(patch_model, x, target_class=2)
 
 
 def test_concurrent_explanations_on_one_shared_model_do_not_mix(patch_model, make_patch_image):
     imgs = [img for img, _ in _images(make_patch_image, 2, 8, True) + _images(make_patch_image, 2, 9, False)]
-    alone = [explain.explain(patch_model, _u8(img)).cam for img in imgs]
+    alone = [_explain(patch_model, _u8(img)).cam for img in imgs]
     results: dict[int, np.ndarray] = {}
 
     def work(i: int) -> None:
-        results[i] = explain.explain(patch_model, _u8(imgs[i % 4])).cam
+        results[i] = _explain(patch_model, _u8(imgs[i % 4])).cam
 
     threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
     for t in threads:

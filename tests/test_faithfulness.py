@@ -14,11 +14,16 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget
 from torch import nn
 
 from cxrdemo.cli.main import main
-from cxrdemo.diagnosis import explain, faithfulness, scorecard
+import dataclasses
+import re
+
+from cxrdemo.diagnosis import explain, faithfulness, result, scorecard
 from cxrdemo.diagnosis.predict import LoadedModel, model_input
 from cxrdemo.errors import Cancelled
 from cxrdemo.model.backbones import Net
 from cxrdemo.model.checkpoint import Decision, Preprocessing
+from cxrdemo.model.trust import Trust
+from cxrdemo.views import heatmaps
 
 SIZE, STRIPES = 64, 32  # narrow stripes: RandomCAM mixes many of them, so random maps average out
 
@@ -79,17 +84,25 @@ def test_a_map_of_the_region_the_model_uses_scores_high_and_the_opposite_map_low
     assert abs(curves.without_most[1, 0] - curves.p_before) < 0.02
 
 
+def _measure(model: LoadedModel, image: torch.Tensor, cam: np.ndarray, target: int = 1, **kwargs):
+    """The page's way: the image's one result, a heatmap of class `target`, then its faithfulness."""
+    res = result.assess_image(model, image)
+    return faithfulness.measure(model, res, explain.Heatmap("map", target, cam), **kwargs)
+
+
 def test_the_reading_says_points_at_only_for_the_map_that_beats_random_maps():
     model, image = _planted()
-    good = faithfulness.measure(model, image, _half(True), 1, "left map", percentiles=(80, 60))
-    bad = faithfulness.measure(model, image, _half(False), 1, "right map", percentiles=(80, 60))
+    good = _measure(model, image, _half(True), percentiles=(80, 60))
+    bad = _measure(model, image, _half(False), percentiles=(80, 60))
     assert good.beats_chance and not bad.beats_chance
     assert good.score > good.random_mean + good.random_sd
     assert len(good.random_scores) == 5 and good.random_sd > 0
-    assert "points at what the model uses" in good.reading and "lowers p(left) from 0.9" in good.reading
-    assert "no better than chance" in bad.reading and "points at" not in bad.reading
+    reading = heatmaps.faithfulness_reading(good)
+    assert "points at what the model uses" in reading and re.search(r"lowers p\(left\) from 9\d\.\d% to", reading)
+    assert "no better than chance" in heatmaps.faithfulness_reading(bad) and "points at" not in \
+        heatmaps.faithfulness_reading(bad)
     # Diagnosis's own setting (one percentile: remove 20%) tells the two maps apart as well
-    live = [faithfulness.measure(model, image, m, 1, seeds=5) for m in (_half(True), _half(False))]
+    live = [_measure(model, image, m, seeds=5) for m in (_half(True), _half(False))]
     assert live[0].percentiles == faithfulness.LIVE_PERCENTILES == (80,)
     assert live[0].beats_chance and not live[1].beats_chance
     d = good.to_dict()
@@ -124,11 +137,25 @@ def test_a_calibration_hook_changes_the_probabilities_of_the_reading():
     assert cool.p_before < hot.p_before
 
 
+def test_the_reading_speaks_in_the_calibrated_probability_the_bar_shows():
+    model, image = _planted()
+    hot = dataclasses.replace(model, trust=Trust(temperature=3.0))  # a calibrated model: p moves towards 50%
+    res = result.assess_image(hot, image)
+    f = faithfulness.measure(hot, res, explain.Heatmap("map", 1, _half(True)), seeds=2)
+    assert f.p_before == float(res.probs[1])  # the very number on the bar
+    raw = float(torch.softmax(model.net(model_input(model, image)), 1)[0, 1])
+    assert abs(f.p_before - raw) > 0.1  # and not the network's own softmax
+    # the curves' own probability of the intact image (computed when no result is passed) is the calibrated one
+    curves = faithfulness.road_curves(hot, res.image, _half(True), 1, (80,))
+    assert curves.p_before == pytest.approx(f.p_before, abs=1e-6)
+    assert f"from {100 * f.p_before:.1f}%" in heatmaps.faithfulness_reading(f)
+
+
 def test_measure_leaves_the_callers_random_streams_alone():
     model, image = _planted()
     np.random.seed(1)
     torch.manual_seed(1)
-    faithfulness.measure(model, image, _half(True), 1, seeds=2, percentiles=(80,))
+    _measure(model, image, _half(True), seeds=2, percentiles=(80,))
     a, b = np.random.random(), torch.rand(1).item()
     np.random.seed(1)
     torch.manual_seed(1)
@@ -228,6 +255,7 @@ def test_predict_cam_json_has_faithfulness(patch_store, make_patch_image, tmp_pa
     f = line["faithfulness"]
     assert rc == 0 and f["class_name"] == line["class"] and f["percentiles"] == list(faithfulness.LIVE_PERCENTILES)
     assert len(f["random_scores"]) == 5 and isinstance(f["beats_chance"], bool) and f["reading"].startswith("Removing")
+    assert f["p_before"] == pytest.approx(line["probabilities"][line["class"]], abs=1e-6)  # one number, one image
 
 
 def test_explain_accepts_a_baseline_cam_class(patch_model, make_patch_image):

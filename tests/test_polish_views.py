@@ -37,15 +37,38 @@ def test_caption_for_a_class_the_model_did_not_predict():
     assert diagnosis.heatmap_caption("GradCAM", CLASSES, probs, 0, 0) == "GradCAM: why the model said NORMAL"
 
 
-def test_downloaded_overlay_has_a_footer_and_a_telling_name():
-    rgb = np.full((300, 400, 3), 128, np.uint8)
-    lines = diagnosis.overlay_footer("Demo model (shipped)", "GradCAM", CLASSES, np.array([0.2, 0.8]), 1, 0)
-    assert lines[0].startswith("GradCAM heatmap for NORMAL | prediction: PNEUMONIA (p = 80.0%)")
-    assert "NOT FOR CLINICAL USE" in lines[1]
+def _result(probs, predicted, sets=None):
+    from cxrdemo.data import ImageMeta
+    from cxrdemo.diagnosis.result import ImageResult
+
+    sets = sets or {0.9: (predicted,), 0.95: (0, 1)}
+    return ImageResult("x.png", "", CLASSES, np.array(probs), np.zeros(2), predicted, 0.5, True, sets, {}, True,
+                       None, None, None, None, None, ImageMeta(64, 64, "png", "L", 8))
+
+
+@pytest.mark.parametrize("width, height", [(224, 224), (256, 256), (400, 300), (1024, 900), (3000, 2400)])
+def test_downloaded_overlay_has_a_whole_footer_at_every_size(width, height):
+    rgb = np.full((height, width, 3), 128, np.uint8)
+    r = _result([0.2, 0.8], 1)
+    lines = diagnosis.overlay_footer("Demo model (shipped)", r, "GradCAM", 0, 0.9)
+    assert lines[0] == "GradCAM heatmap for NORMAL"
+    assert lines[1] == "Prediction: PNEUMONIA (p = 80.0%, calibrated) | set at 90%: {PNEUMONIA}"
+    assert "NOT FOR CLINICAL USE" in lines[-1]
     out = diagnosis.with_footer(rgb, lines)
-    assert out.shape[0] > 300 and out.shape[1] == 400 and (out[:300] == rgb).all()
-    footer = out[300:]
+    w = max(width, diagnosis.FOOTER_MIN_WIDTH)
+    h = round(height * w / width)
+    assert out.shape[1] == w and out.shape[0] > h and (out[:h] == 128).all()  # the image whole, then the footer
+    footer = out[h:]
     assert (footer == 255).any() and (footer == 0).mean() > 0.5  # white text on black
+    # every word is drawn, none cut at the right edge: the wrapped lines hold the same words and fit the width
+    from PIL import ImageFont
+
+    size = max(diagnosis.FOOTER_FONT_PX, round(diagnosis.FOOTER_FONT_PX * w / diagnosis.FOOTER_MIN_WIDTH))
+    font = ImageFont.load_default(size=size)
+    wrapped = [part for line in lines for part in diagnosis._wrap(line, font, w - size)]
+    assert " ".join(wrapped).split() == " ".join(lines).split()
+    assert all(font.getlength(part) <= w - size for part in wrapped)
+    assert (footer[:, -max(2, size // 4):] == 0).all()  # nothing reaches the right edge
     name = diagnosis.overlay_filename("Demo model (shipped)", "GradCAM", CLASSES, 1, 0)
     assert name == "cxrdemo-Demo-model-shipped-GradCAM-NORMAL-heatmap-predicted-PNEUMONIA-NOT-FOR-CLINICAL-USE.png"
 
@@ -88,8 +111,12 @@ def test_the_faithfulness_mark_is_a_material_icon():
 
     from cxrdemo.views import heatmaps
 
-    good = heatmaps.faithfulness_line(SimpleNamespace(beats_chance=True, score=0.2, reading="beats", seconds=1.0))
-    bad = heatmaps.faithfulness_line(SimpleNamespace(beats_chance=False, score=0.0, reading="no", seconds=1.0))
+    def f(beats: bool):
+        return SimpleNamespace(beats_chance=beats, score=0.2 if beats else 0.0, seconds=1.0, percentiles=(80,),
+                               class_name="X", p_before=0.9, without_most=(0.5,), without_least=(0.9,),
+                               random_mean=0.01, random_sd=0.01)
+
+    good, bad = heatmaps.faithfulness_line(f(True)), heatmaps.faithfulness_line(f(False))
     assert good.startswith(":material/check_circle: ") and bad.startswith(":material/warning: ")
 
 

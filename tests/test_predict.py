@@ -15,7 +15,7 @@ from PIL import Image
 
 from cxrdemo import paths
 from cxrdemo.cli import main as cli
-from cxrdemo.diagnosis import explain, predict
+from cxrdemo.diagnosis import predict, result
 from cxrdemo.errors import ImageReadError
 from cxrdemo.model.checkpoint import Decision, Preprocessing
 from cxrdemo.views import diagnosis as diagnosis_view
@@ -107,8 +107,8 @@ def test_dicom_uploads_reach_a_prediction_and_never_leak_identifiers(patch_model
     assert rad.meta.format == "dicom" and rad.meta.mode == photometric and rad.meta.bits == bits
     # MONOCHROME1 is displayed inverted: the patch must come back bright whatever the storage
     assert np.corrcoef(rad.grey.ravel(), img.astype(float).ravel())[0, 1] > 0.99
-    res = explain.explain(patch_model, predict.prepare(patch_model, rad.grey))
-    ref = explain.explain(patch_model, torch.from_numpy(img)[None])
+    res = result.assess(patch_model, rad)
+    ref = result.assess_image(patch_model, torch.from_numpy(img)[None])
     assert res.predicted == ref.predicted == 1
     np.testing.assert_allclose(res.probs, ref.probs, atol=0.02)
     shown = " ".join(map(repr, (rad, rad.meta, res))) + " ".join(rad.meta.notes) + str(rad.warning)
@@ -243,10 +243,14 @@ def test_summary_falls_back_to_the_model_card_evaluation(patch_store):
     assert predict.model_summary(model)["test"] == {"accuracy": 0.93, "auroc": 0.98, "n": 74}
 
 
-def _assessed(probs, predicted, threshold, pset=None, note=None):
-    from cxrdemo.diagnosis.assessment import Assessment
+def _assessed(probs, predicted, threshold, pset=None, note=None, calibrated=False):
+    from cxrdemo.data import ImageMeta
+    from cxrdemo.diagnosis.result import ImageResult
 
-    return Assessment(np.array(probs), predicted, threshold, 0.9, pset, note, None, None, None)
+    classes = ("NORMAL", "PNEUMONIA") if len(probs) == 2 else ("A", "B", "C")
+    return ImageResult("x.png", "", classes, np.array(probs), np.zeros(len(probs)), predicted, threshold, calibrated,
+                       {0.9: pset, 0.95: pset}, {} if pset is not None else {0.9: note or "no-record"}, True, None,
+                       None, None, None, None, ImageMeta(64, 64, "png", "L", 8))
 
 
 def test_the_decision_sentence_names_the_threshold_that_decided():
@@ -276,13 +280,13 @@ def test_a_calibrated_model_reads_its_verdict_off_the_calibrated_bar():
     cal = predict.LoadedModel(net, ("NORMAL", "PNEUMONIA"), Preprocessing(64), Decision("spec:0.95", 0.0875), "r",
                               Path("."), trust=trust.Trust(temperature=1.752))
     assert cal.threshold == pytest.approx(0.2079, abs=1e-4)  # docs/trust_measurements.md
-    text = diagnosis_view.decision_sentence(cal, _assessed([0.696, 0.304], 1, cal.threshold))
+    text = diagnosis_view.decision_sentence(cal, _assessed([0.696, 0.304], 1, cal.threshold, calibrated=True))
     assert "30.4% is at or above this model's decision threshold of 20.8%" in text and "calibrated)" in text
-    one = diagnosis_view.set_sentence(cal, _assessed([0.696, 0.304], 1, cal.threshold, (1,)))
-    both = diagnosis_view.set_sentence(cal, _assessed([0.696, 0.304], 1, cal.threshold, (0, 1)))
+    one = diagnosis_view.set_sentence(_assessed([0.696, 0.304], 1, cal.threshold, (1,)), 0.9)
+    both = diagnosis_view.set_sentence(_assessed([0.696, 0.304], 1, cal.threshold, (0, 1)), 0.9)
     assert "**{PNEUMONIA}**" in one and "**both** — the model cannot tell at this confidence" in both
     short = _assessed([0.696, 0.304], 1, cal.threshold, None, "Too few validation images for a 95% prediction set")
-    assert diagnosis_view.set_sentence(cal, short).startswith("Too few validation images")
+    assert diagnosis_view.set_sentence(short, 0.9).startswith("Too few validation images")
 
 
 def test_headlines_lead_with_the_most_shifted_set(patch_store):

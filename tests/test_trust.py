@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from cxrdemo.cli.main import main as cli
-from cxrdemo.diagnosis import assessment, predict
+from cxrdemo.diagnosis import predict, result
 from cxrdemo.errors import RunError
 from cxrdemo.model import checkpoint, conformal, metrics, trust
 from cxrdemo.views import diagnosis as diagnosis_view
@@ -101,9 +101,11 @@ def test_flagged_test_images_count_as_both_in_the_coverage_and_scores_reuse_the_
 
 def test_a_model_without_records_keeps_working(patch_model):
     x, _ = _images(np.random.default_rng(4), 2)
-    a = assessment.assess(patch_model, x[1])
+    a = result.assess_image(patch_model, x[1])
     assert patch_model.calibration == 1.0 and patch_model.domain is None and patch_model.conformal == {}
-    assert a.in_domain is None and a.domain_score is None and a.prediction_set is None and "calibrate" in a.set_note
+    assert a.in_domain is None and a.domain_score is None and a.sets == {0.9: None, 0.95: None}
+    assert a.set_missing == {0.9: "no-record", 0.95: "no-record"}
+    assert "calibrate" in diagnosis_view.set_sentence(a, 0.9) and not a.calibrated
     assert np.allclose(a.probs, predict.predict_probs(patch_model, x[1:])[0], atol=1e-6)
 
 
@@ -124,27 +126,28 @@ def test_calibrate_adds_the_three_records_and_leaves_the_weights(patch_store, pa
     rng = np.random.default_rng(5)
     verdict_sets = []
     for i in range(60):  # a set of one class is always the verdict; every set holds the verdict
-        a = assessment.assess(model, torch.from_numpy(patch_image(rng, i % 2 == 1)[0])[None], 0.95)
-        assert a.prediction_set is not None and a.predicted in a.prediction_set
-        verdict_sets.append(len(a.prediction_set))
-        assert a.in_domain is not None and a.domain_sentence
+        a = result.assess_image(model, torch.from_numpy(patch_image(rng, i % 2 == 1)[0])[None])
+        assert a.prediction_set(0.95) is not None and a.predicted in a.prediction_set(0.95)
+        assert set(a.prediction_set(0.9)) <= set(a.prediction_set(0.95))  # nested
+        verdict_sets.append(len(a.prediction_set(0.95)))
+        assert a.in_domain is not None and diagnosis_view.domain_words(model, a)
     assert min(verdict_sets) == 1
     noise = torch.from_numpy(np.random.default_rng(6).integers(0, 255, (1, 64, 64), dtype=np.uint8))
-    flagged = assessment.assess(model, noise)
+    flagged = result.assess_image(model, noise)
     assert flagged.in_domain is False  # uniform noise is unlike any patch image
-    assert flagged.prediction_set == (0, 1)  # and so outside the promise: "both", whatever its probabilities
-    sentence = diagnosis_view.set_sentence(model, flagged)
+    assert flagged.sets == {0.9: (0, 1), 0.95: (0, 1)}  # and so outside the promise: "both", whatever its probabilities
+    sentence = diagnosis_view.set_sentence(flagged, 0.9)
     assert "**both**" in sentence and "unlike the training images" in sentence
     # an image that failed the quality gate (pixels or DICOM header: not a frontal chest film) is outside it too
     for i in range(60):
         x = torch.from_numpy(patch_image(rng, i % 2 == 1)[0])[None]
-        if len(assessment.assess(model, x).prediction_set) == 1:
+        if len(result.assess_image(model, x).prediction_set(0.9)) == 1:
             break
-    single = assessment.assess(model, x)
-    gated = assessment.assess(model, x, passed_gate=False)
-    assert len(single.prediction_set) == 1 and single.outside is None and single.in_domain is True
-    assert gated.prediction_set == (0, 1) and gated.predicted == single.predicted  # the verdict itself is kept
-    assert "did not pass the check" in diagnosis_view.set_sentence(model, gated)
+    single = result.assess_image(model, x)
+    gated = result.assess_image(model, x, looks_like_cxr=False)
+    assert len(single.prediction_set(0.9)) == 1 and single.outside is None and single.in_domain is True
+    assert gated.prediction_set(0.9) == (0, 1) and gated.predicted == single.predicted  # the verdict itself is kept
+    assert "did not pass the check" in diagnosis_view.set_sentence(gated, 0.9)
 
 
 def test_calibrate_refuses_bad_input_with_one_sentence(patch_store, patch_data, tmp_path, capsys):
@@ -159,7 +162,8 @@ def test_calibrate_refuses_bad_input_with_one_sentence(patch_store, patch_data, 
 
 def test_prediction_set_level_is_checked(patch_model):
     with pytest.raises(Exception, match="coverage must be one of 90%, 95%"):
-        assessment.assess(patch_model, torch.zeros(1, 64, 64, dtype=torch.uint8), 0.8)
+        result.check_level(0.8)
+    assert result.check_level(0.95) == 0.95
     assert conformal.min_images(0.95) == 19
 
 

@@ -122,10 +122,10 @@ def _cam_path(out: str, image: str, index: int, many: bool) -> Path:
 
 
 def cmd_predict(args) -> int:
-    from cxrdemo.diagnosis import explain, faithfulness
-    from cxrdemo.diagnosis.assessment import assess
-    from cxrdemo.diagnosis.predict import load_model, prepare, read_radiograph
+    from cxrdemo.diagnosis import explain, faithfulness, result
+    from cxrdemo.diagnosis.predict import load_model, read_radiograph
     from cxrdemo.errors import ConfigError, ImageReadError
+    from cxrdemo.views import predict_json
 
     model = load_model(args.run, _runs_dir(args), allow_path=True)
     explain.method_class(args.method)  # bad arguments are reported before any image is read
@@ -139,27 +139,17 @@ def cmd_predict(args) -> int:
             failed = True
             print(_json({"image": image, "error": str(exc)}), flush=True)
             continue
-        x = prepare(model, rad.grey)
+        res = result.assess(model, rad)  # the one answer: everything below reads it
+        line = predict_json.line(model, res, image, args.level)
         if args.cam:
-            result = explain.explain(model, x, args.method)
+            heat = explain.heatmap(model, res, args.method)
             out = _cam_path(args.cam, image, i, len(args.images) > 1)
             try:
-                out.write_bytes(explain.to_png_bytes(explain.overlay(rad.grey, result.cam, args.opacity)))
+                out.write_bytes(explain.to_png_bytes(explain.overlay(rad.grey, heat.cam, args.opacity)))
             except OSError as exc:
                 raise ConfigError(f"Could not write the heatmap to {out}: {exc.strerror or exc}.") from None
-        a = assess(model, x, args.level, rad.looks_like_cxr)  # calibrated probabilities, verdict, set, domain
-        line = {"image": image, "class": model.classes[a.predicted],
-                "probabilities": {c: round(float(p), 6) for c, p in zip(model.classes, a.probs)},
-                "calibrated": model.trust.calibrated, "prediction_set": a.set_names(model.classes),
-                "coverage": args.level, "in_domain": a.in_domain,
-                "domain_score": None if a.domain_score is None else round(a.domain_score, 3),
-                "looks_like_cxr": rad.looks_like_cxr, "warning": rad.warning}
-        notes = [s for s in (a.set_note, None if a.in_domain in (None, True) else a.domain_sentence) if s]
-        if notes:
-            line["notes"] = notes
-        if args.cam:
             line.update(cam=str(out), method=args.method,
-                        faithfulness=faithfulness.measure_explanation(model, x, result).to_dict())
+                        faithfulness=predict_json.faithfulness(faithfulness.measure(model, res, heat)))
         print(_json(line), flush=True)
     return EXIT_BAD_INPUT if failed else 0
 

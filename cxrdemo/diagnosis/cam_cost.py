@@ -7,7 +7,7 @@ import time
 
 import torch
 
-from cxrdemo.diagnosis.explain import SCORECAM_BATCH
+from cxrdemo.model.cam import SCORECAM_BATCH
 from cxrdemo.diagnosis.predict import LoadedModel
 from cxrdemo.model import backbones
 

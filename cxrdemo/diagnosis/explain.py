@@ -1,24 +1,24 @@
-"""Grad-CAM and friends through pytorch-grad-cam: one forward gives the prediction and the heatmap.
+"""Heatmaps through pytorch-grad-cam, on the one result of an image: the class explained is the result's verdict
+(or a class the user picks); the verdict is never computed again here.
 
-Speed: the CAM's own forward pass is the prediction (no second forward), and autograd starts at the
-target layer: no parameter needs a gradient, so the backward pass only crosses the few layers between
-the target layer and the logits. For ResNet, DenseNet and EfficientNet that is the pool and the head.
+The CAM runner is model/cam (shared with the probes); the fast methods run on the layers after the CAM layer only,
+fed with the output the result's forward pass kept, so a heatmap costs a fraction of a forward pass.
 """
 
 from __future__ import annotations
 
 import io
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
 from pytorch_grad_cam import EigenCAM, GradCAM, GradCAMPlusPlus, LayerCAM, ScoreCAM
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-from cxrdemo.diagnosis.predict import LoadedModel, model_input
-from cxrdemo.errors import ConfigError, CxrError
-from cxrdemo.model import backbones
-from cxrdemo.model.autograd import parameters_without_grad
+from cxrdemo.diagnosis.predict import LoadedModel
+from cxrdemo.diagnosis.result import ImageResult
+from cxrdemo.errors import ConfigError
+from cxrdemo.model import cam as cam_runner
 
 CAM_METHODS: dict[str, type] = {
     "GradCAM": GradCAM,
@@ -28,18 +28,15 @@ CAM_METHODS: dict[str, type] = {
     "LayerCAM": LayerCAM,
 }
 CLASS_AGNOSTIC = frozenset({"EigenCAM"})
-SCORECAM_BATCH = 32  # ScoreCAM's masked images per forward pass (the library default is 16)
 
 
-@dataclass
-class Explanation:
-    """A prediction and a heatmap from the same forward pass."""
+@dataclass(frozen=True)
+class Heatmap:
+    """One method's map of one image for one class."""
 
-    probs: np.ndarray  # (num_classes,) softmax probabilities
-    predicted: int  # by the model's own decision rule (saved threshold, else argmax)
+    method: str
     target: int  # the class the heatmap explains
     cam: np.ndarray  # HxW float32 in [0, 1] at the model's input size
-    method: str = "GradCAM"
 
     @property
     def flat(self) -> bool:
@@ -52,30 +49,6 @@ class Explanation:
         return self.method not in CLASS_AGNOSTIC
 
 
-class _DecisionTarget:
-    """The score to explain: a chosen class, or the class the model decides for this image.
-
-    The decision is taken once, from the CAM's own forward output (`reference`), so that ScoreCAM's
-    masked re-runs keep explaining the same class.
-    """
-
-    def __init__(self, model: LoadedModel, target_class: int | None, reference: Callable[[], torch.Tensor]) -> None:
-        self.model, self.k, self.reference = model, target_class, reference
-
-    def __call__(self, output: torch.Tensor) -> torch.Tensor:
-        if self.k is None:
-            probs = torch.softmax(self.reference().detach().float().reshape(1, -1), 1).numpy()
-            self.k = int(self.model.decide(probs)[0])
-        return output[..., self.k]
-
-
-def _grad_from_here(module: torch.nn.Module, args, output):
-    """Forward hook: the target layer's output is where autograd starts (nothing before it needs gradients)."""
-    if torch.is_grad_enabled() and isinstance(output, torch.Tensor) and not output.requires_grad:
-        return output.requires_grad_()
-    return None
-
-
 def method_class(method: str) -> type:
     """The pytorch-grad-cam class called `method`, or a ConfigError listing the known ones."""
     try:
@@ -84,41 +57,31 @@ def method_class(method: str) -> type:
         raise ConfigError(f"Unknown heatmap method {method!r}. Choose one of: {', '.join(CAM_METHODS)}.") from None
 
 
-def explain(model: LoadedModel, image_u8: torch.Tensor, method: str = "GradCAM",
-            target_class: int | None = None, *, cam_class: type | None = None) -> Explanation:
-    """Prediction and heatmap for one uint8 1xSxS image (S = model.img_size) in one forward pass.
+def check_class(model: LoadedModel, target: int) -> int:
+    """A class index this model knows, or a ConfigError naming its classes."""
+    if not 0 <= int(target) < len(model.classes):
+        raise ConfigError(f"Class {target} does not exist: this model knows {', '.join(model.classes)}.")
+    return int(target)
 
-    `cam_class`: a pytorch-grad-cam class used instead of the registry's (e.g. RandomCAM as a baseline).
-    """
+
+def explain(model: LoadedModel, image_u8: torch.Tensor, method: str, target: int, *,
+            activations: torch.Tensor | None = None, cam_class: type | None = None) -> Heatmap:
+    """The `method` map of class `target` for one prepared uint8 1xSxS image (`activations`: its CAM-layer output,
+    when known). `cam_class`: a pytorch-grad-cam class used instead of the registry's (e.g. RandomCAM)."""
     cam_class = cam_class or method_class(method)
-    if target_class is not None and not 0 <= int(target_class) < len(model.classes):
-        raise ConfigError(f"Class {target_class} does not exist: this model knows {', '.join(model.classes)}.")
-    net = model.net
-    layer = backbones.cam_target_layer(net)
-    grey: np.ndarray | None = None
+    k = check_class(model, target)
+    x = model.preprocessing.normalize(image_u8)
     # One computation at a time per model: the library's hooks sit on the shared (cached) network.
-    with model.lock, torch.inference_mode(False), torch.enable_grad(), parameters_without_grad(net):
-        x = model_input(model, image_u8)  # made here: a caller's inference_mode must not leak into the input
-        was_training = net.training
-        hook = layer.register_forward_hook(_grad_from_here, prepend=True)  # before the library's own hooks
-        try:
-            with cam_class(model=net, target_layers=[layer]) as cam:
-                if cam_class is ScoreCAM:
-                    cam.batch_size = SCORECAM_BATCH
-                target = _DecisionTarget(model, None if target_class is None else int(target_class),
-                                         lambda: cam.outputs[0])
-                grey = cam(input_tensor=x, targets=[target])[0]
-                logits = cam.outputs.detach().float()
-        finally:
-            hook.remove()
-            net.train(was_training)
-    if grey is None:  # the library's context manager swallows IndexError; say so instead of failing later
-        raise CxrError(f"The {method} heatmap could not be computed for this model.")
-    probs = torch.softmax(logits, 1)[0].numpy()
-    predicted = int(model.decide(probs)[0])
-    explained = target.k if target.k is not None else predicted
-    cam_map = np.clip(np.nan_to_num(np.asarray(grey, dtype=np.float32)), 0.0, 1.0)
-    return Explanation(probs=probs, predicted=predicted, target=int(explained), cam=cam_map, method=method)
+    with model.lock:
+        maps, _ = cam_runner.run(model.net, x, cam_class, [ClassifierOutputTarget(k)], activations=activations,
+                                 method=method)
+    return Heatmap(method=method, target=k, cam=maps[0])
+
+
+def heatmap(model: LoadedModel, res: ImageResult, method: str = "GradCAM", target: int | None = None) -> Heatmap:
+    """The heatmap of one result: its verdict explained, or class `target`."""
+    return explain(model, res.image, method, res.predicted if target is None else target,
+                   activations=res.activations)
 
 
 def overlay(image_grey01: np.ndarray, cam: np.ndarray, opacity: float = 0.4) -> np.ndarray:

@@ -26,10 +26,10 @@ import numpy as np
 import torch
 from pytorch_grad_cam import RandomCAM
 from pytorch_grad_cam.metrics.road import ROADLeastRelevantFirst, ROADMostRelevantFirst
-from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget
 
 from cxrdemo.diagnosis import explain as explain_mod
-from cxrdemo.diagnosis.predict import LoadedModel, model_input
+from cxrdemo.diagnosis.predict import LoadedModel
+from cxrdemo.diagnosis.result import ImageResult
 
 LIVE_PERCENTILES = (80,)  # Diagnosis: remove 20% (measured in benchmarks/bench_faithfulness.py)
 FULL_PERCENTILES = (80, 60, 40, 20)  # the scorecard job: remove 20, 40, 60 and 80%
@@ -51,8 +51,9 @@ class _ClassProbability:
         return torch.as_tensor(self.to_probs(output.reshape(1, -1)))[0, self.k]
 
 
-def _target(k: int, to_probs: ProbsFn | None):
-    return ClassifierOutputSoftmaxTarget(k) if to_probs is None else _ClassProbability(k, to_probs)
+def calibrated(model: LoadedModel) -> ProbsFn:
+    """The model's own logits -> probabilities: the calibrated ones the bar shows (softmax when not calibrated)."""
+    return lambda logits: torch.from_numpy(model.trust.probabilities(logits.detach().float().cpu().numpy()))
 
 
 def ranked(cam: np.ndarray, seed: int = 0) -> np.ndarray:
@@ -81,13 +82,14 @@ class RoadCurves:
 
 def road_curves(model: LoadedModel, image_u8: torch.Tensor, cams: np.ndarray, target: int,
                 percentiles: tuple[int, ...] = LIVE_PERCENTILES, *, to_probs: ProbsFn | None = None,
-                seed: int = 0) -> RoadCurves:
-    """ROAD for each map of `cams` (M, H, W) on one image, through the library's MoRF and LeRF metrics."""
+                seed: int = 0, p_before: float | None = None) -> RoadCurves:
+    """ROAD for each map of `cams` (M, H, W) on one image, through the library's MoRF and LeRF metrics, in the
+    model's calibrated probability of class `target` (`to_probs` replaces that scale, e.g. in tests)."""
     cams = np.asarray(cams, dtype=np.float32)
     cams = np.stack([ranked(c, seed + i) for i, c in enumerate(cams[None] if cams.ndim == 2 else cams)])
-    x = model_input(model, image_u8)
+    x = model.preprocessing.normalize(image_u8)
     batch = x.expand(len(cams), *x.shape[1:]).contiguous()
-    targets = [_target(target, to_probs)] * len(cams)
+    targets = [_ClassProbability(target, to_probs or calibrated(model))] * len(cams)
     most, least = np.zeros((len(cams), len(percentiles))), np.zeros((len(cams), len(percentiles)))
     # The imputation adds seeded noise (torch's global generator): fork it so callers' streams are untouched.
     with model.lock, torch.random.fork_rng():
@@ -96,8 +98,9 @@ def road_curves(model: LoadedModel, image_u8: torch.Tensor, cams: np.ndarray, ta
         was_training = net.training
         net.eval()
         try:
-            with torch.no_grad():
-                p_before = float(targets[0](net(x)[0]))
+            if p_before is None:  # the caller's result has it already: no forward pass for it
+                with torch.no_grad():
+                    p_before = float(targets[0](net(x)[0]))
             for j, q in enumerate(percentiles):
                 most[:, j] = ROADMostRelevantFirst(q)(batch, cams, targets, net, return_diff=False)
                 least[:, j] = ROADLeastRelevantFirst(q)(batch, cams, targets, net, return_diff=False)
@@ -118,30 +121,15 @@ def _numpy_seed(seed: int) -> Iterator[None]:
 
 
 def random_cams(model: LoadedModel, image_u8: torch.Tensor, target: int, seeds: int = RANDOM_SEEDS,
-                first_seed: int = 0) -> np.ndarray:
-    """The library's RandomCAM for `seeds` seeds: (seeds, H, W) maps with random channel weights."""
+                first_seed: int = 0, activations: torch.Tensor | None = None) -> np.ndarray:
+    """The library's RandomCAM for `seeds` seeds: (seeds, H, W) maps with random channel weights
+    (`activations`: the image's CAM-layer output, when known: the trunk is then not run again)."""
     out = []
     for s in range(first_seed, first_seed + seeds):
         with _numpy_seed(s):
-            out.append(explain_mod.explain(model, image_u8, "RandomCAM", target, cam_class=RandomCAM).cam)
+            out.append(explain_mod.explain(model, image_u8, "RandomCAM", target, cam_class=RandomCAM,
+                                           activations=activations).cam)
     return np.stack(out)
-
-
-def _p(v: float) -> str:
-    text = f"{v:.2f}"
-    return f"{v:.3f}" if text in ("0.00", "1.00") and v not in (0.0, 1.0) else text
-
-
-def _signed(v: float) -> str:
-    return f"{round(v, 3) + 0.0:+.3f}"  # + 0.0: no "-0.000"
-
-
-def _change(what: str, before: float, after: float) -> str:
-    """'lowers p(X) from 0.91 to 0.35' / 'raises ...' / 'leaves p(X) at 0.90' (what = 'it' after the first)."""
-    if abs(after - before) < 0.005:
-        return f"leaves {what} at {_p(after)}"
-    verb = "lowers" if after < before else "raises"
-    return f"{verb} {what} from {_p(before)} to {_p(after)}" if what != "it" else f"{verb} it to {_p(after)}"
 
 
 @dataclass(frozen=True)
@@ -173,24 +161,11 @@ class Faithfulness:
         """True when the map's score beats the random maps' mean by more than their spread (and by MIN_EFFECT)."""
         return self.score > self.random_mean + self.random_sd and self.score >= MIN_EFFECT
 
-    @property
-    def reading(self) -> str:
-        """One sentence: what removing the highlighted / least highlighted pixels does, and what that means."""
-        j = int(np.argmax(self.percentiles))  # the smallest removal: the sentence a reader can picture
-        share, what = 100 - self.percentiles[j], f"p({self.class_name})"
-        most = _change(what, self.p_before, self.without_most[j])
-        least = _change("it", self.p_before, self.without_least[j])
-        verdict = ("this map points at what the model uses" if self.beats_chance else
-                   "this map is no better than chance at finding what matters")
-        return (f"Removing the highlighted {share}% {most}; removing the least highlighted {share}% {least}: "
-                f"{verdict} (ROAD {_signed(self.score)} vs random maps {_signed(self.random_mean)} ± "
-                f"{self.random_sd:.3f}).")
-
     def to_dict(self) -> dict:
-        """Plain JSON-ready numbers and the reading."""
+        """Plain JSON-ready numbers (the words are views/heatmaps.faithfulness_reading)."""
         d = asdict(self)
         d.update(removed_percent=[100 - q for q in self.percentiles], random_mean=self.random_mean,
-                 random_sd=self.random_sd, beats_chance=self.beats_chance, reading=self.reading)
+                 random_sd=self.random_sd, beats_chance=self.beats_chance)
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
 
 
@@ -210,24 +185,20 @@ def torch_threads(n: int | None) -> Iterator[None]:
             torch.set_num_threads(before)
 
 
-def measure(model: LoadedModel, image_u8: torch.Tensor, cam: np.ndarray, target: int, method: str = "GradCAM", *,
-            percentiles: tuple[int, ...] = LIVE_PERCENTILES, seeds: int = RANDOM_SEEDS,
-            to_probs: ProbsFn | None = None, seed: int = 0, threads: int | None = None) -> Faithfulness:
-    """ROAD of `cam` (the map on screen, explaining class `target`) and of `seeds` RandomCAM maps, one image."""
+def measure(model: LoadedModel, res: ImageResult, heat: "explain_mod.Heatmap", *,
+            percentiles: tuple[int, ...] = LIVE_PERCENTILES, seeds: int = RANDOM_SEEDS, seed: int = 0,
+            threads: int | None = None) -> Faithfulness:
+    """ROAD of the map on screen (`heat`, of the result `res`) and of `seeds` RandomCAM maps, in the same calibrated
+    probability the result shows: p_before is the result's own probability of the explained class."""
     start = time.perf_counter()
     with torch_threads(threads):
-        maps = np.concatenate([np.asarray(cam, dtype=np.float32)[None],
-                               random_cams(model, image_u8, target, seeds, seed)])
-        curves = road_curves(model, image_u8, maps, target, percentiles, to_probs=to_probs, seed=seed)
+        maps = np.concatenate([np.asarray(heat.cam, dtype=np.float32)[None],
+                               random_cams(model, res.image, heat.target, seeds, seed, res.activations)])
+        curves = road_curves(model, res.image, maps, heat.target, percentiles, seed=seed,
+                             p_before=float(res.probs[heat.target]))
     scores = curves.scores
-    return Faithfulness(method=method, class_name=model.classes[target], target=int(target),
-                        percentiles=tuple(int(q) for q in percentiles), p_before=curves.p_before,
+    return Faithfulness(method=heat.method, class_name=model.classes[heat.target], target=int(heat.target),
+                        percentiles=tuple(int(q) for q in percentiles), p_before=float(res.probs[heat.target]),
                         without_most=tuple(float(v) for v in curves.without_most[0]),
                         without_least=tuple(float(v) for v in curves.without_least[0]), score=float(scores[0]),
                         random_scores=tuple(float(v) for v in scores[1:]), seconds=time.perf_counter() - start)
-
-
-def measure_explanation(model: LoadedModel, image_u8: torch.Tensor, result: "explain_mod.Explanation",
-                        **kwargs) -> Faithfulness:
-    """`measure` for an Explanation from explain.explain (its map, class and method)."""
-    return measure(model, image_u8, result.cam, result.target, result.method, **kwargs)

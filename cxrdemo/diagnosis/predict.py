@@ -172,6 +172,7 @@ class Radiograph:
     looks_like_cxr: bool
     warning: str | None  # a sentence when the image does not look like a chest radiograph
     digest: str  # sha256 of the file bytes: a cache key that names nobody
+    name: str = ""  # the file's name as given (no folder)
 
 
 def read_radiograph(src: bytes | str | os.PathLike, name: str = "") -> Radiograph:
@@ -182,7 +183,7 @@ def read_radiograph(src: bytes | str | os.PathLike, name: str = "") -> Radiograp
         with open(src, "rb") as f:
             raw = f.read()
     check = quality.check_radiograph(grey, meta)
-    return Radiograph(grey, meta, check.looks_like_cxr, check.warning, digest(raw))
+    return Radiograph(grey, meta, check.looks_like_cxr, check.warning, digest(raw), Path(str(name)).name)
 
 
 def prepare(model: LoadedModel, grey: np.ndarray) -> torch.Tensor:

@@ -123,15 +123,13 @@ def _thumb(cam: np.ndarray) -> np.ndarray:
 
 
 def cascading_randomisation(model: LoadedModel, image_u8: torch.Tensor, method: str | CamFn = "GradCAM",
-                            target_class: int | None = None, seed: int = 0) -> SanityCheck:
+                            target_class: int = 0, seed: int = 0) -> SanityCheck:
     """Maps of the same image and class as the model's groups are re-initialised, head first, on a copy."""
     if isinstance(method, str):
         explain_mod.method_class(method)  # an unknown name is a ConfigError before any work
         cam_fn, name = _method_cam(method), method
     else:
         cam_fn, name = method, getattr(method, "__name__", "custom")
-    if target_class is None:
-        target_class = explain_mod.explain(model, image_u8, "GradCAM").predicted
     original = cam_fn(model, image_u8, int(target_class))
     with model.lock:
         net = copy.deepcopy(model.net)  # the shared, cached network is never touched

@@ -13,13 +13,14 @@ adding classes, so the shown set is a superset of the conformal set and coverage
   class: "can't tell", not a confident {verdict}. These are the images between the two classes' cut-offs, the
   ones a clinician most needs to hear the model is unsure about;
 - an image the in-domain check flags (unlike the training images: model/domain), or one that failed the quality
-  gate (diagnosis/assessment passes that in), gets every class. The promise rests on the image being exchangeable
+  gate (diagnosis/result passes that in), gets every class. The promise rests on the image being exchangeable
   with the validation images, which those checks say it is not: an adult film, a lateral view or a photograph must
   not read {PNEUMONIA} "at 90% coverage".
-The price of the second repair: shown sets are no longer nested across levels (at 90% the two cut-offs can leave
-a gap that reads "both", while at 95% they overlap and the same image gets one class). Adding only the verdict
-would keep them nested but, for the demo model, never says "both" at 90% (its 90% conformal sets have at most one
-class), which is why empty sets read "can't tell".
+The second repair alone would break nesting across levels (at 90% the two cut-offs can leave a gap that reads
+"both", while at 95% they overlap and the same image gets one class): a higher coverage would make the model look
+surer. So the sets shown are nested by construction (nested_set_masks): the set at each level is the union of its
+own repaired set and the set at every lower level. Every repair and the union only add classes, so the promise
+(coverage >= level) still holds for the shown sets, and the set at 95% always holds the set at 90%.
 """
 
 from __future__ import annotations
@@ -140,6 +141,23 @@ def set_masks(probs: np.ndarray, record: ConformalRecord, verdicts: np.ndarray,
         mask[outside] = True
     mask[np.arange(len(probs)), verdicts] = True
     return mask
+
+
+def nested_set_masks(probs: np.ndarray, records: dict[float, ConformalRecord], verdicts: np.ndarray,
+                     outside: np.ndarray | None = None) -> dict[float, np.ndarray | None]:
+    """Level -> NxK booleans of the sets shown at that level (None where the record is not ok), nested: each
+    level's set is its own set_masks united with every lower level's, so a higher coverage never drops a class."""
+    out: dict[float, np.ndarray | None] = {}
+    below: np.ndarray | None = None
+    for level in sorted(records):
+        rec = records[level]
+        if not rec.ok:
+            out[level] = None
+            continue
+        mask = set_masks(probs, rec, verdicts, outside)
+        below = mask if below is None else (mask | below)
+        out[level] = below
+    return out
 
 
 def prediction_set(probs: np.ndarray, record: ConformalRecord, verdict: int,

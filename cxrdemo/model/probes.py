@@ -26,8 +26,7 @@ from cxrdemo.config import TrainConfig
 from cxrdemo.data.cache import CachedImages
 from cxrdemo.data.naming import image_names
 from cxrdemo.errors import RunError
-from cxrdemo.model import backbones
-from cxrdemo.model.autograd import parameters_without_grad
+from cxrdemo.model import backbones, cam
 
 FOLDER = "probes"
 HEATMAP_PX = 32  # a heatmap of 32x32 is what the eye can read at strip size; 1 KB per probe per epoch
@@ -99,73 +98,27 @@ def _save(path: Path, **arrays: np.ndarray) -> None:
         np.savez_compressed(f, **arrays)
 
 
-def _grad_from_here(module: torch.nn.Module, args, output):
-    """Forward hook: autograd starts at the target layer, so no parameter needs a gradient."""
-    if isinstance(output, torch.Tensor) and not output.requires_grad:
-        return output.requires_grad_()
-    return None
-
-
-@contextlib.contextmanager
-def _eval_without_grads(net: torch.nn.Module) -> Iterator[None]:
-    """Eval mode and no parameter gradients for the heatmap; the training flags are restored afterwards."""
-    was_training = net.training
-    try:
-        net.eval()
-        with parameters_without_grad(net):
-            yield
-    finally:
-        net.train(was_training)
-
-
-def _cam(model: torch.nn.Module, layer: torch.nn.Module, x: torch.Tensor, size: int,
-         owner: torch.nn.Module) -> tuple[np.ndarray, np.ndarray]:
-    """(probabilities, Grad-CAM of each predicted class at HEATMAP_PX) of `model` on `x`; `owner` holds its flags."""
+def heatmaps(net: backbones.Net, x: torch.Tensor, activations: torch.Tensor | None = None
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """(probabilities P x K, Grad-CAM of each image's highest-scoring class P x HEATMAP_PX x HEATMAP_PX uint8);
+    `activations`: the CAM layer's output for `x` when known (the trunk is then not run again)."""
     # imported here: a run with probes off, and a worker starting up, never load it
     from pytorch_grad_cam import GradCAM
 
-    with torch.inference_mode(False), torch.enable_grad(), _eval_without_grads(owner):
-        hook = layer.register_forward_hook(_grad_from_here, prepend=True)
-        try:
-            with GradCAM(model=model, target_layers=[layer]) as cam:
-                maps = cam(input_tensor=x.clone(), targets=None)  # None: each image's highest-scoring class
-                logits = cam.outputs.detach().float().cpu()
-        finally:
-            hook.remove()
-    maps = torch.from_numpy(np.nan_to_num(np.asarray(maps, dtype=np.float32))).clamp(0, 1)[:, None]
-    if maps.shape[-1] != size:  # a map at the CAM layer's resolution: to the image's, as the library does
-        maps = torch.nn.functional.interpolate(maps, size=(size, size), mode="bilinear", align_corners=False)
-    return torch.softmax(logits, 1).numpy(), _shrink(maps * 255, HEATMAP_PX)
-
-
-def heatmaps(net: backbones.Net, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """(probabilities P x K, Grad-CAM of each image's predicted class P x HEATMAP_PX x HEATMAP_PX uint8)."""
-    return _cam(net, backbones.cam_target_layer(net), x, x.shape[-1], net)
-
-
-def _suffix(net: backbones.Net) -> torch.nn.Sequential | None:
-    """CAM layer -> logits as a network of its own (an Identity standing for the CAM layer), or None."""
-    layer, last = backbones.cam_target_layer(net), net.trunk[-1]
-    children = list(last.children()) if isinstance(last, torch.nn.Sequential) else []
-    if not any(c is layer for c in children):
-        return None
-    rest = children[next(i for i, c in enumerate(children) if c is layer) + 1:]
-    return torch.nn.Sequential(torch.nn.Identity(), *rest, net.pool, net.head)
+    maps, logits = cam.run(net, x, GradCAM, None, activations=activations, method="GradCAM")
+    return torch.softmax(logits.cpu(), 1).numpy(), _shrink(torch.from_numpy(maps)[:, None] * 255, HEATMAP_PX)
 
 
 def _activations(net: backbones.Net, x: torch.Tensor) -> torch.Tensor:
     """The CAM layer's output for `x`, in eval mode."""
-    found: list[torch.Tensor] = []
-    hook = backbones.cam_target_layer(net).register_forward_hook(lambda m, a, out: found.append(out.detach()))
     was_training = net.training
     try:
         net.eval()
-        with torch.inference_mode(False), torch.no_grad():
+        with torch.inference_mode(False), torch.no_grad(), cam.keep_activations(net) as found:
             net(x.clone())
     finally:
-        hook.remove()
         net.train(was_training)
-    return found[0].clone()
+    return found[0]
 
 
 @contextlib.contextmanager
@@ -206,14 +159,11 @@ def record_epoch(panel: Panel, net: backbones.Net, inputs, epoch: int, trunk_fro
     """
     t0 = time.perf_counter()
     x = inputs(panel.images)
-    suffix = _suffix(net) if trunk_frozen else None
-    if suffix is None:
+    if not trunk_frozen or cam.suffix(net) is None:
         panel.activations = None
-        probs, maps = heatmaps(net, x)
-    else:
-        if panel.activations is None:
-            panel.activations = _activations(net, x)
-        probs, maps = _cam(suffix, suffix[0], panel.activations, x.shape[-1], net)
+    elif panel.activations is None:
+        panel.activations = _activations(net, x)
+    probs, maps = heatmaps(net, x, panel.activations)
     _save(panel.folder / f"epoch-{epoch:03d}.npz", probs=probs.astype(np.float32), heatmaps=maps)
     return round(time.perf_counter() - t0, 4)
 

@@ -175,17 +175,16 @@ class Trust:
         return calibration.threshold_on_calibrated_scale(value, self.temperature, gap)
 
 
-def coverage(probs_cal: np.ndarray, labels: np.ndarray, verdicts: np.ndarray, record: conformal.ConformalRecord,
+def coverage(probs_cal: np.ndarray, labels: np.ndarray, shown: np.ndarray | None, record: conformal.ConformalRecord,
              classes: tuple[str, ...], outside: np.ndarray | None = None) -> dict:
-    """Promised and reached coverage, mean size and share 'both' of the sets shown (or why there are none);
-    `outside`: the images the in-domain check flags (their sets are every class)."""
-    if not record.ok:
+    """Promised and reached coverage, mean size and share 'both' of the sets shown (`shown`: NxK, from
+    conformal.nested_set_masks), or why there are none; `outside`: the images the in-domain check flags."""
+    if not record.ok or shown is None:
         return {"level": record.level, "ok": False, "reason": record.reason}
-    shown = conformal.coverage_report(conformal.set_masks(probs_cal, record, verdicts, outside), labels,
-                                      record.level, classes)
+    report = conformal.coverage_report(shown, labels, record.level, classes)
     promise = conformal.coverage_report(conformal.conformal_masks(probs_cal, record), labels, record.level, classes)
     flagged = float(np.mean(outside)) if outside is not None and len(outside) else None
-    return {**shown, "ok": True, "conformal_coverage": promise["coverage"], "share_flagged": flagged}
+    return {**report, "ok": True, "conformal_coverage": promise["coverage"], "share_flagged": flagged}
 
 
 def trust_metrics(logits: np.ndarray, labels: np.ndarray, trust: Trust, threshold: float | None,
@@ -195,6 +194,7 @@ def trust_metrics(logits: np.ndarray, labels: np.ndarray, trust: Trust, threshol
     raw = calibration.apply_calibration(logits, 1.0)
     cal = trust.probabilities(logits)
     verdicts = metrics.predict_labels(raw, threshold)
+    shown = conformal.nested_set_masks(cal, trust.conformal, verdicts, outside)
     lo_b, hi_b = calibration.ece_interval(raw, labels, resamples)
     lo_a, hi_a = calibration.ece_interval(cal, labels, resamples)
     return {
@@ -202,6 +202,5 @@ def trust_metrics(logits: np.ndarray, labels: np.ndarray, trust: Trust, threshol
                         "ece_before": calibration.expected_calibration_error(raw, labels),
                         "ece_before_ci": [lo_b, hi_b],
                         "ece_after": calibration.expected_calibration_error(cal, labels), "ece_after_ci": [lo_a, hi_a]},
-        "coverage": [coverage(cal, labels, verdicts, rec, classes, outside)
-                     for _, rec in sorted(trust.conformal.items())],
+        "coverage": [coverage(cal, labels, shown[lv], rec, classes, outside) for lv, rec in sorted(trust.conformal.items())],
     }

@@ -9,43 +9,71 @@ import numpy as np
 
 from cxrdemo import paths
 from cxrdemo.data.shrink import SHRINK_MAX_SIDE, display_copy
-from cxrdemo.diagnosis.assessment import Assessment
+from cxrdemo.diagnosis.result import OUTSIDE_DOMAIN, OUTSIDE_POPULATION, OUTSIDE_QUALITY, ImageResult
 from cxrdemo.diagnosis.predict import LoadedModel, Radiograph
 from cxrdemo.errors import RunError
+from cxrdemo.model import domain
 from cxrdemo.runs import store as runs
 from cxrdemo.views.chance import chance_sentence
 from cxrdemo.views.words import rule_how
 
 COVERAGE_CHOICES = {"90%": 0.90, "95%": 0.95}  # the default first
+DEFAULT_LEVEL = 0.90
 
 
-def decision_sentence(model: LoadedModel, a: Assessment) -> str:
+def decision_sentence(model: LoadedModel, r: ImageResult) -> str:
     """How the model reached its answer, read off the probabilities shown (calibrated when the model is)."""
-    cls, p = model.classes[a.predicted], 100 * float(a.probs[a.predicted])
-    scale = "calibrated" if model.trust.calibrated else "not calibrated: scores, not risks"
-    if a.threshold is None or len(model.classes) != 2:
-        return f"Prediction: **{cls}** ({p:.1f}%, the most probable class; probabilities {scale})"
-    pos, p_pos, cut = model.classes[1], 100 * float(a.probs[1]), 100 * float(a.threshold)
-    side = "at or above" if p_pos >= cut else "below"
+    cls, p = r.classes[r.predicted], percent(r.probs[r.predicted])
+    scale = "calibrated" if r.calibrated else "not calibrated: scores, not risks"
+    if r.threshold is None or len(r.classes) != 2:
+        return f"Prediction: **{cls}** ({p}, the most probable class; probabilities {scale})"
+    pos, p_pos = r.classes[1], float(r.probs[1])
+    side = "at or above" if p_pos >= r.threshold else "below"
     how = rule_how(model.decision.rule) or "where the network's own scores tie, moved by calibration"
-    return (f"Prediction: **{cls}** — p({pos}) = {p_pos:.1f}% is {side} this model's decision threshold of "
-            f"{cut:.1f}% (the mark on the bar), {how} (probabilities {scale})")
+    return (f"Prediction: **{cls}** — p({pos}) = {percent(p_pos)} is {side} this model's decision threshold of "
+            f"{percent(r.threshold)} (the mark on the bar), {how} (probabilities {scale})")
 
 
-def set_sentence(model: LoadedModel, a: Assessment) -> str:
+OUTSIDE_WORDS = {OUTSIDE_POPULATION: "this patient is outside the population the model learnt from",
+                 OUTSIDE_DOMAIN: "this image is unlike the training images",
+                 OUTSIDE_QUALITY: "this image did not pass the check that it is a frontal chest radiograph"}
+
+
+def set_note(r: ImageResult, level: float, run_id: str = "RUN") -> str:
+    """Why there is no prediction set at `level`."""
+    why = r.set_missing.get(level, "")
+    if why == "no-record" or not why:
+        return f"This model has no prediction sets: add them with `python -m cxrdemo calibrate --run {run_id}`."
+    return why
+
+
+def set_words(r: ImageResult, level: float) -> str:
+    """The set in a few words for a table cell or a footer: '{PNEUMONIA}', 'both', or '—' when there is none."""
+    s = r.prediction_set(level)
+    if s is None:
+        return "—"
+    if len(s) == len(r.classes) and len(s) == 2:
+        return "both"
+    return "{" + ", ".join(r.classes[i] for i in s) + "}"
+
+
+def set_sentence(r: ImageResult, level: float, run_id: str = "RUN") -> str:
     """The prediction set in words: {NORMAL}, {PNEUMONIA}, or that the model cannot tell; or why there is none."""
-    if a.prediction_set is None:
-        return a.set_note or "No prediction set."
-    level = f"{a.level:.0%}"
-    if len(a.prediction_set) == 1:
-        return (f"Prediction set at {level} coverage: **{{{model.classes[a.prediction_set[0]]}}}** — the model "
-                "is confident enough to name one class.")
-    names = ", ".join(model.classes[i] for i in a.prediction_set)
-    what = "both" if len(a.prediction_set) == 2 else f"{{{names}}}"
-    if a.outside:
-        return (f"Prediction set at {level} coverage: **{what}** — {a.outside}; the {level} promise covers only "
-                "chest films like the training images: the model cannot tell.")
-    return f"Prediction set at {level} coverage: **{what}** — the model cannot tell at this confidence."
+    s = r.prediction_set(level)
+    if s is None:
+        return set_note(r, level, run_id)
+    at = f"Prediction set at {level:.0%} coverage: **{set_words(r, level)}**"
+    if len(s) == 1:
+        return f"{at} — the model is confident enough to name one class."
+    if r.outside:
+        return (f"{at} — {OUTSIDE_WORDS[r.outside]}; the {level:.0%} promise covers only chest films like the "
+                "training images: the model cannot tell.")
+    return f"{at} — the model cannot tell at this confidence."
+
+
+def domain_words(model: LoadedModel, r: ImageResult) -> str | None:
+    """The in-domain check's sentence, or None when the model has no check."""
+    return None if r.domain_score is None else domain.domain_sentence(model.domain, r.domain_score)
 
 
 HEADLINE_METRICS = (("accuracy", "Accuracy"), ("sensitivity", "Sensitivity"), ("specificity", "Specificity"),
@@ -131,28 +159,59 @@ def overlay_filename(model_name: str, method: str, classes, predicted: int, targ
             f"{clean(classes[predicted])}-NOT-FOR-CLINICAL-USE.png")
 
 
-def overlay_footer(model_name: str, method: str, classes, probs: np.ndarray, predicted: int, target: int) -> list[str]:
-    """The lines drawn under a downloaded overlay."""
-    return [(f"{method} heatmap for {classes[target]} | prediction: {classes[predicted]} "
-             f"(p = {percent(probs[predicted])}) | model: {model_name}"),
+def overlay_footer(model_name: str, r: ImageResult, method: str, target: int,
+                   level: float = DEFAULT_LEVEL) -> list[str]:
+    """The lines drawn under a downloaded overlay: the same verdict, probability and set as the page."""
+    c = r.classes
+    return [f"{method} heatmap for {c[target]}",
+            f"Prediction: {c[r.predicted]} (p = {percent(r.p)}{', calibrated' if r.calibrated else ''}) | "
+            f"set at {level:.0%}: {set_words(r, level)}",
+            f"Model: {model_name}",
             "cxrdemo research and teaching demo - NOT FOR CLINICAL USE"]
 
 
+FOOTER_MIN_WIDTH = 640  # px: a narrower overlay is enlarged, so that the footer's text stays readable
+FOOTER_FONT_PX = 18  # at FOOTER_MIN_WIDTH; larger images get proportionally larger text
+
+
+def _wrap(text: str, font, width: float) -> list[str]:
+    """`text` broken at spaces into lines no wider than `width` (a single longer word is cut at a character)."""
+    lines, line = [], ""
+    for word in text.split(" "):
+        trial = f"{line} {word}" if line else word
+        if font.getlength(trial) <= width:
+            line = trial
+            continue
+        if line:
+            lines.append(line)
+        while font.getlength(word) > width:  # one unbroken word wider than the image: cut it
+            n = max(1, int(len(word) * width / font.getlength(word)))
+            lines.append(word[:n])
+            word = word[n:]
+        line = word
+    return [*lines, line] if line else lines
+
+
 def with_footer(rgb: np.ndarray, lines: list[str]) -> np.ndarray:
-    """The image with a black footer carrying `lines` in white text, drawn into the pixels (HxWx3 uint8)."""
+    """The image with a black footer carrying `lines` in white text under it (HxWx3 uint8): never cropped, a
+    narrow image is enlarged first and long lines wrap."""
     from PIL import Image, ImageDraw, ImageFont
 
-    h, w = rgb.shape[:2]
-    size = max(12, w // 60)
+    img = Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8))
+    if img.width < FOOTER_MIN_WIDTH:
+        img = img.resize((FOOTER_MIN_WIDTH, round(img.height * FOOTER_MIN_WIDTH / img.width)), Image.BILINEAR)
+    w, h = img.size
+    size = max(FOOTER_FONT_PX, round(FOOTER_FONT_PX * w / FOOTER_MIN_WIDTH))
     try:
         font = ImageFont.load_default(size=size)
     except TypeError:  # Pillow < 10.1 has one bitmap size
         font = ImageFont.load_default()
     pad, line_h = size // 2, int(size * 1.35)
-    out = Image.new("RGB", (w, h + pad * 2 + line_h * len(lines)), "black")
-    out.paste(Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8)), (0, 0))
+    wrapped = [part for line in lines for part in _wrap(line, font, w - 2 * pad)]
+    out = Image.new("RGB", (w, h + pad * 2 + line_h * len(wrapped)), "black")
+    out.paste(img, (0, 0))
     draw = ImageDraw.Draw(out)
-    for i, line in enumerate(lines):
+    for i, line in enumerate(wrapped):
         draw.text((pad, h + pad + i * line_h), line, fill="white", font=font)
     return np.asarray(out)
 

@@ -121,10 +121,10 @@ def export_csv(df: pd.DataFrame) -> str:
 
 def heatmap_png(run_dir: Path, image_path: Path) -> bytes:
     """The run's Grad-CAM of its own decision for one image file, blended over the image, as PNG bytes."""
-    from cxrdemo.diagnosis import explain
-    from cxrdemo.diagnosis.predict import load_model, prepare, read_radiograph
+    from cxrdemo.diagnosis import explain, result
+    from cxrdemo.diagnosis.predict import load_model, read_radiograph
 
     model = load_model(str(run_dir), allow_path=True)
     rad = read_radiograph(str(image_path), image_path.name)
-    result = explain.explain(model, prepare(model, rad.grey))
-    return explain.to_png_bytes(explain.overlay(rad.grey, result.cam, 0.4))
+    heat = explain.heatmap(model, result.assess(model, rad))
+    return explain.to_png_bytes(explain.overlay(rad.grey, heat.cam, 0.4))

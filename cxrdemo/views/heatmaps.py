@@ -9,8 +9,10 @@ import pandas as pd
 
 from cxrdemo.diagnosis import explain, faithfulness, sanity, scorecard, scorecard_job
 from cxrdemo.diagnosis.predict import LoadedModel
+from cxrdemo.diagnosis.result import ImageResult
 from cxrdemo.runs import lifecycle
 from cxrdemo.runs import store as runs
+from cxrdemo.views.diagnosis import percent
 from cxrdemo.views.text import escape_markdown
 
 STRIP_SKIPS = frozenset({"ScoreCAM"})  # 30-43 s per map on 2 cores: one strip would take minutes
@@ -27,17 +29,43 @@ def busy_threads(root: str | Path) -> int | None:
     return None
 
 
-def score(model: LoadedModel, image_u8, res: explain.Explanation, threads: int | None = None
+def score(model: LoadedModel, res: ImageResult, heat: explain.Heatmap, threads: int | None = None
           ) -> faithfulness.Faithfulness:
     """ROAD of the heatmap on screen against 5 random maps (the live percentile: remove 20%)."""
-    return faithfulness.measure_explanation(model, image_u8, res, threads=threads)
+    return faithfulness.measure(model, res, heat, threads=threads)
+
+
+def _signed(v: float) -> str:
+    return f"{round(v, 3) + 0.0:+.3f}"  # + 0.0: no "-0.000"
+
+
+def _change(what: str, before: float, after: float) -> str:
+    """'lowers p(X) from 91.0% to 35.2%' / 'raises ...' / 'leaves p(X) at 90.0%' (what = 'it' after the first)."""
+    if abs(after - before) < 0.0005:
+        return f"leaves {what} at {percent(after)}"
+    verb = "lowers" if after < before else "raises"
+    return (f"{verb} {what} from {percent(before)} to {percent(after)}" if what != "it" else
+            f"{verb} it to {percent(after)}")
+
+
+def faithfulness_reading(f: faithfulness.Faithfulness) -> str:
+    """One sentence: what removing the highlighted / least highlighted pixels does to the probability on the bar
+    (calibrated, as the page shows it), and what that means."""
+    j = int(np.argmax(f.percentiles))  # the smallest removal: the sentence a reader can picture
+    share, what = 100 - f.percentiles[j], f"p({f.class_name})"
+    most = _change(what, f.p_before, f.without_most[j])
+    least = _change("it", f.p_before, f.without_least[j])
+    verdict = ("this map points at what the model uses" if f.beats_chance else
+               "this map is no better than chance at finding what matters")
+    return (f"Removing the highlighted {share}% {most}; removing the least highlighted {share}% {least}: "
+            f"{verdict} (ROAD {_signed(f.score)} vs random maps {_signed(f.random_mean)} ± {f.random_sd:.3f}).")
 
 
 def faithfulness_line(f: faithfulness.Faithfulness) -> str:
     """The number and its one-line reading, for a caption under the heatmap (class names are escaped by the caller)."""
     # Streamlit's own icon font: an emoji needs a font the projector's browser may not have (an empty box)
     mark = ":material/check_circle:" if f.beats_chance else ":material/warning:"
-    return f"{mark} **Faithfulness (ROAD) {f.score + 0.0:+.3f}** · {f.reading} ({f.seconds:.1f} s)"
+    return f"{mark} **Faithfulness (ROAD) {_signed(f.score)}** · {faithfulness_reading(f)} ({f.seconds:.1f} s)"
 
 
 # ---------------------------------------------------------------- the scorecard
