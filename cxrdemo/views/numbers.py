@@ -45,6 +45,11 @@ def percent(v: object, digits: int = PERCENT_DIGITS) -> str:
     return MISSING if missing(v) else _percent_digits(float(v), digits) + "%"
 
 
+def level(v: object) -> str:
+    """A level someone chose (a coverage, a target): '90%', '97.5%'; '—' when missing."""
+    return MISSING if missing(v) else f"{100 * float(v):g}%"
+
+
 def score(v: object, digits: int = SCORE_DIGITS) -> str:
     """A score on its own scale (AUROC, ECE): '0.960'; '—' when missing."""
     return MISSING if missing(v) else f"{float(v) + 0.0:.{digits}f}"
