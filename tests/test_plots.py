@@ -20,7 +20,7 @@ from cxrdemo.errors import RunError
 from cxrdemo.model import backbones, metrics
 from cxrdemo.runs import store as runs
 from cxrdemo.runs.worker import execute_run
-from cxrdemo.views import compare, plots, words
+from cxrdemo.views import compare, numbers, plots, words
 from tests.helpers import fake_status
 
 FOUR = ["COVID", "Lung_Opacity", "Normal", "Viral"]
@@ -206,7 +206,7 @@ def test_curves_one_colour_per_run_train_solid_val_dashed(store, metric):
         np.testing.assert_allclose(tr.y, m[train_col])
         np.testing.assert_allclose(va.y, m[val_col])
         np.testing.assert_array_equal(tr.x, m["epoch"])
-        assert "%{customdata:.4f}" in tr.hovertemplate
+        assert f"%{{customdata:{numbers.d3(train_col)}}}" in tr.hovertemplate  # as views/numbers writes it
     assert len({t.line.color for t in fig.data}) == 3
     assert len(fig.data[2].y) == 1  # the running run shows its one finished epoch
 

@@ -20,6 +20,7 @@ DASH = "–"  # between the bounds of an interval
 MINUS = "\u2212"
 PERCENT_DIGITS = 1
 SCORE_DIGITS = 3
+LOSS_DIGITS = 4  # a loss moves in the third decimal from one epoch to the next late in training
 CSV_DIGITS = 4  # floats in a downloaded table: 0.7, not 0.6999999999999999
 # Metrics that are scores on their own scale (not shares of images): written as 0.960, not 96.0%.
 SCORES = frozenset({"auroc", "ece", "ece_before", "ece_after", "loss", "val_loss", "train_loss", "brier"})
@@ -61,7 +62,9 @@ def is_score(key: str) -> bool:
 
 
 def metric(key: str, v: object) -> str:
-    """A metric by its name: a score for AUROC/ECE/losses, else a percentage."""
+    """A metric by its name: a loss with 4 decimals, a score (AUROC, ECE) with 3, else a percentage."""
+    if "loss" in str(key):
+        return score(v, LOSS_DIGITS)
     return score(v) if is_score(key) else percent(v)
 
 
@@ -132,6 +135,13 @@ def difference_interval(key: str, low: object, high: object) -> str:
 def seconds(v: object) -> str:
     """A duration in seconds: '6.5 s'; '—' when missing."""
     return MISSING if missing(v) else f"{float(v):.1f} s"
+
+
+def d3(key: str) -> str:
+    """The plotly (d3) format of a metric in a hover or tick label, matching `metric`: '.1%' or '.3f'."""
+    if "loss" in str(key):
+        return f".{LOSS_DIGITS}f"
+    return f".{SCORE_DIGITS}f" if is_score(key) else f".{PERCENT_DIGITS}%"
 
 
 def cell(v: object, kind: str = "plain") -> str:
