@@ -51,7 +51,7 @@ def test_every_lesson_has_complete_read_only_example_runs(shipped):
     assert len(shipped) == planned and all(i.example and i.state == "completed" for i in shipped)
     assert not any((i.path / "model.pt").exists() for i in shipped)
     assert all(examples.wall_seconds(i) > 0 for i in shipped)
-    assert examples.machine_words(shipped).endswith("threads")
+    assert lessons.machine_words(shipped).endswith("threads")
 
 
 @pytest.mark.parametrize("key", list(lessons.LESSONS))

@@ -120,6 +120,7 @@ def _scores(y, noise, rng):
 
 def test_paired_interval_covers_a_planted_difference():
     from cxrdemo.model import paired
+    from cxrdemo.views.checks import difference_sentence
 
     rng = np.random.default_rng(0)
     y = np.array([0, 1] * 150)
@@ -131,11 +132,12 @@ def test_paired_interval_covers_a_planted_difference():
     assert auc.low < auc.delta < auc.high and auc.low > 0  # B is clearly better: the interval excludes 0
     assert acc.delta == pytest.approx(np.mean(b.y_pred == y) - np.mean(a.y_pred == y))
     assert acc.low < acc.delta < acc.high
-    assert "higher" in paired.sentence(auc, result.n) and "unlikely to be chance" in paired.sentence(auc, result.n)
+    assert "higher" in difference_sentence(auc, result.n) and "unlikely to be chance" in difference_sentence(auc, result.n)
 
 
 def test_paired_identical_runs_differ_by_zero():
     from cxrdemo.model import paired
+    from cxrdemo.views.checks import difference_sentence
 
     rng = np.random.default_rng(1)
     y = np.array([0, 1] * 20)
@@ -143,11 +145,12 @@ def test_paired_identical_runs_differ_by_zero():
     result = paired.compare(a, a, n_resamples=200)
     for d in result.differences:
         assert d.delta == 0 and d.low == 0 and d.high == 0 and d.could_be_chance
-    assert "the same as" in paired.sentence(result.differences[0], 40)
+    assert "the same as" in difference_sentence(result.differences[0], 40)
 
 
 def test_paired_small_difference_could_be_chance_and_matching():
     from cxrdemo.model import paired
+    from cxrdemo.views.checks import difference_sentence
 
     rng = np.random.default_rng(2)
     y = np.array([0, 1] * 37)
@@ -161,7 +164,7 @@ def test_paired_small_difference_could_be_chance_and_matching():
     result = paired.compare(_preds(y, pa, names), b, n_resamples=500)
     assert result.n == 74 and result.unmatched == 2
     auc = result.differences[0]
-    assert auc.could_be_chance and "on these 74 images the difference could be chance" in paired.sentence(auc, 74)
+    assert auc.could_be_chance and "on these 74 images the difference could be chance" in difference_sentence(auc, 74)
 
 
 def _sk_auc(y, s):

@@ -105,24 +105,6 @@ def compare(a: Predictions, b: Predictions, n_resamples: int = 2000, seed: int =
     return Comparison(len(y), unmatched, tuple(out))
 
 
-_LABEL = {"auroc": "AUROC", "accuracy": "accuracy"}
-
-
-def sentence(d: Difference, n: int, a: str = "A", b: str = "B") -> str:
-    """One plain sentence: how much B differs from A, its interval, and whether that could be chance."""
-    scale, unit, digits = (100.0, " points", 1) if d.metric == "accuracy" else (1.0, "", 3)
-
-    def f(v: float) -> str:
-        return f"{v * scale:.{digits}f}".replace("-", "\u2212")
-
-    if abs(d.delta) < 0.5 * 10 ** -digits / scale:
-        head = f"{b}'s {_LABEL[d.metric]} is the same as {a}'s"
-    else:
-        head = f"{b}'s {_LABEL[d.metric]} is {f(abs(d.delta))}{unit} {'higher' if d.delta > 0 else 'lower'}"
-    verdict = "the difference could be chance" if d.could_be_chance else "the difference is unlikely to be chance"
-    return f"{head}, 95% interval {f(d.low)} to {f(d.high)}{unit}: on these {n} images {verdict}."
-
-
 # ---------------------------------------------------------------- accuracy gaps of the lessons
 
 def paired_gap(a: np.ndarray, b: np.ndarray, seed: int = 0) -> tuple[float, float, float]:
