@@ -12,7 +12,7 @@ import streamlit as st
 from cxrdemo.errors import RunError
 from cxrdemo.model import paired, predictions
 from cxrdemo.runs import store as runs
-from cxrdemo.views import checks, gallery, seeds, timelapse, words
+from cxrdemo.views import checks, gallery, numbers, seeds, timelapse, words
 from cxrdemo.views.text import escape_markdown
 from app_pages import ui
 
@@ -94,7 +94,7 @@ def gallery_tab(info: runs.RunInfo) -> bool:
     for n, row in enumerate(rows.head(GALLERY_SHOWN).itertuples()):
         with cols[n % 4]:
             path = gallery.image_file(root, row.image, row.hash)
-            caption = escape_markdown(f"{row.image} · p({row.predicted_class}) = {row.p_predicted:.2f}")
+            caption = escape_markdown(f"{row.image} · p({row.predicted_class}) = {numbers.percent(row.p_predicted)}")
             if path is None:
                 st.caption(caption + " (image not on this machine)")
             elif show_maps:

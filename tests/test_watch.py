@@ -184,7 +184,7 @@ def test_cli_compare(ds, capsys, store):
 
 
 def test_timelapse_figure_has_one_frame_per_epoch(ds):
-    from cxrdemo.views import timelapse
+    from cxrdemo.views import numbers, timelapse
 
     a, b = _train(ds, epochs=3, seed=1), _train(ds, epochs=2, seed=2)
     timelines = timelapse.read_timelines({"A": a, "B": b, "none": a.parent / "missing"})
@@ -196,7 +196,7 @@ def test_timelapse_figure_has_one_frame_per_epoch(ds):
     t = timelines["A"]
     last = [a.text for a in fig.frames[-1].layout.annotations if "p=" in a.text]
     true = t.labels[0]
-    assert last[0].startswith(f"{t.classes[true]}: p={t.probs[-1, 0, true]:.2f}")
+    assert last[0].startswith(f"{t.classes[true]}: p={numbers.percent(t.probs[-1, 0, true])}")
     strip = timelapse.timelapse_figure({"A": t}, animate=False)
     assert not strip.frames and "epoch 3" in strip.layout.title.text
     lines = timelapse.probability_figure(timelines)
@@ -387,7 +387,7 @@ def test_older_prediction_files_read_back_and_damaged_ones_are_refused(tmp_path)
 def test_the_timelapse_cache_key_changes_when_a_run_writes_a_new_epoch(tmp_path):
     import os
 
-    from cxrdemo.views import timelapse
+    from cxrdemo.views import numbers, timelapse
 
     d = tmp_path / "run"
     (d / "probes").mkdir(parents=True)

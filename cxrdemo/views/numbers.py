@@ -144,10 +144,14 @@ def d3(key: str) -> str:
     return f".{SCORE_DIGITS}f" if is_score(key) else f".{PERCENT_DIGITS}%"
 
 
+def _absent(v: object) -> bool:
+    return v is None or v is pd.NA or v is pd.NaT or (isinstance(v, float) and math.isnan(v))
+
+
 def cell(v: object, kind: str = "plain") -> str:
     """A table cell: kind 'percent' | 'points' | 'score' | 'count' | 'seconds' | 'plain' (text as it is); '—' for
     anything missing."""
-    if v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)):
+    if _absent(v):
         return MISSING
     if kind == "percent":
         return percent(v)
@@ -170,8 +174,8 @@ def shown_table(df: pd.DataFrame, kinds: dict[str, str]) -> pd.DataFrame:
         kind = kinds.get(col)
         if kind is not None:
             out[col] = [cell(v, kind) for v in out[col]]
-        elif out[col].dtype == object:
-            out[col] = [MISSING if v is None or (isinstance(v, float) and math.isnan(v)) else v for v in out[col]]
+        elif not pd.api.types.is_numeric_dtype(out[col]) and not pd.api.types.is_datetime64_any_dtype(out[col]):
+            out[col] = [MISSING if _absent(v) else v for v in out[col]]
     return out
 
 
