@@ -27,21 +27,22 @@ COLUMNS = {
     "freeze": st.column_config.TextColumn("Freeze level"),
     "epochs_run": st.column_config.NumberColumn("Epochs run"),
     "epochs_planned": st.column_config.NumberColumn("Epochs planned"),
-    "best_val_acc": st.column_config.NumberColumn("Best val acc", format="%.3f"),
+    # numbers are written by compare.styled_table (views/numbers: one precision per kind), not by a format here
+    "best_val_acc": st.column_config.NumberColumn("Best val acc"),
     "epochs_to_best": st.column_config.NumberColumn("Epoch of best val loss", help="How fast the run converged"),
-    **{c: st.column_config.NumberColumn(label, format="%.3f") for c, label in compare.TEST_METRIC_LABELS.items()},
-    "test_precision": st.column_config.NumberColumn("Test precision (macro)", format="%.3f"),
-    "total_params": st.column_config.NumberColumn("Total parameters", format="localized"),
+    **{c: st.column_config.NumberColumn(label) for c, label in compare.TEST_METRIC_LABELS.items()},
+    "test_precision": st.column_config.NumberColumn("Test precision (macro)"),
+    "total_params": st.column_config.NumberColumn("Total parameters"),
     "trainable_params": st.column_config.NumberColumn(
-        "Trainable parameters", format="localized",
+        "Trainable parameters",
         help="Parameters the optimiser updated in the last epoch run (gradual:T: see the note column)"),
-    "trainable_at_start": st.column_config.NumberColumn("Trainable in epoch 1", format="localized"),
+    "trainable_at_start": st.column_config.NumberColumn("Trainable in epoch 1"),
     "params_note": st.column_config.TextColumn("Parameter note"),
-    "sec_per_epoch": st.column_config.NumberColumn("Seconds per epoch", format="%.2f"),
+    "sec_per_epoch": st.column_config.NumberColumn("Seconds per epoch"),
     "arithmetic": st.column_config.TextColumn("Arithmetic", help="float32 or bfloat16 mixed precision and the memory layout, "
                                               "chosen by a short timed trial on this computer (its measured gain in "
                                               "brackets): compare seconds per epoch like with like"),
-    "started": st.column_config.DatetimeColumn("Started", format="YYYY-MM-DD HH:mm"),
+    "started": st.column_config.DatetimeColumn("Started"),
 }
 
 
@@ -219,7 +220,7 @@ with ui.friendly_errors("Reading the runs"):
     if not every:
         st.caption("Accuracy, AUROC, sensitivity (Sens.) and specificity (Spec.) on each run's test split; "
                    "*Show every column* adds precision, F1, parameters, timing and the dataset.")
-    st.dataframe(shown, hide_index=True, column_config=COLUMNS if every else compact_columns(), key="runs_table",
+    st.dataframe(compare.styled_table(shown), hide_index=True, column_config=COLUMNS if every else compact_columns(), key="runs_table",
                  column_order=None if every else compare.COMPACT_COLUMNS)
 
     options = shown.loc[shown["status"] != "damaged", "run_id"].tolist()

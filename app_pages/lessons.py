@@ -49,7 +49,7 @@ def show_result(lesson: lessons.Lesson, infos, where: str) -> None:
     with ui.friendly_errors("Showing the results"):
         result = lesson_results.lesson_result(lesson, infos)
         st.markdown(f"**Result.** {escape_markdown(result.headline)}")
-        st.dataframe(result.table, hide_index=True, key=f"table-{lesson.key}-{where}")
+        st.dataframe(result.shown_table(), hide_index=True, key=f"table-{lesson.key}-{where}")
         for i, fig in enumerate(result.figures):
             st.plotly_chart(fig, key=f"fig-{lesson.key}-{where}-{i}")
 

@@ -9,7 +9,7 @@ from cxrdemo import data
 from cxrdemo.model import backbones
 from cxrdemo.runs import jobs, ray_backend, slots
 from cxrdemo.runs.lifecycle import log_tail
-from cxrdemo.views import card, sweep_cost, words
+from cxrdemo.views import card, numbers, sweep_cost, words
 from cxrdemo.views import classroom as cls
 from cxrdemo.views import trainer as tv
 from cxrdemo.views import trainer_form as form
@@ -264,7 +264,7 @@ def jobs_panel() -> None:
                 for col, (key, label) in zip(cols, (("train_loss", "train loss"), ("val_loss", "val loss"),
                                                     ("train_acc", "train accuracy"), ("val_acc", "val accuracy"))):
                     value = row.latest.get(key)
-                    col.metric(label, "–" if value is None else (f"{value:.1%}" if "acc" in key else f"{value:.4f}"))
+                    col.metric(label, numbers.metric(key, value))
                 st.plotly_chart(card.card_figure(row.path), key=f"curve-{row.run_id}",
                                 config={"displayModeBar": False})
                 watch.probe_strip(row.run_id, row.path)

@@ -1,6 +1,6 @@
 """Compare-page sections for watching runs learn: seeds, the probe timelapse, the error gallery, paired intervals.
 
-Layout only: every number and figure comes from cxrdemo.views (seeds, timelapse, gallery) and model.paired.
+Layout only: every number and figure comes from cxrdemo.views (seeds, timelapse, gallery, checks) and model.paired.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import streamlit as st
 from cxrdemo.errors import RunError
 from cxrdemo.model import paired, predictions
 from cxrdemo.runs import store as runs
-from cxrdemo.views import gallery, seeds, timelapse, words
+from cxrdemo.views import checks, gallery, numbers, seeds, timelapse, words
 from cxrdemo.views.text import escape_markdown
 from app_pages import ui
 
@@ -94,7 +94,7 @@ def gallery_tab(info: runs.RunInfo) -> bool:
     for n, row in enumerate(rows.head(GALLERY_SHOWN).itertuples()):
         with cols[n % 4]:
             path = gallery.image_file(root, row.image, row.hash)
-            caption = escape_markdown(f"{row.image} · p({row.predicted_class}) = {row.p_predicted:.2f}")
+            caption = escape_markdown(f"{row.image} · p({row.predicted_class}) = {numbers.percent(row.p_predicted)}")
             if path is None:
                 st.caption(caption + " (image not on this machine)")
             elif show_maps:
@@ -125,7 +125,7 @@ def paired_section(infos: dict[str, runs.RunInfo], chosen_ids: list[str]) -> Non
         files = [infos[r].path / predictions.FILE for r in (a, b)]
         result = _compare(*(str(f) for f in files), *(f.stat().st_mtime_ns for f in files))
         for d in result.differences:
-            st.markdown("- " + paired.sentence(d, result.n, escape_markdown(name(a)), escape_markdown(name(b))))
+            st.markdown("- " + checks.difference_sentence(d, result.n, escape_markdown(name(a)), escape_markdown(name(b))))
         if result.unmatched:
             st.caption(f"{result.unmatched} test image(s) were seen by one run only and are left out.")
 

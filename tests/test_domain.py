@@ -11,9 +11,10 @@ import torch
 from cxrdemo.errors import RunError
 from cxrdemo.model import domain
 from cxrdemo.model.backbones import build_backbone
+from cxrdemo.views.checks import domain_sentence
 from cxrdemo.model.domain import (
     DomainRecord,
-    domain_sentence,
+    check_domain,
     fit_domain,
     in_domain,
     score_domain,
@@ -159,10 +160,11 @@ def test_in_domain_and_sentence():
     rec = fit_domain(x[:4353], y[:4353], x[:200])
     assert rec.n_train == 4000
     assert in_domain(rec, rec.cutoff) and not in_domain(rec, rec.cutoff * 1.01) and not in_domain(rec, float("nan"))
-    out = domain_sentence(rec, rec.cutoff + 1)
+    out = domain_sentence(check_domain(rec, rec.cutoff + 1))
     assert out.startswith("This image is unlike the 4,000 images this model learned from")
     assert "means little here" in out and "99.5% of validation images" in out
-    assert domain_sentence(rec, 0.0).startswith("This image resembles the 4,000 images")
+    assert domain.domain_sentence(rec, 0.0) == domain_sentence(check_domain(rec, 0.0))  # the alias assessment uses
+    assert domain_sentence(check_domain(rec, 0.0)).startswith("This image resembles the 4,000 images")
 
 
 @pytest.mark.parametrize("size", [32, 64])

@@ -42,10 +42,11 @@ def tiny_run(tmp_path_factory) -> Path:
 def test_a_run_card_states_its_own_numbers(tiny_run):
     text = model_card(tiny_run)
     tm = runs.read_test_metrics(tiny_run)
-    ci = metrics.bootstrap_ci(np.array(tm["y_true"]), np.array(tm["probs"]), tm["classes"], tm["threshold"])
-    acc_lo, acc_hi = ci["accuracy"]
-    assert f"{100 * tm['accuracy']:.1f}% ({100 * acc_lo:.1f}–{100 * acc_hi:.1f})" in text
-    assert f"{tm['auroc']:.3f} ({ci['auroc'][0]:.3f}–{ci['auroc'][1]:.3f})" in text
+    ci = metrics.metric_intervals(np.array(tm["y_true"]), np.array(tm["probs"]), tm["classes"], tm["threshold"])
+    acc = ci["accuracy"]
+    assert acc.method == "bootstrap" and acc.value == tm["accuracy"]  # 0 < accuracy < 1 on this tiny run
+    assert f"{100 * tm['accuracy']:.1f}% ({100 * acc.low:.1f}–{100 * acc.high:.1f}%)" in text
+    assert f"{tm['auroc']:.3f} ({ci['auroc'].low:.3f}–{ci['auroc'].high:.3f})" in text
     cal = tm["calibration"]
     assert f"{cal['ece_before']:.3f} ({cal['ece_before_ci'][0]:.3f}–{cal['ece_before_ci'][1]:.3f})" in text
     assert f"{cal['ece_after']:.3f}" in text

@@ -20,7 +20,7 @@ from cxrdemo.errors import RunError
 from cxrdemo.model import backbones, metrics
 from cxrdemo.runs import store as runs
 from cxrdemo.runs.worker import execute_run
-from cxrdemo.views import compare, plots, words
+from cxrdemo.views import compare, numbers, plots, words
 from tests.helpers import fake_status
 
 FOUR = ["COVID", "Lung_Opacity", "Normal", "Viral"]
@@ -179,12 +179,13 @@ def test_csv_export_round_trips(store):
     back = pd.read_csv(io.StringIO(compare.to_csv(table)))
     assert list(back.columns) == list(table.columns) and list(back["run_id"]) == list(table["run_id"])
     for col in ("test_accuracy", "test_auroc", "sec_per_epoch", "trainable_params", "best_val_acc"):
-        np.testing.assert_allclose(back[col].to_numpy(float), table[col].astype(float).to_numpy(), equal_nan=True)
+        np.testing.assert_allclose(back[col].to_numpy(float), table[col].astype(float).to_numpy(), equal_nan=True,
+                                   atol=5e-5, rtol=0)  # rounded to 4 decimals (numbers.CSV_DIGITS)
     curves = compare.curves_frame(list(infos.values()))
     assert len(curves) == 2 + 2 + 1 + 2  # done, grad, running, four; failed and damaged have none
     back = pd.read_csv(io.StringIO(compare.to_csv(curves)))
     mine = back[back["run_id"] == s["done"]]
-    np.testing.assert_allclose(mine["val_loss"], runs.read_metrics(infos[s["done"]].path)["val_loss"])
+    np.testing.assert_allclose(mine["val_loss"], runs.read_metrics(infos[s["done"]].path)["val_loss"], atol=5e-5, rtol=0)
 
 
 # ---------------------------------------------------------------- figures
@@ -205,7 +206,7 @@ def test_curves_one_colour_per_run_train_solid_val_dashed(store, metric):
         np.testing.assert_allclose(tr.y, m[train_col])
         np.testing.assert_allclose(va.y, m[val_col])
         np.testing.assert_array_equal(tr.x, m["epoch"])
-        assert "%{customdata:.4f}" in tr.hovertemplate
+        assert f"%{{customdata:{numbers.d3(train_col)}}}" in tr.hovertemplate  # as views/numbers writes it
     assert len({t.line.color for t in fig.data}) == 3
     assert len(fig.data[2].y) == 1  # the running run shows its one finished epoch
 

@@ -8,6 +8,7 @@ import torch
 from scipy import ndimage
 
 from cxrdemo.diagnosis import sanity
+from cxrdemo.views.checks import sanity_sentence
 from cxrdemo.errors import ConfigError
 
 
@@ -31,7 +32,7 @@ def test_randomising_the_model_changes_its_gradcam_map(patch_model, make_patch_i
     # (the patch model learnt only its head: its trunk is random already, yet each new draw of it moves the map)
     assert rs[0] < 0.9 and max(rs[1:]) < 0.3 and check.final_spearman < sanity.SIMILAR, rs
     assert min(s.ssim for s in check.steps) < 0.5
-    assert not check.explains_the_image and "changes the GradCAM map" in check.sentence
+    assert not check.explains_the_image and "changes the GradCAM map" in sanity_sentence(check)
     assert check.original.shape == check.steps[0].cam.shape == (sanity.STRIP_SIZE, sanity.STRIP_SIZE)
 
 
@@ -39,7 +40,7 @@ def test_a_map_that_ignores_the_model_does_not_change(patch_model, make_patch_im
     check = sanity.cascading_randomisation(patch_model, _image(make_patch_image), edge_detector, target_class=1)
     assert check.method == "edge_detector" and len(check.steps) == 5
     assert all(s.spearman > 0.999 and s.ssim > 0.999 for s in check.steps)
-    assert check.explains_the_image and "explaining the image, not the model" in check.sentence
+    assert check.explains_the_image and "explaining the image, not the model" in sanity_sentence(check)
     assert check.to_dict()["steps"][0]["randomised"] == "head"
 
 

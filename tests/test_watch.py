@@ -120,6 +120,7 @@ def _scores(y, noise, rng):
 
 def test_paired_interval_covers_a_planted_difference():
     from cxrdemo.model import paired
+    from cxrdemo.views.checks import difference_sentence
 
     rng = np.random.default_rng(0)
     y = np.array([0, 1] * 150)
@@ -131,11 +132,12 @@ def test_paired_interval_covers_a_planted_difference():
     assert auc.low < auc.delta < auc.high and auc.low > 0  # B is clearly better: the interval excludes 0
     assert acc.delta == pytest.approx(np.mean(b.y_pred == y) - np.mean(a.y_pred == y))
     assert acc.low < acc.delta < acc.high
-    assert "higher" in paired.sentence(auc, result.n) and "unlikely to be chance" in paired.sentence(auc, result.n)
+    assert "higher" in difference_sentence(auc, result.n) and "unlikely to be chance" in difference_sentence(auc, result.n)
 
 
 def test_paired_identical_runs_differ_by_zero():
     from cxrdemo.model import paired
+    from cxrdemo.views.checks import difference_sentence
 
     rng = np.random.default_rng(1)
     y = np.array([0, 1] * 20)
@@ -143,11 +145,12 @@ def test_paired_identical_runs_differ_by_zero():
     result = paired.compare(a, a, n_resamples=200)
     for d in result.differences:
         assert d.delta == 0 and d.low == 0 and d.high == 0 and d.could_be_chance
-    assert "the same as" in paired.sentence(result.differences[0], 40)
+    assert "the same as" in difference_sentence(result.differences[0], 40)
 
 
 def test_paired_small_difference_could_be_chance_and_matching():
     from cxrdemo.model import paired
+    from cxrdemo.views.checks import difference_sentence
 
     rng = np.random.default_rng(2)
     y = np.array([0, 1] * 37)
@@ -161,7 +164,7 @@ def test_paired_small_difference_could_be_chance_and_matching():
     result = paired.compare(_preds(y, pa, names), b, n_resamples=500)
     assert result.n == 74 and result.unmatched == 2
     auc = result.differences[0]
-    assert auc.could_be_chance and "on these 74 images the difference could be chance" in paired.sentence(auc, 74)
+    assert auc.could_be_chance and "on these 74 images the difference could be chance" in difference_sentence(auc, 74)
 
 
 def _sk_auc(y, s):
@@ -181,7 +184,7 @@ def test_cli_compare(ds, capsys, store):
 
 
 def test_timelapse_figure_has_one_frame_per_epoch(ds):
-    from cxrdemo.views import timelapse
+    from cxrdemo.views import numbers, timelapse
 
     a, b = _train(ds, epochs=3, seed=1), _train(ds, epochs=2, seed=2)
     timelines = timelapse.read_timelines({"A": a, "B": b, "none": a.parent / "missing"})
@@ -193,7 +196,7 @@ def test_timelapse_figure_has_one_frame_per_epoch(ds):
     t = timelines["A"]
     last = [a.text for a in fig.frames[-1].layout.annotations if "p=" in a.text]
     true = t.labels[0]
-    assert last[0].startswith(f"{t.classes[true]}: p={t.probs[-1, 0, true]:.2f}")
+    assert last[0].startswith(f"{t.classes[true]}: p={numbers.percent(t.probs[-1, 0, true])}")
     strip = timelapse.timelapse_figure({"A": t}, animate=False)
     assert not strip.frames and "epoch 3" in strip.layout.title.text
     lines = timelapse.probability_figure(timelines)
@@ -383,7 +386,7 @@ def test_older_prediction_files_read_back_and_damaged_ones_are_refused(tmp_path)
 def test_the_timelapse_cache_key_changes_when_a_run_writes_a_new_epoch(tmp_path):
     import os
 
-    from cxrdemo.views import timelapse
+    from cxrdemo.views import numbers, timelapse
 
     d = tmp_path / "run"
     (d / "probes").mkdir(parents=True)

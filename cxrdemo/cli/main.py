@@ -107,8 +107,10 @@ def cmd_compare(args) -> int:
                                                   if result.unmatched else ""))
     for d in result.differences:
         print(f"{d.metric:9} A {d.a:.4f}  B {d.b:.4f}  B-A {d.delta:+.4f}  95% interval {d.low:+.4f} to {d.high:+.4f}")
+    from cxrdemo.views.checks import difference_sentence
+
     for d in result.differences:
-        print(paired.sentence(d, result.n))
+        print(difference_sentence(d, result.n))
     return 0
 
 

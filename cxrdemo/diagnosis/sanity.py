@@ -84,21 +84,17 @@ class SanityCheck:
 
     @property
     def sentence(self) -> str:
-        """One sentence for the page."""
-        r = self.final_spearman
-        if self.explains_the_image:
-            return (f"With every layer re-initialised the {self.method} map still has rank correlation {r:.2f} "
-                    "with the original: a method whose map barely changes when the model is destroyed is "
-                    "explaining the image, not the model.")
-        return (f"Re-initialising the layers from the head down changes the {self.method} map (rank correlation "
-                f"{r:.2f} once every layer is random): it depends on what the model learnt; a method whose map "
-                "barely changed when the model is destroyed would be explaining the image, not the model.")
+        """Compatibility alias for app_pages/diagnosis.py until it calls views.checks.sanity_sentence (issue 27)."""
+        from cxrdemo.views.checks import sanity_sentence
+
+        return sanity_sentence(self)
 
     def to_dict(self, maps: bool = False) -> dict:
         """Numbers (and with maps=True the thumbnails as nested lists) for JSON."""
         rows = [{"randomised": s.randomised, "spearman": s.spearman, "ssim": s.ssim,
                  **({"cam": np.round(s.cam, 3).tolist()} if maps else {})} for s in self.steps]
-        return {"method": self.method, "target": self.target, "steps": rows, "sentence": self.sentence}
+        return {"method": self.method, "target": self.target, "steps": rows, "final_spearman": self.final_spearman,
+                "explains_the_image": self.explains_the_image}
 
 
 def _method_cam(method: str) -> CamFn:

@@ -159,14 +159,28 @@ def in_domain(record: DomainRecord, score: float) -> bool:
     return bool(np.isfinite(score) and score <= record.cutoff)
 
 
+@dataclass(frozen=True)
+class DomainCheck:
+    """One image's in-domain reading: its distance, the cut-off, and what the cut-off was chosen on."""
+
+    score: float  # distance to the nearest class mean of the training features
+    cutoff: float
+    quantile: float  # share of validation images under the cut-off
+    n_train: int  # training images the description was fitted on
+    inside: bool
+
+
+def check_domain(record: DomainRecord, score: float) -> DomainCheck:
+    """The reading of one image's score against the record (views/checks.domain_sentence words it)."""
+    return DomainCheck(float(score), float(record.cutoff), float(record.quantile), int(record.n_train),
+                       in_domain(record, score))
+
+
 def domain_sentence(record: DomainRecord, score: float) -> str:
-    """What a clinician reads beside the prediction."""
-    if in_domain(record, score):
-        return (f"This image resembles the {record.n_train:,} images this model learned from "
-                f"(distance {score:.1f}, cut-off {record.cutoff:.1f}).")
-    return (f"This image is unlike the {record.n_train:,} images this model learned from - an adult film, another "
-            f"body part or not an X-ray? Its prediction means little here (distance {score:.1f}, above the "
-            f"cut-off of {record.cutoff:.1f} that {100 * record.quantile:g}% of validation images stay under).")
+    """Compatibility alias for diagnosis/assessment.py until it stops wording (issue 27): the words live in views."""
+    from cxrdemo.views.checks import domain_sentence as words
+
+    return words(check_domain(record, score))
 
 
 def record_bytes(record: DomainRecord) -> int:

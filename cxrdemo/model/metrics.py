@@ -5,11 +5,16 @@ scikit-learn computes the metrics and SciPy the bootstrap percentiles: well-kept
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import sklearn.metrics as skm
 from scipy import stats
 
 from cxrdemo.config import DecisionRule
+
+N_BOOT = 2000  # bootstrap resamples of the images behind every metric interval (model card, lessons)
+INTERVAL_KEYS = ("accuracy", "sensitivity", "specificity", "auroc")
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
@@ -199,3 +204,76 @@ def _resampled_auroc(positive: np.ndarray, score: np.ndarray, idx: np.ndarray) -
     rank_sum = np.where(positive, stats.rankdata(drawn, axis=1), 0.0).sum(1)
     auc = (rank_sum - n_pos * (n_pos + 1) / 2) / np.maximum(n_pos * n_neg, 1)
     return np.where((n_pos > 0) & (n_neg > 0) & finite[idx].all(1), auc, np.nan)
+
+
+# ---------------------------------------------------------------- a metric with its interval
+
+@dataclass(frozen=True)
+class Estimate:
+    """A metric on a set of images with its 95% interval; a proportion also carries the count it is made of.
+
+    method is "bootstrap" (percentile interval, images resampled) or "exact" (Clopper-Pearson on k of n: used where
+    the bootstrap cannot speak, a proportion of 0 or 1 or a collapsed interval)."""
+
+    key: str
+    value: float
+    low: float
+    high: float
+    method: str
+    k: int | None = None  # images counted (proportions only): right, or positives found, or normals called normal
+    n: int | None = None  # images the proportion is of
+
+    @property
+    def exact(self) -> bool:
+        """True when the interval is Clopper-Pearson's on the count, not the bootstrap's."""
+        return self.method == "exact"
+
+
+def exact_interval(k: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Clopper-Pearson interval of a proportion k/n (scipy's exact binomial); (nan, nan) when n is 0."""
+    if n <= 0:
+        return float("nan"), float("nan")
+    ci = stats.binomtest(int(k), int(n)).proportion_ci(confidence_level=confidence, method="exact")
+    return float(ci.low), float(ci.high)
+
+
+def proportion_counts(confusion: list | np.ndarray) -> dict[str, tuple[int, int]]:
+    """(k, n) behind each proportion metric of a confusion matrix: accuracy, and for two classes sens/spec."""
+    cm = np.asarray(confusion, dtype=np.int64)
+    out = {"accuracy": (int(np.trace(cm)), int(cm.sum())), "micro_recall": (int(np.trace(cm)), int(cm.sum()))}
+    if cm.shape == (2, 2):
+        out["sensitivity"] = (int(cm[1, 1]), int(cm[1].sum()))
+        out["specificity"] = (int(cm[0, 0]), int(cm[0].sum()))
+    return out
+
+
+def metric_intervals(y_true: np.ndarray, probs: np.ndarray, classes, threshold: float | None = None,
+                     keys=INTERVAL_KEYS, n_boot: int = N_BOOT, seed: int = 0) -> dict[str, Estimate]:
+    """Each metric of `keys` with its 95% interval: the one computation behind every interval the app shows
+    (bootstrap percentiles, exact where the bootstrap cannot speak: see `estimates`)."""
+    y_true, probs = np.asarray(y_true, dtype=np.int64), np.asarray(probs, dtype=np.float64)
+    if not len(y_true):
+        return {}
+    m = classification_metrics(y_true, probs, classes, threshold)
+    boot = bootstrap_ci(y_true, probs, classes, threshold, keys=keys, n_boot=n_boot, seed=seed)
+    return estimates({k: m.get(k) for k in keys}, boot, m["confusion"])
+
+
+def estimates(values: dict, bounds: dict, confusion=None) -> dict[str, Estimate]:
+    """Metric values and their bootstrap bounds (as stored in test or evaluation files) as Estimates.
+
+    A proportion of 0 or 1, or a bootstrap interval collapsed to a point (resampling cannot vary the answer: every
+    resample of 120 normals all called normal says 100%), gets the exact binomial interval of its count instead,
+    when the confusion matrix gives the count."""
+    counts = proportion_counts(confusion) if confusion is not None and len(confusion) else {}
+    out = {}
+    for key, value in values.items():
+        if not isinstance(value, (int, float)) or np.isnan(value):
+            continue
+        k, n = counts.get(key, (None, None))
+        lo, hi = (list(bounds.get(key) or []) + [float("nan")] * 2)[:2]
+        if n and (k in (0, n) or not lo < hi):
+            out[key] = Estimate(key, float(value), *exact_interval(k, n), "exact", k, n)
+        else:
+            out[key] = Estimate(key, float(value), float(lo), float(hi), "bootstrap", k, n)
+    return out

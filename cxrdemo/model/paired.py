@@ -13,6 +13,7 @@ import numpy as np
 from scipy import stats
 
 from cxrdemo.errors import RunError
+from cxrdemo.model.metrics import N_BOOT
 from cxrdemo.model.predictions import Predictions
 
 
@@ -104,19 +105,28 @@ def compare(a: Predictions, b: Predictions, n_resamples: int = 2000, seed: int =
     return Comparison(len(y), unmatched, tuple(out))
 
 
-_LABEL = {"auroc": "AUROC", "accuracy": "accuracy"}
+# ---------------------------------------------------------------- accuracy gaps of the lessons
+
+def paired_gap(a: np.ndarray, b: np.ndarray, seed: int = 0) -> tuple[float, float, float]:
+    """Accuracy of A minus accuracy of B on the same images, with a 95% paired bootstrap interval."""
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(a), (N_BOOT, len(a)))
+    lo, hi = np.percentile(a[idx].mean(1) - b[idx].mean(1), [2.5, 97.5])
+    return float(a.mean() - b.mean()), float(lo), float(hi)
 
 
-def sentence(d: Difference, n: int, a: str = "A", b: str = "B") -> str:
-    """One plain sentence: how much B differs from A, its interval, and whether that could be chance."""
-    scale, unit, digits = (100.0, " points", 1) if d.metric == "accuracy" else (1.0, "", 3)
+def leakage_gap(pairs: list[tuple[float, int, np.ndarray]], seed: int = 0) -> tuple[float, float, float]:
+    """Mean (validation accuracy - accuracy on unseen patients) over runs, with a 95% bootstrap interval.
 
-    def f(v: float) -> str:
-        return f"{v * scale:.{digits}f}".replace("-", "\u2212")
-
-    if abs(d.delta) < 0.5 * 10 ** -digits / scale:
-        head = f"{b}'s {_LABEL[d.metric]} is the same as {a}'s"
-    else:
-        head = f"{b}'s {_LABEL[d.metric]} is {f(abs(d.delta))}{unit} {'higher' if d.delta > 0 else 'lower'}"
-    verdict = "the difference could be chance" if d.could_be_chance else "the difference is unlikely to be chance"
-    return f"{head}, 95% interval {f(d.low)} to {f(d.high)}{unit}: on these {n} images {verdict}."
+    pairs: (validation accuracy, validation images, per-image correctness on the test). Validation is
+    resampled as binomial draws (its per-image results are not stored), the test images with replacement.
+    """
+    rng = np.random.default_rng(seed)
+    point = float(np.mean([v - c.mean() for v, _, c in pairs]))
+    draws = np.zeros(N_BOOT)
+    for v, n, c in pairs:
+        val = rng.binomial(n, v, N_BOOT) / max(1, n)
+        test = c[rng.integers(0, len(c), (N_BOOT, len(c)))].mean(1)
+        draws += (val - test) / len(pairs)
+    lo, hi = np.percentile(draws, [2.5, 97.5])
+    return point, float(lo), float(hi)

@@ -37,16 +37,6 @@ def wall_seconds(info: runs.RunInfo) -> float | None:
     return seconds if seconds >= 0 else None
 
 
-def machine_words(infos: list[runs.RunInfo]) -> str:
-    """The processor and thread count the runs were made with, in words ('' when not recorded)."""
-    for info in infos:
-        cpu = str((info.meta.get("speed_trial") or {}).get("device_model") or "")
-        threads = info.meta.get("threads")
-        if cpu:
-            return f"{cpu}, {threads} threads" if threads else cpu
-    return ""
-
-
 def copy_as_example(d: Path, examples_dir: Path | None = None) -> Path:
     """Copy a finished run's small files into the examples folder, without weights or paths of this machine."""
     out = Path(examples_dir or EXAMPLES_RUNS_DIR) / d.name

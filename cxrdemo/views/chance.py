@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import math
 
+from cxrdemo.views import numbers
+
 
 def _auroc_interval(test: dict) -> tuple[float, float] | None:
     """The recorded 95% AUROC interval, else Hanley & McNeil's (1982) normal interval from the class counts."""
@@ -52,6 +54,6 @@ def chance_sentence(test: dict | None) -> str | None:
         return f"predicts {only} for every test image: no better than chance"
     interval = _auroc_interval(test)
     if interval and interval[0] <= 0.5 <= interval[1]:
-        return (f"test AUROC {float(test['auroc']):.2f} (95% interval {interval[0]:.2f}–{interval[1]:.2f}) "
+        return (f"test AUROC {numbers.with_interval('auroc', float(test['auroc']), interval)} "
                 "includes 0.5: no better than chance")
     return None

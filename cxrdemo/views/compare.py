@@ -14,7 +14,7 @@ from cxrdemo.data.scan import dataset_name, relative_path
 from cxrdemo.errors import CxrError, RunError
 from cxrdemo.model import backbones
 from cxrdemo.runs import store as runs
-from cxrdemo.views import words
+from cxrdemo.views import numbers, words
 from cxrdemo.views.chance import chance_sentence
 from cxrdemo.views.text import safe_csv_cell
 
@@ -232,8 +232,26 @@ def curves_frame(infos: list[runs.RunInfo]) -> pd.DataFrame:
     return df[["run_id", *runs.METRIC_COLUMNS]]
 
 
+# How the runs table writes each numeric column (numbers.cell): one precision per kind, as everywhere else.
+COLUMN_KINDS = {"best_val_acc": "percent", **{c: "score" if numbers.is_score(c) else "percent" for c in TEST_COLUMNS},
+                **{c: "count" for c in ("epochs_run", "epochs_planned", "epochs_to_best", "total_params",
+                                        "trainable_params", "trainable_at_start", "n_classes")},
+                "sec_per_epoch": "seconds"}
+
+
+def styled_table(df: pd.DataFrame):
+    """The runs table for the eye (a pandas Styler: the numbers stay numbers, so columns still sort by value):
+    shares as percentages, AUROC as a score, '—' where a run has no value, never 'None'."""
+    fmt = {c: (lambda v, k=k: numbers.cell(v, k)) for c, k in COLUMN_KINDS.items() if c in df.columns}
+    if "started" in df.columns:
+        fmt["started"] = lambda t: t.strftime("%Y-%m-%d %H:%M")
+    return df.style.format(fmt, na_rep=numbers.MISSING)
+
+
 def to_csv(df: pd.DataFrame) -> str:
-    """CSV text of a table (no index; ISO timestamps) for a download button; no cell runs as a spreadsheet formula."""
+    """CSV text of a table (no index; ISO timestamps; floats rounded to numbers.CSV_DIGITS decimals, so 0.7 reads
+    0.7, not 0.6999999999999999) for a download button; no cell runs as a spreadsheet formula."""
+    df = numbers.rounded(df)
     text_cols = [c for c in df.columns if pd.api.types.is_object_dtype(df[c]) or pd.api.types.is_string_dtype(df[c])]
     df = df.assign(**{c: df[c].map(safe_csv_cell) for c in text_cols}) if text_cols else df
     buf = io.StringIO()
@@ -302,15 +320,19 @@ def coverage_rows(test: dict) -> list[dict]:
     rows = []
     for c in test.get("coverage") or []:
         if not c.get("ok"):
-            rows.append({"promised": f"{c['level']:.0%}", "reached": "—", "note": c.get("reason", "")})
+            rows.append({"promised": numbers.level(c["level"]), "reached": numbers.MISSING,
+                         "note": c.get("reason", "")})
             continue
-        row = {"promised": f"{c['level']:.0%}", "reached": f"{c['conformal_coverage']:.1%}",
-               "reached by the sets shown": f"{c['coverage']:.1%}", "mean set size": round(c["mean_size"], 3),
-               "answers 'both'": f"{c['share_both']:.1%}", "images": c["n"]}
+        row = {"promised": numbers.level(c["level"]), "reached": numbers.percent(c["conformal_coverage"]),
+               "reached by the sets shown": numbers.percent(c["coverage"]),
+               "mean set size": round(c["mean_size"], 3), "answers 'both'": numbers.percent(c["share_both"]),
+               "images": numbers.cell(c["n"], "count")}
         if c.get("share_flagged") is not None:  # older runs did not record it
-            row["unlike training (so 'both')"] = f"{c['share_flagged']:.1%}"
+            row["unlike training (so 'both')"] = numbers.percent(c["share_flagged"])
         rows.append(row)
-    return rows
+    # every row has every column (a missing key is a 'None' cell on the page)
+    columns = list(dict.fromkeys(k for r in rows for k in r))
+    return [{k: r.get(k, numbers.MISSING) for k in columns} for r in rows]
 
 
 def broken_promises(test: dict, slack: float = 0.0) -> list[str]:
@@ -318,8 +340,9 @@ def broken_promises(test: dict, slack: float = 0.0) -> list[str]:
     out = []
     for c in test.get("coverage") or []:
         if c.get("ok") and c["conformal_coverage"] < c["level"] - slack:
-            out.append(f"At {c['level']:.0%} the sets promised to hold the true class for at least {c['level']:.0%} "
+            level = numbers.level(c["level"])
+            out.append(f"At {level} the sets promised to hold the true class for at least {level} "
                        f"of images like the validation images; on this test split they held it for "
-                       f"{c['conformal_coverage']:.1%}. The promise holds only for images drawn like the validation "
+                       f"{numbers.percent(c['conformal_coverage'])}. The promise holds only for images drawn like the validation "
                        "split: these differ.")
     return out

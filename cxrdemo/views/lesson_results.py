@@ -13,13 +13,12 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
+from cxrdemo.model import metrics
 from cxrdemo.model.metrics import predict_labels
+from cxrdemo.model.paired import leakage_gap, paired_gap  # noqa: F401 (the lessons' gaps; tests reach them here)
 from cxrdemo.runs import store as runs
-from cxrdemo.views import plots
+from cxrdemo.views import numbers, plots
 from cxrdemo.views.lessons import Lesson, lesson_runs, recipes
-
-BOOTSTRAP = 2000
-
 
 @dataclass
 class LessonResult:
@@ -30,6 +29,26 @@ class LessonResult:
     figures: list[go.Figure] = field(default_factory=list)
     # Hook: the probe timelapse / error gallery of chosen runs, once runs write them (watch-it-learn issue).
     gallery_runs: list[str] = field(default_factory=list)
+
+    def shown_table(self) -> pd.DataFrame:
+        """The table as the page shows it: every column in one precision for its kind, '—' where a run has none."""
+        return numbers.shown_table(self.table, {c: column_kind(c) for c in self.table.columns})
+
+
+def column_kind(column: str) -> str:
+    """How a lesson table's column is written (numbers.cell): shares as percentages, gaps in points, AUROC as a
+    score, images, epochs and parameters as counts, seconds with one decimal."""
+    if "AUROC" in column:
+        return "score"
+    if "gap" in column:
+        return "points"
+    if column in ("training images", "validation images", "epochs to best", "trainable parameters"):
+        return "count"
+    if "seconds" in column:
+        return "seconds"
+    if any(w in column for w in ("accuracy", "micro-recall", "interval", "called")):
+        return "percent"
+    return "plain"
 
 
 def _test(info: runs.RunInfo) -> dict:
@@ -51,30 +70,18 @@ def _base_rows(lesson: Lesson, infos: list[runs.RunInfo]) -> list[tuple[str, str
             for r in recipes(lesson)]
 
 
-def _fmt(v: float) -> str:
-    return "—" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.1%}"
-
-
 def _correct(test: dict, probs_key: str | None = None) -> np.ndarray:
     """Per test image: did the run's decision rule get it right (`probs_key`: the marked copies' results)."""
     probs = (test.get(probs_key) or {}).get("probs") if probs_key else test.get("probs")
     return predict_labels(np.asarray(probs), test.get("threshold")) == np.asarray(test["y_true"])
 
 
-def accuracy_interval(correct: np.ndarray, seed: int = 0) -> tuple[float, float]:
-    """95% bootstrap interval of an accuracy from per-image correctness (images resampled with replacement)."""
-    rng = np.random.default_rng(seed)
-    draws = correct[rng.integers(0, len(correct), (BOOTSTRAP, len(correct)))].mean(1)
-    lo, hi = np.percentile(draws, [2.5, 97.5])
-    return float(lo), float(hi)
-
-
-def paired_gap(a: np.ndarray, b: np.ndarray, seed: int = 0) -> tuple[float, float, float]:
-    """Accuracy of A minus accuracy of B on the same images, with a 95% paired bootstrap interval."""
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(a), (BOOTSTRAP, len(a)))
-    lo, hi = np.percentile(a[idx].mean(1) - b[idx].mean(1), [2.5, 97.5])
-    return float(a.mean() - b.mean()), float(lo), float(hi)
+def accuracy_estimate(test: dict) -> metrics.Estimate:
+    """The test accuracy with its 95% interval, computed as the model card computes it (metrics.metric_intervals)."""
+    probs = np.asarray(test["probs"], dtype=np.float64)
+    classes = test.get("classes") or list(range(probs.shape[1]))
+    return metrics.metric_intervals(test["y_true"], probs, classes, test.get("threshold"), keys=("accuracy",))[
+        "accuracy"]
 
 
 def verdict(lo: float, hi: float) -> str:
@@ -84,16 +91,15 @@ def verdict(lo: float, hi: float) -> str:
     return "not significant: the interval includes zero, so these test images cannot show a difference"
 
 
-def _pts(v: float) -> str:
-    return f"{v * 100:+.1f} points"
-
-
 def _interval(lo: float, hi: float) -> str:
-    return f"95% interval {lo * 100:+.1f} to {hi * 100:+.1f}"
+    return numbers.difference_interval("accuracy", lo, hi)
 
 
-def _interval_abs(lo: float, hi: float) -> str:
-    return f"95% interval {lo:.1%} to {hi:.1%}"
+def _estimate_words(e: metrics.Estimate, test: dict) -> str:
+    """'95% interval 66.0–83.0%', or the count in words where the share is 0 or 1 (numbers.estimate)."""
+    if e.exact:
+        return numbers.estimate(e, test.get("classes") or ())
+    return f"95% interval {numbers.interval(e.key, e.low, e.high)}"
 
 
 def _has_probs(test: dict) -> bool:
@@ -109,7 +115,8 @@ def transfer_result(lesson: Lesson, infos: list[runs.RunInfo]) -> LessonResult:
         lo = hi = math.nan
         if _has_probs(test):
             correct[key] = _correct(test)
-            lo, hi = accuracy_interval(correct[key])
+            found = accuracy_estimate(test)
+            lo, hi = found.low, found.high
         rows.append({"recipe": label, "start": key.rsplit("-", 1)[0], "share": key.rsplit("-", 1)[1],
                      "training images": _n_train(info) if info else math.nan,
                      "test accuracy": test.get("accuracy", math.nan), "95% interval low": lo,
@@ -131,7 +138,7 @@ def transfer_result(lesson: Lesson, infos: list[runs.RunInfo]) -> LessonResult:
         if a is None or b is None or len(a) != len(b):
             continue  # paired by test image: both runs are tested on the lesson's fixed test split
         gain, lo, hi = paired_gap(a, b)
-        lines.append(f"{share}% of the training images: {_pts(gain)} ({_interval(lo, hi)}; {verdict(lo, hi)}).")
+        lines.append(f"{share}% of the training images: {numbers.points(gain)} ({_interval(lo, hi)}; {verdict(lo, hi)}).")
     headline = ("Starting from the demo model instead of from scratch changes test accuracy by: " + " ".join(lines)
                 if lines else "The runs from scratch and from the demo model have not both finished yet.")
     done = [i for _, _, i, t in _base_rows(lesson, infos) if i is not None and t]
@@ -162,13 +169,13 @@ def freeze_result(lesson: Lesson, infos: list[runs.RunInfo]) -> LessonResult:
     if len(best):
         b = best.iloc[0]
         test = _test(found[b["key"]])
-        where = f" ({_interval_abs(*accuracy_interval(_correct(test)))})" if _has_probs(test) else ""
-        lines.append(f"Best test micro-recall: {b['recipe']}, {b['test micro-recall']:.1%}{where}, with "
+        where = f" ({_estimate_words(accuracy_estimate(test), test)})" if _has_probs(test) else ""
+        lines.append(f"Best test micro-recall: {b['recipe']}, {numbers.percent(b['test micro-recall'])}{where}, with "
                      f"{int(b['trainable parameters']):,} trainable parameters.")
     full, head = (_test(found[k]) if k in found else {} for k in ("cnn5-none", "cnn5-head"))
     if _has_probs(full) and _has_probs(head) and len(full["y_true"]) == len(head["y_true"]):
         gap, lo, hi = paired_gap(_correct(head), _correct(full))
-        lines.append(f"Training only the head instead of every layer changes micro-recall by {_pts(gap)} "
+        lines.append(f"Training only the head instead of every layer changes micro-recall by {numbers.points(gap)} "
                      f"({_interval(lo, hi)}; {verdict(lo, hi)}).")
     return LessonResult(" ".join(lines) or "No freeze level has finished yet.", df.drop(columns="key"), [fig])
 
@@ -208,13 +215,13 @@ def shortcut_result(lesson: Lesson, infos: list[runs.RunInfo]) -> LessonResult:
     last = df.iloc[-1]
     gap = last["clean accuracy"] - last["marked accuracy"]
     shift = calls.get(last["recipe"])
-    headline = (f"The model trained with the marker on every VIRUS image: clean {_fmt(last['clean accuracy'])}, "
-                f"marked {_fmt(last['marked accuracy'])} (gap {_pts(gap)}"
+    headline = (f"The model trained with the marker on every VIRUS image: clean {numbers.percent(last['clean accuracy'])}, "
+                f"marked {numbers.percent(last['marked accuracy'])} (gap {numbers.points(gap)}"
                 + (f", {_interval(*gaps[last['recipe']][1:])}; {verdict(*gaps[last['recipe']][1:])}"
                    if last["recipe"] in gaps else "")
-                + f"); it calls {_fmt(last['called VIRUS (marked)'])} of marked images VIRUS"
-                + (f" and {_fmt(last['called VIRUS (clean)'])} of the same images without the tag "
-                   f"({_pts(shift[0])}, {_interval(*shift[1:])}; {verdict(*shift[1:])})" if shift else "")
+                + f"); it calls {numbers.percent(last['called VIRUS (marked)'])} of marked images VIRUS"
+                + (f" and {numbers.percent(last['called VIRUS (clean)'])} of the same images without the tag "
+                   f"({numbers.points(shift[0])}, {_interval(*shift[1:])}; {verdict(*shift[1:])})" if shift else "")
                 + ". Accuracy alone can hide a shortcut on a balanced test: watch what it calls the images."
                 if not math.isnan(gap) else "The marked runs have not finished yet.")
     return LessonResult(headline, df, [fig], gallery_runs=[r for r in df["run"] if r])
@@ -227,23 +234,6 @@ def _val_at_best(info: runs.RunInfo, test: dict) -> tuple[float, int]:
     best = m[m["epoch"] == test.get("best_epoch")]
     n_val = int(((info.meta.get("dataset") or {}).get("totals") or {}).get("val", 0))
     return (float(best["val_acc"].iloc[0]) if len(best) else math.nan), n_val
-
-
-def leakage_gap(pairs: list[tuple[float, int, np.ndarray]], seed: int = 0) -> tuple[float, float, float]:
-    """Mean (validation accuracy - accuracy on unseen patients) over runs, with a 95% bootstrap interval.
-
-    pairs: (validation accuracy, validation images, per-image correctness on the test). Validation is
-    resampled as binomial draws (its per-image results are not stored), the test images with replacement.
-    """
-    rng = np.random.default_rng(seed)
-    point = float(np.mean([v - c.mean() for v, _, c in pairs]))
-    draws = np.zeros(BOOTSTRAP)
-    for v, n, c in pairs:
-        val = rng.binomial(n, v, BOOTSTRAP) / max(1, n)
-        test = c[rng.integers(0, len(c), (BOOTSTRAP, len(c)))].mean(1)
-        draws += (val - test) / len(pairs)
-    lo, hi = np.percentile(draws, [2.5, 97.5])
-    return point, float(lo), float(hi)
 
 
 def leakage_result(lesson: Lesson, infos: list[runs.RunInfo]) -> LessonResult:
@@ -263,8 +253,8 @@ def leakage_result(lesson: Lesson, infos: list[runs.RunInfo]) -> LessonResult:
             gap, lo, hi = leakage_gap(found)
             said = ("clearly above zero" if lo > 0 else "below zero" if hi < 0 else
                     "not significant: the interval includes zero, so this small set cannot show a gap")
-            lines.append(f"Split by {split}: validation overstates unseen-patient accuracy by {gap:+.1%} "
-                         f"(95% interval {lo:+.1%} to {hi:+.1%}; {said}).")
+            lines.append(f"Split by {split}: validation overstates unseen-patient accuracy by "
+                         f"{numbers.points(gap)} ({_interval(lo, hi)}; {said}).")
     fig = go.Figure([go.Bar(name=col, x=df["recipe"], y=df[col])
                      for col in ("validation accuracy (reported)", "accuracy on unseen patients")])
     fig.update_layout(barmode="group", title="What validation reports vs unseen patients", yaxis_range=[0, 1.02],

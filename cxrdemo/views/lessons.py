@@ -55,6 +55,16 @@ class Lesson:
         return f"{TAG_PREFIX}{self.key}"
 
 
+def machine_words(infos: list[runs.RunInfo]) -> str:
+    """The processor and thread count the runs were made with, in words ('' when not recorded)."""
+    for info in infos:
+        cpu = str((info.meta.get("speed_trial") or {}).get("device_model") or "")
+        threads = info.meta.get("threads")
+        if cpu:
+            return f"{cpu}, {threads} threads" if threads else cpu
+    return ""
+
+
 def base_config(lesson: Lesson) -> TrainConfig:
     """What every run of `lesson` shares (the tiny override shrinks it for tests and smoke runs)."""
     c = TrainConfig(data=lesson.data, backbone="cnn5", init="scratch", epochs=lesson.epochs, img_size=lesson.img_size,
@@ -215,7 +225,7 @@ def estimate(lesson: Lesson, shipped: list[runs.RunInfo] | None = None) -> Estim
             total += WORKER_START_S + seconds
             measured += 1
     mine = [i for i in shipped if recipe_key(i, lesson) is not None]
-    return Estimate(total, measured, len(plan), examples.machine_words(mine) if measured else "")
+    return Estimate(total, measured, len(plan), machine_words(mine) if measured else "")
 
 
 def estimate_seconds(lesson: Lesson, shipped: list[runs.RunInfo] | None = None) -> float:
@@ -287,7 +297,7 @@ def example_words(lesson: Lesson, shipped: list[runs.RunInfo]) -> str:
 
     found = example_runs(lesson, shipped)
     wall = example_wall_seconds(lesson, shipped)
-    machine = escape_markdown(examples.machine_words(list(found.values())))  # read from run files
+    machine = escape_markdown(machine_words(list(found.values())))  # read from run files
     took = f"; its {len(found)} runs took {format_duration(wall)} in all" if wall is not None else ""
     on = f" on {machine}" if machine else ""
     return (f"Example results, shipped with the project (read-only): made by the project's command "

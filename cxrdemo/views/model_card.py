@@ -8,7 +8,6 @@ paragraphs the demo model adds under `notes` (data, results, domain, use, retrai
 
 from __future__ import annotations
 
-import math
 import re
 from pathlib import Path
 
@@ -18,11 +17,11 @@ from cxrdemo.config import TrainConfig
 from cxrdemo.errors import RunError
 from cxrdemo.model import calibration, metrics
 from cxrdemo.runs import store as runs
+from cxrdemo.views import numbers
 from cxrdemo.views.text import escape_markdown
 from cxrdemo.views.words import freeze_words, init_words, rule_words
 
 EVALUATION_FILE = "evaluation.json"
-N_BOOT = 1000  # bootstrap resamples of the images for every interval on the card
 METRICS = (("accuracy", "accuracy"), ("sensitivity", "sensitivity"), ("specificity", "specificity"),
            ("auroc", "AUROC"))
 # Text that cannot form a link, an image, emphasis, code, a table cell or a block stays as it is (readable .md)
@@ -58,7 +57,7 @@ def model_card(run_dir: str | Path, extra_evaluations: list[dict] | None = None)
              "## The model", _recipe(meta.get("run_id") or d.name, config, meta, status, card),
              "## The data", _data(meta, config), notes.get("data", ""),
              "## Decision rule", _decision(config, model, records),
-             "## Results (95% bootstrap intervals, 1,000 resamples of the images)", _results(evals, card),
+             ("## Results (95% intervals: bootstrap over the images; exact binomial where a share is 0% or 100%)"), _results(evals, card),
              notes.get("results", ""),
              "## Calibration", _calibration(evals, records, model is not None),
              "## Prediction sets (\"can't tell\")", _conformal(evals, records, model is not None),
@@ -83,17 +82,10 @@ def _name(s: object) -> str:
     return s if plain else escape_markdown(s)
 
 
-def _pct(v: float) -> str:
-    return f"{100 * v:.1f}%"
-
-
-def _with_ci(key: str, v, ci) -> str:
-    """'92.9% (89.6–96.3)' or '0.960 (0.929–0.984)'; '—' when the metric is not defined."""
-    if not isinstance(v, (int, float)) or math.isnan(v):
-        return "—"
-    fmt = (lambda x: f"{x:.3f}") if key in ("auroc", "ece") else (lambda x: f"{100 * x:.1f}")
-    unit = "" if key in ("auroc", "ece") else "%"
-    return fmt(v) + unit + (f" ({fmt(ci[0])}–{fmt(ci[1])})" if ci and len(ci) == 2 and not math.isnan(ci[0]) else "")
+def _estimates(e: dict) -> dict[str, metrics.Estimate]:
+    """An evaluation's metrics with their intervals (exact where a proportion is 0 or 1: metrics.estimates)."""
+    return metrics.estimates({k: (e.get("metrics") or {}).get(k) for k, _ in METRICS}, e.get("ci95") or {},
+                             e.get("confusion"))
 
 
 # ---------------------------------------------------------------- what the folder holds
@@ -112,12 +104,13 @@ def _own_test_split(d: Path, records: dict) -> dict | None:
     classes = tm.get("classes") or []
     out = {"data": "its test split", "split": "", "label": "in-distribution", "n": tm["n"], "own": True,
            "counts": [int(sum(r)) for r in tm.get("confusion") or []], "classes": classes,
+           "confusion": tm.get("confusion"),
            "metrics": {k: tm[k] for k, _ in METRICS if isinstance(tm.get(k), (int, float))}, "ci95": {},
            "calibration": tm.get("calibration") or {}, "coverage": tm.get("coverage") or []}
     if y is not None and probs is not None and len(y):
         y, probs = np.asarray(y, dtype=np.int64), np.asarray(probs, dtype=np.float64)
-        out["ci95"] = metrics.bootstrap_ci(y, probs, classes or list(range(probs.shape[1])), tm.get("threshold"),
-                                           n_boot=N_BOOT)
+        found = metrics.metric_intervals(y, probs, classes or list(range(probs.shape[1])), tm.get("threshold"))
+        out["ci95"] = {k: (e.low, e.high) for k, e in found.items() if e.method == "bootstrap"}
         if not out["calibration"]:  # trained before ECE was saved: measure it from the saved probabilities
             out["calibration"] = _ece_from_probs(probs, y, records)
     return out
@@ -204,22 +197,23 @@ def _decision(config: dict, model, records: dict) -> str:
     text = f"The model answers with {rule_words(rule)} (`--threshold {rule}`)."
     if value is not None:
         pos = _name(model.classes[1])
-        text += f" It calls {pos} when p({pos}) reaches {_pct(value)} on the network's own scale"
+        text += f" It calls {pos} when p({pos}) reaches {numbers.percent(value)} on the network's own scale"
         if records.get("calibration"):
             from cxrdemo.model import trust  # torch: only when a card needs the calibration applied
 
-            text += (f", which is {_pct(trust.Trust.from_records(records).cut(value))} on the calibrated "
+            text += (f", which is {numbers.percent(trust.Trust.from_records(records).cut(value))} on the calibrated "
                      "scale the app shows (the same images cross it)")
         text += "; the cut is saved in model.pt."
     return text
 
 
 def _results(evals: list[dict], card: dict) -> str:
+    card_classes = next((e["classes"] for e in evals if e.get("classes")), None) or ("NORMAL", "PNEUMONIA")
     if not evals:
         return "This run has no test results: its dataset has no test images, or it stopped before testing."
     rows = "\n".join(f"| {_set_name(e)} | {e.get('label', 'in-distribution')} | {e.get('n', '?')}"
                      + (f" ({' : '.join(map(str, e['counts']))})" if e.get("counts") else "") + " | "
-                     + " | ".join(_with_ci(k, (e.get("metrics") or {}).get(k), (e.get("ci95") or {}).get(k))
+                     + " | ".join(numbers.estimate(_estimates(e).get(k), e.get("classes") or card_classes)
                                   for k, _ in METRICS) + " |" for e in evals)
     table = ("| evaluation set | label | images (per class) | " + " | ".join(lbl for _, lbl in METRICS)
              + " |\n|---|---|---|" + "---|" * len(METRICS) + "\n" + rows)
@@ -245,8 +239,8 @@ def _calibration(evals: list[dict], records: dict, has_model: bool) -> str:
         text = "This model has no calibration record: its probabilities are scores, not risks."
     else:
         text = "The calibration is recorded in model.pt, which this run does not ship."
-    rows = [f"| {_set_name(e)} | {_with_ci('ece', c.get('ece_before'), c.get('ece_before_ci'))} | "
-            f"{_with_ci('ece', c.get('ece_after'), c.get('ece_after_ci'))} |"
+    rows = [f"| {_set_name(e)} | {numbers.with_interval('ece', c.get('ece_before'), c.get('ece_before_ci'))} | "
+            f"{numbers.with_interval('ece', c.get('ece_after'), c.get('ece_after_ci'))} |"
             for e in evals for c in [e.get("calibration") or {}] if c]
     if rows:
         text += ("\n\nExpected calibration error (ECE: 15 equal-width bins on the top-label confidence; 0 is perfect), "

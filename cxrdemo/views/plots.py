@@ -14,11 +14,12 @@ from plotly.colors import qualitative
 from cxrdemo.errors import RunError
 from cxrdemo.model import metrics
 from cxrdemo.runs import store as runs
-from cxrdemo.views import words
+from cxrdemo.views import numbers, words
 from cxrdemo.views.compare import TEST_METRIC_LABELS, point_labels
 
 LEGEND_BELOW = {"orientation": "h", "yanchor": "top", "y": -0.2, "xanchor": "left", "x": 0}  # the plot keeps the full width
 CURVE_METRICS = {"loss": ("train_loss", "val_loss", "Loss"), "accuracy": ("train_acc", "val_acc", "Accuracy")}
+THRESHOLD_COLOUR = "#c0392b"
 _PALETTE = qualitative.Plotly + qualitative.D3 + qualitative.Dark24
 
 
@@ -62,10 +63,11 @@ def curves_figure(infos: list[runs.RunInfo], metric: str = "loss", smoothing: fl
             raw = m[col].to_numpy(dtype=float)
             shown = ema(raw, smoothing) if smoothing else raw
             name = names[info.run_id]
-            hover = (f"{name} · {split}<br>epoch %{{x}}<br>{label.lower()} %{{customdata:.4f}}"
+            shape = numbers.d3(col)
+            hover = (f"{name} · {split}<br>epoch %{{x}}<br>{label.lower()} %{{customdata:{shape}}}"
                      "<br>%{text} trainable parameters")
             if smoothing:
-                hover += " (smoothed %{y:.4f})"
+                hover += f" (smoothed %{{y:{shape}}})"
             fig.add_trace(go.Scatter(
                 x=m["epoch"].to_numpy(), y=shown, customdata=raw, name=f"{name} · {split}",
                 text=[_fmt_int(v) for v in m["trainable_params"]],
@@ -96,7 +98,7 @@ def unfreeze_epochs(m: pd.DataFrame | None) -> list[tuple[int, int, int]]:
 
 
 def _fmt_int(v: float) -> str:
-    return f"{int(v):,}" if pd.notna(v) else "—"
+    return numbers.cell(v, "count")
 
 
 def tradeoff_figure(table: pd.DataFrame, y: str = "test_accuracy") -> go.Figure:
@@ -108,14 +110,14 @@ def tradeoff_figure(table: pd.DataFrame, y: str = "test_accuracy") -> go.Figure:
     secs = df["sec_per_epoch"].astype(float)
     text = point_labels(df)
     custom = np.stack([df["run_id"], text, [_fmt_int(v) for v in df["trainable_params"]],
-                       [f"{s:.2f}" if pd.notna(s) else "—" for s in secs]], axis=1)
+                       [numbers.seconds(s) for s in secs]], axis=1)
     fig = go.Figure(go.Scatter(
         x=df["trainable_params"].astype(float), y=df[y].astype(float), mode="markers+text", text=text,
         textposition="top center", customdata=custom, name=label,
         marker=dict(size=16, color=secs, colorscale="Viridis", showscale=True, line=dict(width=1, color="black"),
                     colorbar=dict(title="seconds<br>per epoch")),
         hovertemplate=("<b>%{customdata[0]}</b><br>%{customdata[1]}<br>trainable parameters %{customdata[2]}<br>"
-                       + label.lower() + " %{y:.4f}<br>%{customdata[3]} s per epoch<extra></extra>")))
+                       + label.lower() + f" %{{y:{numbers.d3(y)}}}<br>%{{customdata[3]}} per epoch<extra></extra>")))
     fig.update_layout(title=f"Cost vs benefit: trainable parameters vs {label.lower()}", height=440,
                       xaxis_title="Trainable parameters (log scale)", yaxis_title=label, margin=dict(r=20))
     fig.update_xaxes(type="log")
@@ -170,7 +172,7 @@ def roc_figure(test: dict) -> go.Figure:
         raise RunError("This run's test results do not include per-image scores, so no ROC curve can be drawn.")
     y, p, cm = np.asarray(y_true, int), np.asarray(probs, float), np.asarray(test.get("confusion"), int)
     threshold = test.get("threshold")
-    rule = f"threshold {threshold:.3f}" if threshold is not None else "highest probability"
+    rule = f"threshold {numbers.percent(threshold)}" if threshold is not None else "highest probability"
     colors = run_colors(classes)
     fig = go.Figure()
     fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="chance", hoverinfo="skip",
@@ -206,16 +208,20 @@ def probability_figure(classes: tuple[str, ...] | list[str], probs: np.ndarray, 
     on p(class 1) is marked on that class's bar, so the verdict reads off the bar."""
     colours = ["#1f5fa8" if i == predicted else "#a7b8cc" for i in range(len(classes))]
     fig = go.Figure(go.Bar(x=[float(p) for p in probs], y=list(classes), orientation="h", marker_color=colours,
-                           text=[f"{100 * float(p):.1f}%" for p in probs], textposition="auto",
+                           text=[numbers.percent(p) for p in probs], textposition="auto",
                            hovertemplate="%{y}: %{x:.1%}<extra></extra>"))
-    if threshold is not None and len(classes) == 2 and 0 <= threshold <= 1:
+    marked = threshold is not None and len(classes) == 2 and 0 <= threshold <= 1
+    if marked:
         fig.add_shape(type="line", x0=threshold, x1=threshold, y0=0.5, y1=1.5, name="decision threshold",
-                      line={"color": "#c0392b", "width": 3, "dash": "dash"})
-        fig.add_annotation(x=threshold, y=1.5, text=f"threshold {100 * threshold:.1f}%", showarrow=False,
-                           yanchor="bottom", font={"color": "#c0392b"})
+                      line={"color": THRESHOLD_COLOUR, "width": 3, "dash": "dash"})
+        # The label sits above the plot area, outside every bar, on a white box with a red edge: legible whatever
+        # the bar's colour (on the bar, red on dark blue could not be read).
+        fig.add_annotation(x=threshold, xref="x", y=1, yref="paper", yanchor="bottom", showarrow=False,
+                           text=f"threshold {numbers.percent(threshold)}", font={"color": THRESHOLD_COLOUR},
+                           bgcolor="white", bordercolor=THRESHOLD_COLOUR, borderwidth=1, borderpad=2)
     fig.update_layout(xaxis={"range": [0, 1], "tickformat": ".0%", "title": "Probability (calibrated)"},
-                      yaxis={"autorange": "reversed"}, height=100 + 40 * len(classes),
-                      margin={"l": 10, "r": 10, "t": 20, "b": 10}, showlegend=False)
+                      yaxis={"autorange": "reversed"}, height=100 + 40 * len(classes) + (24 if marked else 0),
+                      margin={"l": 10, "r": 10, "t": 44 if marked else 20, "b": 10}, showlegend=False)
     return fig
 
 

@@ -17,7 +17,7 @@ from plotly.subplots import make_subplots
 
 from cxrdemo.errors import RunError
 from cxrdemo.model import probes
-from cxrdemo.views import words
+from cxrdemo.views import numbers, words
 
 MAX_RUNS = 3
 OPACITY = 0.45
@@ -51,7 +51,7 @@ def _cell_text(timeline: probes.Timeline, i: int, probe: int) -> str:
         return timeline.classes[true]
     p = timeline.probs[i, probe]
     right = int(np.argmax(p)) == true
-    return f"{timeline.classes[true]}: p={p[true]:.2f} {'right' if right else 'wrong'}"
+    return f"{timeline.classes[true]}: p={numbers.percent(p[true])} {'right' if right else 'wrong'}"
 
 
 def stamp(run_dirs: dict[str, Path]) -> tuple[int, ...]:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cxrdemo.runs import store as runs
-from cxrdemo.views import words
+from cxrdemo.views import numbers, words
 from cxrdemo.views.chance import chance_sentence
 
 # ---------------------------------------------------------------- numbers
@@ -115,7 +115,7 @@ def status_text(info: runs.RunInfo, queue_position: int | None = None, finished_
     if st == "completed":
         acc = _float(s.get("test_accuracy"))
         chance = chance_sentence(runs.read_test_metrics(info.path))
-        return ("Completed" + (f": test accuracy {acc:.1%}" if acc is not None else "")
+        return ("Completed" + (f": test accuracy {numbers.percent(acc)}" if acc is not None else "")
                 + (f" — the model {chance}" if chance else ""))
     if st == "cancelled":
         epochs = int(s.get("epochs") or info.config.get("epochs") or 0)
@@ -164,7 +164,7 @@ def list_line(info: runs.RunInfo) -> str:
     rows = [] if info.damaged else runs.read_metrics_rows(info.path)
     best = best_val_acc(rows)
     return (f"{info.run_id}  {info.state:11} {_epoch_text(info.status, info.config):12} "
-            f"best val acc {'-' if best is None else f'{best:.3f}'}")
+            f"best val acc {numbers.percent(best)}")
 
 
 def watch_line(info: runs.RunInfo) -> str:
@@ -172,7 +172,8 @@ def watch_line(info: runs.RunInfo) -> str:
     row = job_row(info)
     extra = ""
     if row.latest.get("val_acc") is not None:
-        extra = f" | val loss {row.latest['val_loss']:.4f} acc {row.latest['val_acc']:.3f}"
+        extra = (f" | val loss {numbers.metric('val_loss', row.latest['val_loss'])} "
+                 f"acc {numbers.percent(row.latest['val_acc'])}")
     return f"{row.state}: {row.progress_text} ({row.fraction:.0%}){extra}" + (f" {row.eta_text}" if row.eta_text else "")
 
 

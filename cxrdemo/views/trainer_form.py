@@ -16,7 +16,7 @@ from cxrdemo import paths
 from cxrdemo.config import FreezeLevel, TrainConfig, option_fields
 from cxrdemo.errors import ConfigError, RunError
 from cxrdemo.runs import store as runs
-from cxrdemo.views import words
+from cxrdemo.views import numbers, words
 from cxrdemo.views.trainer import best_val_acc
 
 SWEEP_FREEZES = ("none", "head", "1", "2", "3", "gradual:1", "gradual:2")
@@ -141,7 +141,7 @@ def init_options(backbone: str, infos: list[runs.RunInfo]) -> dict[str, str]:
         if info.state == "completed" and info.config.get("backbone") == backbone and (info.path / "model.pt").is_file():
             best = best_val_acc(runs.read_metrics_rows(info.path))
             opts[f"run:{info.run_id}"] = f"Run {words.run_name(info.run_id)}" + (
-                f" (best val acc {best:.1%})" if best is not None else "")
+                f" (best val acc {numbers.percent(best)})" if best is not None else "")
     return opts
 
 

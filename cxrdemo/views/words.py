@@ -12,6 +12,7 @@ from pathlib import Path
 from cxrdemo import paths
 from cxrdemo.config import DecisionRule, FreezeLevel
 from cxrdemo.runs import store as runs
+from cxrdemo.views import numbers
 
 NOTICE = ("**Research and teaching demo — not for clinical use.** Predictions and heatmaps are not a diagnosis "
           "and must not guide patient care.")
@@ -39,7 +40,7 @@ def rule_how(rule: DecisionRule | str) -> str:
     if rule.kind == "val":
         return "tuned on validation images for balanced accuracy"
     what = "specificity (normals called normal)" if rule.kind == "spec" else "sensitivity (disease found)"
-    return f"that keeps {100 * rule.target:g}% {what} on validation images"
+    return f"that keeps {numbers.level(rule.target)} {what} on validation images"
 
 
 def rule_words(rule: DecisionRule | str) -> str:
@@ -55,7 +56,7 @@ def rule_label(rule: DecisionRule | str) -> str:
         return "the most probable class"
     if rule.kind == "val":
         return "balanced on validation"
-    return f"keep {100 * rule.target:g}% {'specificity' if rule.kind == 'spec' else 'sensitivity'}"
+    return f"keep {numbers.level(rule.target)} {'specificity' if rule.kind == 'spec' else 'sensitivity'}"
 
 
 # ---------------------------------------------------------------- freeze levels
