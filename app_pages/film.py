@@ -132,7 +132,7 @@ def headline_numbers(model: predict.LoadedModel, compact: bool) -> None:
         st.caption("This model has no test results.")
     for h in hs:
         title = dv.headline_title({**h, "set": md(h["set"])})  # a folder name is not Markdown
-        lines = [f"{lbl} {v}" + (f" ({ci})" if ci else "") for lbl, v, ci in dv.headline_cells(h)]
+        lines = [f"{lbl} {v}" for lbl, v in dv.headline_cells(h, [md(c) for c in model.classes])]
         body = ("  \n" if compact else " · ").join(lines)
         st.markdown(f"**{title}**  \n{body}", help=md(dv.headline_sentence(h))
                     + (" 95% intervals in brackets." if h["ci95"] else ""))

@@ -11,7 +11,7 @@ import streamlit as st
 from cxrdemo.data.shrink import display_copy
 from cxrdemo.diagnosis import explain, faithfulness, predict
 from cxrdemo.runs import lifecycle
-from cxrdemo.views import heatmaps
+from cxrdemo.views import checks, heatmaps
 from cxrdemo.views.text import escape_markdown as md
 from app_pages import film, ui
 
@@ -132,4 +132,4 @@ def sanity_section(model: predict.LoadedModel, rad: predict.Radiograph, res, hm)
     strip = heatmaps.strip(check, display_copy(rad.grey))
     for col, (img, caption) in zip(st.columns(len(strip)), strip):
         col.image(img, caption=caption, width="stretch", output_format="PNG")
-    st.caption(check.sentence + " ρ: rank correlation with the original map; SSIM: structural similarity.")
+    st.caption(checks.sanity_sentence(check) + " ρ: rank correlation with the original map; SSIM: structural similarity.")

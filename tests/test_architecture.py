@@ -28,12 +28,7 @@ LAYERS: dict[str, int] = {
 LAYER_NAMES = {0: "the ground floor", 1: "data", 2: "model", 3: "runs", 4: "diagnosis", 5: "views", 6: "cli"}
 
 # Imports that break the rules on purpose, each with its reason: (importing module, imported module) -> why.
-ALLOWED: dict[tuple[str, str], str] = {
-    ("cxrdemo.model.domain", "cxrdemo.views.checks"): "compatibility alias domain_sentence for diagnosis/assessment.py "
-                                                      "until it stops wording (issue 27; the lead deletes it)",
-    ("cxrdemo.diagnosis.sanity", "cxrdemo.views.checks"): "compatibility alias SanityCheck.sentence for "
-                                                          "app_pages/diagnosis.py (issue 27; the lead deletes it)",
-}
+ALLOWED: dict[tuple[str, str], str] = {}
 
 # What app_pages/*.py and app.py must never import: they call cxrdemo, which builds models and loops over batches.
 PAGE_FORBIDDEN = ("torch", "torchvision", "pytorch_grad_cam")

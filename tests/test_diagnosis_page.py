@@ -180,9 +180,9 @@ def test_compared_models_show_the_shifted_set_first_with_intervals_and_chance(pa
     assert at.selectbox(key="model").value == "Demo model (shipped)"
     # the single view leads with the shifted set too (the same function draws both)
     single = [m.value.replace("\\", "") for m in at.markdown if m.value.startswith(("**Shifted", "**In-dist"))]
-    assert single[0] == ("**Shifted set: cxr-shift/test, 241 images**  \nAccuracy 0.880 · Sensitivity 0.900 · "
-                         "Specificity 0.845 (0.765–0.917) · AUROC 0.950")
-    assert single[1].startswith("**In-distribution: cxr-dev/test") and "Accuracy 0.959 (0.905–1.000)" in single[1]
+    assert single[0] == ("**Shifted set: cxr-shift/test, 241 images**  \nAccuracy 88.0% · Sensitivity 90.0% · "
+                         "Specificity 84.5% (76.5–91.7%) · AUROC 0.950")
+    assert single[1].startswith("**In-distribution: cxr-dev/test") and "Accuracy 95.9% (90.5–100%)" in single[1]
     at.radio(key="example").set_value("NORMAL example 1").run()
     (run_label,) = at.multiselect(key="compare").options
     at.multiselect(key="compare").set_value([run_label]).run()
@@ -191,9 +191,9 @@ def test_compared_models_show_the_shifted_set_first_with_intervals_and_chance(pa
              if m.value.startswith(("**Shifted set", "**In-distribution"))]
     heads = heads[2:]  # the single view's two lines first, then the columns
     assert heads[0].startswith("**Shifted set: cxr-shift/test, 241 images**")  # the demo model: shifted first
-    assert "Specificity 0.845 (0.765–0.917)" in heads[0] and "Accuracy 0.880  \n" in heads[0]
+    assert "Specificity 84.5% (76.5–91.7%)" in heads[0] and "Accuracy 88.0%  \n" in heads[0]
     assert heads[1].startswith("**In-distribution: cxr-dev/test, 74 images**")
-    assert "Accuracy 0.959 (0.905–1.000)" in heads[1]
+    assert "Accuracy 95.9% (90.5–100%)" in heads[1]
     assert heads[2].startswith("**In-distribution: its test split, 20 images**")  # the user's run
     chance = [w.value.replace("\\", "") for w in at.warning]
     chance = [w for w in chance if "for every test image: no better than chance" in w]
@@ -218,7 +218,11 @@ def test_a_run_with_saved_test_probabilities_shows_95_percent_intervals(patch_st
     lo, hi = own["ci95"]["accuracy"]
     assert lo < 0.9 < hi <= 1.0 and set(own["ci95"]) == {"accuracy", "sensitivity", "specificity", "auroc"}
     at = _page()
-    line = next(m for m in at.markdown if f"Accuracy 0.900 ({lo:.3f}–{hi:.3f})" in m.value)
+    from cxrdemo.views import numbers
+
+    expected = "Accuracy " + numbers.with_interval("accuracy", 0.9, (lo, hi))
+    assert expected == "Accuracy 90.0% (75.0–100%)"
+    line = next(m for m in at.markdown if expected in m.value)
     assert "95% intervals in brackets" in line.help
 
 

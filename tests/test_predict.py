@@ -298,7 +298,7 @@ def test_headlines_lead_with_the_most_shifted_set(patch_store):
          "metrics": {"specificity": 0.845}, "ci95": {"specificity": [0.765, 0.917]}}]}))
     first, second = predict.headlines(run)
     assert (first["set"], second["set"]) == ("cxr-shift/test", "cxr-dev/test")
-    assert diagnosis_view.headline_value(first, "specificity") == "0.845 (0.765–0.917)"
+    assert diagnosis_view.headline_value(first, "specificity") == "84.5% (76.5–91.7%)"
     assert "a shifted set" in diagnosis_view.headline_sentence(first)
     assert "drawn like the training images" in diagnosis_view.headline_sentence(second)
     (run / "evaluation.json").unlink()  # a user's run: its own test split, in-distribution

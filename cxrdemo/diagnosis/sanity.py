@@ -82,13 +82,6 @@ class SanityCheck:
         """True when the map still correlates with the original once every layer is random."""
         return self.final_spearman >= SIMILAR
 
-    @property
-    def sentence(self) -> str:
-        """Compatibility alias for app_pages/diagnosis.py until it calls views.checks.sanity_sentence (issue 27)."""
-        from cxrdemo.views.checks import sanity_sentence
-
-        return sanity_sentence(self)
-
     def to_dict(self, maps: bool = False) -> dict:
         """Numbers (and with maps=True the thumbnails as nested lists) for JSON."""
         rows = [{"randomised": s.randomised, "spearman": s.spearman, "ssim": s.ssim,

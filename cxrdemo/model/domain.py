@@ -176,13 +176,6 @@ def check_domain(record: DomainRecord, score: float) -> DomainCheck:
                        in_domain(record, score))
 
 
-def domain_sentence(record: DomainRecord, score: float) -> str:
-    """Compatibility alias for diagnosis/assessment.py until it stops wording (issue 27): the words live in views."""
-    from cxrdemo.views.checks import domain_sentence as words
-
-    return words(check_domain(record, score))
-
-
 def record_bytes(record: DomainRecord) -> int:
     """Size of the record as torch.save writes it (what it adds to model.pt)."""
     import io

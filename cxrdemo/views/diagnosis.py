@@ -12,9 +12,12 @@ from cxrdemo.data.shrink import SHRINK_MAX_SIDE, display_copy
 from cxrdemo.diagnosis.result import OUTSIDE_DOMAIN, OUTSIDE_POPULATION, OUTSIDE_QUALITY, ImageResult
 from cxrdemo.diagnosis.predict import LoadedModel, Radiograph
 from cxrdemo.errors import RunError
-from cxrdemo.model import domain
+from cxrdemo.model import domain, metrics
 from cxrdemo.runs import store as runs
+from cxrdemo.views import numbers
 from cxrdemo.views.chance import chance_sentence
+from cxrdemo.views.checks import domain_sentence
+from cxrdemo.views.numbers import percent
 from cxrdemo.views.words import rule_how
 
 COVERAGE_CHOICES = {"90%": 0.90, "95%": 0.95}  # the default first
@@ -73,7 +76,7 @@ def set_sentence(r: ImageResult, level: float, run_id: str = "RUN") -> str:
 
 def domain_words(model: LoadedModel, r: ImageResult) -> str | None:
     """The in-domain check's sentence, or None when the model has no check."""
-    return None if r.domain_score is None else domain.domain_sentence(model.domain, r.domain_score)
+    return None if r.domain_score is None else domain_sentence(domain.check_domain(model.domain, r.domain_score))
 
 
 HEADLINE_METRICS = (("accuracy", "Accuracy"), ("sensitivity", "Sensitivity"), ("specificity", "Specificity"),
@@ -96,14 +99,12 @@ def headline_title(h: dict) -> str:
     return f"{'Shifted set' if h['label'] == 'shifted' else 'In-distribution'}: {h['set']}{n}"
 
 
-def headline_cells(h: dict) -> list[tuple[str, str, str | None]]:
-    """(metric name, value, its 95% interval or None) of one evaluation set, in the order every page shows them."""
-    out = []
-    for k, label in HEADLINE_METRICS:
-        if isinstance(h["metrics"].get(k), float):
-            lo_hi = h["ci95"].get(k)
-            out.append((label, f"{h['metrics'][k]:.3f}", f"{lo_hi[0]:.3f}–{lo_hi[1]:.3f}" if lo_hi else None))
-    return out
+def headline_cells(h: dict, classes=("NORMAL", "PNEUMONIA")) -> list[tuple[str, str]]:
+    """(metric name, value with its 95% interval) of one evaluation set, in the order every page shows them; a
+    proportion of 0 or 1 reads as its count ('all 37 NORMAL films called NORMAL; 95% interval 90.5–100%')."""
+    found = {k: h["metrics"][k] for k, _ in HEADLINE_METRICS if isinstance(h["metrics"].get(k), (int, float))}
+    shown = metrics.estimates(found, h.get("ci95") or {}, h["metrics"].get("confusion"))
+    return [(label, numbers.estimate(shown[k], classes)) for k, label in HEADLINE_METRICS if k in shown]
 
 
 COMPARE_NOTE = ("Each column gives that model's results on its most shifted test set first (95% intervals in "
@@ -111,15 +112,8 @@ COMPARE_NOTE = ("Each column gives that model's results on its most shifted test
 
 
 def headline_value(h: dict, key: str) -> str:
-    """A metric with its 95% interval when there is one: '0.845 (0.765–0.917)'."""
-    v = h["metrics"][key]
-    lo_hi = h["ci95"].get(key)
-    return f"{v:.3f}" + (f" ({lo_hi[0]:.3f}–{lo_hi[1]:.3f})" if lo_hi else "")
-
-
-def percent(p: float) -> str:
-    """The one way a probability or threshold is written on the page: '8.8%'."""
-    return f"{100 * float(p):.1f}%"
+    """A metric with its 95% interval when there is one: '84.5% (76.5–91.7%)'."""
+    return dict(headline_cells(h)).get(dict(HEADLINE_METRICS)[key], numbers.MISSING)
 
 
 def heatmap_caption(method: str, classes, probs: np.ndarray, predicted: int, target: int,
