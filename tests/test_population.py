@@ -1,4 +1,4 @@
-"""Whom a model learnt from (issue 28): the record, where a run gets it, the DICOM header's age, the check, the words."""
+"""Whom a model learnt from (issue 28): the record, where a run gets it, the header's age, the check, the words."""
 
 from __future__ import annotations
 
@@ -152,7 +152,8 @@ def test_ages_are_worded_in_completed_units(years, words):
 
 def test_the_population_line():
     assert population_line(KERMANY_CHILDREN) == KERMANY_LINE
-    assert population_line(ADULTS) == "Learnt from frontal (PA) chest films of adults aged 18–90 years (St Elsewhere)."
+    assert population_line(ADULTS) == ("Learnt from frontal (PA) chest films of adults aged 18–90 years "
+                                       "(St Elsewhere).")
     assert population_line(Population((0, 90))) == "Learnt from chest films of patients aged 0–90 years."
     assert population_line(Population(None, "my ward")).endswith("(my ward); the patients' ages are not stated.")
     assert "not stated" in population_line(None)
@@ -316,3 +317,24 @@ def test_a_stated_population_is_its_own_record():
     assert replace(KERMANY_CHILDREN, view="").to_record()["view"] == ""
     with pytest.raises(ConfigError, match="at most 200"):
         Population.stated("", "x" * 201)
+
+
+def test_the_trainer_page_states_the_population_and_shows_the_folders_file(store, tiny_dataset, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    from cxrdemo.runs import jobs
+
+    submitted: list[TrainConfig] = []
+    monkeypatch.setattr(jobs, "submit", lambda config, *a, **k: submitted.append(config) or "x")
+    at = AppTest.from_file(str(REPO / "app_pages" / "trainer.py"), default_timeout=60)
+    at.run()
+    assert "POPULATION.json says: Learnt from frontal \\(PA\\/AP\\) chest films of children aged 1–5" in " ".join(
+        c.value for c in at.caption)  # the built-in demo set's file
+    at.radio(key="source").set_value("A folder on this computer").run()
+    at.text_input(key="data_path").input(str(tiny_dataset)).run()
+    assert any("Left empty, a run started from another run" in c.value for c in at.caption)
+    at.text_input(key="population_age").input("18-90")
+    at.text_input(key="population_source").input("ward 7")
+    at.button(key="start").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert [(c.population_age, c.population_source) for c in submitted] == [("18-90", "ward 7")]

@@ -72,7 +72,7 @@ def population_reason(check: PopulationCheck) -> str:
 def form_note(dataset: Population | None) -> str:
     """What the Trainer's population fields mean for the chosen dataset (its POPULATION.json, if any)."""
     if dataset is not None:
-        return (f"This folder's POPULATION.json says: {population_line(dataset, escape_markdown)} Fill in the fields only to state "
-                "otherwise.")
+        return (f"This folder's POPULATION.json says: {population_line(dataset, escape_markdown)} Fill in the fields "
+                "only to state otherwise.")
     return ("Say whom the training films come from: Diagnosis then flags a patient outside these ages. Left empty, "
             "a run started from another run on the same data keeps that run's population; otherwise it is not stated.")
