@@ -10,6 +10,7 @@ from cxrdemo.model import backbones
 from cxrdemo.runs import jobs, ray_backend, slots
 from cxrdemo.runs.lifecycle import log_tail
 from cxrdemo.views import card, numbers, sweep_cost, words
+from cxrdemo.views import population as pv
 from cxrdemo.views import classroom as cls
 from cxrdemo.views import trainer as tv
 from cxrdemo.views import trainer_form as form
@@ -52,8 +53,11 @@ def keep(key: str, value):
 
 
 def widget(spec: form.WidgetSpec, where=st, options=None):
-    """The widget a declared option asks for (a number field or a choice), keyed by the option's name."""
-    if spec.kind == "select":
+    """The widget a declared option asks for (a number field, a choice or a line of text), keyed by its name."""
+    if spec.kind == "text":
+        kept(spec.name)
+        value = where.text_input(spec.label, value=spec.default, key=spec.name, help=spec.help, max_chars=200)
+    elif spec.kind == "select":
         options = list(options or spec.options)
         index = 0 if kept(spec.name, options) else options.index(spec.default)
         value = where.selectbox(spec.label, options, index=index, format_func=spec.word, key=spec.name,
@@ -126,6 +130,9 @@ if ds is not None:
         with st.expander(f"{len(ds.skipped)} file(s) will be skipped"):
             st.table([{"file": p, "reason": r} for p, r in ds.skipped_report(200)])
 num_classes = len(ds.classes) if ds is not None and ds.classes else 2
+with st.expander("Whom the films come from (optional)"):
+    st.caption(pv.form_note(ds.population if ds is not None else None))
+    population = widget_rows("population")
 
 # ---------------------------------------------------------------- 2. network
 st.subheader("2 · Network")
@@ -169,7 +176,7 @@ with st.expander("More options"):
     options.update(widget_rows("more", options={"threshold": rules}))
 kept("run_name")
 name = keep("run_name", st.text_input("Label (optional, added to the run id)", max_chars=40, key="run_name"))
-recipe = {"data": data_path or "", "backbone": backbone, "init": init, "freeze": freeze, **options}
+recipe = {"data": data_path or "", "backbone": backbone, "init": init, "freeze": freeze, **options, **population}
 # A reload restores this recipe; other parameters of the address (the classroom's browser id) stay.
 st.query_params.from_dict({**{k: v for k, v in st.query_params.to_dict().items() if k == "sid"},
                            **form.recipe_to_query(recipe)})

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from cxrdemo.errors import ConfigError
+from cxrdemo.population import Population
 
 AUGMENTATIONS = ("none", "light", "acquisition")
 BALANCING = ("sampler", "loss", "none")
@@ -190,6 +191,16 @@ class TrainConfig:
     marker: str = option("", "burn a marker into a share of one class's training and validation images: "
                          "CLASS:SHARE, e.g. VIRUS:0.9 (the test is repeated on marked copies)", metavar="CLASS:SHARE")
     tag: str = option("", "a label kept with the run (a lesson tags its runs with its name)")
+    # Whom the training films came from, as the user states it; empty: the dataset's POPULATION.json, else the
+    # starting run's (same data set), else not stated (model/train.training_population).
+    population_age: str = option("", "the training patients' ages in years, YOUNGEST-OLDEST (e.g. 1-5); prediction "
+                                 "flags patients outside them", label="Patients' ages in years (e.g. 1-5)",
+                                 group="population", metavar="YOUNGEST-OLDEST",
+                                 tip="Whom the training films came from. Diagnosis flags a patient outside these "
+                                     "ages (from the DICOM header or the age you type). Empty: not stated.")
+    population_source: str = option("", "where the training films come from (hospital, data set, paper)",
+                                    label="Where the films come from", group="population", metavar="TEXT",
+                                    tip="A hospital, data set or paper; shown on the model card.")
 
     def __post_init__(self) -> None:
         # frozen: the parsed values replace their text once, here
@@ -276,6 +287,7 @@ def validate(c: TrainConfig) -> None:
         raise ConfigError("Choose a dataset folder (or 'demo' for the built-in one).")
     if not (0 < c.train_share <= 1):
         raise ConfigError(f"The share of training images must be in (0, 1], e.g. 0.25 (got {c.train_share}).")
+    Population.stated(c.population_age, c.population_source)
     if c.marker and not _MARKER_RE.match(c.marker):
         raise ConfigError(f"Marker {c.marker!r} is not CLASS:SHARE with a share between 0 and 1, e.g. VIRUS:0.9.")
 

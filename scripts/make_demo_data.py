@@ -17,6 +17,8 @@ from pathlib import Path
 from PIL import Image, ImageOps
 
 from cxrdemo.data.scan import patient_key
+from cxrdemo.population import FILE_NAME as POPULATION_FILE
+from cxrdemo.population import KERMANY_CHILDREN, file_text
 
 COUNTS = {"train": 40, "val": 10, "test": 10}  # per class
 CLASSES = ("NORMAL", "PNEUMONIA")
@@ -64,7 +66,7 @@ def convert(src: Path, dst: Path, long_side: int = LONG_SIDE, quality: int = QUA
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Rebuild the demo images and MANIFEST.csv (README.md is written by hand)."""
+    """Rebuild the demo images, MANIFEST.csv and POPULATION.json (README.md is written by hand)."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--source", type=Path, default=Path("/work/shared/data/cxr-dev"))
     ap.add_argument("--out", type=Path, default=REPO / "cxrdemo" / "demo_data")
@@ -84,6 +86,7 @@ def main(argv: list[str] | None = None) -> None:
                          "width": w, "height": h, "cxr_dev_file": row["file"], "source_repo": row["source_repo"],
                          "source_commit": row["source_commit"], "source_path": row["source_path"],
                          "license": row["license"]})
+    (args.out / POPULATION_FILE).write_text(file_text(KERMANY_CHILDREN), encoding="utf-8")  # whom they came from
     with open(args.out / "MANIFEST.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(manifest[0]))
         writer.writeheader()

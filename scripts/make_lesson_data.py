@@ -24,6 +24,8 @@ from make_demo_data import (
 )
 
 from cxrdemo.data.scan import patient_key
+from cxrdemo.population import FILE_NAME as POPULATION_FILE
+from cxrdemo.population import KERMANY_CHILDREN, file_text
 
 LONG_SIDE = 128
 QUALITY = 85
@@ -86,7 +88,7 @@ def choose(rows: list[dict], seed: int) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Rebuild both lesson sets and MANIFEST.csv (README.md is written by hand)."""
+    """Rebuild both lesson sets, their POPULATION.json and MANIFEST.csv (README.md is written by hand)."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--source", type=Path, default=Path("/work/shared/data/cxr-large"))
     ap.add_argument("--out", type=Path, default=REPO / "cxrdemo" / "lesson_data")
@@ -105,6 +107,8 @@ def main(argv: list[str] | None = None) -> None:
                          "patient": row["patient"], "width": w, "height": h, "cxr_large_file": row["file"],
                          "source_repo": row["source_repo"], "source_commit": row["source_commit"],
                          "source_path": row["source_path"], "license": row["license"]})
+    for name in ("bacteria_virus", "leakage"):  # whom the films came from
+        (args.out / name / POPULATION_FILE).write_text(file_text(KERMANY_CHILDREN), encoding="utf-8")
     with open(args.out / "MANIFEST.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(manifest[0]))
         writer.writeheader()

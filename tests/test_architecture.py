@@ -16,8 +16,9 @@ REPO = Path(__file__).resolve().parents[1]
 # Bottom to top. A module belongs to the longest entry that names it or a package above it. Modules of one layer
 # may import each other; diagnosis sits above runs, so prediction may read the run store, and runs may not diagnose.
 LAYERS: dict[str, int] = {
-    # ground floor: options, error types, locations, atomic writes; the package's own __init__ (its version)
+    # ground floor: options, error types, locations, atomic writes, population records; the package's __init__
     "cxrdemo": 0, "cxrdemo.config": 0, "cxrdemo.errors": 0, "cxrdemo.paths": 0, "cxrdemo.fileio": 0,
+    "cxrdemo.population": 0,  # the population record's value type: options, dataset files and model files share it
     "cxrdemo.data": 1,
     "cxrdemo.model": 2,
     "cxrdemo.runs": 3,

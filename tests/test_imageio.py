@@ -333,8 +333,10 @@ def test_no_identifier_reaches_meta():
     _, meta = read_image(data, name="x.dcm")
     assert {f.name for f in dataclasses.fields(ImageMeta)} == {
         "width", "height", "format", "mode", "bits", "frames", "notes", "colourfulness",
-        "modality", "body_part", "view"}  # coded header values (DX, CHEST, PA): what was imaged, not who
+        "modality", "body_part", "view",  # coded header values (DX, CHEST, PA): what was imaged, not who
+        "age_years", "sex"}  # the only patient facts that may be shown (issue 28): the dates stay in the reader
     assert (meta.modality, meta.body_part, meta.view) == ("DX", "", "")
+    assert (meta.age_years, meta.sex) == (54.16, "")  # from the birth and study dates, neither of which is kept
     text = repr(dataclasses.asdict(meta))
     for value in IDENTIFIERS.values():
         for part in value.split("^"):

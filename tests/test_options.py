@@ -59,7 +59,7 @@ def test_config_holds_parsed_values_and_run_files_keep_the_text():
     # The shipped demo model's config.json (written before `extra` was removed) reads back to the same text.
     saved = json.loads((REPO / "weights" / "demo" / "config.json").read_text())["config"]
     # Options added since (probes, the lesson options) take their defaults.
-    added = ("probes", "tag", "train_share", "split_by", "marker")
+    added = ("probes", "tag", "train_share", "split_by", "marker", "population_age", "population_source")
     assert TrainConfig.from_dict(saved).to_dict() == {**{k: v for k, v in saved.items() if k != "extra"},
                                                       **{k: getattr(TrainConfig(), k) for k in added}}
 

@@ -14,6 +14,7 @@ from cxrdemo.config import TrainConfig
 from cxrdemo.data.scan import dataset_name
 from cxrdemo.errors import ConfigError, RunError
 from cxrdemo.model import metrics
+from cxrdemo.population import KERMANY_CHILDREN
 from cxrdemo.runs import store as runs
 from cxrdemo.views.model_card import model_card, train_command
 
@@ -32,6 +33,8 @@ DEMO_STAGES: tuple[dict, ...] = (
     dict(img_size=224, epochs=4, lr=3e-4, step_size=0, ema=0.99),  # + init=run:<stage 1>, the rest as stage 1
 )
 DEMO_RECIPE: dict = DEMO_STAGES[0]
+# Whom the films came from, written into the installed model.pt: cxr-large (read-only, shared) has no POPULATION.json.
+DEMO_POPULATION = KERMANY_CHILDREN
 COPIED_FILES = ("model.pt", "config.json", "metrics.csv", "status.json", "test_metrics.json")
 
 
@@ -95,6 +98,7 @@ def build_demo_model(train_data: str, eval_sets: list[tuple[str, str, str]], out
             shutil.copy2(d / name, staging / name)
     card = {"run_id": d.name, "train_minutes": round(minutes, 1), "recipe": config.to_dict(), "stages": stages,
             "evaluations": evaluations}
+    write_population(staging)
     # What ships names its data sets, never a folder of the machine it was built on (pass --data to use them).
     if (staging / "config.json").is_file():
         runs.atomic_write_json(staging / "config.json", _names_only(runs.read_json(staging / "config.json")))
@@ -103,6 +107,15 @@ def build_demo_model(train_data: str, eval_sets: list[tuple[str, str, str]], out
         shutil.rmtree(out_dir)
     staging.rename(out_dir)
     return card
+
+
+def write_population(out_dir: Path) -> None:
+    """Record whom the demo model learnt from in its model.pt (weights untouched); nothing when it is already there."""
+    from cxrdemo.model import checkpoint  # torch: only when a model file is written
+
+    path = Path(out_dir) / checkpoint.MODEL_FILE
+    if checkpoint.load(path).population != DEMO_POPULATION:
+        checkpoint.set_population(path, DEMO_POPULATION)
 
 
 def _names_only(obj):
@@ -168,6 +181,7 @@ def refresh_card(eval_sets: list[tuple[str, str, str]], out_dir: Path | None = N
     if not (out_dir / "model.pt").is_file() or not path.is_file():
         raise RunError(f"There is no installed demo model with its evaluation.json in {out_dir}: build it with "
                        "`python -m cxrdemo demo-model --data DIR`.")
+    write_population(out_dir)
     card = runs.read_json(path)
     if eval_sets:
         card["evaluations"] = [evaluate_model_on(out_dir, root, split, label=label) for root, split, label in eval_sets]

@@ -276,7 +276,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_flag(p, "threads", default=None)
     p.add_argument("--card-only", action="store_true",
                    help="no training: re-measure the installed model on the --eval sets (none: keep the recorded "
-                        "ones) and rewrite evaluation.json and MODEL_CARD.md")
+                        "ones) and rewrite evaluation.json and MODEL_CARD.md; also writes the population record into model.pt "
+                        "(weights untouched)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_demo_model)
 

@@ -20,6 +20,7 @@ from PIL import Image, ImageOps
 
 from cxrdemo.data.decoderwarnings import recorded_warnings
 from cxrdemo.data.deflate import inflate_if_deflated
+from cxrdemo.data.patient import age_and_sex
 from cxrdemo.data.shrink import check_aspect, reduce_array, shrink_factor
 from cxrdemo.data.sniff import HEADER_BYTES, IMAGE_SUFFIXES, sniff  # noqa: F401 - IMAGE_SUFFIXES re-exported
 from cxrdemo.errors import ImageReadError
@@ -36,7 +37,7 @@ _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R 601, as Pillo
 
 @dataclass
 class ImageMeta:
-    """What was read and how; never a patient identifier (no names, IDs, dates, institutions)."""
+    """What was read and how; never a patient identifier (no names, IDs, dates, institutions): age and sex only."""
 
     width: int
     height: int
@@ -50,6 +51,8 @@ class ImageMeta:
     modality: str = ""  # (0008,0060) CR, DX, CT, MR, US...
     body_part: str = ""  # (0018,0015) BodyPartExamined: CHEST, HAND...
     view: str = ""  # (0018,5101) ViewPosition: PA, AP, LL, RL...
+    age_years: float | None = None  # (0010,1010) PatientAge, else from the birth and study dates (data/patient.py)
+    sex: str = ""  # (0010,0040) PatientSex: M, F or "" (other or absent)
 
 
 def read_image(src: str | os.PathLike | bytes, name: str = "") -> tuple[np.ndarray, ImageMeta]:
@@ -241,9 +244,11 @@ def _read_dicom(fp: BinaryIO) -> tuple[np.ndarray, ImageMeta, bool]:
             invert = not invert
         if invert:
             notes.append("inverted MONOCHROME1" if photometric == "MONOCHROME1" else "inverted (presentation LUT)")
+    age, sex, patient_notes = age_and_sex(ds)
     meta = ImageMeta(width=cols, height=rows, format="dicom", mode=photometric, bits=bits, frames=frames,
-                     notes=notes, colourfulness=round(colourfulness, 2), modality=_header_code(ds, "Modality"),
-                     body_part=_header_code(ds, "BodyPartExamined"), view=_header_code(ds, "ViewPosition"))
+                     notes=notes + patient_notes, colourfulness=round(colourfulness, 2),
+                     modality=_header_code(ds, "Modality"), body_part=_header_code(ds, "BodyPartExamined"),
+                     view=_header_code(ds, "ViewPosition"), age_years=age, sex=sex)
     return arr, meta, invert
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import random
@@ -12,6 +13,8 @@ from pathlib import Path
 from cxrdemo.data.sniff import IMAGE_SUFFIXES, sniff
 from cxrdemo.errors import ConfigError, DatasetError, ImageReadError
 from cxrdemo.paths import DEMO_DATA_DIR, LESSON_DATA_DIR, LESSON_DATA_PREFIX
+from cxrdemo.population import FILE_NAME as POPULATION_FILE
+from cxrdemo.population import Population
 
 SPLITS = ("train", "val", "test")
 _SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
@@ -40,6 +43,7 @@ class DatasetScan:
     skipped: list[tuple[str, str]]  # (path, reason)
     auto_split: bool  # True when ROOT/<CLASS>/... was split here, by seed
     notes: list[str] = field(default_factory=list)  # things a user should know (carved val, patient overlap)
+    population: Population | None = None  # whom the films came from, from the folder's POPULATION.json
 
     def counts(self) -> dict[str, dict[str, int]]:
         """Split -> class -> number of images."""
@@ -67,7 +71,8 @@ class DatasetScan:
         return {"name": self.name, "classes": list(self.classes), "counts": counts,
                 "totals": {**totals, "all": sum(totals.values())}, "imbalance": imbalance,
                 "n_skipped": len(self.skipped), "skipped": [list(x) for x in self.skipped_report(20)],
-                "auto_split": self.auto_split, "notes": list(self.notes)}
+                "auto_split": self.auto_split, "notes": list(self.notes),
+                **({"population": self.population.to_record()} if self.population else {})}
 
     def report(self) -> str:
         """A readable text table for the command line."""
@@ -118,6 +123,20 @@ def resolve_data_root(data: str) -> Path:
         raise DatasetError(f"{path} is a file, not a folder: choose the folder that holds the class folders "
                            "(or train/val/test).")
     return path.resolve()
+
+
+def read_population(root: str | Path) -> Population | None:
+    """The population a dataset folder states in its POPULATION.json; None without one; DatasetError if damaged."""
+    path = Path(root) / POPULATION_FILE
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        return Population.from_record(record)
+    except (OSError, UnicodeDecodeError, ValueError) as exc:  # ConfigError is a ValueError: the fault, worded
+        fault = str(exc) if isinstance(exc, ConfigError) else f"it is not readable JSON ({exc.__class__.__name__})"
+        raise DatasetError(f"{path} cannot be used: {fault}. Fix it or remove it (then the population is not "
+                           "stated).") from None
 
 
 def _is_junk(name: str) -> bool:
@@ -316,4 +335,4 @@ def scan_dataset(data: str | Path, *, seed: int = 0, fractions: tuple[float, flo
     if train_share < 1 and splits.get("train"):
         splits["train"] = _subset(splits["train"], max(1, round(train_share * len(splits["train"]))), seed, "share")
     return DatasetScan(root=str(root), classes=classes, splits=splits, skipped=skipped,
-                       auto_split=not split_dirs, notes=notes)
+                       auto_split=not split_dirs, notes=notes, population=read_population(root))

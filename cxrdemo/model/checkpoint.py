@@ -5,7 +5,8 @@ backbone, the class names, the preprocessing record that prediction applies, and
 on validation. Formats:
 
   cxrdemo-model/1  a `threshold` number (or None) beside the rule in config["threshold"]; `num_classes`
-  cxrdemo-model/2  one `decision` record {rule, value}; optional records calibration, conformal, domain
+  cxrdemo-model/2  one `decision` record {rule, value}; optional records calibration, conformal, domain, and
+                   population {age_years, source, view} (whom the training films came from; absent: not stated)
 
 Version 1 files (the shipped demo model is one) load and are upgraded in memory; any other format is
 refused with a sentence. Files are loaded with torch.load(weights_only=True): a model file cannot run code.
@@ -38,6 +39,7 @@ from cxrdemo.data.scan import dataset_name
 from cxrdemo.data.shrink import shrink_policy
 from cxrdemo.errors import ConfigError, RunError
 from cxrdemo.model import backbones
+from cxrdemo.population import Population
 
 FORMAT = "cxrdemo-model/2"
 FORMAT_1 = "cxrdemo-model/1"
@@ -119,13 +121,15 @@ class ModelFile:
     train_path: str = ""  # full | cached-features: how the best epoch was trained
     config: dict = field(default_factory=dict)  # the TrainConfig that produced it, as a dict
     records: dict = field(default_factory=dict)  # calibration, conformal, domain: each a dict, when fitted
+    population: Population | None = None  # whom the training films came from; None: not stated
 
     def to_dict(self) -> dict:
         """The dict saved as model.pt (format 2)."""
+        stated = {"population": self.population.to_record()} if self.population else {}
         return {"format": FORMAT, "backbone": self.backbone, "classes": list(self.classes), "head": self.head,
                 "dropout": self.dropout, "state_dict": self.state_dict, "preprocessing": self.preprocessing.to_dict(),
                 "decision": self.decision.to_dict(), "epoch": self.epoch, "val_loss": self.val_loss,
-                "train_path": self.train_path, "config": _without_paths(self.config), **self.records}
+                "train_path": self.train_path, "config": _without_paths(self.config), **self.records, **stated}
 
 
 def _without_paths(config: dict) -> dict:
@@ -150,6 +154,13 @@ def update_records(path: Path, **records: dict) -> ModelFile:
         raise ValueError(f"unknown model-file records {unknown}; known: {RECORD_NAMES}")
     model = load(path)
     new = replace(model, records={**model.records, **records})
+    save(new, path)
+    return new
+
+
+def set_population(path: Path, population: Population | None) -> ModelFile:
+    """Rewrite model.pt atomically with its population record (None: not stated); the weights are untouched."""
+    new = replace(load(path), population=population)
     save(new, path)
     return new
 
@@ -268,7 +279,8 @@ def from_dict(raw: dict, run: str = "?") -> ModelFile:
     return ModelFile(backbone=backbone, classes=classes, state_dict=check.state_dict(raw),
                      preprocessing=check.preprocessing(raw), decision=decision, head=head, dropout=dropout,
                      epoch=check.integer(raw, "epoch", 0, 10**6), val_loss=check.number(raw, "val_loss"),
-                     train_path=check.text(raw, "train_path", ""), config=config, records=records)
+                     train_path=check.text(raw, "train_path", ""), config=config, records=records,
+                     population=check.population(raw))
 
 
 def _decision_1(check: _Checker, raw: dict, config: dict) -> Decision:
@@ -368,6 +380,14 @@ class _Checker:
         if shrink != shrink_policy():
             self.fail(f"its shrink-on-read step {shrink!r:.80} is not the one this version's image reader applies")
         return Preprocessing(size, intensity, mean, std, resize, dict(shrink))
+
+    def population(self, raw: dict) -> Population | None:
+        if raw.get("population") is None:  # older files, and runs whose population was not stated
+            return None
+        try:
+            return Population.from_record(raw["population"])
+        except ConfigError as exc:
+            self.fail(str(exc))
 
     def triple(self, record: dict, key: str) -> tuple[float, float, float]:
         value = self.get(record, key)

@@ -22,7 +22,7 @@ from cxrdemo import data, fileio
 from cxrdemo.config import TrainConfig, parse_marker
 from cxrdemo.data.marker import burn_marker, mark_images
 from cxrdemo.data.naming import image_names
-from cxrdemo.data.scan import relative_path
+from cxrdemo.data.scan import dataset_name, relative_path
 from cxrdemo.errors import Cancelled, ConfigError
 from cxrdemo.model import (
     backbones,
@@ -36,6 +36,7 @@ from cxrdemo.model import (
     tuning,
 )
 from cxrdemo.model.device import autocast, choose_device, set_threads
+from cxrdemo.population import Population, training_population
 
 
 @dataclass
@@ -203,6 +204,10 @@ def fit(config: TrainConfig, run_dir: Path, progress: ProgressFn | None = None,
     pre = preprocessing_for(config)
     scan, cache = _read_dataset(config, pre, say, threads)
     classes = scan.classes
+    population = training_population(Population.stated(config.population_age, config.population_source),
+                                     scan.population, source.population if source else None,
+                                     same_data=source is not None and source.config.get("data") == dataset_name(
+                                         config.data))
     net, init_note = build_model(config, classes, source)
     device = choose_device()
     net.set_freeze(backbones.frozen_groups(config.freeze, config.backbone, 1))  # the trial times epoch 1's work
@@ -314,11 +319,11 @@ def fit(config: TrainConfig, run_dir: Path, progress: ProgressFn | None = None,
     except Cancelled:
         if best_epoch:
             net = ev_model = opt = sched = feature_cache = ema = after_step = None
-            finish(run_dir, config, classes, cache, best_epoch, say, test=False)
+            finish(run_dir, config, classes, cache, best_epoch, say, test=False, population=population)
         raise
     # The test reloads the best weights into a fresh net: free the training copy, its gradients and Adam state first.
     net = ev_model = opt = sched = feature_cache = ema = after_step = None
-    return finish(run_dir, config, classes, cache, best_epoch, say, root=scan.root)
+    return finish(run_dir, config, classes, cache, best_epoch, say, root=scan.root, population=population)
 
 
 def _read_dataset(config: TrainConfig, pre: checkpoint.Preprocessing, say: ProgressFn,
@@ -398,7 +403,7 @@ def choose_decision(config: TrainConfig, net: backbones.Net, val: data.CachedIma
 
 
 def finish(run_dir: Path, config: TrainConfig, classes: tuple[str, ...], cache: dict, best_epoch: int,
-           say: ProgressFn, *, test: bool = True, root: str = "") -> dict:
+           say: ProgressFn, *, test: bool = True, root: str = "", population: Population | None = None) -> dict:
     """Reload the best epoch, decide on validation, write model.pt once (complete), then measure it on the test split."""
     if not best_epoch:
         raise ConfigError("No epoch produced a finite validation score (loss, or AUROC with --select val_auroc); "
@@ -406,7 +411,7 @@ def finish(run_dir: Path, config: TrainConfig, classes: tuple[str, ...], cache: 
     state, epoch, val_loss, path = checkpoint.load_best_epoch(run_dir)
     model = checkpoint.ModelFile(config.backbone, tuple(classes), state, preprocessing_for(config), head=config.head,
                                  dropout=config.dropout, epoch=epoch, val_loss=val_loss, train_path=path,
-                                 config=config.to_dict())
+                                 config=config.to_dict(), population=population)
     net = checkpoint.rebuild_net(model)
     plain = _Inputs(model.preprocessing)
     model = replace(model, decision=choose_decision(config, net, cache["val"], plain, classes))

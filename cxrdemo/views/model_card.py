@@ -14,10 +14,12 @@ from pathlib import Path
 import numpy as np
 
 from cxrdemo.config import TrainConfig
-from cxrdemo.errors import RunError
+from cxrdemo.errors import ConfigError, RunError
 from cxrdemo.model import calibration, metrics
+from cxrdemo.population import Population, training_population
 from cxrdemo.runs import store as runs
 from cxrdemo.views import numbers
+from cxrdemo.views.population import population_line
 from cxrdemo.views.text import escape_markdown
 from cxrdemo.views.words import freeze_words, init_words, rule_words
 
@@ -55,6 +57,7 @@ def model_card(run_dir: str | Path, extra_evaluations: list[dict] | None = None)
               "triage or treat anyone."),
              *([missing] if missing else []),
              "## The model", _recipe(meta.get("run_id") or d.name, config, meta, status, card),
+             "## Intended population", _population(meta, config, model),
              "## The data", _data(meta, config), notes.get("data", ""),
              "## Decision rule", _decision(config, model, records),
              ("## Results (95% intervals: bootstrap over the images; exact binomial where a share is 0% or 100%)"), _results(evals, card),
@@ -166,6 +169,25 @@ def _recipe(run_id: str, config: dict, meta: dict, status: dict, card: dict) -> 
     if minutes is not None:
         lines.append(f"- **Training time:** {minutes} minutes on the computer that trained it.")
     return "\n".join(lines)
+
+
+def _population(meta: dict, config: dict, model) -> str:
+    """The one line of whom the model learnt from: model.pt's record, or (a run without weights) what it recorded."""
+    if model is not None:
+        return population_line(model.population, _name) + _CHECKED * bool(model.population and
+                                                                          model.population.age_years)
+    try:  # an example run: what training would have recorded, from its config.json
+        found = training_population(Population.stated(config.get("population_age", ""),
+                                                      config.get("population_source", "")),
+                                    Population.from_record((meta.get("dataset") or {}).get("population"))
+                                    if (meta.get("dataset") or {}).get("population") else None, None, False)
+    except ConfigError:
+        found = None
+    return population_line(found, _name) + _CHECKED * bool(found and found.age_years)
+
+
+_CHECKED = (" Diagnosis and `predict` compare each patient's age (from a DICOM header, or as the user gives it) with "
+            "these ages and flag a patient outside them.")
 
 
 def _data(meta: dict, config: dict) -> str:

@@ -25,7 +25,7 @@ _CAST: dict[str, Callable[[Any], Any]] = {"int": int, "float": float}
 _FORMATTERS: dict[str, Callable[[Any], str]] = {"threshold": words.rule_label}
 # The form's layout, declared once: widgets per row of each group, and the characters a choice's label may have
 # in a box of that width at 1400 px (Streamlit cuts a longer one with '…'); tests hold every label to it.
-ROW_WIDGETS = {"network": 2, "training": 4, "more": 3}
+ROW_WIDGETS = {"network": 2, "training": 4, "more": 3, "population": 2}
 LABEL_CHARS = {2: 56, 3: 32, 4: 26}
 
 
@@ -38,7 +38,7 @@ class WidgetSpec:
     name: str
     label: str
     group: str  # "data", "network", "training", "more"
-    kind: str  # "number", "select", or "custom" (drawn by the page with choices from this module)
+    kind: str  # "number", "select", "text", or "custom" (drawn by the page with choices from this module)
     default: Any
     options: tuple = ()  # select: the values offered
     words: dict = field(default_factory=dict)  # select: value -> what the form shows
@@ -62,7 +62,7 @@ def widget_specs(group: str | None = None) -> list[WidgetSpec]:
         if not m["label"] or (group is not None and m["group"] != group):
             continue
         options = tuple(m["choices"] or m.get("presets", ()))
-        kind = "custom" if m.get("custom") else ("select" if options else "number")
+        kind = "custom" if m.get("custom") else ("select" if options else ("text" if f.type == "str" else "number"))
         fmt = _FORMATTERS.get(f.name)
         shown = {v: fmt(v) for v in options} if fmt else dict(m["labels"])
         specs.append(WidgetSpec(f.name, m["label"], m["group"], kind, defaults[f.name], options, shown,
