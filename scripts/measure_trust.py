@@ -21,6 +21,7 @@ import torch
 from cxrdemo.data import imageio
 from cxrdemo.diagnosis import predict
 from cxrdemo.model import calibration as cal
+from cxrdemo.model import checkpoint
 from cxrdemo.model import conformal as cf
 from cxrdemo.model import metrics, trust
 
@@ -140,8 +141,9 @@ def report(model: ModelUnderTest, t: trust.Trust, method: str, records: dict[flo
         "",
         (f"- calibration: {method}: T = {t.temperature:.3f}, bias of {model.classes[-1]} "
          f"{t.bias[-1] - t.bias[0] if t.bias else 0.0:+.3f} (minimum NLL of softmax(z / T + b))"),
-        (f"- decision threshold p({model.classes[-1]}) >= {model.threshold:.4f} (uncalibrated, from model.pt) is "
-        f"p >= {cut:.4f} on the calibrated scale: the same decision for every image (checked on each set)"),
+        (f"- decision threshold p({model.classes[-1]}) >= {model.threshold:.4f} (uncalibrated, from "
+         f"{checkpoint.MODEL_FILE}) is p >= {cut:.4f} on the calibrated scale: the same decision for every image "
+         "(checked on each set)"),
     ]
     for level, r in records.items():
         q = ", ".join(f"{c} {v:.4f} (n={n})" for c, v, n in zip(r.classes, r.qhat, r.n)) if r.ok else r.reason

@@ -15,6 +15,7 @@ from typing import Any, Callable
 from cxrdemo import paths
 from cxrdemo.config import FreezeLevel, TrainConfig, option_fields
 from cxrdemo.errors import ConfigError, RunError
+from cxrdemo.model.files import has_model, model_path
 from cxrdemo.runs import store as runs
 from cxrdemo.views import words
 from cxrdemo.views.trainer import best_val_acc
@@ -123,7 +124,7 @@ def demo_backbone() -> str | None:
         with_config = runs.load_run(d).config.get("backbone")
         if with_config:
             return str(with_config)
-    model = d / "model.pt"
+    model = model_path(d)
     return _checkpoint_backbone(str(model), model.stat().st_mtime) if model.is_file() else None
 
 
@@ -138,7 +139,7 @@ def init_options(backbone: str, infos: list[runs.RunInfo]) -> dict[str, str]:
     if demo_backbone() == backbone:
         opts[f"run:{paths.DEMO_RUN_NAME}"] = "The shipped demo model"
     for info in reversed(infos):
-        if info.state == "completed" and info.config.get("backbone") == backbone and (info.path / "model.pt").is_file():
+        if info.state == "completed" and info.config.get("backbone") == backbone and has_model(info.path):
             best = best_val_acc(runs.read_metrics_rows(info.path))
             opts[f"run:{info.run_id}"] = f"Run {words.run_name(info.run_id)}" + (
                 f" (best val acc {best:.1%})" if best is not None else "")
