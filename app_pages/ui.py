@@ -8,6 +8,7 @@ from typing import Iterator
 
 import streamlit as st
 from streamlit import config as st_config
+from streamlit.errors import StreamlitAPIException
 
 from cxrdemo import paths
 from cxrdemo.errors import CxrError
@@ -36,6 +37,14 @@ def friendly_errors(what: str = "That") -> Iterator[None]:
         log.exception("unexpected error")
         st.error(f"{what} did not work because of an unexpected problem. The details were written to the app's "
                  "console; the rest of the app keeps working.", icon=":material/error:")
+
+
+def run_link(page: str, label: str, icon: str, run_id: str) -> None:
+    """A page link carrying the run id (?run=); a caption when the page runs on its own (no router)."""
+    try:
+        st.page_link(page, label=label, icon=icon, query_params={"run": run_id})
+    except StreamlitAPIException:
+        st.caption(f"{icon} {label}: open it from the app's sidebar.")
 
 
 def runs_dir():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import os
 import platform
 import re
@@ -201,6 +202,18 @@ def read_metrics_rows(d: Path) -> list[dict]:
             return [dict(r) for r in csv.DictReader(f)]
     except (FileNotFoundError, csv.Error, UnicodeDecodeError):
         return []
+
+
+def best_val_acc(rows: list[dict]) -> float | None:
+    """The highest validation accuracy of any finished epoch in metrics.csv rows (None before the first)."""
+    accs = []
+    for r in rows:
+        try:
+            accs.append(float(r.get("val_acc")))
+        except (TypeError, ValueError):
+            continue  # an epoch without validation (or a blank cell)
+    accs = [a for a in accs if math.isfinite(a)]
+    return max(accs) if accs else None
 
 
 def read_metrics(d: Path):

@@ -50,8 +50,8 @@ def model_card(run_dir: str | Path, extra_evaluations: list[dict] | None = None)
     evals = [_own_test_split(d, records)] + list(card.get("evaluations") or []) + list(extra_evaluations or [])
     evals = sorted((e for e in evals if e), key=lambda e: e.get("label") != "shifted")  # the shifted set leads
     title = card.get("name") or f"run {meta.get('run_id') or d.name}"
-    missing = "" if model else (f"This run ships without its model file ({MODEL_FILE}) — example runs carry curves and "
-                                "test results only — so what only the model file records is not stated here.")
+    missing = "" if model else (f"This run ships without its model file ({MODEL_FILE}) — example runs carry curves "
+                                "and test results only — so what only the model file records is not stated here.")
     parts = [f"# Model card: {_name(title)}",
              ("**Research and teaching demo — not for clinical use.** This model must not be used to diagnose, "
               "triage or treat anyone."),
