@@ -1,4 +1,4 @@
-"""What a real sweep costs on this computer: `python benchmarks/bench_sweep.py [--images 300] [--dry-run]`.
+"""What a real sweep costs on this computer: `python benchmarks/bench_sweep.py --data DIR [--images 300] [--dry-run]`.
 
 The sweep of issue 21: cnn5, resnet18, densenet121 x freeze head / 3 / none, 10 epochs on cxr-large at
 224 px. Running it takes hours on 2 cores, so this measures ONE epoch of each of the 9 recipes on a stated
@@ -63,7 +63,7 @@ def one_epoch(root: Path, backbone: str, freeze: str, size: int, batch: int, ima
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "cxr-large"))
+    ap.add_argument("--data", required=True, help="split-layout dataset (issue 21's sweep: cxr-large)")
     ap.add_argument("--images", type=int, default=300, help="stratified subset: this many images per split")
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--batch", type=int, default=TrainConfig().batch_size)
@@ -111,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"trial_{backbone}_{freeze}: {trial} (wall {time.perf_counter() - t0:.1f} s)", flush=True)
         got = one_epoch(root, backbone, freeze, args.size, args.batch, args.images)
         seconds = float(got["row"]["seconds"])
-        work = (n_sub["train"] + n_sub["val"]) if freeze == "head" else n_sub["train"] + durations.VAL_SHARE * n_sub["val"]
+        work = (n_sub["train"] + n_sub["val"] if freeze == "head"
+                else n_sub["train"] + durations.VAL_SHARE * n_sub["val"])
         per_image.setdefault(backbone, {})[freeze] = seconds / work
         print(f"epoch_s_{backbone}_{freeze}: {seconds:.1f} ({got['precision']}, {got['memory_format']}, "
               f"trial {got['trial']})", flush=True)

@@ -2,7 +2,7 @@
 
 Everything (temperature, conformal quantiles) is chosen on the model's own validation split only, the split its
 checkpoint and decision threshold were chosen on; cxr-dev test and cxr-shift test are only measured.
-Usage (from the repository root): PYTHONPATH=. python scripts/measure_trust.py [--run demo] [--data-dir DIR]
+Usage (from the repository root): PYTHONPATH=. python scripts/measure_trust.py --data-dir DIR [--run demo]
 [--out docs/trust_measurements.md]   (a few minutes on 2 CPU cores, most of it decoding images)
 """
 
@@ -129,7 +129,7 @@ def report(model: ModelUnderTest, t: trust.Trust, method: str, records: dict[flo
         "# Trust measurements: calibration and conformal prediction sets",
         "",
         (f"Model: `{model.loaded.run_id}` ({model.config.get('backbone', '?')}), classes "
-         f"{', '.join(model.classes)}. Made by `python scripts/measure_trust.py` in {minutes:.1f} min on "
+         f"{', '.join(model.classes)}. Made by `python scripts/measure_trust.py --data-dir DATA` in {minutes:.1f} min on "
          f"{cpu_model()}."),
         "",
         (f"**Fitted on validation only**: the calibration and the conformal quantiles are fitted on the model's own "
@@ -191,7 +191,7 @@ def report(model: ModelUnderTest, t: trust.Trust, method: str, records: dict[flo
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", default="demo")
-    ap.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data"))
+    ap.add_argument("--data-dir", required=True, help="the folder holding the evaluation sets (cxr-large, cxr-shift)")
     ap.add_argument("--out", default=str(REPO / "docs" / "trust_measurements.md"))
     ap.add_argument("--resamples", type=int, default=2000)
     args = ap.parse_args()
