@@ -3,65 +3,15 @@
 from __future__ import annotations
 
 import streamlit as st
-from streamlit.errors import StreamlitAPIException
 
 from cxrdemo import paths
 from cxrdemo.runs import examples
 from cxrdemo.runs import store as runs
-from cxrdemo.views import compare, plots
+from cxrdemo.views import compare, plots, run_table
 from app_pages import heatmaps_ui, ui, watch
 
 REFERENCE = paths.DEMO_RUN_NAME  # the shipped demo model's run id when added as a reference (never deleted from here)
 REFRESH_S = 5  # how often curves of running jobs are re-read from the run store
-
-COLUMNS = {
-    "name": st.column_config.TextColumn("Run", pinned=True, help="The run's label (else its recipe) and when it "
-                                        "started; the full run id is in the run id column"),
-    "recipe": st.column_config.TextColumn("Recipe", help="Backbone · starting weights · freeze level"),
-    "run_id": st.column_config.TextColumn("Run id"),
-    "example": st.column_config.CheckboxColumn("Example", help="A read-only example run shipped with the project "
-                                               "(made by `python -m cxrdemo lessons build-examples`; no weights)"),
-    "status": st.column_config.TextColumn("Status"),
-    "problem": st.column_config.TextColumn("Problem", help="Why a run failed, stopped or cannot be read"),
-    "init": st.column_config.TextColumn("Initialisation"),
-    "freeze": st.column_config.TextColumn("Freeze level"),
-    "epochs_run": st.column_config.NumberColumn("Epochs run"),
-    "epochs_planned": st.column_config.NumberColumn("Epochs planned"),
-    # numbers are written by compare.styled_table (views/numbers: one precision per kind), not by a format here
-    "best_val_acc": st.column_config.NumberColumn("Best val acc"),
-    "epochs_to_best": st.column_config.NumberColumn("Epoch of best val loss", help="How fast the run converged"),
-    **{c: st.column_config.NumberColumn(label) for c, label in compare.TEST_METRIC_LABELS.items()},
-    "test_precision": st.column_config.NumberColumn("Test precision (macro)"),
-    "total_params": st.column_config.NumberColumn("Total parameters"),
-    "trainable_params": st.column_config.NumberColumn(
-        "Trainable parameters",
-        help="Parameters the optimiser updated in the last epoch run (gradual:T: see the note column)"),
-    "trainable_at_start": st.column_config.NumberColumn("Trainable in epoch 1"),
-    "params_note": st.column_config.TextColumn("Parameter note"),
-    "sec_per_epoch": st.column_config.NumberColumn("Seconds per epoch"),
-    "arithmetic": st.column_config.TextColumn("Arithmetic", help="float32 or bfloat16 mixed precision and the memory layout, "
-                                              "chosen by a short timed trial on this computer (its measured gain in "
-                                              "brackets): compare seconds per epoch like with like"),
-    "started": st.column_config.DatetimeColumn("Started"),
-}
-
-
-def compact_columns() -> dict:
-    """The compact table's columns: short headers (the caption above says they are test results), fixed widths."""
-    short = {"name": "Run", "recipe": "Recipe", "status": "Status", "epochs_run": "Epochs", "test_accuracy": "Accuracy",
-             "test_auroc": "AUROC", "test_sensitivity": "Sens.", "test_specificity": "Spec.",
-             "trainable_params": "Trainable", "sec_per_epoch": "s/epoch"}
-    config = {}
-    for col, width in compare.COMPACT_WIDTHS.items():
-        base = dict(COLUMNS.get(col) or {})
-        config[col] = {**base, "label": short[col], "width": width}
-    return config
-
-
-def _label(table, run_id: str) -> str:
-    row = table.loc[table["run_id"] == run_id].iloc[0]
-    return f"{row['name']} — {row['recipe']} ({row['status']})" if row["recipe"] else str(row["name"])
-
 
 def live_section(root, states: dict[str, str], colors: dict[str, str], fixed=()) -> None:
     """Curves and progress of the chosen runs, re-read from the run store on every refresh."""
@@ -105,7 +55,7 @@ def results_section(chosen, colors: dict[str, str]) -> None:
 def details_section(infos: dict, chosen_ids: list[str], table) -> None:
     """Confusion matrix, ROC curve and recipe of one chosen run."""
     st.subheader("One run in detail")
-    run_id = st.selectbox("Run", chosen_ids, key="detail_run", format_func=lambda r: _label(table, r))
+    run_id = st.selectbox("Run", chosen_ids, key="detail_run", format_func=lambda r: run_table.run_label(table, r))
     info = infos[run_id]
     test = runs.read_test_metrics(info.path) if not info.damaged else None
     tab_cm, tab_roc, tab_cal, tab_recipe, tab_cams = st.tabs(["Confusion matrix", "ROC curve", "Calibration", "Recipe",
@@ -164,7 +114,7 @@ def delete_section(table) -> None:
                     icon=":material/lock:")
             return
         run_id = st.selectbox("Run to delete", deletable, key="delete_run",
-                              format_func=lambda r: _label(table, r))
+                              format_func=lambda r: run_table.run_label(table, r))
         sure = st.checkbox(f"Yes, permanently delete run {run_id} and all its files", key="delete_confirm")
         if st.button("Delete run", type="primary", disabled=not sure, key="delete_button"):
             with ui.friendly_errors("Deleting the run"):
@@ -184,29 +134,19 @@ POLICY = ui.classroom()
 with ui.friendly_errors("Reading the runs"):
     all_infos = runs.list_runs(root)
     reference = compare.demo_reference()
-    if reference is not None and st.toggle("Add the shipped demo model as a reference", key="with_demo",
-                                           value=bool(st.session_state.get("keep:with_demo"))):
+    if reference is not None and ui.kept_toggle("Add the shipped demo model as a reference", "with_demo", False):
         all_infos = [reference, *all_infos]
-    st.session_state["keep:with_demo"] = st.session_state.get("with_demo", False)
     shipped = examples.list_examples()
-    if shipped and st.toggle(f"Show the {len(shipped)} example runs shipped with the project", key="with_examples",
-                             value=st.session_state.get("keep:with_examples", True),
-                             help="Read-only lesson runs made by `python -m cxrdemo lessons build-examples`, marked "
-                                  "'example' everywhere; they carry no weights, so Diagnosis cannot use them."):
+    if shipped and ui.kept_toggle(f"Show the {len(shipped)} example runs shipped with the project", "with_examples",
+                                  True, help=run_table.EXAMPLES_HELP):
         all_infos = compare.with_examples(all_infos, shipped)
-    st.session_state["keep:with_examples"] = st.session_state.get("with_examples", True)
     if not all_infos:
         st.info(f"No runs yet in {root}. Start one on the Trainer page; it will appear here while it trains.")
-        try:
-            st.page_link("app_pages/trainer.py", label="Open the Trainer page", icon=":material/model_training:")
-        except StreamlitAPIException:  # this page runs on its own (no router)
-            pass
+        ui.page_link("app_pages/trainer.py", "Open the Trainer page", ":material/model_training:")
         st.stop()
     table = compare.runs_table(all_infos)
-    damaged = table[table["status"] == "damaged"]
-    if len(damaged):
-        st.warning("Some run folders cannot be read and are listed as 'damaged': "
-                   + "; ".join(f"{r}: {p}" for r, p in zip(damaged["run_id"], damaged["problem"])), icon=":material/healing:")
+    if damaged := run_table.damaged_sentence(table):
+        st.warning(damaged, icon=":material/healing:")
 
     f1, f2, f3 = st.columns(3)
     datasets = f1.multiselect("Dataset", sorted(set(table["dataset"]) - {""}), placeholder="All datasets",
@@ -220,24 +160,24 @@ with ui.friendly_errors("Reading the runs"):
     if not every:
         st.caption("Accuracy, AUROC, sensitivity (Sens.) and specificity (Spec.) on each run's test split; "
                    "*Show every column* adds precision, F1, parameters, timing and the dataset.")
-    st.dataframe(compare.styled_table(shown), hide_index=True, column_config=COLUMNS if every else compact_columns(), key="runs_table",
-                 column_order=None if every else compare.COMPACT_COLUMNS)
+    st.dataframe(compare.styled_table(shown), hide_index=True,
+                 column_config=ui.column_config(run_table.column_specs(compact=not every)),
+                 key="runs_table", column_order=None if every else compare.COMPACT_COLUMNS)
 
     options = shown.loc[shown["status"] != "damaged", "run_id"].tolist()
     if "chosen" in st.session_state:  # keep only choices the current filters still show
         st.session_state["chosen"] = [r for r in st.session_state["chosen"] if r in options]
     chosen_ids = st.multiselect("Runs to compare", options, default=None if "chosen" in st.session_state
                                 else compare.default_choice(options, all_infos), key="chosen",
-                                format_func=lambda r: _label(table, r))
+                                format_func=lambda r: run_table.run_label(table, r))
     if not chosen_ids:
         st.info("Choose one or more runs above to compare them.")
         delete_section(table)
         st.stop()
     infos = {i.run_id: i for i in all_infos}
     chosen = shown.set_index("run_id").loc[chosen_ids].reset_index()
-    for name, problem in zip(chosen["name"], chosen["problem"]):
-        if problem:  # the compact table leaves the problem column out: a chosen run's problem is said here
-            st.warning(f"**{name}**: {problem}", icon=":material/warning:")
+    for sentence in run_table.problem_sentences(chosen):  # the compact table leaves the problem column out
+        st.warning(sentence, icon=":material/warning:")
     colors = plots.run_colors(chosen_ids)
 
     st.subheader("Learning curves")

@@ -7,6 +7,7 @@ import streamlit as st
 from cxrdemo.diagnosis import explain, predict
 from cxrdemo.runs import store
 from cxrdemo.views import diagnosis as dv
+from cxrdemo.views import population as pv
 from cxrdemo.views import words
 from cxrdemo.views.text import escape_markdown as md
 from app_pages import film, heatmaps_ui, ui
@@ -53,7 +54,8 @@ def image_source() -> tuple[bytes, str] | None:
 
 
 def compare_section(label: str, labels: list[str], choices: dict, root: str, rad: predict.Radiograph,
-                    method: str, target: str | None, level: float, opacity: float, pending: list) -> None:
+                    stated_age: float | None, method: str, target: str | None, level: float, opacity: float,
+                    pending: list) -> None:
     """The same image through up to MAX_COMPARE other models, a column each: numbers first, then the results."""
     st.subheader("Compare models on this image")
     candidates = [lb for lb in labels if lb != label]
@@ -73,7 +75,7 @@ def compare_section(label: str, labels: list[str], choices: dict, root: str, rad
         if lb not in loaded:
             continue
         with col, ui.friendly_errors("This model"):
-            res = film.result_for(choices[lb], root, rad)
+            res = film.result_for(choices[lb], root, rad, stated_age)
             hm = film.heatmap_for(choices[lb], root, rad, method, target, res)
             film.images(lb, loaded[lb], rad, res, hm, level, opacity, full=False)
             film.verdict(loaded[lb], res, level, full=False)
@@ -106,7 +108,13 @@ with pick_model:
         model_panel(model, root)
         ui.model_card_expander(model.path, key="diagnosis")
 with pick_image:
+    if model is not None:
+        st.caption(pv.population_line(model.population, md))  # whom the model is for, before any upload
     source = image_source()
+    stated_age = st.number_input("Patient's age in years (optional)", min_value=0.0, max_value=130.0, value=None,
+                                 step=1.0, key="age",
+                                 help="Checked against the ages the model learnt from. A DICOM file's own header "
+                                      "age is used first; the age is kept only in this page, never stored.")
 if model is None:
     st.stop()
 
@@ -145,7 +153,7 @@ st.caption(f"Read as {m.format.upper()}, {m.width} × {m.height} px, {m.bits}-bi
            + (f" · {'; '.join(m.notes)}" if m.notes else ""))
 res = None
 with ui.friendly_errors("Checking the image"):
-    res = film.result_for(run, root, rad)
+    res = film.result_for(run, root, rad, stated_age)
 if res is None or not film.checks(model, rad, res):
     st.stop()
 
@@ -159,5 +167,5 @@ with slot.container(), ui.friendly_errors("The prediction"):
     with ui.friendly_errors("The sanity check"):
         heatmaps_ui.sanity_section(model, rad, res, hm)
 
-compare_section(label, labels, choices, root, rad, method, key_target, level, opacity, pending)
+compare_section(label, labels, choices, root, rad, stated_age, method, key_target, level, opacity, pending)
 heatmaps_ui.faithfulness_section(pending)  # last: the prediction and heatmaps are on screen while it scores

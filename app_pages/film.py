@@ -11,6 +11,7 @@ from cxrdemo.data.shrink import display_copy
 from cxrdemo.diagnosis import cam_cost, explain, predict, result
 from cxrdemo.views import diagnosis as dv
 from cxrdemo.views import plots
+from cxrdemo.views import population as pv
 from cxrdemo.views.text import escape_markdown as md
 
 
@@ -32,14 +33,15 @@ def read(digest: str, name: str, _raw: bytes) -> predict.Radiograph:
 
 
 @st.cache_data(max_entries=32, show_spinner="Reading the film with the model…")
-def answer(run: str, mtime: int, root: str, digest: str, _rad: predict.Radiograph) -> result.ImageResult:
+def answer(run: str, mtime: int, root: str, digest: str, stated_age: float | None,
+           _rad: predict.Radiograph) -> result.ImageResult:
     """The one result of one model for one image: every number shown for it comes from here."""
-    return result.assess(load(run, mtime, root), _rad)
+    return result.assess(load(run, mtime, root), _rad, stated_age=stated_age)
 
 
-def result_for(run: str, root: str, rad: predict.Radiograph) -> result.ImageResult:
-    """The cached result of `run` for `rad`."""
-    return answer(run, predict.model_mtime(run, root), root, rad.digest, rad)
+def result_for(run: str, root: str, rad: predict.Radiograph, stated_age: float | None = None) -> result.ImageResult:
+    """The cached result of `run` for `rad` (`stated_age`: the patient's age the user typed, if any)."""
+    return answer(run, predict.model_mtime(run, root), root, rad.digest, stated_age, rad)
 
 
 @st.cache_data(ttl=3600, show_spinner=False)
@@ -85,11 +87,15 @@ def verdict(model: predict.LoadedModel, res: result.ImageResult, level: float, f
     st.markdown(dv.set_sentence(r, level, model.run_id))
     if res.in_domain:
         st.caption(dv.domain_words(model, res))
+    if res.population is not None and res.population.in_population is not False:  # False: warned above
+        st.caption(md(pv.population_reason(res.population)))
 
 
 def checks(model: predict.LoadedModel, rad: predict.Radiograph, res: result.ImageResult) -> bool:
     """The checks' warnings and the 'run anyway' gate, with the film shown (a radiologist judges the warning by
     looking at it); True when the page may go on."""
+    if res.population is not None and res.population.in_population is False:
+        st.warning(md(pv.population_reason(res.population)), icon=":material/person_off:")
     if not res.looks_like_cxr:
         st.warning(res.quality_warning, icon=":material/warning:")
     if res.in_domain is False:  # the features say what the pixels' statistics could not: unlike the training images

@@ -3,20 +3,20 @@
 from __future__ import annotations
 
 import streamlit as st
-from streamlit.errors import StreamlitAPIException
 
 from cxrdemo import data
 from cxrdemo.model import backbones
 from cxrdemo.runs import jobs, ray_backend, slots
 from cxrdemo.runs.lifecycle import log_tail
-from cxrdemo.views import card, numbers, sweep_cost, words
+from cxrdemo.views import card, sweep_cost, words
 from cxrdemo.views import population as pv
 from cxrdemo.views import classroom as cls
+from cxrdemo.views import recipe as rc
 from cxrdemo.views import trainer as tv
 from cxrdemo.views import trainer_form as form
 from app_pages import ui, watch
+from app_pages.form_widgets import KEEP, SPECS, choice, follow_rule, keep, kept, multiselect, restore, widget_rows
 
-SPECS = {spec.name: spec for spec in form.widget_specs()}
 FOLDER = "A folder on this computer"
 
 
@@ -24,59 +24,6 @@ FOLDER = "A folder on this computer"
 def scan(path: str):
     """The dataset scan (cached briefly: a folder may change while the page is open)."""
     return data.scan_dataset(path)
-
-
-def link(page: str, label: str, icon: str, run_id: str) -> None:
-    """A page link carrying the run id (?run=); a caption when this page runs on its own (no router)."""
-    try:
-        st.page_link(page, label=label, icon=icon, query_params={"run": run_id})
-    except StreamlitAPIException:
-        st.caption(f"{icon} {label}: open it from the app's sidebar.")
-
-
-KEEP = "trainer:"  # non-widget copies: Streamlit forgets the widgets of a page that is not shown
-
-
-def kept(key: str, options=None) -> bool:
-    """Put back this session's value of widget `key` (if still a valid choice); True when the widget has one."""
-    if key not in st.session_state and KEEP + key in st.session_state:
-        st.session_state[key] = st.session_state[KEEP + key]
-    if options is not None and key in st.session_state and st.session_state[key] not in options:
-        del st.session_state[key]
-    return key in st.session_state
-
-
-def keep(key: str, value):
-    """Remember a widget's value for this session (across page switches); returns it."""
-    st.session_state[KEEP + key] = value
-    return value
-
-
-def widget(spec: form.WidgetSpec, where=st, options=None):
-    """The widget a declared option asks for (a number field, a choice or a line of text), keyed by its name."""
-    if spec.kind == "text":
-        kept(spec.name)
-        value = where.text_input(spec.label, value=spec.default, key=spec.name, help=spec.help, max_chars=200)
-    elif spec.kind == "select":
-        options = list(options or spec.options)
-        index = 0 if kept(spec.name, options) else options.index(spec.default)
-        value = where.selectbox(spec.label, options, index=index, format_func=spec.word, key=spec.name,
-                                help=spec.help, on_change=keep, args=(f"picked:{spec.name}", True))
-    else:
-        value = where.number_input(spec.label, spec.min, spec.max, "min" if kept(spec.name) else spec.default,
-                                   step=spec.step, format=spec.format, key=spec.name, help=spec.help)
-    return keep(spec.name, value)
-
-
-def widget_rows(group: str, options: dict | None = None) -> dict:
-    """Every declared option of `group`, as many to a row as the form's layout declares; their values by name."""
-    specs = [s for s in SPECS.values() if s.group == group]
-    per_row = form.ROW_WIDGETS[group]
-    values = {}
-    for i in range(0, len(specs), per_row):
-        for col, spec in zip(st.columns(per_row), specs[i:i + per_row]):
-            values[spec.name] = widget(spec, col, (options or {}).get(spec.name))
-    return values
 
 
 ui.notice()
@@ -87,22 +34,10 @@ with ui.friendly_errors("Checking earlier jobs"):
 policy = ui.classroom()
 owner = {"browser": cls.browser_tag(ui.browser_id())}  # a reload finds this browser's last recipe; classroom
 # mode also counts its jobs
-if not st.session_state.get(KEEP + "restored"):  # a new browser session (a reload): the recipe in the URL, else
-    st.session_state[KEEP + "restored"] = True  # this browser's last submission (never another browser's run)
-    from_url = (form.recipe_from_query(st.query_params.to_dict())
-                or form.last_recipe(jobs.list_jobs(root), owner["browser"]))
-    if from_url.get("data", "demo") != "demo":
-        from_url.update(source=FOLDER, data_path=from_url["data"])
-    if "threshold" in from_url:  # a rule in the URL was the user's pick: a run started from keeps it
-        from_url["picked:threshold"] = True
-    for key, value in from_url.items():
-        st.session_state.setdefault(KEEP + key, value)
-
+# A new browser session (a reload): the recipe in the URL, else this browser's last submission (never another's).
+restore(lambda: rc.restored_recipe(st.query_params.to_dict(), jobs.list_jobs(root), owner["browser"], FOLDER))
 if policy.student:
-    lim = policy.limits
-    st.caption(f":material/school: Classroom mode: up to {lim.max_epochs} epochs, {lim.max_img_size} px images, "
-               f"sweeps of {lim.max_sweep} runs and {lim.max_jobs_per_browser} waiting jobs per browser; folder "
-               "paths and larger jobs need the teacher.")
+    st.caption(cls.limits_words(policy.limits))
 
 # ---------------------------------------------------------------- 1. data
 st.subheader("1 · Images")
@@ -138,15 +73,12 @@ with st.expander("Whom the films come from (optional)"):
 st.subheader("2 · Network")
 names = backbones.backbone_names()
 c1, c2 = st.columns(form.ROW_WIDGETS["network"])
-backbone = keep("backbone", c1.selectbox(
-    SPECS["backbone"].label, names, index=0 if kept("backbone", names) else names.index(SPECS["backbone"].default),
-    key="backbone", format_func=lambda n: form.backbone_label(n, num_classes)))
+backbone = choice(c1, "backbone", names, SPECS["backbone"].default,
+                  format_func=lambda n: form.backbone_label(n, num_classes))
 c1.caption(backbones.get_spec(backbone).description)
 inits = form.init_options(backbone, jobs.list_jobs(root))
 preferred = "imagenet" if "imagenet" in inits and not form.init_problem(backbone, "imagenet") else "scratch"
-init = keep("init", c2.selectbox(SPECS["init"].label, list(inits),
-                                 index=0 if kept("init", list(inits)) else list(inits).index(preferred),
-                                 format_func=lambda i: form.init_label(backbone, i, inits[i]), key="init"))
+init = choice(c2, "init", list(inits), preferred, format_func=lambda i: form.init_label(backbone, i, inits[i]))
 init_problem = form.init_problem(backbone, init)
 note = form.imagenet_note(backbone)
 if init_problem:
@@ -154,32 +86,25 @@ if init_problem:
 elif note:
     c2.info(note, icon=":material/inventory_2:")
 inherited = form.source_rule(init, list(ds.classes) if ds is not None else [], root)
-if inherited and not st.session_state.get(KEEP + "picked:threshold"):
-    st.session_state["threshold"] = inherited  # the run's operating point, until the user picks another rule
+follow_rule(inherited)  # the source run's operating point, until the user picks another rule
 if inherited:
     c2.caption(f"Keeps that run's decision rule ({words.rule_words(inherited)}) unless you choose another under "
                "*More options*.")
-elif not st.session_state.get(KEEP + "picked:threshold"):
-    st.session_state["threshold"] = SPECS["threshold"].default
 freezes = form.freeze_options(backbone)
-kept("freeze", list(freezes))  # the first level ("none") is the default
-freeze = keep("freeze", c1.selectbox(SPECS["freeze"].label, list(freezes), format_func=freezes.get, key="freeze"))
+freeze = choice(c1, "freeze", list(freezes), next(iter(freezes)), format_func=freezes.get)  # "none" first
 c1.caption(form.trainable_text(backbone, freeze, num_classes))
 
 # ---------------------------------------------------------------- 3. training
 st.subheader("3 · Training")
 options = widget_rows("training")
-rules = list(dict.fromkeys([*SPECS["threshold"].options, *([inherited] if inherited else []),
-                            *([str(st.session_state[KEEP + "threshold"])] if KEEP + "threshold" in st.session_state
-                              else [])]))
+rules = rc.rule_choices(SPECS["threshold"].options, inherited, st.session_state.get(KEEP + "threshold"))
 with st.expander("More options"):
     options.update(widget_rows("more", options={"threshold": rules}))
 kept("run_name")
 name = keep("run_name", st.text_input("Label (optional, added to the run id)", max_chars=40, key="run_name"))
 recipe = {"data": data_path or "", "backbone": backbone, "init": init, "freeze": freeze, **options, **population}
 # A reload restores this recipe; other parameters of the address (the classroom's browser id) stay.
-st.query_params.from_dict({**{k: v for k, v in st.query_params.to_dict().items() if k == "sid"},
-                           **form.recipe_to_query(recipe)})
+st.query_params.from_dict(rc.query_for(recipe, st.query_params.to_dict()))
 
 
 # ---------------------------------------------------------------- where jobs train (Ray cluster, issue #9)
@@ -204,20 +129,13 @@ blocked = "Choose a dataset that can be read first." if ds is None else init_pro
 if st.button("Start training", type="primary", disabled=bool(blocked), key="start", help=blocked):
     with ui.friendly_errors("Starting the job"):
         config = form.make_config(recipe)
-        policy.check_recipe(config)
-        policy.check_browser_room(jobs.list_jobs(root), owner.get("browser", ""))
+        policy.check_jobs([config], jobs.list_jobs(root), owner["browser"])
         run_id = jobs.submit(config, root, name=name, **where, **owner)
         st.success(f"Queued run **{run_id}**; it appears below and keeps training if you close this tab.")
 
 with st.expander("Sweep: queue a grid of backbones × freeze levels (× seeds)"):
-    kept("sweep_backbones")
-    sweep_nets = keep("sweep_backbones", st.multiselect(
-        "Backbones", names, default=None if "sweep_backbones" in st.session_state else [backbone],
-        key="sweep_backbones"))
-    kept("sweep_freezes")
-    sweep_freezes = keep("sweep_freezes", st.multiselect(
-        "Freeze levels", form.SWEEP_FREEZES, default=None if "sweep_freezes" in st.session_state else ["none", "head"],
-        key="sweep_freezes"))
+    sweep_nets = multiselect("Backbones", names, [backbone], "sweep_backbones")
+    sweep_freezes = multiselect("Freeze levels", form.SWEEP_FREEZES, ["none", "head"], "sweep_freezes")
     sweep_seeds = int(st.number_input("Seeds per recipe", 1, 10, 1, key="sweep_seeds",
                                       help="Repeat each recipe with seeds seed, seed+1, ...: Compare shows their "
                                            "mean ± standard deviation, so a difference can be told from luck."))
@@ -231,13 +149,10 @@ with st.expander("Sweep: queue a grid of backbones × freeze levels (× seeds)")
         st.caption(n)
     if ds is not None and configs:
         totals = ds.summary()["totals"]
-        st.caption(sweep_cost.sweep_cost_text(configs, totals.get("train", 0), totals.get("val", 0)))
+        st.caption(sweep_cost.sweep_cost_text(configs, totals.get("train", 0), totals.get("val", 0), root))
     if st.button(f"Queue {len(configs)} run(s)", disabled=ds is None or not configs, key="sweep"):
         with ui.friendly_errors("Queueing the sweep"):
-            policy.check_sweep(len(configs))
-            for c in configs:
-                policy.check_recipe(c)
-            policy.check_browser_room(jobs.list_jobs(root), owner.get("browser", ""), len(configs))
+            policy.check_jobs(configs, jobs.list_jobs(root), owner["browser"])
             slots.check_queue_room(root, len(configs))  # all of the sweep or none of it
             ids = [jobs.submit(c, root, name=name or "sweep", **where, **owner) for c in configs]
             st.success(f"Queued {len(ids)} runs; they train one after another.")
@@ -267,11 +182,8 @@ def jobs_panel() -> None:
                     policy.check_browser_room(jobs.list_jobs(root), owner.get("browser", ""))
                     jobs.resubmit(row.run_id, root, **owner)
             if row.latest:
-                cols = st.columns(4)
-                for col, (key, label) in zip(cols, (("train_loss", "train loss"), ("val_loss", "val loss"),
-                                                    ("train_acc", "train accuracy"), ("val_acc", "val accuracy"))):
-                    value = row.latest.get(key)
-                    col.metric(label, numbers.metric(key, value))
+                for col, (label, value) in zip(st.columns(len(tv.LATEST_METRICS)), tv.latest_texts(row.latest)):
+                    col.metric(label, value)
                 st.plotly_chart(card.card_figure(row.path), key=f"curve-{row.run_id}",
                                 config={"displayModeBar": False})
                 watch.probe_strip(row.run_id, row.path)
@@ -284,9 +196,9 @@ def jobs_panel() -> None:
             if row.state == "completed":
                 c1, c2 = st.columns(2)
                 with c1:
-                    link("app_pages/compare.py", "Compare with other runs", ":material/monitoring:", row.run_id)
+                    ui.run_link("app_pages/compare.py", "Compare with other runs", ":material/monitoring:", row.run_id)
                 with c2:
-                    link("app_pages/diagnosis.py", "Diagnose an image", ":material/radiology:", row.run_id)
+                    ui.run_link("app_pages/diagnosis.py", "Diagnose an image", ":material/radiology:", row.run_id)
 
 
 jobs_panel()

@@ -8,6 +8,7 @@ from typing import Iterator
 
 import streamlit as st
 from streamlit import config as st_config
+from streamlit.errors import StreamlitAPIException
 
 from cxrdemo import paths
 from cxrdemo.errors import CxrError
@@ -36,6 +37,38 @@ def friendly_errors(what: str = "That") -> Iterator[None]:
         log.exception("unexpected error")
         st.error(f"{what} did not work because of an unexpected problem. The details were written to the app's "
                  "console; the rest of the app keeps working.", icon=":material/error:")
+
+
+_COLUMN_KINDS = {"text": st.column_config.TextColumn, "number": st.column_config.NumberColumn,
+                 "checkbox": st.column_config.CheckboxColumn, "datetime": st.column_config.DatetimeColumn}
+
+
+def column_config(specs: dict[str, dict]) -> dict:
+    """Streamlit's column configuration for plain column specs (views: kind, label, help, format, width, pinned)."""
+    return {name: _COLUMN_KINDS[spec["kind"]](**{k: v for k, v in spec.items() if k != "kind"})
+            for name, spec in specs.items()}
+
+
+def run_link(page: str, label: str, icon: str, run_id: str) -> None:
+    """A page link carrying the run id (?run=); a caption when the page runs on its own (no router)."""
+    if not page_link(page, label, icon, query_params={"run": run_id}):
+        st.caption(f"{icon} {label}: open it from the app's sidebar.")
+
+
+def kept_toggle(label: str, key: str, default: bool, **kwargs) -> bool:
+    """A toggle that keeps this session's choice across page switches (Streamlit forgets hidden pages' widgets)."""
+    value = st.toggle(label, key=key, value=bool(st.session_state.get(f"keep:{key}", default)), **kwargs)
+    st.session_state[f"keep:{key}"] = value
+    return value
+
+
+def page_link(page: str, label: str, icon: str, **kwargs) -> bool:
+    """A link to another page; False (and nothing shown) when this page runs on its own, without the router."""
+    try:
+        st.page_link(page, label=label, icon=icon, **kwargs)
+    except StreamlitAPIException:
+        return False
+    return True
 
 
 def runs_dir():

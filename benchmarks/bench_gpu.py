@@ -119,7 +119,7 @@ def engine(root: Path, name: str, size: int, batch: int, epochs: int, max_images
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "cxr-large"))
+    ap.add_argument("--data", required=True, help="split-layout dataset (the README's figures: cxr-large)")
     ap.add_argument("--images", type=int, default=0, help="stratified subset of this many images per split (0 = all)")
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--batch", type=int, default=32)

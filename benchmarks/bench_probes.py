@@ -36,7 +36,7 @@ def cpu_model() -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--data", default="/work/shared/data/cxr-dev")
+    ap.add_argument("--data", required=True, help="split-layout dataset (the README's figures: cxr-dev)")
     ap.add_argument("--backbone", default="resnet18")
     ap.add_argument("--freezes", default="none,3,head")
     ap.add_argument("--epochs", type=int, default=2)

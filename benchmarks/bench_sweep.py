@@ -1,4 +1,4 @@
-"""What a real sweep costs on this computer: `python benchmarks/bench_sweep.py [--images 300] [--dry-run]`.
+"""What a real sweep costs on this computer: `python benchmarks/bench_sweep.py --data DIR [--images 300] [--dry-run]`.
 
 The sweep of issue 21: cnn5, resnet18, densenet121 x freeze head / 3 / none, 10 epochs on cxr-large at
 224 px. Running it takes hours on 2 cores, so this measures ONE epoch of each of the 9 recipes on a stated
@@ -7,13 +7,13 @@ stratified subset (--images per split, default 300: 300 train and 300 val images
   - each recipe's timed trial (model/tuning.tune, what a user's first run or `python -m cxrdemo tune` does)
     is done first and its cost printed apart: the epochs are timed with the remembered choice;
   - seconds per image of that epoch = the epoch's `seconds` column of metrics.csv (training pass and
-    validation) / (train images + val images / 3), the same model views/sweep_cost.py extrapolates with
+    validation) / (train images + val images / 3), the same model runs/durations.py extrapolates with
     (a validation image costs a forward pass, about a third of a training step); for `head` the trunk
     runs once (epoch 1 computes every split's features) and later epochs are nearly free, so its figure
     is epoch 1's seconds / (train + val images);
   - the one-off decode of the full set is extrapolated from the subset's decode images/s.
 It writes the per-image figures, labelled with the CPU, threads, torch version, date and subset, to
-<cache>/sweep_cost.json (views/sweep_cost.MEASURED_FILE), where the Trainer's sweep form reads them for its
+<cache>/sweep_cost.json (runs/durations.MEASURED_FILE), where the Trainer's sweep form reads them for its
 estimate before the click; `--out FILE` writes elsewhere instead. It prints the extrapolated table for
 10 epochs of the full set, one after another, and what Ray with N nodes of this kind would change
 (modelled: the 9 runs N at a time, never less than the longest run). The figures describe this computer
@@ -38,9 +38,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from cxrdemo import data
 from cxrdemo.config import TrainConfig
 from cxrdemo.model import speed, tuning
+from cxrdemo.runs import durations
 from cxrdemo.runs import store as runs
 from cxrdemo.runs.worker import execute_run
-from cxrdemo.views import sweep_cost
 
 BACKBONES = ("cnn5", "resnet18", "densenet121")
 FREEZES = ("head", "3", "none")
@@ -63,7 +63,7 @@ def one_epoch(root: Path, backbone: str, freeze: str, size: int, batch: int, ima
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "cxr-large"))
+    ap.add_argument("--data", required=True, help="split-layout dataset (issue 21's sweep: cxr-large)")
     ap.add_argument("--images", type=int, default=300, help="stratified subset: this many images per split")
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--batch", type=int, default=TrainConfig().batch_size)
@@ -111,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"trial_{backbone}_{freeze}: {trial} (wall {time.perf_counter() - t0:.1f} s)", flush=True)
         got = one_epoch(root, backbone, freeze, args.size, args.batch, args.images)
         seconds = float(got["row"]["seconds"])
-        work = (n_sub["train"] + n_sub["val"]) if freeze == "head" else n_sub["train"] + sweep_cost.VAL_SHARE * n_sub["val"]
+        work = (n_sub["train"] + n_sub["val"] if freeze == "head"
+                else n_sub["train"] + durations.VAL_SHARE * n_sub["val"])
         per_image.setdefault(backbone, {})[freeze] = seconds / work
         print(f"epoch_s_{backbone}_{freeze}: {seconds:.1f} ({got['precision']}, {got['memory_format']}, "
               f"trial {got['trial']})", flush=True)
@@ -123,15 +124,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         Path(args.out).write_text(json.dumps(record, indent=1), encoding="utf-8")
     else:
-        sweep_cost.save_measured(record)
-    print(f"written: {args.out or sweep_cost.MEASURED_FILE + ' in the cache folder'}")
+        durations.save_measured(record)
+    print(f"written: {args.out or durations.MEASURED_FILE + ' in the cache folder'}")
 
     print(f"\n| backbone | freeze | arithmetic | subset epoch s | full epoch s (extrapolated) | {args.epochs} epochs |")
     print("|---|---|---|---:|---:|---:|")
     total, longest = 0.0, 0.0
     for backbone, freeze, seconds, precision in lines:
         cfg = TrainConfig(backbone=backbone, freeze=freeze, epochs=args.epochs, img_size=args.size)
-        run_s = sweep_cost.sweep_seconds([cfg], n_full["train"], n_full["val"], 1.0, per_image, args.size)
+        run_s = durations.training_seconds(cfg, n_full["train"], n_full["val"],
+                                           durations.Speed(per_image, args.size, source="measured"))
         epoch_s = run_s if freeze == "head" else run_s / args.epochs
         total, longest = total + run_s, max(longest, run_s)
         print(f"| {backbone} | {freeze} | {precision} | {seconds:.1f} | {epoch_s:.0f} | {run_s / 60:.1f} min |")

@@ -192,8 +192,8 @@ def _side(side: str, root: Path, files: set[str], name: str, freeze: str, size: 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "cxr-dev"),
-                    help="split-layout dataset (<data>/train/<CLASS>)")
+    ap.add_argument("--data", required=True, help="split-layout dataset (<data>/train/<CLASS>; the README's figures: "
+                    "cxr-dev)")
     ap.add_argument("--quick", action="store_true",
                     help="64 px, 128 images, 3 epochs, 5 interleaved rounds, resnet18 and cnn5 at freeze none")
     ap.add_argument("--epochs", type=int, default=EPOCHS, help="epochs per run (the first is the warm-up)")

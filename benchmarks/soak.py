@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from cxrdemo.config import TrainConfig  # noqa: E402
 from cxrdemo.diagnosis import explain, predict, result
 from cxrdemo.errors import RunError  # noqa: E402
+from cxrdemo.model import checkpoint  # noqa: E402
 from cxrdemo.runs import jobs
 from cxrdemo.runs import store as runs  # noqa: E402
 from cxrdemo.runs.worker import execute_run  # noqa: E402
@@ -163,8 +164,8 @@ def soak(level: int, n_jobs: int, n_pred: int, data: Path, model: predict.Loaded
         want = ("cancelled", "completed") if run_id in cancelled else ("completed",)
         if state not in want:
             failures.append(f"{run_id} is {state}, expected {' or '.join(want)}")
-        if state == "completed" and not (store / run_id / "model.pt").is_file():
-            failures.append(f"{run_id} completed without model.pt")
+        if state == "completed" and not checkpoint.has_model(store / run_id):
+            failures.append(f"{run_id} completed without {checkpoint.MODEL_FILE}")
     if zombies:
         failures.append(f"zombie children: {zombies}")
     if workers:

@@ -2,7 +2,7 @@
 
 Each demo split is drawn from the same split of cxr-dev (already split by patient), one image per patient,
 patients and images chosen with a fixed seed; images become 8-bit grey JPEG (quality 90), longer side 256 px.
-Usage: python scripts/make_demo_data.py [--source /work/shared/data/cxr-dev] [--out cxrdemo/demo_data] [--seed 0]
+Usage: python scripts/make_demo_data.py --source DIR/cxr-dev [--out cxrdemo/demo_data] [--seed 0]
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ def convert(src: Path, dst: Path, long_side: int = LONG_SIDE, quality: int = QUA
 def main(argv: list[str] | None = None) -> None:
     """Rebuild the demo images, MANIFEST.csv and POPULATION.json (README.md is written by hand)."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--source", type=Path, default=Path("/work/shared/data/cxr-dev"))
+    ap.add_argument("--source", type=Path, required=True, help="the cxr-dev dataset folder the demo set is drawn from")
     ap.add_argument("--out", type=Path, default=REPO / "cxrdemo" / "demo_data")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)

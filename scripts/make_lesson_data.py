@@ -7,7 +7,7 @@ leakage/{train,test}/{BACTERIA,VIRUS}: train holds patients with 2-4 images of o
   patient), so a split by image puts one child's films on both sides; test holds other patients (one image each,
   from cxr-large val). A patient with both a bacterial and a viral file joins one class only.
 Every image becomes 8-bit grey JPEG (quality 85), longer side 128 px; choices use a fixed seed.
-Usage: python scripts/make_lesson_data.py [--source /work/shared/data/cxr-large] [--out cxrdemo/lesson_data]
+Usage: python scripts/make_lesson_data.py --source DIR/cxr-large [--out cxrdemo/lesson_data]
 """
 
 from __future__ import annotations
@@ -90,7 +90,8 @@ def choose(rows: list[dict], seed: int) -> list[dict]:
 def main(argv: list[str] | None = None) -> None:
     """Rebuild both lesson sets, their POPULATION.json and MANIFEST.csv (README.md is written by hand)."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--source", type=Path, default=Path("/work/shared/data/cxr-large"))
+    ap.add_argument("--source", type=Path, required=True,
+                    help="the cxr-large dataset folder the lesson sets are drawn from")
     ap.add_argument("--out", type=Path, default=REPO / "cxrdemo" / "lesson_data")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)

@@ -1,6 +1,7 @@
 """Build proxy image sets for the "unlike the training images" check, from files shipped inside installed packages.
 
-    python scripts/make_proxy_sets.py [OUT]          (default benchmarks/out/proxy, git-ignored)
+    python scripts/make_proxy_sets.py [OUT] [--chest-source DIR/cxr-dev/test]
+                                                     (OUT: default benchmarks/out/proxy, git-ignored)
 
 Adult chest films: the only one this environment can reach is RG1 of pydicom-data (`pip install pydicom-data`, from
 the package registry: a CR PA chest of an adult, 1955 x 1841, MONOCHROME1), so the adult-film target cannot be
@@ -18,7 +19,7 @@ for ones it should accept):
                files (and pydicom-data's, when installed, with its radiograph of a tibia), plus matplotlib's
                MR slice, rendered by cxrdemo's own reader (a few crops and flips)
                                                                                  -> other modality / body part (flag)
-  chest_*      synthetic shifts of cxr-dev test films (aspect ratio kept): rotated 90 / 180 degrees,
+  chest_*      synthetic shifts of the films in --chest-source (recorded: cxr-dev test; aspect ratio kept): rotated 90 / 180 degrees,
                inverted grey levels, a heavy crop (about a ninth of the film, zoomed) -> flag;
                mirrored left-right and rotated by 10 degrees                     -> controls (should NOT flag)
 
@@ -44,7 +45,6 @@ from cxrdemo.errors import ImageReadError
 
 MODALITIES = ("CT", "MR", "US", "NM")
 RADIOGRAPHS = ("CR", "DX")  # pydicom-data's: chest films go to adult_chest, other body parts to medical
-CHEST_SOURCE = Path("/work/shared/data/cxr-dev/test")
 STANDS_FOR = {
     "adult_chest": "the one adult chest film reachable here (pydicom-data RG1, CR PA) in a few framings: flag",
     "photos": "greyscale photographs (non-radiograph): flag",
@@ -217,8 +217,9 @@ def rotate(img: np.ndarray, degrees: float) -> np.ndarray:
                       np.float32) / 255
 
 
-def chest_shifts(rng: np.random.Generator) -> dict[str, list[tuple[str, np.ndarray]]]:
-    files = sorted(p for p in CHEST_SOURCE.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+def chest_shifts(rng: np.random.Generator, source: Path) -> dict[str, list[tuple[str, np.ndarray]]]:
+    """The chest_* sets: every film under `source` rotated, inverted, cropped, mirrored and tilted."""
+    files = sorted(p for p in source.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
     sets: dict[str, list[tuple[str, np.ndarray]]] = {k: [] for k in STANDS_FOR if k.startswith("chest_")}
     for f in files:
         img, _ = read_image(f)
@@ -238,6 +239,8 @@ def chest_shifts(rng: np.random.Generator) -> dict[str, list[tuple[str, np.ndarr
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("out", nargs="?", default="benchmarks/out/proxy")
+    ap.add_argument("--chest-source", type=Path, default=None,
+                    help="a folder of chest films to shift (the recorded sets: cxr-dev/test); none: those sets are skipped")
     args = ap.parse_args(argv)
     root = Path(args.out)
     rng = np.random.default_rng(0)
@@ -249,10 +252,10 @@ def main(argv: list[str] | None = None) -> int:
         print("pydicom-data is not installed (pip install pydicom-data): no adult chest film, fewer medical images")
     for src, img in photo_sources().items():
         sets["photos"] += [(f"{src}_{v}", a) for v, a in variants(img, rng, n_crops=8)]
-    if CHEST_SOURCE.is_dir():
-        sets.update(chest_shifts(rng))
+    if args.chest_source is not None and args.chest_source.is_dir():
+        sets.update(chest_shifts(rng, args.chest_source))
     else:
-        print(f"{CHEST_SOURCE} is absent: chest shift sets skipped")
+        print(f"no chest film folder ({args.chest_source or 'give --chest-source'}): chest shift sets skipped")
     rows = []
     for name, images in sets.items():
         folder = root / name

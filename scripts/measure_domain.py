@@ -1,7 +1,7 @@
 """Measure the "unlike the training images" check of the shipped demo model on real and proxy sets.
 
-    python scripts/make_proxy_sets.py                 # once: benchmarks/out/proxy
-    python scripts/measure_domain.py [--proxy DIR] [--out DIR] [--layers 1 2] [--transform sqrt] [--quantile Q]
+    python scripts/make_proxy_sets.py --chest-source DATA/cxr-dev/test   # once: benchmarks/out/proxy
+    python scripts/measure_domain.py --data-root DATA [--proxy DIR] [--out DIR] [--layers 1 2] [--transform sqrt] [--quantile Q]
 
 Fits the domain record on the demo model's own TRAIN split features (cxr-large, the split seed of
 weights/demo/config.json), chooses the cut-off on its VAL split only, then reports the share of images
@@ -29,7 +29,6 @@ sys.path.insert(0, str(ROOT))
 from cxrdemo import data, paths
 from cxrdemo.model import domain
 
-DATA = Path("/work/shared/data")
 GEOMETRY = {"cxr-large": "mixed (224 x 224 squashed and aspect kept)", "cxr-dev": "aspect kept (256 px high)",
             "cxr-shift": "squashed to 224 x 224", "demo": "aspect kept", "proxy": "as made (see MANIFEST.csv)"}
 
@@ -51,16 +50,17 @@ def stage_features(net, images: torch.Tensor, pre) -> np.ndarray:
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)  # normalised in batches: 12 bytes a pixel
 
 
-def image_sets(proxy: Path, run_config: dict, train_data: Path | None = None) -> dict[str, tuple[list[tuple[str, int]], str]]:
+def image_sets(proxy: Path, run_config: dict, data_root: Path,
+               train_data: Path | None = None) -> dict[str, tuple[list[tuple[str, int]], str]]:
     """name -> (items, geometry) for every set measured; training and validation first."""
     cfg = run_config["config"]
     # The shipped model records its training set by name only (no path of the machine it was made on): find it
-    # where --data says, else beside the other data sets.
-    large = train_data or DATA / Path(str(cfg["data"])).name
+    # where --data says, else beside the other data sets in --data-root.
+    large = train_data or data_root / Path(str(cfg["data"])).name
     scan = data.scan_dataset(large, seed=int(cfg.get("split_seed", 0)))
     sets = {"train": (scan.splits["train"], GEOMETRY["cxr-large"]), "val": (scan.splits["val"], GEOMETRY["cxr-large"])}
     for name in ("cxr-dev", "cxr-shift"):
-        s = data.scan_dataset(DATA / name, require_train=False)
+        s = data.scan_dataset(data_root / name, require_train=False)
         sets[f"{name} test"] = (s.splits["test"], GEOMETRY[name])
     demo = data.scan_dataset(paths.DEMO_DATA_DIR)
     sets["built-in demo (all 120)"] = ([it for sp in ("train", "val", "test") for it in demo.splits[sp]],
@@ -133,7 +133,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--layers", type=int, nargs="+", default=[1, 2], help="first: the default variant")
     ap.add_argument("--transform", default="sqrt", choices=domain.TRANSFORMS)
     ap.add_argument("--quantile", type=float, default=domain.DEFAULT_QUANTILE)
-    ap.add_argument("--data", type=Path, default=None, help="the demo model's training set (default: DATA/cxr-large)")
+    ap.add_argument("--data-root", type=Path, required=True, help="the folder holding cxr-dev and cxr-shift (and, "
+                    "unless --data says otherwise, the demo model's training set cxr-large)")
+    ap.add_argument("--data", type=Path, default=None,
+                    help="the demo model's training set (default: cxr-large in --data-root)")
     args = ap.parse_args(argv)
     net, pre, run_config = load_demo()
     with torch.inference_mode():
@@ -142,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         for stage in net.trunk:
             h = stage(h)
             widths.append(int(h.shape[1]))
-    sets = image_sets(Path(args.proxy), run_config, args.data)
+    sets = image_sets(Path(args.proxy), run_config, args.data_root, args.data)
     feats = compute_features(net, pre, sets, Path(args.out) / f"features-{net.backbone}.npz")
     variants = [(args.transform, args.layers[0], args.quantile)]
     variants += [(t, k, q) for t in ("none", "sqrt") for k in args.layers for q in (0.99, 0.995)

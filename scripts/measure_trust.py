@@ -2,7 +2,7 @@
 
 Everything (temperature, conformal quantiles) is chosen on the model's own validation split only, the split its
 checkpoint and decision threshold were chosen on; cxr-dev test and cxr-shift test are only measured.
-Usage (from the repository root): PYTHONPATH=. python scripts/measure_trust.py [--run demo] [--data-dir DIR]
+Usage (from the repository root): PYTHONPATH=. python scripts/measure_trust.py --data-dir DIR [--run demo]
 [--out docs/trust_measurements.md]   (a few minutes on 2 CPU cores, most of it decoding images)
 """
 
@@ -21,6 +21,7 @@ import torch
 from cxrdemo.data import imageio
 from cxrdemo.diagnosis import predict
 from cxrdemo.model import calibration as cal
+from cxrdemo.model import checkpoint
 from cxrdemo.model import conformal as cf
 from cxrdemo.model import metrics, trust
 
@@ -128,7 +129,7 @@ def report(model: ModelUnderTest, t: trust.Trust, method: str, records: dict[flo
         "# Trust measurements: calibration and conformal prediction sets",
         "",
         (f"Model: `{model.loaded.run_id}` ({model.config.get('backbone', '?')}), classes "
-         f"{', '.join(model.classes)}. Made by `python scripts/measure_trust.py` in {minutes:.1f} min on "
+         f"{', '.join(model.classes)}. Made by `python scripts/measure_trust.py --data-dir DATA` in {minutes:.1f} min on "
          f"{cpu_model()}."),
         "",
         (f"**Fitted on validation only**: the calibration and the conformal quantiles are fitted on the model's own "
@@ -140,8 +141,9 @@ def report(model: ModelUnderTest, t: trust.Trust, method: str, records: dict[flo
         "",
         (f"- calibration: {method}: T = {t.temperature:.3f}, bias of {model.classes[-1]} "
          f"{t.bias[-1] - t.bias[0] if t.bias else 0.0:+.3f} (minimum NLL of softmax(z / T + b))"),
-        (f"- decision threshold p({model.classes[-1]}) >= {model.threshold:.4f} (uncalibrated, from model.pt) is "
-        f"p >= {cut:.4f} on the calibrated scale: the same decision for every image (checked on each set)"),
+        (f"- decision threshold p({model.classes[-1]}) >= {model.threshold:.4f} (uncalibrated, from "
+         f"{checkpoint.MODEL_FILE}) is p >= {cut:.4f} on the calibrated scale: the same decision for every image "
+         "(checked on each set)"),
     ]
     for level, r in records.items():
         q = ", ".join(f"{c} {v:.4f} (n={n})" for c, v, n in zip(r.classes, r.qhat, r.n)) if r.ok else r.reason
@@ -189,7 +191,7 @@ def report(model: ModelUnderTest, t: trust.Trust, method: str, records: dict[flo
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", default="demo")
-    ap.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data"))
+    ap.add_argument("--data-dir", required=True, help="the folder holding the evaluation sets (cxr-large, cxr-shift)")
     ap.add_argument("--out", default=str(REPO / "docs" / "trust_measurements.md"))
     ap.add_argument("--resamples", type=int, default=2000)
     args = ap.parse_args()

@@ -60,7 +60,7 @@ def test_estimate_is_the_example_runs_measured_time_when_the_recipe_matches(key,
     est = lessons.estimate(lesson, shipped)
     walls = [examples.wall_seconds(i) for i in lessons.example_runs(lesson, shipped).values()]
     assert est.measured == est.planned == len(walls)
-    assert est.seconds == pytest.approx(sum(walls) + est.planned * lessons.WORKER_START_S)
+    assert est.seconds == pytest.approx(sum(walls) + est.planned * est.start.process_s)  # trained in-process
     assert "measured" in lessons.estimate_words(lesson, est)
     monkeypatch.delenv(lessons.TINY_ENV)  # full-size recipes: the tiny examples are not their measurements
     full = lessons.estimate(lesson, shipped)

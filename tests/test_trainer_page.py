@@ -15,7 +15,7 @@ from cxrdemo.model import backbones
 from cxrdemo.runs import jobs
 from cxrdemo.runs import store as runs
 from cxrdemo.views import trainer as trainer_view
-from cxrdemo.views import trainer_form
+from cxrdemo.views import recipe, trainer_form
 from tests.helpers import fake_status
 
 REPO = Path(__file__).resolve().parents[1]
@@ -277,10 +277,10 @@ def test_a_reload_without_a_recipe_in_the_url_restores_this_browsers_last_submis
 
 
 def test_query_values_that_do_not_fit_are_left_out():
-    got = trainer_form.recipe_from_query({"epochs": "3", "img_size": "x", "optimizer": "rmsprop", "lr": "5",
+    got = recipe.recipe_from_query({"epochs": "3", "img_size": "x", "optimizer": "rmsprop", "lr": "5",
                                           "threshold": "spec:0.9", "nonsense": "1"})
     assert got == {"epochs": 3, "threshold": "spec:0.9"}
-    assert trainer_form.recipe_to_query({"epochs": 10, "img_size": 64, "data": "demo"}) == {"img_size": "64"}
+    assert recipe.recipe_to_query({"epochs": 10, "img_size": 64, "data": "demo"}) == {"img_size": "64"}
 
 
 def test_missing_imagenet_weights_are_refused_before_the_click(store, monkeypatch):

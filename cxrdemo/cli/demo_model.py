@@ -13,7 +13,7 @@ from cxrdemo import fileio, paths
 from cxrdemo.config import TrainConfig
 from cxrdemo.data.scan import dataset_name
 from cxrdemo.errors import ConfigError, RunError
-from cxrdemo.model import metrics
+from cxrdemo.model import checkpoint, metrics
 from cxrdemo.population import KERMANY_CHILDREN
 from cxrdemo.runs import store as runs
 from cxrdemo.views.model_card import model_card, train_command
@@ -35,7 +35,7 @@ DEMO_STAGES: tuple[dict, ...] = (
 DEMO_RECIPE: dict = DEMO_STAGES[0]
 # Whom the films came from, written into the installed model.pt: cxr-large (read-only, shared) has no POPULATION.json.
 DEMO_POPULATION = KERMANY_CHILDREN
-COPIED_FILES = ("model.pt", "config.json", "metrics.csv", "status.json", "test_metrics.json")
+COPIED_FILES = (checkpoint.MODEL_FILE, "config.json", "metrics.csv", "status.json", "test_metrics.json")
 
 
 EVAL_LABELS = ("in-distribution", "shifted")
@@ -178,7 +178,7 @@ def refresh_card(eval_sets: list[tuple[str, str, str]], out_dir: Path | None = N
     """Re-measure the installed demo model on `eval_sets` (none: keep the recorded ones) and rewrite its card."""
     out_dir = Path(out_dir or paths.demo_run_dir())
     path = out_dir / "evaluation.json"
-    if not (out_dir / "model.pt").is_file() or not path.is_file():
+    if not checkpoint.has_model(out_dir) or not path.is_file():
         raise RunError(f"There is no installed demo model with its evaluation.json in {out_dir}: build it with "
                        "`python -m cxrdemo demo-model --data DIR`.")
     write_population(out_dir)

@@ -127,10 +127,12 @@ def cmd_predict(args) -> int:
     from cxrdemo.diagnosis import explain, faithfulness, result
     from cxrdemo.diagnosis.predict import load_model, read_radiograph
     from cxrdemo.errors import ConfigError, ImageReadError
+    from cxrdemo.population import parse_age
     from cxrdemo.views import predict_json
 
     model = load_model(args.run, _runs_dir(args), allow_path=True)
     explain.method_class(args.method)  # bad arguments are reported before any image is read
+    stated_age = None if args.age is None else parse_age(args.age)
     if not 0.0 <= args.opacity <= 1.0:
         raise ConfigError(f"--opacity must be between 0 and 1 (got {args.opacity}).")
     failed = False
@@ -141,7 +143,7 @@ def cmd_predict(args) -> int:
             failed = True
             print(_json({"image": image, "error": str(exc)}), flush=True)
             continue
-        res = result.assess(model, rad)  # the one answer: everything below reads it
+        res = result.assess(model, rad, stated_age=stated_age)  # the one answer: everything below reads it
         line = predict_json.line(model, res, image, args.level)
         if args.cam:
             heat = explain.heatmap(model, res, args.method)
@@ -254,6 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--opacity", type=float, default=0.4, help="heatmap opacity in the overlay, 0 to 1")
     p.add_argument("--level", type=float, default=0.90, choices=(0.90, 0.95),
                    help="coverage of the prediction set: 0.90 (default) or 0.95")
+    p.add_argument("--age", metavar="YEARS",
+                   help="the patient's age, checked against the model's population when a DICOM header gives none")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("calibrate", parents=[store],
@@ -276,8 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_flag(p, "threads", default=None)
     p.add_argument("--card-only", action="store_true",
                    help="no training: re-measure the installed model on the --eval sets (none: keep the recorded "
-                        "ones) and rewrite evaluation.json and MODEL_CARD.md; also writes the population record into model.pt "
-                        "(weights untouched)")
+                        "ones) and rewrite evaluation.json and MODEL_CARD.md; also writes the population record into the "
+                        "model file (weights untouched)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_demo_model)
 

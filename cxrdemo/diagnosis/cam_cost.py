@@ -1,8 +1,7 @@
-"""How long a heatmap will take before it starts: ScoreCAM re-runs the network once per feature map."""
+"""How long a heatmap will take before it starts: one batch timed on the loaded model, estimated by runs/durations."""
 
 from __future__ import annotations
 
-import math
 import time
 
 import torch
@@ -10,8 +9,9 @@ import torch
 from cxrdemo.model.cam import SCORECAM_BATCH
 from cxrdemo.diagnosis.predict import LoadedModel
 from cxrdemo.model import backbones
+from cxrdemo.runs import durations
 
-SLOW_METHODS = ("ScoreCAM",)  # the others take one forward and one backward pass: about a second
+SLOW_METHODS = durations.SLOW_CAM_METHODS
 
 
 def expected_seconds(model: LoadedModel, method: str) -> float | None:
@@ -32,4 +32,4 @@ def expected_seconds(model: LoadedModel, method: str) -> float | None:
             batch = time.perf_counter() - start
     finally:
         hook.remove()
-    return batch * math.ceil((channels[0] if channels else 512) / SCORECAM_BATCH)
+    return durations.cam_seconds(method, batch, channels[0] if channels else 512, SCORECAM_BATCH)

@@ -18,6 +18,7 @@ from cxrdemo.errors import RunError
 from cxrdemo.model import checkpoint, conformal, metrics, predictions, trust
 from cxrdemo.model.backbones import Net
 from cxrdemo.model.checkpoint import Decision, Preprocessing
+from cxrdemo.population import Population
 from cxrdemo.runs import store as runs
 
 
@@ -34,6 +35,7 @@ class LoadedModel:
     config: dict = field(default_factory=dict)
     records: dict = field(default_factory=dict)  # calibration, conformal, domain, when the model file has them
     trust: trust.Trust = field(default_factory=trust.Trust)  # the records read back (T = 1, no sets, no check)
+    population: Population | None = None  # whom its training films came from (None: not stated)
     # The network is cached and shared by every page and tab: one forward (or CAM) at a time.
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
 
@@ -74,13 +76,14 @@ def _load(model_file: str, mtime_ns: int) -> LoadedModel:
     net = checkpoint.rebuild_net(model)
     net.requires_grad_(False)
     return LoadedModel(net, model.classes, model.preprocessing, model.decision, path.parent.name, path.parent,
-                       model.config, model.records, trust.Trust.from_records(model.records, path.parent.name))
+                       model.config, model.records, trust.Trust.from_records(model.records, path.parent.name),
+                       model.population)
 
 
 def load_model(run: str, runs_dir: str | Path | None = None, *, allow_path: bool = False) -> LoadedModel:
     """The model of run `run` ('demo', an id, or with allow_path a folder), cached until model.pt changes."""
     d = runs.run_dir(run, runs_dir, allow_path=allow_path)
-    f = d / checkpoint.MODEL_FILE
+    f = checkpoint.model_path(d)
     if not f.is_file():
         raise RunError(f"Run {run} has no trained model yet.")
     return _load(str(f), f.stat().st_mtime_ns)
@@ -259,7 +262,7 @@ def _card_metrics(run_dir: Path) -> dict:
 def model_mtime(run: str, runs_dir: str | Path | None = None) -> int:
     """model.pt's modification time in ns (0 when absent): a cache key that changes when a run is retrained."""
     try:
-        return (runs.run_dir(run, runs_dir) / "model.pt").stat().st_mtime_ns
+        return checkpoint.model_path(runs.run_dir(run, runs_dir)).stat().st_mtime_ns
     except (OSError, RunError):
         return 0
 

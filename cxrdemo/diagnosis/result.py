@@ -12,12 +12,11 @@ higher coverage never makes the model look surer.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
-
 import numpy as np
 import torch
 
 from cxrdemo.data import ImageMeta
+from cxrdemo.diagnosis.population import PopulationCheck, check_population
 from cxrdemo.diagnosis.predict import LoadedModel, Radiograph
 from cxrdemo.errors import ConfigError
 from cxrdemo.model import cam, conformal, domain, metrics
@@ -50,7 +49,7 @@ class ImageResult:
     domain_cutoff: float | None
     outside: str | None  # OUTSIDE_*: why the sets are every class; None when the image is inside their promise
     meta: ImageMeta
-    population: Any = None  # the intended-population check (diagnosis/population), None when not made
+    population: PopulationCheck | None = None  # the intended-population check (None: not made)
     image: torch.Tensor = field(default=None, repr=False, compare=False)  # prepared uint8 1xSxS: what the net saw
     activations: torch.Tensor | None = field(default=None, repr=False, compare=False)  # at the CAM layer
 
@@ -95,27 +94,29 @@ def _forward(model: LoadedModel, image_u8: torch.Tensor) -> tuple[np.ndarray, np
     return logits[0].numpy(), score, acts[-1]
 
 
-def _outside(in_domain: bool | None, looks_like_cxr: bool, population: Any) -> str | None:
-    if population is not None and getattr(population, "in_population", None) is False:
+def _outside(in_domain: bool | None, looks_like_cxr: bool, population: PopulationCheck | None) -> str | None:
+    if population is not None and population.in_population is False:
         return OUTSIDE_POPULATION
     if in_domain is False:
         return OUTSIDE_DOMAIN
     return None if looks_like_cxr else OUTSIDE_QUALITY
 
 
-def assess(model: LoadedModel, rad: Radiograph, *, population: Any = None) -> ImageResult:
-    """The one result of `model` for the radiograph `rad` (read by predict.read_radiograph).
+def assess(model: LoadedModel, rad: Radiograph, *, stated_age: float | None = None) -> ImageResult:
+    """The one result of `model` for the radiograph `rad` (read by predict.read_radiograph); `stated_age`: the
+    patient's age in years as the user gives it (population.parse_age), used when the header has none.
 
-    An image a check flags -- outside the model's population, unlike its training images, or not a frontal chest
-    film by its pixels or header -- is outside the sets' promise: its set is every class at every coverage."""
+    An image a check flags -- a patient outside the model's population, unlike its training images, or not a
+    frontal chest film by its pixels or header -- is outside the sets' promise: its set is every class."""
+    check = check_population(model.population, rad.meta.age_years, stated_age)
     return assess_image(model, model.preprocessing.prepare(rad.grey), looks_like_cxr=rad.looks_like_cxr,
                         quality_warning=rad.warning, meta=rad.meta, name=rad.name, digest=rad.digest,
-                        population=population)
+                        population=check)
 
 
 def assess_image(model: LoadedModel, image_u8: torch.Tensor, *, looks_like_cxr: bool = True,
                  quality_warning: str | None = None, meta: ImageMeta | None = None, name: str = "",
-                 digest: str = "", population: Any = None) -> ImageResult:
+                 digest: str = "", population: PopulationCheck | None = None) -> ImageResult:
     """The one result for an image already prepared by the model's preprocessing record (uint8 1xSxS)."""
     image = image_u8 if image_u8.dim() == 4 else image_u8[None]
     logits, scores, acts = _forward(model, image)

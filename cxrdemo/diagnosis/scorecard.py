@@ -22,6 +22,7 @@ from cxrdemo.diagnosis import explain as explain_mod
 from cxrdemo.diagnosis import faithfulness
 from cxrdemo.diagnosis.predict import LoadedModel, predict_probs
 from cxrdemo.errors import Cancelled, ConfigError, RunError
+from cxrdemo.model import checkpoint
 from cxrdemo.runs import store as runs
 
 FILE = "cam_scorecard.json"
@@ -98,7 +99,7 @@ def most_faithful(table: dict, max_seconds: float = LIVE_SECONDS) -> str | None:
 
 
 def _model_digest(run_dir: Path) -> str | None:
-    f = Path(run_dir) / "model.pt"
+    f = checkpoint.model_path(run_dir)
     if not f.is_file():
         return None
     st = f.stat()

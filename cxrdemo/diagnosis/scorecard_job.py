@@ -16,6 +16,7 @@ from typing import Callable
 from cxrdemo.diagnosis import explain, scorecard
 from cxrdemo.diagnosis.predict import load_model
 from cxrdemo.errors import Cancelled, ConfigError, CxrError, DatasetError, RunError
+from cxrdemo.model import checkpoint
 from cxrdemo.runs import jobs, lifecycle
 from cxrdemo.runs import store as runs
 
@@ -44,7 +45,7 @@ def submit(run_id: str, runs_dir: str | Path | None = None, max_jobs: int | None
     """Queue the scorecard of a completed run of the store (the same queue as training); returns the job folder."""
     d = runs.run_dir(run_id, runs_dir)
     info = runs.load_run(d)
-    if info.damaged or info.state != "completed" or not (d / "model.pt").is_file():
+    if info.damaged or info.state != "completed" or not checkpoint.has_model(d):
         raise RunError(f"Run {run_id} has no finished model ({info.damaged or info.state}): the scorecard scores a "
                        "completed run.")
     p = params_for(**params)

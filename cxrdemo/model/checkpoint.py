@@ -39,12 +39,11 @@ from cxrdemo.data.scan import dataset_name
 from cxrdemo.data.shrink import shrink_policy
 from cxrdemo.errors import ConfigError, RunError
 from cxrdemo.model import backbones
+from cxrdemo.model.files import BEST_EPOCH_FILE, MODEL_FILE, has_model, model_path  # noqa: F401 - re-exported
 from cxrdemo.population import Population
 
 FORMAT = "cxrdemo-model/2"
 FORMAT_1 = "cxrdemo-model/1"
-MODEL_FILE = "model.pt"
-BEST_EPOCH_FILE = "best-epoch.pt"
 _BEST_EPOCH_FORMAT = "cxrdemo-best-epoch/1"
 RECORD_NAMES = ("calibration", "conformal", "domain")  # fitted on validation after training, by later steps
 RESIZE = "whole image squashed to a square, bilinear with antialias"  # data.imageio.resize_to_uint8

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import os
 import platform
 import re
@@ -17,6 +18,7 @@ from typing import Any
 from cxrdemo import fileio, paths
 from cxrdemo.config import TrainConfig
 from cxrdemo.errors import RunError
+from cxrdemo.model.files import has_model, model_path
 from cxrdemo.fileio import atomic_write_json, read_json  # noqa: F401 - the store's file helpers
 from cxrdemo.runs import lifecycle
 
@@ -57,13 +59,13 @@ def run_dir(run: str, runs_dir: str | Path | None = None, *, allow_path: bool = 
     """The folder of run `run`: 'demo', an id in the store, or (CLI only) the path of a run folder."""
     if run == paths.DEMO_RUN_NAME:
         d = paths.demo_run_dir()
-        if not (d / "model.pt").is_file():
-            raise RunError(f"The demo model is missing: expected {d / 'model.pt'}.")
+        if not has_model(d):
+            raise RunError(f"The demo model is missing: expected {model_path(d)}.")
         return d
     if allow_path and (os.sep in run or run.startswith(".")):
         d = Path(run).expanduser().resolve()
-        if not ((d / "config.json").is_file() or (d / "model.pt").is_file()):
-            raise RunError(f"{run} is not a run folder (no config.json or model.pt in it).")
+        if not ((d / "config.json").is_file() or has_model(d)):
+            raise RunError(f"{run} is not a run folder (no config.json or {model_path(d).name} in it).")
         return d
     d = store_dir(runs_dir) / check_run_id(run)
     if not d.is_dir():
@@ -200,6 +202,18 @@ def read_metrics_rows(d: Path) -> list[dict]:
             return [dict(r) for r in csv.DictReader(f)]
     except (FileNotFoundError, csv.Error, UnicodeDecodeError):
         return []
+
+
+def best_val_acc(rows: list[dict]) -> float | None:
+    """The highest validation accuracy of any finished epoch in metrics.csv rows (None before the first)."""
+    accs = []
+    for r in rows:
+        try:
+            accs.append(float(r.get("val_acc")))
+        except (TypeError, ValueError):
+            continue  # an epoch without validation (or a blank cell)
+    accs = [a for a in accs if math.isfinite(a)]
+    return max(accs) if accs else None
 
 
 def read_metrics(d: Path):

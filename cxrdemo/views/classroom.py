@@ -49,6 +49,13 @@ _LIMIT_ENV = {"max_epochs": "CXRDEMO_CLASS_MAX_EPOCHS", "max_img_size": "CXRDEMO
               "max_sweep": "CXRDEMO_CLASS_MAX_SWEEP", "max_jobs_per_browser": "CXRDEMO_CLASS_MAX_JOBS"}
 
 
+def limits_words(limits: Limits) -> str:
+    """What a student may start without the teacher, in one caption."""
+    return (f":material/school: Classroom mode: up to {limits.max_epochs} epochs, {limits.max_img_size} px images, "
+            f"sweeps of {limits.max_sweep} runs and {limits.max_jobs_per_browser} waiting jobs per browser; folder "
+            "paths and larger jobs need the teacher.")
+
+
 def read_limits(env: Mapping[str, str] | None = None) -> Limits:
     """The classroom limits: the defaults, each replaced by its environment variable when set."""
     env = os.environ if env is None else env
@@ -189,6 +196,14 @@ class Classroom:
         if self.student and n > self.limits.max_sweep:
             raise ConfigError(f"In classroom mode a sweep may queue at most {self.limits.max_sweep} runs (this one "
                               f"has {n}). Choose fewer backbones or freeze levels, or " + TEACHER_ONLY)
+
+    def check_jobs(self, configs: list[TrainConfig], infos: Iterable, tag: str) -> None:
+        """Every check a new job or sweep of `configs` passes before it is queued by browser `tag`."""
+        if len(configs) > 1:
+            self.check_sweep(len(configs))
+        for config in configs:
+            self.check_recipe(config)
+        self.check_browser_room(infos, tag, len(configs))
 
     def may_delete(self) -> bool:
         """Whether this page view may delete runs."""

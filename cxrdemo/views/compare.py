@@ -12,7 +12,7 @@ from cxrdemo import paths
 from cxrdemo.config import FreezeLevel
 from cxrdemo.data.scan import dataset_name, relative_path
 from cxrdemo.errors import CxrError, RunError
-from cxrdemo.model import backbones
+from cxrdemo.model import backbones, checkpoint
 from cxrdemo.runs import store as runs
 from cxrdemo.views import numbers, words
 from cxrdemo.views.chance import chance_sentence
@@ -124,7 +124,7 @@ def card_metrics(run_dir) -> dict | None:
 def demo_reference() -> runs.RunInfo | None:
     """The shipped demo model as a run to compare against (read-only), or None when it is not there."""
     d = paths.demo_run_dir()
-    return runs.load_run(d) if (d / "model.pt").is_file() else None
+    return runs.load_run(d) if checkpoint.has_model(d) else None
 
 
 def point_labels(table: pd.DataFrame) -> list[str]:
@@ -177,7 +177,7 @@ def recipe_cell(backbone: str, init: str, freeze: str) -> str:
 
 def has_model(info: runs.RunInfo) -> bool:
     """Whether the run has weights to predict or compute heatmaps with (example runs ship none)."""
-    return not info.example and not info.damaged and (info.path / "model.pt").is_file()
+    return not info.example and not info.damaged and checkpoint.has_model(info.path)
 
 
 def deletable(table: pd.DataFrame) -> list[str]:

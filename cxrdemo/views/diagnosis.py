@@ -68,6 +68,9 @@ def set_sentence(r: ImageResult, level: float, run_id: str = "RUN") -> str:
     at = f"Prediction set at {level:.0%} coverage: **{set_words(r, level)}**"
     if len(s) == 1:
         return f"{at} — the model is confident enough to name one class."
+    if r.outside == OUTSIDE_POPULATION:
+        return (f"{at} — {OUTSIDE_WORDS[r.outside]}; the {level:.0%} promise covers only patients like the "
+                "training patients: the model cannot tell.")
     if r.outside:
         return (f"{at} — {OUTSIDE_WORDS[r.outside]}; the {level:.0%} promise covers only chest films like the "
                 "training images: the model cannot tell.")

@@ -10,6 +10,7 @@ import pandas as pd
 from cxrdemo.diagnosis import explain, faithfulness, sanity, scorecard, scorecard_job
 from cxrdemo.diagnosis.predict import LoadedModel
 from cxrdemo.diagnosis.result import ImageResult
+from cxrdemo.model import checkpoint
 from cxrdemo.runs import lifecycle
 from cxrdemo.runs import store as runs
 from cxrdemo.views.diagnosis import percent
@@ -128,7 +129,7 @@ def job_fraction(status: dict | None) -> float:
 def can_score(run_dir: Path, store_root: str | Path) -> bool:
     """Only runs of the store get a scorecard job (the shipped demo folder is read-only and has its table)."""
     try:
-        return Path(run_dir).resolve().parent == Path(store_root).resolve() and (Path(run_dir) / "model.pt").is_file()
+        return Path(run_dir).resolve().parent == Path(store_root).resolve() and checkpoint.has_model(run_dir)
     except OSError:
         return False
 

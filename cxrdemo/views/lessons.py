@@ -14,18 +14,11 @@ from pathlib import Path
 
 from cxrdemo.config import TrainConfig
 from cxrdemo.errors import CxrError
-from cxrdemo.runs import examples, jobs, lifecycle
+from cxrdemo.runs import durations, examples, jobs, lifecycle
 from cxrdemo.runs import store as runs
 
 TAG_PREFIX = "lesson:"
 TINY_ENV = "CXRDEMO_LESSON_TINY"  # "1": every lesson at 32 px, 1 epoch, 8 images per split (tests, smoke runs)
-# Estimated throughput of cnn5 on 2 CPU cores (pixels per second): the lesson runs at 128 px on a 2-core Intel(R)
-# Xeon(R) Processor with other jobs running (load 8-10) trained at 4-6 s an epoch of 240 images (~600,000 px/s);
-# rounded down, so the page's estimate errs long. The page labels the result an estimate.
-TRAIN_PIXELS_PER_S = 500_000
-EVAL_PIXELS_PER_S = 1_500_000
-RUN_OVERHEAD_S = 20.0  # starting a worker process, importing torch, decoding the images
-WORKER_START_S = 6.0  # what a measured example run did not pay: it was trained in the build's already-started process
 
 
 @dataclass(frozen=True)
@@ -190,15 +183,13 @@ def measured_seconds(recipe: Recipe, shipped: list[runs.RunInfo]) -> float | Non
     return None
 
 
-def _pixel_seconds(c: TrainConfig) -> float:
+def _estimated_seconds(c: TrainConfig, speed: durations.Speed) -> float:
+    """The recipe's epochs on its dataset's image counts, at `speed` (no start-up)."""
     from cxrdemo.data import scan_dataset
 
     counts = scan_dataset(c.data, seed=c.split_seed, max_per_split=c.max_images, train_share=c.train_share,
                           by_patient=c.split_by == "patient").summary()["totals"]
-    px = c.img_size ** 2
-    train = (0.0 if str(c.freeze) == "head" else c.epochs * counts["train"] * px / TRAIN_PIXELS_PER_S)
-    evals = (c.epochs * counts["val"] + 2 * counts["test"] + counts["train"]) * px / EVAL_PIXELS_PER_S
-    return RUN_OVERHEAD_S + train + evals
+    return durations.training_seconds(c, counts["train"], counts["val"], speed)
 
 
 @dataclass(frozen=True)
@@ -209,23 +200,28 @@ class Estimate:
     measured: int
     planned: int
     machine: str
+    speed: durations.Speed = durations.REFERENCE_SPEED
+    start: durations.StartCost = durations.REFERENCE_START
 
 
-def estimate(lesson: Lesson, shipped: list[runs.RunInfo] | None = None) -> Estimate:
-    """Estimated wall time: each run's measured time from its example run when one was made with the same recipe
-    (plus starting a worker), else image counts x pixels / the throughput constants above."""
+def estimate(lesson: Lesson, shipped: list[runs.RunInfo] | None = None,
+             runs_dir: str | Path | None = None) -> Estimate:
+    """Estimated wall time (runs/durations): each run's measured time from its example run when one was made with
+    the same recipe (it was trained in an already started process: plus starting a worker here), else its epochs
+    at this computer's training speed plus starting and finishing a run here."""
     shipped = examples.list_examples() if shipped is None else shipped
+    speed, start = durations.training_speed(), durations.run_start(runs_dir)
     total, measured = 0.0, 0
     plan = recipes(lesson)
     for r in plan:
         seconds = measured_seconds(r, shipped)
         if seconds is None:
-            total += _pixel_seconds(r.config)
+            total += start.seconds + _estimated_seconds(r.config, speed)
         else:
-            total += WORKER_START_S + seconds
+            total += start.process_s + seconds
             measured += 1
     mine = [i for i in shipped if recipe_key(i, lesson) is not None]
-    return Estimate(total, measured, len(plan), machine_words(mine) if measured else "")
+    return Estimate(total, measured, len(plan), machine_words(mine) if measured else "", speed, start)
 
 
 def estimate_seconds(lesson: Lesson, shipped: list[runs.RunInfo] | None = None) -> float:
@@ -278,15 +274,17 @@ def progress(lesson: Lesson, infos: list[runs.RunInfo]) -> dict[str, int]:
 
 def estimate_words(lesson: Lesson, est: Estimate) -> str:
     """How long the lesson takes here before it starts, and where the figure comes from."""
-    from cxrdemo.views.trainer import format_duration
+    from cxrdemo.views.sweep_cost import speed_words
+    from cxrdemo.views.trainer import rough_duration
 
     c = recipes(lesson)[0].config
+    estimated = f"estimated from image counts and the training speed {speed_words(est.speed)}"
     how = (f"measured: the example runs of this recipe took that on {est.machine}, plus starting each run"
            if est.measured == est.planned else
-           f"{est.measured} of {est.planned} runs measured on {est.machine}, the rest estimated from image counts"
-           if est.measured else "estimated from image counts and the throughput of a 2-core CPU")
+           f"{est.measured} of {est.planned} runs measured on {est.machine}, the rest {estimated}"
+           if est.measured else estimated)
     return (f"{est.planned} runs at {c.img_size} px, {c.epochs} epochs each. Running it yourself takes about "
-            f"{format_duration(est.seconds)} at one job at a time ({how}); a slower computer or other jobs take "
+            f"{rough_duration(est.seconds)} at one job at a time ({how}); a slower computer or other jobs take "
             "longer.")
 
 

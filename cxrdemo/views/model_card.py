@@ -16,6 +16,7 @@ import numpy as np
 from cxrdemo.config import TrainConfig
 from cxrdemo.errors import ConfigError, RunError
 from cxrdemo.model import calibration, metrics
+from cxrdemo.model.files import MODEL_FILE, has_model, model_path
 from cxrdemo.population import Population, training_population
 from cxrdemo.runs import store as runs
 from cxrdemo.views import numbers
@@ -50,8 +51,8 @@ def model_card(run_dir: str | Path, extra_evaluations: list[dict] | None = None)
     evals = [_own_test_split(d, records)] + list(card.get("evaluations") or []) + list(extra_evaluations or [])
     evals = sorted((e for e in evals if e), key=lambda e: e.get("label") != "shifted")  # the shifted set leads
     title = card.get("name") or f"run {meta.get('run_id') or d.name}"
-    missing = "" if model else ("This run ships without its model file (model.pt) — example runs carry curves and "
-                                "test results only — so what only the model file records is not stated here.")
+    missing = "" if model else (f"This run ships without its model file ({MODEL_FILE}) — example runs carry curves "
+                                "and test results only — so what only the model file records is not stated here.")
     parts = [f"# Model card: {_name(title)}",
              ("**Research and teaching demo — not for clinical use.** This model must not be used to diagnose, "
               "triage or treat anyone."),
@@ -74,8 +75,7 @@ def _model_file(d: Path):
     """The run's ModelFile, or None when the folder has no model.pt (example runs)."""
     from cxrdemo.model import checkpoint  # torch: only for runs that have weights
 
-    path = d / checkpoint.MODEL_FILE
-    return checkpoint.load(path) if path.is_file() else None
+    return checkpoint.load(model_path(d)) if has_model(d) else None
 
 
 def _name(s: object) -> str:
@@ -225,7 +225,7 @@ def _decision(config: dict, model, records: dict) -> str:
 
             text += (f", which is {numbers.percent(trust.Trust.from_records(records).cut(value))} on the calibrated "
                      "scale the app shows (the same images cross it)")
-        text += "; the cut is saved in model.pt."
+        text += f"; the cut is saved in {MODEL_FILE}."
     return text
 
 
@@ -260,7 +260,7 @@ def _calibration(evals: list[dict], records: dict, has_model: bool) -> str:
     elif has_model:
         text = "This model has no calibration record: its probabilities are scores, not risks."
     else:
-        text = "The calibration is recorded in model.pt, which this run does not ship."
+        text = f"The calibration is recorded in {MODEL_FILE}, which this run does not ship."
     rows = [f"| {_set_name(e)} | {numbers.with_interval('ece', c.get('ece_before'), c.get('ece_before_ci'))} | "
             f"{numbers.with_interval('ece', c.get('ece_after'), c.get('ece_after_ci'))} |"
             for e in evals for c in [e.get("calibration") or {}] if c]
@@ -287,7 +287,7 @@ def _conformal(evals: list[dict], records: dict, has_model: bool) -> str:
                 "image: the promise covers only images like the validation images.")
     else:
         text = ("This model has no prediction-set record." if has_model
-                else "The prediction-set records are in model.pt, which this run does not ship.")
+                else f"The prediction-set records are in {MODEL_FILE}, which this run does not ship.")
     rows, both = [], "answers 'both'"
     for e in evals:
         for r in coverage_rows({"coverage": e.get("coverage") or []}):
@@ -305,7 +305,7 @@ def _domain(records: dict, has_model: bool) -> str:
     d = records.get("domain") or {}
     if not d:
         if not has_model:
-            return "The in-domain cut-off is recorded in model.pt, which this run does not ship."
+            return f"The in-domain cut-off is recorded in {MODEL_FILE}, which this run does not ship."
         return "This model has no in-domain description: it answers for any image, however unlike its training images."
     transform = "signed square root of the " if d.get("transform") == "sqrt" else ""
     layers = d.get("layers", 1)
@@ -335,7 +335,7 @@ def train_command(config: dict, init: str | None = None) -> str:
     return f"python -m cxrdemo train --data {config.get('data', 'DATA')} {flags}".rstrip()
 
 
-CARD_SOURCES = ("config.json", "status.json", "test_metrics.json", "test_predictions.csv", "model.pt", EVALUATION_FILE)
+CARD_SOURCES = ("config.json", "status.json", "test_metrics.json", "test_predictions.csv", MODEL_FILE, EVALUATION_FILE)
 
 
 def card_stamp(run_dir: str | Path) -> tuple:

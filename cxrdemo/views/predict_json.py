@@ -7,6 +7,7 @@ from cxrdemo.diagnosis.predict import LoadedModel
 from cxrdemo.diagnosis.result import LEVELS, ImageResult
 from cxrdemo.views import diagnosis as dv
 from cxrdemo.views import heatmaps
+from cxrdemo.views.population import population_line, population_reason
 
 
 def line(model: LoadedModel, r: ImageResult, image: str, level: float) -> dict:
@@ -19,6 +20,9 @@ def line(model: LoadedModel, r: ImageResult, image: str, level: float) -> dict:
            "prediction_sets": {f"{lv:.2f}": r.set_names(lv) for lv in LEVELS},
            "in_domain": r.in_domain, "domain_score": None if r.domain_score is None else round(r.domain_score, 3),
            "looks_like_cxr": r.looks_like_cxr, "warning": r.quality_warning, "outside": r.outside,
+           "population": population_line(model.population),
+           "in_population": None if r.population is None else r.population.in_population,
+           "population_reason": None if r.population is None else population_reason(r.population),
            "debug": {"logits": [round(float(z), 6) for z in r.logits]}}
     notes = [dv.set_note(r, level, model.run_id) if r.prediction_set(level) is None else None,
              None if r.in_domain in (None, True) else dv.domain_words(model, r)]

@@ -10,6 +10,7 @@ from pathlib import Path
 from cxrdemo.runs import store as runs
 from cxrdemo.views import numbers, words
 from cxrdemo.views.chance import chance_sentence
+from cxrdemo.views.trainer_form import repeat_problem
 
 # ---------------------------------------------------------------- numbers
 
@@ -64,10 +65,23 @@ def format_duration(seconds: float | None) -> str:
     return f"{s} s"
 
 
-def best_val_acc(rows: list[dict]) -> float | None:
-    """The highest validation accuracy of any finished epoch."""
-    accs = [a for a in (_float(r.get("val_acc")) for r in rows) if a is not None]
-    return max(accs) if accs else None
+LATEST_METRICS = (("train_loss", "train loss"), ("val_loss", "val loss"), ("train_acc", "train accuracy"),
+                  ("val_acc", "val accuracy"))
+
+
+def latest_texts(latest: dict[str, float | None]) -> list[tuple[str, str]]:
+    """(label, value) of the latest epoch's losses and accuracies, as a job's row shows them ('–' when missing)."""
+    return [(label, numbers.metric(key, latest.get(key))) for key, label in LATEST_METRICS]
+
+
+def rough_duration(seconds: float) -> str:
+    """An estimate's length, as precise as an estimate is: '40 s', '7 min', '2.5 h'."""
+    if seconds < 60:
+        return f"{max(1, round(seconds))} s"
+    minutes = seconds / 60
+    return f"{round(minutes):,} min" if minutes < 120 else f"{minutes / 60:.1f} h"
+
+
 
 
 # ---------------------------------------------------------------- job rows
@@ -139,15 +153,13 @@ def job_row(info: runs.RunInfo, queue_position: int | None = None, now: float | 
     eta = eta_seconds(s, rows, now)
     return JobRow(info.run_id, info.state, f"{c.get('backbone', '?')} · {words.init_words(c.get('init', '?'))} · "
                   f"freeze {c.get('freeze', '?')}", status_text(info, queue_position, len(rows)), frac, text,
-                  f"about {format_duration(eta)} left" if eta is not None else "", latest, best_val_acc(rows),
+                  f"about {format_duration(eta)} left" if eta is not None else "", latest, runs.best_val_acc(rows),
                   info.damaged or s.get("error"), info.state in runs.ACTIVE, info.path, _repeat_problem(info))
 
 
 def _repeat_problem(info: runs.RunInfo) -> str | None:
     if info.state not in ("failed", "cancelled", "interrupted") or info.damaged:
         return None
-    from cxrdemo.views.trainer_form import repeat_problem  # it imports this module
-
     return repeat_problem(info.config)
 
 
@@ -162,7 +174,7 @@ def panel_rows(infos: list[runs.RunInfo], max_finished: int = 8, now: float | No
 def list_line(info: runs.RunInfo) -> str:
     """`jobs list`: id, state, epoch k/N, best val accuracy."""
     rows = [] if info.damaged else runs.read_metrics_rows(info.path)
-    best = best_val_acc(rows)
+    best = runs.best_val_acc(rows)
     return (f"{info.run_id}  {info.state:11} {_epoch_text(info.status, info.config):12} "
             f"best val acc {numbers.percent(best)}")
 

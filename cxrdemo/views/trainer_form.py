@@ -15,12 +15,12 @@ from typing import Any, Callable
 from cxrdemo import paths
 from cxrdemo.config import FreezeLevel, TrainConfig, option_fields
 from cxrdemo.errors import ConfigError, RunError
+from cxrdemo.model.files import has_model, model_path
 from cxrdemo.runs import store as runs
 from cxrdemo.views import numbers, words
-from cxrdemo.views.trainer import best_val_acc
 
 SWEEP_FREEZES = ("none", "head", "1", "2", "3", "gradual:1", "gradual:2")
-_CAST: dict[str, Callable[[Any], Any]] = {"int": int, "float": float}
+CASTS: dict[str, Callable[[Any], Any]] = {"int": int, "float": float}
 # Options whose words are computed rather than declared (they depend on the registry or on the rule's numbers).
 _FORMATTERS: dict[str, Callable[[Any], str]] = {"threshold": words.rule_label}
 # The form's layout, declared once: widgets per row of each group, and the characters a choice's label may have
@@ -76,7 +76,7 @@ def make_config(values: dict[str, Any]) -> TrainConfig:
     unknown = sorted(set(values) - set(types))
     if unknown:
         raise ConfigError(f"The form sent options this version does not know: {', '.join(unknown)}.")
-    return TrainConfig(**{k: _CAST.get(types[k], lambda v: v)(v) for k, v in values.items()})
+    return TrainConfig(**{k: CASTS.get(types[k], lambda v: v)(v) for k, v in values.items()})
 
 
 # ---------------------------------------------------------------- choices that depend on other choices
@@ -123,7 +123,7 @@ def demo_backbone() -> str | None:
         with_config = runs.load_run(d).config.get("backbone")
         if with_config:
             return str(with_config)
-    model = d / "model.pt"
+    model = model_path(d)
     return _checkpoint_backbone(str(model), model.stat().st_mtime) if model.is_file() else None
 
 
@@ -138,8 +138,8 @@ def init_options(backbone: str, infos: list[runs.RunInfo]) -> dict[str, str]:
     if demo_backbone() == backbone:
         opts[f"run:{paths.DEMO_RUN_NAME}"] = "The shipped demo model"
     for info in reversed(infos):
-        if info.state == "completed" and info.config.get("backbone") == backbone and (info.path / "model.pt").is_file():
-            best = best_val_acc(runs.read_metrics_rows(info.path))
+        if info.state == "completed" and info.config.get("backbone") == backbone and has_model(info.path):
+            best = runs.best_val_acc(runs.read_metrics_rows(info.path))
             opts[f"run:{info.run_id}"] = f"Run {words.run_name(info.run_id)}" + (
                 f" (best val acc {numbers.percent(best)})" if best is not None else "")
     return opts
@@ -246,45 +246,3 @@ def sweep_summary(config: TrainConfig) -> str:
             f"**{config.img_size} px** images, starting **{words.init_words(config.init)}**"
             f"{'' if not config.init.startswith('run:') else ' (networks other than its own start from scratch)'}"
             f", with the other settings above.")
-
-
-# ---------------------------------------------------------------- the recipe in the URL
-
-def recipe_to_query(recipe: dict[str, Any]) -> dict[str, str]:
-    """The recipe's settings that differ from the defaults, as URL query parameters."""
-    defaults = TrainConfig().to_dict()
-    return {k: str(v) for k, v in recipe.items() if k in defaults and str(v) != str(defaults[k]) and v != ""}
-
-
-def recipe_from_query(params: dict[str, str]) -> dict[str, Any]:
-    """The settings a URL carries, each cast and checked alone; a value that does not fit is left out."""
-    types = {f.name: f.type for f in option_fields()}
-    choices = {f.name: f.metadata["choices"] for f in option_fields()}
-    specs = {s.name: s for s in widget_specs()}
-    out: dict[str, Any] = {}
-    for key, text in params.items():
-        if key not in types or key == "extra":
-            continue
-        try:
-            value = _CAST.get(types[key], str)(text)
-            TrainConfig(**{key: value})  # validates this one value
-        except (ConfigError, TypeError, ValueError):
-            continue
-        spec = specs.get(key)
-        if choices[key] and value not in choices[key]:
-            continue
-        if spec and spec.kind == "number" and not (spec.min is None or spec.min <= value <= spec.max):
-            continue  # outside what the form's field accepts
-        out[key] = value
-    return out
-
-
-def last_recipe(infos: list[runs.RunInfo], browser: str) -> dict[str, Any]:
-    """The recipe of the newest run this browser submitted (by its hashed id), as recipe_from_query reads it.
-
-    Never another browser's run: in a classroom the store's newest run is usually someone else's."""
-    mine = [i for i in infos if browser and i.meta.get("browser") == browser and not i.damaged and i.config]
-    if not mine:
-        return {}
-    newest = max(mine, key=lambda i: (float(i.meta.get("created") or 0), i.run_id))
-    return recipe_from_query(recipe_to_query(newest.config))

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from cxrdemo import paths
 from cxrdemo.config import DecisionRule, FreezeLevel
+from cxrdemo.model.files import has_model
 from cxrdemo.runs import store as runs
 from cxrdemo.views import numbers
 
@@ -112,10 +113,10 @@ def run_title(config: dict) -> str:
 def model_choices(runs_dir: str | Path | None = None) -> dict[str, str]:
     """Label -> run reference for every model that can predict: the demo model first, then completed runs."""
     choices: dict[str, str] = {}
-    if (paths.demo_run_dir() / "model.pt").is_file():
+    if has_model(paths.demo_run_dir()):
         choices["Demo model (shipped)"] = paths.DEMO_RUN_NAME
     for info in reversed(runs.list_runs(runs_dir)):
-        if info.state == "completed" and (info.path / "model.pt").is_file():
+        if info.state == "completed" and has_model(info.path):
             choices[f"{info.run_id} ({run_title(info.config)})"] = info.run_id
     return choices
 
