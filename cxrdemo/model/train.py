@@ -183,7 +183,7 @@ class _Inputs:
             # On the model's device (a GPU's cores, not the host's few); its random numbers still come from the
             # CPU generator, so a seed gives the same augmentation on every device.
             x = self.augment(x, self.generator)
-        x = data.normalize_batch(x, self.pre.mean, self.pre.std)
+        x = self.pre.normalize(x)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
 
@@ -331,11 +331,7 @@ def _read_dataset(config: TrainConfig, pre: checkpoint.Preprocessing, say: Progr
     for split in ("train", "val", "test"):
         if scan.splits.get(split):
             say(Progress("prepare", message=f"Decoding {split} images (once; cached for later runs)"))
-            cache[split] = data.load_images(scan.splits[split], pre.img_size, workers=threads)
-            if pre.intensity != "none":
-                c = cache[split]
-                cache[split] = data.CachedImages(data.adjust_intensity(c.images, pre.intensity), c.labels,
-                                                 c.paths, c.skipped)
+            cache[split] = pre.load(scan.splits[split], workers=threads)
     if "val" not in cache or len(cache["val"].labels) == 0:
         raise ConfigError("The dataset has no validation images; add a val/ folder or more images per class.")
     marker = parse_marker(config.marker)
