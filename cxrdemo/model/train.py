@@ -21,13 +21,12 @@ from torch import nn
 from cxrdemo import data, fileio
 from cxrdemo.config import TrainConfig, parse_marker
 from cxrdemo.data.marker import burn_marker, mark_images
-from cxrdemo.data.naming import image_names
 from cxrdemo.data.scan import relative_path
 from cxrdemo.errors import Cancelled, ConfigError
 from cxrdemo.model import (
     backbones,
     checkpoint,
-    conformal,
+    evaluation,
     metrics,
     predictions,
     probes,
@@ -417,27 +416,19 @@ def finish(run_dir: Path, config: TrainConfig, classes: tuple[str, ...], cache: 
     threshold = model.decision.value
     if "test" in cache and len(cache["test"].labels):
         say(Progress("test", best_epoch, config.epochs, message="Testing the best model"))
-        loss, result, probs = evaluate(net, cache["test"].images, cache["test"].labels, plain, classes, threshold)
-        logits, feats = trust.logits_and_features(net, cache["test"].images, model.preprocessing)
         fitted = trust.Trust.from_records(model.records, run_dir.name)
-        outside = trust.outside_domain(fitted.domain, trust.domain_scores(
-            net, cache["test"].images, model.preprocessing, fitted.domain, feats))  # their sets: every class
-        result.update(trust.trust_metrics(logits, cache["test"].labels.numpy(), fitted, threshold, tuple(classes),
-                                          outside=outside))
-        result.update(loss=loss, best_epoch=best_epoch, threshold=threshold, split="test",
-                      y_true=cache["test"].labels.tolist(), probs=np.round(probs, 6).tolist(),
-                      calibrated_probs=np.round(fitted.probabilities(logits), 6).tolist())
+        # per image, as Diagnosis shows it: calibrated probabilities and the 90% set beside the raw softmax
+        result, out = evaluation.evaluate_split(net, model.preprocessing, tuple(classes), threshold, fitted,
+                                                cache["test"], root=root, out=run_dir / predictions.FILE)
+        result.update(loss=out.loss(), best_epoch=best_epoch, threshold=threshold, split="test",
+                      y_true=cache["test"].labels.tolist(), probs=np.round(out.probs, 6).tolist(),
+                      calibrated_probs=np.round(fitted.probabilities(out.logits), 6).tolist())
         if config.marker:
             # The same test images with the tag burned into every one: what the model reads when it sees it.
             m_loss, marked, m_probs = evaluate(net, burn_marker(cache["test"].images), cache["test"].labels, plain,
                                                classes, threshold)
             result["marked"] = {**marked, "loss": m_loss, "probs": np.round(m_probs, 6).tolist()}
         fileio.atomic_write_json(run_dir / "test_metrics.json", result)
-        # per image, as Diagnosis shows it: calibrated probabilities and the 90% set beside the raw softmax
-        predictions.write(predictions.from_logits(
-            image_names(root, cache["test"].paths), tuple(classes), cache["test"].labels.numpy(), logits,
-            fitted.temperature, threshold, fitted.conformal.get(conformal.DEFAULT_LEVEL), fitted.bias, outside),
-            run_dir / predictions.FILE)
     say(Progress("done", best_epoch, config.epochs, message="Finished"))
     return result
 
