@@ -43,10 +43,10 @@ def load_demo():
 
 
 def stage_features(net, images: torch.Tensor, pre) -> np.ndarray:
-    """Pooled features of every trunk stage (N x sum of stage widths) of uint8 N x 1 x S x S images."""
-    out = [domain.features(net, data.normalize_batch(data.adjust_intensity(images[i:i + 64], pre.intensity),
-                                                     pre.mean, pre.std),
-                           layers=len(net.trunk)).numpy() for i in range(0, len(images), 64)]
+    """Pooled features of every trunk stage (N x sum of stage widths) of uint8 N x 1 x S x S images prepared by the
+    model's record (pre.load)."""
+    out = [domain.features(net, pre.normalize(images[i:i + 64]), layers=len(net.trunk)).numpy()
+           for i in range(0, len(images), 64)]
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)  # normalised in batches: 12 bytes a pixel
 
 
@@ -82,7 +82,7 @@ def compute_features(net, pre, sets: dict, cache: Path) -> dict[str, np.ndarray]
     out: dict[str, np.ndarray] = {}
     for name, (items, _) in sets.items():
         t = time.time()
-        cached = data.load_images(items, pre.img_size, use_disk_cache=not name.startswith("proxy"))
+        cached = pre.load(items, use_disk_cache=not name.startswith("proxy"))
         if len(cached.paths) != len(items):
             print(f"  {name}: {len(items) - len(cached.paths)} files unreadable, left out")
         out[f"{name}/x"] = stage_features(net, cached.images, pre)
@@ -100,8 +100,7 @@ def last_stages(x: np.ndarray, widths: list[int], layers: int) -> np.ndarray:
 
 def timing(net, pre, rec: domain.DomainRecord, widths: list[int]) -> dict[str, float]:
     """Milliseconds per image: one forward pass (batch of 1) and one score."""
-    x = data.normalize_batch(data.adjust_intensity(torch.randint(0, 255, (1, 1, pre.img_size, pre.img_size),
-                                                                 dtype=torch.uint8), pre.intensity), pre.mean, pre.std)
+    x = pre.normalize(pre.adjust(torch.randint(0, 255, (1, 1, pre.img_size, pre.img_size), dtype=torch.uint8)))
     with torch.inference_mode():
         net.eval()
         net(x)

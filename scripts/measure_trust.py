@@ -18,12 +18,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cxrdemo.data import imageio
+from cxrdemo.data import CachedImages
 from cxrdemo.diagnosis import predict
+from cxrdemo.errors import DatasetError
 from cxrdemo.model import calibration as cal
 from cxrdemo.model import checkpoint
 from cxrdemo.model import conformal as cf
-from cxrdemo.model import metrics, trust
+from cxrdemo.model import evaluation, metrics, trust
 
 REPO = Path(__file__).resolve().parent.parent
 # (name, dataset folder under --data-dir, split, what it is)
@@ -37,52 +38,34 @@ class ModelUnderTest:
 
     loaded: predict.LoadedModel
     classes: tuple[str, ...]
-    img_size: int
-    intensity: str
     threshold: float | None  # the uncalibrated p(class 1) cut of the model's decision rule
     config: dict
 
 
 def load(run: str) -> ModelUnderTest:
-    """The model under test. The model-file API is being rewritten (model/checkpoint: `preprocessing` and
-    `decision` records); read either shape here so the rest of the script does not care."""
+    """The model under test (its preprocessing record, decision and trust records come with it)."""
     m = predict.load_model(run)
-    pre = getattr(m, "preprocessing", None)
-    intensity = pre.intensity if pre is not None else m.intensity
-    threshold = m.decision.value if hasattr(m, "decision") else m.threshold
-    return ModelUnderTest(m, tuple(m.classes), int(m.img_size), intensity, threshold, dict(m.config or {}))
+    return ModelUnderTest(m, tuple(m.classes), m.decision.value, dict(m.config or {}))
+
+
+def split_images(model: ModelUnderTest, root: Path, split: str, seed: int) -> CachedImages:
+    """One split prepared by the model's own preprocessing record (model/evaluation, as `evaluate` loads it)."""
+    try:
+        return evaluation.load_split(model.loaded.preprocessing, model.classes, root, split, seed)[0]
+    except DatasetError as exc:
+        raise SystemExit(str(exc)) from None
 
 
 @torch.inference_mode()
 def logits_of(model: ModelUnderTest, root: Path, split: str,
               seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """(logits NxK float64, labels N, which images the in-domain check flags) of one split, preprocessed exactly
-    as predict.predict_split does."""
-    try:
-        from cxrdemo.data.cache import load_images
-        from cxrdemo.data.scan import scan_dataset
-    except ImportError:  # before data/dataset.py was split into scan and cache
-        from cxrdemo.data.dataset import load_images, scan_dataset
-    scan = scan_dataset(root, seed=seed, require_train=False)
-    if tuple(scan.classes) != model.classes:
-        raise SystemExit(f"{root} has classes {scan.classes}, the model {model.classes}.")
-    cached = load_images(scan.splits[split], model.img_size)
-    images = imageio.adjust_intensity(cached.images, model.intensity)
+    """(logits NxK float64, labels N, which images the in-domain check flags) of one split: the one pass that
+    `evaluate` and training's test make (model/evaluation.forward_split)."""
     m = model.loaded
+    images = split_images(model, root, split, seed)
     with m.lock:
-        logits, feats = trust.logits_and_features(m.net, images, m.preprocessing)
-        scores = trust.domain_scores(m.net, images, m.preprocessing, m.domain, feats)
-    return logits.astype(np.float64), cached.labels.numpy(), trust.outside_domain(m.domain, scores)
-
-
-def val_images(model: ModelUnderTest, root: Path, seed: int):
-    """The validation split as the cache holds it (uint8, intensity applied), for the perturbed copies."""
-    from cxrdemo.data import CachedImages
-    from cxrdemo.data.cache import load_images
-    from cxrdemo.data.scan import scan_dataset
-
-    c = load_images(scan_dataset(root, seed=seed, require_train=False).splits["val"], model.img_size)
-    return CachedImages(imageio.adjust_intensity(c.images, model.intensity), c.labels, c.paths, c.skipped)
+        out = evaluation.forward_split(m.net, m.preprocessing, images, m.domain)
+    return out.logits.astype(np.float64), out.labels, out.outside
 
 
 def measure(name: str, logits: np.ndarray, y: np.ndarray, model: ModelUnderTest, t: trust.Trust,
@@ -200,7 +183,7 @@ def main() -> None:
     seed = int(model.config.get("split_seed", 0))
     val_root = Path(args.data_dir) / Path(model.config.get("data", "cxr-large")).name
     z_val, y_val, out_val = logits_of(model, val_root, "val", seed)  # ONLY the validation split is fitted on
-    z_pert = trust.perturbed_logits(model.loaded.net, val_images(model, val_root, seed).images,
+    z_pert = trust.perturbed_logits(model.loaded.net, split_images(model, val_root, "val", seed).images,
                                     model.loaded.preprocessing)
     fitted = trust.fit_trust(y_val, z_val, z_pert, model.classes)  # the engine's own fit: validation + perturbed copies
     calib = fitted["calibration"]

@@ -240,7 +240,6 @@ def test_predict_on_a_malformed_model_file_exits_2_with_one_sentence(tmp_path, c
 
 def test_demo_model_logits_are_bit_identical_to_before_the_model_file_redesign(tmp_path, monkeypatch):
     """Reference: the code of ecfa98d on the same images, one thread (tests/data/demo_logits.npz)."""
-    from cxrdemo import data
     from cxrdemo.diagnosis import predict
 
     monkeypatch.setenv("CXRDEMO_CACHE_DIR", str(tmp_path / "cache"))
@@ -255,9 +254,8 @@ def test_demo_model_logits_are_bit_identical_to_before_the_model_file_redesign(t
         with torch.inference_mode():
             single = np.stack([model.net(predict.model_input(model, predict.prepare(
                 model, predict.read_radiograph(str(f)).grey))).float()[0].numpy() for f in files])
-            cached = data.load_images([(str(f), 0) for f in files], model.img_size, use_disk_cache=False)
-            images = data.adjust_intensity(cached.images, model.preprocessing.intensity)
-            batch = model.net(predict.model_input(model, images)).float().numpy()
+            cached = model.preprocessing.load([(str(f), 0) for f in files], use_disk_cache=False)
+            batch = model.net(predict.model_input(model, cached.images)).float().numpy()
     finally:
         torch.set_num_threads(threads)
     order = [Path(p).resolve() for p in cached.paths]

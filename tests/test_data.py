@@ -238,7 +238,9 @@ def test_load_images_shapes_and_order(tiny_dataset, cache_tmp):
     assert cached.labels.dtype == torch.int64 and cached.labels.tolist() == [k for _, k in items]
     assert cached.paths == [p for p, _ in items] and cached.skipped == []
     assert seen[-1] == (8, 8)
-    expected, _ = data.preprocess(items[0][0], 32)
+    from cxrdemo.model.checkpoint import Preprocessing
+
+    expected = Preprocessing(32).prepare(data.read_image(items[0][0])[0])
     assert torch.equal(cached.images[0], expected)  # the training cache is exactly what prediction computes
 
 

@@ -1,4 +1,4 @@
-"""read_image / preprocess: every format we promise, every failure as one clear ImageReadError."""
+"""read_image / resize_to_uint8 / normalize_batch: every format we promise, every failure as one clear ImageReadError."""
 
 from __future__ import annotations
 
@@ -25,7 +25,6 @@ from cxrdemo.data.imageio import (
     MAX_PIXELS,
     ImageMeta,
     normalize_batch,
-    preprocess,
     read_image,
     resize_to_uint8,
 )
@@ -354,8 +353,9 @@ def test_resize_squashes_whole_image():
     assert out[0, :, 0].min() == 255 and out[0, :, -1].max() == 0
 
 
-def test_normalize_batch_and_preprocess():
-    x, meta = preprocess(encode(ramp()), 24)
+def test_normalize_batch_of_a_resized_image():
+    img, meta = read_image(encode(ramp()))
+    x = resize_to_uint8(img, 24)
     assert x.shape == (1, 24, 24) and x.dtype == torch.uint8 and meta.format == "png"
     mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
     y = normalize_batch(x.unsqueeze(0).repeat(2, 1, 1, 1), mean, std)

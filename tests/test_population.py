@@ -26,6 +26,7 @@ from cxrdemo.model import checkpoint
 from cxrdemo.population import KERMANY_CHILDREN, Population, file_text, parse_age, parse_age_range
 from cxrdemo.runs import store as runs
 from cxrdemo.runs.worker import execute_run
+from cxrdemo.views import recipe
 from cxrdemo.views import trainer_form
 from cxrdemo.views.model_card import model_card
 from cxrdemo.views.population import age_words, population_line, population_reason
@@ -290,9 +291,9 @@ def test_the_population_options_are_flags_and_trainer_fields():
     assert all(s.kind == "text" and s.default == "" for s in specs.values())
     assert len(specs) <= trainer_form.ROW_WIDGETS["population"]
     assert trainer_form.make_config({"population_age": "18-90"}).population_age == "18-90"
-    assert trainer_form.recipe_from_query({"population_age": "18-90", "population_source": "x"}) == {
+    assert recipe.recipe_from_query({"population_age": "18-90", "population_source": "x"}) == {
         "population_age": "18-90", "population_source": "x"}
-    assert trainer_form.recipe_from_query({"population_age": "old"}) == {}
+    assert recipe.recipe_from_query({"population_age": "old"}) == {}
 
 
 def test_the_model_card_states_the_population_in_one_line(tmp_path):

@@ -33,7 +33,7 @@ def test_measure_domain_reads_the_demo_model_and_features_its_images(tmp_path):
     x = feats["demo test/x"]
     assert x.shape[0] == 6 and x.shape[1] > 512 and np.isfinite(x).all()
     # its last stage is exactly what the app's own check scores (same preprocessing, same pooling)
-    images = data.adjust_intensity(data.load_images(items, pre.img_size).images, pre.intensity)
+    images = pre.load(items).images
     _, app_feats = trust.logits_and_features(net, images, pre)
     assert np.allclose(md.last_stages(x, [x.shape[1] - 512, 512], 1), app_feats.numpy(), atol=1e-4)
 

@@ -69,7 +69,7 @@ def test_records_are_fitted_read_back_and_never_change_a_verdict(patch_model):
 
 
 def test_flagged_test_images_count_as_both_in_the_coverage_and_scores_reuse_the_features(patch_model):
-    from cxrdemo.data import CachedImages, normalize_batch
+    from cxrdemo.data import CachedImages
     from cxrdemo.model import domain
 
     rng = np.random.default_rng(3)
@@ -85,8 +85,8 @@ def test_flagged_test_images_count_as_both_in_the_coverage_and_scores_reuse_the_
     outside = trust.outside_domain(fitted.domain, scores)
     assert outside[:8].all() and outside.sum() < 12
     assert trust.domain_scores(net, x, pre, None, feats) is None and trust.outside_domain(None, None) is None
-    two = domain.fit_domain(domain.features(net, normalize_batch(xt, pre.mean, pre.std), 2), yt,
-                            domain.features(net, normalize_batch(xv, pre.mean, pre.std), 2), layers=2)
+    two = domain.fit_domain(domain.features(net, pre.normalize(xt), 2), yt, domain.features(net, pre.normalize(xv), 2),
+                            layers=2)
     assert len(trust.domain_scores(net, x, pre, two, feats)) == 40  # two stages: not the one-stage features
     plain = trust.trust_metrics(logits, y.numpy(), fitted, 0.5, patch_model.classes, resamples=50)
     flagged = trust.trust_metrics(logits, y.numpy(), fitted, 0.5, patch_model.classes, resamples=50, outside=outside)

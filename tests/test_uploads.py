@@ -18,7 +18,7 @@ from pydicom.filewriter import write_dataset, write_file_meta_info
 from pydicom.uid import DeflatedExplicitVRLittleEndian, RLELossless
 
 from cxrdemo.data import deflate, shrink
-from cxrdemo.data.imageio import preprocess, read_image
+from cxrdemo.data.imageio import read_image
 from cxrdemo.errors import ImageReadError
 from tests.test_imageio import encode, make_dicom, png_with_header, ramp
 
@@ -233,8 +233,10 @@ def test_rle_dicom_is_reduced():
 
 def test_training_and_prediction_see_the_same_reduced_pixels():
     data = encode(ramp(2500, 2500, np.uint16, 60000))
+    from cxrdemo.model.checkpoint import Preprocessing
+
     img, _ = read_image(data)
-    tensor, _ = preprocess(data, 64)
+    tensor = Preprocessing(64).prepare(img)  # what prediction feeds the network (the cache: test_data)
     assert img.shape == (1250, 1250) and tuple(tensor.shape) == (1, 64, 64)
 
 

@@ -54,20 +54,20 @@ def parse_eval(spec: str) -> tuple[str, str, str]:
 def evaluate_model_on(run_dir: Path, data_root: str, split: str = "test", n_boot: int = 1000,
                       label: str = EVAL_LABELS[0]) -> dict:
     """Point estimates and 95% bootstrap intervals of a run's model on one split of a dataset."""
-    import torch
-
-    from cxrdemo.diagnosis.predict import load_model, split_logits
-    from cxrdemo.model import trust
+    from cxrdemo.diagnosis.predict import load_model
+    from cxrdemo.model import evaluation
 
     model = load_model(str(run_dir), allow_path=True)
-    y, logits, _, outside = split_logits(model, data_root, split)
-    probs = torch.softmax(torch.from_numpy(logits), 1).numpy()
-    point = metrics.classification_metrics(y, probs, model.classes, model.decision.value)
-    ci = metrics.bootstrap_ci(y, probs, model.classes, model.decision.value, n_boot=n_boot)
+    images, _ = evaluation.load_split(model.preprocessing, model.classes, data_root, split)
+    with model.lock:
+        point, out = evaluation.evaluate_split(model.net, model.preprocessing, model.classes, model.decision.value,
+                                               model.trust, images, resamples=n_boot)
+    y = out.labels
+    ci = metrics.bootstrap_ci(y, out.probs, model.classes, model.decision.value, n_boot=n_boot)
     return {"data": str(data_root), "split": split, "label": label, "n": int(len(y)), "counts": np.bincount(y).tolist(),
             "metrics": {k: point[k] for k in ("accuracy", "sensitivity", "specificity", "auroc", "f1")},
             "ci95": ci, "confusion": point["confusion"],
-            **trust.trust_metrics(logits, y, model.trust, model.decision.value, model.classes, n_boot, outside)}
+            **{k: point[k] for k in ("calibration", "coverage") if k in point}}
 
 
 def build_demo_model(train_data: str, eval_sets: list[tuple[str, str, str]], out_dir: Path | None = None,

@@ -16,7 +16,6 @@ from cxrdemo.data.imageio import (
     ImageMeta,
     adjust_intensity,
     normalize_batch,
-    preprocess,
     read_image,
     resize_to_uint8,
 )
@@ -27,7 +26,7 @@ from cxrdemo.errors import ImageReadError
 
 __all__ = [
     "IMAGE_SUFFIXES", "IMAGENET_MEAN", "IMAGENET_STD", "MAX_PIXELS", "ImageMeta", "ImageReadError", "read_image",
-    "resize_to_uint8", "adjust_intensity", "INTENSITY_MODES", "normalize_batch", "preprocess", "sniff",
+    "resize_to_uint8", "adjust_intensity", "INTENSITY_MODES", "normalize_batch", "sniff",
     "DatasetScan", "resolve_data_root", "scan_dataset", "patient_key", "CachedImages", "load_images",
     "make_augment", "make_loader", "class_weights",
 ]

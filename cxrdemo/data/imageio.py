@@ -326,9 +326,3 @@ def normalize_batch(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]
     mean = torch.tensor(mean, device=x.device).view(1, 3, 1, 1)
     std = torch.tensor(std, device=x.device).view(1, 3, 1, 1)
     return (x.expand(-1, 3, -1, -1) - mean) / std
-
-
-def preprocess(src: str | os.PathLike | bytes, size: int, name: str = "") -> tuple[torch.Tensor, ImageMeta]:
-    """read_image then resize_to_uint8: a uint8 1xSxS tensor exactly as the training cache holds it."""
-    img, meta = read_image(src, name)
-    return resize_to_uint8(img, size), meta

@@ -15,7 +15,7 @@ import torch
 from cxrdemo import data
 from cxrdemo.diagnosis import quality
 from cxrdemo.errors import RunError
-from cxrdemo.model import checkpoint, conformal, metrics, predictions, trust
+from cxrdemo.model import checkpoint, evaluation, metrics, trust
 from cxrdemo.model.backbones import Net
 from cxrdemo.model.checkpoint import Decision, Preprocessing
 from cxrdemo.population import Population
@@ -90,9 +90,8 @@ def load_model(run: str, runs_dir: str | Path | None = None, *, allow_path: bool
 
 
 def model_input(model: LoadedModel, image: torch.Tensor) -> torch.Tensor:
-    """uint8 1xSxS (from prepare) -> the normalised 1x3xSxS batch the network expects."""
-    pre = model.preprocessing
-    return data.normalize_batch(image.unsqueeze(0) if image.dim() == 3 else image, pre.mean, pre.std)
+    """uint8 1xSxS (from prepare) -> the normalised 1x3xSxS batch the network expects (the record's own step)."""
+    return model.preprocessing.normalize(image)
 
 
 @torch.inference_mode()
@@ -107,59 +106,25 @@ def predict_probs(model: LoadedModel, images: torch.Tensor, batch_size: int = 64
 
 def predict_split(model: LoadedModel, data_root: str, split: str = "test") -> tuple[np.ndarray, np.ndarray, int]:
     """(labels, probabilities, files skipped) of `model` on one split of a dataset whose classes match the model's."""
-    y, logits, skipped, _, _, _ = _split_logits(model, data_root, split, flags=False)
-    return y, torch.softmax(torch.from_numpy(logits), 1).numpy(), skipped
-
-
-def split_logits(model: LoadedModel, data_root: str,
-                 split: str = "test") -> tuple[np.ndarray, np.ndarray, int, np.ndarray | None]:
-    """(labels, logits float32, files skipped, which images the in-domain check flags or None) of `model` on one
-    split of a dataset with the model's classes."""
-    y, logits, skipped, _, _, outside = _split_logits(model, data_root, split)
-    return y, logits, skipped, outside
-
-
-def _split_logits(model: LoadedModel, data_root: str, split: str, flags: bool = True):
-    """(labels, logits, skipped, root, paths, in-domain flags: None when `flags` is False or there is no check)."""
-    from cxrdemo.errors import DatasetError
-
-    scan = data.scan_dataset(data_root, require_train=False)
-    if tuple(scan.classes) != tuple(model.classes):
-        raise DatasetError(f"The dataset's classes {list(scan.classes)} differ from the model's {list(model.classes)}.")
-    items = scan.splits.get(split) or []
-    if not items:
-        raise DatasetError(f"The dataset {data_root} has no '{split}' images.")
-    pre = model.preprocessing
-    cached = data.load_images(items, pre.img_size)
-    images = data.adjust_intensity(cached.images, pre.intensity)
+    images, _ = evaluation.load_split(model.preprocessing, model.classes, data_root, split)
     with model.lock:
-        logits, feats = trust.logits_and_features(model.net, images, pre)
-        scores = trust.domain_scores(model.net, images, pre, model.domain, feats) if flags else None
-    outside = trust.outside_domain(model.domain, scores)
-    return cached.labels.numpy(), logits, len(cached.skipped), scan.root, cached.paths, outside
+        out = evaluation.forward_split(model.net, model.preprocessing, images)
+    return out.labels, out.probs, len(images.skipped)
 
 
-def evaluate_run(model: LoadedModel, data_root: str, split: str = "test", out: Path | None = None) -> dict:
+def evaluate_run(model: LoadedModel, data_root: str, split: str = "test", out: Path | None = None,
+                 resamples: int = 2000) -> dict:
     """Metrics of `model` on one split of a dataset (classes must match the model's), ECE and set coverage;
-    per-image rows to `out` when given."""
-    from cxrdemo.data.naming import image_names
-
-    y, logits, skipped, root, paths, outside = _split_logits(model, data_root, split)
-    probs = torch.softmax(torch.from_numpy(logits), 1).numpy()
-    result = metrics.classification_metrics(y, probs, model.classes, model.decision.value)
-    result["skipped"] = skipped
-    if len(y):
-        result.update(trust.trust_metrics(logits, y, model.trust, model.decision.value, model.classes,
-                                          outside=outside))
+    per-image rows to `out` when given (model/evaluation.evaluate_split, as training's test)."""
+    images, root = evaluation.load_split(model.preprocessing, model.classes, data_root, split)
+    try:
+        with model.lock:
+            result, _ = evaluation.evaluate_split(model.net, model.preprocessing, model.classes, model.decision.value,
+                                                  model.trust, images, root=root, out=out, resamples=resamples)
+    except OSError as exc:
+        raise RunError(f"Could not write the per-image predictions to {out}: {exc.strerror or exc}.") from None
+    result["skipped"] = len(images.skipped)
     if out is not None:
-        names = image_names(root, paths)
-        try:
-            predictions.write(predictions.from_logits(names, model.classes, y, logits, model.trust.temperature,
-                                                      model.decision.value,
-                                                      model.trust.conformal.get(conformal.DEFAULT_LEVEL),
-                                                      model.trust.bias, outside), Path(out))
-        except OSError as exc:
-            raise RunError(f"Could not write the per-image predictions to {out}: {exc.strerror or exc}.") from None
         result["predictions_file"] = str(out)
     return result
 
@@ -190,9 +155,8 @@ def read_radiograph(src: bytes | str | os.PathLike, name: str = "") -> Radiograp
 
 
 def prepare(model: LoadedModel, grey: np.ndarray) -> torch.Tensor:
-    """A [0, 1] greyscale image -> the uint8 1xSxS tensor this model was trained on (size and intensity step)."""
-    pre = model.preprocessing
-    return data.adjust_intensity(data.resize_to_uint8(grey, pre.img_size), pre.intensity)
+    """A [0, 1] greyscale image -> the uint8 1xSxS tensor this model was trained on (the record's own steps)."""
+    return model.preprocessing.prepare(grey)
 
 
 RECIPE_KEYS = ("backbone", "init", "freeze", "epochs", "img_size", "lr", "optimizer", "augment", "balance", "head",

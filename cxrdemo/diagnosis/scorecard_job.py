@@ -81,8 +81,7 @@ def compute(run_dir: str | Path, params: dict, progress: scorecard.Progress | No
     if not items:
         raise DatasetError(f"The dataset {params['data']} has no '{params['split']}' images.")
     picked = random.Random(params["seed"]).sample(items, min(params["n"], len(items)))
-    cached = data.load_images(picked, model.img_size)
-    images = data.adjust_intensity(cached.images, model.preprocessing.intensity)
+    images = model.preprocessing.load(picked).images
     table = scorecard.score_methods(model, images, params.get("methods"), n=len(images), seed=params["seed"],
                                     progress=progress, should_stop=should_stop)
     table.update(data=str(params["data"]), split=params["split"])

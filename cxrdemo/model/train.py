@@ -21,13 +21,12 @@ from torch import nn
 from cxrdemo import data, fileio
 from cxrdemo.config import TrainConfig, parse_marker
 from cxrdemo.data.marker import burn_marker, mark_images
-from cxrdemo.data.naming import image_names
 from cxrdemo.data.scan import dataset_name, relative_path
 from cxrdemo.errors import Cancelled, ConfigError
 from cxrdemo.model import (
     backbones,
     checkpoint,
-    conformal,
+    evaluation,
     metrics,
     predictions,
     probes,
@@ -184,8 +183,66 @@ class _Inputs:
             # On the model's device (a GPU's cores, not the host's few); its random numbers still come from the
             # CPU generator, so a seed gives the same augmentation on every device.
             x = self.augment(x, self.generator)
-        x = data.normalize_batch(x, self.pre.mean, self.pre.std)
+        x = self.pre.normalize(x)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+
+@dataclass
+class _Training:
+    """What set-up makes for the epoch loop, and the loop's running state (the best epoch so far)."""
+
+    config: TrainConfig
+    run_dir: Path
+    scan: data.DatasetScan
+    cache: dict[str, data.CachedImages]
+    net: backbones.Net
+    init_note: str
+    threads: int
+    device: torch.device
+    amp: torch.dtype | None
+    channels_last: bool
+    tuner: tuning.InRunTrial | None
+    augment: Callable | None
+    plain: _Inputs  # validation, probes and trunk features: no augmentation
+    train_inputs: _Inputs
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.StepLR | None
+    weight: torch.Tensor | None  # class weights of the loss (balance=loss), also used for the validation loss
+    loss_fn: nn.Module
+    ema: torch.optim.swa_utils.AveragedModel | None
+    panel: probes.Panel | None
+    feature_cache: dict[str, torch.Tensor] | None = None  # trunk features per split, while the whole trunk is frozen
+    best_score: float = math.inf
+    best_epoch: int = 0
+    bad_epochs: int = 0
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        """The dataset's classes, in label order."""
+        return self.scan.classes
+
+    @property
+    def validated(self) -> nn.Module:
+        """The network each epoch validates and saves: the weight average when there is one."""
+        return self.ema.module if self.ema is not None else self.net
+
+    def after_step(self) -> None:
+        """After each optimiser step: move the weight average (when there is one)."""
+        if self.ema is not None:
+            self.ema.update_parameters(self.net)
+
+    def to_device(self, features: torch.Tensor) -> torch.Tensor:
+        """Cached trunk features live on the CPU: the head trains on the model's device."""
+        return features.to(self.device)
+
+    def meta(self, speed_trial: dict) -> dict:
+        """What the run's config.json records about how it trains (see _run_meta)."""
+        return _run_meta(self.scan.summary(), self.scan.root, self.threads, self.init_note, self.cache, self.device,
+                         self.amp, self.channels_last, speed_trial)
+
+    def release(self) -> None:
+        """Drop the training copy, its gradients, Adam state and cached features (finish reloads the best epoch)."""
+        self.net = self.opt = self.sched = self.ema = self.feature_cache = None
 
 
 def fit(config: TrainConfig, run_dir: Path, progress: ProgressFn | None = None,
@@ -197,133 +254,172 @@ def fit(config: TrainConfig, run_dir: Path, progress: ProgressFn | None = None,
     no test) before Cancelled propagates: finished epochs are kept.
     """
     say = progress or (lambda p: None)
-    run_dir = Path(run_dir)
+    t = set_up(config, Path(run_dir), say, source)
+    try:
+        for epoch in range(1, config.epochs + 1):
+            _check(should_stop)
+            row = run_epoch(t, epoch, say, should_stop)
+            say(Progress("val", epoch, config.epochs, message=f"Epoch {epoch} done", row=row))
+            if config.patience and t.bad_epochs >= config.patience:
+                say(Progress("val", epoch, config.epochs,
+                             message=f"Early stop: no {config.select.replace('_', ' ')} gain for {t.bad_epochs} epochs"))
+                break
+    except Cancelled:
+        if t.best_epoch:
+            t.release()
+            finish(t.run_dir, config, t.classes, t.cache, t.best_epoch, say, test=False,
+                   population=_population(config, t.scan, source))
+        raise
+    t.release()
+    return finish(t.run_dir, config, t.classes, t.cache, t.best_epoch, say, root=t.scan.root,
+                  population=_population(config, t.scan, source))
+
+
+def _population(config: TrainConfig, scan: data.DatasetScan, source: checkpoint.ModelFile | None
+                ) -> Population | None:
+    """Whom the training films came from: as stated, else the dataset's POPULATION.json, else the parent run's
+    (only when it learnt from the same data: a fine-tune on other films does not inherit the children's ages)."""
+    same_data = source is not None and source.config.get("data") == dataset_name(config.data)
+    return training_population(Population.stated(config.population_age, config.population_source),
+                               scan.population, source.population if source else None, same_data=same_data)
+
+
+def set_up(config: TrainConfig, run_dir: Path, say: ProgressFn,
+           source: checkpoint.ModelFile | None = None) -> _Training:
+    """Seed, read the data once, build the network, choose arithmetic and layout, make the optimiser and probes."""
     threads = set_threads(config.threads)
     torch.manual_seed(config.seed)
     np.random.seed(config.seed)
     pre = preprocessing_for(config)
     scan, cache = _read_dataset(config, pre, say, threads)
-    classes = scan.classes
-    population = training_population(Population.stated(config.population_age, config.population_source),
-                                     scan.population, source.population if source else None,
-                                     same_data=source is not None and source.config.get("data") == dataset_name(
-                                         config.data))
-    net, init_note = build_model(config, classes, source)
+    net, init_note = build_model(config, scan.classes, source)
     device = choose_device()
     net.set_freeze(backbones.frozen_groups(config.freeze, config.backbone, 1))  # the trial times epoch 1's work
     say(Progress("prepare", message="Choosing arithmetic and memory layout (a short timed trial, remembered)"))
     how = speed.choose(net, device, precision=config.precision, backbone=config.backbone, img_size=config.img_size,
-                       batch_size=config.batch_size, n_classes=len(classes),
+                       batch_size=config.batch_size, n_classes=len(scan.classes),
                        batches_per_epoch=math.ceil(len(cache["train"].labels) / config.batch_size),
                        hint_channels_last=backbones.get_spec(config.backbone).channels_last)
-    channels_last, amp = how.channels_last, how.amp
     tuner = tuning.start(how)  # a small data set: the other candidates are timed between epochs
-    if channels_last:
+    if how.channels_last:
         net = net.to(memory_format=torch.channels_last)
     net = net.to(device)  # before the optimiser is made: it must hold the device's parameters
-    say(Progress("prepare", meta=_run_meta(scan.summary(), scan.root, threads, init_note, cache, device, amp,
-                                           channels_last, how.record())))
-    n_trunk = len(net.trunk)
+    say(Progress("prepare", meta=_run_meta(scan.summary(), scan.root, threads, init_note, cache, device, how.amp,
+                                           how.channels_last, how.record())))
     augment = data.make_augment(config.augment, config.img_size)
     gen = torch.Generator().manual_seed(config.seed)
-    plain = _Inputs(pre, None, channels_last, None, device)
-    train_inputs = _Inputs(pre, augment, channels_last, gen, device)
-    to_device = lambda f: f.to(device)  # noqa: E731 - cached trunk features live on the CPU
+    plain = _Inputs(pre, None, how.channels_last, None, device)
+    train_inputs = _Inputs(pre, augment, how.channels_last, gen, device)
     opt = make_optimizer(config, net)
     sched = torch.optim.lr_scheduler.StepLR(opt, config.step_size, config.gamma) if config.step_size else None
-    y_train = cache["train"].labels
-    weight = data.class_weights(y_train, len(classes)) if config.balance == "loss" else None
+    weight = data.class_weights(cache["train"].labels, len(scan.classes)) if config.balance == "loss" else None
     loss_fn = nn.CrossEntropyLoss(weight=None if weight is None else weight.to(device))
-
     # Self-ensembling: an exponential moving average of the weights (and BN statistics) is what gets
     # validated and saved; it smooths the epoch-to-epoch swings of small-data training.
     ema = (torch.optim.swa_utils.AveragedModel(net, multi_avg_fn=ema_update(config.ema), use_buffers=True)
            if config.ema else None)
-    after_step = (lambda: ema.update_parameters(net)) if ema is not None else None
-    best_score, best_epoch, bad_epochs, feature_cache = math.inf, 0, 0, None
-    panel = probes.start_panel(run_dir, config, cache["val"], scan.root, classes)
-    try:
-        for epoch in range(1, config.epochs + 1):
-            _check(should_stop)
-            n_frozen = backbones.frozen_groups(config.freeze, config.backbone, epoch)
-            net.set_freeze(n_frozen)
-            trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
-            t0 = time.perf_counter()
-            report = lambda i, n, e=epoch: say(Progress("train", e, config.epochs, i, n))  # noqa: E731
-            if FEATURE_CACHE and n_frozen == n_trunk and augment is None:
-                # Whole trunk frozen and inputs deterministic: trunk features never change, compute them once.
-                if feature_cache is None:
-                    say(Progress("prepare", epoch, config.epochs, message="Computing trunk features once"))
-                    feature_cache = {}
-                    for s, c in cache.items():
-                        # the probes' CAM-layer output is read off this same pass over the validation images
-                        with probes.capture_activations(panel if s == "val" else None, net):
-                            feature_cache[s] = _trunk_features(net, c.images, plain, amp)
-                f_loader = data.make_loader(data.CachedImages(feature_cache["train"], y_train, [], []),
-                                            config.batch_size, balance=config.balance, seed=config.seed + epoch,
-                                            pin_memory=device.type == "cuda")
-                tr_loss, tr_acc, seen = train_one_epoch(net.head, f_loader, to_device, opt, loss_fn, report,
-                                                        should_stop, after_step, amp)
-                ev_model, ev_x, ev_inputs, path = ((ema.module if ema else net).head, feature_cache["val"], to_device,
-                                                   "cached-features")
-            else:
-                loader = data.make_loader(cache["train"], config.batch_size, balance=config.balance,
-                                          seed=config.seed + epoch, pin_memory=device.type == "cuda")
-                report = tuner.watch(report) if tuner is not None else report
-                tr_loss, tr_acc, seen = train_one_epoch(net, loader, train_inputs, opt, loss_fn, report, should_stop,
-                                                        after_step, amp)
-                ev_model, ev_x, ev_inputs, path = (ema.module if ema else net), cache["val"].images, plain, "full"
-            train_s = time.perf_counter() - t0
-            say(Progress("val", epoch, config.epochs, message="Validating"))
-            val_loss, val_m, _ = evaluate(ev_model, ev_x, cache["val"].labels, ev_inputs, classes, weight=weight,
-                                          amp=amp)
-            if tuner is not None and path == "full" and not tuner.finished:
-                # Between epochs, a few steps of another candidate on throwaway copies; maybe switch (model/tuning).
-                new = tuner.after_epoch(epoch, net, opt, lambda: data.make_loader(
-                    cache["train"], config.batch_size, balance=config.balance, seed=config.seed),
-                    train_inputs, lambda m, b, i, o, r, a: train_one_epoch(m, b, i, o, loss_fn, r, should_stop,
-                                                                           amp=a))
-                if new is not None:
-                    amp, channels_last = new.amp, new.channels_last
-                    for m in (net, ema.module if ema else None):  # in place: the optimiser keeps its parameters
-                        if m is not None:
-                            m.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-                    plain.channels_last = train_inputs.channels_last = channels_last
-                    say(Progress("val", epoch, config.epochs, meta=_run_meta(
-                        scan.summary(), scan.root, threads, init_note, cache, device, amp, channels_last,
-                        new.record())))
-            lr = opt.param_groups[-1]["lr"]
-            if sched:
-                sched.step()
-            row = {"epoch": epoch, "train_loss": tr_loss, "val_loss": val_loss, "train_acc": tr_acc,
-                   "val_acc": val_m["accuracy"], "val_precision": val_m["precision"], "val_recall": val_m["recall"],
-                   "val_f1": val_m["f1"], "val_micro_recall": val_m["micro_recall"], "val_auroc": val_m["auroc"],
-                   "lr": lr, "seconds": round(time.perf_counter() - t0, 3), "images_per_s": round(seen / train_s, 2),
-                   "trainable_params": trainable, "frozen_groups": n_frozen, "path": path}
-            # Lower is better for both scores; NaN (e.g. AUROC of a one-class val split) never counts as better.
-            score = val_loss if config.select == "val_loss" else -val_m["auroc"]
-            if score < best_score:
-                best_score, best_epoch, bad_epochs = score, epoch, 0
-                checkpoint.save_best_epoch(run_dir, (ema.module if ema else net).state_dict(), epoch, val_loss, path)
-            else:
-                bad_epochs += 1
-            if panel is not None:
-                # the network the epoch validated (the weight average when there is one), whole, in eval mode
-                row["probe_s"] = probes.record_epoch(panel, ema.module if ema else net, plain, epoch,
-                                                     trunk_frozen=n_frozen == n_trunk)
-            say(Progress("val", epoch, config.epochs, message=f"Epoch {epoch} done", row=row))
-            if config.patience and bad_epochs >= config.patience:
-                say(Progress("val", epoch, config.epochs,
-                             message=f"Early stop: no {config.select.replace('_', ' ')} gain for {bad_epochs} epochs"))
-                break
-    except Cancelled:
-        if best_epoch:
-            net = ev_model = opt = sched = feature_cache = ema = after_step = None
-            finish(run_dir, config, classes, cache, best_epoch, say, test=False, population=population)
-        raise
-    # The test reloads the best weights into a fresh net: free the training copy, its gradients and Adam state first.
-    net = ev_model = opt = sched = feature_cache = ema = after_step = None
-    return finish(run_dir, config, classes, cache, best_epoch, say, root=scan.root, population=population)
+    panel = probes.start_panel(run_dir, config, cache["val"], scan.root, scan.classes)
+    return _Training(config, run_dir, scan, cache, net, init_note, threads, device, how.amp, how.channels_last, tuner,
+                     augment, plain, train_inputs, opt, sched, weight, loss_fn, ema, panel)
+
+
+def run_epoch(t: _Training, epoch: int, say: ProgressFn, should_stop: Callable[[], bool] | None = None) -> dict:
+    """Train one epoch, validate, keep the weights when they are the best so far, record the probes; the metrics row."""
+    config = t.config
+    n_frozen = backbones.frozen_groups(config.freeze, config.backbone, epoch)
+    t.net.set_freeze(n_frozen)
+    trainable = sum(p.numel() for p in t.net.parameters() if p.requires_grad)
+    start = time.perf_counter()
+    tr_loss, tr_acc, seen, path = _train_epoch(t, epoch, n_frozen, say, should_stop)
+    train_s = time.perf_counter() - start
+    say(Progress("val", epoch, config.epochs, message="Validating"))
+    val_loss, val_m = _validate(t, path)
+    if path == "full":
+        _try_other_arithmetic(t, epoch, say, should_stop)
+    lr = t.opt.param_groups[-1]["lr"]
+    if t.sched:
+        t.sched.step()
+    row = {"epoch": epoch, "train_loss": tr_loss, "val_loss": val_loss, "train_acc": tr_acc,
+           "val_acc": val_m["accuracy"], "val_precision": val_m["precision"], "val_recall": val_m["recall"],
+           "val_f1": val_m["f1"], "val_micro_recall": val_m["micro_recall"], "val_auroc": val_m["auroc"],
+           "lr": lr, "seconds": round(time.perf_counter() - start, 3), "images_per_s": round(seen / train_s, 2),
+           "trainable_params": trainable, "frozen_groups": n_frozen, "path": path}
+    _keep_if_best(t, epoch, val_loss, val_m, path)
+    if t.panel is not None:
+        # the network the epoch validated (the weight average when there is one), whole, in eval mode
+        row["probe_s"] = probes.record_epoch(t.panel, t.validated, t.plain, epoch,
+                                             trunk_frozen=n_frozen == len(t.net.trunk))
+    return row
+
+
+def _train_epoch(t: _Training, epoch: int, n_frozen: int, say: ProgressFn,
+                 should_stop: Callable[[], bool] | None) -> tuple[float, float, int, str]:
+    """(loss, accuracy, images seen, path) of one epoch on the faster path that gives the same head."""
+    config = t.config
+    report = lambda i, n: say(Progress("train", epoch, config.epochs, i, n))  # noqa: E731
+    pin = t.device.type == "cuda"
+    if FEATURE_CACHE and n_frozen == len(t.net.trunk) and t.augment is None:
+        # Whole trunk frozen and inputs deterministic: trunk features never change, compute them once.
+        features = _trunk_feature_cache(t, epoch, say)
+        loader = data.make_loader(data.CachedImages(features["train"], t.cache["train"].labels, [], []),
+                                  config.batch_size, balance=config.balance, seed=config.seed + epoch, pin_memory=pin)
+        return (*train_one_epoch(t.net.head, loader, t.to_device, t.opt, t.loss_fn, report, should_stop,
+                                 t.after_step, t.amp), "cached-features")
+    loader = data.make_loader(t.cache["train"], config.batch_size, balance=config.balance, seed=config.seed + epoch,
+                              pin_memory=pin)
+    report = t.tuner.watch(report) if t.tuner is not None else report
+    return (*train_one_epoch(t.net, loader, t.train_inputs, t.opt, t.loss_fn, report, should_stop, t.after_step,
+                             t.amp), "full")
+
+
+def _trunk_feature_cache(t: _Training, epoch: int, say: ProgressFn) -> dict[str, torch.Tensor]:
+    """Each split's pooled trunk features, computed at the first head-only epoch."""
+    if t.feature_cache is None:
+        say(Progress("prepare", epoch, t.config.epochs, message="Computing trunk features once"))
+        t.feature_cache = {}
+        for split, c in t.cache.items():
+            # the probes' CAM-layer output is read off this same pass over the validation images
+            with probes.capture_activations(t.panel if split == "val" else None, t.net):
+                t.feature_cache[split] = _trunk_features(t.net, c.images, t.plain, t.amp)
+    return t.feature_cache
+
+
+def _validate(t: _Training, path: str) -> tuple[float, dict]:
+    """(loss, metrics) on the validation split of the network the epoch validates, on the path it trained."""
+    model, x, inputs = t.validated, t.cache["val"].images, t.plain
+    if path == "cached-features":
+        model, x, inputs = model.head, t.feature_cache["val"], t.to_device
+    loss, m, _ = evaluate(model, x, t.cache["val"].labels, inputs, t.classes, weight=t.weight, amp=t.amp)
+    return loss, m
+
+
+def _try_other_arithmetic(t: _Training, epoch: int, say: ProgressFn, should_stop: Callable[[], bool] | None) -> None:
+    """Between epochs, a few steps of another candidate on throwaway copies; maybe switch (model/tuning)."""
+    if t.tuner is None or t.tuner.finished:
+        return
+    config = t.config
+    new = t.tuner.after_epoch(epoch, t.net, t.opt, lambda: data.make_loader(
+        t.cache["train"], config.batch_size, balance=config.balance, seed=config.seed),
+        t.train_inputs, lambda m, b, i, o, r, a: train_one_epoch(m, b, i, o, t.loss_fn, r, should_stop, amp=a))
+    if new is None:
+        return
+    t.amp, t.channels_last = new.amp, new.channels_last
+    for m in (t.net, t.ema.module if t.ema else None):  # in place: the optimiser keeps its parameters
+        if m is not None:
+            m.to(memory_format=torch.channels_last if t.channels_last else torch.contiguous_format)
+    t.plain.channels_last = t.train_inputs.channels_last = t.channels_last
+    say(Progress("val", epoch, config.epochs, meta=t.meta(new.record())))
+
+
+def _keep_if_best(t: _Training, epoch: int, val_loss: float, val_m: dict, path: str) -> None:
+    """Save the validated weights as best-epoch.pt when this epoch's score beats every earlier one."""
+    # Lower is better for both scores; NaN (e.g. AUROC of a one-class val split) never counts as better.
+    score = val_loss if t.config.select == "val_loss" else -val_m["auroc"]
+    if score < t.best_score:
+        t.best_score, t.best_epoch, t.bad_epochs = score, epoch, 0
+        checkpoint.save_best_epoch(t.run_dir, t.validated.state_dict(), epoch, val_loss, path)
+    else:
+        t.bad_epochs += 1
 
 
 def _read_dataset(config: TrainConfig, pre: checkpoint.Preprocessing, say: ProgressFn,
@@ -336,11 +432,7 @@ def _read_dataset(config: TrainConfig, pre: checkpoint.Preprocessing, say: Progr
     for split in ("train", "val", "test"):
         if scan.splits.get(split):
             say(Progress("prepare", message=f"Decoding {split} images (once; cached for later runs)"))
-            cache[split] = data.load_images(scan.splits[split], pre.img_size, workers=threads)
-            if pre.intensity != "none":
-                c = cache[split]
-                cache[split] = data.CachedImages(data.adjust_intensity(c.images, pre.intensity), c.labels,
-                                                 c.paths, c.skipped)
+            cache[split] = pre.load(scan.splits[split], workers=threads)
     if "val" not in cache or len(cache["val"].labels) == 0:
         raise ConfigError("The dataset has no validation images; add a val/ folder or more images per class.")
     marker = parse_marker(config.marker)
@@ -426,27 +518,19 @@ def finish(run_dir: Path, config: TrainConfig, classes: tuple[str, ...], cache: 
     threshold = model.decision.value
     if "test" in cache and len(cache["test"].labels):
         say(Progress("test", best_epoch, config.epochs, message="Testing the best model"))
-        loss, result, probs = evaluate(net, cache["test"].images, cache["test"].labels, plain, classes, threshold)
-        logits, feats = trust.logits_and_features(net, cache["test"].images, model.preprocessing)
         fitted = trust.Trust.from_records(model.records, run_dir.name)
-        outside = trust.outside_domain(fitted.domain, trust.domain_scores(
-            net, cache["test"].images, model.preprocessing, fitted.domain, feats))  # their sets: every class
-        result.update(trust.trust_metrics(logits, cache["test"].labels.numpy(), fitted, threshold, tuple(classes),
-                                          outside=outside))
-        result.update(loss=loss, best_epoch=best_epoch, threshold=threshold, split="test",
-                      y_true=cache["test"].labels.tolist(), probs=np.round(probs, 6).tolist(),
-                      calibrated_probs=np.round(fitted.probabilities(logits), 6).tolist())
+        # per image, as Diagnosis shows it: calibrated probabilities and the 90% set beside the raw softmax
+        result, out = evaluation.evaluate_split(net, model.preprocessing, tuple(classes), threshold, fitted,
+                                                cache["test"], root=root, out=run_dir / predictions.FILE)
+        result.update(loss=out.loss(), best_epoch=best_epoch, threshold=threshold, split="test",
+                      y_true=cache["test"].labels.tolist(), probs=np.round(out.probs, 6).tolist(),
+                      calibrated_probs=np.round(fitted.probabilities(out.logits), 6).tolist())
         if config.marker:
             # The same test images with the tag burned into every one: what the model reads when it sees it.
             m_loss, marked, m_probs = evaluate(net, burn_marker(cache["test"].images), cache["test"].labels, plain,
                                                classes, threshold)
             result["marked"] = {**marked, "loss": m_loss, "probs": np.round(m_probs, 6).tolist()}
         fileio.atomic_write_json(run_dir / "test_metrics.json", result)
-        # per image, as Diagnosis shows it: calibrated probabilities and the 90% set beside the raw softmax
-        predictions.write(predictions.from_logits(
-            image_names(root, cache["test"].paths), tuple(classes), cache["test"].labels.numpy(), logits,
-            fitted.temperature, threshold, fitted.conformal.get(conformal.DEFAULT_LEVEL), fitted.bias, outside),
-            run_dir / predictions.FILE)
     say(Progress("done", best_epoch, config.epochs, message="Finished"))
     return result
 

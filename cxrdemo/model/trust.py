@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from cxrdemo.data import CachedImages, augment, normalize_batch
+from cxrdemo.data import CachedImages, augment
 from cxrdemo.errors import RunError
 from cxrdemo.model import calibration, conformal, domain, metrics
 from cxrdemo.model.backbones import Net
@@ -38,7 +38,7 @@ def logits_and_features(net: Net, images: torch.Tensor, pre: Preprocessing,
     logits, feats = [], []
     try:
         for i in range(0, len(images), batch_size):
-            f = domain.features(net, normalize_batch(images[i:i + batch_size], pre.mean, pre.std))
+            f = domain.features(net, pre.normalize(images[i:i + batch_size]))
             feats.append(f)
             logits.append(net.head(f).float())  # the head sees exactly these pooled features: net(x) = head(f)
     finally:
@@ -58,9 +58,8 @@ def domain_scores(net: Net, images: torch.Tensor, pre: Preprocessing, record: do
     if record is None:
         return None
     if feats is None or record.layers != 1:  # domain.features runs the trunk in eval mode and restores the mode
-        feats = torch.cat([domain.features(net, normalize_batch(images[i:i + batch_size], pre.mean, pre.std),
-                                           layers=record.layers) for i in range(0, len(images), batch_size)]
-                          or [torch.zeros((0, record.feature_dim))])
+        feats = torch.cat([domain.features(net, pre.normalize(images[i:i + batch_size]), layers=record.layers)
+                           for i in range(0, len(images), batch_size)] or [torch.zeros((0, record.feature_dim))])
     return domain.score_domain(record, feats)
 
 

@@ -65,9 +65,7 @@ def add_trust_records(run: str, runs_dir: str | Path | None = None, data_dir: st
             raise DatasetError(f"The dataset {root} has no {split} images: the records need the run's own "
                                "training and validation splits.")
         say(f"Decoding the {split} images of {root}")
-        c = data.load_images(scan.splits[split], pre.img_size)
-        cached[split] = data.CachedImages(data.adjust_intensity(c.images, pre.intensity), c.labels, c.paths,
-                                          c.skipped)
+        cached[split] = pre.load(scan.splits[split])
     say("Fitting the temperature, the prediction sets and the in-domain description")
     net = checkpoint.rebuild_net(model)
     records = trust.fit_records(net, pre, model.classes, cached["train"], cached["val"])
