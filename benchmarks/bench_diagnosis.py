@@ -1,107 +1,133 @@
-"""Prediction + Grad-CAM cost vs a plain forward pass, on CPU: `python benchmarks/bench_diagnosis.py`.
+"""Diagnosis stages before and after "one image, one answer", side by side: `python benchmarks/bench_diagnosis.py`.
 
-For each backbone (random scratch weights, 224 px, batch of one) it times, round-robin in one process:
-  plain   one forward pass under inference_mode (the floor),
-  ours    cxrdemo.diagnosis.explain.explain: prediction and GradCAM from the CAM's own forward, autograd from the
-          target layer only,
-  naive   a separate forward for the prediction, then the library's GradCAM on a network whose
-          parameters all require gradients (a full backward).
-and prints `name: value` lines, ending with diagnosis_ratio_<backbone> = ours / plain and
-naive_ratio_<backbone> = naive / plain (target: diagnosis ratio <= 1.5).
+For the shipped demo model and the built-in test films it times the three things the Diagnosis page waits for, as
+the page computes them:
+  verdict       upload bytes -> the verdict, probabilities, prediction set and checks
+  heatmap       the GradCAM map for the verdict
+  faithfulness  ROAD of that map against 5 random maps (the page's live setting)
+"before" is this project at BEFORE_REV (the commit before the one-result refactor: the page prepared the image
+four times, the heatmap ran its own forward pass and its own softmax, each random map ran the whole network, and
+ROAD recomputed p before), "after" is this working tree. Each tree runs in its own Python process (so the two
+packages never mix), the two alternate round by round (a noisy neighbour slows both alike), and the per-round
+ratios before / after are reported with their median. Prints `name: value` lines, the CPU model and the load.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import platform
 import statistics
+import subprocess
 import sys
-import time
+import tarfile
+import tempfile
 from pathlib import Path
 
+ROOT = Path(__file__).resolve().parents[1]
+BEFORE_REV = "c76fa2e"  # the last commit before issue 27's one-result refactor
+STAGES = ("verdict", "heatmap", "faithfulness")
+
+# The child: times the stages with whichever API its tree has. Old tree: predict.prepare + assessment.assess,
+# explain.explain (its own forward), faithfulness.measure_explanation (5 full-network random maps, p recomputed).
+CHILD = r"""
+import json, sys, time
+from pathlib import Path
 import torch
+torch.set_num_threads(int(sys.argv[2]))
+from cxrdemo.diagnosis import explain, faithfulness, predict
+model = predict.load_model("demo")
+films = [Path(p) for p in json.loads(sys.argv[1])]
+try:
+    from cxrdemo.diagnosis import result
+except ImportError:
+    result = None
+    from cxrdemo.diagnosis import assessment
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+def stages(raw, name):
+    t0 = time.perf_counter()
+    rad = predict.read_radiograph(raw, name)
+    if result is not None:
+        res = result.assess(model, rad)
+        t1 = time.perf_counter()
+        heat = explain.heatmap(model, res, "GradCAM")
+        t2 = time.perf_counter()
+        faithfulness.measure(model, res, heat)
+    else:
+        assessment.assess(model, predict.prepare(model, rad.grey), 0.9, rad.looks_like_cxr)
+        t1 = time.perf_counter()
+        heat = explain.explain(model, predict.prepare(model, rad.grey), "GradCAM")
+        t2 = time.perf_counter()
+        faithfulness.measure_explanation(model, predict.prepare(model, rad.grey), heat)
+    t3 = time.perf_counter()
+    return [t1 - t0, t2 - t1, t3 - t2]
 
-from pytorch_grad_cam import GradCAM  # noqa: E402
-from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # noqa: E402
-
-from cxrdemo.diagnosis import explain  # noqa: E402
-from cxrdemo.diagnosis.predict import LoadedModel, model_input, predict_probs  # noqa: E402
-from cxrdemo.model import backbones
-from cxrdemo.model.checkpoint import Decision, Preprocessing
-
-BACKBONES = ("resnet18", "densenet121", "efficientnet_b0")
-
-
-def _loaded(name: str, size: int) -> LoadedModel:
-    torch.manual_seed(0)
-    net = backbones.build_backbone(name, 2).eval()
-    net.requires_grad_(False)  # as predict.load_model leaves it
-    return LoadedModel(net, ("NORMAL", "PNEUMONIA"), Preprocessing(size), Decision(), f"bench-{name}", Path("."))
-
-
-def plain(model: LoadedModel, x: torch.Tensor) -> None:
-    with torch.inference_mode():
-        torch.softmax(model.net(model_input(model, x)), 1)
-
-
-def ours(model: LoadedModel, x: torch.Tensor) -> None:
-    explain.explain(model, x, "GradCAM")
+stages(films[0].read_bytes(), films[0].name)  # warm-up: imports, the model, first-call allocations
+out = [stages(f.read_bytes(), f.name) for f in films]
+print(json.dumps(out))
+"""
 
 
-def naive(model: LoadedModel, x: torch.Tensor) -> None:
-    probs = predict_probs(model, x.unsqueeze(0))[0]
-    k = int(model.decide(probs)[0])
-    net = model.net
-    flags = [p.requires_grad for p in net.parameters()]
-    net.requires_grad_(True)  # what a tutorial's model looks like: every parameter trainable
+def cpu_model() -> str:
+    """The processor's model name (lscpu), else platform's."""
     try:
-        with GradCAM(model=net, target_layers=[backbones.cam_target_layer(net)]) as cam:
-            cam(input_tensor=model_input(model, x), targets=[ClassifierOutputTarget(k)])
-    finally:
-        for p, f in zip(net.parameters(), flags):
-            p.requires_grad_(f)
-            p.grad = None
+        for line in subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout.splitlines():
+            if line.startswith("Model name:"):
+                return line.split(":", 1)[1].strip()
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    return platform.processor() or "unknown"
 
 
-def bench(name: str, size: int, reps: int, warmup: int) -> dict[str, float]:
-    """Median seconds of plain / ours / naive for one backbone, measured round-robin."""
-    model = _loaded(name, size)
-    x = torch.randint(0, 256, (1, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
-    fns = {"plain": plain, "ours": ours, "naive": naive}
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for i in range(warmup + reps):
-        for key, fn in fns.items():  # round-robin: a noisy neighbour slows all three alike
-            t0 = time.perf_counter()
-            fn(model, x)
-            if i >= warmup:
-                times[key].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
+def export(rev: str, into: Path) -> Path:
+    """The tracked files of `rev` (git archive) unpacked into `into`."""
+    archive = into / "tree.tar"
+    with open(archive, "wb") as f:
+        subprocess.run(["git", "-C", str(ROOT), "archive", rev], stdout=f, check=True)
+    with tarfile.open(archive) as tar:
+        tar.extractall(into / "tree", filter="data")
+    return into / "tree"
+
+
+def run_tree(tree: Path, films: list[str], threads: int) -> list[list[float]]:
+    """Per-film stage seconds from one child process importing the cxrdemo of `tree`."""
+    env = {**os.environ, "PYTHONPATH": str(tree), "CXRDEMO_RUNS_DIR": str(tree / ".bench-runs")}
+    proc = subprocess.run([sys.executable, "-c", CHILD, json.dumps(films), str(threads)], cwd=tree, env=env,
+                          capture_output=True, text=True)
+    if proc.returncode:
+        raise SystemExit(f"the {tree.name} tree failed:\n{proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the benchmark and print `name: value` lines."""
+    """Run the rounds and print `name: value` lines."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--backbones", nargs="+", default=list(BACKBONES))
-    ap.add_argument("--size", type=int, default=224)
-    ap.add_argument("--reps", type=int, default=9)
-    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--before", default=BEFORE_REV, help="the git revision to compare with (default: %(default)s)")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--films", type=int, default=6, help="built-in test films per round (of 20)")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    start = time.perf_counter()
-    print(f"threads: {args.threads}")
-    print(f"img_size: {args.size}")
-    ratios = {}
-    for name in args.backbones:
-        t = bench(name, args.size, args.reps, args.warmup)
-        for key in ("plain", "ours", "naive"):
-            print(f"{key}_ms_{name}: {t[key] * 1000:.1f}")
-        ratios[name] = (t["ours"] / t["plain"], t["naive"] / t["plain"])
-    for name, (r_ours, r_naive) in ratios.items():
-        print(f"naive_ratio_{name}: {r_naive:.2f}")
-        print(f"diagnosis_ratio_{name}: {r_ours:.2f}")
-    print(f"total_s: {time.perf_counter() - start:.1f}")
+    films = sorted(str(p) for p in (ROOT / "cxrdemo" / "demo_data" / "test").glob("*/*"))[: args.films]
+    print(f"cpu: {cpu_model()}  cores: {os.cpu_count()}  torch_threads: {args.threads}")
+    print(f"loadavg_before: {os.getloadavg()[0]:.2f}")
+    with tempfile.TemporaryDirectory() as tmp:
+        trees = {"before": export(args.before, Path(tmp)), "after": ROOT}
+        per_round: dict[str, list[list[list[float]]]] = {"before": [], "after": []}
+        for r in range(args.rounds):
+            for name in (("before", "after") if r % 2 == 0 else ("after", "before")):
+                per_round[name].append(run_tree(trees[name], films, args.threads))
+    for i, stage in enumerate(STAGES):
+        med = {k: statistics.median(t[i] for rnd in v for t in rnd) for k, v in per_round.items()}
+        ratios = [statistics.median(t[i] for t in b) / statistics.median(t[i] for t in a)
+                  for b, a in zip(per_round["before"], per_round["after"])]
+        print(f"{stage}_before_s: {med['before']:.3f}")
+        print(f"{stage}_after_s: {med['after']:.3f}")
+        print(f"{stage}_speedup: {statistics.median(ratios):.2f}  (rounds: {', '.join(f'{x:.2f}' for x in ratios)})")
+    total = {k: statistics.median(sum(t) for rnd in v for t in rnd) for k, v in per_round.items()}
+    print(f"all_three_before_s: {total['before']:.3f}")
+    print(f"all_three_after_s: {total['after']:.3f}")
+    print(f"loadavg_after: {os.getloadavg()[0]:.2f}")
     return 0
 
 
