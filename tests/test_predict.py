@@ -149,7 +149,7 @@ def test_model_summary_has_recipe_and_test_metrics(patch_store):
     s = predict.model_summary(model)
     assert s["recipe"]["backbone"] == "cnn8" and s["recipe"]["img_size"] == 64 and s["recipe"]["freeze"] == "head"
     assert s["test"]["n"] == 20 and 0.9 <= s["test"]["accuracy"] <= 1.0
-    assert s["classes"] == ["blank", "patch"] and s["decision"] == "the most probable class"
+    assert s["classes"] == ["blank", "patch"] and s["threshold"] is None
     assert predict.model_mtime(patch_store.run.name) == (patch_store.run / "model.pt").stat().st_mtime_ns
     assert predict.model_mtime("no-such-run") == 0
 

@@ -173,9 +173,8 @@ def model_summary(model: LoadedModel) -> dict:
         "classes": list(model.classes),
         "recipe": {k: cfg[k] for k in RECIPE_KEYS if k in cfg},
         "test": {k: tm[k] for k in SUMMARY_METRICS if isinstance(tm.get(k), (int, float))},
-        "decision": (f"{model.classes[1]} when p({model.classes[1]}) >= {model.threshold:.3f}"
-                     + (" (calibrated)" if model.trust.calibrated else "")
-                     if model.threshold is not None and len(model.classes) == 2 else "the most probable class"),
+        "threshold": model.threshold,  # on the calibrated scale; None: the most probable class
+        "calibrated": model.trust.calibrated,
         "headlines": headlines(model.path, tm),
     }
 
