@@ -15,10 +15,8 @@ TINY = dict(backbone="cnn8", img_size=32, epochs=1, batch_size=8, threads=1)
 
 
 @pytest.fixture
-def env(tmp_path, monkeypatch):
-    monkeypatch.setenv("CXRDEMO_RUNS_DIR", str(tmp_path / "runs"))
-    monkeypatch.setenv("CXRDEMO_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setenv("CXRDEMO_WEIGHTS_DIR", str(tmp_path / "weights"))
+def env(store, tmp_path):
+    """The folder holding conftest's private store (runs/, cache/, an empty weights/): the demo model installs there."""
     return tmp_path
 
 

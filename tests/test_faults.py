@@ -20,6 +20,7 @@ import sys
 import textwrap
 import threading
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +29,6 @@ from streamlit.testing.v1 import AppTest
 
 from cxrdemo import fileio
 from cxrdemo.cli import main as cli
-from cxrdemo.config import TrainConfig
 from cxrdemo.diagnosis import predict
 from cxrdemo.errors import RunError
 from cxrdemo.model import checkpoint
@@ -52,8 +52,7 @@ def ds(tmp_path_factory) -> Path:
 
 
 
-def tiny(ds: Path, **kw) -> TrainConfig:
-    return tiny_config(ds, **{"threads": 1, **kw})
+tiny = partial(tiny_config, threads=1)
 
 
 def final(root: Path, run_id: str) -> dict:

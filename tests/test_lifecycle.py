@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -28,8 +29,7 @@ def data_dir(tmp_path_factory) -> Path:
     return make_split_dataset(tmp_path_factory.mktemp("lifecycle_data"), (6, 3, 3), 64)
 
 
-def tiny(data_dir: Path, **kw) -> TrainConfig:
-    return tiny_config(data_dir, **{"threads": 1, **kw})
+tiny = partial(tiny_config, threads=1)
 
 
 # ---------------------------------------------------------------- one writer of `state`

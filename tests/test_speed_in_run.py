@@ -13,6 +13,7 @@ from cxrdemo.config import TrainConfig
 from cxrdemo.model import backbones, checkpoint, speed, train, tuning
 from cxrdemo.runs import store as runs
 from cxrdemo.runs.worker import execute_run
+from tests.helpers import make_square_dataset, tiny_config
 from tests.test_speed import store  # noqa: F401 - autouse: a private run store and one thread, as in test_speed
 
 CPU = torch.device("cpu")
@@ -32,14 +33,11 @@ class FakeClock:
 
 @pytest.fixture(scope="module")
 def ds(tmp_path_factory):
-    from tests.test_train import _make
-
-    return _make(tmp_path_factory.mktemp("ds"), ("NORMAL", "PNEUMONIA"))  # 20 train images: 5 batches of 4
+    return make_square_dataset(tmp_path_factory.mktemp("ds"))  # 20 train images: 5 batches of 4
 
 
 def _run(ds, **kw):
-    cfg = TrainConfig(data=str(ds), backbone="cnn5", img_size=32, batch_size=4, patience=0, step_size=0, threads=1,
-                      augment="none", **{"epochs": 3, **kw})
+    cfg = tiny_config(ds, backbone="cnn5", batch_size=4, step_size=0, threads=1, augment="none", **{"epochs": 3, **kw})
     d = runs.create_run(cfg)
     assert execute_run(d)["state"] == "completed"
     return d, runs.read_json(d / "config.json")

@@ -15,7 +15,7 @@ from streamlit.testing.v1 import AppTest
 from cxrdemo.diagnosis import explain, predict
 from cxrdemo.views import compare
 from cxrdemo.views.text import escape_markdown, safe_csv_cell
-from tests.conftest import save_patch_run
+from tests.helpers import save_patch_run
 
 PAGE = str(Path(__file__).resolve().parents[1] / "app_pages" / "diagnosis.py")
 EVIL = "p(![pixel](https:evil.example/track.png)"

@@ -6,55 +6,32 @@ import signal
 import subprocess
 import sys
 import time
+from functools import partial
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from cxrdemo.cli.main import main as cli
-from cxrdemo.config import TrainConfig
 from cxrdemo.errors import Cancelled
 from cxrdemo.model import checkpoint, metrics, train
 from cxrdemo.runs import store as runs
 from cxrdemo.runs.worker import execute_run
-
-
-def _make(root, classes, n=(10, 4, 4), size=48, seed=0):
-    rng = np.random.default_rng(seed)
-    for split, k in zip(("train", "val", "test"), n):
-        for ci, c in enumerate(classes):
-            d = root / split / c
-            d.mkdir(parents=True, exist_ok=True)
-            for i in range(k):
-                a = (rng.random((size, size)) * 60 + 30).astype(np.uint8)
-                if ci:  # class-specific bright square: learnable in a few steps
-                    y = 6 + 8 * (ci - 1) % (size - 16)
-                    a[y:y + 12, 10:30] = 240
-                Image.fromarray(a).save(d / f"{c}_{i}.png")
-    return root
+from tests.helpers import make_square_dataset, tiny_config
 
 
 @pytest.fixture(scope="module")
 def ds2(tmp_path_factory):
-    return _make(tmp_path_factory.mktemp("ds2"), ("NORMAL", "PNEUMONIA"))
+    return make_square_dataset(tmp_path_factory.mktemp("ds2"))
 
 
 @pytest.fixture(scope="module")
 def ds4(tmp_path_factory):
-    return _make(tmp_path_factory.mktemp("ds4"), ("COVID", "Lung_Opacity", "Normal", "Viral"), n=(6, 2, 2))
+    return make_square_dataset(tmp_path_factory.mktemp("ds4"), ("COVID", "Lung_Opacity", "Normal", "Viral"), (6, 2, 2))
 
 
-@pytest.fixture(autouse=True)
-def store(tmp_path, monkeypatch):
-    monkeypatch.setenv("CXRDEMO_RUNS_DIR", str(tmp_path / "runs"))
-    monkeypatch.setenv("CXRDEMO_CACHE_DIR", str(tmp_path.parent / "cache"))
-    return tmp_path / "runs"
-
-
-def _cfg(data, **kw):
-    base = dict(data=str(data), backbone="cnn8", img_size=32, epochs=2, batch_size=8, patience=0, step_size=0)
-    return TrainConfig(**{**base, **kw})
+pytestmark = pytest.mark.usefixtures("store")  # every test trains in conftest's private run store
+_cfg = partial(tiny_config, epochs=2, step_size=0)
 
 
 def _train(config):

@@ -5,27 +5,19 @@ import json
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from cxrdemo.cli.main import main as cli
 from cxrdemo.diagnosis import assessment, predict
 from cxrdemo.errors import RunError
 from cxrdemo.model import checkpoint, conformal, metrics, trust
 from cxrdemo.views import diagnosis as diagnosis_view
-from tests.conftest import patch_image
+from tests.helpers import make_patch_dataset, patch_image
 
 
 @pytest.fixture(scope="module")
 def patch_data(tmp_path_factory):
     """A dataset of the patch task on disk: 24 images per class in train and val, 10 in test."""
-    root = tmp_path_factory.mktemp("patches")
-    rng = np.random.default_rng(3)
-    for split, n in (("train", 24), ("val", 24), ("test", 10)):
-        for k, cls in enumerate(("blank", "patch")):
-            (root / split / cls).mkdir(parents=True)
-            for i in range(n):
-                Image.fromarray(patch_image(rng, k == 1)[0]).save(root / split / cls / f"{i}.png")
-    return root
+    return make_patch_dataset(tmp_path_factory.mktemp("patches"), {"train": 24, "val": 24, "test": 10}, seed=3)
 
 
 def _images(rng, n):

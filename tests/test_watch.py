@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from cxrdemo.cli.main import main as cli
 from cxrdemo.config import TrainConfig
@@ -10,38 +9,19 @@ from cxrdemo.errors import ConfigError
 from cxrdemo.model import predictions, probes
 from cxrdemo.runs import store as runs
 from cxrdemo.runs.worker import execute_run
-
-
-def _make(root, n=(8, 4, 4), size=40, seed=0):
-    rng = np.random.default_rng(seed)
-    for split, k in zip(("train", "val", "test"), n):
-        for ci, c in enumerate(("NORMAL", "PNEUMONIA")):
-            d = root / split / c
-            d.mkdir(parents=True, exist_ok=True)
-            for i in range(k):
-                a = (rng.random((size, size)) * 60 + 30).astype(np.uint8)
-                if ci:
-                    a[8:20, 10:30] = 240
-                Image.fromarray(a).save(d / f"{c}_{i}.png")
-    return root
+from tests.helpers import make_square_dataset, tiny_config
 
 
 @pytest.fixture(scope="module")
 def ds(tmp_path_factory):
-    return _make(tmp_path_factory.mktemp("watch_ds"))
+    return make_square_dataset(tmp_path_factory.mktemp("watch_ds"), per_split=(8, 4, 4), size=40, top=8)
 
 
-@pytest.fixture(autouse=True)
-def store(tmp_path, monkeypatch):
-    monkeypatch.setenv("CXRDEMO_RUNS_DIR", str(tmp_path / "runs"))
-    monkeypatch.setenv("CXRDEMO_CACHE_DIR", str(tmp_path.parent / "cache"))
-    return tmp_path / "runs"
+pytestmark = pytest.mark.usefixtures("store")  # every test trains in conftest's private run store
 
 
 def _train(data, **kw):
-    base = {"data": str(data), "backbone": "cnn8", "img_size": 32, "epochs": 2, "batch_size": 8, "patience": 0,
-            "step_size": 0, "threads": 1}
-    d = runs.create_run(TrainConfig(**{**base, **kw}))
+    d = runs.create_run(tiny_config(data, **{"epochs": 2, "step_size": 0, "threads": 1, **kw}))
     status = execute_run(d)
     assert status["state"] == "completed", status
     return d
