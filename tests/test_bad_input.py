@@ -372,6 +372,7 @@ def test_bad_backbone_or_starting_run_fails_the_run_with_a_sentence(box, tmp_pat
     assert "Known backbones" in one_error_line(capsys.readouterr().err)
 
 
+@pytest.mark.slow
 def test_batch_larger_than_the_dataset_trains_on_one_smaller_batch(box, tmp_path, capsys):
     ds = make_ds(tmp_path / "ds", SPLIT)
     flags = [f for f in TRAIN if f != "--quiet"]

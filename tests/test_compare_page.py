@@ -6,6 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
+import pytest
 from streamlit.testing.v1 import AppTest
 
 from cxrdemo.runs import store as runs
@@ -47,6 +48,7 @@ def test_page_shows_table_curves_and_mixing_warning(compare_store, monkeypatch):
     assert completed and labels.count("Download the model card (Markdown)") == len(completed)  # one card per run
 
 
+@pytest.mark.slow
 def test_page_choices_drive_the_charts(compare_store, monkeypatch):
     at = _page(monkeypatch, compare_store["root"])
     at.multiselect(key="chosen").set_value([compare_store["done"], compare_store["failed"]]).run()
@@ -82,6 +84,7 @@ def test_page_filters_and_class_set_choice(compare_store, monkeypatch):
     assert not any(words.run_name(compare_store["four"]) in n for n in names)
 
 
+@pytest.mark.slow
 def test_page_delete_needs_confirmation_and_refuses_running(compare_store, monkeypatch, tmp_path):
     root = tmp_path / "runs"
     shutil.copytree(compare_store["root"], root)

@@ -25,6 +25,7 @@ def test_recipe_trains_without_imagenet_and_picks_a_threshold_on_val():
     assert all("init" not in stage for stage in DEMO_STAGES[1:])  # later stages start from the previous run
 
 
+@pytest.mark.slow
 def test_build_installs_model_card_and_intervals(env, tiny_dataset):
     test_only = env / "shifted"
     shutil.copytree(tiny_dataset / "test", test_only / "test")  # an evaluation-only set, like cxr-shift
@@ -58,6 +59,7 @@ def test_build_installs_model_card_and_intervals(env, tiny_dataset):
     assert runs.run_dir("demo") == out
 
 
+@pytest.mark.slow
 def test_cli_demo_model_then_run_demo_everywhere(env, tiny_dataset, capsys):
     out = env / "weights" / "demo"
     assert cli(["demo-model", "--data", str(tiny_dataset), "--eval", f"{tiny_dataset}:test", "--epochs", "1",

@@ -264,6 +264,7 @@ def test_a_run_named_in_the_link_is_preselected(patch_store):
     assert not at2.selectbox(key="model").value.startswith(first)  # without the link: the newest run
 
 
+@pytest.mark.slow
 def test_an_image_unlike_the_training_images_is_held_back_and_sets_are_shown(patch_store, tmp_path):
     """A calibrated patch model: a real radiograph is unlike its training images (synthetic patches)."""
     from cxrdemo.runs.records import add_trust_records

@@ -143,6 +143,7 @@ def _patch_images(make, n: int) -> torch.Tensor:
     return torch.from_numpy(np.stack([make(rng, i % 2 == 0)[0] for i in range(n)]))[:, None]
 
 
+@pytest.mark.slow
 def test_scorecard_table_intervals_progress_and_choice(patch_model, make_patch_image):
     seen = []
     table = scorecard.score_methods(patch_model, _patch_images(make_patch_image, 4), ["GradCAM", "EigenCAM"], n=4,

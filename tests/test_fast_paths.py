@@ -56,6 +56,7 @@ def source_run(ds, tmp_path_factory):
     mp.undo()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("freeze, augment, n_frozen, path", [
     ("head", "light", 5, "full"),        # trunk frozen but augmented inputs: features change, the full path runs
     ("head", "acquisition", 5, "full"),
@@ -81,6 +82,7 @@ def test_frozen_groups_keep_weights_and_bn_statistics(ds, source_run, store, fre
         assert not torch.equal(after["trunk.4.0.bn1.running_mean"], before["trunk.4.0.bn1.running_mean"])
 
 
+@pytest.mark.slow
 def test_frozen_prefix_builds_no_graph_during_fit(ds, monkeypatch):
     seen = {"frozen": [], "trainable": [], "modes": []}
     real = train.build_model
@@ -148,6 +150,7 @@ def test_second_load_images_does_not_decode_again(ds, monkeypatch, tmp_path):
     assert len(calls) == 32
 
 
+@pytest.mark.slow
 def test_epochs_never_read_image_files(ds, monkeypatch):
     calls = _spy(monkeypatch)
     cfg = _cfg(ds, freeze="none", augment="light", epochs=3, backbone="cnn8")

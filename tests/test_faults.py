@@ -140,6 +140,7 @@ def _fail_writes(monkeypatch, code: int, names: tuple[str, ...] | None = None) -
     monkeypatch.setattr(fileio, "atomic_file", failing)
 
 
+@pytest.mark.slow
 def test_disk_full_while_saving_fails_the_job_clearly_and_spares_earlier_runs(patch_store, ds, monkeypatch, capsys):
     earlier = tree_snapshot(patch_store.root)
     _fail_writes(monkeypatch, errno.ENOSPC, ("model.pt",))
@@ -247,6 +248,7 @@ def test_compare_page_renders_with_damaged_runs(damaged_store):
     assert damaged_store.run.name in set(table["run_id"])
 
 
+@pytest.mark.slow
 def test_diagnosis_page_offers_the_good_models_when_one_is_damaged(damaged_store):
     from cxrdemo.views import words
 
@@ -347,6 +349,7 @@ def _all_text_under(*roots: Path) -> bytes:
     return blob
 
 
+@pytest.mark.slow
 def test_dicom_identifiers_never_reach_disk_or_logs(patch_store, tmp_path, caplog, capsys, monkeypatch):
     dicom = make_dicom(radiograph_like().astype(np.uint16) * 16, bits=12, PatientName="DOE^JANE",
                        PatientID="MRN-4455667", InstitutionName="St Elsewhere")

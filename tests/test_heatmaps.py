@@ -118,6 +118,7 @@ def test_randomise_and_look_again_draws_the_strip_on_demand(patch_store):
     assert [c for im in at.image for c in im.captions][-len(strip):] == strip
 
 
+@pytest.mark.slow
 def test_scorecam_is_left_out_of_the_strip(patch_store):
     at = _diagnosis()
     at.selectbox(key="method").set_value("ScoreCAM")

@@ -140,6 +140,7 @@ def test_the_model_caption_names_no_run_the_user_does_not_have(store):
     assert diagnosis.start_words("scratch", store) == "trained from scratch"
 
 
+@pytest.mark.slow
 def test_compare_table_is_compact_by_default_with_the_test_metrics(compare_store, monkeypatch):
     from streamlit.testing.v1 import AppTest
 

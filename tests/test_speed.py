@@ -100,6 +100,7 @@ def test_answer_is_remembered_per_key(monkeypatch):
         speed.choose(_net(), CPU, **{**kw, "img_size": 48})
 
 
+@pytest.mark.slow
 def test_a_run_with_the_trial_trains_the_same_weights_as_with_its_answer_given(tmp_path, monkeypatch):
     ds = make_square_dataset(tmp_path / "ds")
     monkeypatch.setattr(speed, "EPOCH_FRACTION", 1e6)  # a tiny dataset: let the trial run anyway

@@ -40,6 +40,7 @@ def _train(config):
     return d, status
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("rule", ["spec:0.9", "sens:0.9"])
 def test_operating_point_rule_is_chosen_on_validation_and_saved(ds2, rule):
     from cxrdemo.diagnosis import predict
@@ -55,6 +56,7 @@ def test_operating_point_rule_is_chosen_on_validation_and_saved(ds2, rule):
     assert runs.read_test_metrics(d)["threshold"] == model.decision.value
 
 
+@pytest.mark.slow
 def test_same_run_id_in_two_stores_logs_to_its_own_file(ds2, tmp_path, monkeypatch):
     # One process trains several runs (a Ray worker, this test session); ids are unique only within a store.
     import datetime
@@ -75,6 +77,7 @@ def test_same_run_id_in_two_stores_logs_to_its_own_file(ds2, tmp_path, monkeypat
     assert not logging.getLogger("cxrdemo.run.20260101-000000-cnn8-none").handlers  # closed, no file left open
 
 
+@pytest.mark.slow
 def test_short_training_writes_a_complete_run(ds2):
     d, status = _train(_cfg(ds2, epochs=3, threshold="val"))
     assert status["state"] == "completed", status.get("error")
@@ -101,6 +104,7 @@ def test_short_training_writes_a_complete_run(ds2):
     assert "completed" in (d / "log.txt").read_text()
 
 
+@pytest.mark.slow
 def test_four_classes_from_folder_names(ds4):
     d, status = _train(_cfg(ds4, epochs=1))
     assert status["state"] == "completed", status.get("error")
@@ -108,6 +112,7 @@ def test_four_classes_from_folder_names(ds4):
     assert tm["classes"] == ["COVID", "Lung_Opacity", "Normal", "Viral"] and len(tm["confusion"]) == 4
 
 
+@pytest.mark.slow
 def test_cached_features_train_the_same_head_as_the_ordinary_path(ds2, monkeypatch):
     cfg = _cfg(ds2, backbone="resnet18", freeze="head", epochs=2, lr=1e-2)
     fast, _ = _train(cfg)
@@ -122,6 +127,7 @@ def test_cached_features_train_the_same_head_as_the_ordinary_path(ds2, monkeypat
         torch.testing.assert_close(a[k], b[k], atol=2e-5, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_gradual_unfreezes_after_T_and_counts_parameters(ds2):
     d, status = _train(_cfg(ds2, backbone="cnn5", freeze="gradual:1", epochs=2))
     assert status["state"] == "completed", status.get("error")
@@ -131,6 +137,7 @@ def test_gradual_unfreezes_after_T_and_counts_parameters(ds2):
     assert list(df["path"]) == ["cached-features", "full"]
 
 
+@pytest.mark.slow
 def test_run_init_same_classes_loads_everything_and_frozen_groups_stay_fixed(ds2):
     src, _ = _train(_cfg(ds2, backbone="cnn5", epochs=1))
     source_file = checkpoint.load(src / "model.pt")
@@ -149,6 +156,7 @@ def test_run_init_same_classes_loads_everything_and_frozen_groups_stay_fixed(ds2
     assert not torch.equal(after["trunk.4.0.weight"], source["trunk.4.0.weight"])
 
 
+@pytest.mark.slow
 def test_run_init_with_other_classes_keeps_trunk_and_new_head(ds2, ds4):
     src, _ = _train(_cfg(ds2, backbone="cnn5", epochs=1))
     source_file = checkpoint.load(src / "model.pt")
@@ -161,6 +169,7 @@ def test_run_init_with_other_classes_keeps_trunk_and_new_head(ds2, ds4):
     assert torch.equal(net.state_dict()["trunk.3.0.weight"], source["trunk.3.0.weight"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("make_ref, words", [
     (lambda src: "run:nope-123", "No run"),
     (lambda src: "run:../../etc", "not a valid run id"),
@@ -191,6 +200,7 @@ def test_cancel_between_batches(ds2):
     assert len(calls) == 4
 
 
+@pytest.mark.slow
 def test_early_stopping_on_val_loss(ds2, monkeypatch):
     losses = iter([0.5, 0.6, 0.7, 0.4, 0.3])
     real = train.evaluate
@@ -205,6 +215,7 @@ def test_early_stopping_on_val_loss(ds2, monkeypatch):
     assert checkpoint.load(d / "model.pt").epoch == 1
 
 
+@pytest.mark.slow
 def test_select_by_val_auroc_keeps_the_best_ranking_epoch(ds2, monkeypatch):
     aurocs = iter([0.7, 0.9, 0.8, 0.85, 0.5])  # four epochs, then the test split
     real = train.evaluate
@@ -221,6 +232,7 @@ def test_select_by_val_auroc_keeps_the_best_ranking_epoch(ds2, monkeypatch):
     assert len(runs.read_metrics(d)) == 4  # epochs 3 and 4 are the two without a gain: stopped after 4
 
 
+@pytest.mark.slow
 def test_corrupt_files_are_skipped_and_reported(ds2, tmp_path):
     import shutil
 
@@ -237,6 +249,7 @@ def test_corrupt_files_are_skipped_and_reported(ds2, tmp_path):
     assert "truncated.png" in reported and "notes.png" in reported
 
 
+@pytest.mark.slow
 def test_evaluate_and_predict_agree_with_the_model(ds2, capsys):
     d, _ = _train(_cfg(ds2, epochs=2))
     tm = runs.read_test_metrics(d)
@@ -257,6 +270,7 @@ def test_evaluate_and_predict_agree_with_the_model(ds2, capsys):
     assert [c["level"] for c in ev["coverage"]] == [0.9, 0.95]
 
 
+@pytest.mark.slow
 def test_worker_killed_mid_epoch_leaves_readable_files(ds2):
     cfg = _cfg(ds2, backbone="cnn13", epochs=200, img_size=48, batch_size=2)
     d = runs.create_run(cfg)
@@ -279,6 +293,7 @@ def test_worker_killed_mid_epoch_leaves_readable_files(ds2):
     assert all(p.name.startswith(".") for p in d.iterdir() if p.name.endswith(".tmp"))
 
 
+@pytest.mark.slow
 def test_cli_train_prints_id_then_json_and_bad_input_exits_2(ds2, capsys):
     assert cli(["train", "--data", str(ds2), "--backbone", "cnn8", "--img-size", "32", "--epochs", "1",
                 "--batch-size", "8", "--quiet"]) == 0
@@ -297,6 +312,7 @@ def test_cli_train_prints_id_then_json_and_bad_input_exits_2(ds2, capsys):
     assert set(runs.store_dir().iterdir()) == made  # refused before any run folder was created
 
 
+@pytest.mark.slow
 def test_weight_average_is_what_gets_saved(ds2):
     plain, _ = _train(_cfg(ds2, backbone="cnn5", epochs=2, lr=1e-2))
     averaged, status = _train(_cfg(ds2, backbone="cnn5", epochs=2, lr=1e-2, ema=0.9))
@@ -309,6 +325,7 @@ def test_weight_average_is_what_gets_saved(ds2):
     assert runs.read_json(averaged / "config.json")["config"]["ema"] == 0.9
 
 
+@pytest.mark.slow
 def test_bf16_training_keeps_float32_weights_and_follows_the_fp32_run(ds2):
     full, _ = _train(_cfg(ds2, backbone="cnn5", epochs=2, precision="fp32"))
     mixed, status = _train(_cfg(ds2, backbone="cnn5", epochs=2, precision="bf16"))

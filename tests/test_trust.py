@@ -34,6 +34,7 @@ def test_logits_of_one_pass_equal_the_network_and_features_feed_the_head(patch_m
     assert np.array_equal(torch.softmax(torch.from_numpy(logits), 1).numpy(), ref)  # bit-identical probabilities
 
 
+@pytest.mark.slow
 def test_records_are_fitted_read_back_and_never_change_a_verdict(patch_model):
     from cxrdemo.data import CachedImages
 
@@ -60,6 +61,7 @@ def test_records_are_fitted_read_back_and_never_change_a_verdict(patch_model):
     assert all(c["coverage"] >= c["conformal_coverage"] and 1 <= c["mean_size"] <= 2 for c in m["coverage"])
 
 
+@pytest.mark.slow
 def test_flagged_test_images_count_as_both_in_the_coverage_and_scores_reuse_the_features(patch_model):
     from cxrdemo.data import CachedImages, normalize_batch
     from cxrdemo.model import domain
@@ -104,6 +106,7 @@ def _calibrated_run(patch_store, patch_data, capsys):
     return json.loads(capsys.readouterr().out)
 
 
+@pytest.mark.slow
 def test_calibrate_adds_the_three_records_and_leaves_the_weights(patch_store, patch_data, capsys):
     path = patch_store.run / "model.pt"
     before = checkpoint.load(path)

@@ -41,6 +41,7 @@ def test_probe_option_is_validated():
         TrainConfig(probes=-1)
 
 
+@pytest.mark.slow
 def test_run_writes_probes_per_epoch_and_test_predictions(ds):
     d = _train(ds, epochs=3)
     t = probes.read_timeline(d)
@@ -65,6 +66,7 @@ def test_run_writes_probes_per_epoch_and_test_predictions(ds):
     assert float(np.mean(p.y_pred == p.y_true)) == pytest.approx(tm["accuracy"])
 
 
+@pytest.mark.slow
 def test_same_seed_same_probes_and_probes_off(ds):
     a, b = _train(ds, seed=7), _train(ds, seed=7)
     ta, tb = probes.read_timeline(a), probes.read_timeline(b)
@@ -73,6 +75,7 @@ def test_same_seed_same_probes_and_probes_off(ds):
     assert probes.read_timeline(_train(ds, probes=0, epochs=1)) is None
 
 
+@pytest.mark.slow
 def test_evaluate_writes_predictions_for_another_dataset(ds, tmp_path, capsys):
     d = _train(ds, epochs=1, probes=0)
     out = tmp_path / "preds.csv"
@@ -149,6 +152,7 @@ def _sk_auc(y, s):
     return roc_auc_score(y, s)
 
 
+@pytest.mark.slow
 def test_cli_compare(ds, capsys, store):
     a, b = _train(ds, epochs=1, probes=0), _train(ds, epochs=2, probes=0)
     assert cli(["compare", a.name, b.name, "--resamples", "200"]) == 0
@@ -160,6 +164,7 @@ def test_cli_compare(ds, capsys, store):
     assert err.startswith("error: ") and err.count("\n") == 1
 
 
+@pytest.mark.slow
 def test_timelapse_figure_has_one_frame_per_epoch(ds):
     from cxrdemo.views import timelapse
 
@@ -215,6 +220,7 @@ def test_gallery_orders_the_most_confidently_wrong_first(tmp_path):
     assert gallery.data_root("demo").endswith("demo_data") and gallery.data_root(str(tmp_path / "gone")) is None
 
 
+@pytest.mark.slow
 def test_sweep_repeats_each_recipe_with_seeds_and_compare_groups_them(ds, store, monkeypatch):
     import json
     from pathlib import Path
@@ -300,6 +306,7 @@ def test_head_only_runs_read_the_probe_activations_off_the_feature_pass(monkeypa
     assert part.activations is None
 
 
+@pytest.mark.slow
 def test_head_only_probes_are_the_same_for_the_same_seed(ds):
     a, b = _train(ds, seed=3, freeze="head"), _train(ds, seed=3, freeze="head")
     ta, tb = probes.read_timeline(a), probes.read_timeline(b)
