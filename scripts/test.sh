@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install cxrdemo with its test extras into .venv and run the whole test suite.
+# Install cxrdemo with its test extras into .venv and run the whole test suite (arguments go to pytest).
 # Also installs Debian's chromium + chromedriver (for the real-browser test) when run as root with apt.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,4 +16,4 @@ if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null
   fi
 fi
 export CXRDEMO_OFFLINE=${CXRDEMO_OFFLINE:-}
-exec .venv/bin/python -m pytest "$@"
+exec .venv/bin/python -m pytest --durations=15 "$@"  # --durations: the 15 slowest tests, so a slow one shows

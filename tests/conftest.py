@@ -43,6 +43,16 @@ def demo_data_dir() -> Path:
     return DEMO_DATA_DIR
 
 
+@pytest.fixture(scope="session")
+def compare_store(tiny_dataset, tmp_path_factory) -> dict:
+    """A run store with completed, gradual, running, failed, damaged and 4-class runs (trained once per session)."""
+    from tests.helpers import build_compare_store
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CXRDEMO_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+        return build_compare_store(tmp_path_factory.mktemp("compare") / "runs", Path(tiny_dataset))
+
+
 # ---- end of data fixtures -------------------------------------------------------------------------
 
 # ======================================================================== diagnosis (issue #5) — begin
@@ -51,26 +61,7 @@ def demo_data_dir() -> Path:
 import numpy as _np
 import pytest as _pytest
 
-PATCH_SIZE = 64
-PATCH_SIDE = 14
-
-
-def patch_image(rng, with_patch: bool, size: int = PATCH_SIZE):
-    """(uint8 HxW image, (top, left, side) of the patch or None)."""
-    img = rng.normal(0.25, 0.06, (size, size)).clip(0, 1)
-    # a bright marker strip (like a film's label) in both classes: it fixes the contrast stretch below, so
-    # the background looks the same in both and only the patch tells the classes apart
-    img[size - 2:, : size // 2] = 0.85
-    box = None
-    if with_patch:
-        top, left = (int(v) for v in rng.integers(2, size - PATCH_SIDE - 2, 2))
-        img[top:top + PATCH_SIDE, left:left + PATCH_SIDE] = rng.normal(0.85, 0.05, (PATCH_SIDE, PATCH_SIDE)).clip(0, 1)
-        box = (top, left, PATCH_SIDE)
-    # stretched as data.read_image stretches every file (0.1 / 99.9 percentiles), so that the pixels a test
-    # feeds the model directly are the pixels the same image gives after a PNG or DICOM round trip
-    lo, hi = _np.percentile(img, [0.1, 99.9])
-    img = _np.clip((img - lo) / (hi - lo), 0, 1)
-    return (img * 255).round().astype(_np.uint8), box
+from tests.helpers import PATCH_SIZE, patch_image, save_patch_run  # noqa: F401 - plain functions live in helpers
 
 
 @_pytest.fixture(scope="session")
@@ -119,74 +110,69 @@ def make_patch_image():
 
 
 @_pytest.fixture
-def patch_store(patch_model, tmp_path, monkeypatch):
-    """An isolated run store with the patch model as one completed run and no demo model.
+def patch_store(patch_model, store):
+    """conftest's private run store with the patch model as one completed run (and no demo model).
 
     Returns a namespace: root (the store), run (the run folder), add(name) -> the folder of one more such run.
     """
     from types import SimpleNamespace
 
-    root = tmp_path / "runs"
-    weights = tmp_path / "weights"
-    weights.mkdir()
-    monkeypatch.setenv("CXRDEMO_RUNS_DIR", str(root))
-    monkeypatch.setenv("CXRDEMO_WEIGHTS_DIR", str(weights))
-    monkeypatch.setenv("CXRDEMO_CACHE_DIR", str(tmp_path / "cache"))
-    return SimpleNamespace(root=root, run=save_patch_run(patch_model, root),
-                           add=lambda name: save_patch_run(patch_model, root, name))
+    return SimpleNamespace(root=store, run=save_patch_run(patch_model, store),
+                           add=lambda name: save_patch_run(patch_model, store, name))
 
 
-def save_patch_run(patch_model, runs_root, name: str = "patch"):
-    """Write `patch_model` into the store `runs_root` as a completed run with test metrics; return its folder."""
-    import numpy as np
-    import torch
-
-    from cxrdemo.config import TrainConfig
-    from cxrdemo.diagnosis.predict import predict_probs
-    from cxrdemo.model import checkpoint, metrics
-    from cxrdemo.runs import store as runs
-    from tests.helpers import fake_status
-
-    cfg = TrainConfig(backbone="cnn8", img_size=PATCH_SIZE, epochs=1, freeze="head", data="synthetic-patches")
-    d = runs.create_run(cfg, runs_root, name=name)
-    state = {k: v.contiguous() for k, v in patch_model.net.state_dict().items()}
-    checkpoint.save(checkpoint.ModelFile(cfg.backbone, patch_model.classes, state, patch_model.preprocessing,
-                                         epoch=1, val_loss=0.1, train_path="cached-features", config=cfg.to_dict()),
-                    d / checkpoint.MODEL_FILE)
-    rng = np.random.default_rng(1)
-    imgs = [patch_image(rng, i % 2 == 1)[0] for i in range(20)]
-    probs = predict_probs(patch_model, torch.from_numpy(np.stack(imgs))[:, None])
-    tm = metrics.classification_metrics(np.arange(20) % 2, probs, patch_model.classes)
-    runs.atomic_write_json(d / "test_metrics.json", tm)
-    fake_status(d, state="completed", epoch=1)
-    return d
 # ======================================================================== diagnosis (issue #5) — end
 
 
-# ======================================================================== job store (shared)
+# ======================================================================== run stores (shared)
 @pytest.fixture
-def store(tmp_path, monkeypatch):
-    """A private run store for tests that start real jobs; any job still active at the end is stopped.
+def store_home(tmp_path) -> Path:
+    """The folder that holds a test's run store, image cache and weights; a module overrides it to move them."""
+    return tmp_path
 
-    No ImageNet files and no demo model (empty weights folder), offline, workers at normal priority.
+
+@pytest.fixture
+def run_store(store_home, monkeypatch) -> Path:
+    """An empty private run store (HOME/runs) with its own image cache (HOME/cache); the demo model and ImageNet
+    files stay where they are. For the tests that need them: most want `store`."""
+    root = store_home / "runs"
+    monkeypatch.setenv("CXRDEMO_RUNS_DIR", str(root))
+    monkeypatch.setenv("CXRDEMO_CACHE_DIR", str(store_home / "cache"))
+    return root
+
+
+@pytest.fixture
+def store(run_store, store_home, monkeypatch):
+    """The private run store for tests that train or start jobs; any job still active at the end is stopped.
+
+    No ImageNet files and no demo model (an empty weights folder, HOME/weights), offline, workers at normal
+    priority.
     """
     from cxrdemo.errors import RunError
     from cxrdemo.runs import jobs
     from cxrdemo.runs import store as runs
 
-    root = tmp_path / "runs"
-    monkeypatch.setenv("CXRDEMO_RUNS_DIR", str(root))
-    monkeypatch.setenv("CXRDEMO_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setenv("CXRDEMO_WEIGHTS_DIR", str(tmp_path / "weights"))
+    (store_home / "weights").mkdir(parents=True, exist_ok=True)
+    monkeypatch.setenv("CXRDEMO_WEIGHTS_DIR", str(store_home / "weights"))
     monkeypatch.setenv("CXRDEMO_OFFLINE", "1")
     monkeypatch.setenv("CXRDEMO_JOB_NICE", "0")  # shared CI machines: do not make the tests wait longer
-    yield root
-    for info in runs.list_runs(root):
+    yield run_store
+    for info in runs.list_runs(run_store):
         if info.state in runs.ACTIVE:
             try:
-                jobs.cancel(info.run_id, root, grace_s=1)
-            except RunError:
+                jobs.cancel(info.run_id, run_store, grace_s=1)
+            except (RunError, OSError):  # a test may have made the store unwritable on purpose (still patched here)
                 pass
+
+
+@pytest.fixture
+def cold_image_memo():
+    """The in-process image memo starts and ends empty: a test decodes its images afresh and leaves none behind."""
+    from cxrdemo import data
+
+    data.cache._MEMO.clear()
+    yield
+    data.cache._MEMO.clear()
 
 
 # ======================================================================== lesson examples (issue 20) — begin

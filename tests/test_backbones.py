@@ -9,6 +9,7 @@ from cxrdemo.errors import ConfigError, WeightsUnavailable
 from cxrdemo.model import backbones
 
 NAMES = backbones.backbone_names()
+BIG = {"inception_v3", "vgg16", "densenet121", "efficientnet_b0", "mobilenet_v3_small"}  # > 2 s to build on 2 busy cores
 
 
 def test_registry_has_the_papers_backbones():
@@ -27,7 +28,7 @@ def test_duplicate_registration_is_refused():
         backbones.register(backbones.get_spec("cnn5"))
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in BIG else n for n in NAMES])
 def test_builds_and_counts_match_real_model(name):
     net = backbones.build_backbone(name, 3)
     size = 96 if name == "inception_v3" else 64
@@ -69,6 +70,7 @@ def test_freeze_levels():
         backbones.frozen_groups("most", "resnet18")
 
 
+@pytest.mark.slow
 def test_frozen_groups_keep_weights_and_batchnorm_statistics():
     torch.manual_seed(0)
     net = backbones.build_backbone("resnet18", 2)

@@ -31,6 +31,7 @@ from cxrdemo.config import TrainConfig
 from cxrdemo.data import imageio
 from cxrdemo.errors import ConfigError, RunError
 from cxrdemo.runs import store as runs
+from tests.helpers import make_layout_dataset as make_ds
 from tests.test_imageio import (
     compressed_dicom,
     encode,
@@ -71,31 +72,20 @@ def one_error_line(err: str) -> str:
     return lines[0]
 
 
-def make_ds(root: Path, layout: dict[str, int], size: int = 40, seed: int = 0) -> Path:
-    """layout {'train/A': 4, ...}: learnable PNGs (class index k brightens the image)."""
-    rng = np.random.default_rng(seed)
-    for folder, n in layout.items():
-        d = root / folder
-        d.mkdir(parents=True, exist_ok=True)
-        k = sorted({Path(f).name for f in layout}).index(Path(folder).name)
-        for i in range(n):
-            Image.fromarray((rng.integers(0, 120, (size, size)) + 90 * k).astype("uint8")).save(d / f"im{i:03d}.png")
-    return root
-
-
 SPLIT = {"train/A": 5, "train/B": 5, "val/A": 2, "val/B": 2, "test/A": 2, "test/B": 2}
 TRAIN = ["--backbone", "cnn8", "--img-size", "32", "--epochs", "1", "--batch-size", "8", "--patience", "0", "--quiet"]
 
 
 @pytest.fixture
-def box(tmp_path, monkeypatch):
-    """A runs dir and a cache dir inside tmp_path/box, and a sentinel folder outside that nothing may touch."""
-    root = tmp_path / "box" / "runs"
-    monkeypatch.setenv("CXRDEMO_RUNS_DIR", str(root))
-    monkeypatch.setenv("CXRDEMO_CACHE_DIR", str(tmp_path / "box" / "cache"))
-    monkeypatch.setenv("CXRDEMO_WEIGHTS_DIR", str(tmp_path / "box" / "weights"))
-    data.cache._MEMO.clear()
-    return root
+def store_home(tmp_path):
+    """conftest's store lives in tmp_path/box: datasets and a sentinel folder outside it must stay untouched."""
+    return tmp_path / "box"
+
+
+@pytest.fixture
+def box(store, cold_image_memo):
+    """The private run store (tmp_path/box/runs), with no decoded image left over from another test."""
+    return store
 
 
 # ---------------------------------------------------------------- uploads through `predict`
@@ -382,6 +372,7 @@ def test_bad_backbone_or_starting_run_fails_the_run_with_a_sentence(box, tmp_pat
     assert "Known backbones" in one_error_line(capsys.readouterr().err)
 
 
+@pytest.mark.slow
 def test_batch_larger_than_the_dataset_trains_on_one_smaller_batch(box, tmp_path, capsys):
     ds = make_ds(tmp_path / "ds", SPLIT)
     flags = [f for f in TRAIN if f != "--quiet"]

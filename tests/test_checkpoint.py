@@ -281,6 +281,7 @@ def test_prediction_applies_the_preprocessing_record(tmp_path, monkeypatch):
     assert abs(normal[0, 0] - shifted[0, 0]) > 0.1  # 0.9999 -> 0.72 on this image
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("module, forbidden", [
     ("cxrdemo.diagnosis.predict", "cxrdemo.model.train"),  # prediction never loads the training module
     ("cxrdemo.diagnosis.explain", "cxrdemo.model.train"),

@@ -6,11 +6,11 @@ import json
 import shutil
 from pathlib import Path
 
+import pytest
 from streamlit.testing.v1 import AppTest
 
 from cxrdemo.runs import store as runs
 from cxrdemo.views import words
-from tests.test_plots import compare_store  # noqa: F401 - the shared, trained-once fixture store
 
 PAGE = str(Path(__file__).resolve().parents[1] / "app_pages" / "compare.py")
 
@@ -28,7 +28,7 @@ def _charts(at: AppTest) -> list:
     return at.get("plotly_chart")
 
 
-def test_page_shows_table_curves_and_mixing_warning(compare_store, monkeypatch):  # noqa: F811
+def test_page_shows_table_curves_and_mixing_warning(compare_store, monkeypatch):
     at = _page(monkeypatch, compare_store["root"])
     table = at.dataframe[0]
     df = table.value
@@ -48,7 +48,8 @@ def test_page_shows_table_curves_and_mixing_warning(compare_store, monkeypatch):
     assert completed and labels.count("Download the model card (Markdown)") == len(completed)  # one card per run
 
 
-def test_page_choices_drive_the_charts(compare_store, monkeypatch):  # noqa: F811
+@pytest.mark.slow
+def test_page_choices_drive_the_charts(compare_store, monkeypatch):
     at = _page(monkeypatch, compare_store["root"])
     at.multiselect(key="chosen").set_value([compare_store["done"], compare_store["failed"]]).run()
     assert not at.exception
@@ -66,7 +67,7 @@ def _figure(at: AppTest, title_part: str) -> dict:
     return next(f for f in specs if title_part in f["layout"].get("title", {}).get("text", ""))
 
 
-def test_page_filters_and_class_set_choice(compare_store, monkeypatch):  # noqa: F811
+def test_page_filters_and_class_set_choice(compare_store, monkeypatch):
     at = _page(monkeypatch, compare_store["root"])
     points = _figure(at, "Cost vs benefit")["data"][0]["customdata"]
     assert {p[0] for p in points} == {compare_store["done"], compare_store["grad"]}  # first class set by default
@@ -83,7 +84,8 @@ def test_page_filters_and_class_set_choice(compare_store, monkeypatch):  # noqa:
     assert not any(words.run_name(compare_store["four"]) in n for n in names)
 
 
-def test_page_delete_needs_confirmation_and_refuses_running(compare_store, monkeypatch, tmp_path):  # noqa: F811
+@pytest.mark.slow
+def test_page_delete_needs_confirmation_and_refuses_running(compare_store, monkeypatch, tmp_path):
     root = tmp_path / "runs"
     shutil.copytree(compare_store["root"], root)
     at = _page(monkeypatch, root)

@@ -15,10 +15,8 @@ TINY = dict(backbone="cnn8", img_size=32, epochs=1, batch_size=8, threads=1)
 
 
 @pytest.fixture
-def env(tmp_path, monkeypatch):
-    monkeypatch.setenv("CXRDEMO_RUNS_DIR", str(tmp_path / "runs"))
-    monkeypatch.setenv("CXRDEMO_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setenv("CXRDEMO_WEIGHTS_DIR", str(tmp_path / "weights"))
+def env(store, tmp_path):
+    """The folder holding conftest's private store (runs/, cache/, an empty weights/): the demo model installs there."""
     return tmp_path
 
 
@@ -27,6 +25,7 @@ def test_recipe_trains_without_imagenet_and_picks_a_threshold_on_val():
     assert all("init" not in stage for stage in DEMO_STAGES[1:])  # later stages start from the previous run
 
 
+@pytest.mark.slow
 def test_build_installs_model_card_and_intervals(env, tiny_dataset):
     test_only = env / "shifted"
     shutil.copytree(tiny_dataset / "test", test_only / "test")  # an evaluation-only set, like cxr-shift
@@ -60,6 +59,7 @@ def test_build_installs_model_card_and_intervals(env, tiny_dataset):
     assert runs.run_dir("demo") == out
 
 
+@pytest.mark.slow
 def test_cli_demo_model_then_run_demo_everywhere(env, tiny_dataset, capsys):
     out = env / "weights" / "demo"
     assert cli(["demo-model", "--data", str(tiny_dataset), "--eval", f"{tiny_dataset}:test", "--epochs", "1",

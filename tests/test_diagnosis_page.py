@@ -42,9 +42,7 @@ def _predictions(at: AppTest) -> list[str]:
     return [m.value for m in at.markdown if m.value.startswith("Prediction:")]
 
 
-def test_without_any_model_the_page_points_to_the_trainer(tmp_path, monkeypatch):
-    monkeypatch.setenv("CXRDEMO_RUNS_DIR", str(tmp_path / "runs"))
-    monkeypatch.setenv("CXRDEMO_WEIGHTS_DIR", str(tmp_path))
+def test_without_any_model_the_page_points_to_the_trainer(store):
     at = _page()
     assert "not for clinical use" in at.warning[0].value
     assert any("Trainer" in i.value for i in at.info)
@@ -275,17 +273,13 @@ def test_a_run_named_in_the_link_is_preselected(patch_store):
     assert not at2.selectbox(key="model").value.startswith(first)  # without the link: the newest run
 
 
+@pytest.mark.slow
 def test_an_image_unlike_the_training_images_is_held_back_and_sets_are_shown(patch_store, tmp_path):
     """A calibrated patch model: a real radiograph is unlike its training images (synthetic patches)."""
     from cxrdemo.runs.records import add_trust_records
-    from tests.conftest import patch_image
+    from tests.helpers import make_patch_dataset
 
-    rng = np.random.default_rng(3)
-    for split in ("train", "val"):
-        for k, cls in enumerate(("blank", "patch")):
-            (tmp_path / "d" / split / cls).mkdir(parents=True)
-            for i in range(20):
-                Image.fromarray(patch_image(rng, k == 1)[0]).save(tmp_path / "d" / split / cls / f"{i}.png")
+    make_patch_dataset(tmp_path / "d", {"train": 20, "val": 20}, seed=3)
     add_trust_records(patch_store.run.name, patch_store.root, str(tmp_path / "d"))
     at = _page()
     at.radio(key="example").set_value("NORMAL example 1").run()

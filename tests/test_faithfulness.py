@@ -24,6 +24,7 @@ from cxrdemo.model.backbones import Net
 from cxrdemo.model.checkpoint import Decision, Preprocessing
 from cxrdemo.model.trust import Trust
 from cxrdemo.views import heatmaps
+from tests.helpers import make_patch_dataset
 
 SIZE, STRIPES = 64, 32  # narrow stripes: RandomCAM mixes many of them, so random maps average out
 
@@ -169,6 +170,7 @@ def _patch_images(make, n: int) -> torch.Tensor:
     return torch.from_numpy(np.stack([make(rng, i % 2 == 0)[0] for i in range(n)]))[:, None]
 
 
+@pytest.mark.slow
 def test_scorecard_table_intervals_progress_and_choice(patch_model, make_patch_image):
     seen = []
     table = scorecard.score_methods(patch_model, _patch_images(make_patch_image, 4), ["GradCAM", "EigenCAM"], n=4,
@@ -211,17 +213,8 @@ def test_scorecard_file_round_trip_and_a_retrained_model_drops_it(patch_store):
     assert scorecard.read_scorecard(patch_store.run) is None
 
 
-def _patch_dataset(root: Path, make) -> Path:
-    rng = np.random.default_rng(5)
-    for cls in ("blank", "patch"):
-        (root / "test" / cls).mkdir(parents=True)
-        for i in range(2):
-            Image.fromarray(make(rng, cls == "patch")[0]).save(root / "test" / cls / f"{i}.png")
-    return root
-
-
-def test_cli_cam_scorecard_writes_the_table(patch_store, make_patch_image, tmp_path, capsys):
-    data = _patch_dataset(tmp_path / "data", make_patch_image)
+def test_cli_cam_scorecard_writes_the_table(patch_store, tmp_path, capsys):
+    data = make_patch_dataset(tmp_path / "data", {"test": 2}, seed=5)
     rc = main(["cam-scorecard", "--run", str(patch_store.run), "--data", str(data), "--n", "2",
                "--methods", "GradCAM"])
     out = json.loads(capsys.readouterr().out)
@@ -234,9 +227,9 @@ def test_cli_cam_scorecard_writes_the_table(patch_store, make_patch_image, tmp_p
     (["--methods", "Magic"], "Unknown heatmap method"),
     (["--split", "val"], "no 'val' images"),
 ])
-def test_cli_cam_scorecard_bad_input_is_one_sentence_and_exit_2(patch_store, make_patch_image, tmp_path, capsys,
+def test_cli_cam_scorecard_bad_input_is_one_sentence_and_exit_2(patch_store, tmp_path, capsys,
                                                                argv, words):
-    data = _patch_dataset(tmp_path / "data", make_patch_image)
+    data = make_patch_dataset(tmp_path / "data", {"test": 2}, seed=5)
     rc = main(["cam-scorecard", "--run", str(patch_store.run), "--data", str(data), *argv])
     err = capsys.readouterr().err
     assert rc == 2 and words in err and err.count("\n") == 1

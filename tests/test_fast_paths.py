@@ -2,51 +2,34 @@
 cached-feature path only where it is exact, and images are decoded once, never per epoch."""
 
 import shutil
+from functools import partial
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from cxrdemo import data
-from cxrdemo.config import TrainConfig
 from cxrdemo.data import imageio
 from cxrdemo.model import backbones, checkpoint, train
 from cxrdemo.runs import store as runs
 from cxrdemo.runs.worker import execute_run
+from tests.helpers import make_square_dataset, tiny_config
 
 CLASSES = ("NORMAL", "PNEUMONIA")
 
 
 @pytest.fixture(scope="module")
 def ds(tmp_path_factory):
-    root = tmp_path_factory.mktemp("fast")
-    rng = np.random.default_rng(1)
-    for split, k in (("train", 8), ("val", 3), ("test", 3)):
-        for ci, c in enumerate(CLASSES):
-            (root / split / c).mkdir(parents=True)
-            for i in range(k):
-                a = (rng.random((40, 40)) * 60 + 30).astype(np.uint8)
-                if ci:
-                    a[8:20, 10:30] = 240
-                Image.fromarray(a).save(root / split / c / f"{c}_{i}.png")
-    return root
+    return make_square_dataset(tmp_path_factory.mktemp("fast"), CLASSES, (8, 3, 3), size=40, seed=1, top=8)
 
 
 @pytest.fixture(autouse=True)
-def store(tmp_path, monkeypatch):
-    monkeypatch.setenv("CXRDEMO_RUNS_DIR", str(tmp_path / "runs"))
-    monkeypatch.setenv("CXRDEMO_CACHE_DIR", str(tmp_path / "cache"))
+def store(store, cold_image_memo, monkeypatch):
+    """conftest's private run store, one thread, and an empty image memo (each test starts cold)."""
     monkeypatch.setenv("CXRDEMO_THREADS", "1")
-    data.cache._MEMO.clear()  # each test starts cold: the memo would otherwise carry images across tests
-    yield tmp_path / "runs"
-    data.cache._MEMO.clear()
+    return store
 
 
-def _cfg(ds, **kw):
-    base = dict(data=str(ds), backbone="resnet18", img_size=32, epochs=2, batch_size=8, patience=0, step_size=0,
-                lr=1e-2)
-    return TrainConfig(**{**base, **kw})
+_cfg = partial(tiny_config, backbone="resnet18", epochs=2, step_size=0, lr=1e-2)
 
 
 def _fit(config):
@@ -73,6 +56,7 @@ def source_run(ds, tmp_path_factory):
     mp.undo()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("freeze, augment, n_frozen, path", [
     ("head", "light", 5, "full"),        # trunk frozen but augmented inputs: features change, the full path runs
     ("head", "acquisition", 5, "full"),
@@ -98,6 +82,7 @@ def test_frozen_groups_keep_weights_and_bn_statistics(ds, source_run, store, fre
         assert not torch.equal(after["trunk.4.0.bn1.running_mean"], before["trunk.4.0.bn1.running_mean"])
 
 
+@pytest.mark.slow
 def test_frozen_prefix_builds_no_graph_during_fit(ds, monkeypatch):
     seen = {"frozen": [], "trainable": [], "modes": []}
     real = train.build_model
@@ -165,6 +150,7 @@ def test_second_load_images_does_not_decode_again(ds, monkeypatch, tmp_path):
     assert len(calls) == 32
 
 
+@pytest.mark.slow
 def test_epochs_never_read_image_files(ds, monkeypatch):
     calls = _spy(monkeypatch)
     cfg = _cfg(ds, freeze="none", augment="light", epochs=3, backbone="cnn8")

@@ -20,6 +20,7 @@ import sys
 import textwrap
 import threading
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +29,6 @@ from streamlit.testing.v1 import AppTest
 
 from cxrdemo import fileio
 from cxrdemo.cli import main as cli
-from cxrdemo.config import TrainConfig
 from cxrdemo.diagnosis import predict
 from cxrdemo.errors import RunError
 from cxrdemo.model import checkpoint
@@ -52,8 +52,7 @@ def ds(tmp_path_factory) -> Path:
 
 
 
-def tiny(ds: Path, **kw) -> TrainConfig:
-    return tiny_config(ds, **{"threads": 1, **kw})
+tiny = partial(tiny_config, threads=1)
 
 
 def final(root: Path, run_id: str) -> dict:
@@ -141,6 +140,7 @@ def _fail_writes(monkeypatch, code: int, names: tuple[str, ...] | None = None) -
     monkeypatch.setattr(fileio, "atomic_file", failing)
 
 
+@pytest.mark.slow
 def test_disk_full_while_saving_fails_the_job_clearly_and_spares_earlier_runs(patch_store, ds, monkeypatch, capsys):
     earlier = tree_snapshot(patch_store.root)
     _fail_writes(monkeypatch, errno.ENOSPC, ("model.pt",))
@@ -248,6 +248,7 @@ def test_compare_page_renders_with_damaged_runs(damaged_store):
     assert damaged_store.run.name in set(table["run_id"])
 
 
+@pytest.mark.slow
 def test_diagnosis_page_offers_the_good_models_when_one_is_damaged(damaged_store):
     from cxrdemo.views import words
 
@@ -348,6 +349,7 @@ def _all_text_under(*roots: Path) -> bytes:
     return blob
 
 
+@pytest.mark.slow
 def test_dicom_identifiers_never_reach_disk_or_logs(patch_store, tmp_path, caplog, capsys, monkeypatch):
     dicom = make_dicom(radiograph_like().astype(np.uint16) * 16, bits=12, PatientName="DOE^JANE",
                        PatientID="MRN-4455667", InstitutionName="St Elsewhere")

@@ -9,13 +9,13 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from cxrdemo.cli import main as cli
-from cxrdemo.config import TrainConfig
 from cxrdemo.diagnosis import scorecard, scorecard_job
 from cxrdemo.errors import RunError
 from cxrdemo.runs import jobs, lifecycle, slots
 from cxrdemo.runs import store as runs
 from cxrdemo.views import heatmaps
 from tests.helpers import make_split_dataset, wait_for
+from tests.helpers import tiny_config as _tiny
 
 PAGES = Path(__file__).resolve().parents[1] / "app_pages"
 TIMEOUT = 90
@@ -118,6 +118,7 @@ def test_randomise_and_look_again_draws_the_strip_on_demand(patch_store):
     assert [c for im in at.image for c in im.captions][-len(strip):] == strip
 
 
+@pytest.mark.slow
 def test_scorecam_is_left_out_of_the_strip(patch_store):
     at = _diagnosis()
     at.selectbox(key="method").set_value("ScoreCAM")
@@ -128,11 +129,6 @@ def test_scorecam_is_left_out_of_the_strip(patch_store):
 
 
 # ---------------------------------------------------------------- the scorecard as a job (and its CLI)
-
-def _tiny(data_dir: Path, **kw) -> TrainConfig:
-    base = dict(data=str(data_dir), backbone="cnn8", img_size=32, epochs=1, batch_size=8, patience=0)
-    return TrainConfig(**{**base, **kw})
-
 
 def _final(d: Path) -> dict:
     wait_for(lambda: (scorecard_job.status(d) or {}).get("state") in lifecycle.FINAL, timeout=120)

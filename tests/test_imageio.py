@@ -392,6 +392,7 @@ def test_arbitrary_bytes_raise_only_our_error(data, name):
     _read_or_error(data, name)
 
 
+@pytest.mark.slow
 @FAST
 @given(st.sampled_from(sorted(VALID)), st.data())
 def test_mutated_files_raise_only_our_error(kind, draw):

@@ -165,6 +165,7 @@ def test_page_starts_each_lesson_through_the_job_system(key, store, monkeypatch)
     assert any("waiting or training" in str(p.proto.text) for p in at.get("progress"))
 
 
+@pytest.mark.slow
 def test_page_shows_each_result_view(store):
     for i, lesson in enumerate(lessons.LESSONS.values()):
         fabricate(lesson, store, np.random.default_rng(i))

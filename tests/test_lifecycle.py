@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -28,8 +29,7 @@ def data_dir(tmp_path_factory) -> Path:
     return make_split_dataset(tmp_path_factory.mktemp("lifecycle_data"), (6, 3, 3), 64)
 
 
-def tiny(data_dir: Path, **kw) -> TrainConfig:
-    return tiny_config(data_dir, **{"threads": 1, **kw})
+tiny = partial(tiny_config, threads=1)
 
 
 # ---------------------------------------------------------------- one writer of `state`
@@ -51,6 +51,7 @@ def _state_writes(path: Path) -> list[int]:
     return lines
 
 
+@pytest.mark.slow
 def test_only_the_lifecycle_writes_a_run_state():
     sources = [*(REPO / "cxrdemo").rglob("*.py"), *(REPO / "app_pages").glob("*.py"), REPO / "app.py"]
     writers = {str(p.relative_to(REPO)): w for p in sources if (w := _state_writes(p))}
@@ -135,6 +136,7 @@ def test_the_job_side_does_not_import_torch(tmp_path):
     assert found == []
 
 
+@pytest.mark.slow
 def test_the_torch_check_catches_a_planted_import(tmp_path):
     # A function-level import moved to the top of a job-side module: the same check must notice.
     (tmp_path / "planted_jobs.py").write_text("from cxrdemo.runs import jobs\nfrom cxrdemo.runs.worker import execute_run\n")
@@ -155,6 +157,7 @@ def test_a_full_queue_is_a_sentence(store, data_dir, monkeypatch, capsys):
     assert len(runs.list_runs(store)) == 2  # nothing was created
 
 
+@pytest.mark.slow
 def test_waiting_workers_do_not_read_the_store(store, monkeypatch):
     """Only the head of the queue looks at the queue, once; the others read nothing while they wait."""
     first, second = runs.create_run(TrainConfig(), store), runs.create_run(TrainConfig(), store)

@@ -151,6 +151,7 @@ def test_runs_dir_before_or_after_the_subcommand(command, tmp_path):
     assert _sub(command).runs_dir is None
 
 
+@pytest.mark.slow
 def test_jobs_list_and_train_use_the_store_named_after_the_subcommand(tmp_path, tiny_dataset, capsys, monkeypatch):
     monkeypatch.setenv("CXRDEMO_RUNS_DIR", str(tmp_path / "elsewhere"))  # restored after the test
     store = tmp_path / "store"

@@ -6,9 +6,7 @@ from __future__ import annotations
 import io
 import json
 import math
-import os
 import shutil
-import time
 from pathlib import Path
 
 import numpy as np
@@ -17,76 +15,10 @@ import pytest
 
 from cxrdemo.config import TrainConfig
 from cxrdemo.errors import RunError
-from cxrdemo.model import backbones, metrics
+from cxrdemo.model import backbones
 from cxrdemo.runs import store as runs
-from cxrdemo.runs.worker import execute_run
 from cxrdemo.views import compare, numbers, plots, words
-from tests.helpers import fake_status
-
-FOUR = ["COVID", "Lung_Opacity", "Normal", "Viral"]
-_BUILT: dict[str, dict] = {}  # the store is built once per session even though two modules request it
-
-
-def _fake_run(root: Path, config: TrainConfig, summary: dict, name: str) -> Path:
-    return runs.create_run(config, root, scan_summary=summary, name=name)
-
-
-def build_store(root: Path, dataset: Path, cache: Path) -> dict:
-    """The fixture runs; returns {kind: run_id} plus the root."""
-    os.environ["CXRDEMO_CACHE_DIR"] = str(cache)
-    cfg = TrainConfig(data=str(dataset), backbone="cnn8", img_size=32, epochs=2, batch_size=8, patience=0, threads=1)
-    done = runs.create_run(cfg, root, name="done")
-    assert execute_run(done, runs_dir=root)["state"] == "completed"
-    summary = runs.read_json(done / "config.json")["dataset"]
-    grad = runs.create_run(cfg.replace(freeze="gradual:1"), root, name="grad")
-    assert execute_run(grad, runs_dir=root)["state"] == "completed"
-
-    running = _fake_run(root, cfg.replace(epochs=5), summary, "live")
-    fake_status(running, state="running", pid=os.getpid(), started=time.time(), heartbeat=time.time(),
-                epoch=1, epochs=5, phase="train", batch=2, batches=4)
-    runs.append_metrics(running, {"epoch": 1, "train_loss": 0.71, "val_loss": 0.69, "train_acc": 0.5,
-                                  "val_acc": 0.625, "seconds": 0.4, "trainable_params": 1234})
-
-    failed = _fake_run(root, cfg.replace(lr=5.0), summary, "failed")
-    fake_status(failed, state="failed",
-                error="The training loss became infinite or NaN: lower the learning rate.")
-
-    damaged = root / "20000101-000000-cnn8-broken"
-    damaged.mkdir()
-    (damaged / "config.json").write_text("{not json")
-    runs.atomic_write_json(damaged / "status.json", {"state": "completed"})
-
-    four = _fake_run(root, cfg.replace(data="/data/covid4", backbone="cnn5", freeze="head"),
-                     {"root": "/data/covid4", "classes": FOUR}, "four")
-    rng = np.random.default_rng(0)
-    y = np.repeat(np.arange(4), 3)
-    probs = rng.dirichlet(np.ones(4), size=len(y))
-    probs[np.arange(len(y)), y] += 0.5
-    probs /= probs.sum(1, keepdims=True)
-    for e, (tl, vl) in enumerate(((1.3, 1.25), (1.1, 1.2)), 1):
-        runs.append_metrics(four, {"epoch": e, "train_loss": tl, "val_loss": vl, "train_acc": 0.3 * e,
-                                   "val_acc": 0.25 * e, "seconds": 1.5 * e})
-    test4 = metrics.classification_metrics(y, probs, FOUR)
-    test4.update(y_true=y.tolist(), probs=probs.round(6).tolist(), threshold=None, best_epoch=2)
-    runs.atomic_write_json(four / "test_metrics.json", test4)
-    fake_status(four, state="completed", started=time.time())
-    ids = {k: d.name for k, d in (("done", done), ("grad", grad), ("running", running), ("failed", failed),
-                                  ("damaged", damaged), ("four", four))}
-    return {"root": root, **ids}
-
-
-@pytest.fixture(scope="session")
-def compare_store(tiny_dataset, tmp_path_factory) -> dict:
-    """A run store with completed, gradual, running, failed, damaged and 4-class runs (trained once)."""
-    if "store" not in _BUILT:
-        dataset = Path(tiny_dataset)
-        old = os.environ.get("CXRDEMO_CACHE_DIR")
-        try:
-            _BUILT["store"] = build_store(tmp_path_factory.mktemp("compare") / "runs", dataset,
-                                          tmp_path_factory.mktemp("cache"))
-        finally:
-            os.environ.pop("CXRDEMO_CACHE_DIR", None) if old is None else os.environ.update(CXRDEMO_CACHE_DIR=old)
-    return _BUILT["store"]
+from tests.helpers import FOUR
 
 
 @pytest.fixture

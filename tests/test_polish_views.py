@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 from cxrdemo.views import chance, diagnosis
-from tests.test_plots import compare_store  # noqa: F401 - the shared, trained-once fixture store
 
 CLASSES = ["NORMAL", "PNEUMONIA"]
 
@@ -168,7 +167,8 @@ def test_the_model_caption_names_no_run_the_user_does_not_have(store):
     assert diagnosis.start_words("scratch", store) == "trained from scratch"
 
 
-def test_compare_table_is_compact_by_default_with_the_test_metrics(compare_store, monkeypatch):  # noqa: F811
+@pytest.mark.slow
+def test_compare_table_is_compact_by_default_with_the_test_metrics(compare_store, monkeypatch):
     from streamlit.testing.v1 import AppTest
 
     from cxrdemo.views import compare
@@ -218,7 +218,7 @@ def test_a_run_at_chance_says_so_on_compare(store):
     assert row["problem"] == "The model predicts PNEUMONIA for every test image: no better than chance."
 
 
-def test_compare_legends_sit_below_the_plots(compare_store):  # noqa: F811
+def test_compare_legends_sit_below_the_plots(compare_store):
     from cxrdemo.runs import store as runs
     from cxrdemo.views import plots
 

@@ -166,6 +166,7 @@ def _checkerboard() -> np.ndarray:
     return np.kron((np.indices((8, 8)).sum(0) % 2) * 255, np.ones((32, 32))).astype(np.uint8)
 
 
+@pytest.mark.slow
 def test_cli_predict_json_cam_files_and_exit_2_for_a_bad_file(patch_store, make_patch_image, tmp_path, capsys):
     rng = np.random.default_rng(14)
     a, b, c = tmp_path / "a.png", tmp_path / "b.dcm", tmp_path / "c.png"

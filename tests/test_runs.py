@@ -14,12 +14,6 @@ from cxrdemo.runs import lifecycle
 from cxrdemo.runs import store as runs
 
 
-@pytest.fixture
-def store(tmp_path, monkeypatch):
-    monkeypatch.setenv("CXRDEMO_RUNS_DIR", str(tmp_path / "runs"))
-    return tmp_path / "runs"
-
-
 def test_create_run_writes_config_first_and_queued_status(store):
     d = runs.create_run(TrainConfig(backbone="cnn5", freeze="head"))
     assert d.parent == store and "-cnn5-head" in d.name

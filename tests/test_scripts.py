@@ -38,6 +38,7 @@ def test_measure_domain_reads_the_demo_model_and_features_its_images(tmp_path):
     assert np.allclose(md.last_stages(x, [x.shape[1] - 512, 512], 1), app_feats.numpy(), atol=1e-4)
 
 
+@pytest.mark.slow
 def test_measure_trust_scores_a_split_with_its_in_domain_flags():
     mt = _script("measure_trust")
     model = mt.load("demo")

@@ -9,18 +9,18 @@ from cxrdemo.config import TrainConfig
 from cxrdemo.model import backbones, checkpoint, speed
 from cxrdemo.runs import store as runs
 from cxrdemo.runs.worker import execute_run
+from tests.helpers import make_square_dataset, tiny_config
 
 CPU = torch.device("cpu")
 
 
 @pytest.fixture(autouse=True)
-def store(tmp_path, monkeypatch):
-    monkeypatch.setenv("CXRDEMO_RUNS_DIR", str(tmp_path / "runs"))
-    monkeypatch.setenv("CXRDEMO_CACHE_DIR", str(tmp_path / "cache"))
+def store(run_store):
+    """conftest's run store with the shipped demo model in reach (the bf16 guard fine-tunes it), on one thread."""
     # One thread: on a shared, loaded 2-core machine two threads of a tiny net wait on each other for seconds.
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    yield tmp_path / "runs"
+    yield run_store
     torch.set_num_threads(threads)
 
 
@@ -100,13 +100,11 @@ def test_answer_is_remembered_per_key(monkeypatch):
         speed.choose(_net(), CPU, **{**kw, "img_size": 48})
 
 
+@pytest.mark.slow
 def test_a_run_with_the_trial_trains_the_same_weights_as_with_its_answer_given(tmp_path, monkeypatch):
-    from tests.test_train import _make
-
-    ds = _make(tmp_path / "ds", ("NORMAL", "PNEUMONIA"))
+    ds = make_square_dataset(tmp_path / "ds")
     monkeypatch.setattr(speed, "EPOCH_FRACTION", 1e6)  # a tiny dataset: let the trial run anyway
-    cfg = TrainConfig(data=str(ds), backbone="cnn5", img_size=32, epochs=2, batch_size=8, patience=0, step_size=0,
-                      threads=1)
+    cfg = tiny_config(ds, backbone="cnn5", epochs=2, step_size=0, threads=1)
     dirs = []
     for _ in range(2):  # the first run measures, the second is given the remembered answer
         d = runs.create_run(cfg)

@@ -13,6 +13,7 @@ from cxrdemo.config import TrainConfig
 from cxrdemo.model import backbones, checkpoint, speed, train, tuning
 from cxrdemo.runs import store as runs
 from cxrdemo.runs.worker import execute_run
+from tests.helpers import make_square_dataset, tiny_config
 from tests.test_speed import store  # noqa: F401 - autouse: a private run store and one thread, as in test_speed
 
 CPU = torch.device("cpu")
@@ -32,14 +33,11 @@ class FakeClock:
 
 @pytest.fixture(scope="module")
 def ds(tmp_path_factory):
-    from tests.test_train import _make
-
-    return _make(tmp_path_factory.mktemp("ds"), ("NORMAL", "PNEUMONIA"))  # 20 train images: 5 batches of 4
+    return make_square_dataset(tmp_path_factory.mktemp("ds"))  # 20 train images: 5 batches of 4
 
 
 def _run(ds, **kw):
-    cfg = TrainConfig(data=str(ds), backbone="cnn5", img_size=32, batch_size=4, patience=0, step_size=0, threads=1,
-                      augment="none", **{"epochs": 3, **kw})
+    cfg = tiny_config(ds, backbone="cnn5", batch_size=4, step_size=0, threads=1, augment="none", **{"epochs": 3, **kw})
     d = runs.create_run(cfg)
     assert execute_run(d)["state"] == "completed"
     return d, runs.read_json(d / "config.json")
@@ -87,6 +85,7 @@ def test_each_boundary_keeps_to_a_tenth_of_the_epoch_and_leaves_weights_and_rand
         assert trial.costs[0] > 0 and trial.choice.epoch == 2 and not trial.choice.given_up
 
 
+@pytest.mark.slow
 def test_a_small_run_switches_at_epoch_2_and_the_next_run_starts_with_the_answer(ds, monkeypatch):
     monkeypatch.setattr(tuning, "clock", FakeClock({REF: 1.0, BF16: 0.5, BF16_CL: 0.5, FP32_CL: 1.2, None: 20.0}))
     d, meta = _run(ds)
@@ -107,6 +106,7 @@ def test_a_small_run_switches_at_epoch_2_and_the_next_run_starts_with_the_answer
     assert again["precision"] == "bfloat16 mixed precision"
 
 
+@pytest.mark.slow
 def test_timing_leaves_the_run_bit_identical_to_one_given_the_answer(ds, monkeypatch):
     # Every candidate slower than the reference: timed in full at boundary 1, no switch.
     monkeypatch.setattr(tuning, "clock", FakeClock({REF: 1.0, BF16: 2.0, BF16_CL: 2.0, FP32_CL: 2.0, None: 200.0}))
@@ -121,6 +121,7 @@ def test_timing_leaves_the_run_bit_identical_to_one_given_the_answer(ds, monkeyp
     assert [r["train_loss"] for r in rows[0]] == [r["train_loss"] for r in rows[1]]
 
 
+@pytest.mark.slow
 def test_explicit_precision_wins_over_the_in_run_trial(ds, monkeypatch):
     monkeypatch.setattr(tuning, "clock", FakeClock({REF: 1.0, FP32_CL: 0.5, None: 200.0}))
     _, meta = _run(ds, precision="fp32")
@@ -139,6 +140,7 @@ def test_no_switch_without_a_margin():
     np.testing.assert_allclose(choice.ratio, 1.0)
 
 
+@pytest.mark.slow
 def test_tune_fills_the_cache_a_run_then_starts_with(ds, monkeypatch, capsys):
     from cxrdemo.cli.main import main
 

@@ -15,7 +15,7 @@ from streamlit.testing.v1 import AppTest
 from cxrdemo.diagnosis import explain, predict
 from cxrdemo.views import compare
 from cxrdemo.views.text import escape_markdown, safe_csv_cell
-from tests.conftest import save_patch_run
+from tests.helpers import save_patch_run
 
 PAGE = str(Path(__file__).resolve().parents[1] / "app_pages" / "diagnosis.py")
 EVIL = "p(![pixel](https:evil.example/track.png)"
@@ -81,6 +81,7 @@ def test_class_names_reach_the_diagnosis_page_as_text_not_markdown(evil_store):
     assert any(escape_markdown(EVIL) in v for v in shown)
 
 
+@pytest.mark.slow
 def test_the_page_sends_at_most_1024_px_to_the_browser(patch_store, monkeypatch):
     """Fails on ecfa98d: the full-size image (and an overlay of the same size) went to the browser."""
     sizes = []

@@ -6,55 +6,32 @@ import signal
 import subprocess
 import sys
 import time
+from functools import partial
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from cxrdemo.cli.main import main as cli
-from cxrdemo.config import TrainConfig
 from cxrdemo.errors import Cancelled
 from cxrdemo.model import checkpoint, metrics, train
 from cxrdemo.runs import store as runs
 from cxrdemo.runs.worker import execute_run
-
-
-def _make(root, classes, n=(10, 4, 4), size=48, seed=0):
-    rng = np.random.default_rng(seed)
-    for split, k in zip(("train", "val", "test"), n):
-        for ci, c in enumerate(classes):
-            d = root / split / c
-            d.mkdir(parents=True, exist_ok=True)
-            for i in range(k):
-                a = (rng.random((size, size)) * 60 + 30).astype(np.uint8)
-                if ci:  # class-specific bright square: learnable in a few steps
-                    y = 6 + 8 * (ci - 1) % (size - 16)
-                    a[y:y + 12, 10:30] = 240
-                Image.fromarray(a).save(d / f"{c}_{i}.png")
-    return root
+from tests.helpers import make_square_dataset, tiny_config
 
 
 @pytest.fixture(scope="module")
 def ds2(tmp_path_factory):
-    return _make(tmp_path_factory.mktemp("ds2"), ("NORMAL", "PNEUMONIA"))
+    return make_square_dataset(tmp_path_factory.mktemp("ds2"))
 
 
 @pytest.fixture(scope="module")
 def ds4(tmp_path_factory):
-    return _make(tmp_path_factory.mktemp("ds4"), ("COVID", "Lung_Opacity", "Normal", "Viral"), n=(6, 2, 2))
+    return make_square_dataset(tmp_path_factory.mktemp("ds4"), ("COVID", "Lung_Opacity", "Normal", "Viral"), (6, 2, 2))
 
 
-@pytest.fixture(autouse=True)
-def store(tmp_path, monkeypatch):
-    monkeypatch.setenv("CXRDEMO_RUNS_DIR", str(tmp_path / "runs"))
-    monkeypatch.setenv("CXRDEMO_CACHE_DIR", str(tmp_path.parent / "cache"))
-    return tmp_path / "runs"
-
-
-def _cfg(data, **kw):
-    base = dict(data=str(data), backbone="cnn8", img_size=32, epochs=2, batch_size=8, patience=0, step_size=0)
-    return TrainConfig(**{**base, **kw})
+pytestmark = pytest.mark.usefixtures("store")  # every test trains in conftest's private run store
+_cfg = partial(tiny_config, epochs=2, step_size=0)
 
 
 def _train(config):
@@ -63,6 +40,7 @@ def _train(config):
     return d, status
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("rule", ["spec:0.9", "sens:0.9"])
 def test_operating_point_rule_is_chosen_on_validation_and_saved(ds2, rule):
     from cxrdemo.diagnosis import predict
@@ -78,6 +56,7 @@ def test_operating_point_rule_is_chosen_on_validation_and_saved(ds2, rule):
     assert runs.read_test_metrics(d)["threshold"] == model.decision.value
 
 
+@pytest.mark.slow
 def test_same_run_id_in_two_stores_logs_to_its_own_file(ds2, tmp_path, monkeypatch):
     # One process trains several runs (a Ray worker, this test session); ids are unique only within a store.
     import datetime
@@ -98,6 +77,7 @@ def test_same_run_id_in_two_stores_logs_to_its_own_file(ds2, tmp_path, monkeypat
     assert not logging.getLogger("cxrdemo.run.20260101-000000-cnn8-none").handlers  # closed, no file left open
 
 
+@pytest.mark.slow
 def test_short_training_writes_a_complete_run(ds2):
     d, status = _train(_cfg(ds2, epochs=3, threshold="val"))
     assert status["state"] == "completed", status.get("error")
@@ -124,6 +104,7 @@ def test_short_training_writes_a_complete_run(ds2):
     assert "completed" in (d / "log.txt").read_text()
 
 
+@pytest.mark.slow
 def test_four_classes_from_folder_names(ds4):
     d, status = _train(_cfg(ds4, epochs=1))
     assert status["state"] == "completed", status.get("error")
@@ -131,6 +112,7 @@ def test_four_classes_from_folder_names(ds4):
     assert tm["classes"] == ["COVID", "Lung_Opacity", "Normal", "Viral"] and len(tm["confusion"]) == 4
 
 
+@pytest.mark.slow
 def test_cached_features_train_the_same_head_as_the_ordinary_path(ds2, monkeypatch):
     cfg = _cfg(ds2, backbone="resnet18", freeze="head", epochs=2, lr=1e-2)
     fast, _ = _train(cfg)
@@ -145,6 +127,7 @@ def test_cached_features_train_the_same_head_as_the_ordinary_path(ds2, monkeypat
         torch.testing.assert_close(a[k], b[k], atol=2e-5, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_gradual_unfreezes_after_T_and_counts_parameters(ds2):
     d, status = _train(_cfg(ds2, backbone="cnn5", freeze="gradual:1", epochs=2))
     assert status["state"] == "completed", status.get("error")
@@ -154,6 +137,7 @@ def test_gradual_unfreezes_after_T_and_counts_parameters(ds2):
     assert list(df["path"]) == ["cached-features", "full"]
 
 
+@pytest.mark.slow
 def test_run_init_same_classes_loads_everything_and_frozen_groups_stay_fixed(ds2):
     src, _ = _train(_cfg(ds2, backbone="cnn5", epochs=1))
     source_file = checkpoint.load(src / "model.pt")
@@ -172,6 +156,7 @@ def test_run_init_same_classes_loads_everything_and_frozen_groups_stay_fixed(ds2
     assert not torch.equal(after["trunk.4.0.weight"], source["trunk.4.0.weight"])
 
 
+@pytest.mark.slow
 def test_run_init_with_other_classes_keeps_trunk_and_new_head(ds2, ds4):
     src, _ = _train(_cfg(ds2, backbone="cnn5", epochs=1))
     source_file = checkpoint.load(src / "model.pt")
@@ -184,6 +169,7 @@ def test_run_init_with_other_classes_keeps_trunk_and_new_head(ds2, ds4):
     assert torch.equal(net.state_dict()["trunk.3.0.weight"], source["trunk.3.0.weight"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("make_ref, words", [
     (lambda src: "run:nope-123", "No run"),
     (lambda src: "run:../../etc", "not a valid run id"),
@@ -214,6 +200,7 @@ def test_cancel_between_batches(ds2):
     assert len(calls) == 4
 
 
+@pytest.mark.slow
 def test_early_stopping_on_val_loss(ds2, monkeypatch):
     losses = iter([0.5, 0.6, 0.7, 0.4, 0.3])
     real = train.evaluate
@@ -228,6 +215,7 @@ def test_early_stopping_on_val_loss(ds2, monkeypatch):
     assert checkpoint.load(d / "model.pt").epoch == 1
 
 
+@pytest.mark.slow
 def test_select_by_val_auroc_keeps_the_best_ranking_epoch(ds2, monkeypatch):
     aurocs = iter([0.7, 0.9, 0.8, 0.85, 0.5])  # four epochs, then the test split
     real = train.evaluate
@@ -244,6 +232,7 @@ def test_select_by_val_auroc_keeps_the_best_ranking_epoch(ds2, monkeypatch):
     assert len(runs.read_metrics(d)) == 4  # epochs 3 and 4 are the two without a gain: stopped after 4
 
 
+@pytest.mark.slow
 def test_corrupt_files_are_skipped_and_reported(ds2, tmp_path):
     import shutil
 
@@ -260,6 +249,7 @@ def test_corrupt_files_are_skipped_and_reported(ds2, tmp_path):
     assert "truncated.png" in reported and "notes.png" in reported
 
 
+@pytest.mark.slow
 def test_evaluate_and_predict_agree_with_the_model(ds2, capsys):
     d, _ = _train(_cfg(ds2, epochs=2))
     tm = runs.read_test_metrics(d)
@@ -280,6 +270,7 @@ def test_evaluate_and_predict_agree_with_the_model(ds2, capsys):
     assert [c["level"] for c in ev["coverage"]] == [0.9, 0.95]
 
 
+@pytest.mark.slow
 def test_worker_killed_mid_epoch_leaves_readable_files(ds2):
     cfg = _cfg(ds2, backbone="cnn13", epochs=200, img_size=48, batch_size=2)
     d = runs.create_run(cfg)
@@ -302,6 +293,7 @@ def test_worker_killed_mid_epoch_leaves_readable_files(ds2):
     assert all(p.name.startswith(".") for p in d.iterdir() if p.name.endswith(".tmp"))
 
 
+@pytest.mark.slow
 def test_cli_train_prints_id_then_json_and_bad_input_exits_2(ds2, capsys):
     assert cli(["train", "--data", str(ds2), "--backbone", "cnn8", "--img-size", "32", "--epochs", "1",
                 "--batch-size", "8", "--quiet"]) == 0
@@ -320,6 +312,7 @@ def test_cli_train_prints_id_then_json_and_bad_input_exits_2(ds2, capsys):
     assert set(runs.store_dir().iterdir()) == made  # refused before any run folder was created
 
 
+@pytest.mark.slow
 def test_weight_average_is_what_gets_saved(ds2):
     plain, _ = _train(_cfg(ds2, backbone="cnn5", epochs=2, lr=1e-2))
     averaged, status = _train(_cfg(ds2, backbone="cnn5", epochs=2, lr=1e-2, ema=0.9))
@@ -332,6 +325,7 @@ def test_weight_average_is_what_gets_saved(ds2):
     assert runs.read_json(averaged / "config.json")["config"]["ema"] == 0.9
 
 
+@pytest.mark.slow
 def test_bf16_training_keeps_float32_weights_and_follows_the_fp32_run(ds2):
     full, _ = _train(_cfg(ds2, backbone="cnn5", epochs=2, precision="fp32"))
     mixed, status = _train(_cfg(ds2, backbone="cnn5", epochs=2, precision="bf16"))

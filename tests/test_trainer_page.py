@@ -127,6 +127,7 @@ def _fake_run(store: Path, state: str, epochs_done: int = 0, **status) -> Path:
     return d
 
 
+@pytest.mark.slow
 def test_panel_shows_every_state_and_links_through_the_router(store, fake_submit):
     done = _fake_run(store, "completed", 4, test_accuracy=0.875)
     failed = _fake_run(store, "failed", 1, error="The dataset has no validation images; add a val/ folder.")

@@ -5,27 +5,19 @@ import json
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from cxrdemo.cli.main import main as cli
 from cxrdemo.diagnosis import predict, result
 from cxrdemo.errors import RunError
 from cxrdemo.model import checkpoint, conformal, metrics, trust
 from cxrdemo.views import diagnosis as diagnosis_view
-from tests.conftest import patch_image
+from tests.helpers import make_patch_dataset, patch_image
 
 
 @pytest.fixture(scope="module")
 def patch_data(tmp_path_factory):
     """A dataset of the patch task on disk: 24 images per class in train and val, 10 in test."""
-    root = tmp_path_factory.mktemp("patches")
-    rng = np.random.default_rng(3)
-    for split, n in (("train", 24), ("val", 24), ("test", 10)):
-        for k, cls in enumerate(("blank", "patch")):
-            (root / split / cls).mkdir(parents=True)
-            for i in range(n):
-                Image.fromarray(patch_image(rng, k == 1)[0]).save(root / split / cls / f"{i}.png")
-    return root
+    return make_patch_dataset(tmp_path_factory.mktemp("patches"), {"train": 24, "val": 24, "test": 10}, seed=3)
 
 
 def _images(rng, n):
@@ -42,6 +34,7 @@ def test_logits_of_one_pass_equal_the_network_and_features_feed_the_head(patch_m
     assert np.array_equal(torch.softmax(torch.from_numpy(logits), 1).numpy(), ref)  # bit-identical probabilities
 
 
+@pytest.mark.slow
 def test_records_are_fitted_read_back_and_never_change_a_verdict(patch_model):
     from cxrdemo.data import CachedImages
 
@@ -68,6 +61,7 @@ def test_records_are_fitted_read_back_and_never_change_a_verdict(patch_model):
     assert all(c["coverage"] >= c["conformal_coverage"] and 1 <= c["mean_size"] <= 2 for c in m["coverage"])
 
 
+@pytest.mark.slow
 def test_flagged_test_images_count_as_both_in_the_coverage_and_scores_reuse_the_features(patch_model):
     from cxrdemo.data import CachedImages
     from cxrdemo.model import domain
@@ -114,6 +108,7 @@ def _calibrated_run(patch_store, patch_data, capsys):
     return json.loads(capsys.readouterr().out)
 
 
+@pytest.mark.slow
 def test_calibrate_adds_the_three_records_and_leaves_the_weights(patch_store, patch_data, capsys):
     path = patch_store.run / "model.pt"
     before = checkpoint.load(path)

@@ -117,6 +117,7 @@ def _timed_small_read_while(slow_read) -> float:
     return elapsed
 
 
+@pytest.mark.slow
 def test_a_slow_decode_does_not_stall_another_read(monkeypatch):
     """Fails on ecfa98d: one process-wide lock was held for the whole decode (the small read waited ~3 s)."""
     real_load = ImageFile.ImageFile.load
@@ -187,6 +188,7 @@ def test_reduce_array_is_the_block_mean_including_edge_blocks():
     assert shrink.reduce_array(a, 1) is a
 
 
+@pytest.mark.slow
 def test_large_colour_jpeg_is_drafted_and_reduced_without_a_full_size_float_copy():
     """Fails on ecfa98d: a 5000 x 5000 RGB JPEG was read at full size through a float32 RGBA copy (400 MB)."""
     y, x = np.mgrid[:5000, :5000]
@@ -222,6 +224,7 @@ def test_reduced_dicom_matches_the_reduced_pixels():
     np.testing.assert_allclose(img, small, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_rle_dicom_is_reduced():
     ds = pydicom.dcmread(io.BytesIO(make_dicom(ramp(2500, 2100, np.uint16, 4000), bits=12)))
     ds.compress(RLELossless)

@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from cxrdemo.cli.main import main as cli
 from cxrdemo.config import TrainConfig
@@ -10,38 +9,19 @@ from cxrdemo.errors import ConfigError
 from cxrdemo.model import predictions, probes
 from cxrdemo.runs import store as runs
 from cxrdemo.runs.worker import execute_run
-
-
-def _make(root, n=(8, 4, 4), size=40, seed=0):
-    rng = np.random.default_rng(seed)
-    for split, k in zip(("train", "val", "test"), n):
-        for ci, c in enumerate(("NORMAL", "PNEUMONIA")):
-            d = root / split / c
-            d.mkdir(parents=True, exist_ok=True)
-            for i in range(k):
-                a = (rng.random((size, size)) * 60 + 30).astype(np.uint8)
-                if ci:
-                    a[8:20, 10:30] = 240
-                Image.fromarray(a).save(d / f"{c}_{i}.png")
-    return root
+from tests.helpers import make_square_dataset, tiny_config
 
 
 @pytest.fixture(scope="module")
 def ds(tmp_path_factory):
-    return _make(tmp_path_factory.mktemp("watch_ds"))
+    return make_square_dataset(tmp_path_factory.mktemp("watch_ds"), per_split=(8, 4, 4), size=40, top=8)
 
 
-@pytest.fixture(autouse=True)
-def store(tmp_path, monkeypatch):
-    monkeypatch.setenv("CXRDEMO_RUNS_DIR", str(tmp_path / "runs"))
-    monkeypatch.setenv("CXRDEMO_CACHE_DIR", str(tmp_path.parent / "cache"))
-    return tmp_path / "runs"
+pytestmark = pytest.mark.usefixtures("store")  # every test trains in conftest's private run store
 
 
 def _train(data, **kw):
-    base = {"data": str(data), "backbone": "cnn8", "img_size": 32, "epochs": 2, "batch_size": 8, "patience": 0,
-            "step_size": 0, "threads": 1}
-    d = runs.create_run(TrainConfig(**{**base, **kw}))
+    d = runs.create_run(tiny_config(data, **{"epochs": 2, "step_size": 0, "threads": 1, **kw}))
     status = execute_run(d)
     assert status["state"] == "completed", status
     return d
@@ -61,6 +41,7 @@ def test_probe_option_is_validated():
         TrainConfig(probes=-1)
 
 
+@pytest.mark.slow
 def test_run_writes_probes_per_epoch_and_test_predictions(ds):
     d = _train(ds, epochs=3)
     t = probes.read_timeline(d)
@@ -85,6 +66,7 @@ def test_run_writes_probes_per_epoch_and_test_predictions(ds):
     assert float(np.mean(p.y_pred == p.y_true)) == pytest.approx(tm["accuracy"])
 
 
+@pytest.mark.slow
 def test_same_seed_same_probes_and_probes_off(ds):
     a, b = _train(ds, seed=7), _train(ds, seed=7)
     ta, tb = probes.read_timeline(a), probes.read_timeline(b)
@@ -93,6 +75,7 @@ def test_same_seed_same_probes_and_probes_off(ds):
     assert probes.read_timeline(_train(ds, probes=0, epochs=1)) is None
 
 
+@pytest.mark.slow
 def test_evaluate_writes_predictions_for_another_dataset(ds, tmp_path, capsys):
     d = _train(ds, epochs=1, probes=0)
     out = tmp_path / "preds.csv"
@@ -172,6 +155,7 @@ def _sk_auc(y, s):
     return roc_auc_score(y, s)
 
 
+@pytest.mark.slow
 def test_cli_compare(ds, capsys, store):
     a, b = _train(ds, epochs=1, probes=0), _train(ds, epochs=2, probes=0)
     assert cli(["compare", a.name, b.name, "--resamples", "200"]) == 0
@@ -183,6 +167,7 @@ def test_cli_compare(ds, capsys, store):
     assert err.startswith("error: ") and err.count("\n") == 1
 
 
+@pytest.mark.slow
 def test_timelapse_figure_has_one_frame_per_epoch(ds):
     from cxrdemo.views import numbers, timelapse
 
@@ -238,6 +223,7 @@ def test_gallery_orders_the_most_confidently_wrong_first(tmp_path):
     assert gallery.data_root("demo").endswith("demo_data") and gallery.data_root(str(tmp_path / "gone")) is None
 
 
+@pytest.mark.slow
 def test_sweep_repeats_each_recipe_with_seeds_and_compare_groups_them(ds, store, monkeypatch):
     import json
     from pathlib import Path
@@ -322,6 +308,7 @@ def test_head_only_runs_read_the_probe_activations_off_the_feature_pass(monkeypa
     assert part.activations is None
 
 
+@pytest.mark.slow
 def test_head_only_probes_are_the_same_for_the_same_seed(ds):
     a, b = _train(ds, seed=3, freeze="head"), _train(ds, seed=3, freeze="head")
     ta, tb = probes.read_timeline(a), probes.read_timeline(b)
