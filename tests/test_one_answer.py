@@ -132,6 +132,10 @@ def test_predict_json_and_the_overlay_footer_say_what_the_result_says(demo, answ
 
 
 def _page(monkeypatch, tmp_path) -> AppTest:
+    import shutil
+
+    # the shipped model again, as a run of this store: the comparison column must say what the main view says
+    shutil.copytree(paths.demo_run_dir(), tmp_path / "runs" / "20261206-000000-cnn5-copy")
     monkeypatch.setenv("CXRDEMO_RUNS_DIR", str(tmp_path / "runs"))
     at = AppTest.from_file(PAGE, default_timeout=120)
     at.run()
@@ -143,17 +147,25 @@ def _page(monkeypatch, tmp_path) -> AppTest:
 def test_the_diagnosis_page_shows_the_results_numbers_for_every_film(demo, answers, monkeypatch, tmp_path):
     at = _page(monkeypatch, tmp_path)
     assert at.selectbox(key="model").value == "Demo model (shipped)"
-    for f in FILMS:
+    for i, f in enumerate(FILMS):
         r = answers[f.name]
         at.file_uploader(key="upload").upload(f.name, f.read_bytes(), "image/jpeg").run()
         if at.checkbox and not at.checkbox[0].value:
             at.checkbox[0].check().run()
+        if i in (0, 4):  # the comparison column for the first four films
+            options = at.multiselect(key="compare").options
+            at.multiselect(key="compare").set_value(options if i == 0 else []).run()
         assert not at.exception, at.exception
         said = next(m.value for m in at.markdown if m.value.startswith("Prediction:"))
         assert f"**{r.classes[r.predicted]}**" in said and dv.percent(float(r.probs[1])) in said
         sets = [m.value for m in at.markdown if m.value.startswith("Prediction set at 90%")]
         assert sets and dv.set_words(r, 0.90) in sets[0].replace("\\", "")
-        faith = next(c.value for c in at.caption if "Faithfulness (ROAD)" in c.value)
-        p = re.search(r"p\(\w+\) (?:from|at) (\d+\.\d)%", faith)
-        assert p and p.group(1) + "%" == dv.percent(r.probs[r.predicted]), faith
+        faiths = [c.value for c in at.caption if "Faithfulness (ROAD)" in c.value]
+        assert len(faiths) == (3 if i < 4 else 1)  # with the comparison: a column for each model, the main one too
+        for faith in faiths:  # the main view's and the column's: the p on the bar, calibrated
+            p = re.search(r"p\(\w+\) (?:from|at) (\d+\.\d+)%", faith)
+            assert p and p.group(1) + "%" == dv.percent(r.probs[r.predicted]), faith
+        if i < 4:  # the comparison column reads the same result: the same sentence and set, word for word
+            assert [m.value for m in at.markdown if m.value.startswith("Prediction:")] == [said] * 3
+            assert len({m.value for m in at.markdown if m.value.startswith("Prediction set at 90%")}) == 1
         at.file_uploader(key="upload").clear().run()
