@@ -173,6 +173,16 @@ def test_diagnosis_shows_prediction_and_heatmap(server, browser):
     _no_exception(browser)
     time.sleep(1)
     browser.save_screenshot(str(_shots(tmp) / "diagnosis.png"))
+    # at 1024 px the headline numbers are whole lines of text (they read "Accur… 0…" as metric tiles)
+    browser.set_window_size(1024, 1800)
+    time.sleep(1.5)
+    heads = [e for e in browser.find_elements(By.CSS_SELECTOR, "[data-testid='stMarkdownContainer']")
+             if e.text.startswith(("Shifted set", "In-distribution"))]
+    assert heads and re.search(r"Accuracy \d+(\.\d)?%", heads[0].text), [e.text for e in heads]
+    assert "…" not in " ".join(e.text for e in heads)
+    assert all(browser.execute_script("return arguments[0].scrollWidth <= arguments[0].clientWidth + 1", e)
+               for e in heads)
+    browser.set_window_size(1400, 1800)
     # the downloaded overlay says what it is, in its name and in a footer drawn into the pixels
     downloads = tmp / "downloads"
     downloads.mkdir(exist_ok=True)
