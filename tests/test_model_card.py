@@ -15,6 +15,7 @@ from cxrdemo.model import checkpoint, metrics
 from cxrdemo.runs import examples
 from cxrdemo.runs import store as runs
 from cxrdemo.runs.worker import execute_run
+from cxrdemo.views import numbers
 from cxrdemo.views.model_card import model_card
 from tests.helpers import make_split_dataset, tiny_config
 
@@ -60,7 +61,8 @@ def test_a_run_card_states_its_own_numbers(tiny_run):
     assert "`cnn8`" in text and "1 epoch at 32 px" in text and "python -m cxrdemo train --data" in text
     ok = [c for c in tm["coverage"] if c["ok"]]
     assert [c["level"] for c in ok] == [0.9]  # 10 validation images per class: enough for 90%, not for 95%
-    assert f"| its test split | 90% | {ok[0]['conformal_coverage']:.1%} | {ok[0]['coverage']:.1%} |" in text
+    shown = [numbers.percent(ok[0][k]) for k in ("conformal_coverage", "coverage")]  # the one formatter
+    assert f"| its test split | 90% | {shown[0]} | {shown[1]} |" in text
     assert "95% not offered (see below)" in text and "each class needs at least 19. No set is shown. |" in text
 
 

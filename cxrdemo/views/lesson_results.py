@@ -17,7 +17,8 @@ from cxrdemo.model import metrics
 from cxrdemo.model.metrics import predict_labels
 from cxrdemo.model.paired import leakage_gap, paired_gap  # noqa: F401 (the lessons' gaps; tests reach them here)
 from cxrdemo.runs import store as runs
-from cxrdemo.views import numbers, plots
+from cxrdemo.views import numbers
+from cxrdemo.views.text import escape_markdown, plots
 from cxrdemo.views.lessons import Lesson, lesson_runs, recipes
 
 @dataclass
@@ -98,7 +99,7 @@ def _interval(lo: float, hi: float) -> str:
 def _estimate_words(e: metrics.Estimate, test: dict) -> str:
     """'95% interval 66.0–83.0%', or the count in words where the share is 0 or 1 (numbers.estimate)."""
     if e.exact:
-        return numbers.estimate(e, test.get("classes") or ())
+        return numbers.estimate(e, [escape_markdown(str(c)) for c in test.get("classes") or ()])
     return f"95% interval {numbers.interval(e.key, e.low, e.high)}"
 
 

@@ -235,7 +235,8 @@ def _results(evals: list[dict], card: dict) -> str:
         return "This run has no test results: its dataset has no test images, or it stopped before testing."
     rows = "\n".join(f"| {_set_name(e)} | {e.get('label', 'in-distribution')} | {e.get('n', '?')}"
                      + (f" ({' : '.join(map(str, e['counts']))})" if e.get("counts") else "") + " | "
-                     + " | ".join(numbers.estimate(_estimates(e).get(k), e.get("classes") or card_classes)
+                     + " | ".join(numbers.estimate(_estimates(e).get(k), [escape_markdown(str(c)) for c in
+                                                                           e.get("classes") or card_classes])
                                   for k, _ in METRICS) + " |" for e in evals)
     table = ("| evaluation set | label | images (per class) | " + " | ".join(lbl for _, lbl in METRICS)
              + " |\n|---|---|---|" + "---|" * len(METRICS) + "\n" + rows)
@@ -283,8 +284,8 @@ def _conformal(evals: list[dict], records: dict, has_model: bool) -> str:
                 + "; ".join(f"{lv['level']:.0%} " + ("fitted on " + ", ".join(
                     f"{n} {_name(c)}" for n, c in zip(lv.get("n", []), lv.get("classes", [])))
                     if lv.get("ok") else "not offered (see below)") for lv in levels) + ". The set shown always "
-                "holds the verdict, and reads 'both' where the conformal set is empty or the in-domain check flags the "
-                "image: the promise covers only images like the validation images.")
+                "holds the verdict, reads 'both' where the conformal set is empty or a check flags the image (the "
+                "promise covers only images like the validation images), and at 95% holds the 90% set (nested).")
     else:
         text = ("This model has no prediction-set record." if has_model
                 else f"The prediction-set records are in {MODEL_FILE}, which this run does not ship.")
@@ -293,7 +294,8 @@ def _conformal(evals: list[dict], records: dict, has_model: bool) -> str:
         for r in coverage_rows({"coverage": e.get("coverage") or []}):
             rows.append(f"| {_set_name(e)} | {r['promised']} | {r['reached']} | "
                         f"{r.get('reached by the sets shown', '—')} | "
-                        f"{r.get('mean set size', '—')} | {_name(r.get(both, r.get('note', '—')))} |")
+                        f"{r.get('mean set size', '—')} | "
+                        f"{_name(r['note'] if r.get('note') not in (None, '', '—') else r.get(both, '—'))} |")
     if rows:
         text += ("\n\nCoverage on each evaluation set (the promise holds only for images drawn like the validation "
                  "images):\n\n| evaluation set | promised | reached | reached by the sets shown | mean set size | "
