@@ -10,7 +10,7 @@ from cxrdemo.views import diagnosis as dv
 from cxrdemo.views import population as pv
 from cxrdemo.views import words
 from cxrdemo.views.text import escape_markdown as md
-from app_pages import film, heatmaps_ui, ui
+from app_pages import film, heatmaps_ui, ui, viewer
 
 PREDICTED = "The predicted class"
 MAX_COMPARE = 4
@@ -162,7 +162,8 @@ slot = st.empty()  # replaces the previous overlay at once: nothing stale stays 
 with slot.container(), ui.friendly_errors("The prediction"):
     film.verdict(model, res, level, full=True)
     hm = film.heatmap_for(run, root, rad, method, key_target, res)
-    film.images(label, model, rad, res, hm, level, opacity, full=True)
+    in_viewer = viewer.section(run, root, model, rad, res, hm, key_target, opacity)
+    film.images(label, model, rad, res, hm, level, opacity, full=True, pictures=not in_viewer)
     pending.append(heatmaps_ui.faithfulness_slot(run, root, res, hm))
     with ui.friendly_errors("The sanity check"):
         heatmaps_ui.sanity_section(model, rad, res, hm)

@@ -109,8 +109,9 @@ def checks(model: predict.LoadedModel, rad: predict.Radiograph, res: result.Imag
 
 
 def images(label: str, model: predict.LoadedModel, rad: predict.Radiograph, res: result.ImageResult,
-           hm: explain.Heatmap, level: float, opacity: float, full: bool) -> None:
-    """The image and its overlay (full view) or the overlay alone (a comparison column), and the download."""
+           hm: explain.Heatmap, level: float, opacity: float, full: bool, pictures: bool = True) -> None:
+    """The image and its overlay (full view) or the overlay alone (a comparison column), and the download
+    (`pictures` False: the viewer shows the film, only the download and notes follow)."""
     grey = display_copy(rad.grey)  # the browser gets at most 1024 px: the networks saw 299 at most
     ov = explain.overlay(grey, hm.cam, opacity)
     what = dv.heatmap_caption(hm.method, [md(c) for c in model.classes], res.probs, res.predicted, hm.target,
@@ -118,9 +119,12 @@ def images(label: str, model: predict.LoadedModel, rad: predict.Radiograph, res:
     if not full:
         st.image(ov, caption=what, width="stretch", output_format="PNG")
         return
-    left, right = st.columns(2)
-    left.image(grey, caption="The image as read", clamp=True, width="stretch", output_format="PNG")
-    right.image(ov, caption=what, width="stretch", output_format="PNG")
+    if pictures:
+        left, right = st.columns(2)
+        left.image(grey, caption="The image as read", clamp=True, width="stretch", output_format="PNG")
+        right.image(ov, caption=what, width="stretch", output_format="PNG")
+    else:
+        st.caption(what)
     footer = dv.overlay_footer(label, res, hm.method, hm.target, level)
     st.download_button("Download the overlay (PNG)", data=lambda: explain.to_png_bytes(dv.with_footer(ov, footer)),
                        mime="image/png", on_click="ignore", key="dl_overlay",

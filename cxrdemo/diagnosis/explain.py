@@ -94,10 +94,17 @@ def overlay(image_grey01: np.ndarray, cam: np.ndarray, opacity: float = 0.4) -> 
     a = float(np.clip(opacity, 0.0, 1.0))
     h, w = img.shape
     cam_full = cv2.resize(np.asarray(cam, dtype=np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
-    heat = cv2.applyColorMap(np.uint8(np.clip(cam_full, 0, 1) * 255 + 0.5), cv2.COLORMAP_JET)[..., ::-1]
+    heat = heat_colours(cam_full)
     grey = np.clip(img, 0.0, 1.0)[..., None] * 255.0
     out = (1.0 - a) * grey + a * heat.astype(np.float32)
     return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+
+
+def heat_colours(cam: np.ndarray) -> np.ndarray:
+    """A [0, 1] map in the overlay's colours (OpenCV's JET): HxWx3 uint8 RGB."""
+    import cv2
+
+    return cv2.applyColorMap(np.uint8(np.clip(cam, 0, 1) * 255 + 0.5), cv2.COLORMAP_JET)[..., ::-1]
 
 
 def to_png_bytes(rgb: np.ndarray) -> bytes:
