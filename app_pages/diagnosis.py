@@ -122,9 +122,7 @@ heatmaps_ui.preselect_method(store.run_dir(run, root), run)
 c1, c2, c3 = st.columns(3)
 method = c1.selectbox("Heatmap method", list(explain.CAM_METHODS), key="method",
                       help="How the heatmap is computed. GradCAM is the usual choice.")
-eta = film.expected_seconds(run, predict.model_mtime(run, root), root, method)
-c1.caption(words.CAM_NOTES[method] + (f" About {max(1, round(eta))} s for this model on this machine."
-                                      if eta is not None else ""))
+c1.caption(words.CAM_NOTES[method])  # a slow method's time shows as it runs (measured progress), not timed before
 target = c2.selectbox("Class to explain", [PREDICTED, *model.classes], key="target",
                       help="Which class the heatmap argues for: by default the one the model predicted.")
 key_target = None if target == PREDICTED else target

@@ -13,6 +13,7 @@ from cxrdemo.views import diagnosis as dv
 from cxrdemo.views import plots
 from cxrdemo.views import population as pv
 from cxrdemo.views.text import escape_markdown as md
+from app_pages import slow_maps
 
 
 @st.cache_resource(max_entries=8, show_spinner="Loading the model…")
@@ -44,12 +45,6 @@ def result_for(run: str, root: str, rad: predict.Radiograph, stated_age: float |
     return answer(run, predict.model_mtime(run, root), root, rad.digest, stated_age, rad)
 
 
-@st.cache_data(ttl=3600, show_spinner=False)
-def expected_seconds(run: str, mtime: int, root: str, method: str) -> float | None:
-    """How long `method` takes with this model here (None for the fast methods), measured once per model."""
-    return cam_cost.expected_seconds(load(run, mtime, root), method)
-
-
 @st.cache_data(max_entries=32, show_spinner=False)
 def heat(run: str, mtime: int, root: str, digest: str, method: str, target: str | None,
          _res: result.ImageResult) -> explain.Heatmap:
@@ -61,9 +56,11 @@ def heat(run: str, mtime: int, root: str, digest: str, method: str, target: str 
 
 def heatmap_for(run: str, root: str, rad: predict.Radiograph, method: str, target: str | None,
                 res: result.ImageResult) -> explain.Heatmap:
-    """The cached heatmap of `res` (the spinner says how long a slow method takes)."""
+    """The cached heatmap of `res` (a slow method shows its progress as it is made)."""
+    if method in cam_cost.SLOW_METHODS:
+        return slow_maps.heatmap(run, root, model_for(run, root), rad, method, target, res)
     mtime = predict.model_mtime(run, root)
-    with st.spinner(dv.wait_text(method, expected_seconds(run, mtime, root, method))):
+    with st.spinner(dv.wait_text(method, None)):
         return heat(run, mtime, root, rad.digest, method, target, res)
 
 

@@ -17,3 +17,29 @@ def test_scorecam_progress_rises_to_one_and_changes_nothing(patch_model, make_pa
     fast: list[float] = []
     explain.heatmap(patch_model, res, "GradCAM", progress=fast.append)
     assert fast == []  # a fast method has nothing to report
+
+
+def test_the_progress_words():
+    from cxrdemo.views.diagnosis import progress_text
+
+    assert progress_text("ScoreCAM", 0.0, None) == "Computing the ScoreCAM heatmap: starting…"
+    assert progress_text("ScoreCAM", 0.4, 30.4) == "Computing the ScoreCAM heatmap: 40% done, about 30 s left…"
+    assert progress_text("ScoreCAM", 0.01, None) == "Computing the ScoreCAM heatmap: 1% done…"
+
+
+def test_the_page_makes_a_scorecam_map_once_and_shows_it(patch_store):
+    from pathlib import Path
+
+    from streamlit.testing.v1 import AppTest
+
+    page = str(Path(__file__).resolve().parents[1] / "app_pages" / "diagnosis.py")
+    at = AppTest.from_file(page, default_timeout=120)
+    at.run()
+    at.radio(key="example").set_value("PNEUMONIA example 1").run()
+    at.selectbox(key="method").set_value("ScoreCAM").run()
+    assert not at.exception, at.exception
+    captions = [c for im in at.image for c in im.captions]
+    assert captions[1].startswith("ScoreCAM: why the model said ")
+    assert not at.get("progress")  # the bar goes once the map is there
+    at.slider(key="opacity").set_value(0.7).run()  # a rerun takes the made map: no second computation
+    assert not at.exception and not at.get("progress")
