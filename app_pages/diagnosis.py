@@ -10,7 +10,7 @@ from cxrdemo.views import diagnosis as dv
 from cxrdemo.views import population as pv
 from cxrdemo.views import words
 from cxrdemo.views.text import escape_markdown as md
-from app_pages import film, heatmaps_ui, ui
+from app_pages import film, heatmaps_ui, ui, viewer
 
 PREDICTED = "The predicted class"
 MAX_COMPARE = 4
@@ -122,9 +122,7 @@ heatmaps_ui.preselect_method(store.run_dir(run, root), run)
 c1, c2, c3 = st.columns(3)
 method = c1.selectbox("Heatmap method", list(explain.CAM_METHODS), key="method",
                       help="How the heatmap is computed. GradCAM is the usual choice.")
-eta = film.expected_seconds(run, predict.model_mtime(run, root), root, method)
-c1.caption(words.CAM_NOTES[method] + (f" About {max(1, round(eta))} s for this model on this machine."
-                                      if eta is not None else ""))
+c1.caption(words.CAM_NOTES[method])  # a slow method's time shows as it runs (measured progress), not timed before
 target = c2.selectbox("Class to explain", [PREDICTED, *model.classes], key="target",
                       help="Which class the heatmap argues for: by default the one the model predicted.")
 key_target = None if target == PREDICTED else target
@@ -162,7 +160,8 @@ slot = st.empty()  # replaces the previous overlay at once: nothing stale stays 
 with slot.container(), ui.friendly_errors("The prediction"):
     film.verdict(model, res, level, full=True)
     hm = film.heatmap_for(run, root, rad, method, key_target, res)
-    film.images(label, model, rad, res, hm, level, opacity, full=True)
+    in_viewer = viewer.section(run, root, model, rad, res, hm, key_target, opacity)
+    film.images(label, model, rad, res, hm, level, opacity, full=True, pictures=not in_viewer)
     pending.append(heatmaps_ui.faithfulness_slot(run, root, res, hm))
     with ui.friendly_errors("The sanity check"):
         heatmaps_ui.sanity_section(model, rad, res, hm)

@@ -13,6 +13,7 @@ from cxrdemo.views import diagnosis as dv
 from cxrdemo.views import plots
 from cxrdemo.views import population as pv
 from cxrdemo.views.text import escape_markdown as md
+from app_pages import slow_maps
 
 
 @st.cache_resource(max_entries=8, show_spinner="Loading the model…")
@@ -44,12 +45,6 @@ def result_for(run: str, root: str, rad: predict.Radiograph, stated_age: float |
     return answer(run, predict.model_mtime(run, root), root, rad.digest, stated_age, rad)
 
 
-@st.cache_data(ttl=3600, show_spinner=False)
-def expected_seconds(run: str, mtime: int, root: str, method: str) -> float | None:
-    """How long `method` takes with this model here (None for the fast methods), measured once per model."""
-    return cam_cost.expected_seconds(load(run, mtime, root), method)
-
-
 @st.cache_data(max_entries=32, show_spinner=False)
 def heat(run: str, mtime: int, root: str, digest: str, method: str, target: str | None,
          _res: result.ImageResult) -> explain.Heatmap:
@@ -61,9 +56,11 @@ def heat(run: str, mtime: int, root: str, digest: str, method: str, target: str 
 
 def heatmap_for(run: str, root: str, rad: predict.Radiograph, method: str, target: str | None,
                 res: result.ImageResult) -> explain.Heatmap:
-    """The cached heatmap of `res` (the spinner says how long a slow method takes)."""
+    """The cached heatmap of `res` (a slow method shows its progress as it is made)."""
+    if method in cam_cost.SLOW_METHODS:
+        return slow_maps.heatmap(run, root, model_for(run, root), rad, method, target, res)
     mtime = predict.model_mtime(run, root)
-    with st.spinner(dv.wait_text(method, expected_seconds(run, mtime, root, method))):
+    with st.spinner(dv.wait_text(method, None)):
         return heat(run, mtime, root, rad.digest, method, target, res)
 
 
@@ -109,8 +106,9 @@ def checks(model: predict.LoadedModel, rad: predict.Radiograph, res: result.Imag
 
 
 def images(label: str, model: predict.LoadedModel, rad: predict.Radiograph, res: result.ImageResult,
-           hm: explain.Heatmap, level: float, opacity: float, full: bool) -> None:
-    """The image and its overlay (full view) or the overlay alone (a comparison column), and the download."""
+           hm: explain.Heatmap, level: float, opacity: float, full: bool, pictures: bool = True) -> None:
+    """The image and its overlay (full view) or the overlay alone (a comparison column), and the download
+    (`pictures` False: the viewer shows the film, only the download and notes follow)."""
     grey = display_copy(rad.grey)  # the browser gets at most 1024 px: the networks saw 299 at most
     ov = explain.overlay(grey, hm.cam, opacity)
     what = dv.heatmap_caption(hm.method, [md(c) for c in model.classes], res.probs, res.predicted, hm.target,
@@ -118,9 +116,12 @@ def images(label: str, model: predict.LoadedModel, rad: predict.Radiograph, res:
     if not full:
         st.image(ov, caption=what, width="stretch", output_format="PNG")
         return
-    left, right = st.columns(2)
-    left.image(grey, caption="The image as read", clamp=True, width="stretch", output_format="PNG")
-    right.image(ov, caption=what, width="stretch", output_format="PNG")
+    if pictures:
+        left, right = st.columns(2)
+        left.image(grey, caption="The image as read", clamp=True, width="stretch", output_format="PNG")
+        right.image(ov, caption=what, width="stretch", output_format="PNG")
+    else:
+        st.caption(what)
     footer = dv.overlay_footer(label, res, hm.method, hm.target, level)
     st.download_button("Download the overlay (PNG)", data=lambda: explain.to_png_bytes(dv.with_footer(ov, footer)),
                        mime="image/png", on_click="ignore", key="dl_overlay",

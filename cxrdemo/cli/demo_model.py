@@ -155,7 +155,13 @@ def demo_notes(card: dict) -> dict:
                    "itself was computed on validation images only, but the flag rate on `cxr-shift` is not a clean "
                    "held-out number."),
         "use": ("Paediatric AP/PA radiographs from one hospital only: it has never seen adults, lateral views, "
-                "devices or other diseases (the in-domain check and the quality gate warn first, but they can miss)."),
+                "devices or other diseases (the in-domain check and the quality gate warn first, but they can miss).\n\n"
+                "Its heatmaps often point at the neck and the apices rather than the lung fields: on the 20 built-in "
+                "test films the GradCAM peak lies in the top quarter of the film for 10 (LayerCAM: 12), where a map "
+                "spread evenly would put 5; the outer tenth of the film on every side holds 23% of the GradCAM "
+                "energy (LayerCAM 25%), less than its 35% of the area, so its maps do not favour the film's edge as "
+                "such. Diagnosis's faithfulness line and \"does the model look where I look?\" (a box on the "
+                "finding, scored against every fast heatmap) show it film by film."),
         "retrain": (f"One command:\n\n```bash\npython -m cxrdemo demo-model --data {r['data']} {evals}\n```\n\n"
                     f"which runs, one after the other,\n\n```bash\n{commands}\n```\n\nevaluates the last one and "
                     "installs it in `weights/demo/` with this card. `python -m cxrdemo demo-model --card-only` "

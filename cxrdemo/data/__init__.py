@@ -17,15 +17,18 @@ from cxrdemo.data.imageio import (
     adjust_intensity,
     normalize_batch,
     read_image,
+    read_image_for_display,
     resize_to_uint8,
 )
 from cxrdemo.data.loader import class_weights, make_loader
 from cxrdemo.data.scan import DatasetScan, patient_key, resolve_data_root, scan_dataset
 from cxrdemo.data.sniff import sniff
+from cxrdemo.data.window import StoredPixels
 from cxrdemo.errors import ImageReadError
 
 __all__ = [
     "IMAGE_SUFFIXES", "IMAGENET_MEAN", "IMAGENET_STD", "MAX_PIXELS", "ImageMeta", "ImageReadError", "read_image",
+    "read_image_for_display", "StoredPixels",
     "resize_to_uint8", "adjust_intensity", "INTENSITY_MODES", "normalize_batch", "sniff",
     "DatasetScan", "resolve_data_root", "scan_dataset", "patient_key", "CachedImages", "load_images",
     "make_augment", "make_loader", "class_weights",

@@ -22,6 +22,8 @@ from cxrdemo.data.decoderwarnings import recorded_warnings
 from cxrdemo.data.deflate import inflate_if_deflated
 from cxrdemo.data.patient import age_and_sex
 from cxrdemo.data.shrink import check_aspect, reduce_array, shrink_factor
+from cxrdemo.data import window
+from cxrdemo.data.window import StoredPixels, VoiTable, Window
 from cxrdemo.data.sniff import HEADER_BYTES, IMAGE_SUFFIXES, sniff  # noqa: F401 - IMAGE_SUFFIXES re-exported
 from cxrdemo.errors import ImageReadError
 
@@ -57,8 +59,21 @@ class ImageMeta:
 
 def read_image(src: str | os.PathLike | bytes, name: str = "") -> tuple[np.ndarray, ImageMeta]:
     """Read a file (or its bytes) into a 2-D float32 greyscale array in [0, 1] and what was read."""
+    grey, meta, _ = _read_source(src, name, keep=False)
+    return grey, meta
+
+
+def read_image_for_display(src: str | os.PathLike | bytes,
+                           name: str = "") -> tuple[np.ndarray, ImageMeta, StoredPixels]:
+    """read_image, and a display-only copy of the values to window on screen: a DICOM film's values before any
+    window (numbers only), else its grey. The grey (what the model reads) is the same as read_image's."""
+    grey, meta, stored = _read_source(src, name, keep=True)
+    return grey, meta, stored if stored is not None else window.from_grey(grey)
+
+
+def _read_source(src, name: str, keep: bool) -> tuple[np.ndarray, ImageMeta, StoredPixels | None]:
     if isinstance(src, (bytes, bytearray, memoryview)):
-        return _read(io.BytesIO(bytes(src)), name)
+        return _read(io.BytesIO(bytes(src)), name, keep)
     if not isinstance(src, (str, os.PathLike)):
         raise ImageReadError("Nothing to read: give a file path or the file's bytes.")
     path = Path(os.fspath(src))
@@ -74,10 +89,10 @@ def read_image(src: str | os.PathLike | bytes, name: str = "") -> tuple[np.ndarr
     except (OSError, ValueError) as err:
         raise ImageReadError(f"The file {name} cannot be opened ({getattr(err, 'strerror', None) or err}).") from None
     with fp:
-        return _read(fp, name)
+        return _read(fp, name, keep)
 
 
-def _read(fp: BinaryIO, name: str) -> tuple[np.ndarray, ImageMeta]:
+def _read(fp: BinaryIO, name: str, keep: bool = False) -> tuple[np.ndarray, ImageMeta, StoredPixels | None]:
     header = fp.read(HEADER_BYTES)
     fp.seek(0)
     kind = sniff(header, Path(name).suffix)
@@ -86,7 +101,11 @@ def _read(fp: BinaryIO, name: str) -> tuple[np.ndarray, ImageMeta]:
     # Recorded per thread with no lock held while decoding: one slow file must not stall other sessions.
     with recorded_warnings() as caught:
         try:
-            arr, meta, invert = _read_dicom(fp) if kind == "dicom" else _read_pillow(fp)
+            stored = None
+            if kind == "dicom":
+                arr, meta, invert, stored = _read_dicom(fp, keep)
+            else:
+                arr, meta, invert = _read_pillow(fp)
         except ImageReadError:
             raise
         except Image.DecompressionBombError:
@@ -106,7 +125,7 @@ def _read(fp: BinaryIO, name: str) -> tuple[np.ndarray, ImageMeta]:
     out = _normalise(arr, meta)
     if invert:
         out = 1.0 - out
-    return np.ascontiguousarray(out, dtype=np.float32), meta
+    return np.ascontiguousarray(out, dtype=np.float32), meta, stored
 
 
 def _too_big_message(w: int | None = None, h: int | None = None) -> str:
@@ -175,7 +194,7 @@ def _read_pillow(fp: BinaryIO) -> tuple[np.ndarray, ImageMeta, bool]:
     return arr, meta, False
 
 
-def _read_dicom(fp: BinaryIO) -> tuple[np.ndarray, ImageMeta, bool]:
+def _read_dicom(fp: BinaryIO, keep: bool = False) -> tuple[np.ndarray, ImageMeta, bool, StoredPixels | None]:
     import pydicom  # imported here: only DICOM uploads pay for it
     from pydicom import uid
     from pydicom.dataset import FileMetaDataset
@@ -220,7 +239,7 @@ def _read_dicom(fp: BinaryIO) -> tuple[np.ndarray, ImageMeta, bool]:
     notes = [f"first of {frames} frames used"] if frames > 1 else []
     notes += ["inflated (deflate-compressed file)"] if deflated else []
     arr = pixel_array(ds, index=0)  # decodes the first frame only, whatever the frame count
-    colourfulness, invert = 0.0, False
+    colourfulness, invert, stored = 0.0, False, None
     if photometric == "PALETTE COLOR":
         arr = apply_color_lut(arr, ds)  # palette indices are looked up before averaging, never averaged
     arr = reduce_array(arr, shrink_factor(cols, rows))  # before the LUTs: they make float64 copies
@@ -236,12 +255,15 @@ def _read_dicom(fp: BinaryIO) -> tuple[np.ndarray, ImageMeta, bool]:
         if "RescaleSlope" in ds or "RescaleIntercept" in ds or "ModalityLUTSequence" in ds:
             arr = apply_modality_lut(arr, ds)
             notes.append("rescale slope/intercept applied")
-        if "VOILUTSequence" in ds or "WindowCenter" in ds:
-            arr = apply_voi_lut(arr, ds, index=0)
-            notes.append("VOI LUT applied" if "VOILUTSequence" in ds else "window centre/width applied")
         invert = photometric == "MONOCHROME1"
         if str(ds.get("PresentationLUTShape", "")).upper() == "INVERSE":
             invert = not invert
+        if keep:  # the values before any window, for the screen only (the model reads `arr` below)
+            stored = window.from_values(arr, invert=invert, windows=_header_windows(ds),
+                                        tables=_header_tables(ds, arr, apply_voi_lut))
+        if "VOILUTSequence" in ds or "WindowCenter" in ds:
+            arr = apply_voi_lut(arr, ds, index=0)
+            notes.append("VOI LUT applied" if "VOILUTSequence" in ds else "window centre/width applied")
         if invert:
             notes.append("inverted MONOCHROME1" if photometric == "MONOCHROME1" else "inverted (presentation LUT)")
     age, sex, patient_notes = age_and_sex(ds)
@@ -249,7 +271,44 @@ def _read_dicom(fp: BinaryIO) -> tuple[np.ndarray, ImageMeta, bool]:
                      notes=notes + patient_notes, colourfulness=round(colourfulness, 2),
                      modality=_header_code(ds, "Modality"), body_part=_header_code(ds, "BodyPartExamined"),
                      view=_header_code(ds, "ViewPosition"), age_years=age, sex=sex)
-    return arr, meta, invert
+    return arr, meta, invert, stored
+
+
+def _header_windows(ds) -> tuple[Window, ...]:
+    """The header's WindowCenter/WindowWidth pairs (numbers only); a pair that is not a usable window is skipped."""
+    def listed(v):
+        return [] if v is None else list(v) if hasattr(v, "__iter__") and not isinstance(v, str) else [v]
+
+    function = str(ds.get("VOILUTFunction", "LINEAR") or "LINEAR").strip().upper()
+    function = function if function in window.WINDOW_FUNCTIONS else "LINEAR"
+    out = []
+    for c, w in zip(listed(ds.get("WindowCenter")), listed(ds.get("WindowWidth"))):
+        try:
+            c, w = float(c), float(w)
+        except (TypeError, ValueError):
+            continue
+        if np.isfinite(c) and np.isfinite(w) and w > 0:
+            out.append(Window(centre=c, width=w, function=function))
+    return tuple(out[:8])
+
+
+def _header_tables(ds, values: np.ndarray, apply_voi_lut) -> tuple[VoiTable, ...]:
+    """The header's VOI LUTs tabulated over the film's values (pydicom applies each to the range once)."""
+    seq = ds.get("VOILUTSequence") or []
+    if not len(seq) or values.size == 0:
+        return ()
+    first, last = int(np.floor(np.nanmin(values))), int(np.ceil(np.nanmax(values)))
+    if last - first > 1 << 20:
+        return ()
+    ramp = np.arange(first, last + 1, dtype=np.int64 if first < 0 else np.uint32)
+    tables = []
+    for i in range(min(len(seq), 8)):
+        try:
+            table = np.asarray(apply_voi_lut(ramp, ds, index=i), dtype=np.float32)
+        except (ValueError, TypeError, KeyError, AttributeError, IndexError):
+            continue
+        tables.append(VoiTable(first=first, table=table))
+    return tuple(tables)
 
 
 def _header_code(ds, keyword: str) -> str:

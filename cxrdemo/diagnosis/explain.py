@@ -8,6 +8,7 @@ fed with the output the result's forward pass kept, so a heatmap costs a fractio
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -65,23 +66,26 @@ def check_class(model: LoadedModel, target: int) -> int:
 
 
 def explain(model: LoadedModel, image_u8: torch.Tensor, method: str, target: int, *,
-            activations: torch.Tensor | None = None, cam_class: type | None = None) -> Heatmap:
+            activations: torch.Tensor | None = None, cam_class: type | None = None,
+            progress: Callable[[float], None] | None = None) -> Heatmap:
     """The `method` map of class `target` for one prepared uint8 1xSxS image (`activations`: its CAM-layer output,
-    when known). `cam_class`: a pytorch-grad-cam class used instead of the registry's (e.g. RandomCAM)."""
+    when known). `cam_class`: a pytorch-grad-cam class used instead of the registry's (e.g. RandomCAM).
+    `progress`: told the share done of a slow method (ScoreCAM), from the computing thread."""
     cam_class = cam_class or method_class(method)
     k = check_class(model, target)
     x = model.preprocessing.normalize(image_u8)
     # One computation at a time per model: the library's hooks sit on the shared (cached) network.
     with model.lock:
         maps, _ = cam_runner.run(model.net, x, cam_class, [ClassifierOutputTarget(k)], activations=activations,
-                                 method=method)
+                                 method=method, progress=progress)
     return Heatmap(method=method, target=k, cam=maps[0])
 
 
-def heatmap(model: LoadedModel, res: ImageResult, method: str = "GradCAM", target: int | None = None) -> Heatmap:
-    """The heatmap of one result: its verdict explained, or class `target`."""
+def heatmap(model: LoadedModel, res: ImageResult, method: str = "GradCAM", target: int | None = None, *,
+            progress: Callable[[float], None] | None = None) -> Heatmap:
+    """The heatmap of one result: its verdict explained, or class `target` (`progress`: see explain)."""
     return explain(model, res.image, method, res.predicted if target is None else target,
-                   activations=res.activations)
+                   activations=res.activations, progress=progress)
 
 
 def overlay(image_grey01: np.ndarray, cam: np.ndarray, opacity: float = 0.4) -> np.ndarray:
@@ -94,10 +98,17 @@ def overlay(image_grey01: np.ndarray, cam: np.ndarray, opacity: float = 0.4) -> 
     a = float(np.clip(opacity, 0.0, 1.0))
     h, w = img.shape
     cam_full = cv2.resize(np.asarray(cam, dtype=np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
-    heat = cv2.applyColorMap(np.uint8(np.clip(cam_full, 0, 1) * 255 + 0.5), cv2.COLORMAP_JET)[..., ::-1]
+    heat = heat_colours(cam_full)
     grey = np.clip(img, 0.0, 1.0)[..., None] * 255.0
     out = (1.0 - a) * grey + a * heat.astype(np.float32)
     return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+
+
+def heat_colours(cam: np.ndarray) -> np.ndarray:
+    """A [0, 1] map in the overlay's colours (OpenCV's JET): HxWx3 uint8 RGB."""
+    import cv2
+
+    return cv2.applyColorMap(np.uint8(np.clip(cam, 0, 1) * 255 + 0.5), cv2.COLORMAP_JET)[..., ::-1]
 
 
 def to_png_bytes(rgb: np.ndarray) -> bytes:

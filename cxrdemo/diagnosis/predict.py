@@ -141,17 +141,19 @@ class Radiograph:
     warning: str | None  # a sentence when the image does not look like a chest radiograph
     digest: str  # sha256 of the file bytes: a cache key that names nobody
     name: str = ""  # the file's name as given (no folder)
+    # the screen's copy of the values to window (data/window): never read by the model, which reads `grey`
+    stored: data.StoredPixels | None = field(default=None, repr=False, compare=False)
 
 
 def read_radiograph(src: bytes | str | os.PathLike, name: str = "") -> Radiograph:
     """Read an upload (bytes, kept in memory) or a file; ImageReadError with a sentence when it is not an image."""
     raw = bytes(src) if isinstance(src, (bytes, bytearray, memoryview)) else None
-    grey, meta = data.read_image(raw if raw is not None else src, name)
+    grey, meta, stored = data.read_image_for_display(raw if raw is not None else src, name)
     if raw is None:
         with open(src, "rb") as f:
             raw = f.read()
     check = quality.check_radiograph(grey, meta)
-    return Radiograph(grey, meta, check.looks_like_cxr, check.warning, digest(raw), Path(str(name)).name)
+    return Radiograph(grey, meta, check.looks_like_cxr, check.warning, digest(raw), Path(str(name)).name, stored)
 
 
 def prepare(model: LoadedModel, grey: np.ndarray) -> torch.Tensor:

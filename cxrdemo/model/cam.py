@@ -14,7 +14,7 @@ The library's maps are min-max scaled and resized to the input; the suffix path 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -71,12 +71,40 @@ def _scale(maps: np.ndarray, size: int) -> np.ndarray:
     return scale_cam_image(big)
 
 
+@contextlib.contextmanager
+def _counted(net: torch.nn.Module, layer: torch.nn.Module, n: int,
+             progress: Callable[[float], None] | None) -> Iterator[None]:
+    """Report the share of ScoreCAM's forward passes done: one pass of the `n` images, then one masked image per
+    feature map of the target layer and image (counted by hooks: the library is not changed)."""
+    if progress is None:
+        yield
+        return
+    seen = {"maps": 0, "images": 0}
+
+    def on_layer(_m, _a, out):
+        seen["maps"] = seen["maps"] or int(out.shape[1])
+
+    def on_net(_m, args, _out):
+        seen["images"] += int(args[0].shape[0])
+        if seen["maps"]:
+            progress(min(1.0, seen["images"] / (n * (seen["maps"] + 1))))
+
+    hooks = [layer.register_forward_hook(on_layer), net.register_forward_hook(on_net)]
+    try:
+        yield
+    finally:
+        for h in hooks:
+            h.remove()
+
+
 def run(net: backbones.Net, x: torch.Tensor, cam_class: type, targets: Sequence[Any] | None, *,
-        activations: torch.Tensor | None = None, method: str = "") -> tuple[np.ndarray, torch.Tensor]:
+        activations: torch.Tensor | None = None, method: str = "",
+        progress: Callable[[float], None] | None = None) -> tuple[np.ndarray, torch.Tensor]:
     """(maps N x S x S float32 in [0, 1], logits N x K) of one CAM method on a normalised batch `x`.
 
     `targets`: one pytorch-grad-cam target per image, or None (each image's highest-scoring class).
     `activations`: the target layer's output for `x`, when known: the suffix path (see the module's docstring).
+    `progress`: called with the share done (0-1) as ScoreCAM's batches pass (from the computing thread).
     The network's training flag and its parameters' gradient flags are restored; the library's hooks are released.
     """
     part = suffix(net) if activations is not None and method not in NEEDS_INPUT else None
@@ -88,7 +116,8 @@ def run(net: backbones.Net, x: torch.Tensor, cam_class: type, targets: Sequence[
         hook = layer.register_forward_hook(_grad_from_here, prepend=True)  # before the library's own hooks
         maps = None
         try:
-            with cam_class(model=model, target_layers=[layer]) as cam:
+            with cam_class(model=model, target_layers=[layer]) as cam, _counted(
+                    model, layer, int(inputs.shape[0]), progress if method in NEEDS_INPUT else None):
                 if method == "ScoreCAM":
                     cam.batch_size = SCORECAM_BATCH
                 maps = cam(input_tensor=inputs, targets=None if targets is None else list(targets))

@@ -225,6 +225,14 @@ def wait_text(method: str, seconds: float | None) -> str:
     return f"Computing the {method} heatmap: about {max(1, round(seconds))} s on this machine…"
 
 
+def progress_text(method: str, share: float, seconds_left: float | None) -> str:
+    """What the progress bar says while a slow heatmap is made: the share done and the time left, as measured."""
+    if share <= 0:
+        return f"Computing the {method} heatmap: starting…"
+    left = "" if seconds_left is None else f", about {max(1, round(seconds_left))} s left"
+    return f"Computing the {method} heatmap: {share:.0%} done{left}…"
+
+
 def model_chance(model: LoadedModel) -> str | None:
     """The chance-level sentence of a model's test results, or None."""
     return chance_sentence(runs.read_test_metrics(model.path))
