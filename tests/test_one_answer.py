@@ -169,3 +169,11 @@ def test_the_diagnosis_page_shows_the_results_numbers_for_every_film(demo, answe
             assert [m.value for m in at.markdown if m.value.startswith("Prediction:")] == [said] * 3
             assert len({m.value for m in at.markdown if m.value.startswith("Prediction set at 90%")}) == 1
         at.file_uploader(key="upload").clear().run()
+
+
+def test_a_perfect_share_in_the_headline_reads_as_its_count(demo):
+    """'Specificity 100% (100–100%)' is no interval a clinician believes: the count and an exact interval are."""
+    heads = {h["set"]: dict(dv.headline_cells(h, demo.classes)) for h in predict.model_summary(demo)["headlines"]}
+    cells = heads["cxr-dev/test"]
+    assert cells["Specificity"] == "all 37 NORMAL films called NORMAL; 95% interval 90.5–100%"
+    assert cells["Accuracy"].startswith("95.9% (")

@@ -182,18 +182,20 @@ def model_summary(model: LoadedModel) -> dict:
 
 
 def headlines(run_dir: Path, test_metrics: dict | None = None) -> list[dict]:
-    """The evaluation sets to show, most shifted first: {label, set, n, metrics, ci95}; a run's own test split
+    """The evaluation sets to show, most shifted first: {label, set, n, metrics, ci95, confusion}; a run's own test split
     (in-distribution) when its model card lists none."""
     try:
         evals = runs.read_json(Path(run_dir) / "evaluation.json").get("evaluations") or []
     except RunError:
         evals = []
     out = [{"label": e.get("label", "in-distribution"), "set": f"{Path(e.get('data', '?')).name}/{e.get('split', '?')}",
-            "n": e.get("n"), "metrics": e.get("metrics") or {}, "ci95": e.get("ci95") or {}} for e in evals]
+            "n": e.get("n"), "metrics": e.get("metrics") or {}, "ci95": e.get("ci95") or {},
+            "confusion": e.get("confusion")} for e in evals]
     if not out and test_metrics:
         out = [{"label": "in-distribution", "set": "its test split", "n": test_metrics.get("n"),
                 "metrics": {k: test_metrics[k] for k in SUMMARY_METRICS if isinstance(test_metrics.get(k), float)},
-                "ci95": test_metrics.get("ci95") or _test_intervals(test_metrics)}]
+                "ci95": test_metrics.get("ci95") or _test_intervals(test_metrics),
+                "confusion": test_metrics.get("confusion")}]
     return sorted(out, key=lambda h: h["label"] != "shifted")
 
 

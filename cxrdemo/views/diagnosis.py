@@ -106,7 +106,7 @@ def headline_cells(h: dict, classes=("NORMAL", "PNEUMONIA")) -> list[tuple[str, 
     """(metric name, value with its 95% interval) of one evaluation set, in the order every page shows them; a
     proportion of 0 or 1 reads as its count ('all 37 NORMAL films called NORMAL; 95% interval 90.5–100%')."""
     found = {k: h["metrics"][k] for k, _ in HEADLINE_METRICS if isinstance(h["metrics"].get(k), (int, float))}
-    shown = metrics.estimates(found, h.get("ci95") or {}, h["metrics"].get("confusion"))
+    shown = metrics.estimates(found, h.get("ci95") or {}, h.get("confusion") or h["metrics"].get("confusion"))
     return [(label, numbers.estimate(shown[k], classes)) for k, label in HEADLINE_METRICS if k in shown]
 
 
