@@ -74,10 +74,11 @@ def create(d: Path) -> dict:
     return _write(d, state="queued", epoch=0, created=time.time())
 
 
-def create_side_job(d: Path) -> dict | None:
+def create_side_job(d: Path, **fields: Any) -> dict | None:
     """Record a side job's folder (`<run>/<kind>/`) as queued afresh; None while its previous job is still active.
 
-    The check and the write happen under the folder's lock, so two clicks cannot queue the same job twice.
+    The check and the write happen under the folder's lock, so two clicks cannot queue the same job twice;
+    `fields` (the browser that asked) are recorded with it.
     """
     with run_lock(d):
         if (Path(d) / STATUS_FILE).is_file():
@@ -87,8 +88,8 @@ def create_side_job(d: Path) -> dict | None:
             except RunError:
                 pass  # a damaged status is replaced
         (Path(d) / CANCEL_FILE).unlink(missing_ok=True)  # the last job's request is not this one's
-        fileio.atomic_write_json(Path(d) / STATUS_FILE, {"state": "queued", "epoch": 0, "created": time.time(),
-                                                         "updated": time.time()})
+        fileio.atomic_write_json(Path(d) / STATUS_FILE, {**fields, "state": "queued", "epoch": 0,
+                                                         "created": time.time(), "updated": time.time()})
         return fileio.read_json(Path(d) / STATUS_FILE)
 
 
