@@ -80,7 +80,7 @@ inits = form.init_options(backbone, jobs.list_jobs(root))
 preferred = "imagenet" if "imagenet" in inits and not form.init_problem(backbone, "imagenet") else "scratch"
 init = choice(c2, "init", list(inits), preferred, format_func=lambda i: form.init_label(backbone, i, inits[i]))
 init_problem = form.init_problem(backbone, init)
-note = form.imagenet_note(backbone)
+note = form.imagenet_note(backbone, show_paths=not policy.student)
 if init_problem:
     c2.warning(init_problem, icon=":material/block:")
 elif note:
@@ -162,7 +162,11 @@ with st.expander("Sweep: queue a grid of backbones × freeze levels (× seeds)")
 def jobs_panel() -> None:
     """Live progress of every job, read from the run store (any tab sees the same)."""
     st.subheader("4 · Jobs")
-    rows = tv.panel_rows(jobs.list_jobs(root))
+    infos = jobs.list_jobs(root)
+    if policy.on:  # a classroom: this browser's jobs, the others' on request
+        infos = tv.own_first(infos, asker.browser, ui.kept_toggle("Everyone's jobs", "everyone_jobs", False,
+                                                                  help="Also show the jobs of other browsers."))
+    rows = tv.panel_rows(infos, browser=asker.browser if policy.on else "")
     again_problem = st.session_state.setdefault("again_problem", {})
     if not rows:
         st.info("No training jobs yet. Choose the options above and press **Start training**.")

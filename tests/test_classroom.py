@@ -242,6 +242,8 @@ def test_deleting_a_run_needs_the_teacher(networked):
     d = runs.create_run(TrainConfig(data="demo", backbone="cnn8", epochs=2, img_size=64), networked)
     fake_status(d, state="failed", error="stopped")
     at = _app("app_pages/compare.py")
+    at.toggle(key="everyone_runs").set_value(True)  # a run of no browser: everyone's
+    _run(at)
     assert "delete_button" not in [b.key for b in at.button]
     assert any("deleting runs needs the teacher" in i.value for i in at.info)
     _unlock(at)

@@ -144,3 +144,43 @@ def test_start_again_refusal_stays_on_the_panel(networked, monkeypatch):
     _run(at)  # the panel redraws (every 2 s in a browser): the sentence is still there
     assert any("at most 10 epochs (this recipe has 40)" in e.value for e in at.error)
     assert len(runs.list_runs(networked)) == 1
+
+
+def test_students_see_their_own_work_first_and_no_server_path(networked, monkeypatch):
+    at = _app("app_pages/trainer.py")
+    sid = at.query_params["sid"]
+    me = policy.browser_tag(sid if isinstance(sid, str) else sid[0])
+    mine = runs.create_run(TrainConfig(data="demo", backbone="cnn8", epochs=2, img_size=64), networked, name="mine",
+                           browser=me)
+    theirs = runs.create_run(TrainConfig(data="demo", backbone="cnn8", epochs=2, img_size=64), networked,
+                             name="theirs", browser=policy.browser_tag("someone-else-0001"))
+    for d in (mine, theirs):
+        fake_status(d, state="failed", error="stopped")
+    _run(at)
+    shown = " ".join(m.value for m in at.markdown)
+    assert mine.name in shown and theirs.name not in shown
+    at.toggle(key="everyone_jobs").set_value(True)
+    _run(at)
+    shown = " ".join(m.value for m in at.markdown)
+    assert shown.index(mine.name) < shown.index(theirs.name)  # own first, then everyone's
+
+    at.switch_page("app_pages/compare.py")
+    _run(at)
+    def labels():
+        return [o.split(" · ")[0] for o in at.multiselect(key="chosen").options]
+
+    assert labels() == ["mine"]
+    at.toggle(key="everyone_runs").set_value(True)
+    _run(at)
+    assert labels() == ["mine", "theirs"]
+    page = " ".join(str(e.value) for e in (*at.markdown, *at.info, *at.caption, *at.warning))
+    assert str(networked) not in page
+
+
+def test_the_imagenet_note_names_no_server_folder_to_a_student(monkeypatch, tmp_path):
+    from cxrdemo import paths
+    from cxrdemo.views import trainer_form as form
+
+    monkeypatch.setenv("CXRDEMO_WEIGHTS_DIR", str(tmp_path / "secret-weights"))
+    assert str(paths.weights_dir()) in form.imagenet_note("resnet18")
+    assert "secret-weights" not in form.imagenet_note("resnet18", show_paths=False)
