@@ -268,6 +268,9 @@ def cancel_dir(d: Path, grace_s: float = 10.0) -> dict:
     kind = slots.job_kind(d)
     name = f"Run {d.name}" if kind == "train" else f"The {kind} job of run {d.parent.name}"
     before, status = lifecycle.request_cancel(d)
+    if before == "finishing":
+        raise RunError(f"{name} has finished training and is being calibrated and tested: it ends by itself within "
+                       "about a minute, so it cannot be cancelled now. Delete it afterwards if you do not want it.")
     if before == "queued":
         if status.get("backend") == "ray":
             from cxrdemo.runs import ray_backend
