@@ -188,7 +188,8 @@ def test_refused_folder_paths_reveal_nothing(networked, monkeypatch, tmp_path):
         seen[path] = _errors(at)
         assert at.button(key="start").disabled
         assert not at.dataframe  # no listing of anything
-    assert seen["/etc"] == seen[str(tmp_path / "missing")] == [cls.OUTSIDE_ROOTS]  # the teacher: told what to change, never what exists
+    # the teacher: told what to change, never what exists
+    assert seen["/etc"] == seen[str(tmp_path / "missing")] == [cls.OUTSIDE_ROOTS]
     (empty,) = seen[str(allowed / "empty")]  # allowed: the ordinary sentence about the folder itself
     assert empty != cls.OUTSIDE_ROOTS and "no class folders" in empty
 

@@ -78,6 +78,8 @@ def test_unlock_holds_across_pages_and_a_reload_until_lock(networked):
     assert PASS not in token
     at.switch_page("app_pages/compare.py")  # another page: no passphrase asked, deleting allowed
     _run(at)
+    at.toggle(key="everyone_runs").set_value(True)  # the run of no browser: everyone's
+    _run(at)
     assert _teacher(at) and not any("needs the teacher" in i.value for i in at.info)
     at.checkbox(key="delete_confirm").check()
     _run(at)
@@ -138,6 +140,8 @@ def test_start_again_refusal_stays_on_the_panel(networked, monkeypatch):
     big = runs.create_run(TrainConfig(data="demo", backbone="cnn8", epochs=40, img_size=64), networked)
     fake_status(big, state="failed", error="stopped")
     at = _app("app_pages/trainer.py")
+    at.toggle(key="everyone_jobs").set_value(True)  # the teacher's run: among everyone's jobs
+    _run(at)
     at.button(key=f"again-{big.name}").click()
     _run(at)
     assert any("at most 10 epochs (this recipe has 40)" in e.value for e in at.error)

@@ -50,7 +50,7 @@ LIMIT_ENV = {"max_epochs": "CXRDEMO_CLASS_MAX_EPOCHS", "max_img_size": "CXRDEMO_
 
 @dataclass(frozen=True)
 class Refusal:
-    """Why a job may not be queued: a code ('folder', 'epochs', 'img_size', 'group', 'room', 'bad_limit') and numbers."""
+    """Why a job may not be queued: a code (folder, epochs, img_size, group, room, bad_limit) and its numbers."""
 
     code: str
     numbers: dict = field(default_factory=dict)
@@ -66,7 +66,7 @@ class Refused(RunError):
 
 
 def read_limits(env: Mapping[str, str] | None = None) -> Limits:
-    """The classroom limits: the defaults, each replaced by its environment variable when set (Refused if not a count)."""
+    """The classroom limits: the defaults, each replaced by its environment variable (Refused if not a count)."""
     env = os.environ if env is None else env
     values = {}
     for name, var in LIMIT_ENV.items():

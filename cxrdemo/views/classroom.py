@@ -221,7 +221,7 @@ class Classroom:
         return {str(r): r.name for r in self.roots if r != demo}
 
     def check_folder(self, path: str) -> str:
-        """The folder to scan: as typed on a desktop; in classroom mode resolved and inside the allow-list, or REFUSED."""
+        """The folder to scan: as typed on a desktop; in classroom mode resolved and inside the allow-list, or refused."""
         if not self.on or is_builtin_data(path):
             return path
         real = policy.allowed_folder(path, self.roots)
