@@ -48,4 +48,5 @@ LESSONS = st.Page("app_pages/lessons.py", title="Lessons", icon=":material/schoo
 
 with st.sidebar:
     st.caption(ui.NOTICE)
+ui.teacher_box()  # classroom mode: the teacher unlocks once, on any page, and stays unlocked until Lock
 st.navigation([HOME, TRAINER, COMPARE, DIAGNOSIS, LESSONS]).run()

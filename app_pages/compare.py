@@ -8,6 +8,7 @@ from cxrdemo import paths
 from cxrdemo.runs import examples
 from cxrdemo.runs import store as runs
 from cxrdemo.views import compare, plots, run_table
+from cxrdemo.views import trainer as tv
 from app_pages import heatmaps_ui, ui, watch
 
 REFERENCE = paths.DEMO_RUN_NAME  # the shipped demo model's run id when added as a reference (never deleted from here)
@@ -133,6 +134,9 @@ if msg := st.session_state.pop("deleted_msg", None):
 POLICY = ui.classroom()
 with ui.friendly_errors("Reading the runs"):
     all_infos = runs.list_runs(root)
+    if POLICY.on:  # a classroom: this browser's runs first; the others' on request
+        all_infos = tv.own_first(all_infos, POLICY.browser, ui.kept_toggle(
+            "Everyone's runs", "everyone_runs", False, help="Also show the runs of other browsers."))
     reference = compare.demo_reference()
     if reference is not None and ui.kept_toggle("Add the shipped demo model as a reference", "with_demo", False):
         all_infos = [reference, *all_infos]
@@ -141,7 +145,8 @@ with ui.friendly_errors("Reading the runs"):
                                   True, help=run_table.EXAMPLES_HELP):
         all_infos = compare.with_examples(all_infos, shipped)
     if not all_infos:
-        st.info(f"No runs yet in {root}. Start one on the Trainer page; it will appear here while it trains.")
+        where = "" if POLICY.student else f" in {root}"  # a student is never shown a server path
+        st.info(f"No runs yet{where}. Start one on the Trainer page; it will appear here while it trains.")
         ui.page_link("app_pages/trainer.py", "Open the Trainer page", ":material/model_training:")
         st.stop()
     table = compare.runs_table(all_infos)

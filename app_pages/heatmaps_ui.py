@@ -63,7 +63,7 @@ def scorecard_panel(run_dir: Path, run_id: str, root: Path | str, key: str) -> N
                                 help="A background job like training (a few minutes for a small model on 2 "
                                      "cores): you can leave this page while it runs."):
         with ui.friendly_errors("Starting the scorecard"):
-            heatmaps.submit_scorecard(run_id, root)
+            heatmaps.submit_scorecard(run_id, root, asker=ui.classroom().asker())  # counted like a run
             active = True
     st.fragment(run_every=REFRESH_S if active else None)(_job_progress)(run_dir, key, table is not None)
 

@@ -14,6 +14,7 @@ from app_pages import ui
 root = ui.runs_dir()
 st.title("Lessons")
 ui.notice()
+policy = ui.classroom()
 st.markdown("Each lesson queues ordinary training runs (the Trainer and Compare pages show them; cancel works "
             "there) and, when they finish, shows a result view made for that lesson.")
 
@@ -34,10 +35,14 @@ def show_lesson(lesson: lessons.Lesson) -> None:
     has_examples = bool(lessons.example_runs(lesson, examples.list_examples()))
     ran_here = counts["active"] + counts["completed"] + counts["other"] > 0
     label = "Run it yourself" if has_examples and not ran_here else f"Start “{lesson.title}”"
-    if st.button(label, key=f"start-{lesson.key}", disabled=counts["active"] > 0, type="primary",
+    # Classroom mode: whether this browser may queue the lesson now, said before the click (runs it needs).
+    refused = policy.refusal(root, [r.config for r in lessons.recipes(lesson)], "lesson") if policy.on else None
+    if refused:
+        st.caption(f":material/block: {refused}")
+    if st.button(label, key=f"start-{lesson.key}", disabled=counts["active"] > 0 or bool(refused), type="primary",
                  help="Queues the lesson's runs here, one job at a time; the Trainer page can cancel them."):
         with ui.friendly_errors("Starting the lesson"):
-            ids = lessons.start(lesson, root)
+            ids = lessons.start(lesson, root, asker=policy.asker())
             st.success(f"Queued {len(ids)} runs.")
             st.rerun()
     watch(lesson)

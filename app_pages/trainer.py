@@ -5,8 +5,9 @@ from __future__ import annotations
 import streamlit as st
 
 from cxrdemo import data
+from cxrdemo.errors import CxrError
 from cxrdemo.model import backbones
-from cxrdemo.runs import jobs, ray_backend, slots
+from cxrdemo.runs import jobs, ray_backend
 from cxrdemo.runs.lifecycle import log_tail
 from cxrdemo.views import card, sweep_cost, words
 from cxrdemo.views import population as pv
@@ -32,10 +33,9 @@ root = ui.runs_dir()
 with ui.friendly_errors("Checking earlier jobs"):
     jobs.reap(root)
 policy = ui.classroom()
-owner = {"browser": cls.browser_tag(ui.browser_id())}  # a reload finds this browser's last recipe; classroom
-# mode also counts its jobs
+asker = policy.asker()  # who queues: every job records its hashed browser id (a reload finds its last recipe)
 # A new browser session (a reload): the recipe in the URL, else this browser's last submission (never another's).
-restore(lambda: rc.restored_recipe(st.query_params.to_dict(), jobs.list_jobs(root), owner["browser"], FOLDER))
+restore(lambda: rc.restored_recipe(st.query_params.to_dict(), jobs.list_jobs(root), asker.browser, FOLDER))
 if policy.student:
     st.caption(cls.limits_words(policy.limits))
 
@@ -80,7 +80,7 @@ inits = form.init_options(backbone, jobs.list_jobs(root))
 preferred = "imagenet" if "imagenet" in inits and not form.init_problem(backbone, "imagenet") else "scratch"
 init = choice(c2, "init", list(inits), preferred, format_func=lambda i: form.init_label(backbone, i, inits[i]))
 init_problem = form.init_problem(backbone, init)
-note = form.imagenet_note(backbone)
+note = form.imagenet_note(backbone, show_paths=not policy.student)
 if init_problem:
     c2.warning(init_problem, icon=":material/block:")
 elif note:
@@ -128,9 +128,7 @@ if ray_address:
 blocked = "Choose a dataset that can be read first." if ds is None else init_problem
 if st.button("Start training", type="primary", disabled=bool(blocked), key="start", help=blocked):
     with ui.friendly_errors("Starting the job"):
-        config = form.make_config(recipe)
-        policy.check_jobs([config], jobs.list_jobs(root), owner["browser"])
-        run_id = jobs.submit(config, root, name=name, **where, **owner)
+        run_id = jobs.submit(form.make_config(recipe), root, name=name, asker=asker, **where)
         st.success(f"Queued run **{run_id}**; it appears below and keeps training if you close this tab.")
 
 with st.expander("Sweep: queue a grid of backbones × freeze levels (× seeds)"):
@@ -150,11 +148,12 @@ with st.expander("Sweep: queue a grid of backbones × freeze levels (× seeds)")
     if ds is not None and configs:
         totals = ds.summary()["totals"]
         st.caption(sweep_cost.sweep_cost_text(configs, totals.get("train", 0), totals.get("val", 0), root))
+    refused = policy.refusal(root, configs, "sweep") if configs and policy.student else None
+    if refused:
+        st.caption(f":material/block: {refused}")
     if st.button(f"Queue {len(configs)} run(s)", disabled=ds is None or not configs, key="sweep"):
-        with ui.friendly_errors("Queueing the sweep"):
-            policy.check_jobs(configs, jobs.list_jobs(root), owner["browser"])
-            slots.check_queue_room(root, len(configs))  # all of the sweep or none of it
-            ids = [jobs.submit(c, root, name=name or "sweep", **where, **owner) for c in configs]
+        with ui.friendly_errors("Queueing the sweep"):  # all of the sweep or none of it, checked at the queue
+            ids = jobs.submit_all([(c, name or "sweep") for c in configs], root, asker=asker, kind="sweep", **where)
             st.success(f"Queued {len(ids)} runs; they train one after another.")
 
 
@@ -163,7 +162,12 @@ with st.expander("Sweep: queue a grid of backbones × freeze levels (× seeds)")
 def jobs_panel() -> None:
     """Live progress of every job, read from the run store (any tab sees the same)."""
     st.subheader("4 · Jobs")
-    rows = tv.panel_rows(jobs.list_jobs(root))
+    infos = jobs.list_jobs(root)
+    if policy.on:  # a classroom: this browser's jobs, the others' on request
+        infos = tv.own_first(infos, asker.browser, ui.kept_toggle("Everyone's jobs", "everyone_jobs", False,
+                                                                  help="Also show the jobs of other browsers."))
+    rows = tv.panel_rows(infos, browser=asker.browser if policy.on else "")
+    again_problem = st.session_state.setdefault("again_problem", {})
     if not rows:
         st.info("No training jobs yet. Choose the options above and press **Start training**.")
     for row in rows:
@@ -177,10 +181,15 @@ def jobs_panel() -> None:
                         jobs.cancel(row.run_id, root)
             elif (row.state in ("failed", "cancelled", "interrupted") and not row.repeat_problem
                   and action.button("Start again", key=f"again-{row.run_id}", help="A new run with the same settings")):
-                with ui.friendly_errors("Starting again"):
-                    policy.check_rerun(row.run_id, root)
-                    policy.check_browser_room(jobs.list_jobs(root), owner.get("browser", ""))
-                    jobs.resubmit(row.run_id, root, **owner)
+                again_problem.pop(row.run_id, None)
+                try:
+                    jobs.resubmit(row.run_id, root, asker=asker)
+                except cls.Refused as exc:  # kept until the next click: the panel redraws every 2 s
+                    again_problem[row.run_id] = cls.refusal_words(exc.refusal)
+                except CxrError as exc:
+                    again_problem[row.run_id] = str(exc)
+            if row.run_id in again_problem:
+                st.error(again_problem[row.run_id], icon=":material/block:")
             if row.latest:
                 for col, (label, value) in zip(st.columns(len(tv.LATEST_METRICS)), tv.latest_texts(row.latest)):
                     col.metric(label, value)

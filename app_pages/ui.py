@@ -31,6 +31,8 @@ def friendly_errors(what: str = "That") -> Iterator[None]:
     """Show CxrError messages as they are and any other failure as a sentence; never a traceback."""
     try:
         yield
+    except cls.Refused as exc:  # the classroom policy at the queue: a code and numbers, worded here
+        st.error(cls.refusal_words(exc.refusal), icon=":material/block:")
     except CxrError as exc:
         st.error(str(exc), icon=":material/error:")
     except Exception:  # noqa: BLE001 - the page must keep working; details go to the console log
@@ -85,22 +87,86 @@ def _secret_passphrase() -> str | None:
 
 
 def classroom() -> cls.Classroom:
-    """This page view's classroom policy (off when the server is bound to loopback); a sidebar box unlocks the teacher."""
+    """This page view's classroom policy (off when the server is bound to loopback): the teacher when this browser's
+    signed unlock holds (teacher_box, in the sidebar of every page), else a student."""
     address = st_config.get_option("server.address")
-    policy = cls.classroom(address)
+    tag = cls.browser_tag(browser_id())
+    policy = cls.classroom(address, browser=tag)
     if not policy.on:
         return policy
-    secret = _secret_passphrase()
+    return cls.classroom(address, browser=tag, unlocked=_unlocked(tag))
+
+
+def _passphrase() -> str:
+    return cls.teacher_passphrase(_secret_passphrase())
+
+
+def _token() -> str | None:
+    """This browser's unlock: this session's, else the one in the address (a reload)."""
+    return st.session_state.get(_TOKEN_KEY) or st.query_params.get(cls.TOKEN_PARAM)
+
+
+def _ip() -> str:
+    ip = st.context.ip_address
+    return ip if isinstance(ip, str) else ""  # None without a browser connection (and in AppTest)
+
+
+def _holder(tag: str) -> str:
+    # The unlock is signed for this browser on this machine: an address copied from the projector to another
+    # computer does not carry it.
+    return f"{tag}@{_ip()}"
+
+
+def _unlocked(tag: str) -> bool:
+    return cls.token_valid(_token(), _passphrase(), _holder(tag))
+
+
+_TOKEN_KEY, _MESSAGE_KEY = "teacher_token", "teacher_message"
+
+
+def _try_passphrase() -> None:
+    """on_change of the passphrase box: unlock for this browser, or count a wrong try (rate-limited, logged)."""
+    given = st.session_state.get("teacher_passphrase", "")
+    st.session_state["teacher_passphrase"] = ""  # the passphrase never stays in the page
+    tag = cls.browser_tag(browser_id())
+    who = _ip() or tag  # another browser id from the same machine does not reset the count
+    wait = cls.TRIES.wait_s(who)
+    if wait:
+        st.session_state[_MESSAGE_KEY] = cls.tries_words(wait)
+    elif cls.check_passphrase(given, _passphrase()):
+        st.session_state[_TOKEN_KEY] = cls.teacher_token(_passphrase(), _holder(tag))
+    elif given:
+        cls.TRIES.failed(who)
+        st.session_state[_MESSAGE_KEY] = "That is not the teacher passphrase."
+
+
+def _lock() -> None:
+    st.session_state.pop(_TOKEN_KEY, None)
+    st.query_params.pop(cls.TOKEN_PARAM, None)
+
+
+def teacher_box() -> None:
+    """The sidebar's classroom corner (the router draws it on every page): the teacher badge and Lock, else the
+    passphrase box. The unlock is kept in this session and, signed and expiring, in the address for a reload."""
+    if not cls.is_networked(st_config.get_option("server.address")):
+        return
+    tag = cls.browser_tag(browser_id())
     with st.sidebar:
+        if _unlocked(tag):
+            token = _token()
+            st.session_state[_TOKEN_KEY] = token
+            if st.query_params.get(cls.TOKEN_PARAM) != token:
+                st.query_params[cls.TOKEN_PARAM] = token
+            st.success("**Teacher** · classroom limits lifted in this browser.", icon=":material/lock_open:")
+            st.button("Lock", key="teacher_lock", icon=":material/lock:", on_click=_lock,
+                      help="Back to the student's view in this browser (do it before you leave the computer).")
+            return
+        _lock()  # an expired or foreign unlock is dropped
         st.caption(":material/school: Classroom mode: this app is reachable from the network.")
-        given = st.text_input("Teacher passphrase", type="password", key="teacher_passphrase",
-                              help="Unlocks folder paths, deleting runs and larger jobs for this browser tab.")
-    policy = cls.classroom(address, given, secret)
-    if given and not policy.teacher:
-        st.sidebar.error("That is not the teacher passphrase.", icon=":material/lock:")
-    elif policy.teacher:
-        st.sidebar.success("Teacher mode: classroom limits lifted for this tab.", icon=":material/lock_open:")
-    return policy
+        st.text_input("Teacher passphrase", type="password", key="teacher_passphrase", on_change=_try_passphrase,
+                      help="Unlocks folder paths, deleting runs and larger jobs in this browser until you lock it.")
+        if msg := st.session_state.pop(_MESSAGE_KEY, None):
+            st.error(msg, icon=":material/lock:")
 
 
 def browser_id() -> str:

@@ -12,7 +12,7 @@ from streamlit.testing.v1 import AppTest
 from cxrdemo.config import TrainConfig
 from cxrdemo.errors import ConfigError, DatasetError, RunError
 from cxrdemo.paths import DEMO_DATA_DIR
-from cxrdemo.runs import jobs
+from cxrdemo.runs import jobs, policy
 from cxrdemo.runs import store as runs
 from cxrdemo.views import classroom as cls
 from tests.helpers import fake_status
@@ -20,6 +20,7 @@ from tests.helpers import fake_status
 REPO = Path(__file__).resolve().parents[1]
 TRAINER = str(REPO / "app_pages" / "trainer.py")
 COMPARE = str(REPO / "app_pages" / "compare.py")
+APP = str(REPO / "app.py")
 PASS = "correct horse battery"
 FOLDER = "A folder on this computer"
 
@@ -85,41 +86,41 @@ def test_refused_folders_all_say_the_same(tmp_path):
 
 
 def test_student_limits_and_what_the_teacher_may_do(tmp_path):
-    student = cls.Classroom(on=True, roots=cls.data_roots({}))
-    student.check_recipe(TrainConfig(epochs=10, img_size=224))
-    with pytest.raises(ConfigError, match="at most 10 epochs .this recipe has 11"):
-        student.check_recipe(TrainConfig(epochs=11))
-    with pytest.raises(ConfigError, match="at most 224 px .this recipe has 299"):
-        student.check_recipe(TrainConfig(img_size=299))
-    with pytest.raises(DatasetError):
-        student.check_recipe(TrainConfig(data=str(tmp_path)))
-    student.check_sweep(6)
-    with pytest.raises(ConfigError, match="at most 6 runs .this one has 7"):
-        student.check_sweep(7)
-    assert not student.may_delete() and not student.may_type_folders()
+    student = policy.Asker(classroom=True, roots=cls.data_roots({}))
+    assert policy.recipe_refusal(student, TrainConfig(epochs=10, img_size=224)) is None
+    words = cls.refusal_words(policy.recipe_refusal(student, TrainConfig(epochs=11)))
+    assert "at most 10 epochs (this recipe has 11)" in words
+    assert "at most 224 px (this recipe has 299)" in cls.refusal_words(policy.recipe_refusal(student,
+                                                                                             TrainConfig(img_size=299)))
+    assert policy.recipe_refusal(student, TrainConfig(data=str(tmp_path))).code == "folder"
+    sweep = [TrainConfig(seed=k) for k in range(7)]
+    assert policy.admission(student, tmp_path / "runs", sweep[:6], "sweep") is None
+    assert "at most 6 runs (this one has 7)" in cls.refusal_words(policy.admission(student, tmp_path, sweep, "sweep"))
+    view = cls.Classroom(on=True, roots=cls.data_roots({}))
+    assert not view.may_delete() and not view.may_type_folders()
 
-    teacher = cls.Classroom(on=True, teacher=True, roots=cls.data_roots({}))
-    teacher.check_recipe(TrainConfig(epochs=200, img_size=512))
-    teacher.check_sweep(40)
-    assert teacher.may_delete() and teacher.may_type_folders()
-    with pytest.raises(DatasetError):  # the allow-list binds the teacher too
-        teacher.check_recipe(TrainConfig(data=str(tmp_path)))
-
-
-class _Info:
-    def __init__(self, state: str, browser: str) -> None:
-        self.state, self.meta = state, {"browser": browser}
+    teacher = policy.Asker(classroom=True, teacher=True, roots=cls.data_roots({}))
+    assert policy.recipe_refusal(teacher, TrainConfig(epochs=200, img_size=512)) is None
+    assert policy.admission(teacher, tmp_path, [TrainConfig(seed=k) for k in range(40)], "sweep") is None
+    view = cls.Classroom(on=True, teacher=True, roots=cls.data_roots({}))
+    assert view.may_delete() and view.may_type_folders()
+    # the allow-list binds the teacher too, in words for the one who can change it
+    assert cls.refusal_words(policy.recipe_refusal(teacher, TrainConfig(data=str(tmp_path)))) == cls.OUTSIDE_ROOTS
 
 
-def test_jobs_are_counted_per_browser():
+def test_jobs_are_counted_per_browser(tmp_path):
     me, other = cls.browser_tag("a" * 22), cls.browser_tag("b" * 22)
     assert me != other and len(me) == 16 and "a" * 22 not in me  # a hash, never the id itself
-    infos = [_Info("queued", me), _Info("running", me), _Info("completed", me), _Info("queued", other)]
-    policy = cls.Classroom(on=True, limits=cls.Limits(max_jobs_per_browser=3))
-    policy.check_browser_room(infos, me, 1)
-    with pytest.raises(RunError, match="already has 2 job.s. waiting or training.*at most 3"):
-        policy.check_browser_room(infos, me, 2)
-    cls.Classroom(on=True, teacher=True, limits=cls.Limits(max_jobs_per_browser=3)).check_browser_room(infos, me, 9)
+    root = tmp_path / "runs"
+    for state, who in (("queued", me), ("running", me), ("completed", me), ("queued", other)):
+        fake_status(runs.create_run(TrainConfig(), root, browser=who), state=state)
+    student = policy.Asker(classroom=True, browser=me, limits=cls.Limits(max_jobs_per_browser=3))
+    assert policy.active_jobs(root, me) == 2 and policy.room_left(student, root) == 1
+    assert policy.admission(student, root, [TrainConfig()]) is None
+    words = cls.refusal_words(policy.admission(student, root, [TrainConfig()] * 2))
+    assert "already has 2 job(s) waiting or training" in words and "at most 3" in words
+    teacher = policy.Asker(classroom=True, teacher=True, browser=me, limits=cls.Limits(max_jobs_per_browser=3))
+    assert policy.admission(teacher, root, [TrainConfig()] * 9) is None
     assert cls.valid_browser_id(cls.new_browser_id()) and not cls.valid_browser_id("../x")
 
 
@@ -139,14 +140,13 @@ def networked(store, monkeypatch):
 
 @pytest.fixture
 def submitted(monkeypatch):
-    """jobs.submit that only creates the queued run (no process)."""
+    """The real submit path without a process: the configs of the runs it would start."""
     configs: list[TrainConfig] = []
 
-    def submit(config, runs_dir=None, name="", max_jobs=None, backend=None, browser=""):
-        configs.append(config)
-        return runs.create_run(config, runs_dir, name=name, browser=browser).name
+    def launch(d, root, max_jobs=None, backend="local"):
+        configs.append(TrainConfig.from_dict(runs.load_run(d).config))
 
-    monkeypatch.setattr(jobs, "submit", submit)
+    monkeypatch.setattr(jobs, "launch", launch)
     return configs
 
 
@@ -160,6 +160,13 @@ def _errors(at: AppTest) -> list[str]:
     return [e.value for e in at.error]
 
 
+def _app(page: str) -> AppTest:
+    """The whole app (router and its sidebar: the teacher's box) on one page."""
+    at = _run(AppTest.from_file(APP, default_timeout=60))
+    at.switch_page(page)
+    return _run(at)
+
+
 def _unlock(at: AppTest, passphrase: str = PASS) -> AppTest:
     at.text_input(key="teacher_passphrase").input(passphrase)
     return _run(at)
@@ -169,7 +176,7 @@ def test_refused_folder_paths_reveal_nothing(networked, monkeypatch, tmp_path):
     allowed = tmp_path / "allowed"
     (allowed / "empty").mkdir(parents=True)
     monkeypatch.setenv(cls.ROOTS_ENV, str(allowed))
-    at = _run(AppTest.from_file(TRAINER, default_timeout=60))
+    at = _app("app_pages/trainer.py")
     assert FOLDER not in at.radio(key="source").options  # a student types no paths
     _unlock(at)
     at.radio(key="source").set_value(FOLDER)
@@ -181,9 +188,10 @@ def test_refused_folder_paths_reveal_nothing(networked, monkeypatch, tmp_path):
         seen[path] = _errors(at)
         assert at.button(key="start").disabled
         assert not at.dataframe  # no listing of anything
-    assert seen["/etc"] == seen[str(tmp_path / "missing")] == [cls.REFUSED]
+    # the teacher: told what to change, never what exists
+    assert seen["/etc"] == seen[str(tmp_path / "missing")] == [cls.OUTSIDE_ROOTS]
     (empty,) = seen[str(allowed / "empty")]  # allowed: the ordinary sentence about the folder itself
-    assert empty != cls.REFUSED and "no class folders" in empty
+    assert empty != cls.OUTSIDE_ROOTS and "no class folders" in empty
 
 
 def test_student_gets_the_bounded_menu(networked, submitted, monkeypatch):
@@ -219,7 +227,7 @@ def test_student_gets_the_bounded_menu(networked, submitted, monkeypatch):
 
 
 def test_teacher_passphrase_unlocks_larger_jobs(networked, submitted):
-    at = _run(AppTest.from_file(TRAINER, default_timeout=60))
+    at = _app("app_pages/trainer.py")
     _unlock(at, "not it")
     assert [e for e in _errors(at) if "not the teacher passphrase" in e]
     assert FOLDER not in at.radio(key="source").options
@@ -234,7 +242,9 @@ def test_teacher_passphrase_unlocks_larger_jobs(networked, submitted):
 def test_deleting_a_run_needs_the_teacher(networked):
     d = runs.create_run(TrainConfig(data="demo", backbone="cnn8", epochs=2, img_size=64), networked)
     fake_status(d, state="failed", error="stopped")
-    at = _run(AppTest.from_file(COMPARE, default_timeout=60))
+    at = _app("app_pages/compare.py")
+    at.toggle(key="everyone_runs").set_value(True)  # a run of no browser: everyone's
+    _run(at)
     assert "delete_button" not in [b.key for b in at.button]
     assert any("deleting runs needs the teacher" in i.value for i in at.info)
     _unlock(at)

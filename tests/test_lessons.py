@@ -150,11 +150,13 @@ def test_page_starts_each_lesson_through_the_job_system(key, store, monkeypatch)
     monkeypatch.setenv(lessons.TINY_ENV, "1")
     submitted = []
 
-    def submit(config, runs_dir=None, name="", max_jobs=None):
-        submitted.append(config)
-        return runs.create_run(config, runs_dir, name=name).name
+    def launch(d, root, max_jobs=None, backend="local"):  # the real submit path, without a process
+        submitted.append(TrainConfig.from_dict(runs.load_run(d).config))
 
-    monkeypatch.setattr(jobs, "submit", submit)
+    monkeypatch.setattr(jobs, "launch", launch)
+    from cxrdemo.runs import sources
+
+    monkeypatch.setattr(sources, "check_startable", lambda config, root=None: None)  # no demo model in this store
     at = page()
     assert "Not run yet" in "\n".join(i.value for i in at.info)
     at.button(key=f"start-{key}").click().run()

@@ -123,7 +123,7 @@ def test_trainer_offers_this_computer_when_the_cluster_is_unreachable(store, mon
     monkeypatch.setenv("CXRDEMO_RAY_ADDRESS", address)
     monkeypatch.setenv("CXRDEMO_WEIGHTS_DIR", str(store.parent / "weights"))
     sent = []
-    monkeypatch.setattr(jobs, "submit", lambda config, runs_dir=None, name="", max_jobs=None, backend=None, browser="":
+    monkeypatch.setattr(jobs, "submit", lambda config, runs_dir=None, name="", max_jobs=None, backend=None, asker=None:
                         sent.append(backend) or runs.create_run(config, runs_dir, name=name).name)
     at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "app_pages" / "trainer.py"), default_timeout=60)
     at.run()

@@ -27,14 +27,13 @@ APP = str(REPO / "app.py")
 
 @pytest.fixture
 def fake_submit(monkeypatch, store):
-    """jobs.submit that only creates the queued run (no process): for page wiring tests."""
+    """The real submit path (policy, queue, run folder) without a process: for page wiring tests."""
     submitted: list[TrainConfig] = []
 
-    def submit(config, runs_dir=None, name="", max_jobs=None, browser=""):
-        submitted.append(config)
-        return runs.create_run(config, runs_dir, name=name, browser=browser).name
+    def launch(d, root, max_jobs=None, backend="local"):
+        submitted.append(TrainConfig.from_dict(runs.load_run(d).config))
 
-    monkeypatch.setattr(jobs, "submit", submit)
+    monkeypatch.setattr(jobs, "launch", launch)
     return submitted
 
 

@@ -24,6 +24,7 @@ from cxrdemo.cli.options import (
 from cxrdemo.cli.options import runs_dir as _runs_dir
 from cxrdemo.cli.options import to_json as _json
 from cxrdemo.errors import CxrError
+from cxrdemo.runs.policy import Refused
 
 # ---------------------------------------------------------------- commands
 
@@ -306,6 +307,11 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["CXRDEMO_RUNS_DIR"] = str(Path(args.runs_dir).resolve())
     try:
         return int(args.func(args) or 0)
+    except Refused as exc:  # the classroom policy at the queue ($CXRDEMO_CLASSROOM): worded by views
+        from cxrdemo.views.classroom import refusal_words
+
+        print(f"error: {refusal_words(exc.refusal)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     except CxrError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT

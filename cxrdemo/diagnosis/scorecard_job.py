@@ -17,7 +17,7 @@ from cxrdemo.diagnosis import explain, scorecard
 from cxrdemo.diagnosis.predict import load_model
 from cxrdemo.errors import Cancelled, ConfigError, CxrError, DatasetError, RunError
 from cxrdemo.model import checkpoint
-from cxrdemo.runs import jobs, lifecycle
+from cxrdemo.runs import jobs, lifecycle, policy
 from cxrdemo.runs import store as runs
 
 KIND = "scorecard"
@@ -41,8 +41,10 @@ def params_for(n: int = DEFAULT_N, data: str = "", split: str = "test", methods:
             "seed": int(seed)}
 
 
-def submit(run_id: str, runs_dir: str | Path | None = None, max_jobs: int | None = None, **params) -> Path:
-    """Queue the scorecard of a completed run of the store (the same queue as training); returns the job folder."""
+def submit(run_id: str, runs_dir: str | Path | None = None, max_jobs: int | None = None,
+           asker: policy.Asker | None = None, **params) -> Path:
+    """Queue the scorecard of a completed run of the store (the same queue and classroom policy as training);
+    returns the job folder."""
     d = runs.run_dir(run_id, runs_dir)
     info = runs.load_run(d)
     if info.damaged or info.state != "completed" or not checkpoint.has_model(d):
@@ -51,7 +53,7 @@ def submit(run_id: str, runs_dir: str | Path | None = None, max_jobs: int | None
     p = params_for(**params)
     if not p["data"]:
         p["data"] = str(info.config.get("data") or "")  # the run's own dataset: its test split was never trained on
-    return jobs.submit_side_job(d, KIND, p, WHAT, max_jobs)
+    return jobs.submit_side_job(d, KIND, p, WHAT, max_jobs, asker)
 
 
 def status(run_dir: str | Path) -> dict | None:

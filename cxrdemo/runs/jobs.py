@@ -18,7 +18,7 @@ from pathlib import Path
 from cxrdemo import paths
 from cxrdemo.config import TrainConfig
 from cxrdemo.errors import RunError
-from cxrdemo.runs import lifecycle, slots
+from cxrdemo.runs import lifecycle, policy, slots
 from cxrdemo.runs import store as runs
 
 NEVER_STARTED = "The job was queued but its process stopped before training (the machine restarted?). Start it again."
@@ -41,13 +41,25 @@ def choose_backend(backend: str | None = None) -> str:
 
 
 def submit(config: TrainConfig, runs_dir: str | Path | None = None, name: str = "",
-           max_jobs: int | None = None, backend: str | None = None, browser: str = "") -> str:
-    """Create a queued run and start it (a detached local process, or a Ray task); returns the run id at once.
+           max_jobs: int | None = None, backend: str | None = None, asker: policy.Asker | None = None,
+           kind: str = "train") -> str:
+    """Create a queued run and start it (a detached local process, or a Ray task); returns the run id at once."""
+    return submit_all([(config, name)], runs_dir, max_jobs, backend, asker, kind)[0]
 
-    `browser`: the hashed id of the browser that asked (recorded so classroom mode can count jobs per browser).
+
+def submit_all(items: list[tuple[TrainConfig, str]], runs_dir: str | Path | None = None,
+               max_jobs: int | None = None, backend: str | None = None, asker: policy.Asker | None = None,
+               kind: str = "sweep") -> list[str]:
+    """Queue every (recipe, name) of `items`, or none of them; returns the run ids at once.
+
+    The one door into the queue: the classroom policy (`asker`: who asks; default from the environment, so the
+    CLI of a classroom server is a student) and the queue's room are decided under the store's queue lock, every
+    run records the asker's browser, and only then are the jobs started.
     """
     root = runs.store_dir(runs_dir)
-    if choose_backend(backend) == "ray":
+    asker = policy.from_env() if asker is None else asker
+    backend = choose_backend(backend)
+    if backend == "ray":
         from cxrdemo.runs import (
             ray_backend,  # imports ray only now, and only for this backend
         )
@@ -55,25 +67,46 @@ def submit(config: TrainConfig, runs_dir: str | Path | None = None, name: str = 
         ray_backend.connect()  # an unreachable cluster is a sentence before any run is created
     from cxrdemo.runs.sources import check_startable
 
-    slots.check_queue_room(root)
-    check_startable(config, root)
-    if not paths.is_builtin_data(config.data):
-        # config.json records where the images are, whatever folder the worker (or a later reader) runs in.
-        config = config.replace(data=str(Path(config.data).expanduser().resolve()))
-    d = runs.create_run(config, root, name=name, browser=browser)
-    if choose_backend(backend) == "ray":
+    configs = [c for c, _ in items]
+    with policy.gate(asker, root, configs, kind):
+        slots.check_queue_room(root, len(configs))
+        for c in configs:
+            check_startable(c, root)
+        dirs = [runs.create_run(_located(c), root, name=n, browser=asker.browser) for c, n in items]
+    for d in dirs:
+        launch(d, root, max_jobs, backend)
+    return [d.name for d in dirs]
+
+
+def _located(config: TrainConfig) -> TrainConfig:
+    # config.json records where the images are, whatever folder the worker (or a later reader) runs in.
+    if paths.is_builtin_data(config.data):
+        return config
+    return config.replace(data=str(Path(config.data).expanduser().resolve()))
+
+
+def launch(d: Path, root: Path, max_jobs: int | None = None, backend: str = "local") -> None:
+    """Start the worker of a created, queued run: a Ray task, or a detached local process."""
+    if backend == "ray":
+        from cxrdemo.runs import ray_backend
+
         ray_backend.submit(d)
-        return d.name
-    _spawn(d, root, max_jobs)
-    return d.name
+    else:
+        _spawn(d, root, max_jobs)
+
+
+def worker_env(root: Path, max_jobs: int) -> dict[str, str]:
+    """A job process's environment: the app's, without the teacher passphrase, with the store and queue size."""
+    # The worker imports the same cxrdemo as this process, installed or not.
+    pythonpath = os.pathsep.join(p for p in (str(paths.PACKAGE_DIR.parent), os.environ.get("PYTHONPATH")) if p)
+    env = {k: v for k, v in os.environ.items() if k != policy.PASSPHRASE_ENV}
+    return {**env, "CXRDEMO_RUNS_DIR": str(root), "CXRDEMO_MAX_JOBS": str(max_jobs), "PYTHONPATH": pythonpath}
 
 
 def _spawn(d: Path, root: Path, max_jobs: int | None, what: str = "training") -> None:
     """Start the detached worker process of job folder `d` (a run, or a run's side job) and record its pid."""
     n = int(max_jobs or slots.default_max_jobs())
-    # The worker imports the same cxrdemo as this process, installed or not.
-    pythonpath = os.pathsep.join(p for p in (str(paths.PACKAGE_DIR.parent), os.environ.get("PYTHONPATH")) if p)
-    env = {**os.environ, "CXRDEMO_RUNS_DIR": str(root), "CXRDEMO_MAX_JOBS": str(n), "PYTHONPATH": pythonpath}
+    env = worker_env(root, n)
     with open(d / "log.txt", "ab") as log:
         try:
             # A new session: Streamlit reruns, closed tabs, Ctrl-C in the app's terminal never reach the job.
@@ -87,20 +120,24 @@ def _spawn(d: Path, root: Path, max_jobs: int | None, what: str = "training") ->
     runs.write_status(d, pid=proc.pid, max_jobs=n)
 
 
-def submit_side_job(run_dir: Path, kind: str, params: dict, what: str, max_jobs: int | None = None) -> Path:
+def submit_side_job(run_dir: Path, kind: str, params: dict, what: str, max_jobs: int | None = None,
+                    asker: policy.Asker | None = None) -> Path:
     """Queue a job of another kind on a run (e.g. 'scorecard') in `<run>/<kind>/`; the run's status is untouched.
 
     The job takes a slot in the same queue as training and is cancelled like one (`cancel_dir`). RunError when
-    the same kind of job is already queued or running for this run. Returns the job's folder.
+    the same kind of job is already queued or running for this run. The classroom policy counts it like a run
+    of `asker`'s browser (its data folder, if any, must be allowed). Returns the job's folder.
     """
     run_dir = Path(run_dir)
     d = run_dir / kind
-    d.mkdir(exist_ok=True)
     root = run_dir.parent
-    slots.check_queue_room(root)
-    if lifecycle.create_side_job(d) is None:
-        raise RunError(f"The {what} of run {run_dir.name} is already queued or running: wait for it or cancel it.")
-    runs.atomic_write_json(d / slots.JOB_FILE, {"kind": kind, "run": run_dir.name, "params": params})
+    asker = policy.from_env() if asker is None else asker
+    with policy.gate(asker, root, [], "scorecard", folders=[str(params.get("data") or "")], adding=1):
+        slots.check_queue_room(root)
+        d.mkdir(exist_ok=True)
+        if lifecycle.create_side_job(d, browser=asker.browser) is None:
+            raise RunError(f"The {what} of run {run_dir.name} is already queued or running: wait for it or cancel it.")
+        runs.atomic_write_json(d / slots.JOB_FILE, {"kind": kind, "run": run_dir.name, "params": params})
     (d / "log.txt").unlink(missing_ok=True)
     _spawn(d, root, max_jobs, what)
     return d
@@ -129,13 +166,15 @@ def poll_children() -> int:
         return len(_children)
 
 
-def resubmit(run_id: str, runs_dir: str | Path | None = None, max_jobs: int | None = None, browser: str = "") -> str:
-    """Start a finished, failed, cancelled or interrupted run again from scratch, as a new run."""
+def resubmit(run_id: str, runs_dir: str | Path | None = None, max_jobs: int | None = None,
+             asker: policy.Asker | None = None) -> str:
+    """Start a finished, failed, cancelled or interrupted run again from scratch, as a new run (the policy applies:
+    a student cannot restart the teacher's large run)."""
     info = runs.load_run(runs.run_dir(run_id, runs_dir))
     if info.damaged:
         raise RunError(f"Run {run_id} cannot be started again: {info.damaged}")
-    owner = {"browser": browser} if browser else {}  # the browser that asked: its last recipe, its classroom job count
-    return submit(TrainConfig.from_dict(info.config), runs_dir, name="again", max_jobs=max_jobs, **owner)
+    return submit(TrainConfig.from_dict(info.config), runs_dir, name="again", max_jobs=max_jobs, asker=asker,
+                  kind="again")
 
 
 # ---------------------------------------------------------------- reading and reaping
@@ -229,6 +268,9 @@ def cancel_dir(d: Path, grace_s: float = 10.0) -> dict:
     kind = slots.job_kind(d)
     name = f"Run {d.name}" if kind == "train" else f"The {kind} job of run {d.parent.name}"
     before, status = lifecycle.request_cancel(d)
+    if before == "finishing":
+        raise RunError(f"{name} has finished training and is being calibrated and tested: it ends by itself within "
+                       "about a minute, so it cannot be cancelled now. Delete it afterwards if you do not want it.")
     if before == "queued":
         if status.get("backend") == "ray":
             from cxrdemo.runs import ray_backend

@@ -29,6 +29,9 @@ STATUS_FILE = "status.json"
 CANCEL_FILE = "cancel"  # its existence is the request; the worker checks it between batches
 LOG_FILE = "log.txt"
 HEARTBEAT_STALE_S = 120.0
+FINISHING = ("test", "done")  # phases after the last epoch: calibrating, testing, writing the model file
+CANCELLED_LATE = ("Cancelled as it was finishing: its trained epochs and its model file are kept; the test results "
+                  "written while it finished are not part of a completed run.")
 INTERRUPTED = ("The training process stopped unexpectedly (killed or the machine restarted). Its last finished "
                "epoch is kept.")
 
@@ -74,10 +77,11 @@ def create(d: Path) -> dict:
     return _write(d, state="queued", epoch=0, created=time.time())
 
 
-def create_side_job(d: Path) -> dict | None:
+def create_side_job(d: Path, **fields: Any) -> dict | None:
     """Record a side job's folder (`<run>/<kind>/`) as queued afresh; None while its previous job is still active.
 
-    The check and the write happen under the folder's lock, so two clicks cannot queue the same job twice.
+    The check and the write happen under the folder's lock, so two clicks cannot queue the same job twice;
+    `fields` (the browser that asked) are recorded with it.
     """
     with run_lock(d):
         if (Path(d) / STATUS_FILE).is_file():
@@ -87,8 +91,8 @@ def create_side_job(d: Path) -> dict | None:
             except RunError:
                 pass  # a damaged status is replaced
         (Path(d) / CANCEL_FILE).unlink(missing_ok=True)  # the last job's request is not this one's
-        fileio.atomic_write_json(Path(d) / STATUS_FILE, {"state": "queued", "epoch": 0, "created": time.time(),
-                                                         "updated": time.time()})
+        fileio.atomic_write_json(Path(d) / STATUS_FILE, {**fields, "state": "queued", "epoch": 0,
+                                                         "created": time.time(), "updated": time.time()})
         return fileio.read_json(Path(d) / STATUS_FILE)
 
 
@@ -121,16 +125,25 @@ def _waits(d: Path) -> bool:
     if fileio.read_json(Path(d) / STATUS_FILE).get("state") != "queued":
         return False
     if cancel_requested(d):
+        (Path(d) / CANCEL_FILE).unlink(missing_ok=True)
         _merge(d, state="cancelled", finished=time.time(), error=None)
         return False
     return True
 
 
 def finish(d: Path, state: str, error: str | None = None, **fields: Any) -> dict:
-    """Record how the run ended: completed, failed (with its sentence) or cancelled."""
+    """Record how the run ended: completed, failed (with its sentence) or cancelled; the cancel request is used up.
+
+    A cancel asked for after the worker's last check (it was finishing) is honoured: 'cancelled', with a sentence,
+    never a silent 'completed'.
+    """
     if state not in ENDINGS:
         raise ValueError(f"a run cannot finish as {state!r}")
-    return _write(d, **{**fields, "state": state, "finished": time.time(), "error": error})
+    with run_lock(d):
+        if state == "completed" and cancel_requested(d):
+            state, error = "cancelled", CANCELLED_LATE
+        (Path(d) / CANCEL_FILE).unlink(missing_ok=True)
+        return _merge(d, **{**fields, "state": state, "finished": time.time(), "error": error})
 
 
 def settle(d: Path, judge: Callable[[dict], tuple[str, str | None] | None]) -> dict | None:
@@ -148,6 +161,7 @@ def settle(d: Path, judge: Callable[[dict], tuple[str, str | None] | None]) -> d
         state, error = verdict
         if state not in FINAL:
             raise ValueError(f"a run cannot end as {state!r}")
+        (Path(d) / CANCEL_FILE).unlink(missing_ok=True)
         return _merge(d, state=state, error=error, finished=time.time())
 
 
@@ -156,12 +170,15 @@ def settle(d: Path, judge: Callable[[dict], tuple[str, str | None] | None]) -> d
 def request_cancel(d: Path) -> tuple[str | None, dict]:
     """Ask an active run to stop: a queued one is cancelled at once, a running one finds the request between batches.
 
-    Returns the state it was in and its status now. Reading and asking happen under one lock: a worker records
-    its own transitions under it, so it cannot start or finish between what is read and what is asked.
+    Returns the state it was in and its status now; 'finishing' (nothing asked) for a running run past its last
+    epoch (calibrating, testing): it ends by itself within seconds. Reading and asking happen under one lock: a
+    worker records its own transitions under it, so it cannot start or finish between what is read and asked.
     """
     with run_lock(d):
         status = read_status(d)
         before = status.get("state")
+        if before == "running" and status.get("phase") in FINISHING:
+            return "finishing", status
         if before in ACTIVE:
             fileio.atomic_write_bytes(Path(d) / CANCEL_FILE, str(time.time()).encode())
         if before == "queued":

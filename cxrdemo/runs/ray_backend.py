@@ -30,8 +30,10 @@ NAMESPACE = "cxrdemo"
 LAUNCHER_NAME = "cxrdemo-launcher"
 BEAT_EVERY_S = 5.0  # far below lifecycle.HEARTBEAT_STALE_S: a silent run on another node is really gone
 PROBE_TIMEOUT_S = 3.0
-# The app's own settings that a job must not inherit: where it queues locally, its niceness, Ray's address.
-_LOCAL_ONLY = ("CXRDEMO_RUNS_DIR", "CXRDEMO_MAX_JOBS", "CXRDEMO_JOB_NICE", ADDRESS_ENV, NUM_CPUS_ENV, NUM_GPUS_ENV)
+# The app's own settings that a job must not inherit: where it queues locally, its niceness, Ray's address, and
+# the teacher passphrase (a secret of the app: a task on another node never needs it).
+_LOCAL_ONLY = ("CXRDEMO_RUNS_DIR", "CXRDEMO_MAX_JOBS", "CXRDEMO_JOB_NICE", ADDRESS_ENV, NUM_CPUS_ENV, NUM_GPUS_ENV,
+               "CXRDEMO_TEACHER_PASSPHRASE")
 CRASHED = ("The Ray worker training this run stopped unexpectedly (killed, out of memory, or its node left the "
            "cluster). Its last finished epoch is kept.")
 

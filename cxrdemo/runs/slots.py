@@ -40,8 +40,12 @@ def max_queued() -> int:
 
 
 def check_queue_room(runs_dir: str | Path | None = None, adding: int = 1) -> None:
-    """RunError with a sentence when `adding` more jobs would take the queue past max_queued()."""
-    waiting = sum(1 for info in runs.list_runs(runs_dir) if info.state == "queued")
+    """RunError with a sentence when `adding` more jobs would take the queue past max_queued() (side jobs count)."""
+    waiting = 0
+    for info in runs.list_runs(runs_dir):
+        waiting += info.state == "queued"
+        if not info.damaged:
+            waiting += sum(_raw_status(d).get("state") == "queued" for d in side_job_dirs(info.path))
     cap = max_queued()
     if waiting + adding > cap:
         raise RunError(f"The job queue is full: {waiting} job(s) are waiting and at most {cap} may wait "

@@ -3,104 +3,104 @@
 The app counts as networked unless it is bound to a loopback address (an unset address listens on every
 interface). Then dataset folders are limited to an allow-list, a refused folder says nothing about what exists,
 training jobs come from a bounded menu, and folder paths, deleting runs and larger jobs need the teacher's
-passphrase. On a desktop bound to localhost nothing changes. Pages ask this module; they hold no policy.
+passphrase. On a desktop bound to localhost nothing changes. The decision itself is runs/policy.py, at the queue;
+this module words it and keeps the teacher's unlock (a signed, expiring token). Pages hold no policy.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-import ipaddress
+import logging
 import os
 import re
 import secrets
-from collections.abc import Iterable, Mapping
+import threading
+import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from cxrdemo.config import TrainConfig
-from cxrdemo.errors import ConfigError, DatasetError, RunError
-from cxrdemo.paths import DEMO_DATA_DIR
-from cxrdemo.runs import store as runs
+from cxrdemo.errors import ConfigError, DatasetError
+from cxrdemo.paths import DEMO_DATA_DIR, is_builtin_data
+from cxrdemo.runs import policy
+from cxrdemo.runs.policy import (  # noqa: F401 - the page-facing names of the policy
+    FORCE_ENV,
+    LOOPBACK_NAMES,
+    PASSPHRASE_ENV,
+    ROOTS_ENV,
+    Limits,
+    Refusal,
+    Refused,
+    browser_tag,
+    data_roots,
+    is_networked,
+)
 
-LOOPBACK_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback"}
-PASSPHRASE_ENV = "CXRDEMO_TEACHER_PASSPHRASE"
+log = logging.getLogger("cxrdemo.classroom")
 PASSPHRASE_SECRET = "teacher_passphrase"  # the key in .streamlit/secrets.toml
-ROOTS_ENV = "CXRDEMO_DATA_ROOTS"
-FORCE_ENV = "CXRDEMO_CLASSROOM"  # "1": classroom mode even on loopback (an app behind a reverse proxy)
 # One sentence for every folder a student may not read: absent, unreadable and disallowed look the same.
 REFUSED = ("This folder cannot be used here. In classroom mode the app reads only the folders the teacher has "
            "allowed (CXRDEMO_DATA_ROOTS); ask the teacher.")
+# The teacher typed it: the same refusal, worded for the one who can change the allow-list.
+OUTSIDE_ROOTS = ("This folder is not inside the folders allowed in classroom mode (CXRDEMO_DATA_ROOTS), or it "
+                 "cannot be read. Add its parent folder to CXRDEMO_DATA_ROOTS and restart the app, or choose a "
+                 "folder inside them.")
 TEACHER_ONLY = "ask the teacher to unlock it with the teacher passphrase (sidebar)."
 _BROWSER_ID_RE = re.compile(r"[A-Za-z0-9_-]{16,64}")
-
-
-@dataclass(frozen=True)
-class Limits:
-    """What a student may start without the teacher (each adjustable by an environment variable)."""
-
-    max_epochs: int = 10  # CXRDEMO_CLASS_MAX_EPOCHS
-    max_img_size: int = 224  # CXRDEMO_CLASS_MAX_IMG_SIZE
-    max_sweep: int = 6  # CXRDEMO_CLASS_MAX_SWEEP: runs in one sweep
-    max_jobs_per_browser: int = 6  # CXRDEMO_CLASS_MAX_JOBS: queued or running jobs of one browser
-
-
-_LIMIT_ENV = {"max_epochs": "CXRDEMO_CLASS_MAX_EPOCHS", "max_img_size": "CXRDEMO_CLASS_MAX_IMG_SIZE",
-              "max_sweep": "CXRDEMO_CLASS_MAX_SWEEP", "max_jobs_per_browser": "CXRDEMO_CLASS_MAX_JOBS"}
+TOKEN_TTL_S = 8 * 3600  # a school day: the teacher unlocks once
+TOKEN_PARAM = "teacher"  # the address parameter holding the signed unlock (never the passphrase)
+MAX_TRIES, TRIES_WINDOW_S = 5, 60.0  # wrong passphrases allowed per browser (and address) per minute
+_PROCESS_KEY = secrets.token_bytes(32)  # a restart of the server locks every teacher again
 
 
 def limits_words(limits: Limits) -> str:
     """What a student may start without the teacher, in one caption."""
     return (f":material/school: Classroom mode: up to {limits.max_epochs} epochs, {limits.max_img_size} px images, "
-            f"sweeps of {limits.max_sweep} runs and {limits.max_jobs_per_browser} waiting jobs per browser; folder "
-            "paths and larger jobs need the teacher.")
+            f"sweeps and lessons of {limits.max_sweep} runs and {limits.max_jobs_per_browser} waiting jobs per "
+            "browser; folder paths and larger jobs need the teacher.")
 
 
 def read_limits(env: Mapping[str, str] | None = None) -> Limits:
-    """The classroom limits: the defaults, each replaced by its environment variable when set."""
-    env = os.environ if env is None else env
-    values = {}
-    for name, var in _LIMIT_ENV.items():
-        raw = env.get(var, "").strip()
-        if raw:
-            if not raw.isdigit() or int(raw) < 1:
-                raise ConfigError(f"{var} must be a whole number of at least 1, not {raw!r}.")
-            values[name] = int(raw)
-    return Limits(**values)
-
-
-def is_networked(address: str | None, env: Mapping[str, str] | None = None) -> bool:
-    """Whether the server may be reached from other machines: anything but a loopback address (or forced on)."""
-    env = os.environ if env is None else env
-    if env.get(FORCE_ENV, "").strip().lower() in ("1", "on", "yes", "true"):
-        return True
-    host = str(address or "").strip().strip("[]").lower()
-    if not host:
-        return True  # unset: Streamlit listens on every interface
-    if host in LOOPBACK_NAMES:
-        return False
+    """The classroom limits (policy.read_limits), a wrong environment variable as a ConfigError sentence."""
     try:
-        return not ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return True  # a host name or 0.0.0.0-like: other machines can reach it
+        return policy.read_limits(env)
+    except Refused as exc:
+        raise ConfigError(refusal_words(exc.refusal)) from None
 
 
-def data_roots(env: Mapping[str, str] | None = None) -> tuple[Path, ...]:
-    """The allow-listed dataset folders (links resolved): $CXRDEMO_DATA_ROOTS, else the built-in data only."""
-    env = os.environ if env is None else env
-    raw = [p.strip() for p in env.get(ROOTS_ENV, "").split(os.pathsep) if p.strip()]
-    return tuple(Path(os.path.realpath(Path(p).expanduser())) for p in raw) or (Path(os.path.realpath(DEMO_DATA_DIR)),)
+_GROUP = {"sweep": "sweep", "lesson": "lesson"}
 
 
-def _built_in(data: str) -> bool:
-    # Sets shipped with the package are named, never typed as folders: 'demo' and 'lesson:<set>' (as
-    # paths.is_builtin_data on main); they are always allowed.
-    text = str(data).strip().lower()
-    return text == "demo" or text.startswith("lesson:")
-
-
-def _within(path: Path, roots: Iterable[Path]) -> bool:
-    return any(path == r or r in path.parents for r in roots)
+def refusal_words(r: Refusal) -> str:
+    """The one sentence for a refusal of the classroom policy (policy.Refusal: a code and its numbers)."""
+    n, what = r.numbers, _GROUP.get(r.kind, "job")
+    if r.code == "folder":
+        return OUTSIDE_ROOTS if n.get("teacher") else REFUSED
+    if r.code == "bad_limit":
+        return f"{n['variable']} must be a whole number of at least 1, not {n['value']!r}."
+    if r.code in ("epochs", "img_size"):
+        limit = (f"at most {n['limit']} epochs" if r.code == "epochs" else f"images of at most {n['limit']} px")
+        has = f"{n['asked']} epochs" if r.code == "epochs" else f"{n['asked']} px"
+        if r.kind == "lesson":
+            return f"In classroom mode a job may have {limit}; this lesson has a run of {has}: " + TEACHER_ONLY
+        return (f"In classroom mode a job may have {limit} (this recipe has {n['asked']}). Choose smaller values, "
+                "or " + TEACHER_ONLY)
+    if r.code == "group":
+        if r.kind == "lesson":
+            return (f"This lesson needs {n['asked']} runs; in classroom mode one click may queue at most "
+                    f"{n['limit']}: " + TEACHER_ONLY)
+        return (f"In classroom mode a sweep may queue at most {n['limit']} runs (this one has {n['asked']}). Choose "
+                "fewer backbones or freeze levels, or " + TEACHER_ONLY)
+    if r.code == "room":
+        if r.kind in _GROUP and n["adding"] > 1:
+            return (f"This {what} needs {n['adding']} runs, and this browser may queue {n['left']} more now (in "
+                    f"classroom mode each browser may have at most {n['limit']} jobs waiting or training). Let "
+                    "some finish or cancel some, or " + TEACHER_ONLY)
+        return (f"This browser already has {n['mine']} job(s) waiting or training; in classroom mode each browser "
+                f"may have at most {n['limit']}. Let them finish or cancel some, then start again.")
+    return f"In classroom mode this {what} needs the teacher: " + TEACHER_ONLY
 
 
 def check_passphrase(given: str, expected: str) -> bool:
@@ -126,9 +126,62 @@ def valid_browser_id(value: str | None) -> bool:
     return bool(value) and _BROWSER_ID_RE.fullmatch(str(value)) is not None
 
 
-def browser_tag(browser_id: str) -> str:
-    """What a run records of the browser that started it: a hash, so run files never hold a usable id."""
-    return hashlib.sha256(browser_id.encode("ascii")).hexdigest()[:16]
+# ---------------------------------------------------------------- the teacher's unlock
+
+def _token_key(passphrase: str) -> bytes:
+    # Server secret and passphrase together: a new passphrase (or a restart) voids every unlock.
+    return hmac.new(_PROCESS_KEY, passphrase.encode("utf-8"), hashlib.sha256).digest()
+
+
+def _signature(passphrase: str, expires: int, browser: str) -> str:
+    return hmac.new(_token_key(passphrase), f"{expires}:{browser}".encode(), hashlib.sha256).hexdigest()[:32]
+
+
+def teacher_token(passphrase: str, browser: str, now: float | None = None, ttl_s: float = TOKEN_TTL_S) -> str:
+    """A signed, expiring unlock for one browser: 'expiry.signature' (an HMAC; the passphrase is not in it)."""
+    expires = int((time.time() if now is None else now) + ttl_s)
+    return f"{expires}.{_signature(passphrase, expires, browser)}"
+
+
+def token_valid(token: str | None, passphrase: str, browser: str, now: float | None = None) -> bool:
+    """Whether `token` is an unexpired unlock made for this browser with this passphrase."""
+    if not token or not passphrase or "." not in str(token):
+        return False
+    expires, _, sig = str(token).partition(".")
+    if not expires.isdigit() or int(expires) < (time.time() if now is None else now):
+        return False
+    return hmac.compare_digest(sig, _signature(passphrase, int(expires), browser))
+
+
+class Tries:
+    """Wrong passphrases per browser (and network address) in the last minute: at most MAX_TRIES, then a wait."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._fails: dict[str, list[float]] = {}
+
+    def wait_s(self, who: str, now: float | None = None) -> float:
+        """Seconds before `who` may try again (0: now)."""
+        now = time.time() if now is None else now
+        with self._lock:
+            recent = [t for t in self._fails.get(who, []) if now - t < TRIES_WINDOW_S]
+            self._fails[who] = recent
+            return 0.0 if len(recent) < MAX_TRIES else max(0.0, TRIES_WINDOW_S - (now - recent[0]))
+
+    def failed(self, who: str, now: float | None = None) -> None:
+        """Record a wrong passphrase from `who` (logged, without what was typed)."""
+        with self._lock:
+            self._fails.setdefault(who, []).append(time.time() if now is None else now)
+        log.warning("wrong teacher passphrase from %s", who)
+
+
+TRIES = Tries()  # one per server process
+
+
+def tries_words(wait_s: float) -> str:
+    """The sentence for a browser that typed too many wrong passphrases."""
+    return (f"Too many wrong passphrases: {MAX_TRIES} tries a minute are allowed. Try again in about "
+            f"{max(1, round(wait_s))} s.")
 
 
 @dataclass(frozen=True)
@@ -139,11 +192,22 @@ class Classroom:
     teacher: bool = False
     limits: Limits = field(default_factory=Limits)
     roots: tuple[Path, ...] = ()
+    browser: str = ""  # this browser's hashed id (policy.browser_tag)
 
     @property
     def student(self) -> bool:
         """True when the classroom limits apply to this page view."""
         return self.on and not self.teacher
+
+    def asker(self) -> policy.Asker:
+        """Who this page view is to the policy at the queue."""
+        return policy.Asker(classroom=self.on, teacher=self.teacher, browser=self.browser, limits=self.limits,
+                            roots=self.roots)
+
+    def refusal(self, root: Path, configs: list[TrainConfig], kind: str = "train") -> str | None:
+        """The sentence the queue would answer for these jobs now, or None when they may be queued."""
+        found = policy.admission(self.asker(), root, configs, kind)
+        return refusal_words(found) if found else None
 
     def may_type_folders(self) -> bool:
         """Whether the Trainer offers a free folder path box."""
@@ -157,73 +221,24 @@ class Classroom:
         return {str(r): r.name for r in self.roots if r != demo}
 
     def check_folder(self, path: str) -> str:
-        """The folder to scan: as typed on a desktop; in classroom mode resolved and inside the allow-list, or REFUSED."""
-        if not self.on or _built_in(path):
+        """The folder to scan: as typed on a desktop; in classroom mode resolved and inside the allow-list, or refused."""
+        if not self.on or is_builtin_data(path):
             return path
-        try:
-            real = Path(os.path.realpath(Path(path).expanduser()))
-            readable = real.is_dir() and os.access(real, os.R_OK | os.X_OK)
-        except (OSError, ValueError):  # a name too long, a NUL byte: refused like any other
-            raise DatasetError(REFUSED) from None
-        if not _within(real, self.roots) or not readable:
-            raise DatasetError(REFUSED)
-        return str(real)
-
-    def check_recipe(self, config: TrainConfig) -> None:
-        """ConfigError naming every classroom limit a student's recipe exceeds (the data folder for everyone)."""
-        if self.on and not _built_in(config.data):
-            self.check_folder(config.data)
-        if not self.student:
-            return
-        lim, over = self.limits, []
-        if config.epochs > lim.max_epochs:
-            over.append(f"at most {lim.max_epochs} epochs (this recipe has {config.epochs})")
-        if config.img_size > lim.max_img_size:
-            over.append(f"images of at most {lim.max_img_size} px (this recipe has {config.img_size})")
-        if over:
-            raise ConfigError(f"In classroom mode a job may have {' and '.join(over)}. Choose smaller values, or "
-                              + TEACHER_ONLY)
-
-    def check_rerun(self, run_id: str, runs_dir: Path) -> None:
-        """'Start again' obeys the same limits as a new job (a student cannot restart the teacher's large run)."""
-        if self.on:
-            info = runs.load_run(runs.run_dir(run_id, runs_dir))
-            if not info.damaged:
-                self.check_recipe(TrainConfig.from_dict(info.config))
-
-    def check_sweep(self, n: int) -> None:
-        """ConfigError when a student's sweep has more runs than the limit."""
-        if self.student and n > self.limits.max_sweep:
-            raise ConfigError(f"In classroom mode a sweep may queue at most {self.limits.max_sweep} runs (this one "
-                              f"has {n}). Choose fewer backbones or freeze levels, or " + TEACHER_ONLY)
-
-    def check_jobs(self, configs: list[TrainConfig], infos: Iterable, tag: str) -> None:
-        """Every check a new job or sweep of `configs` passes before it is queued by browser `tag`."""
-        if len(configs) > 1:
-            self.check_sweep(len(configs))
-        for config in configs:
-            self.check_recipe(config)
-        self.check_browser_room(infos, tag, len(configs))
+        real = policy.allowed_folder(path, self.roots)
+        if real is None:
+            raise DatasetError(OUTSIDE_ROOTS if self.teacher else REFUSED)
+        return real
 
     def may_delete(self) -> bool:
         """Whether this page view may delete runs."""
         return not self.student
 
-    def check_browser_room(self, infos: Iterable, tag: str, adding: int = 1) -> None:
-        """RunError when this browser's queued and running jobs plus `adding` would pass the per-browser limit."""
-        if not self.student:
-            return
-        mine = sum(1 for i in infos if i.state in ("queued", "running") and i.meta.get("browser") == tag)
-        cap = self.limits.max_jobs_per_browser
-        if mine + adding > cap:
-            raise RunError(f"This browser already has {mine} job(s) waiting or training; in classroom mode each "
-                           f"browser may have at most {cap}. Let them finish or cancel some, then start again.")
-
 
 def classroom(address: str | None, passphrase_given: str = "", secret: str | None = None,
-              env: Mapping[str, str] | None = None) -> Classroom:
-    """The policy for a server bound to `address`, for a user who typed `passphrase_given` (may be empty)."""
+              env: Mapping[str, str] | None = None, browser: str = "", unlocked: bool = False) -> Classroom:
+    """The policy for a server bound to `address`, for a user who typed `passphrase_given` (may be empty) or whose
+    unlock holds (`unlocked`: a valid teacher_token); `browser`: the hashed browser id its jobs record."""
     if not is_networked(address, env):
-        return Classroom()
-    teacher = check_passphrase(passphrase_given, teacher_passphrase(secret, env))
-    return Classroom(on=True, teacher=teacher, limits=read_limits(env), roots=data_roots(env))
+        return Classroom(browser=browser)
+    teacher = unlocked or check_passphrase(passphrase_given, teacher_passphrase(secret, env))
+    return Classroom(on=True, teacher=teacher, limits=read_limits(env), roots=data_roots(env), browser=browser)

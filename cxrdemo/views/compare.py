@@ -16,7 +16,7 @@ from cxrdemo.model import backbones, checkpoint
 from cxrdemo.runs import store as runs
 from cxrdemo.views import numbers, words
 from cxrdemo.views.chance import chance_sentence
-from cxrdemo.views.text import safe_csv_cell
+from cxrdemo.views.text import escape_markdown, safe_csv_cell
 
 TEST_KEYS = ("accuracy", "precision", "recall", "f1", "auroc", "sensitivity", "specificity")
 TEST_COLUMNS = tuple(f"test_{k}" for k in TEST_KEYS)
@@ -216,7 +216,9 @@ def mixing_message(groups: dict[str, list[str]]) -> str | None:
     """A warning naming the class sets when the chosen runs mix them; None when there is one set."""
     if len(groups) <= 1:
         return None
-    parts = "; ".join(f"[{k}]: {len(v)} run{'s' if len(v) != 1 else ''}" for k, v in groups.items())
+    # Class names are folder names: escaped, so a folder named like an image link loads nothing.
+    parts = "; ".join(f"\\[{escape_markdown(k)}\\]: {len(v)} run{'s' if len(v) != 1 else ''}"
+                      for k, v in groups.items())
     return (f"The chosen runs were trained on {len(groups)} different class sets ({parts}). Test accuracy, recall "
             f"and AUROC mean different things on different tasks, so the test-metric charts show one class set "
             f"at a time.")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from cxrdemo.config import TrainConfig
 from cxrdemo.errors import CxrError
-from cxrdemo.runs import durations, examples, jobs, lifecycle
+from cxrdemo.runs import durations, examples, jobs, lifecycle, policy
 from cxrdemo.runs import store as runs
 
 TAG_PREFIX = "lesson:"
@@ -240,9 +240,11 @@ def example_wall_seconds(lesson: Lesson, shipped: list[runs.RunInfo]) -> float |
     return float(sum(times)) if times and None not in times else None
 
 
-def start(lesson: Lesson, runs_dir: str | Path | None = None) -> list[str]:
-    """Queue every run of the lesson through the ordinary job system; returns the run ids."""
-    return [jobs.submit(r.config, runs_dir, name=f"{lesson.key}-{r.key}") for r in recipes(lesson)]
+def start(lesson: Lesson, runs_dir: str | Path | None = None, asker: policy.Asker | None = None) -> list[str]:
+    """Queue every run of the lesson through the ordinary job system, all or none (the classroom policy counts
+    them as `asker`'s jobs); returns the run ids."""
+    return jobs.submit_all([(r.config, f"{lesson.key}-{r.key}") for r in recipes(lesson)], runs_dir, asker=asker,
+                           kind="lesson")
 
 
 def recipe_key(info: runs.RunInfo, lesson: Lesson) -> str | None:

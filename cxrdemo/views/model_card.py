@@ -9,6 +9,7 @@ paragraphs the demo model adds under `notes` (data, results, domain, use, retrai
 from __future__ import annotations
 
 import re
+import shlex
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,7 @@ from cxrdemo.population import Population, training_population
 from cxrdemo.runs import store as runs
 from cxrdemo.views import numbers
 from cxrdemo.views.population import population_line
-from cxrdemo.views.text import escape_markdown
+from cxrdemo.views.text import code_block, escape_markdown
 from cxrdemo.views.words import freeze_words, init_words, rule_words
 
 EVALUATION_FILE = "evaluation.json"
@@ -67,7 +68,7 @@ def model_card(run_dir: str | Path, extra_evaluations: list[dict] | None = None)
              "## Prediction sets (\"can't tell\")", _conformal(evals, records, model is not None),
              "## In-domain check", _domain(records, model is not None), notes.get("domain", ""),
              "## Intended use and limits", _use(meta, config), notes.get("use", ""),
-             "## Retrain it", notes.get("retrain") or f"```bash\n{train_command(config)}\n```"]
+             "## Retrain it", notes.get("retrain") or code_block(train_command(config), "bash")]
     return "\n\n".join(p.strip() for p in parts if p and p.strip()) + "\n"
 
 
@@ -229,14 +230,18 @@ def _decision(config: dict, model, records: dict) -> str:
     return text
 
 
+def _md_names(classes) -> list[str]:
+    # Class names are folder names: inert in the card's Markdown table (links, images, a '|' that splits a cell).
+    return [escape_markdown(c) for c in classes]
+
+
 def _results(evals: list[dict], card: dict) -> str:
     card_classes = next((e["classes"] for e in evals if e.get("classes")), None) or ("NORMAL", "PNEUMONIA")
     if not evals:
         return "This run has no test results: its dataset has no test images, or it stopped before testing."
     rows = "\n".join(f"| {_set_name(e)} | {e.get('label', 'in-distribution')} | {e.get('n', '?')}"
                      + (f" ({' : '.join(map(str, e['counts']))})" if e.get("counts") else "") + " | "
-                     + " | ".join(numbers.estimate(_estimates(e).get(k), [escape_markdown(str(c)) for c in
-                                                                           e.get("classes") or card_classes])
+                     + " | ".join(numbers.estimate(_estimates(e).get(k), _md_names(e.get("classes") or card_classes))
                                   for k, _ in METRICS) + " |" for e in evals)
     table = ("| evaluation set | label | images (per class) | " + " | ".join(lbl for _, lbl in METRICS)
              + " |\n|---|---|---|" + "---|" * len(METRICS) + "\n" + rows)
@@ -334,7 +339,7 @@ def train_command(config: dict, init: str | None = None) -> str:
     defaults = TrainConfig().to_dict()
     flags = " ".join(f"--{k.replace('_', '-')} {init if k == 'init' and init else v}" for k, v in config.items()
                      if k in defaults and k != "data" and v != defaults[k])
-    return f"python -m cxrdemo train --data {config.get('data', 'DATA')} {flags}".rstrip()
+    return f"python -m cxrdemo train --data {shlex.quote(str(config.get('data', 'DATA')))} {flags}".rstrip()
 
 
 CARD_SOURCES = ("config.json", "status.json", "test_metrics.json", "test_predictions.csv", MODEL_FILE, EVALUATION_FILE)

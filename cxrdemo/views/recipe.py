@@ -13,7 +13,8 @@ from cxrdemo.errors import ConfigError
 from cxrdemo.runs import store as runs
 from cxrdemo.views import trainer_form as form
 
-KEPT_QUERY = ("sid",)  # address parameters that are not the recipe (the classroom's browser id) and stay
+KEPT_QUERY = ("sid", "teacher")  # address parameters that are not the recipe (the classroom's browser id, the
+# teacher's signed unlock) and stay
 
 
 def recipe_to_query(recipe: dict[str, Any]) -> dict[str, str]:

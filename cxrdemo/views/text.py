@@ -21,6 +21,14 @@ def escape_markdown(s: object) -> str:
     return _MARKDOWN_SPECIAL.sub(r"\\\1", text)
 
 
+def code_block(text: str, lang: str = "") -> str:
+    """`text` as a fenced Markdown code block that it cannot close: the fence is longer than any run of backticks
+    inside (CommonMark), so a folder name holding ``` cannot end the block and start Markdown of its own."""
+    longest = max((len(m) for m in re.findall("`+", text)), default=0)
+    fence = "`" * max(3, longest + 1)
+    return f"{fence}{lang}\n{text}\n{fence}"
+
+
 def safe_csv_cell(v: object) -> object:
     """A CSV cell a spreadsheet shows as text: strings starting with = + - @, tab or CR get a leading quote."""
     if isinstance(v, str) and v.startswith(_FORMULA_START):

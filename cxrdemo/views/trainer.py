@@ -163,12 +163,22 @@ def _repeat_problem(info: runs.RunInfo) -> str | None:
     return repeat_problem(info.config)
 
 
-def panel_rows(infos: list[runs.RunInfo], max_finished: int = 8, now: float | None = None) -> list[JobRow]:
-    """Active jobs (queue order) first, then the most recent finished ones, newest first."""
+def panel_rows(infos: list[runs.RunInfo], max_finished: int = 8, now: float | None = None,
+               browser: str = "") -> list[JobRow]:
+    """Active jobs (queue order) first, then the most recent finished ones, newest first; `browser`'s own before
+    the others' (a classroom)."""
     queued = [i for i in infos if i.state == "queued"]
     active = [i for i in infos if i.state == "running"] + queued
     done = [i for i in reversed(infos) if i.state not in runs.ACTIVE][:max_finished]
-    return [job_row(i, queued.index(i) if i in queued else None, now) for i in active + done]
+    shown = sorted(active + done, key=lambda i: not (browser and i.meta.get("browser") == browser))  # stable
+    return [job_row(i, queued.index(i) if i in queued else None, now) for i in shown]
+
+
+def own_first(infos: list, browser: str, everyone: bool) -> list:
+    """A classroom's view of the runs: this browser's only, or with `everyone` its own first and then the others'
+    (runs without a browser, such as shipped examples, count as everyone's); order kept within each."""
+    mine = [i for i in infos if browser and i.meta.get("browser") == browser]
+    return mine + [i for i in infos if i not in mine] if everyone else mine
 
 
 def list_line(info: runs.RunInfo) -> str:

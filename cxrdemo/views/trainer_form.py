@@ -145,14 +145,16 @@ def init_options(backbone: str, infos: list[runs.RunInfo]) -> dict[str, str]:
     return opts
 
 
-def imagenet_note(backbone: str) -> str | None:
-    """None when ImageNet weights are usable offline; else where to put the file, and the alternatives."""
+def imagenet_note(backbone: str, show_paths: bool = True) -> str | None:
+    """None when ImageNet weights are usable offline; else where to put the file (the server's folder only when
+    `show_paths`: never to a student in classroom mode), and the alternatives."""
     from cxrdemo.model import backbones
 
     if not backbones.get_spec(backbone).supports_imagenet or backbones.find_imagenet_weights(backbone):
         return None
+    where = f"`{paths.weights_dir()}`" if show_paths else "the app's weights folder (the teacher knows where)"
     return (f"ImageNet weights for {backbone} are not on this machine. To use them, put the file "
-            f"`{backbones.imagenet_weight_file(backbone)}` into `{paths.weights_dir()}`. Otherwise start from "
+            f"`{backbones.imagenet_weight_file(backbone)}` into {where}. Otherwise start from "
             "scratch or from a finished run.")
 
 
