@@ -177,3 +177,14 @@ def test_a_perfect_share_in_the_headline_reads_as_its_count(demo):
     cells = heads["cxr-dev/test"]
     assert cells["Specificity"] == "all 37 NORMAL films called NORMAL; 95% interval 90.5–100%"
     assert cells["Accuracy"].startswith("95.9% (")
+
+
+def test_the_results_one_forward_pass_gives_the_networks_own_logits(demo, answers):
+    import torch
+
+    for f in FILMS[:6]:
+        r = answers[f.name]
+        with torch.no_grad():
+            ref = demo.net.eval()(demo.preprocessing.normalize(r.image)).float()[0].numpy()
+        assert np.array_equal(r.logits, ref)  # bit for bit: the head sees the very pooled features
+        assert np.allclose(r.probs, demo.trust.probabilities(ref[None])[0], atol=0, rtol=0)
