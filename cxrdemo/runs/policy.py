@@ -239,13 +239,19 @@ def gate(asker: Asker, root: Path, configs: list[TrainConfig], kind: str = "trai
     Everything created inside counts for the next caller: the decision and the creation are one step.
     """
     root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / _LOCK_FILE, "a+") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            refusal = admission(asker, root, configs, kind, folders, adding)
-            if refusal:
-                raise Refused(refusal)
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        lock = open(root / _LOCK_FILE, "a+")
+    except OSError:  # a read-only or full store: nothing can be queued, and creating the run says so in a sentence
+        lock = None
+    try:
+        if lock is not None:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        refusal = admission(asker, root, configs, kind, folders, adding)
+        if refusal:
+            raise Refused(refusal)
+        yield
+    finally:
+        if lock is not None:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+            lock.close()
