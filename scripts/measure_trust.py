@@ -70,7 +70,7 @@ def logits_of(model: ModelUnderTest, root: Path, split: str,
     images = imageio.adjust_intensity(cached.images, model.intensity)
     m = model.loaded
     with m.lock:
-        logits, feats = trust.logits_and_features(m.net, images, m.preprocessing)
+        logits, feats = trust.logits_and_features(m.net, images, m.preprocessing, layers=trust.layers_of(m.domain))
         scores = trust.domain_scores(m.net, images, m.preprocessing, m.domain, feats)
     return logits.astype(np.float64), cached.labels.numpy(), trust.outside_domain(m.domain, scores)
 

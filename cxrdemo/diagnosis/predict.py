@@ -133,7 +133,7 @@ def _split_logits(model: LoadedModel, data_root: str, split: str, flags: bool = 
     cached = data.load_images(items, pre.img_size)
     images = data.adjust_intensity(cached.images, pre.intensity)
     with model.lock:
-        logits, feats = trust.logits_and_features(model.net, images, pre)
+        logits, feats = trust.logits_and_features(model.net, images, pre, layers=trust.layers_of(model.domain))
         scores = trust.domain_scores(model.net, images, pre, model.domain, feats) if flags else None
     outside = trust.outside_domain(model.domain, scores)
     return cached.labels.numpy(), logits, len(cached.skipped), scan.root, cached.paths, outside

@@ -427,8 +427,9 @@ def finish(run_dir: Path, config: TrainConfig, classes: tuple[str, ...], cache: 
     if "test" in cache and len(cache["test"].labels):
         say(Progress("test", best_epoch, config.epochs, message="Testing the best model"))
         loss, result, probs = evaluate(net, cache["test"].images, cache["test"].labels, plain, classes, threshold)
-        logits, feats = trust.logits_and_features(net, cache["test"].images, model.preprocessing)
         fitted = trust.Trust.from_records(model.records, run_dir.name)
+        logits, feats = trust.logits_and_features(net, cache["test"].images, model.preprocessing,
+                                                  layers=trust.layers_of(fitted.domain))
         outside = trust.outside_domain(fitted.domain, trust.domain_scores(
             net, cache["test"].images, model.preprocessing, fitted.domain, feats))  # their sets: every class
         result.update(trust.trust_metrics(logits, cache["test"].labels.numpy(), fitted, threshold, tuple(classes),
