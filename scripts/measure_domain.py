@@ -174,13 +174,14 @@ def main(argv: list[str] | None = None) -> int:
     feats = compute_features(net, pre, sets, Path(args.out) / f"features-{net.backbone}.npz")
     rows, records = [], {}
     for variant in variant_list(args, widths):
+        default = not records
         rec = fit_variant(feats, widths, variant, args)
         tag = tag_of(variant)
         records[tag] = rec
-        print(f"\n{tag}{' (default)' if not rows else ''}: dim {rec.feature_dim}, cut-off {rec.cutoff:.3f}, "
+        print(f"\n{tag}{' (default)' if default else ''}: dim {rec.feature_dim}, cut-off {rec.cutoff:.3f}, "
               f"record {domain.record_bytes(rec) / 1e6:.2f} MB")
         for name, (items, geometry) in sets.items():
-            if name.startswith(HELD_OUT) and rows:
+            if name.startswith(HELD_OUT) and not default:
                 continue  # the held-out set is scored for the default only
             s = domain.score_domain(rec, last_stages(feats[f"{name}/x"], widths, rec.layers))
             r = {"variant": tag, "set": name, "n": len(s), "flagged": int((s > rec.cutoff).sum()),
