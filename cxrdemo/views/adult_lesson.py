@@ -43,7 +43,7 @@ INTENDED_USE = (
     "why the app reads the age from the header (or asks for it) before it shows a prediction.")
 
 LOOK_FOR = (
-    "The first reading: a confident answer, with a one-class prediction set, for a patient the model never saw.",
+    "The first reading: an answer as confident as for a child's film, for a patient the model never saw.",
     "The second: the same pixels, the same probabilities; only the age changed what the app says.",
     "The third: where this film's distance sits among the children's validation films, and how close to the cut-off.",
 )
@@ -57,9 +57,12 @@ def source_words(from_sample: bool) -> str:
 def pixels_only_words(model: LoadedModel, reading: AdultReading) -> str:
     """Step 1: the film as a picture alone."""
     r = reading.pixels_only
+    caught = (" Here the pixel check caught it (step 3); but it measures how far a picture is from the children's "
+              "films, and a differently framed adult film can pass." if r.flagged else
+              " Nothing in the picture alone stopped it: the pixel check let it through.")
     return ("**1. The picture alone** (no age known, as for a PNG upload). " + decision_sentence(model, r) + ". "
-            + set_sentence(r, LEVEL) + (" The pixel check did not stop it." if not r.flagged else
-                                        " Here a pixel check flagged it; without that, nothing would have."))
+            + f"The model is {numbers.percent(r.p)} sure of {r.classes[r.predicted]}, as sure as it is of a child's "
+            "film: nothing in its probabilities says it has never seen an adult. " + set_sentence(r, LEVEL) + caught)
 
 
 def with_age_words(model: LoadedModel, reading: AdultReading) -> str:
@@ -82,7 +85,10 @@ def distance_words(model: LoadedModel, reading: AdultReading) -> str:
         domain.check_domain(model.domain, r.domain_score))
     share = reading.farther_than
     if share is not None:
-        text += f" It is farther than {numbers.percent(share)} of the model's validation films."
+        n = len(reading.val_scores)
+        text += (f" It is farther than every one of the model's {n} validation films (children's, never trained on)."
+                 if share == 1 else f" It is farther than {numbers.percent(share)} of the model's {n} validation "
+                 "films (children's, never trained on).")
     return text
 
 
