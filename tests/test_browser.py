@@ -226,6 +226,7 @@ def test_an_adult_age_dicom_is_flagged_with_its_age_and_the_set_both(server, bro
     _open(browser, url + "/diagnosis", "Upload a chest radiograph")
     browser.find_element(By.CSS_SELECTOR, "input[type='file']").send_keys(str(film))
     _wait_text(browser, "55 years old", 120)
+    _wait_text(browser, "run the model on this image anyway", 60)  # the gate comes just after the warning
     body = browser.find_element(By.TAG_NAME, "body").text
     assert "The DICOM header says the patient is 55 years old; this model learnt from children aged 1–5 years" in body
     assert "run the model on this image anyway" in body and "Prediction:" not in body  # held back
