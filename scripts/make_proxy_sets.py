@@ -9,7 +9,7 @@ measured as a rate; the other sets stand in for the other kinds of image a model
 for ones it should accept):
 
   adult_chest  pydicom-data's one adult chest film (when installed), as stored and in a few framings and
-               exposures (mirrored, borders trimmed, gamma)                      -> adult film (flag); ONE patient
+               exposures (mirrored, borders trimmed, gamma, tilted 5 degrees, windowed) -> adult film (flag); ONE patient
 
   photos       greyscale photographs: scikit-learn's two sample photos and matplotlib's portrait of
                Grace Hopper, as crops, rotations, flips and contrast changes     -> non-radiograph (flag)
@@ -184,10 +184,14 @@ def adult_chest_images() -> list[tuple[str, np.ndarray]]:
     out = sorted(((n, a) for n, a in films if n.endswith(("UNCR", "J2KI"))), key=lambda t: not t[0].endswith("UNCR"))
     for name, img in list(out[:1]):
         h, w = img.shape
+        lo, hi = np.quantile(img, [0.02, 0.98])
         out += [(f"{name}_hflip", img[:, ::-1]),
                 *[(f"{name}_trim{k}", img[h * k // 100: h - h * k // 100, w * k // 100: w - w * k // 100])
-                  for k in (5, 10)],
-                *[(f"{name}_gamma{g}", np.clip(img, 0, 1) ** g) for g in (0.8, 1.25)]]
+                  for k in (5, 10, 15)],
+                *[(f"{name}_gamma{g}", np.clip(img, 0, 1) ** g) for g in (0.8, 1.25)],
+                # added for issue 28 (before any multi-stage number was seen): a tilted film and a harder window
+                *[(f"{name}_rot{d}", rotate(img, d)) for d in (-5, 5)],
+                (f"{name}_window", np.clip((img - lo) / (hi - lo + 1e-9), 0, 1))]
     return out
 
 

@@ -226,6 +226,31 @@ def test_a_greyscale_photograph_is_flagged_as_unlike_the_training_images(server,
     _no_exception(browser)
 
 
+@pytest.mark.skipif(not (ROOT / "weights" / "demo" / "model.pt").is_file(),
+                    reason="the population check needs the shipped demo model (its population is stated)")
+def test_an_adult_age_dicom_is_flagged_with_its_age_and_the_set_both(server, browser):
+    from tests.adult_dicom import adult_dicom
+
+    url, tmp = server
+    film = tmp / "adult-chest.dcm"
+    film.write_bytes(adult_dicom("055Y"))  # a chest film's pixels, a header saying 55 years
+    _open(browser, url + "/diagnosis", "Upload a chest radiograph")
+    browser.find_element(By.CSS_SELECTOR, "input[type='file']").send_keys(str(film))
+    _wait_text(browser, "55 years old", 120)
+    _wait_text(browser, "run the model on this image anyway", 60)  # the gate comes just after the warning
+    body = browser.find_element(By.TAG_NAME, "body").text
+    assert "The DICOM header says the patient is 55 years old; this model learnt from children aged 1–5 years" in body
+    assert "run the model on this image anyway" in body and "Prediction:" not in body  # held back
+    assert "Doe" not in body and "MRN" not in body  # the header's name and ID are never shown
+    _no_exception(browser)
+    browser.find_element(By.XPATH, "//label[contains(., 'run the model on this image anyway')]").click()
+    _wait_text(browser, "Prediction set at 90% coverage", 120)
+    body = browser.find_element(By.TAG_NAME, "body").text
+    assert "Prediction set at 90% coverage: both" in body
+    assert "outside the population the model learnt from" in body
+    _no_exception(browser)
+
+
 def _set_number(driver, label: str, value: str) -> None:
     # the page may still be drawing its form when its first text shows (a cold server): wait for the field
     box = WebDriverWait(driver, 60).until(lambda d: d.find_element(By.CSS_SELECTOR, f"input[aria-label='{label}']"))

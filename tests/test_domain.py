@@ -111,7 +111,7 @@ def test_record_round_trips_through_a_dict_and_torch_save():
     rec = fit_domain(x, y, x, quantile=0.99)
     d = rec.to_dict()
     assert set(d) == {"method", "means", "precision_factor", "cutoff", "quantile", "n_train", "n_val",
-                      "feature_dim", "layers", "shrinkage", "transform"}
+                      "feature_dim", "layers", "shrinkage", "transform", "val_scores"}
     buf = io.BytesIO()
     torch.save({"domain": d}, buf)
     buf.seek(0)
@@ -120,7 +120,8 @@ def test_record_round_trips_through_a_dict_and_torch_save():
     assert back.cutoff == rec.cutoff and back.n_train == 200 and back.means.dtype == torch.float32
     as_lists = {**d, "means": d["means"].tolist(), "precision_factor": d["precision_factor"].tolist()}
     np.testing.assert_allclose(score_domain(DomainRecord.from_dict(as_lists), x), score_domain(rec, x))
-    payload = 4 * (10 * 10 + 2 * 10)  # float32 factor and means; the rest is torch.save's few kB of framing
+    assert back.val_scores.tolist() == sorted(score_domain(rec, x).astype(np.float32).tolist())  # every one, sorted
+    payload = 4 * (10 * 10 + 2 * 10 + 200)  # float32 factor, means, validation scores; the rest: torch.save's framing
     assert payload < domain.record_bytes(rec) < payload + 3000
 
 

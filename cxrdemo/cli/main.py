@@ -163,8 +163,12 @@ def cmd_calibrate(args) -> int:
     from cxrdemo.runs.records import add_trust_records
 
     say = (lambda s: None) if args.quiet else (lambda s: print(s, file=sys.stderr, flush=True))
-    model = add_trust_records(args.run, _runs_dir(args), args.data, say)
+    model = add_trust_records(args.run, _runs_dir(args), args.data, say, domain_only=args.domain_only)
     r = model.records
+    if args.domain_only:
+        print(_json({"run": args.run, "domain": {k: r["domain"][k] for k in ("method", "cutoff", "quantile",
+                                                                              "n_train", "n_val", "layers")}}))
+        return 0
     print(_json({"run": args.run, "calibration": r["calibration"]["method"],
                  "temperature": r["calibration"]["temperature"], "bias": r["calibration"].get("bias", []),
                  "conformal": [{k: c[k] for k in ("level", "qhat", "n", "ok", "reason")}
@@ -265,6 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="add calibration, prediction sets and the in-domain check to a run's model (no retraining)")
     p.add_argument("--run", required=True, help="run id, 'demo', or a run folder")
     p.add_argument("--data", help="the dataset the run trained on (default: the folder its config records)")
+    p.add_argument("--domain-only", action="store_true",
+                   help="refit only the in-domain description; the calibration and prediction sets stay as they are")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_calibrate)
 

@@ -10,8 +10,14 @@ its distance to the nearest class mean; the cut-off is the distance that `quanti
 images stay under (never the training images, which the network has fitted and which sit closer than
 any new film). Any backbone, any number of classes.
 
-The record is plain data (numbers and float32 tensors), so it travels inside model.pt and is read
-back with torch.load(weights_only=True).
+Several stages (StagedDomainRecord, Anthony & Kamnitsas 2023: no single layer is best for Mahalanobis):
+one such description per trunk stage, each stage's distance divided by its own validation quantile (so a
+stage whose distances run large does not drown the others), then combined (the largest, or the sum); the
+combined score's cut-off is again chosen on validation. The features of the last k stages come from the
+same forward pass as the prediction (features(..., layers=k) concatenates them in stage order).
+
+A record is plain data (numbers and float32 tensors), so it travels inside model.pt and is read
+back with torch.load(weights_only=True); read_record reads either kind.
 """
 
 from __future__ import annotations
@@ -25,10 +31,18 @@ from cxrdemo.errors import RunError
 from cxrdemo.model.backbones import Net
 
 METHOD = "mahalanobis-shared-ledoitwolf"
+METHOD_STAGES = "mahalanobis-per-stage-ledoitwolf"
+COMBINES = ("max", "sum")
 # 99.5%, not 99%: validation images are drawn like the training images, while a clinic's films are
 # shifted; at 99% the demo model flagged 2.5% of the shifted cxr-shift films, at 99.5% 1.2% (measured).
 DEFAULT_QUANTILE = 0.995
 TRANSFORMS = ("none", "sqrt")
+# What trust.fit_records fits: one description of the pooled features of as many of the last trunk stages as fit
+# in MAX_WIDTH numbers (all five of cnn5, 992 numbers). Chosen on validation and proxy sets only, before cxr-shift
+# was scored (docs/domain_measurements.md): of the variants that flag no more paediatric films, it flagged every
+# framing of the one adult film, with the widest margin; the per-stage combinations flagged 8-10 of its 11.
+MAX_WIDTH = 1024  # the precision factor grows as the square: 4 MB at most (resnet50's five stages: 3904, 61 MB)
+VAL_SCORES_KEPT = 1000  # validation scores a record keeps (4 kB), for a histogram
 
 
 @dataclass
@@ -46,6 +60,7 @@ class DomainRecord:
     layers: int = 1  # how many trunk stages (from the last) the features pool
     shrinkage: float = 0.0  # Ledoit-Wolf's shrinkage towards a scaled identity (0 = none, 1 = all)
     transform: str = "none"  # applied to features before the distance: none | sqrt (signed square root)
+    val_scores: torch.Tensor | None = None  # float32, sorted: the validation scores (at most VAL_SCORES_KEPT)
 
     def to_dict(self) -> dict:
         """Plain data for model.pt (tensors and numbers only)."""
@@ -55,7 +70,7 @@ class DomainRecord:
     def from_dict(cls, d: dict) -> DomainRecord:
         """Read a record back, checking that its parts fit together."""
         names = {f.name for f in fields(cls)}
-        required = names - {"layers", "shrinkage", "transform"}
+        required = names - {"layers", "shrinkage", "transform", "val_scores"}
         if not isinstance(d, dict) or not required <= set(d):
             missing = sorted(required - set(d)) if isinstance(d, dict) else sorted(required)
             raise RunError(f"The model's in-domain description is incomplete (missing {', '.join(missing)}); "
@@ -63,6 +78,8 @@ class DomainRecord:
         rec = cls(**{k: v for k, v in d.items() if k in names})
         rec.means = torch.as_tensor(np.asarray(rec.means, dtype=np.float32))
         rec.precision_factor = torch.as_tensor(np.asarray(rec.precision_factor, dtype=np.float32))
+        if rec.val_scores is not None:
+            rec.val_scores = torch.as_tensor(np.asarray(rec.val_scores, dtype=np.float32)).reshape(-1)
         dim = int(rec.feature_dim)
         if (rec.method != METHOD or rec.means.ndim != 2 or rec.means.shape[1] != dim
                 or tuple(rec.precision_factor.shape) != (dim, dim) or not np.isfinite(float(rec.cutoff))
@@ -95,6 +112,26 @@ def features(net: Net, x: torch.Tensor, layers: int = 1, batch_size: int = 64) -
     finally:
         net.train(was_training)
     return torch.cat(out) if out else torch.zeros((0, 0))
+
+
+def default_layers(widths: list[int]) -> int:
+    """How many of the last stages (widths: every stage's, in order) the default description pools: as many as fit
+    in MAX_WIDTH numbers, at least one."""
+    k = 1
+    while k < len(widths) and sum(widths[-(k + 1):]) <= MAX_WIDTH:
+        k += 1
+    return k
+
+
+def stage_widths(net: Net, x: torch.Tensor, layers: int) -> list[int]:
+    """The pooled width of each of the last `layers` stages (in stage order), from the first image of `x`."""
+    widths: list[int] = []
+    hook = net.pool.register_forward_hook(lambda m, a, out: widths.append(int(out.shape[1])))
+    try:
+        features(net, x[:1], layers=layers)
+    finally:
+        hook.remove()
+    return widths
 
 
 def _as_array(a: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -141,12 +178,112 @@ def fit_domain(train_feats: torch.Tensor | np.ndarray, train_labels: torch.Tenso
     rec = DomainRecord(METHOD, torch.from_numpy(means.astype(np.float32)), torch.from_numpy(factor), 0.0,
                        float(quantile), len(x), len(v), int(x.shape[1]), int(layers),
                        float(lw.shrinkage_), transform)
-    rec.cutoff = float(np.quantile(score_domain(rec, v), quantile))
+    _set_cutoff(rec, score_domain(rec, v), quantile)
     return rec
 
 
-def score_domain(record: DomainRecord, feats: torch.Tensor | np.ndarray) -> np.ndarray:
-    """Mahalanobis distance of each feature row to the nearest class mean (higher = less like training)."""
+def _set_cutoff(rec: AnyDomainRecord, val_scores: np.ndarray, quantile: float) -> None:
+    """The cut-off at `quantile` of the validation scores, and the scores a histogram needs (every one, or evenly
+    spaced order statistics)."""
+    scores = np.sort(val_scores)
+    rec.cutoff = float(np.quantile(scores, quantile))
+    keep = np.unique(np.linspace(0, len(scores) - 1, min(len(scores), VAL_SCORES_KEPT)).round().astype(int))
+    rec.val_scores = torch.from_numpy(scores[keep].astype(np.float32))
+
+
+@dataclass
+class StagedDomainRecord:
+    """One DomainRecord per trunk stage (the last `layers`, in stage order), each part's cut-off its stage's
+    normaliser; the combined score's cut-off chosen on validation."""
+
+    parts: list[DomainRecord]
+    combine: str  # max | sum of the normalised per-stage distances
+    cutoff: float  # flag a combined score above this
+    quantile: float  # share of validation images under the cut-off
+    n_train: int
+    n_val: int
+    method: str = METHOD_STAGES
+    val_scores: torch.Tensor | None = None  # float32, sorted: the validation scores (at most VAL_SCORES_KEPT)
+
+    @property
+    def layers(self) -> int:
+        """How many trunk stages (from the last) the features pool: features(net, x, layers=this)."""
+        return len(self.parts)
+
+    @property
+    def feature_dim(self) -> int:
+        """Width of the concatenated features of those stages."""
+        return sum(p.feature_dim for p in self.parts)
+
+    @property
+    def transform(self) -> str:
+        """The feature transform every part applies."""
+        return self.parts[0].transform
+
+    def to_dict(self) -> dict:
+        """Plain data for model.pt (with layers and transform, which the model card words)."""
+        return {"method": self.method, "parts": [p.to_dict() for p in self.parts], "combine": self.combine,
+                "cutoff": self.cutoff, "quantile": self.quantile, "n_train": self.n_train, "n_val": self.n_val,
+                "layers": self.layers, "feature_dim": self.feature_dim, "transform": self.transform,
+                **({} if self.val_scores is None else {"val_scores": self.val_scores})}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> StagedDomainRecord:
+        """Read a record back, checking its parts."""
+        try:
+            parts = [DomainRecord.from_dict(p) for p in d["parts"]]
+            kept = d.get("val_scores")
+            rec = cls(parts, str(d["combine"]), float(d["cutoff"]), float(d["quantile"]), int(d["n_train"]),
+                      int(d["n_val"]), val_scores=None if kept is None else
+                      torch.as_tensor(np.asarray(kept, dtype=np.float32)).reshape(-1))
+        except (KeyError, TypeError, ValueError):
+            raise RunError("The model's in-domain description is incomplete; add it again with the command that "
+                           "describes a run's training images.") from None
+        if not parts or rec.combine not in COMBINES or not np.isfinite(rec.cutoff) or \
+                not all(p.cutoff > 0 for p in parts):
+            raise RunError("The model's in-domain description is damaged (no stage, or a stage without a "
+                           "positive scale); add it again with the command that describes a run's training images.")
+        return rec
+
+
+AnyDomainRecord = DomainRecord | StagedDomainRecord
+
+
+def read_record(d: dict) -> AnyDomainRecord:
+    """Either kind of record, from model.pt's plain data (older models: one description, unchanged)."""
+    if isinstance(d, dict) and d.get("method") == METHOD_STAGES:
+        return StagedDomainRecord.from_dict(d)
+    return DomainRecord.from_dict(d)
+
+
+def fit_stages(train_feats: torch.Tensor | np.ndarray, train_labels: torch.Tensor | np.ndarray,
+               val_feats: torch.Tensor | np.ndarray, widths: list[int], quantile: float = DEFAULT_QUANTILE,
+               stage_quantile: float = DEFAULT_QUANTILE, combine: str = "max",
+               transform: str = "sqrt") -> StagedDomainRecord:
+    """Fit one description per stage on the concatenated features of the last len(widths) stages (widths: each
+    stage's, in stage order), each normalised by its `stage_quantile` of validation; cut-off on validation."""
+    if combine not in COMBINES:
+        raise ValueError(f"combine must be one of {', '.join(COMBINES)}, got {combine!r}")
+    x, v = _as_array(train_feats), _as_array(val_feats)
+    if sum(widths) != x.shape[1]:
+        raise ValueError(f"stage widths {widths} do not add up to the features' {x.shape[1]} columns")
+    cols = np.cumsum([0, *widths])
+    parts = [fit_domain(x[:, a:b], train_labels, v[:, a:b], stage_quantile, transform=transform)
+             for a, b in zip(cols, cols[1:])]
+    rec = StagedDomainRecord(parts, combine, 0.0, float(quantile), len(x), len(v))
+    _set_cutoff(rec, score_domain(rec, v), quantile)
+    return rec
+
+
+def score_domain(record: AnyDomainRecord, feats: torch.Tensor | np.ndarray) -> np.ndarray:
+    """Each feature row's score: the Mahalanobis distance to the nearest class mean, or for a staged record the
+    combined normalised per-stage distances (higher = less like training)."""
+    if isinstance(record, StagedDomainRecord):
+        f = torch.as_tensor(np.asarray(feats, dtype=np.float32) if not isinstance(feats, torch.Tensor) else feats)
+        f = f.float().reshape(-1, record.feature_dim)
+        cols = np.cumsum([0, *(p.feature_dim for p in record.parts)])
+        per = np.stack([score_domain(p, f[:, a:b]) / p.cutoff for p, a, b in zip(record.parts, cols, cols[1:])])
+        return per.max(0) if record.combine == "max" else per.sum(0)
     f = torch.as_tensor(np.asarray(feats, dtype=np.float32) if not isinstance(feats, torch.Tensor) else feats)
     f = _transform(f.float().reshape(-1, record.feature_dim), record.transform)
     # (f - mu_c) U^T for every class at once: C x N x D, then squared norms.
@@ -154,7 +291,7 @@ def score_domain(record: DomainRecord, feats: torch.Tensor | np.ndarray) -> np.n
     return z.square().sum(-1).min(0).values.sqrt().numpy().astype(np.float64)
 
 
-def in_domain(record: DomainRecord, score: float) -> bool:
+def in_domain(record: AnyDomainRecord, score: float) -> bool:
     """True when an image's score is within the cut-off chosen on validation."""
     return bool(np.isfinite(score) and score <= record.cutoff)
 
@@ -170,13 +307,13 @@ class DomainCheck:
     inside: bool
 
 
-def check_domain(record: DomainRecord, score: float) -> DomainCheck:
+def check_domain(record: AnyDomainRecord, score: float) -> DomainCheck:
     """The reading of one image's score against the record (views/checks.domain_sentence words it)."""
     return DomainCheck(float(score), float(record.cutoff), float(record.quantile), int(record.n_train),
                        in_domain(record, score))
 
 
-def record_bytes(record: DomainRecord) -> int:
+def record_bytes(record: AnyDomainRecord) -> int:
     """Size of the record as torch.save writes it (what it adds to model.pt)."""
     import io
 

@@ -62,7 +62,7 @@ class SplitOutputs:
 def forward_split(net: Net, pre: Preprocessing, images: data.CachedImages,
                   record: DomainRecord | None = None) -> SplitOutputs:
     """One pass over prepared images: logits, and the in-domain flags when `record` is given."""
-    logits, feats = trust.logits_and_features(net, images.images, pre)
+    logits, feats = trust.logits_and_features(net, images.images, pre, layers=trust.layers_of(record))
     outside = trust.outside_domain(record, trust.domain_scores(net, images.images, pre, record, feats))
     return SplitOutputs(images.labels.numpy(), logits, outside)
 

@@ -27,21 +27,25 @@ from cxrdemo.model.checkpoint import Preprocessing
 
 
 @torch.no_grad()
-def logits_and_features(net: Net, images: torch.Tensor, pre: Preprocessing,
-                        batch_size: int = 64) -> tuple[np.ndarray, torch.Tensor]:
-    """(logits N x K float32, pooled penultimate features N x D) of uint8 N x 1 x S x S images, in one pass.
+def logits_and_features(net: Net, images: torch.Tensor, pre: Preprocessing, batch_size: int = 64,
+                        layers: int = 1) -> tuple[np.ndarray, torch.Tensor]:
+    """(logits N x K float32, pooled features N x D of the last `layers` stages) of uint8 N x 1 x S x S images,
+    in one pass.
 
     The logits are bit-identical to net(x) in eval mode (the same modules in the same order), so softmax of them
     is what predict_probs returns."""
     was_training = net.training
     net.eval()
-    logits, feats = [], []
+    logits, feats, pooled = [], [], []
+    hook = net.pool.register_forward_hook(lambda m, a, out: pooled.append(out))
     try:
         for i in range(0, len(images), batch_size):
-            f = domain.features(net, pre.normalize(images[i:i + batch_size]))
-            feats.append(f)
-            logits.append(net.head(f).float())  # the head sees exactly these pooled features: net(x) = head(f)
+            feats.append(domain.features(net, pre.normalize(images[i:i + batch_size]),
+                                         layers=layers))
+            logits.append(net.head(pooled[-1]).float())  # the last stage pooled is what the head sees: net(x)
+            pooled.clear()
     finally:
+        hook.remove()
         net.train(was_training)
     if not logits:
         return np.zeros((0, 0)), torch.zeros((0, 0))
@@ -49,21 +53,27 @@ def logits_and_features(net: Net, images: torch.Tensor, pre: Preprocessing,
 
 
 @torch.no_grad()
-def domain_scores(net: Net, images: torch.Tensor, pre: Preprocessing, record: domain.DomainRecord | None,
+def domain_scores(net: Net, images: torch.Tensor, pre: Preprocessing, record: domain.AnyDomainRecord | None,
                   feats: torch.Tensor | None = None, batch_size: int = 64) -> np.ndarray | None:
     """Each image's in-domain score (higher = less like the training images); None when there is no record.
 
-    `feats` are logits_and_features' pooled features of the same images: reused when the record describes that one
-    stage, recomputed when it describes several."""
+    `feats` are logits_and_features' pooled features of the same images: reused when they are the stages the record
+    describes (layers=layers_of(record)), recomputed otherwise."""
     if record is None:
         return None
-    if feats is None or record.layers != 1:  # domain.features runs the trunk in eval mode and restores the mode
-        feats = torch.cat([domain.features(net, pre.normalize(images[i:i + batch_size]), layers=record.layers)
-                           for i in range(0, len(images), batch_size)] or [torch.zeros((0, record.feature_dim))])
+    if feats is None or feats.shape[-1] != record.feature_dim:  # other stages: one more pass (eval mode, restored)
+        feats = torch.cat([domain.features(net, pre.normalize(images[i:i + batch_size]),
+                                           layers=record.layers) for i in range(0, len(images), batch_size)]
+                          or [torch.zeros((0, record.feature_dim))])
     return domain.score_domain(record, feats)
 
 
-def outside_domain(record: domain.DomainRecord | None, scores: np.ndarray | None) -> np.ndarray | None:
+def layers_of(record: domain.AnyDomainRecord | None) -> int:
+    """How many trunk stages the record's features pool (1 without a record: the head's features)."""
+    return 1 if record is None else record.layers
+
+
+def outside_domain(record: domain.AnyDomainRecord | None, scores: np.ndarray | None) -> np.ndarray | None:
     """N booleans: which images the in-domain check flags (None when there is no check)."""
     if record is None or scores is None:
         return None
@@ -118,14 +128,33 @@ def fit_trust(y_val: np.ndarray, z_val: np.ndarray, z_pert: np.ndarray, classes:
 def fit_records(net: Net, pre: Preprocessing, classes: tuple[str, ...], train: CachedImages,
                 val: CachedImages, levels: tuple[float, ...] = conformal.LEVELS) -> dict[str, dict]:
     """calibration, conformal and domain records for model.pt, chosen on `val` (domain description on `train`)."""
-    z_val, f_val = logits_and_features(net, val.images, pre)
+    layers = default_layers(net, pre, val.images)
+    z_val, f_val = logits_and_features(net, val.images, pre, layers=layers)
     records = fit_trust(val.labels.numpy(), z_val, perturbed_logits(net, val.images, pre), classes, levels)
-    _, f_train = logits_and_features(net, train.images, pre)
-    try:
-        records["domain"] = domain.fit_domain(f_train, train.labels, f_val).to_dict()
-    except ValueError:
-        pass  # a class missing from the training images: no description, prediction then skips the check
+    records["domain"] = fit_domain_record(net, pre, train, f_val, layers)
+    if records["domain"] is None:
+        del records["domain"]  # a class missing from the training images: prediction then skips the check
     return records
+
+
+def default_layers(net: Net, pre: Preprocessing, images: torch.Tensor) -> int:
+    """How many of the last stages the default in-domain description pools (domain.default_layers)."""
+    x = pre.normalize(images[:1])
+    return domain.default_layers(domain.stage_widths(net, x, len(net.trunk)))
+
+
+def fit_domain_record(net: Net, pre: Preprocessing, train: CachedImages, f_val: torch.Tensor | CachedImages,
+                      layers: int | None = None) -> dict | None:
+    """The domain record (plain data) of the last `layers` stages (default: default_layers), described on `train`,
+    cut-off on the validation features `f_val` (or images); None when a class has no training image."""
+    layers = layers or default_layers(net, pre, train.images)
+    if isinstance(f_val, CachedImages):
+        f_val = logits_and_features(net, f_val.images, pre, layers=layers)[1]
+    _, f_train = logits_and_features(net, train.images, pre, layers=layers)
+    try:
+        return domain.fit_domain(f_train, train.labels, f_val, layers=layers).to_dict()
+    except ValueError:
+        return None
 
 
 @dataclass(frozen=True)
@@ -134,7 +163,7 @@ class Trust:
 
     temperature: float = 1.0
     conformal: dict[float, conformal.ConformalRecord] = field(default_factory=dict)
-    domain: domain.DomainRecord | None = None
+    domain: domain.AnyDomainRecord | None = None
     bias: tuple[float, ...] = ()  # per class, added after dividing by T (older records: none)
 
     @classmethod
@@ -152,7 +181,7 @@ class Trust:
         if not (t > 0 and all(np.isfinite(bias))):
             raise RunError(f"The calibration of run {run} is damaged (temperature not positive or a bias not a "
                            f"number); add it again with `python -m cxrdemo calibrate --run {run}`.")
-        dom = domain.DomainRecord.from_dict(records["domain"]) if "domain" in records else None
+        dom = domain.read_record(records["domain"]) if "domain" in records else None
         return cls(t, sets, dom, bias)
 
     @property

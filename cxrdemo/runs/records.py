@@ -46,8 +46,9 @@ def _check_counts(run_dir: Path, scan: data.DatasetScan) -> None:
 
 
 def add_trust_records(run: str, runs_dir: str | Path | None = None, data_dir: str | None = None,
-                      say: Callable[[str], None] = lambda s: None) -> checkpoint.ModelFile:
-    """Fit calibration, conformal and domain records on the run's own splits and add them to its model.pt."""
+                      say: Callable[[str], None] = lambda s: None, domain_only: bool = False) -> checkpoint.ModelFile:
+    """Fit calibration, conformal and domain records on the run's own splits and add them to its model.pt
+    (`domain_only`: refit the in-domain description alone; the calibration and the sets stay as they are)."""
     run_dir = store.run_dir(run, runs_dir, allow_path=True)
     path = run_dir / checkpoint.MODEL_FILE
     model = checkpoint.load(path)
@@ -68,7 +69,13 @@ def add_trust_records(run: str, runs_dir: str | Path | None = None, data_dir: st
         cached[split] = pre.load(scan.splits[split])
     say("Fitting the temperature, the prediction sets and the in-domain description")
     net = checkpoint.rebuild_net(model)
-    records = trust.fit_records(net, pre, model.classes, cached["train"], cached["val"])
+    if domain_only:
+        say("Describing the training images (the in-domain check)")
+        records = {"domain": trust.fit_domain_record(net, pre, cached["train"], cached["val"])}
+        records = {k: v for k, v in records.items() if v is not None}
+    else:
+        say("Fitting the temperature, the prediction sets and the in-domain description")
+        records = trust.fit_records(net, pre, model.classes, cached["train"], cached["val"])
     if "domain" not in records:
         raise RunError("The training images could not be described (a class has no training image).")
     return checkpoint.update_records(path, **records)

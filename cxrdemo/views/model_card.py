@@ -318,9 +318,16 @@ def _domain(records: dict, has_model: bool) -> str:
     layers = d.get("layers", 1)
     where = ("penultimate features, the numbers the head sees" if layers == 1
              else f"features of the last {layers} stages")
+    if d.get("parts"):  # one description per stage (model/domain.StagedDomainRecord)
+        how = {"max": "the largest of them", "sum": "their sum"}.get(d.get("combine"), d.get("combine", "?"))
+        scale = 100 * float(d["parts"][0].get("quantile", 0))
+        what = (f"Mahalanobis distance to the nearest class, stage by stage, on the {transform}pooled {where}; each "
+                f"stage's distance divided by the one {scale:g}% of validation images stay under, then {how}")
+    else:
+        what = f"Mahalanobis distance on the {transform}pooled {where}"
     return (f"An image is flagged as unlike the training images when its distance to the nearest class of the "
-            f"{d.get('n_train', '?'):,} training images exceeds **{d['cutoff']:.2f}** (Mahalanobis distance on the "
-            f"{transform}pooled {where}; method {d.get('method', '?')}). "
+            f"{d.get('n_train', '?'):,} training images exceeds **{d['cutoff']:.2f}** ({what}; method "
+            f"{d.get('method', '?')}). "
             f"How the cut-off was chosen: the distance that {100 * d['quantile']:g}% of the {d.get('n_val', '?')} "
             f"validation images stay under — on validation images only.")
 
