@@ -101,8 +101,13 @@ def assess_film(model: LoadedModel, name: str, src: bytes | str | os.PathLike, i
         rad = predict.read_radiograph(raw, shown)
     except CxrError as exc:
         return Film(index, shown, digest, error=str(exc))
-    res = assess(model, rad, stated_age=stated_age)
-    return Film(index, shown, digest, res, _to_u8(rad.grey, THUMB_SIDE), _to_u8(rad.grey, DISPLAY_MAX_SIDE))
+    return film_of(rad, assess(model, rad, stated_age=stated_age), index)
+
+
+def film_of(rad: predict.Radiograph, res: ImageResult, index: int = 0) -> Film:
+    """A Film of a radiograph already read and its one result (the single-image view's report)."""
+    return Film(index, rad.name or res.name, rad.digest, res, _to_u8(rad.grey, THUMB_SIDE),
+                _to_u8(rad.grey, DISPLAY_MAX_SIDE))
 
 
 def iter_films(model: LoadedModel, sources: Iterable[Source], *, stated_age: float | None = None,

@@ -12,11 +12,13 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Mapping
 
 import numpy as np
 
 from cxrdemo.diagnosis import explain
+from cxrdemo.diagnosis.cam_cost import SLOW_METHODS
 from cxrdemo.diagnosis import faithfulness as faith
 from cxrdemo.diagnosis.predict import LoadedModel, model_summary
 from cxrdemo.diagnosis.worklist import Film, Mark
@@ -133,6 +135,17 @@ def summary_rows(films: list[Film], level: float, marks: Mapping[str, Mark] | No
     """The summary table (header first): the worklist's own cells, without thumbnails."""
     df = wv.table(films, level, marks, thumbnails=False)
     return [list(df.columns), *([str(v) for v in row] for row in df.itertuples(index=False))]
+
+
+def file_name(film_name: str | None = None) -> str:
+    """The PDF's download name: what it is and that it is not for clinical use."""
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(str(film_name)).stem).strip("-")[:60] if film_name else ""
+    return f"cxrdemo-report-{stem or 'worklist'}-NOT-FOR-CLINICAL-USE.pdf"
+
+
+def report_method(method: str) -> str:
+    """The heatmap method a report of many films uses: the one chosen, unless it takes tens of seconds per film."""
+    return "GradCAM" if method in SLOW_METHODS else method
 
 
 Progress = Callable[[int, int, str], None]  # (films done, films in all, the film's name)

@@ -180,3 +180,30 @@ def to_csv(films: list[Film], marks: Mapping[str, Mark] | None = None) -> bytes:
                               else " ".join(map(str, v)) if isinstance(v, list) else v)
              for k, v in rec.items()} for rec in records(films, marks)]
     return pd.DataFrame(rows).to_csv(index=False).encode("utf-8")
+
+
+# ---------------------------------------------------------------- the page's words
+
+MODES = ("One film", "Several films (a worklist)")
+UPLOAD_KINDS = ("Files", "A folder")
+UPLOAD_LABEL = {"Files": "Upload chest radiographs (PNG, JPEG or DICOM), several at once",
+                "A folder": "Upload a folder of chest radiographs"}
+UPLOAD_HELP = ("The files stay in this app's memory; they are never saved to disk. Each is read once, then only a "
+               "small copy is kept. DICOM files are read for their pixels, view, age and sex only.")
+EXAMPLE_LABEL = "Use the built-in example worklist (20 test films the demo model never saw)"
+TABLE_HELP = "Click a row to open that film below, with its heatmap."
+NO_FOLDER = "This Streamlit version cannot upload a folder: select the files instead."
+
+
+def progress_text(done: int, total: int, film: Film) -> str:
+    """'12 of 50 read: person1.jpg — PNEUMONIA' while the verdicts arrive."""
+    r = film.result
+    what = "could not be read" if r is None else r.classes[r.predicted]
+    return f"{done} of {total} read: {film.name} — {what}"
+
+
+def report_note(chosen: str, used: str) -> str:
+    """What the worklist's PDF holds, said before it is made."""
+    slow = f" ({chosen} would take tens of seconds per film)" if used != chosen else ""
+    return (f"The report has a page per film with its {used} heatmap{slow}; the faithfulness of each heatmap is "
+            "measured only in a one-film report (about 3 s per film): open a film below to get it.")
