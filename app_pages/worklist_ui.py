@@ -61,10 +61,11 @@ def _films(model: predict.LoadedModel, run: str, root: str, items: list[worklist
     done: list[worklist.Film] = []
 
     def show(i: int, n: int, f: worklist.Film) -> None:
-        if f.digest and f.readable:
+        fresh = f.digest not in known
+        if f.digest:  # an unreadable file too: the same bytes give the same sentence
             known[f.digest] = f
         done.append(f)
-        if i < n:  # only while new films are being read: a rerun of a read worklist draws nothing here
+        if fresh and i < n:  # only while new films are read: a rerun of a read worklist draws nothing here
             bar.progress(i / n, text=wv.progress_text(i, n, f))
             if i % 5 == 0:
                 live.dataframe(wv.table(wv.ordered(done), thumbnails=False), hide_index=True)
