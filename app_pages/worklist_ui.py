@@ -90,7 +90,7 @@ def section(model: predict.LoadedModel, label: str, run: str, root: str, items: 
 def _section(model: predict.LoadedModel, label: str, run: str, root: str, items: list[worklist.Source],
              level: float, method: str) -> tuple[bytes, str] | None:
     if not items:
-        st.info(wv.UPLOAD_LABEL["Files"] + ", or use the built-in example worklist.")
+        st.info(wv.EMPTY)
         return None
     films = _films(model, run, root, items)
     marks = st.session_state.get(MARKS) or {}

@@ -191,6 +191,7 @@ UPLOAD_LABEL = {"Files": "Upload chest radiographs (PNG, JPEG or DICOM), several
 UPLOAD_HELP = ("The files stay in this app's memory; they are never saved to disk. Each is read once, then only a "
                "small copy is kept. DICOM files are read for their pixels, view, age and sex only.")
 EXAMPLE_LABEL = "Use the built-in example worklist (20 test films the demo model never saw)"
+EMPTY = "Upload several films or a folder, or use the built-in example worklist."
 TABLE_HELP = "Click a row to open that film below, with its heatmap."
 NO_FOLDER = "This Streamlit version cannot upload a folder: select the files instead."
 
