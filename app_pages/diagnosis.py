@@ -168,7 +168,7 @@ with slot.container(), ui.friendly_errors("The prediction"):
     hm = film.heatmap_for(run, root, rad, method, key_target, res)
     film.images(label, model, rad, res, hm, level, opacity, full=True)
     pending.append(heatmaps_ui.faithfulness_slot(run, root, res, hm))
-    worklist_ui.one_report(model, label, rad, res, method, level)
+    worklist_ui.one_report(model, label, rad, res, hm, level)
     with ui.friendly_errors("The sanity check"):
         heatmaps_ui.sanity_section(model, rad, res, hm)
 

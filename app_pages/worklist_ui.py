@@ -11,7 +11,7 @@ import streamlit as st
 from streamlit.errors import StreamlitAPIException
 
 from cxrdemo import paths
-from cxrdemo.diagnosis import predict, worklist
+from cxrdemo.diagnosis import explain, predict, result, worklist
 from cxrdemo.views import report, report_pdf
 from cxrdemo.views import worklist as wv
 from app_pages import ui
@@ -128,13 +128,13 @@ def _downloads(model, label: str, films: list[worklist.Film], marks: dict, level
                        key="worklist_pdf", help=wv.report_note(method, used))
 
 
-def one_report(model: predict.LoadedModel, label: str, rad: predict.Radiograph, res, method: str,
-               level: float) -> None:
-    """'Download report (PDF)' for the film on screen: its page with the faithfulness reading (a few seconds)."""
+def one_report(model: predict.LoadedModel, label: str, rad: predict.Radiograph, res: result.ImageResult,
+               heat: explain.Heatmap, level: float) -> None:
+    """'Download report (PDF)' for the film on screen: its page with the heatmap shown and the faithfulness
+    reading (a few seconds, when clicked)."""
     marks = st.session_state.get(MARKS) or {}
-    used = report.report_method(method)
     st.download_button("Download report (PDF)", data=lambda: report_pdf.write(report.build(
-                           model, [worklist.film_of(rad, res)], label=label, method=used, level=level,
-                           faithfulness=True, marks=marks)),
+                           model, [worklist.film_of(rad, res)], label=label, method=heat.method, level=level,
+                           faithfulness=True, marks=marks, heatmaps={rad.digest: heat})),
                        mime=PDF_MIME, on_click="ignore", key="one_report_pdf",
                        file_name=report.file_name(rad.name))

@@ -153,15 +153,16 @@ Progress = Callable[[int, int, str], None]  # (films done, films in all, the fil
 
 def build(model: LoadedModel, films: list[Film], *, label: str, method: str = "GradCAM", level: float = 0.90,
           faithfulness: bool = False, marks: Mapping[str, Mark] | None = None,
-          progress: Progress | None = None) -> Report:
+          heatmaps: Mapping[str, explain.Heatmap] | None = None, progress: Progress | None = None) -> Report:
     """The report of `films` (in the worklist's order: those that need a look first): each film's heatmap by
-    `method`, and its faithfulness only when asked (about FAST_SECONDS_PER_FILM s each)."""
+    `method` (or the one in `heatmaps`, by digest: the map on screen), and its faithfulness only when asked
+    (about FAST_SECONDS_PER_FILM s each)."""
     explain.method_class(method)
     shown = wv.ordered(films)
     readable = [f for f in shown if f.result is not None and f.display is not None]
     pages = []
     for i, f in enumerate(readable):
-        heat = explain.heatmap(model, f.result, method)
+        heat = (heatmaps or {}).get(f.digest) or explain.heatmap(model, f.result, method)
         reading = faith.measure(model, f.result, heat) if faithfulness else None
         pages.append(film_page(model, f, heat, level, reading, (marks or {}).get(f.digest), faithfulness))
         if progress is not None:

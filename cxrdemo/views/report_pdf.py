@@ -11,8 +11,6 @@ from __future__ import annotations
 import io
 import textwrap
 
-import numpy as np
-
 from cxrdemo.data.shrink import display_copy
 from cxrdemo.views.report import FilmPage, Report
 
