@@ -90,7 +90,8 @@ def child(case: str, n: int, large: int | None) -> None:
         Path("/proc/self/clear_refs").write_text("5")
     except OSError:
         idle = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    out = {"case": case, "films": n, "threads": torch.get_num_threads(), "idle_mb": round(idle)}
+    out = {"case": case, "films": n, "torch_threads": torch.get_num_threads(), "worklist_threads": worklist.THREADS,
+           "idle_mb": round(idle)}
     start, cpu = time.perf_counter(), time.process_time()
     films = worklist.assess_films(model, sources)
     out["verdicts_s"] = round(time.perf_counter() - start, 2)

@@ -17,11 +17,16 @@ import numpy as np
 
 from cxrdemo.data.shrink import DISPLAY_MAX_SIDE, display_copy
 from cxrdemo.diagnosis import predict
+from cxrdemo.diagnosis.faithfulness import torch_threads
 from cxrdemo.diagnosis.predict import LoadedModel
 from cxrdemo.diagnosis.result import ImageResult, assess
 from cxrdemo.errors import CxrError, ImageReadError
 
 THUMB_SIDE = 96  # px on the long side of a table thumbnail
+# One image at a time through a small network: a second intra-op thread buys nothing, and on a shared 2-core machine
+# its spinning costs 4-8x the wall time (benchmarks/bench_worklist.py: 50 films in 3-6 s with 1 thread, 23-27 s with
+# 2, under a load of 6-7).
+THREADS = 1
 MAX_FILMS = 100  # files read from one worklist: each keeps about 1.3 MB (display copy, CAM-layer output)
 
 Source = tuple[str, "bytes | str | os.PathLike"]  # (the file's name as shown, its bytes or its path)
@@ -111,9 +116,11 @@ def film_of(rad: predict.Radiograph, res: ImageResult, index: int = 0) -> Film:
 
 
 def iter_films(model: LoadedModel, sources: Iterable[Source], *, stated_age: float | None = None,
-               progress: Progress | None = None, known: Mapping[str, Film] | None = None) -> Iterator[Film]:
+               progress: Progress | None = None, known: Mapping[str, Film] | None = None,
+               threads: int | None = THREADS) -> Iterator[Film]:
     """Each source's Film in order, as soon as it is read (`progress` is called after each); `known`: films
-    already read (by digest) for this model and age, reused instead of read again."""
+    already read (by digest) for this model and age, reused instead of read again; `threads`: torch's intra-op
+    threads while a film is read (None: as they are)."""
     items = list(sources)[:MAX_FILMS]
     for i, (name, src) in enumerate(items):
         film = None
@@ -125,16 +132,17 @@ def iter_films(model: LoadedModel, sources: Iterable[Source], *, stated_age: flo
             if d in known:
                 film = replace(known[d], index=i, name=Path(str(name)).name)
         if film is None:
-            film = assess_film(model, name, src, i, stated_age=stated_age)
+            with torch_threads(threads):
+                film = assess_film(model, name, src, i, stated_age=stated_age)
         if progress is not None:
             progress(i + 1, len(items), film)
         yield film
 
 
 def assess_films(model: LoadedModel, sources: Iterable[Source], *, stated_age: float | None = None,
-                 progress: Progress | None = None) -> list[Film]:
+                 progress: Progress | None = None, threads: int | None = THREADS) -> list[Film]:
     """Every source's Film, in the order given (at most MAX_FILMS)."""
-    return list(iter_films(model, sources, stated_age=stated_age, progress=progress))
+    return list(iter_films(model, sources, stated_age=stated_age, progress=progress, threads=threads))
 
 
 def folder_sources(folder: str | os.PathLike) -> list[Source]:

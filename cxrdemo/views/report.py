@@ -21,6 +21,7 @@ from cxrdemo.diagnosis import explain
 from cxrdemo.diagnosis.cam_cost import SLOW_METHODS
 from cxrdemo.diagnosis import faithfulness as faith
 from cxrdemo.diagnosis.predict import LoadedModel, model_summary
+from cxrdemo.diagnosis import worklist
 from cxrdemo.diagnosis.worklist import Film, Mark
 from cxrdemo.views import diagnosis as dv
 from cxrdemo.views import numbers
@@ -162,8 +163,9 @@ def build(model: LoadedModel, films: list[Film], *, label: str, method: str = "G
     readable = [f for f in shown if f.result is not None and f.display is not None]
     pages = []
     for i, f in enumerate(readable):
-        heat = (heatmaps or {}).get(f.digest) or explain.heatmap(model, f.result, method)
-        reading = faith.measure(model, f.result, heat) if faithfulness else None
+        with faith.torch_threads(worklist.THREADS):  # one image at a time: see worklist.THREADS
+            heat = (heatmaps or {}).get(f.digest) or explain.heatmap(model, f.result, method)
+            reading = faith.measure(model, f.result, heat) if faithfulness else None
         pages.append(film_page(model, f, heat, level, reading, (marks or {}).get(f.digest), faithfulness))
         if progress is not None:
             progress(i + 1, len(readable), f.name)

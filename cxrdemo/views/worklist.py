@@ -112,11 +112,11 @@ def table(films: list[Film], level: float = DEFAULT_LEVEL, marks: Mapping[str, M
         r = f.result
         quality, domain, population = _check_cells(f)
         row = {FILE: f.name,
+               LOOK: ", ".join(look_reasons(f)) if (f.needs_look or r is None) else "",  # in view without scrolling
                VERDICT: numbers.MISSING if r is None else r.classes[r.predicted],
                p_label(classes): numbers.percent(p_shown(f)),
                f"{SET} ({numbers.level(level)})": numbers.MISSING if r is None else set_words(r, level),
-               QUALITY: quality, DOMAIN: domain, POPULATION: population,
-               LOOK: ", ".join(look_reasons(f)) if (f.needs_look or r is None) else ""}
+               QUALITY: quality, DOMAIN: domain, POPULATION: population}
         if thumbnails:
             row = {THUMB: thumbnail_url(f), **row}
         if marks:
