@@ -10,7 +10,7 @@ from cxrdemo.views import diagnosis as dv
 from cxrdemo.views import population as pv
 from cxrdemo.views import words
 from cxrdemo.views.text import escape_markdown as md
-from app_pages import film, heatmaps_ui, ui, viewer
+from app_pages import film, heatmaps_ui, ui, viewer, worklist_ui
 
 PREDICTED = "The predicted class"
 MAX_COMPARE = 4
@@ -110,11 +110,13 @@ with pick_model:
 with pick_image:
     if model is not None:
         st.caption(pv.population_line(model.population, md))  # whom the model is for, before any upload
-    source = image_source()
-    stated_age = st.number_input("Patient's age in years (optional)", min_value=0.0, max_value=130.0, value=None,
-                                 step=1.0, key="age",
-                                 help="Checked against the ages the model learnt from. A DICOM file's own header "
-                                      "age is used first; the age is kept only in this page, never stored.")
+    many = worklist_ui.wanted()  # a worklist: each film's own header age only (one typed age fits no list)
+    files = worklist_ui.sources() if many else []
+    source = None if many else image_source()
+    stated_age = None if many else st.number_input(
+        "Patient's age in years (optional)", min_value=0.0, max_value=130.0, value=None, step=1.0, key="age",
+        help="Checked against the ages the model learnt from. A DICOM file's own header age is used first; the age "
+             "is kept only in this page, never stored.")
 if model is None:
     st.stop()
 
@@ -133,6 +135,8 @@ coverage = st.radio("Prediction set coverage", list(dv.COVERAGE_CHOICES), horizo
                     help="How often the set should hold the true class, as measured on validation images: a higher "
                          "coverage answers 'both' more often, never less (the 95% set always holds the 90% one).")
 level = dv.COVERAGE_CHOICES[coverage]
+if many:  # the chosen row becomes the film shown below
+    source = worklist_ui.section(model, label, run, root, files, level, method)
 
 if source is None:
     st.stop()
@@ -163,6 +167,7 @@ with slot.container(), ui.friendly_errors("The prediction"):
     in_viewer = viewer.section(run, root, model, rad, res, hm, key_target, opacity)
     film.images(label, model, rad, res, hm, level, opacity, full=True, pictures=not in_viewer)
     pending.append(heatmaps_ui.faithfulness_slot(run, root, res, hm))
+    worklist_ui.one_report(model, label, rad, res, hm, level)
     with ui.friendly_errors("The sanity check"):
         heatmaps_ui.sanity_section(model, rad, res, hm)
 

@@ -1,4 +1,4 @@
-"""The command line: backbones, scan, train, evaluate, compare, predict, calibrate, model-card, jobs.
+"""The command line: backbones, scan, train, evaluate, compare, predict, report, calibrate, model-card, jobs.
 
 Bad input -> exit 2, one line."""
 
@@ -159,6 +159,47 @@ def cmd_predict(args) -> int:
     return EXIT_BAD_INPUT if failed else 0
 
 
+def cmd_report(args) -> int:
+    import time
+
+    from cxrdemo.diagnosis import explain, worklist
+    from cxrdemo.diagnosis.predict import load_model
+    from cxrdemo.errors import ConfigError
+    from cxrdemo.fileio import atomic_write_bytes
+    from cxrdemo.views import report, report_pdf
+
+    out = Path(args.out)
+    if out.suffix.lower() != ".pdf":
+        raise ConfigError(f"--out must name a .pdf file (got {args.out}).")
+    if not out.parent.is_dir():
+        raise ConfigError(f"Cannot write {out}: the folder {out.parent} does not exist.")
+    explain.method_class(args.method)  # bad arguments are reported before any image is read
+    if len(args.images) > worklist.MAX_FILMS:
+        raise ConfigError(f"A report takes at most {worklist.MAX_FILMS} images (got {len(args.images)}): split them.")
+    model = load_model(args.run, _runs_dir(args), allow_path=True)
+    start = time.perf_counter()
+    say = (lambda s: None) if args.quiet else (lambda s: print(s, file=sys.stderr, flush=True))
+    films = worklist.assess_films(model, [(Path(p).name, p) for p in args.images],
+                                  progress=lambda i, n, f: say(f"read {i}/{n}: {f.name}"))
+    if not any(f.readable for f in films):
+        raise ConfigError("None of the files could be read as an image: "
+                          + " ".join(f"{f.name}: {f.error}" for f in films))
+    doc = report.build(model, films, label=args.run, method=args.method, level=args.level,
+                       faithfulness=args.faithfulness, progress=lambda i, n, name: say(f"page {i}/{n}: {name}"))
+    try:
+        atomic_write_bytes(out, report_pdf.write(doc))
+    except OSError as exc:
+        raise ConfigError(f"Could not write the report to {out}: {exc.strerror or exc}.") from None
+    unread = [f for f in films if not f.readable]
+    print(_json({"report": str(out), "films": len(doc.pages), "unreadable": [f.name for f in unread],
+                 "faithfulness": args.faithfulness, "seconds": round(time.perf_counter() - start, 1)}))
+    if unread:
+        print(f"error: {len(unread)} of {len(films)} files could not be read (the report lists them): "
+              f"{', '.join(f.name for f in unread)}.", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    return 0
+
+
 def cmd_calibrate(args) -> int:
     from cxrdemo.runs.records import add_trust_records
 
@@ -264,6 +305,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--age", metavar="YEARS",
                    help="the patient's age, checked against the model's population when a DICOM header gives none")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("report", parents=[store],
+                       help="a PDF report of one or more images: a summary table, then a page per image")
+    p.add_argument("--run", default="demo", help="run id, 'demo', or a run folder")
+    p.add_argument("images", nargs="+")
+    p.add_argument("--out", required=True, metavar="REPORT.pdf", help="the PDF to write")
+    p.add_argument("--method", default="GradCAM", help="GradCAM | GradCAM++ | EigenCAM | ScoreCAM | LayerCAM")
+    p.add_argument("--level", type=float, default=0.90, choices=(0.90, 0.95),
+                   help="coverage of the prediction set: 0.90 (default) or 0.95")
+    p.add_argument("--faithfulness", action="store_true",
+                   help="also measure each heatmap's faithfulness (ROAD, about 3 s per image on 2 cores)")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("calibrate", parents=[store],
                        help="add calibration, prediction sets and the in-domain check to a run's model (no retraining)")

@@ -341,6 +341,16 @@ def _use(meta: dict, config: dict) -> str:
             "not a medical device, not validated on patients.")
 
 
+def intended_use(run_dir: str | Path) -> str:
+    """The card's 'Intended use and limits' paragraph of a run (Markdown), for the report."""
+    d = Path(run_dir)
+    meta = runs.read_json(d / "config.json") if (d / "config.json").is_file() else {}
+    card = runs.read_json(d / EVALUATION_FILE) if (d / EVALUATION_FILE).is_file() else {}
+    model = _model_file(d)
+    config = dict(meta.get("config") or (model.config if model else {}))
+    return " ".join(p for p in (_use(meta, config), (card.get("notes") or {}).get("use", "")) if p)
+
+
 def train_command(config: dict, init: str | None = None) -> str:
     """The `python -m cxrdemo train` line that repeats a recipe (flags that differ from the defaults)."""
     defaults = TrainConfig().to_dict()
