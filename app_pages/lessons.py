@@ -7,7 +7,7 @@ import streamlit as st
 
 from cxrdemo import paths
 from cxrdemo.runs import examples, jobs
-from cxrdemo.views import lesson_results, lessons
+from cxrdemo.views import lesson_progress, lesson_results, lessons
 from cxrdemo.views.text import escape_markdown
 from app_pages import ui
 
@@ -56,23 +56,28 @@ def show_result(lesson: lessons.Lesson, infos, where: str) -> None:
 
 @st.fragment(run_every=3)
 def watch(lesson: lessons.Lesson) -> None:
-    """Progress while the lesson's runs train; its result view once any has finished, else the shipped examples."""
+    """Progress while the lesson's runs train; the latest finished result of each recipe (a restart replaces a row
+    only when its new run finishes), else the shipped examples; a restart's problem is shown beside them."""
     infos = jobs.list_jobs(root)
     counts = lessons.progress(lesson, infos)
     if counts["active"]:
         st.progress(counts["completed"] / counts["planned"],
                     text=f"{counts['completed']} of {counts['planned']} runs finished, {counts['active']} waiting "
                          "or training.")
-    if counts["other"]:
-        st.warning(f"{counts['other']} run(s) of this lesson failed, were cancelled or interrupted: start the "
-                   "lesson again to repeat them.")
-    if counts["completed"]:
-        st.success("Your results: runs trained on this computer.", icon=":material/check_circle:")
-        show_result(lesson, infos, "yours")
+    problem = lesson_progress.problem_words(lesson, infos)
+    if problem:
+        st.warning(problem, icon=":material/warning:")
+    done = lesson_progress.finished_runs(lesson, infos)
+    if done:
+        fresh, shown = lesson_progress.replaced_rows(lesson, infos)
+        st.success("Your results: runs trained on this computer." + (
+            f" {fresh} of {shown} rows already come from the new start; the others stay until its runs finish."
+            if counts["active"] else ""), icon=":material/check_circle:")
+        show_result(lesson, done, "yours")
         return
     shipped = examples.list_examples()
     if not lessons.example_runs(lesson, shipped):
-        if not counts["active"]:
+        if not counts["active"] and not problem:
             st.info("Not run yet: press the button to start it.")
         return
     st.info(lessons.example_words(lesson, shipped), icon=":material/menu_book:")
