@@ -49,3 +49,20 @@ def problem_words(lesson: Lesson, infos: list[runs.RunInfo]) -> str | None:
              "recipes)." if kept else "")
     return (f"The latest start of this lesson did not finish: {parts} run(s){why}.{still} Start the lesson again "
             "to repeat them.")
+
+
+def result_record(lesson: Lesson, infos: list[runs.RunInfo], shipped: list[runs.RunInfo]) -> dict:
+    """One lesson's headline and its effect as data, from this machine's finished runs when there are any, else
+    from the shipped examples (`python -m cxrdemo lessons results`)."""
+    from cxrdemo.views import lesson_results  # plotly and pandas: only when results are read
+
+    mine = finished_runs(lesson, infos)
+    source, chosen = ("this machine", mine) if mine else ("shipped examples", finished_runs(lesson, shipped))
+    if not chosen:
+        return {"key": lesson.key, "title": lesson.title, "source": None, "headline": None, "effect": None,
+                "ci95": None, "effect_what": None}
+    result = lesson_results.lesson_result(lesson, chosen)
+    e = result.effect
+    return {"key": lesson.key, "title": lesson.title, "source": source, "headline": result.headline,
+            "effect": round(e.value, 4) if e else None, "ci95": [round(e.low, 4), round(e.high, 4)] if e else None,
+            "effect_what": e.what if e else None}

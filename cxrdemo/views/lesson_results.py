@@ -20,6 +20,17 @@ from cxrdemo.runs import store as runs
 from cxrdemo.views import numbers, plots
 from cxrdemo.views.lessons import Lesson, lesson_runs, recipes
 
+@dataclass(frozen=True)
+class Effect:
+    """The lesson's headline effect as numbers: what is measured, its value and 95% interval (shares: 0.07 = 7
+    points)."""
+
+    what: str
+    value: float
+    low: float
+    high: float
+
+
 @dataclass
 class LessonResult:
     """What the page shows when a lesson's runs have finished."""
@@ -27,6 +38,7 @@ class LessonResult:
     headline: str
     table: pd.DataFrame
     figures: list[go.Figure] = field(default_factory=list)
+    effect: Effect | None = None  # the headline's number (`lessons results --json`); None until the runs finish
     # Hook: the probe timelapse / error gallery of chosen runs, once runs write them (watch-it-learn issue).
     gallery_runs: list[str] = field(default_factory=list)
 
@@ -132,17 +144,19 @@ def transfer_result(lesson: Lesson, infos: list[runs.RunInfo]) -> LessonResult:
                                                       "arrayminus": part["test accuracy"] - part["95% interval low"]}))
     fig.update_layout(title="Test accuracy vs number of training images (bars: 95% interval)",
                       xaxis_title="Training images", yaxis_title="Test accuracy", yaxis_range=[0, 1.02], height=380)
-    lines = []
+    lines, effect = [], None
     for share in df["share"].unique():
         a, b = correct.get(f"demo-all-{share}"), correct.get(f"scratch-{share}")
         if a is None or b is None or len(a) != len(b):
             continue  # paired by test image: both runs are tested on the lesson's fixed test split
         gain, lo, hi = paired_gap(a, b)
+        effect = effect or Effect(f"test accuracy, demo model minus scratch, {share}% of the training images",
+                                  gain, lo, hi)  # the smallest share: where the lesson's claim is
         lines.append(f"{share}% of the training images: {numbers.points(gain)} ({_interval(lo, hi)}; {verdict(lo, hi)}).")
     headline = ("Starting from the demo model instead of from scratch changes test accuracy by: " + " ".join(lines)
                 if lines else "The runs from scratch and from the demo model have not both finished yet.")
     done = [i for _, _, i, t in _base_rows(lesson, infos) if i is not None and t]
-    return LessonResult(headline, df, [fig, plots.curves_figure(done, "loss")])
+    return LessonResult(headline, df, [fig, plots.curves_figure(done, "loss")], effect=effect)
 
 
 # ---------------------------------------------------------------- lesson 2
@@ -173,11 +187,14 @@ def freeze_result(lesson: Lesson, infos: list[runs.RunInfo]) -> LessonResult:
         lines.append(f"Best test micro-recall: {b['recipe']}, {numbers.percent(b['test micro-recall'])}{where}, with "
                      f"{int(b['trainable parameters']):,} trainable parameters.")
     full, head = (_test(found[k]) if k in found else {} for k in ("cnn5-none", "cnn5-head"))
+    effect = None
     if _has_probs(full) and _has_probs(head) and len(full["y_true"]) == len(head["y_true"]):
         gap, lo, hi = paired_gap(_correct(head), _correct(full))
+        effect = Effect("test micro-recall, head only minus every layer", gap, lo, hi)
         lines.append(f"Training only the head instead of every layer changes micro-recall by {numbers.points(gap)} "
                      f"({_interval(lo, hi)}; {verdict(lo, hi)}).")
-    return LessonResult(" ".join(lines) or "No freeze level has finished yet.", df.drop(columns="key"), [fig])
+    return LessonResult(" ".join(lines) or "No freeze level has finished yet.", df.drop(columns="key"), [fig],
+                        effect=effect)
 
 
 # ---------------------------------------------------------------- lesson 3
@@ -224,7 +241,8 @@ def shortcut_result(lesson: Lesson, infos: list[runs.RunInfo]) -> LessonResult:
                    f"({numbers.points(shift[0])}, {_interval(*shift[1:])}; {verdict(*shift[1:])})" if shift else "")
                 + ". Accuracy alone can hide a shortcut on a balanced test: watch what it calls the images."
                 if not math.isnan(gap) else "The marked runs have not finished yet.")
-    return LessonResult(headline, df, [fig], gallery_runs=[r for r in df["run"] if r])
+    effect = Effect("share called VIRUS, marked minus clean copies of the same test images", *shift) if shift else None
+    return LessonResult(headline, df, [fig], gallery_runs=[r for r in df["run"] if r], effect=effect)
 
 
 # ---------------------------------------------------------------- lesson 4
@@ -247,10 +265,12 @@ def leakage_result(lesson: Lesson, infos: list[runs.RunInfo]) -> LessonResult:
         if test.get("probs") and not math.isnan(val) and n_val:
             pairs[key.split("-")[0]].append((val, n_val, _correct(test)))
     df = pd.DataFrame(rows)
-    lines = []
+    lines, effect = [], None
     for split, found in pairs.items():
         if found:
             gap, lo, hi = leakage_gap(found)
+            if split == "image":
+                effect = Effect("validation accuracy minus accuracy on unseen patients, split by image", gap, lo, hi)
             said = ("clearly above zero" if lo > 0 else "below zero" if hi < 0 else
                     "not significant: the interval includes zero, so this small set cannot show a gap")
             lines.append(f"Split by {split}: validation overstates unseen-patient accuracy by "
@@ -259,7 +279,7 @@ def leakage_result(lesson: Lesson, infos: list[runs.RunInfo]) -> LessonResult:
                      for col in ("validation accuracy (reported)", "accuracy on unseen patients")])
     fig.update_layout(barmode="group", title="What validation reports vs unseen patients", yaxis_range=[0, 1.02],
                       height=380)
-    return LessonResult(" ".join(lines) or "The runs have not finished yet.", df, [fig])
+    return LessonResult(" ".join(lines) or "The runs have not finished yet.", df, [fig], effect=effect)
 
 
 RESULTS = {"transfer": transfer_result, "freeze": freeze_result, "shortcut": shortcut_result,
