@@ -62,15 +62,19 @@ def _auroc(y: np.ndarray, probs: np.ndarray) -> float:
     return float(np.mean(out)) if out else float("nan")
 
 
+class NotPairable(RunError):
+    """Two runs whose results cannot be paired (other classes, no test image in common): information, not a fault."""
+
+
 def match(a: Predictions, b: Predictions) -> tuple[np.ndarray, np.ndarray, int]:
     """Row indices of the images both runs saw (same relative path and content hash), and how many did not match."""
     if a.classes != b.classes:
-        raise RunError(f"The two runs tell different classes apart ({', '.join(a.classes)} vs "
+        raise NotPairable(f"The two runs tell different classes apart ({', '.join(a.classes)} vs "
                        f"{', '.join(b.classes)}): their results cannot be paired.")
     where_b = {key: j for j, key in enumerate(b.keys)}
     pairs = [(i, where_b[key]) for i, key in enumerate(a.keys) if key in where_b]
     if not pairs:
-        raise RunError("The two runs were tested on different images (no file name and content in common): "
+        raise NotPairable("The two runs were tested on different images (no file name and content in common): "
                        "evaluate both on the same test set first.")
     ia, ib = (np.array(x, dtype=np.int64) for x in zip(*pairs))
     if not np.array_equal(a.y_true[ia], b.y_true[ib]):

@@ -173,11 +173,18 @@ def freeze_result(lesson: Lesson, infos: list[runs.RunInfo]) -> LessonResult:
                      "run": info.run_id if info else ""})
     df = pd.DataFrame(rows)
     ok = df.dropna(subset=["test micro-recall", "trainable parameters"])
-    fig = go.Figure(go.Scatter(x=ok["trainable parameters"], y=ok["test micro-recall"], text=ok["recipe"],
-                               mode="markers+text", textposition="top center"))
+    short = [f"{k.split('-')[0]} · freeze {k.split('-', 1)[1]}" for k in ok["key"]]  # the recipe, without 'demo'
+    fig = go.Figure(go.Scatter(x=ok["trainable parameters"], y=ok["test micro-recall"], text=short,
+                               customdata=ok["recipe"], mode="markers+text", cliponaxis=False, textfont_size=11,
+                               textposition=plots.label_positions(ok["trainable parameters"]),
+                               hovertemplate="%{customdata}<br>%{x:,} trainable parameters<br>micro-recall "
+                                             "%{y:.1%}<extra></extra>"))
     fig.update_layout(title="Trade-off: trainable parameters vs test micro-recall", xaxis_type="log",
                       xaxis_title="Trainable parameters (log)", yaxis_title="Test micro-recall",
-                      yaxis_range=[0, 1.05], height=380)
+                      yaxis_range=[0, 1.08], yaxis_tickformat=".0%", height=420,
+                      margin={"l": 70, "r": 40, "t": 60, "b": 60})
+    if len(ok):
+        fig.update_xaxes(range=plots.log_range(ok["trainable parameters"]))
     best = ok.sort_values("test micro-recall", ascending=False).head(1)
     lines = []
     if len(best):
