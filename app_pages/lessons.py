@@ -7,9 +7,9 @@ import streamlit as st
 
 from cxrdemo import paths
 from cxrdemo.runs import examples, jobs
-from cxrdemo.views import lesson_progress, lesson_results, lessons
+from cxrdemo.views import lesson_progress, lesson_results, lessons, shift_lesson
 from cxrdemo.views.text import escape_markdown
-from app_pages import ui
+from app_pages import shift_lesson_ui, ui
 
 root = ui.runs_dir()
 st.title("Lessons")
@@ -84,7 +84,9 @@ def watch(lesson: lessons.Lesson) -> None:
     show_result(lesson, shipped, "example")
 
 
-tabs = st.tabs([lesson.title for lesson in lessons.LESSONS.values()])
+tabs = st.tabs([lesson.title for lesson in lessons.LESSONS.values()] + [shift_lesson.TITLE])
 for tab, lesson in zip(tabs, lessons.LESSONS.values()):
     with tab:
         show_lesson(lesson)
+with tabs[-1]:  # a reading lesson: the demo model's stored evaluation, no training
+    shift_lesson_ui.show()

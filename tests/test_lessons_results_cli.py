@@ -23,7 +23,7 @@ def test_results_of_own_runs_as_json(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("CXRDEMO_RUNS_DIR", str(tmp_path / "runs"))  # main() sets it from --runs-dir: restored after
     fabricate(lessons.LESSONS["shortcut"], tmp_path / "runs", np.random.default_rng(0))
     out = {r["key"]: r for r in results(capsys, "--runs-dir", str(tmp_path / "runs"))}
-    assert set(out) == set(lessons.LESSONS)
+    assert set(out) == {*lessons.LESSONS, "shift"}  # the reading lesson reads the demo model's stored evaluation
     mine = out["shortcut"]
     assert mine["source"] == "this machine" and "marker on every VIRUS image" in mine["headline"]
     # fabricated: every marked copy is called VIRUS; clean copies are called VIRUS where p(VIRUS) = 0.8

@@ -58,11 +58,12 @@ def cmd_results(args) -> int:
     """Each lesson's headline and effect with its 95% interval: this machine's runs, else the shipped examples."""
     from cxrdemo.cli.options import to_json
     from cxrdemo.runs import store as runs
-    from cxrdemo.views import lesson_progress, lessons
+    from cxrdemo.views import lesson_progress, lessons, shift_lesson
     from cxrdemo.views.numbers import points
 
     infos, shipped = runs.list_runs(), examples.list_examples()
     records = [lesson_progress.result_record(lesson, infos, shipped) for lesson in lessons.LESSONS.values()]
+    records.append(lesson_progress.reading_record(shift_lesson.KEY, shift_lesson.TITLE, shift_lesson.shift_result()))
     if args.json:
         print(to_json(records))
         return 0

@@ -66,3 +66,12 @@ def result_record(lesson: Lesson, infos: list[runs.RunInfo], shipped: list[runs.
     return {"key": lesson.key, "title": lesson.title, "source": source, "headline": result.headline,
             "effect": round(e.value, 4) if e else None, "ci95": [round(e.low, 4), round(e.high, 4)] if e else None,
             "effect_what": e.what if e else None}
+
+
+def reading_record(key: str, title: str, result) -> dict:
+    """A reading lesson's record (no runs: its result is read from a stored evaluation), as `result_record`."""
+    e = result.effect if result is not None else None
+    return {"key": key, "title": title, "source": "stored evaluation" if result is not None else None,
+            "headline": result.headline if result is not None else None,
+            "effect": round(e.value, 4) if e else None, "ci95": [round(e.low, 4), round(e.high, 4)] if e else None,
+            "effect_what": e.what if e else None}

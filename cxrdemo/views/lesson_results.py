@@ -54,11 +54,11 @@ def column_kind(column: str) -> str:
         return "score"
     if "gap" in column:
         return "points"
-    if column in ("training images", "validation images", "epochs to best", "trainable parameters"):
+    if column in ("training images", "validation images", "epochs to best", "trainable parameters", "films"):
         return "count"
     if "seconds" in column:
         return "seconds"
-    if any(w in column for w in ("accuracy", "micro-recall", "interval", "called")):
+    if any(w in column for w in ("accuracy", "micro-recall", "interval", "called", "coverage", "answering")):
         return "percent"
     return "plain"
 
