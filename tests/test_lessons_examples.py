@@ -43,6 +43,8 @@ def shipped(tiny_examples, monkeypatch) -> list[runs.RunInfo]:
     """The tiny examples as the app sees them (CXRDEMO_EXAMPLES_DIR), with the lessons at the same tiny settings."""
     monkeypatch.setenv("CXRDEMO_EXAMPLES_DIR", str(tiny_examples))
     monkeypatch.setenv(lessons.TINY_ENV, "1")
+    # no speed trials of this machine: with its own measured speed the estimate does not use the example times
+    monkeypatch.setenv("CXRDEMO_CACHE_DIR", str(tiny_examples.parent / "empty-cache"))
     return examples.list_examples()
 
 

@@ -59,7 +59,7 @@ def cmd_results(args) -> int:
     from cxrdemo.cli.options import to_json
     from cxrdemo.runs import store as runs
     from cxrdemo.views import lesson_progress, lessons, shift_lesson
-    from cxrdemo.views.numbers import points
+    from cxrdemo.views.numbers import difference, difference_interval
 
     infos, shipped = runs.list_runs(), examples.list_examples()
     records = [lesson_progress.result_record(lesson, infos, shipped) for lesson in lessons.LESSONS.values()]
@@ -71,8 +71,9 @@ def cmd_results(args) -> int:
         if r["headline"] is None:
             print(f"{r['key']:10} no finished runs here and no shipped examples")
             continue
-        effect = (f"{points(r['effect'])} (95% interval {points(r['ci95'][0])} to {points(r['ci95'][1])}): "
-                  f"{r['effect_what']}" if r["effect"] is not None else "no effect measured")
+        kind = "auroc" if "AUROC" in (r["effect_what"] or "") else "accuracy"  # a score, else a share in points
+        effect = (f"{difference(kind, r['effect'])} ({difference_interval(kind, *r['ci95'])}): {r['effect_what']}"
+                  if r["effect"] is not None else "no effect measured")
         print(f"{r['key']:10} [{r['source']}] {effect}\n           {r['headline']}")
     return 0
 
