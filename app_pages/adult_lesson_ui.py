@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import streamlit as st
 
+from cxrdemo import paths
 from cxrdemo.data.shrink import display_copy
 from cxrdemo.diagnosis import adult_film, predict
+from cxrdemo.model.files import has_model
 from cxrdemo.views import adult_lesson as al
 from app_pages import film, ui
 
@@ -30,6 +32,10 @@ def reading(mtime: int, root: str, digest: str, stated_age: float | None,
 def show(root) -> None:
     """Narrative, the film's source, the three readings, what intended use means, what to look for."""
     st.markdown(al.NARRATIVE)
+    if not has_model(paths.demo_run_dir()):  # an installation without the shipped model: say so, calmly
+        st.info("This lesson reads films with the shipped demo model, which this installation does not have "
+                "(`weights/demo/`).")
+        return
     rad = sample()
     st.markdown(al.source_words(rad is not None))
     stated_age = None

@@ -7,9 +7,9 @@ import streamlit as st
 
 from cxrdemo import paths
 from cxrdemo.runs import examples, jobs
-from cxrdemo.views import adult_lesson, lesson_results, lessons
+from cxrdemo.views import adult_lesson, lesson_progress, lesson_results, lessons, shift_lesson
 from cxrdemo.views.text import escape_markdown
-from app_pages import adult_lesson_ui, ui
+from app_pages import adult_lesson_ui, shift_lesson_ui, ui
 
 root = ui.runs_dir()
 st.title("Lessons")
@@ -61,32 +61,39 @@ def show_result(lesson: lessons.Lesson, infos, where: str) -> None:
 
 @st.fragment(run_every=3)
 def watch(lesson: lessons.Lesson) -> None:
-    """Progress while the lesson's runs train; its result view once any has finished, else the shipped examples."""
+    """Progress while the lesson's runs train; the latest finished result of each recipe (a restart replaces a row
+    only when its new run finishes), else the shipped examples; a restart's problem is shown beside them."""
     infos = jobs.list_jobs(root)
     counts = lessons.progress(lesson, infos)
     if counts["active"]:
         st.progress(counts["completed"] / counts["planned"],
                     text=f"{counts['completed']} of {counts['planned']} runs finished, {counts['active']} waiting "
                          "or training.")
-    if counts["other"]:
-        st.warning(f"{counts['other']} run(s) of this lesson failed, were cancelled or interrupted: start the "
-                   "lesson again to repeat them.")
-    if counts["completed"]:
-        st.success("Your results: runs trained on this computer.", icon=":material/check_circle:")
-        show_result(lesson, infos, "yours")
+    problem = lesson_progress.problem_words(lesson, infos)
+    if problem:
+        st.warning(problem, icon=":material/warning:")
+    done = lesson_progress.finished_runs(lesson, infos)
+    if done:
+        fresh, shown = lesson_progress.replaced_rows(lesson, infos)
+        st.success("Your results: runs trained on this computer." + (
+            f" {fresh} of {shown} rows already come from the new start; the others stay until its runs finish."
+            if counts["active"] else ""), icon=":material/check_circle:")
+        show_result(lesson, done, "yours")
         return
     shipped = examples.list_examples()
     if not lessons.example_runs(lesson, shipped):
-        if not counts["active"]:
+        if not counts["active"] and not problem:
             st.info("Not run yet: press the button to start it.")
         return
     st.info(lessons.example_words(lesson, shipped), icon=":material/menu_book:")
     show_result(lesson, shipped, "example")
 
 
-tabs = st.tabs([lesson.title for lesson in lessons.LESSONS.values()] + [adult_lesson.TITLE])
+tabs = st.tabs([lesson.title for lesson in lessons.LESSONS.values()] + [shift_lesson.TITLE, adult_lesson.TITLE])
 for tab, lesson in zip(tabs, lessons.LESSONS.values()):
     with tab:
         show_lesson(lesson)
-with tabs[-1]:  # a reading walkthrough, not a training experiment
+with tabs[-2]:  # reading lessons: the demo model's stored evaluation and one adult film, no training
+    shift_lesson_ui.show()
+with tabs[-1]:
     adult_lesson_ui.show(root)

@@ -123,7 +123,11 @@ def paired_section(infos: dict[str, runs.RunInfo], chosen_ids: list[str]) -> Non
         return
     with ui.friendly_errors("Comparing the two runs"):
         files = [infos[r].path / predictions.FILE for r in (a, b)]
-        result = _compare(*(str(f) for f in files), *(f.stat().st_mtime_ns for f in files))
+        try:
+            result = _compare(*(str(f) for f in files), *(f.stat().st_mtime_ns for f in files))
+        except paired.NotPairable as exc:  # a fact about the two runs chosen, not something that went wrong
+            st.info(str(exc), icon=":material/info:")
+            return
         for d in result.differences:
             st.markdown("- " + checks.difference_sentence(d, result.n, escape_markdown(name(a)), escape_markdown(name(b))))
         if result.unmatched:

@@ -38,7 +38,8 @@ def test_page_shows_table_curves_and_mixing_warning(compare_store, monkeypatch):
     assert compare_store["damaged"] in warnings and "damaged" in warnings
     chosen = at.multiselect(key="chosen").value
     assert compare_store["damaged"] not in chosen and compare_store["running"] in chosen
-    assert "2 different class sets" in warnings  # the default choice mixes 2- and 4-class runs
+    # issue 31: the default choice is the largest class set (the 2-class runs), not a mix with the 4-class run
+    assert "different class sets" not in warnings and compare_store["four"] not in chosen
     assert len(_charts(at)) >= 6  # loss, accuracy, trade-off, 2 bars, confusion, ROC
     assert any(compare_store["running"] in c.value for c in at.caption)  # live progress line
     labels = [b.proto.label for b in at.get("download_button")]
@@ -46,6 +47,8 @@ def test_page_shows_table_curves_and_mixing_warning(compare_store, monkeypatch):
         "Download the table (CSV)", "Download the curves (CSV)"]
     completed = [r for r in chosen if r in (compare_store["done"], compare_store["grad"], compare_store["four"])]
     assert completed and labels.count("Download the model card (Markdown)") == len(completed)  # one card per run
+    at.multiselect(key="chosen").set_value([*chosen, compare_store["four"]]).run()
+    assert "2 different class sets" in " ".join(w.value for w in at.warning)  # a mix the user chose is warned of
 
 
 @pytest.mark.slow
@@ -69,6 +72,8 @@ def _figure(at: AppTest, title_part: str) -> dict:
 
 def test_page_filters_and_class_set_choice(compare_store, monkeypatch):
     at = _page(monkeypatch, compare_store["root"])
+    chosen = at.multiselect(key="chosen").value  # the largest class set by default (issue 31); add the other one
+    at.multiselect(key="chosen").set_value([*chosen, compare_store["four"]]).run()
     points = _figure(at, "Cost vs benefit")["data"][0]["customdata"]
     assert {p[0] for p in points} == {compare_store["done"], compare_store["grad"]}  # first class set by default
     at.selectbox(key="class_set").set_value("COVID, Lung_Opacity, Normal, Viral").run()

@@ -225,7 +225,8 @@ def test_compare_legends_sit_below_the_plots(compare_store):
     infos = [i for i in runs.list_runs(compare_store["root"]) if not i.damaged]
     for metric in ("loss", "accuracy"):
         fig = plots.curves_figure(infos, metric)
-        assert fig.layout.legend.orientation == "h" and fig.layout.legend.y < 0  # the plot keeps the full width
+        legend = fig.layout.legend  # below the plot: it keeps the full width (issue 31: in the bottom margin, under
+        assert legend.orientation == "h" and legend.yref == "container" and legend.y == 0  # the axis title)
 
 
 def test_the_readme_says_where_the_full_datasets_come_from():

@@ -54,12 +54,40 @@ def cmd_build_examples(args) -> int:
     return 0
 
 
+def cmd_results(args) -> int:
+    """Each lesson's headline and effect with its 95% interval: this machine's runs, else the shipped examples."""
+    from cxrdemo.cli.options import to_json
+    from cxrdemo.runs import store as runs
+    from cxrdemo.views import lesson_progress, lessons, shift_lesson
+    from cxrdemo.views.numbers import difference, difference_interval
+
+    infos, shipped = runs.list_runs(), examples.list_examples()
+    records = [lesson_progress.result_record(lesson, infos, shipped) for lesson in lessons.LESSONS.values()]
+    records.append(lesson_progress.reading_record(shift_lesson.KEY, shift_lesson.TITLE, shift_lesson.shift_result()))
+    if args.json:
+        print(to_json(records))
+        return 0
+    for r in records:
+        if r["headline"] is None:
+            print(f"{r['key']:10} no finished runs here and no shipped examples")
+            continue
+        kind = "auroc" if "AUROC" in (r["effect_what"] or "") else "accuracy"  # a score, else a share in points
+        effect = (f"{difference(kind, r['effect'])} ({difference_interval(kind, *r['ci95'])}): {r['effect_what']}"
+                  if r["effect"] is not None else "no effect measured")
+        print(f"{r['key']:10} [{r['source']}] {effect}\n           {r['headline']}")
+    return 0
+
+
 def register(sub: argparse._SubParsersAction, store: argparse.ArgumentParser) -> None:
-    """Add `lessons list` and `lessons build-examples` to the CLI."""
+    """Add `lessons list`, `lessons results` and `lessons build-examples` to the CLI."""
     p = sub.add_parser("lessons", help="guided experiments: list them, or build the shipped example results")
     lsub = p.add_subparsers(dest="lessons_command", required=True)
     q = lsub.add_parser("list", help="each lesson: runs, image size, epochs, estimated time")
     q.set_defaults(func=cmd_list)
+    q = lsub.add_parser("results", parents=[store], help="each lesson's headline, effect and 95%% interval: this "
+                        "machine's finished runs, else the shipped examples")
+    q.add_argument("--json", action="store_true", help="one JSON list: key, title, source, headline, effect, ci95")
+    q.set_defaults(func=cmd_results)
     q = lsub.add_parser("build-examples", help="run every lesson here (one job at a time) and copy the runs, "
                         "without weights, into the read-only examples folder shipped with the project")
     q.add_argument("--lesson", action="append", help="only this lesson (repeatable)")

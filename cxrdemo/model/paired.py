@@ -62,15 +62,19 @@ def _auroc(y: np.ndarray, probs: np.ndarray) -> float:
     return float(np.mean(out)) if out else float("nan")
 
 
+class NotPairable(RunError):
+    """Two runs whose results cannot be paired (other classes, no test image in common): information, not a fault."""
+
+
 def match(a: Predictions, b: Predictions) -> tuple[np.ndarray, np.ndarray, int]:
     """Row indices of the images both runs saw (same relative path and content hash), and how many did not match."""
     if a.classes != b.classes:
-        raise RunError(f"The two runs tell different classes apart ({', '.join(a.classes)} vs "
+        raise NotPairable(f"The two runs tell different classes apart ({', '.join(a.classes)} vs "
                        f"{', '.join(b.classes)}): their results cannot be paired.")
     where_b = {key: j for j, key in enumerate(b.keys)}
     pairs = [(i, where_b[key]) for i, key in enumerate(a.keys) if key in where_b]
     if not pairs:
-        raise RunError("The two runs were tested on different images (no file name and content in common): "
+        raise NotPairable("The two runs were tested on different images (no file name and content in common): "
                        "evaluate both on the same test set first.")
     ia, ib = (np.array(x, dtype=np.int64) for x in zip(*pairs))
     if not np.array_equal(a.y_true[ia], b.y_true[ib]):
@@ -130,3 +134,24 @@ def leakage_gap(pairs: list[tuple[float, int, np.ndarray]], seed: int = 0) -> tu
         draws += (val - test) / len(pairs)
     lo, hi = np.percentile(draws, [2.5, 97.5])
     return point, float(lo), float(hi)
+
+
+def _draw_aurocs(pos: np.ndarray, neg: np.ndarray) -> np.ndarray:
+    """AUROC of each resample (rows: draws of positive and negative scores), ties counting half."""
+    above = (pos[:, :, None] > neg[:, None, :]).mean((1, 2))
+    ties = (pos[:, :, None] == neg[:, None, :]).mean((1, 2))
+    return above + 0.5 * ties
+
+
+def auroc_gap(y: np.ndarray, score_a: np.ndarray, score_b: np.ndarray, seed: int = 0) -> tuple[float, float, float]:
+    """AUROC of A minus AUROC of B on the same images (binary: the positive class's score), with a 95% paired
+    bootstrap interval: each class resampled within itself, both runs scored on the same draws (as `compare`)."""
+    y = np.asarray(y).astype(bool)
+    a, b = np.asarray(score_a, dtype=np.float64), np.asarray(score_b, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    ip, ineg = np.flatnonzero(y), np.flatnonzero(~y)
+    dp, dn = ip[rng.integers(0, len(ip), (N_BOOT, len(ip)))], ineg[rng.integers(0, len(ineg), (N_BOOT, len(ineg)))]
+    draws = _draw_aurocs(a[dp], a[dn]) - _draw_aurocs(b[dp], b[dn])
+    point = _draw_aurocs(a[ip][None], a[ineg][None])[0] - _draw_aurocs(b[ip][None], b[ineg][None])[0]
+    lo, hi = np.percentile(draws, [2.5, 97.5])
+    return float(point), float(lo), float(hi)

@@ -152,13 +152,27 @@ DEFAULT_CHOSEN = 6
 DEFAULT_EXAMPLE_TAG = "lesson:freeze:"  # a fresh install opens on one lesson's runs: one task, one story
 
 
+def largest_class_set(run_ids: list[str], by_id: dict[str, runs.RunInfo]) -> list[str]:
+    """The runs (order kept) of the class set most of them were trained on (a tie: the set of the newest run), so
+    the page opens on runs whose test results can be compared."""
+    sets = {r: ", ".join(run_classes(by_id[r]) or run_classes(by_id[r], runs.read_test_metrics(by_id[r].path)))
+            for r in run_ids}
+    counts = {k: list(sets.values()).count(k) for k in sets.values()}
+    if len(counts) <= 1:
+        return run_ids
+    top = max(counts.values())
+    chosen = next(sets[r] for r in reversed(run_ids) if counts[sets[r]] == top)
+    return [r for r in run_ids if sets[r] == chosen]
+
+
 def default_choice(options: list[str], infos: list[runs.RunInfo]) -> list[str]:
-    """The runs chosen when the page opens: the user's newest own runs, else one lesson's example runs (the freeze
-    lesson: its trade-off chart tells the papers' story), else the newest of whatever is there."""
+    """The runs chosen when the page opens: the user's newest own runs of their largest class set, else one
+    lesson's example runs (the freeze lesson: its trade-off chart tells the papers' story), else the newest of
+    whatever is there."""
     by_id = {i.run_id: i for i in infos}
     own = [r for r in options if r in by_id and not by_id[r].example and r != paths.DEMO_RUN_NAME]
     if own:
-        return own[-DEFAULT_CHOSEN:]
+        return largest_class_set(own, by_id)[-DEFAULT_CHOSEN:]
     lesson = [r for r in options if r in by_id and str(by_id[r].config.get("tag") or "").startswith(
         DEFAULT_EXAMPLE_TAG)]
     return (lesson or options)[-DEFAULT_CHOSEN:]

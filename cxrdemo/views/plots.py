@@ -23,6 +23,34 @@ THRESHOLD_COLOUR = "#c0392b"
 _PALETTE = qualitative.Plotly + qualitative.D3 + qualitative.Dark24
 
 
+LEGEND_ROW_PX = 22  # one row of a horizontal legend
+AXIS_TITLE_PX = 60  # tick labels and the x-axis title under the plot area
+ASSUMED_WIDTH_PX = 560  # a half-page column: the narrowest a chart with a legend is shown at
+
+
+def legend_rows(names: list[str], width_px: int = ASSUMED_WIDTH_PX) -> int:
+    """How many rows a horizontal legend of these entries takes at `width_px` (an entry: its symbol + its text)."""
+    rows, used = 1, 0
+    for name in names:
+        w = 45 + 7 * len(name)
+        if used and used + w > width_px:
+            rows, used = rows + 1, 0
+        used += w
+    return rows
+
+
+def legend_below(fig: go.Figure, plot_px: int) -> go.Figure:
+    """The legend under the x-axis title, in a bottom margin sized to hold every row: it neither scrolls nor
+    covers the axis; the plot area keeps `plot_px` whatever the number of runs."""
+    names = [t.name for t in fig.data if t.showlegend is not False and t.name]
+    rows = legend_rows(names)
+    bottom = AXIS_TITLE_PX + rows * LEGEND_ROW_PX + 10
+    fig.update_layout(height=plot_px + bottom + 60, margin={"b": bottom, "t": 60},
+                      legend={"orientation": "h", "yref": "container", "y": 0, "yanchor": "bottom",
+                              "xanchor": "left", "x": 0, "title_text": ""})
+    return fig
+
+
 def run_colors(run_ids: Iterable[str]) -> dict[str, str]:
     """One stable colour per run, in the order given (the same run keeps its colour across charts)."""
     return {r: _PALETTE[i % len(_PALETTE)] for i, r in enumerate(run_ids)}
@@ -81,8 +109,8 @@ def curves_figure(infos: list[runs.RunInfo], metric: str = "loss", smoothing: fl
                           annotation_text=f"{names[info.run_id]}: trunk unfrozen ({before:,} → {after:,} trainable)",
                           annotation_font_size=10, annotation_textangle=-90, annotation_position="top left")
     fig.update_layout(title=f"{label} per epoch (solid: train, dashed: validation)", hovermode="closest",
-                      xaxis_title="Epoch", yaxis_title=label, legend_title_text="", height=460,
-                      legend=LEGEND_BELOW)
+                      xaxis_title="Epoch", yaxis_title=label)
+    legend_below(fig, 320)
     fig.update_xaxes(dtick=1 if max(len(t.x) for t in fig.data) <= 20 else None)
     if metric == "accuracy":
         fig.update_yaxes(range=[0, 1.02])
@@ -101,8 +129,27 @@ def _fmt_int(v: float) -> str:
     return numbers.cell(v, "count")
 
 
+def label_positions(x: Iterable[float]) -> list[str]:
+    """Where each point's label goes: neighbours along x alternate above and below, so close points' labels do
+    not print over each other."""
+    order = np.argsort(np.asarray(list(x), dtype=float), kind="stable")
+    out = [""] * len(order)
+    for rank, i in enumerate(order):
+        out[i] = "top center" if rank % 2 == 0 else "bottom center"
+    return out
+
+
+def log_range(values: Iterable[float], pad: float = 0.5) -> list[float]:
+    """A log axis's range (in decades) that holds every value with room for the labels at both ends."""
+    v = np.log10(np.asarray(list(values), dtype=float))
+    return [float(v.min()) - pad, float(v.max()) + pad]
+
+
 def tradeoff_figure(table: pd.DataFrame, y: str = "test_accuracy") -> go.Figure:
-    """Trainable parameters (log x) against a test metric, coloured by seconds per epoch: cost vs benefit."""
+    """Trainable parameters (log x) against a test metric, coloured by seconds per epoch: cost vs benefit.
+
+    Every test metric is a share, so the y axis is 0-100% whatever the runs (one run: no -0.5 to 1.5 axis); the
+    colour bar appears only when the seconds per epoch differ (one run: its seconds are in its label)."""
     label = TEST_METRIC_LABELS.get(y, y)
     df = table[(pd.to_numeric(table["trainable_params"], errors="coerce") > 0) & table[y].notna()]
     if not len(df):
@@ -111,16 +158,22 @@ def tradeoff_figure(table: pd.DataFrame, y: str = "test_accuracy") -> go.Figure:
     text = point_labels(df)
     custom = np.stack([df["run_id"], text, [_fmt_int(v) for v in df["trainable_params"]],
                        [numbers.seconds(s) for s in secs]], axis=1)
+    spread = secs.notna().sum() >= 2 and secs.max() > secs.min()
+    marker = (dict(color=secs, colorscale="Viridis", showscale=True, colorbar=dict(title="seconds<br>per epoch"))
+              if spread else dict(color="#1f5fa8"))
+    if not spread:
+        text = [f"{t} · {c[3]} per epoch" if not math.isnan(s) else t for t, c, s in zip(text, custom, secs)]
     fig = go.Figure(go.Scatter(
         x=df["trainable_params"].astype(float), y=df[y].astype(float), mode="markers+text", text=text,
-        textposition="top center", customdata=custom, name=label,
-        marker=dict(size=16, color=secs, colorscale="Viridis", showscale=True, line=dict(width=1, color="black"),
-                    colorbar=dict(title="seconds<br>per epoch")),
+        textposition=label_positions(df["trainable_params"]), customdata=custom, name=label, cliponaxis=False,
+        textfont_size=11, marker=dict(size=16, line=dict(width=1, color="black"), **marker),
         hovertemplate=("<b>%{customdata[0]}</b><br>%{customdata[1]}<br>trainable parameters %{customdata[2]}<br>"
                        + label.lower() + f" %{{y:{numbers.d3(y)}}}<br>%{{customdata[3]}} per epoch<extra></extra>")))
-    fig.update_layout(title=f"Cost vs benefit: trainable parameters vs {label.lower()}", height=440,
-                      xaxis_title="Trainable parameters (log scale)", yaxis_title=label, margin=dict(r=20))
-    fig.update_xaxes(type="log")
+    fig.update_layout(title=f"Cost vs benefit: trainable parameters vs {label.lower()}", height=460,
+                      xaxis_title="Trainable parameters (log scale)", yaxis_title=label,
+                      margin=dict(l=70, r=40 if not spread else 20, t=60, b=60))
+    fig.update_xaxes(type="log", range=log_range(df["trainable_params"]))
+    fig.update_yaxes(range=[0, 1.08], tickformat=".0%")
     return fig
 
 

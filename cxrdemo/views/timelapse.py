@@ -20,7 +20,15 @@ from cxrdemo.model import probes
 from cxrdemo.views import numbers, words
 
 MAX_RUNS = 3
+TOP_PX = 70  # the toolbar's strip and the first row's cell notes
+RIGHT_PX = 40  # the row titles, written along the right edge
+TITLE_CHARS = 26  # a row title longer than a row (170 px at 11 px per character) is cut with '…'
 OPACITY = 0.45
+
+
+def short_title(name: str) -> str:
+    """A run's row title, cut to fit along its row ('…' at the end)."""
+    return name if len(name) <= TITLE_CHARS else name[:TITLE_CHARS - 1] + "…"
 
 
 def _png_uri(rgb: np.ndarray) -> str:
@@ -88,7 +96,9 @@ def timelapse_figure(timelines: dict[str, probes.Timeline], animate: bool = True
     epochs = sorted({e for t in timelines.values() for e in t.epochs})
     shown = epochs if animate else epochs[-1:]
     fig = make_subplots(rows=len(runs_), cols=n_cols, horizontal_spacing=0.01, vertical_spacing=0.08,
-                        row_titles=[html.escape((names or {}).get(r) or words.run_name(r)) for r in runs_])
+                        row_titles=[html.escape(short_title((names or {}).get(r) or words.run_name(r))) for r in runs_])
+    for title in fig.layout.annotations:  # a row title reads along its row's right edge, inside the right margin
+        title.update(font_size=11, xshift=4)
 
     def cells(epoch: int) -> tuple[list[go.Image], list[dict]]:
         images, notes = [], []
@@ -120,7 +130,9 @@ def timelapse_figure(timelines: dict[str, probes.Timeline], animate: bool = True
     fig.update_layout(annotations=row_titles + annotations(notes))
     fig.update_xaxes(visible=False)
     fig.update_yaxes(visible=False)
-    fig.update_layout(height=170 * len(runs_) + (110 if animate else 30), margin={"l": 10, "r": 40, "t": 30, "b": 10},
+    # The top margin holds the toolbar (about 30 px) above the first row's cell notes, so neither covers the other.
+    fig.update_layout(height=170 * len(runs_) + (110 if animate else 30) + TOP_PX,
+                      margin={"l": 10, "r": RIGHT_PX, "t": TOP_PX, "b": 10},
                       title=None if animate else f"Probe images after epoch {shown[-1]}")
     if animate and len(shown) > 1:
         frames = []

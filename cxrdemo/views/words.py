@@ -162,10 +162,22 @@ def run_name(run_id: str, example: bool = False) -> str:
     return f"{name} ({EXAMPLE})" if example else f"{name} · {when}"
 
 
+def _recipe_name(run_id: str, example: bool) -> str | None:
+    """A labelled run named by its label and what a sweep varies (backbone, freeze); None for an unlabelled id."""
+    parts = _id_parts(run_id)
+    if parts is None or not parts[2] or re.fullmatch(r"\d+", parts[2]):
+        return None
+    backbone, freeze, label, when = parts
+    name = f"{label} · {backbone} · freeze {freeze}"
+    return f"{name} ({EXAMPLE})" if example else f"{name} · {when}"
+
+
 def run_names(run_ids: list[str], examples: list[bool] | None = None) -> list[str]:
-    """run_name of each id, made unique: two names that would read the same get their run's seconds, else its id."""
+    """run_name of each id, made unique: runs of one sweep (one label) are named by what differs, their backbone
+    and freeze level; two names that still read the same get their run's seconds, else its id."""
     examples = examples if examples is not None else [False] * len(run_ids)
     first = [run_name(r, bool(e)) for r, e in zip(run_ids, examples)]
+    first = [(_recipe_name(r, bool(e)) or n) if first.count(n) > 1 else n for r, e, n in zip(run_ids, examples, first)]
     names = [f"{n}:{m.group(6)}" if first.count(n) > 1 and (m := _RUN_ID.match(r)) and not e else n
              for r, e, n in zip(run_ids, examples, first)]
     return [n if names.count(n) == 1 else f"{n} ({r})" for r, n in zip(run_ids, names)]
