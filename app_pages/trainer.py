@@ -22,9 +22,9 @@ FOLDER = "A folder on this computer"
 
 
 @st.cache_data(ttl=30, show_spinner="Scanning the dataset…")
-def scan(path: str):
-    """The dataset scan (cached briefly: a folder may change while the page is open)."""
-    return data.scan_dataset(path)
+def scan(path: str, roots: tuple | None = None):
+    """The dataset scan (cached briefly: a folder may change while the page is open); `roots`: links stay inside."""
+    return data.scan_dataset(path, roots=roots)
 
 
 ui.notice()
@@ -56,7 +56,7 @@ if source == FOLDER:
 ds = None
 if data_path:
     with ui.friendly_errors("Reading the dataset"):
-        ds = scan(policy.check_folder(data_path))
+        ds = scan(policy.check_folder(data_path), policy.scan_roots(data_path))
 if ds is not None:
     st.dataframe(form.scan_rows(ds), hide_index=True)
     for note in ds.notes:

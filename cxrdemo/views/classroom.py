@@ -229,6 +229,10 @@ class Classroom:
             raise DatasetError(OUTSIDE_ROOTS if self.teacher else REFUSED)
         return real
 
+    def scan_roots(self, path: str) -> tuple[Path, ...] | None:
+        """The folders a dataset scan may follow links into (None: anywhere, on a desktop or for the built-in data)."""
+        return self.roots if self.on and not is_builtin_data(path) else None
+
     def may_delete(self) -> bool:
         """Whether this page view may delete runs."""
         return not self.student
