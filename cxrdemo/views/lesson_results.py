@@ -17,8 +17,8 @@ from cxrdemo.model import metrics
 from cxrdemo.model.metrics import predict_labels
 from cxrdemo.model.paired import leakage_gap, paired_gap  # noqa: F401 (the lessons' gaps; tests reach them here)
 from cxrdemo.runs import store as runs
-from cxrdemo.views import numbers
-from cxrdemo.views.text import escape_markdown, plots
+from cxrdemo.views import numbers, plots
+from cxrdemo.views.text import escape_markdown
 from cxrdemo.views.lessons import Lesson, lesson_runs, recipes
 
 @dataclass
