@@ -149,7 +149,7 @@ with ui.friendly_errors("Reading the runs"):
         st.info(f"No runs yet{where}. Start one on the Trainer page; it will appear here while it trains.")
         ui.page_link("app_pages/trainer.py", "Open the Trainer page", ":material/model_training:")
         st.stop()
-    table = compare.runs_table(all_infos)
+    table = compare.runs_table(all_infos, POLICY.shown_roots)
     if damaged := run_table.damaged_sentence(table):
         st.warning(damaged, icon=":material/healing:")
 

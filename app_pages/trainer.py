@@ -9,12 +9,13 @@ from cxrdemo.errors import CxrError
 from cxrdemo.model import backbones
 from cxrdemo.runs import jobs, ray_backend
 from cxrdemo.runs.lifecycle import log_tail
-from cxrdemo.views import card, sweep_cost, words
+from cxrdemo.views import card, host_paths, sweep_cost, words
 from cxrdemo.views import population as pv
 from cxrdemo.views import classroom as cls
 from cxrdemo.views import recipe as rc
 from cxrdemo.views import trainer as tv
 from cxrdemo.views import trainer_form as form
+from cxrdemo.views.text import escape_markdown
 from app_pages import ui, watch
 from app_pages.form_widgets import KEEP, SPECS, choice, follow_rule, keep, kept, multiselect, restore, widget_rows
 
@@ -22,9 +23,9 @@ FOLDER = "A folder on this computer"
 
 
 @st.cache_data(ttl=30, show_spinner="Scanning the dataset…")
-def scan(path: str):
-    """The dataset scan (cached briefly: a folder may change while the page is open)."""
-    return data.scan_dataset(path)
+def scan(path: str, roots: tuple | None = None):
+    """The dataset scan (cached briefly: a folder may change while the page is open); `roots`: links stay inside."""
+    return data.scan_dataset(path, roots=roots)
 
 
 ui.notice()
@@ -35,7 +36,8 @@ with ui.friendly_errors("Checking earlier jobs"):
 policy = ui.classroom()
 asker = policy.asker()  # who queues: every job records its hashed browser id (a reload finds its last recipe)
 # A new browser session (a reload): the recipe in the URL, else this browser's last submission (never another's).
-restore(lambda: rc.restored_recipe(st.query_params.to_dict(), jobs.list_jobs(root), asker.browser, FOLDER))
+restore(lambda: rc.restored_recipe(st.query_params.to_dict(), jobs.list_jobs(root), asker.browser, FOLDER,
+                                   policy.shown_roots))
 if policy.student:
     st.caption(cls.limits_words(policy.limits))
 
@@ -56,7 +58,7 @@ if source == FOLDER:
 ds = None
 if data_path:
     with ui.friendly_errors("Reading the dataset"):
-        ds = scan(policy.check_folder(data_path))
+        ds = scan(policy.check_folder(data_path), policy.scan_roots(data_path))
 if ds is not None:
     st.dataframe(form.scan_rows(ds), hide_index=True)
     for note in ds.notes:
@@ -104,7 +106,7 @@ kept("run_name")
 name = keep("run_name", st.text_input("Label (optional, added to the run id)", max_chars=40, key="run_name"))
 recipe = {"data": data_path or "", "backbone": backbone, "init": init, "freeze": freeze, **options, **population}
 # A reload restores this recipe; other parameters of the address (the classroom's browser id) stay.
-st.query_params.from_dict(rc.query_for(recipe, st.query_params.to_dict()))
+st.query_params.from_dict(rc.query_for(recipe, st.query_params.to_dict(), policy.shown_roots))
 
 
 # ---------------------------------------------------------------- where jobs train (Ray cluster, issue #9)
@@ -166,7 +168,7 @@ def jobs_panel() -> None:
     if policy.on:  # a classroom: this browser's jobs, the others' on request
         infos = tv.own_first(infos, asker.browser, ui.kept_toggle("Everyone's jobs", "everyone_jobs", False,
                                                                   help="Also show the jobs of other browsers."))
-    rows = tv.panel_rows(infos, browser=asker.browser if policy.on else "")
+    rows = tv.panel_rows(infos, browser=asker.browser if policy.on else "", roots=policy.shown_roots)
     again_problem = st.session_state.setdefault("again_problem", {})
     if not rows:
         st.info("No training jobs yet. Choose the options above and press **Start training**.")
@@ -187,9 +189,9 @@ def jobs_panel() -> None:
                 except cls.Refused as exc:  # kept until the next click: the panel redraws every 2 s
                     again_problem[row.run_id] = cls.refusal_words(exc.refusal)
                 except CxrError as exc:
-                    again_problem[row.run_id] = str(exc)
+                    again_problem[row.run_id] = host_paths.without_host_paths(str(exc), [row.data], policy.shown_roots)
             if row.run_id in again_problem:
-                st.error(again_problem[row.run_id], icon=":material/block:")
+                st.error(escape_markdown(again_problem[row.run_id]), icon=":material/block:")
             if row.latest:
                 for col, (label, value) in zip(st.columns(len(tv.LATEST_METRICS)), tv.latest_texts(row.latest)):
                     col.metric(label, value)
@@ -197,11 +199,12 @@ def jobs_panel() -> None:
                                 config={"displayModeBar": False})
                 watch.probe_strip(row.run_id, row.path)
             if row.state in ("failed", "interrupted") and row.error:
-                st.error(row.error, icon=":material/error:")
+                st.error(escape_markdown(row.error), icon=":material/error:")  # it may name folders
                 if row.repeat_problem and row.repeat_problem not in row.error:
                     st.caption(f"Starting it again would fail the same way: {row.repeat_problem}")
                 with st.expander("Log"):
-                    st.code(log_tail(row.path, 40) or "(empty)")
+                    st.code(host_paths.without_host_paths(log_tail(row.path, 40), [row.data], policy.shown_roots)
+                            or "(empty)")
             if row.state == "completed":
                 c1, c2 = st.columns(2)
                 with c1:

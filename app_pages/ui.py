@@ -14,6 +14,7 @@ from cxrdemo import paths
 from cxrdemo.errors import CxrError
 from cxrdemo.views import classroom as cls
 from cxrdemo.views import model_card
+from cxrdemo.views.text import escape_markdown
 from cxrdemo.views.words import NOTICE
 
 log = logging.getLogger("cxrdemo.app")
@@ -33,8 +34,8 @@ def friendly_errors(what: str = "That") -> Iterator[None]:
         yield
     except cls.Refused as exc:  # the classroom policy at the queue: a code and numbers, worded here
         st.error(cls.refusal_words(exc.refusal), icon=":material/block:")
-    except CxrError as exc:
-        st.error(str(exc), icon=":material/error:")
+    except CxrError as exc:  # its words may hold folder and class names: shown as text, never as Markdown
+        st.error(escape_markdown(str(exc)), icon=":material/error:")
     except Exception:  # noqa: BLE001 - the page must keep working; details go to the console log
         log.exception("unexpected error")
         st.error(f"{what} did not work because of an unexpected problem. The details were written to the app's "
@@ -181,15 +182,15 @@ def browser_id() -> str:
 
 
 @st.cache_data(max_entries=32, show_spinner="Writing the model card…")
-def _model_card(run_dir: str, stamp: tuple) -> str:
-    """A run's model card, made once per version of its files (stamp)."""
-    return model_card.model_card(run_dir)
+def _model_card(run_dir: str, stamp: tuple, roots: tuple | None = None) -> str:
+    """A run's model card, made once per version of its files (stamp); `roots`: a classroom's (views/host_paths)."""
+    return model_card.model_card(run_dir, roots=roots)
 
 
 def model_card_expander(run_dir, key: str, title: str = "Model card") -> None:
     """A collapsed 'Model card' expander for one run folder: the card as Markdown and its .md download."""
     with st.expander(title, icon=":material/description:"), friendly_errors("The model card"):
-        text = _model_card(str(run_dir), model_card.card_stamp(run_dir))
+        text = _model_card(str(run_dir), model_card.card_stamp(run_dir), classroom().shown_roots)
         st.download_button("Download the model card (Markdown)", text, model_card.card_file_name(run_dir),
                            "text/markdown", key=f"dl_card_{key}", on_click="ignore")
         st.markdown(text)

@@ -4,7 +4,9 @@ One diagnosis = what the Diagnosis page does: read the upload (bytes), the quali
 and GradCAM with the shipped demo model, the overlay and the PNGs sent to the browser. Each case runs in a fresh
 subprocess; the figure is ru_maxrss after the diagnosis minus the resident set after imports and model load
 (idle; the peak is reset there through /proc/self/clear_refs, since loading the model peaks above it).
-Cases (generated in a temporary folder): a 3000 x 3000 16-bit DICOM and a 7000 x 7000 greyscale JPEG.
+Cases (generated in a temporary folder): a 3000 x 3000 16-bit DICOM, a 7000 x 7000 greyscale JPEG, and 7000 x 7000
+RGBA PNG (0.2 MB on disk), CMYK, LAB and 32-bit float TIFFs (issue 30: each cost +560 to +750 MB before the reader
+reduced them ahead of any conversion).
 With --old REF (default ecfa98d, the code before issue 17) the same cases also run against a temporary
 `git worktree` of REF, printed side by side. Target: <= 500 MB above idle.
 """
@@ -51,14 +53,24 @@ def make_cases(folder: Path) -> dict[str, Path]:
     dcm = folder / "dx-3000x3000-16bit.dcm"
     ds.save_as(dcm, enforce_file_format=True)
     jpg = folder / "photo-7000x7000.jpg"
-    Image.fromarray((body(7000) * 255).astype(np.uint8)).save(jpg, "JPEG", quality=90)
-    return {"DICOM 3000x3000 16-bit": dcm, "JPEG 7000x7000": jpg}
+    grey = (body(7000) * 255).astype(np.uint8)
+    Image.fromarray(grey).save(jpg, "JPEG", quality=90)
+    rgb = np.dstack([grey] * 3)
+    cases = {"DICOM 3000x3000 16-bit": dcm, "JPEG 7000x7000": jpg}
+    for name, im, file in (("RGBA PNG 7000x7000", Image.fromarray(np.dstack([rgb, np.full_like(grey, 255)]), "RGBA"),
+                            "rgba.png"),
+                           ("CMYK TIFF 7000x7000", Image.fromarray(np.dstack([255 - rgb, 0 * grey]), "CMYK"), "cmyk.tif"),
+                           ("LAB TIFF 7000x7000", Image.fromarray(rgb, "RGB").convert("LAB"), "lab.tif"),
+                           ("float TIFF 7000x7000", Image.fromarray(grey.astype(np.float32) / 255, "F"), "float.tif")):
+        im.save(folder / file, **({"compression": "tiff_deflate"} if file.endswith(".tif") else {}))
+        cases[name] = folder / file
+    return cases
 
 
-def _rss_kib() -> int:
-    """This process's resident set now, in KiB (Linux)."""
+def _rss_kib(field: str = "VmRSS:") -> int:
+    """This process's resident set now (or its peak, VmHWM:), in KiB (Linux)."""
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(field):
             return int(line.split()[1])
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
@@ -92,7 +104,7 @@ def child(path: str) -> None:
     for img in ((np.clip(grey, 0, 1) * 255).astype(np.uint8), ov):  # what st.image sends: PNGs
         Image.fromarray(img).save(io.BytesIO(), "PNG")
     seconds = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak = _rss_kib("VmHWM:")  # not ru_maxrss: it keeps the forking parent's peak across exec
     print(json.dumps({"idle_mb": idle / 1024, "delta_mb": (peak - idle) / 1024, "seconds": seconds,
                       "shown": list(grey.shape)}))
 

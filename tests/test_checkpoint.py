@@ -115,10 +115,11 @@ def test_rebuild_net_gives_the_saved_weights_in_eval_mode():
 def test_update_records_rewrites_the_file_with_extra_records(tmp_path):
     path = tmp_path / "model.pt"
     checkpoint.save(_small(), path)
+    sets = {"levels": [{"level": 0.9, "qhat": [0.8, 0.7], "n": [30, 30], "ok": True}]}
     checkpoint.update_records(path, calibration={"temperature": 1.7})
-    updated = checkpoint.update_records(path, conformal={"level": 0.9, "qhat": 0.8})
+    updated = checkpoint.update_records(path, conformal=sets)
     assert checkpoint.load(path).records == updated.records == {"calibration": {"temperature": 1.7},
-                                                                "conformal": {"level": 0.9, "qhat": 0.8}}
+                                                                "conformal": sets}
     assert checkpoint.load(path).decision == Decision("spec:0.95", 0.25)  # the rest is kept
     with pytest.raises(ValueError, match="unknown model-file records"):
         checkpoint.update_records(path, temperature=1.7)

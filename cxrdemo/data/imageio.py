@@ -16,7 +16,7 @@ from typing import BinaryIO
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 
 from cxrdemo.data.decoderwarnings import recorded_warnings
 from cxrdemo.data.deflate import inflate_if_deflated
@@ -157,13 +157,14 @@ def _read_pillow(fp: BinaryIO) -> tuple[np.ndarray, ImageMeta, bool]:
     if factor > 1 and fmt == "jpeg":
         im.draft(im.mode, (-(-width // factor), -(-height // factor)))  # DCT scaling: decode 1/2, 1/4 or 1/8
     orientation = im.getexif().get(0x0112, 1)  # 0x0112 = EXIF Orientation; 1 is already upright
+    im.load()
+    mode, colourfulness = im.mode, 0.0
+    im = _reduced_before_conversion(im)
     if orientation in range(2, 9):
-        im = ImageOps.exif_transpose(im)
+        im = im.transpose(_EXIF_TURNS[orientation])
         notes.append("EXIF rotation applied")
         if orientation >= 5:  # a quarter turn: the upright image is the header's height wide
             width, height = height, width
-    im.load()
-    mode, colourfulness = im.mode, 0.0
     # Reduce right after decoding, in the decoded integer type: no full-size float copy is ever made.
     pixels = np.asarray(im.convert("L") if mode == "1" else im if mode in _GREY_MODES
                         else im.convert("LA") if mode in ("LA", "La") else im.convert("RGBA"))
@@ -192,6 +193,28 @@ def _read_pillow(fp: BinaryIO) -> tuple[np.ndarray, ImageMeta, bool]:
     meta = ImageMeta(width=width, height=height, format=fmt, mode=mode, bits=bits, frames=frames,
                      notes=notes, colourfulness=round(colourfulness, 2))
     return arr, meta, False
+
+
+_EXIF_TURNS = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+               5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+               8: Image.Transpose.ROTATE_90}  # EXIF Orientation -> the turn that makes the image upright (ImageOps')
+_PALETTE_MODES = ("P", "PA")  # indices into a palette: averaged only once they are colours
+
+
+def _reduced_before_conversion(im: Image.Image) -> Image.Image:
+    """A decoded colour, float or 32-bit image box-reduced by Pillow before it is converted or copied to numpy.
+
+    Converting a 7000 x 7000 RGBA, CMYK or LAB image to RGBA and then to an array made two more full-size copies
+    (+750 MB); averaging first leaves one decoded image and small ones. 8- and 16-bit grey images keep the reader's
+    own reduction after the (zero-copy or small) array view: their pixels are bit-identical to before."""
+    factor = shrink_factor(*im.size)
+    if factor <= 1 or (im.mode in _GREY_MODES and im.mode not in ("F", "I")):
+        return im
+    if im.mode in _PALETTE_MODES:
+        im = im.convert("RGBA")  # one full-size copy, at most 4 bytes a pixel
+    small = im.reduce(factor)  # RGBA and LA are averaged premultiplied (Pillow): transparent pixels weigh nothing
+    # A reduced 3-band image (LAB, HSV, YCbCr) carries a zero pad byte that convert("RGBA") would take as alpha.
+    return small if small.mode in ("RGBA", "RGBa", "LA", "La", "RGB", "L", "F", "I") else small.convert("RGB")
 
 
 def _read_dicom(fp: BinaryIO, keep: bool = False) -> tuple[np.ndarray, ImageMeta, bool, StoredPixels | None]:

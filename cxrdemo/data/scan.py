@@ -8,6 +8,7 @@ import os
 import random
 import re
 from dataclasses import dataclass, field
+from collections.abc import Iterable
 from pathlib import Path
 
 from cxrdemo.data.sniff import IMAGE_SUFFIXES, sniff
@@ -125,10 +126,11 @@ def resolve_data_root(data: str) -> Path:
     return path.resolve()
 
 
-def read_population(root: str | Path) -> Population | None:
-    """The population a dataset folder states in its POPULATION.json; None without one; DatasetError if damaged."""
+def read_population(root: str | Path, fence: tuple[Path, ...] | None = None) -> Population | None:
+    """The population a dataset folder states in its POPULATION.json; None without one (or a link out of the
+    fence); DatasetError if damaged."""
     path = Path(root) / POPULATION_FILE
-    if not path.is_file():
+    if _fenced(path, fence) or not path.is_file():
         return None
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
@@ -143,15 +145,31 @@ def _is_junk(name: str) -> bool:
     return name.startswith((".", "__", "~$")) or name.lower() in _SYSTEM_FILES
 
 
-def _listdir(path: Path) -> tuple[list[Path], list[Path]]:
-    """Sub-folders and files of a folder (hidden and system entries dropped), sorted by name."""
+_OUTSIDE = "link to a place outside the allowed folders (not followed)"
+
+
+def _fenced(e: os.DirEntry | Path, fence: tuple[Path, ...] | None) -> bool:
+    """Whether `e` is a link whose target lies outside the fence (the allowed roots; None: no fence)."""
+    if fence is None or not e.is_symlink():
+        return False
+    real = Path(os.path.realpath(e.path if isinstance(e, os.DirEntry) else e))
+    return not any(real == r or r in real.parents for r in fence)
+
+
+def _listdir(path: Path, fence: tuple[Path, ...] | None = None,
+             skipped: list | None = None) -> tuple[list[Path], list[Path]]:
+    """Sub-folders and files of a folder (hidden and system entries dropped, links out of the fence skipped by
+    their own name), sorted by name."""
     try:
         entries = sorted(os.scandir(path), key=lambda e: e.name)
     except OSError as err:
         raise DatasetError(f"The folder {path} cannot be read ({err.strerror or err}).") from None
     dirs, files = [], []
     for e in entries:
-        if not _is_junk(e.name):
+        if _fenced(e, fence):
+            if skipped is not None:
+                skipped.append((e.path, _OUTSIDE))
+        elif not _is_junk(e.name):
             try:
                 (dirs if e.is_dir() else files).append(Path(e.path))
             except OSError:
@@ -159,7 +177,7 @@ def _listdir(path: Path) -> tuple[list[Path], list[Path]]:
     return dirs, files
 
 
-def _walk_class(folder: Path, visited: set, skipped: list) -> list[str]:
+def _walk_class(folder: Path, visited: set, skipped: list, fence: tuple[Path, ...] | None = None) -> list[str]:
     """Image files under a class folder (any depth), checked by suffix and magic bytes, never decoded."""
     found, stack = [], [(folder, 0)]
     while stack:
@@ -175,6 +193,9 @@ def _walk_class(folder: Path, visited: set, skipped: list) -> list[str]:
             continue
         visited.add((st.st_dev, st.st_ino))
         for e in reversed(entries):
+            if _fenced(e, fence):  # checked before the entry is read or even stat'ed through the link
+                skipped.append((e.path, _OUTSIDE))
+                continue
             reason = _skip_reason(e, depth)
             if reason == "dir" and e.is_symlink() and not _inside(e.path, folder):
                 # A link out of the class folder (e.g. to the split folder) would file other classes' images here.
@@ -257,24 +278,27 @@ def _subset(items: list[tuple[str, int]], n_max: int, seed: int, split: str) -> 
 
 def scan_dataset(data: str | Path, *, seed: int = 0, fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
                  max_per_split: int = 0, require_train: bool = True, by_patient: bool = True,
-                 train_share: float = 1.0) -> DatasetScan:
+                 train_share: float = 1.0, roots: Iterable[str | Path] | None = None) -> DatasetScan:
     """List a dataset (ROOT/<split>/<CLASS>/img or ROOT/<CLASS>/img) and split it; reads a few bytes per file.
 
     by_patient=False splits image by image (a patient's films may land in two splits: the leakage lesson);
-    train_share < 1 keeps that stratified share of the training images.
+    train_share < 1 keeps that stratified share of the training images. `roots` (classroom mode: the allowed
+    folders): a split, class or nested folder or a file that is a link out of them is neither followed nor read,
+    and is reported by its own name (inside the dataset), never by its target's.
     """
     if len(fractions) != 3 or min(fractions) < 0 or fractions[0] <= 0 or not math.isclose(sum(fractions), 1.0):
         raise ConfigError(f"Split fractions must be three non-negative numbers summing to 1, got {fractions}.")
     root = resolve_data_root(os.fspath(data))
-    dirs, files = _listdir(root)
+    fence = None if roots is None else tuple(Path(os.path.realpath(r)) for r in roots)
+    skipped: list[tuple[str, str]] = []
+    dirs, files = _listdir(root, fence, skipped)
     split_dirs = [d for d in dirs if d.name.lower() in _SPLIT_ALIASES]
     if not split_dirs and not files and len(dirs) == 1:  # an archive that unpacked into one extra folder
-        inner_dirs, inner_files = _listdir(dirs[0])
+        inner_dirs, inner_files = _listdir(dirs[0], fence, skipped)
         if any(d.name.lower() in _SPLIT_ALIASES for d in inner_dirs):
             root, dirs, files, split_dirs = dirs[0], inner_dirs, inner_files, \
                 [d for d in inner_dirs if d.name.lower() in _SPLIT_ALIASES]
-    skipped: list[tuple[str, str]] = [(str(f), "not inside a class folder") for f in files
-                                      if f.suffix.lower() in IMAGE_SUFFIXES]
+    skipped += [(str(f), "not inside a class folder") for f in files if f.suffix.lower() in IMAGE_SUFFIXES]
     visited: set = set()
     notes: list[str] = []
     if split_dirs:
@@ -290,7 +314,7 @@ def scan_dataset(data: str | Path, *, seed: int = 0, fractions: tuple[float, flo
         skipped += [(str(d), "folder ignored: not train, val or test") for d in dirs if d not in split_dirs]
         class_dirs = {}
         for s, d in by_split.items():
-            sub_dirs, sub_files = _listdir(d)
+            sub_dirs, sub_files = _listdir(d, fence, skipped)
             class_dirs[s] = {c.name: c for c in sub_dirs}
             skipped += [(str(f), "not inside a class folder") for f in sub_files if f.suffix.lower() in IMAGE_SUFFIXES]
         names = {s: sorted(c) for s, c in class_dirs.items()}
@@ -307,7 +331,7 @@ def scan_dataset(data: str | Path, *, seed: int = 0, fractions: tuple[float, flo
                            f"e.g. {base / 'NORMAL'} and {base / 'PNEUMONIA'}.")
     if len(classes) == 1:
         raise DatasetError(f"{base} contains only one class folder ({classes[0]}): at least two classes are needed.")
-    found = {s: [(p, k) for k, c in enumerate(classes) for p in _walk_class(cd[c], visited, skipped)]
+    found = {s: [(p, k) for k, c in enumerate(classes) for p in _walk_class(cd[c], visited, skipped, fence)]
              for s, cd in class_dirs.items()}
     first = found[ref if split_dirs else "all"]
     if not first:
@@ -335,4 +359,4 @@ def scan_dataset(data: str | Path, *, seed: int = 0, fractions: tuple[float, flo
     if train_share < 1 and splits.get("train"):
         splits["train"] = _subset(splits["train"], max(1, round(train_share * len(splits["train"]))), seed, "share")
     return DatasetScan(root=str(root), classes=classes, splits=splits, skipped=skipped,
-                       auto_split=not split_dirs, notes=notes, population=read_population(root))
+                       auto_split=not split_dirs, notes=notes, population=read_population(root, fence))

@@ -38,7 +38,7 @@ from cxrdemo.data.imageio import (IMAGENET_MEAN, IMAGENET_STD, INTENSITY_MODES, 
 from cxrdemo.data.scan import dataset_name
 from cxrdemo.data.shrink import shrink_policy
 from cxrdemo.errors import ConfigError, RunError
-from cxrdemo.model import backbones
+from cxrdemo.model import backbones, trust_records
 from cxrdemo.model.files import BEST_EPOCH_FILE, MODEL_FILE, has_model, model_path  # noqa: F401 - re-exported
 from cxrdemo.population import Population
 
@@ -151,7 +151,7 @@ def update_records(path: Path, **records: dict) -> ModelFile:
     unknown = sorted(set(records) - set(RECORD_NAMES))
     if unknown:
         raise ValueError(f"unknown model-file records {unknown}; known: {RECORD_NAMES}")
-    model = load(path)
+    model = load(path, check_records=False)  # the records being replaced may be the damaged ones
     new = replace(model, records={**model.records, **records})
     save(new, path)
     return new
@@ -207,10 +207,11 @@ def _torch_save(obj: Any, path: Path) -> None:
 
 # ---------------------------------------------------------------- reading
 
-def load(path: Path) -> ModelFile:
+def load(path: Path, check_records: bool = True) -> ModelFile:
     """A model.pt loaded safely and validated field by field; RunError with one sentence otherwise."""
     path = Path(path)
-    return from_dict(_torch_load(path, f"Run {path.parent.name} has no trained model yet."), path.parent.name)
+    return from_dict(_torch_load(path, f"Run {path.parent.name} has no trained model yet."), path.parent.name,
+                     check_records)
 
 
 def rebuild_net(model: ModelFile) -> backbones.Net:
@@ -224,7 +225,22 @@ def rebuild_net(model: ModelFile) -> backbones.Net:
     if missing or unexpected:
         raise RunError(f"The saved weights do not fit a {model.backbone}: {len(missing)} missing and "
                        f"{len(unexpected)} unknown, such as {(missing or unexpected)[0]!r}.")
-    return net.eval()
+    _check_domain_width(model, net.eval())
+    return net
+
+
+def _check_domain_width(model: ModelFile, net: backbones.Net) -> None:
+    """A domain record over several stages describes as many features as those stages give (one is checked on load)."""
+    record = model.records.get("domain")
+    if not record or record.get("layers", 1) == 1:
+        return
+    from cxrdemo.model import domain
+
+    size = model.preprocessing.img_size
+    width = domain.features(net, torch.zeros(1, 3, size, size), record["layers"]).shape[1]
+    if width != record["feature_dim"]:
+        raise RunError(f"The model's in-domain description is damaged: it describes {record['feature_dim']} features "
+                       f"and the {model.backbone} gives {width}; fit it again with `python -m cxrdemo calibrate`.")
 
 
 def _torch_load(path: Path, missing: str) -> dict:
@@ -240,8 +256,11 @@ def _torch_load(path: Path, missing: str) -> dict:
     return raw
 
 
-def from_dict(raw: dict, run: str = "?") -> ModelFile:
-    """Validate a loaded model.pt dict (format 1 or 2) and return its content; RunError names the first fault."""
+def from_dict(raw: dict, run: str = "?", check_records: bool = True) -> ModelFile:
+    """Validate a loaded model.pt dict (format 1 or 2) and return its content; RunError names the first fault.
+
+    check_records=False leaves the trust records unread: for the one step that replaces them (a damaged record
+    must not stop `calibrate` from fitting it again)."""
     fmt = raw.get("format")
     if fmt not in (FORMAT, FORMAT_1):
         if isinstance(fmt, str) and fmt.startswith("cxrdemo-model/"):
@@ -270,9 +289,8 @@ def from_dict(raw: dict, run: str = "?") -> ModelFile:
     else:
         decision = check.decision(raw)
         records = {name: raw[name] for name in RECORD_NAMES if name in raw}
-        for name, record in records.items():
-            if not isinstance(record, dict):
-                check.fail(f"its {name} record is not a dictionary")
+        if check_records:
+            check.records(records, classes, backbone, raw)
     if decision.value is not None and len(classes) != 2:
         check.fail("it has a decision threshold but not two classes")
     return ModelFile(backbone=backbone, classes=classes, state_dict=check.state_dict(raw),
@@ -280,6 +298,16 @@ def from_dict(raw: dict, run: str = "?") -> ModelFile:
                      epoch=check.integer(raw, "epoch", 0, 10**6), val_loss=check.number(raw, "val_loss"),
                      train_path=check.text(raw, "train_path", ""), config=config, records=records,
                      population=check.population(raw))
+
+
+def _head_width(state: Any) -> int | None:
+    """How many pooled features the head takes (its first linear layer's inputs), when the weights say."""
+    if not isinstance(state, dict):
+        return None
+    weights = sorted((k for k, v in state.items() if isinstance(k, str) and k.startswith("head.")
+                      and k.endswith(".weight") and isinstance(v, torch.Tensor) and v.ndim == 2),
+                     key=lambda k: int(k.split(".")[1]) if k.split(".")[1].isdigit() else 0)
+    return int(state[weights[0]].shape[1]) if weights else None
 
 
 def _decision_1(check: _Checker, raw: dict, config: dict) -> Decision:
@@ -395,6 +423,23 @@ class _Checker:
                            for v in value)):
             self.fail(f"its preprocessing {key} should be 3 finite numbers, not {value!r:.60}")
         return tuple(float(v) for v in value)
+
+    def records(self, records: dict, classes: tuple[str, ...], backbone: str, raw: dict) -> None:
+        refit = f"; fit it again with `python -m cxrdemo calibrate --run {self.run}`"
+        for name, record in records.items():
+            try:
+                trust_records.read(name, record, classes)
+            except trust_records.RecordFault as fault:
+                self.fail(f"its {name} record {fault}{refit}")
+        if "domain" not in records:
+            return
+        layers, dim = records["domain"].get("layers", 1), records["domain"]["feature_dim"]
+        stages = backbones.num_groups(backbone) - 1
+        if layers > stages:
+            self.fail(f"its domain record pools {layers} stages and a {backbone} has {stages}{refit}")
+        width = _head_width(raw.get("state_dict"))
+        if layers == 1 and width is not None and dim != width:
+            self.fail(f"its domain record describes {dim} features and the network gives {width}{refit}")
 
     def state_dict(self, raw: dict) -> dict[str, torch.Tensor]:
         value = self.get(raw, "state_dict")

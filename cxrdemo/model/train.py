@@ -35,6 +35,7 @@ from cxrdemo.model import (
     tuning,
 )
 from cxrdemo.model.device import autocast, choose_device, set_threads
+from cxrdemo.paths import is_builtin_data
 from cxrdemo.population import Population, training_population
 
 
@@ -246,15 +247,16 @@ class _Training:
 
 
 def fit(config: TrainConfig, run_dir: Path, progress: ProgressFn | None = None,
-        should_stop: Callable[[], bool] | None = None, source: checkpoint.ModelFile | None = None) -> dict:
+        should_stop: Callable[[], bool] | None = None, source: checkpoint.ModelFile | None = None,
+        roots: list[str] | None = None) -> dict:
     """Train `config` into `run_dir` (best-epoch.pt, then model.pt and test_metrics.json); returns the test metrics.
 
     `source` is the model file of `config.init = run:<id>`, resolved by the caller. When cancelled after at
     least one finished epoch, model.pt is still written (the best epoch, its decision chosen on validation,
-    no test) before Cancelled propagates: finished epochs are kept.
+    no test) before Cancelled propagates: finished epochs are kept. `roots`: see data.scan_dataset.
     """
     say = progress or (lambda p: None)
-    t = set_up(config, Path(run_dir), say, source)
+    t = set_up(config, Path(run_dir), say, source, roots)
     try:
         for epoch in range(1, config.epochs + 1):
             _check(should_stop)
@@ -285,13 +287,13 @@ def _population(config: TrainConfig, scan: data.DatasetScan, source: checkpoint.
 
 
 def set_up(config: TrainConfig, run_dir: Path, say: ProgressFn,
-           source: checkpoint.ModelFile | None = None) -> _Training:
+           source: checkpoint.ModelFile | None = None, roots: list[str] | None = None) -> _Training:
     """Seed, read the data once, build the network, choose arithmetic and layout, make the optimiser and probes."""
     threads = set_threads(config.threads)
     torch.manual_seed(config.seed)
     np.random.seed(config.seed)
     pre = preprocessing_for(config)
-    scan, cache = _read_dataset(config, pre, say, threads)
+    scan, cache = _read_dataset(config, pre, say, threads, roots)
     net, init_note = build_model(config, scan.classes, source)
     device = choose_device()
     net.set_freeze(backbones.frozen_groups(config.freeze, config.backbone, 1))  # the trial times epoch 1's work
@@ -423,11 +425,13 @@ def _keep_if_best(t: _Training, epoch: int, val_loss: float, val_m: dict, path: 
 
 
 def _read_dataset(config: TrainConfig, pre: checkpoint.Preprocessing, say: ProgressFn,
-                  threads: int = 1) -> tuple[data.DatasetScan, dict[str, data.CachedImages]]:
+                  threads: int = 1, roots: list[str] | None = None
+                  ) -> tuple[data.DatasetScan, dict[str, data.CachedImages]]:
     """Scan the dataset and decode each split once, preprocessed by the record the model will carry."""
     say(Progress("prepare", message="Scanning the dataset"))
     scan = data.scan_dataset(config.data, seed=config.split_seed, max_per_split=config.max_images,
-                             by_patient=config.split_by == "patient", train_share=config.train_share)
+                             by_patient=config.split_by == "patient", train_share=config.train_share,
+                             roots=None if roots is None or is_builtin_data(config.data) else roots)
     cache = {}
     for split in ("train", "val", "test"):
         if scan.splits.get(split):

@@ -21,7 +21,7 @@ import torch
 
 from cxrdemo.data import CachedImages, augment
 from cxrdemo.errors import RunError
-from cxrdemo.model import calibration, conformal, domain, metrics
+from cxrdemo.model import calibration, conformal, domain, metrics, trust_records
 from cxrdemo.model.backbones import Net
 from cxrdemo.model.checkpoint import Preprocessing
 
@@ -169,19 +169,14 @@ class Trust:
     @classmethod
     def from_records(cls, records: dict, run: str = "?") -> Trust:
         """The records of a loaded model file; RunError with a sentence when one is damaged."""
+        classes = _classes(records)
         try:
-            calib = records.get("calibration") or {}
-            t = float(calib.get("temperature", 1.0))
-            bias = tuple(float(b) for b in calib.get("bias") or ())
-            sets = {rec.level: rec for rec in (conformal.ConformalRecord.from_dict(d)
-                                               for d in (records.get("conformal") or {}).get("levels", []))}
-        except (KeyError, TypeError, ValueError, AttributeError):
-            raise RunError(f"The calibration or conformal record of run {run} is damaged; add them again with "
+            t, bias = trust_records.read_calibration(records.get("calibration") or {}, classes)
+            sets = trust_records.read_conformal(records.get("conformal") or {"levels": []}, classes)
+            dom = trust_records.read_domain(records["domain"], classes) if "domain" in records else None
+        except trust_records.RecordFault as fault:
+            raise RunError(f"A trust record of run {run} is damaged ({fault}); fit them again with "
                            f"`python -m cxrdemo calibrate --run {run}`.") from None
-        if not (t > 0 and all(np.isfinite(bias))):
-            raise RunError(f"The calibration of run {run} is damaged (temperature not positive or a bias not a "
-                           f"number); add it again with `python -m cxrdemo calibrate --run {run}`.")
-        dom = domain.read_record(records["domain"]) if "domain" in records else None
         return cls(t, sets, dom, bias)
 
     @property
@@ -201,6 +196,18 @@ class Trust:
             return value
         gap = self.bias[1] - self.bias[0] if len(self.bias) == 2 else 0.0
         return calibration.threshold_on_calibrated_scale(value, self.temperature, gap)
+
+
+def _classes(records: dict) -> tuple[str, ...]:
+    """The class names the records were fitted for (as the conformal record keeps them; else counted from them)."""
+    levels = (records.get("conformal") or {}).get("levels") or [{}]
+    names = levels[0].get("classes") if isinstance(levels[0], dict) else None
+    if names and isinstance(names, (list, tuple)):
+        return tuple(str(c) for c in names)
+    bias = (records.get("calibration") or {}).get("bias") or ()
+    means = (records.get("domain") or {}).get("means")
+    k = len(bias) if isinstance(bias, (list, tuple)) and bias else (len(means) if means is not None else 2)
+    return tuple(str(i) for i in range(k))
 
 
 def coverage(probs_cal: np.ndarray, labels: np.ndarray, shown: np.ndarray | None, record: conformal.ConformalRecord,

@@ -72,7 +72,8 @@ def submit_all(items: list[tuple[TrainConfig, str]], runs_dir: str | Path | None
         slots.check_queue_room(root, len(configs))
         for c in configs:
             check_startable(c, root)
-        dirs = [runs.create_run(_located(c), root, name=n, browser=asker.browser) for c, n in items]
+        dirs = [runs.create_run(_located(c), root, name=n, browser=asker.browser,
+                                roots=asker.roots if asker.classroom else ()) for c, n in items]
     for d in dirs:
         launch(d, root, max_jobs, backend)
     return [d.name for d in dirs]

@@ -15,6 +15,7 @@ import contextlib
 import fcntl
 import os
 import platform
+import stat
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -231,9 +232,23 @@ def read_status(d: Path) -> dict:
     return interpret(fileio.read_json(Path(d) / STATUS_FILE))
 
 
+LOG_TAIL_BYTES = 64 * 1024  # the end of a log that its last lines are read from
+
+
 def log_tail(d: Path, lines: int = 20) -> str:
-    """The last lines of a run's log ('' when it has none)."""
+    """The last lines of a run's log ('' when it has none). The log is the run folder's own file: a link (to a
+    system file, say) is not followed, and anything but a regular file is not read; only its end is read."""
     try:
-        return "\n".join((Path(d) / LOG_FILE).read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
+        fd = os.open(Path(d) / LOG_FILE, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:  # missing, or a link (ELOOP)
         return ""
+    with os.fdopen(fd, "rb") as f:
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):  # a FIFO or a device: reading it could block or never end
+                return ""
+            f.seek(max(0, info.st_size - LOG_TAIL_BYTES))
+            text = f.read(LOG_TAIL_BYTES).decode("utf-8", errors="replace")
+        except OSError:
+            return ""
+    return "\n".join(text.splitlines()[-lines:])

@@ -78,10 +78,11 @@ def _slug(text: str) -> str:
 
 
 def create_run(config: TrainConfig, runs_dir: str | Path | None = None, scan_summary: dict | None = None,
-               name: str = "", browser: str = "") -> Path:
+               name: str = "", browser: str = "", roots: tuple[Path, ...] = ()) -> Path:
     """Make a new run folder with a unique readable id, config.json first, then status 'queued'.
 
-    `browser`: the hashed id of the browser that started it (classroom mode counts jobs per browser).
+    `browser`: the hashed id of the browser that started it (classroom mode counts jobs per browser); `roots`: the
+    allowed data folders of a classroom, which the worker's scan stays inside (links out are not followed).
     """
     root = store_dir(runs_dir)
     base = f"{datetime.now():%Y%m%d-%H%M%S}-{_slug(config.backbone)}-{_slug(str(config.freeze))}"
@@ -103,7 +104,7 @@ def create_run(config: TrainConfig, runs_dir: str | Path | None = None, scan_sum
         # The library versions are added by the worker that trains it (record_versions): torch stays out of here.
         fileio.atomic_write_json(d / "config.json", {
             "run_id": run_id, "created": time.time(), "config": config.to_dict(), "dataset": scan_summary or {},
-            **({"browser": browser} if browser else {}),
+            **({"browser": browser} if browser else {}), **({"data_roots": [str(r) for r in roots]} if roots else {}),
         })
         lifecycle.create(d)
     except OSError as exc:

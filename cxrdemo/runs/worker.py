@@ -53,7 +53,9 @@ def execute_run(run_dir: Path, echo: Callable[[Progress], None] | None = None,
     run_dir = Path(run_dir)
     started = time.time()
     try:
-        config = TrainConfig.from_dict(runs.read_json(run_dir / "config.json")["config"])
+        recorded = runs.read_json(run_dir / "config.json")
+        config = TrainConfig.from_dict(recorded["config"])
+        roots = recorded.get("data_roots")  # a classroom's allowed folders: the scan follows no link out of them
         if lifecycle.claim(run_dir, **claim_fields) is None:
             return {**lifecycle.read_status(run_dir), "claimed": False}
         with lifecycle.run_lock(run_dir):  # ours now: any other writer of this run is dead
@@ -93,7 +95,7 @@ def execute_run(run_dir: Path, echo: Callable[[Progress], None] | None = None,
     try:
         try:
             result = fit(config, run_dir, on_progress, lambda: lifecycle.cancel_requested(run_dir),
-                         load_source(config, runs_dir))
+                         load_source(config, runs_dir), roots=roots)
         except Cancelled:
             log.info("cancelled")
             return lifecycle.finish(run_dir, "cancelled")

@@ -16,6 +16,7 @@ from cxrdemo.model import backbones, checkpoint
 from cxrdemo.runs import store as runs
 from cxrdemo.views import numbers, words
 from cxrdemo.views.chance import chance_sentence
+from cxrdemo.views.host_paths import Roots, without_host_paths
 from cxrdemo.views.text import escape_markdown, safe_csv_cell
 
 TEST_KEYS = ("accuracy", "precision", "recall", "f1", "auroc", "sensitivity", "specificity")
@@ -71,8 +72,9 @@ def _params(cfg: dict, n_classes: int, epochs_run: int) -> tuple[float, float, f
     return float(total), float(last), float(first), note
 
 
-def run_row(info: runs.RunInfo) -> dict:
-    """One table row for a run; a damaged run gets its reason and NaN numbers, never an exception."""
+def run_row(info: runs.RunInfo, roots: Roots = None) -> dict:
+    """One table row for a run; a damaged run gets its reason and NaN numbers, never an exception. `roots` (a
+    classroom): a failure's sentence names the data folder inside them only."""
     row: dict = {c: math.nan for c in TABLE_COLUMNS}
     row.update(run_id=info.run_id, example=info.example, status=info.state, problem=info.damaged or "",
                params_note="", backbone="",
@@ -81,7 +83,7 @@ def run_row(info: runs.RunInfo) -> dict:
         return row
     cfg, status = info.config, info.status
     if status.get("state") in ("failed", "interrupted", "cancelled") and status.get("error"):
-        row["problem"] = str(status["error"])
+        row["problem"] = without_host_paths(str(status["error"]), [str(cfg.get("data") or "")], roots)
     m = runs.read_metrics(info.path)
     test = runs.read_test_metrics(info.path) or card_metrics(info.path)
     chance = chance_sentence(test)
@@ -199,9 +201,9 @@ def deletable(table: pd.DataFrame) -> list[str]:
     return [r for r, ex in zip(table["run_id"], table["example"]) if r != paths.DEMO_RUN_NAME and not bool(ex)]
 
 
-def runs_table(infos: list[runs.RunInfo]) -> pd.DataFrame:
+def runs_table(infos: list[runs.RunInfo], roots: Roots = None) -> pd.DataFrame:
     """One row per run with recipe, status, curves summary, test metrics, parameters, cost and dataset."""
-    df = pd.DataFrame([run_row(i) for i in infos], columns=list(TABLE_COLUMNS))
+    df = pd.DataFrame([run_row(i, roots) for i in infos], columns=list(TABLE_COLUMNS))
     for col in ("epochs_run", "epochs_to_best", "epochs_planned", "n_classes", "total_params", "trainable_params",
                 "trainable_at_start"):
         df[col] = pd.to_numeric(df[col], errors="coerce").astype("Float64").round(0).astype("Int64")

@@ -18,6 +18,7 @@ from cxrdemo.views import numbers
 from cxrdemo.views.chance import chance_sentence
 from cxrdemo.views.checks import domain_sentence
 from cxrdemo.views.numbers import percent
+from cxrdemo.views.text import escape_markdown
 from cxrdemo.views.words import rule_how
 
 COVERAGE_CHOICES = {"90%": 0.90, "95%": 0.95}  # the default first
@@ -42,12 +43,13 @@ OUTSIDE_WORDS = {OUTSIDE_POPULATION: "this patient is outside the population the
                  OUTSIDE_QUALITY: "this image did not pass the check that it is a frontal chest radiograph"}
 
 
-def set_note(r: ImageResult, level: float, run_id: str = "RUN") -> str:
-    """Why there is no prediction set at `level`."""
+def set_note(r: ImageResult, level: float, run_id: str = "RUN", markdown: bool = False) -> str:
+    """Why there is no prediction set at `level` (as Markdown: the record's reason names classes, which are folder
+    names, so it is escaped)."""
     why = r.set_missing.get(level, "")
     if why == "no-record" or not why:
         return f"This model has no prediction sets: add them with `python -m cxrdemo calibrate --run {run_id}`."
-    return why
+    return escape_markdown(why) if markdown else why
 
 
 def set_words(r: ImageResult, level: float) -> str:
@@ -64,7 +66,7 @@ def set_sentence(r: ImageResult, level: float, run_id: str = "RUN") -> str:
     """The prediction set in words: {NORMAL}, {PNEUMONIA}, or that the model cannot tell; or why there is none."""
     s = r.prediction_set(level)
     if s is None:
-        return set_note(r, level, run_id)
+        return set_note(r, level, run_id, markdown=True)
     at = f"Prediction set at {level:.0%} coverage: **{set_words(r, level)}**"
     if len(s) == 1:
         return f"{at} — the model is confident enough to name one class."

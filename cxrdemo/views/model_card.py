@@ -21,6 +21,7 @@ from cxrdemo.model.files import MODEL_FILE, has_model, model_path
 from cxrdemo.population import Population, training_population
 from cxrdemo.runs import store as runs
 from cxrdemo.views import numbers
+from cxrdemo.views.host_paths import Roots, shown_folder
 from cxrdemo.views.population import population_line
 from cxrdemo.views.text import code_block, escape_markdown
 from cxrdemo.views.words import freeze_words, init_words, rule_words
@@ -32,10 +33,11 @@ METRICS = (("accuracy", "accuracy"), ("sensitivity", "sensitivity"), ("specifici
 _SAFE = re.compile(r"[A-Za-z0-9][A-Za-z0-9 .,;:%'()/_-]*")
 
 
-def model_card(run_dir: str | Path, extra_evaluations: list[dict] | None = None) -> str:
+def model_card(run_dir: str | Path, extra_evaluations: list[dict] | None = None, roots: Roots = None) -> str:
     """The Markdown model card of the completed run in `run_dir` (+ evaluations measured elsewhere, most shifted first).
 
-    RunError with a sentence when the folder is not a completed run."""
+    RunError with a sentence when the folder is not a completed run. `roots` (a classroom): the retrain command
+    names the data folder inside them only (views/host_paths)."""
     d = Path(run_dir)
     if not (d / "config.json").is_file():
         raise RunError(f"{d} is not a run folder: it has no config.json.")
@@ -68,7 +70,7 @@ def model_card(run_dir: str | Path, extra_evaluations: list[dict] | None = None)
              "## Prediction sets (\"can't tell\")", _conformal(evals, records, model is not None),
              "## In-domain check", _domain(records, model is not None), notes.get("domain", ""),
              "## Intended use and limits", _use(meta, config), notes.get("use", ""),
-             "## Retrain it", notes.get("retrain") or code_block(train_command(config), "bash")]
+             "## Retrain it", notes.get("retrain") or code_block(train_command(config, roots=roots), "bash")]
     return "\n\n".join(p.strip() for p in parts if p and p.strip()) + "\n"
 
 
@@ -351,12 +353,13 @@ def intended_use(run_dir: str | Path) -> str:
     return " ".join(p for p in (_use(meta, config), (card.get("notes") or {}).get("use", "")) if p)
 
 
-def train_command(config: dict, init: str | None = None) -> str:
+def train_command(config: dict, init: str | None = None, roots: Roots = None) -> str:
     """The `python -m cxrdemo train` line that repeats a recipe (flags that differ from the defaults)."""
     defaults = TrainConfig().to_dict()
     flags = " ".join(f"--{k.replace('_', '-')} {init if k == 'init' and init else v}" for k, v in config.items()
                      if k in defaults and k != "data" and v != defaults[k])
-    return f"python -m cxrdemo train --data {shlex.quote(str(config.get('data', 'DATA')))} {flags}".rstrip()
+    data = shown_folder(str(config.get("data", "DATA")), roots)
+    return f"python -m cxrdemo train --data {shlex.quote(data)} {flags}".rstrip()
 
 
 CARD_SOURCES = ("config.json", "status.json", "test_metrics.json", "test_predictions.csv", MODEL_FILE, EVALUATION_FILE)

@@ -10,8 +10,10 @@ from typing import Any
 
 from cxrdemo.config import TrainConfig, option_fields
 from cxrdemo.errors import ConfigError
+from cxrdemo.paths import is_builtin_data
 from cxrdemo.runs import store as runs
 from cxrdemo.views import trainer_form as form
+from cxrdemo.views.host_paths import Roots, host_folder, shown_folder
 
 KEPT_QUERY = ("sid", "teacher")  # address parameters that are not the recipe (the classroom's browser id, the
 # teacher's signed unlock) and stay
@@ -57,22 +59,31 @@ def last_recipe(infos: list[runs.RunInfo], browser: str) -> dict[str, Any]:
     return recipe_from_query(recipe_to_query(newest.config))
 
 
-def restored_recipe(query: dict[str, str], infos: list[runs.RunInfo], browser: str, folder_choice: str) -> dict:
+def restored_recipe(query: dict[str, str], infos: list[runs.RunInfo], browser: str, folder_choice: str,
+                    roots: Roots = None) -> dict:
     """The widget values a new session starts from: the recipe in the URL, else this browser's last submission.
 
-    A dataset other than the built-in one selects `folder_choice` with the path typed in; a decision rule that
-    arrives with the recipe counts as the user's own pick (a run it starts from does not override it)."""
-    values = recipe_from_query(query) or last_recipe(infos, browser)
+    A dataset other than the built-in one selects `folder_choice` with the path typed in (in a classroom, the URL
+    names it inside the `roots`, and an allowed root is chosen as itself); a decision rule that arrives with the
+    recipe counts as the user's own pick (a run it starts from does not override it)."""
+    values = recipe_from_query(query)
+    if values.get("data", "demo") != "demo" and not is_builtin_data(values["data"]):
+        folder = host_folder(values["data"], roots)
+        values = {k: v for k, v in values.items() if k != "data"} | ({"data": folder} if folder else {})
+    values = values or last_recipe(infos, browser)
     if values.get("data", "demo") != "demo":
-        values.update(source=folder_choice, data_path=values["data"])
+        own = roots is not None and values["data"] in map(str, roots)
+        values.update(source=values["data"] if own else folder_choice, data_path=values["data"])
     if "threshold" in values:
         values["picked:threshold"] = True
     return values
 
 
-def query_for(recipe: dict[str, Any], query: dict[str, str]) -> dict[str, str]:
-    """The page's new address parameters: the recipe's, plus the kept ones of the current address."""
-    return {**{k: v for k, v in query.items() if k in KEPT_QUERY}, **recipe_to_query(recipe)}
+def query_for(recipe: dict[str, Any], query: dict[str, str], roots: Roots = None) -> dict[str, str]:
+    """The page's new address parameters: the recipe's, plus the kept ones of the current address; a classroom's
+    (`roots`) names the data folder inside them, never by its path on the server."""
+    shown = {**recipe, "data": shown_folder(recipe["data"], roots)} if recipe.get("data") else recipe
+    return {**{k: v for k, v in query.items() if k in KEPT_QUERY}, **recipe_to_query(shown)}
 
 
 def rule_choices(declared: tuple | list, inherited: str | None, kept: object | None) -> list[str]:

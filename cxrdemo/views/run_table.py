@@ -6,6 +6,7 @@ from __future__ import annotations
 import pandas as pd
 
 from cxrdemo.views.compare import COMPACT_WIDTHS, TEST_METRIC_LABELS
+from cxrdemo.views.text import escape_markdown
 
 # name -> spec: kind (text, number, checkbox, datetime), label, and optional help, format, pinned
 COLUMNS: dict[str, dict] = {
@@ -65,9 +66,12 @@ def damaged_sentence(table: pd.DataFrame) -> str:
     if not len(damaged):
         return ""
     return ("Some run folders cannot be read and are listed as 'damaged': "
-            + "; ".join(f"{r}: {p}" for r, p in zip(damaged["run_id"], damaged["problem"])))
+            + "; ".join(f"{escape_markdown(r)}: {escape_markdown(p)}"  # a folder's name and its fault: text
+                        for r, p in zip(damaged["run_id"], damaged["problem"])))
 
 
 def problem_sentences(chosen: pd.DataFrame) -> list[str]:
-    """'**name**: problem' for each chosen run that has one (the compact table does not show the column)."""
-    return [f"**{name}**: {problem}" for name, problem in zip(chosen["name"], chosen["problem"]) if problem]
+    """'**name**: problem' for each chosen run that has one (the compact table does not show the column); a problem
+    names folders and classes, so it is text, not Markdown."""
+    return [f"**{escape_markdown(name)}**: {escape_markdown(problem)}"
+            for name, problem in zip(chosen["name"], chosen["problem"]) if problem]

@@ -10,6 +10,7 @@ from pathlib import Path
 from cxrdemo.runs import store as runs
 from cxrdemo.views import numbers, words
 from cxrdemo.views.chance import chance_sentence
+from cxrdemo.views.host_paths import Roots, without_host_paths
 from cxrdemo.views.trainer_form import repeat_problem
 
 # ---------------------------------------------------------------- numbers
@@ -103,6 +104,7 @@ class JobRow:
     active: bool = False
     path: Path | None = None
     repeat_problem: str | None = None  # why "Start again" would fail the same way
+    data: str = ""  # the dataset folder it trained on (config.json), for views/host_paths
 
 
 def _epoch_text(status: dict, config: dict) -> str:
@@ -140,10 +142,12 @@ def status_text(info: runs.RunInfo, queue_position: int | None = None, finished_
     return st.capitalize() + ("" if s.get("error") else ": no details recorded")
 
 
-def job_row(info: runs.RunInfo, queue_position: int | None = None, now: float | None = None) -> JobRow:
-    """Everything the jobs panel shows for one run."""
+def job_row(info: runs.RunInfo, queue_position: int | None = None, now: float | None = None,
+            roots: Roots = None) -> JobRow:
+    """Everything the jobs panel shows for one run; `roots` (a classroom): its data folder shown inside them only."""
     rows = [] if info.damaged else runs.read_metrics_rows(info.path)
     s, c = info.status, info.config
+    hide = lambda text: text and without_host_paths(text, [str(c.get("data") or "")], roots)  # noqa: E731
     last = rows[-1] if rows else {}
     latest = {k: _float(last.get(k)) for k in ("train_loss", "val_loss", "train_acc", "val_acc")} if last else {}
     frac = 0.0 if info.damaged else progress_fraction(s)
@@ -154,7 +158,8 @@ def job_row(info: runs.RunInfo, queue_position: int | None = None, now: float | 
     return JobRow(info.run_id, info.state, f"{c.get('backbone', '?')} · {words.init_words(c.get('init', '?'))} · "
                   f"freeze {c.get('freeze', '?')}", status_text(info, queue_position, len(rows)), frac, text,
                   f"about {format_duration(eta)} left" if eta is not None else "", latest, runs.best_val_acc(rows),
-                  info.damaged or s.get("error"), info.state in runs.ACTIVE, info.path, _repeat_problem(info))
+                  hide(info.damaged or s.get("error")), info.state in runs.ACTIVE, info.path, hide(_repeat_problem(info)),
+                  str(c.get("data") or ""))
 
 
 def _repeat_problem(info: runs.RunInfo) -> str | None:
@@ -164,14 +169,14 @@ def _repeat_problem(info: runs.RunInfo) -> str | None:
 
 
 def panel_rows(infos: list[runs.RunInfo], max_finished: int = 8, now: float | None = None,
-               browser: str = "") -> list[JobRow]:
+               browser: str = "", roots: Roots = None) -> list[JobRow]:
     """Active jobs (queue order) first, then the most recent finished ones, newest first; `browser`'s own before
-    the others' (a classroom)."""
+    the others' (a classroom, whose `roots` hide the server's folders: job_row)."""
     queued = [i for i in infos if i.state == "queued"]
     active = [i for i in infos if i.state == "running"] + queued
     done = [i for i in reversed(infos) if i.state not in runs.ACTIVE][:max_finished]
     shown = sorted(active + done, key=lambda i: not (browser and i.meta.get("browser") == browser))  # stable
-    return [job_row(i, queued.index(i) if i in queued else None, now) for i in shown]
+    return [job_row(i, queued.index(i) if i in queued else None, now, roots) for i in shown]
 
 
 def own_first(infos: list, browser: str, everyone: bool) -> list:
