@@ -80,7 +80,8 @@ def main() -> None:
 
         lesson_ticks = [cpu_of(lambda lesson=lesson: lesson_tick(lesson)) for lesson in lessons.LESSONS.values()]
         # A watcher polls every 3 s only while its lesson has runs waiting or training (app_pages/lessons.py).
-        polling = [bool(lessons.progress(lesson, jobs.list_jobs(root))["active"]) for lesson in lessons.LESSONS.values()]
+        polling = [bool(lessons.progress(lesson, jobs.list_jobs(root))["active"])
+                   for lesson in lessons.LESSONS.values()]
         lesson_cpu = sum(t / 3 for t, polls in zip(lesson_ticks, polling) if polls)
         print(f"{args.runs} runs; first render: Trainer {trainer_s:.1f} s, Lessons {lessons_s:.1f} s (target <= 3 s)")
         print(f"idle Trainer tab: {trainer_tick * 1000:.0f} ms CPU per 2 s refresh = {trainer_tick / 2:.1%} of a core")
