@@ -45,26 +45,34 @@ def show_lesson(lesson: lessons.Lesson) -> None:
             ids = lessons.start(lesson, root, asker=policy.asker())
             st.success(f"Queued {len(ids)} runs.")
             st.rerun()
-    watch(lesson)
+    # Poll only while the lesson's runs wait or train: an idle tab costs nothing (issue 30: 4 watchers every 3 s).
+    st.fragment(run_every=3 if counts["active"] else None)(watch)(lesson, bool(counts["active"]))
     st.markdown("**What to look for**\n\n" + "\n".join(f"- {p}" for p in lesson.look_for))
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def _result(key: str, stamp: tuple, _infos: list) -> lesson_results.LessonResult:
+    """The result view (bootstrap intervals, figures), made once per state of the lesson's runs (`stamp`)."""
+    return lesson_results.lesson_result(lessons.LESSONS[key], _infos)
 
 
 def show_result(lesson: lessons.Lesson, infos, where: str) -> None:
     """The lesson's result view from these runs (`where` keeps widget keys apart)."""
     with ui.friendly_errors("Showing the results"):
-        result = lesson_results.lesson_result(lesson, infos)
+        result = _result(lesson.key, lessons.runs_stamp(lesson, infos), infos)
         st.markdown(f"**Result.** {escape_markdown(result.headline)}")
         st.dataframe(result.shown_table(), hide_index=True, key=f"table-{lesson.key}-{where}")
         for i, fig in enumerate(result.figures):
             st.plotly_chart(fig, key=f"fig-{lesson.key}-{where}-{i}")
 
 
-@st.fragment(run_every=3)
-def watch(lesson: lessons.Lesson) -> None:
+def watch(lesson: lessons.Lesson, polling: bool = False) -> None:
     """Progress while the lesson's runs train; the latest finished result of each recipe (a restart replaces a row
     only when its new run finishes), else the shipped examples; a restart's problem is shown beside them."""
     infos = jobs.list_jobs(root)
     counts = lessons.progress(lesson, infos)
+    if polling and not counts["active"]:
+        st.rerun()  # the last run ended: redraw the page once, which stops the polling
     if counts["active"]:
         st.progress(counts["completed"] / counts["planned"],
                     text=f"{counts['completed']} of {counts['planned']} runs finished, {counts['active']} waiting "

@@ -76,7 +76,7 @@ st.subheader("2 · Network")
 names = backbones.backbone_names()
 c1, c2 = st.columns(form.ROW_WIDGETS["network"])
 backbone = choice(c1, "backbone", names, SPECS["backbone"].default,
-                  format_func=lambda n: form.backbone_label(n, num_classes))
+                  format_func=form.backbone_label)
 c1.caption(backbones.get_spec(backbone).description)
 inits = form.init_options(backbone, jobs.list_jobs(root))
 preferred = "imagenet" if "imagenet" in inits and not form.init_problem(backbone, "imagenet") else "scratch"

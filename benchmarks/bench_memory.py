@@ -59,7 +59,8 @@ def make_cases(folder: Path) -> dict[str, Path]:
     cases = {"DICOM 3000x3000 16-bit": dcm, "JPEG 7000x7000": jpg}
     for name, im, file in (("RGBA PNG 7000x7000", Image.fromarray(np.dstack([rgb, np.full_like(grey, 255)]), "RGBA"),
                             "rgba.png"),
-                           ("CMYK TIFF 7000x7000", Image.fromarray(np.dstack([255 - rgb, 0 * grey]), "CMYK"), "cmyk.tif"),
+                           ("CMYK TIFF 7000x7000", Image.fromarray(np.dstack([255 - rgb, 0 * grey]), "CMYK"),
+                            "cmyk.tif"),
                            ("LAB TIFF 7000x7000", Image.fromarray(rgb, "RGB").convert("LAB"), "lab.tif"),
                            ("float TIFF 7000x7000", Image.fromarray(grey.astype(np.float32) / 255, "F"), "float.tif")):
         im.save(folder / file, **({"compression": "tiff_deflate"} if file.endswith(".tif") else {}))

@@ -4,7 +4,6 @@ decoded image and one premultiplied copy. The pixels are those of the old order 
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import subprocess

@@ -289,7 +289,7 @@ def test_every_trainer_choice_fits_its_box(tmp_path):
     (done / "model.pt").write_bytes(b"x")
     infos = runs.list_runs(tmp_path)
     for b in backbones.backbone_names():
-        labels = [form.backbone_label(b, 14), *form.freeze_options(b).values(),
+        labels = [form.backbone_label(b), *form.freeze_options(b).values(),
                   *form.init_options(b, infos).values()]
         too_long += [(b, label) for label in labels if len(label) > budget["network"]]
     assert not too_long, too_long

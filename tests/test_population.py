@@ -219,7 +219,7 @@ def test_the_record_round_trips_and_an_old_file_loads_unchanged(tiny_model, tmp_
         "age_years": [1, 5], "source": KERMANY_CHILDREN.source, "view": "frontal (PA/AP)"}
     loaded = checkpoint.load(path)
     assert all(torch.equal(loaded.state_dict[k], v) for k, v in tiny_model.state_dict.items())  # weights untouched
-    checkpoint.update_records(path, domain={"cutoff": 1.0})  # a later record keeps the population
+    checkpoint.update_records(path, calibration={"temperature": 1.5, "bias": [0.0, 0.0]})  # a later record keeps it
     assert checkpoint.load(path).population == KERMANY_CHILDREN
     assert checkpoint.set_population(path, None).population is None and checkpoint.load(path).population is None
 

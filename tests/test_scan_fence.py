@@ -1,11 +1,10 @@
 """A classroom's allowed folders hold below the top folder (issue 30 audit): split, class and nested folders and files
-that are links out of the roots are neither followed nor read, and the skipped table names the link, never its target."""
+that are links out of the roots are neither followed nor read; the skipped table names the link, never its target."""
 
 from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 
 import pytest
 

@@ -58,7 +58,7 @@ def read_calibration(d: Any, classes: tuple[str, ...]) -> tuple[float, tuple[flo
 
 
 def read_conformal(d: Any, classes: tuple[str, ...]) -> dict[float, conformal.ConformalRecord]:
-    """The prediction-set records by level: a level in (0, 1), one cut-off per class in [0, 1] (None: too few images)."""
+    """The prediction-set records by level: a level in [0.5, 1), a cut-off per class in [0, 1] (None: too few images)."""
     levels = d.get("levels") if isinstance(d, dict) else None
     if not isinstance(levels, (list, tuple)) or not all(isinstance(lv, dict) for lv in levels):
         raise RecordFault("should hold a list of levels, each a record")

@@ -270,6 +270,11 @@ def lesson_runs(lesson: Lesson, infos: list[runs.RunInfo]) -> dict[str, runs.Run
     return out
 
 
+def runs_stamp(lesson: Lesson, infos: list[runs.RunInfo]) -> tuple:
+    """What the lesson's result view depends on: each of its runs and its state as last written (a cache key)."""
+    return tuple((k, i.run_id, i.state, i.status.get("updated")) for k, i in sorted(lesson_runs(lesson, infos).items()))
+
+
 def progress(lesson: Lesson, infos: list[runs.RunInfo]) -> dict[str, int]:
     """How many of the lesson's recipes are waiting or training, completed, or ended otherwise (and planned)."""
     found = lesson_runs(lesson, infos)

@@ -158,7 +158,8 @@ def job_row(info: runs.RunInfo, queue_position: int | None = None, now: float | 
     return JobRow(info.run_id, info.state, f"{c.get('backbone', '?')} · {words.init_words(c.get('init', '?'))} · "
                   f"freeze {c.get('freeze', '?')}", status_text(info, queue_position, len(rows)), frac, text,
                   f"about {format_duration(eta)} left" if eta is not None else "", latest, runs.best_val_acc(rows),
-                  hide(info.damaged or s.get("error")), info.state in runs.ACTIVE, info.path, hide(_repeat_problem(info)),
+                  hide(info.damaged or s.get("error")), info.state in runs.ACTIVE, info.path,
+                  hide(_repeat_problem(info)),
                   str(c.get("data") or ""))
 
 

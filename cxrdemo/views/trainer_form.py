@@ -81,11 +81,15 @@ def make_config(values: dict[str, Any]) -> TrainConfig:
 
 # ---------------------------------------------------------------- choices that depend on other choices
 
-def backbone_label(backbone: str, num_classes: int = 2) -> str:
-    """'resnet18 (11,177,538 parameters)': a backbone choice with its size for this many classes."""
+def backbone_label(backbone: str) -> str:
+    """'resnet18 (11,176,512 trunk parameters)': a backbone choice with the size of its trunk.
+
+    The same for any number of classes: the browser keeps a choice by its label, so a label that changed with the
+    dataset (a 6-class folder) lost the choice and the page fell back to the first backbone. The head's size for
+    this dataset is in the caption under the choice (trainable_text)."""
     from cxrdemo.model import backbones
 
-    return f"{backbone} ({backbones.param_counts(backbone, num_classes)[0]:,} parameters)"
+    return f"{backbone} ({sum(backbones.group_param_counts(backbone)[:-1]):,} trunk parameters)"
 
 
 def freeze_options(backbone: str) -> dict[str, str]:
