@@ -83,6 +83,16 @@ def read_conformal(d: Any, classes: tuple[str, ...]) -> dict[float, conformal.Co
     return out
 
 
+def _finite(value: Any) -> torch.Tensor | None:
+    """`value` as a contiguous float32 tensor when every number in it is finite, else None (its size is the
+    caller's to check first: nothing larger than declared is converted)."""
+    try:
+        t = torch.as_tensor(np.asarray(value, dtype=np.float32)).contiguous()
+    except (TypeError, ValueError, RuntimeError):
+        return None
+    return t if bool(torch.isfinite(t).all()) else None
+
+
 def _matrix(d: dict, key: str, shape: tuple[int, int]) -> torch.Tensor:
     """A float32 tensor of exactly `shape`, its size checked before anything is converted or copied."""
     value = d.get(key)
@@ -92,13 +102,8 @@ def _matrix(d: dict, key: str, shape: tuple[int, int]) -> torch.Tensor:
         ok = len(value) == shape[0] and all(isinstance(r, (list, tuple)) and len(r) == shape[1] for r in value)
     else:
         ok = False
-    if ok:
-        try:
-            t = torch.as_tensor(np.asarray(value, dtype=np.float32)).contiguous()
-            ok = bool(torch.isfinite(t).all())
-        except (TypeError, ValueError, RuntimeError):
-            ok = False
-    if not ok:
+    t = _finite(value) if ok else None
+    if t is None:
         raise RecordFault(f"its {key} should be a {shape[0]} x {shape[1]} table of finite numbers")
     return t
 
@@ -133,14 +138,9 @@ def _scores(d: dict) -> torch.Tensor | None:
     if value is None:
         return None
     n = int(value.numel()) if isinstance(value, torch.Tensor) else len(value) if isinstance(value, (list, tuple)) else -1
-    ok = 0 < n <= domain.VAL_SCORES_KEPT and (not isinstance(value, torch.Tensor) or value.ndim == 1)
-    if ok:
-        try:
-            t = torch.as_tensor(np.asarray(value, dtype=np.float32)).reshape(-1)
-            ok = bool(torch.isfinite(t).all())
-        except (TypeError, ValueError, RuntimeError):
-            ok = False
-    if not ok:
+    one_row = 0 < n <= domain.VAL_SCORES_KEPT and (not isinstance(value, torch.Tensor) or value.ndim == 1)
+    t = _finite(value) if one_row else None
+    if t is None or t.ndim != 1:
         raise RecordFault(f"its val_scores should be 1 to {domain.VAL_SCORES_KEPT} finite numbers")
     return t
 
