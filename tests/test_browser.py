@@ -417,7 +417,7 @@ def test_compare_confusion_cell_opens_its_images(server, browser):
     for top, left, text in captions:  # image n sits in column n % 4, row n // 4 (rows need not line up in height)
         columns.setdefault(left, []).append((top, text))
     ordered = sorted((row, left, text) for left, cells in columns.items() for row, (_, text) in enumerate(sorted(cells)))
-    shown = [float(v) for _, _, text in ordered for v in re.findall(r"p\(\S+\) = (\d\.\d\d)", text)]
+    shown = [float(v) for _, _, text in ordered for v in re.findall(r"p\(\S+\) = (\d+(?:\.\d)?)%", text)]
     assert len(shown) == min(counts[pick], 8)
     assert shown == sorted(shown, reverse=bool(wrong)), shown
     browser.execute_script("arguments[0].scrollIntoView({block: 'start'});", plot)  # the matrix and its images
