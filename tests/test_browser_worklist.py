@@ -39,7 +39,8 @@ def test_a_worklist_of_five_films_opens_one_and_downloads_its_report(server, bro
     box.send_keys("\n".join(str(f) for f in films))
     _wait_text(browser, "5 films read: 1 needs a look.", 300)
     WebDriverWait(browser, 120).until(lambda d: not d.find_elements(By.CSS_SELECTOR, "[data-testid='stStatusWidget']"))
-    grid = browser.find_element(By.CSS_SELECTOR, "[data-testid='stDataFrame']")
+    grid = WebDriverWait(browser, 120).until(  # the table is drawn after the summary line: wait for it too
+        lambda d: d.find_element(By.CSS_SELECTOR, "[data-testid='stDataFrame']"))
     browser.execute_script("arguments[0].scrollIntoView({block: 'center'});", grid)
     time.sleep(1)
     w, h = grid.size["width"], grid.size["height"]
