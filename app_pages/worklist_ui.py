@@ -12,7 +12,7 @@ from streamlit.errors import StreamlitAPIException
 
 from cxrdemo import paths
 from cxrdemo.diagnosis import explain, predict, result, worklist
-from cxrdemo.views import report, report_pdf
+from cxrdemo.views import heatmaps, report, report_pdf
 from cxrdemo.views import worklist as wv
 from app_pages import ui, viewer
 
@@ -69,7 +69,8 @@ def _films(model: predict.LoadedModel, run: str, root: str, items: list[worklist
             if i % 5 == 0:
                 live.dataframe(wv.table(wv.ordered(done), thumbnails=False), hide_index=True)
 
-    films = list(worklist.iter_films(model, items, progress=show, known=known))
+    films = list(worklist.iter_films(model, items, progress=show, known=known,
+                                     threads=heatmaps.busy_threads(root)))
     bar.empty()
     live.empty()
     current = {f.digest for f in films}

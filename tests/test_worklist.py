@@ -43,7 +43,7 @@ def _png(img: np.ndarray) -> bytes:
 def test_every_film_gets_the_one_result_of_result_assess(demo, films):
     assert [f.name for f in films[:20]] == [f.name for f in FILMS]
     for f, path in zip(films, FILMS):
-        with torch_threads(worklist.THREADS):  # bit for bit: the same arithmetic as the worklist's
+        with torch_threads(None):  # bit for bit: the same arithmetic as the worklist's (torch's own threads)
             one = result.assess(demo, predict.read_radiograph(str(path), path.name))
         assert f.readable and f.error is None and f.digest == one.digest
         np.testing.assert_array_equal(f.result.probs, one.probs)
@@ -65,7 +65,7 @@ def test_films_are_kept_shrunk_and_the_large_pixels_dropped(demo):
     assert max(f.thumbnail.shape) <= worklist.THUMB_SIDE
     assert not any(isinstance(v, np.ndarray) and v.size > DISPLAY_MAX_SIDE ** 2 for v in vars(f).values())
     # the model read the file as read_radiograph reads it, not the display copy
-    with torch_threads(worklist.THREADS):
+    with torch_threads(None):
         one = result.assess(demo, predict.read_radiograph(_png(big), "big.png"))
     np.testing.assert_array_equal(f.result.probs, one.probs)
 

@@ -24,10 +24,9 @@ from cxrdemo.diagnosis.result import ImageResult, assess
 from cxrdemo.errors import CxrError, ImageReadError
 
 THUMB_SIDE = 96  # px on the long side of a table thumbnail
-# One image at a time through a small network: a second intra-op thread buys nothing, and on a shared 2-core machine
-# its spinning costs 4-8x the wall time (benchmarks/bench_worklist.py: 50 films in 3-6 s with 1 thread, 23-27 s with
-# 2, under a load of 6-7).
-THREADS = 1
+# Threads: the caller's choice (None: torch's own). The pages pass 1 while a job runs in the store, as Diagnosis does
+# (views/heatmaps.busy_threads): on a busy 2-core machine a second thread's spinning cost 4-8x the wall time
+# (benchmarks/bench_worklist.py, Intel Xeon Processor, load 6-7); a quiet machine keeps torch's default.
 MAX_FILMS = 100  # files read from one worklist: each keeps about 1.3 MB (display copy, CAM-layer output)
 
 Source = tuple[str, "bytes | str | os.PathLike"]  # (the file's name as shown, its bytes or its path)
@@ -126,7 +125,7 @@ def film_of(rad: predict.Radiograph, res: ImageResult, index: int = 0) -> Film:
 
 def iter_films(model: LoadedModel, sources: Iterable[Source], *, stated_age: float | None = None,
                progress: Progress | None = None, known: Mapping[str, Film] | None = None,
-               threads: int | None = THREADS) -> Iterator[Film]:
+               threads: int | None = None) -> Iterator[Film]:
     """Each source's Film in order, as soon as it is read (`progress` is called after each); `known`: films
     already read (by digest) for this model and age, reused instead of read again; `threads`: torch's intra-op
     threads while a film is read (None: as they are)."""
@@ -149,7 +148,7 @@ def iter_films(model: LoadedModel, sources: Iterable[Source], *, stated_age: flo
 
 
 def assess_films(model: LoadedModel, sources: Iterable[Source], *, stated_age: float | None = None,
-                 progress: Progress | None = None, threads: int | None = THREADS) -> list[Film]:
+                 progress: Progress | None = None, threads: int | None = None) -> list[Film]:
     """Every source's Film, in the order given (at most MAX_FILMS)."""
     return list(iter_films(model, sources, stated_age=stated_age, progress=progress, threads=threads))
 

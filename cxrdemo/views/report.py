@@ -21,7 +21,6 @@ from cxrdemo.diagnosis import explain
 from cxrdemo.diagnosis.cam_cost import SLOW_METHODS
 from cxrdemo.diagnosis import faithfulness as faith
 from cxrdemo.diagnosis.predict import LoadedModel, model_summary
-from cxrdemo.diagnosis import worklist
 from cxrdemo.diagnosis.worklist import Film, Mark
 from cxrdemo.views import diagnosis as dv
 from cxrdemo.views import numbers
@@ -154,7 +153,8 @@ Progress = Callable[[int, int, str], None]  # (films done, films in all, the fil
 
 def build(model: LoadedModel, films: list[Film], *, label: str, method: str = "GradCAM", level: float = 0.90,
           faithfulness: bool = False, marks: Mapping[str, Mark] | None = None,
-          heatmaps: Mapping[str, explain.Heatmap] | None = None, progress: Progress | None = None) -> Report:
+          heatmaps: Mapping[str, explain.Heatmap] | None = None, progress: Progress | None = None,
+          threads: int | None = None) -> Report:
     """The report of `films` (in the worklist's order: those that need a look first): each film's heatmap by
     `method` (or the one in `heatmaps`, by digest: the map on screen), and its faithfulness only when asked
     (about FAST_SECONDS_PER_FILM s each)."""
@@ -163,7 +163,7 @@ def build(model: LoadedModel, films: list[Film], *, label: str, method: str = "G
     readable = [f for f in shown if f.result is not None and f.display is not None]
     pages = []
     for i, f in enumerate(readable):
-        with faith.torch_threads(worklist.THREADS):  # one image at a time: see worklist.THREADS
+        with faith.torch_threads(threads):  # the caller's choice: see diagnosis/worklist
             heat = (heatmaps or {}).get(f.digest) or explain.heatmap(model, f.result, method)
             reading = faith.measure(model, f.result, heat) if faithfulness else None
         pages.append(film_page(model, f, heat, level, reading, (marks or {}).get(f.digest), faithfulness))
