@@ -115,3 +115,36 @@ def test_slow_heatmaps_take_one_batch_per_group_of_feature_maps():
     assert durations.cam_seconds("GradCAM", 0.5, 512, 32) is None
     assert durations.cam_seconds("ScoreCAM", 0.5, 512, 32) == pytest.approx(8.0)  # 16 batches
     assert durations.cam_seconds("ScoreCAM", 0.5, 100, 32) == pytest.approx(2.0)  # 4 batches, the last one short
+
+
+# ---------------------------------------------------------------- the store's own runs come first (issue 31)
+
+def speed_run(root, factor: float, train: int = 300, val: int = 60, epochs: int = 2) -> None:
+    """A finished cnn5 run at 128 px whose epochs took `factor` times what the reference table predicts."""
+    cfg = TrainConfig(data="demo", backbone="cnn5", img_size=128, epochs=epochs)
+    d = runs.create_run(cfg, root, scan_summary={"totals": {"train": train, "val": val, "test": 10}})
+    per_epoch = factor * durations.training_seconds(cfg.replace(epochs=1), train, val)
+    for epoch in range(1, epochs + 1):
+        runs.append_metrics(d, {"epoch": epoch, "seconds": per_epoch})
+    lifecycle.claim(d)
+    lifecycle.finish(d, "completed")
+
+
+def test_the_stores_latest_runs_outrank_a_stale_trial(cache, tmp_path):
+    # A trial remembered from a loaded hour: 19x the reference (the 2026-12-06 case that made 1,428 s of 280).
+    step = 19 * 32 * durations.per_image_seconds("cnn5", "none", 128)
+    (cache / "speed").mkdir(parents=True)
+    (cache / "speed" / "x.json").write_text(json.dumps({
+        "key": {"backbone": "cnn5", "frozen_groups": 0, "batch_size": 32, "img_size": 128},
+        "choice": {"bf16": False, "channels_last": False, "step_s": {"fp32-contiguous": step}}}))
+    root = tmp_path / "runs"
+    assert durations.training_speed(root).source == "scaled"  # no finished run here yet: the trial is the evidence
+    for f in (2.0, 3.0, 2.5):
+        speed_run(root, f)
+    speed = durations.training_speed(root)
+    assert (speed.source, speed.runs) == ("runs", 3) and speed.factor == pytest.approx(2.5)  # the median
+    cfg = TrainConfig(data="demo", backbone="cnn5", img_size=128, epochs=8)
+    assert durations.training_seconds(cfg, 300, 60, speed) == pytest.approx(2.5 * durations.training_seconds(cfg, 300, 60))
+    assert "at the speed its last 3 finished run(s) trained" in sweep_cost.speed_words(speed)
+    est = lessons.estimate(lessons.LESSONS["leakage"], [], root)
+    assert est.speed == speed  # the lesson's estimate reads the same evidence

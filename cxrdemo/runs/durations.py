@@ -3,6 +3,9 @@
 Numbers only; views/ words them (the sweep estimate, the lessons, the wait for a slow heatmap). Best evidence first:
 
 Training speed (seconds per training image per epoch, by backbone and freeze level):
+0. this store's latest finished runs: their epochs' measured seconds against what the reference table predicts
+   for the same recipes give this computer's factor at its present load (a speed trial times one step, once, and
+   is remembered for good: one taken while the cores were shared made every later estimate about 4x too long);
 1. MEASURED_FILE in this computer's cache folder, written by benchmarks/bench_sweep.py: one epoch of every
    backbone x freeze level timed here (labelled with its CPU and date), used as it is;
 2. REFERENCE at 224 px (batch 32, 2 threads) on REFERENCE_CPU, measured by `benchmarks/bench_sweep.py` on
@@ -31,6 +34,7 @@ from pathlib import Path
 
 from cxrdemo import fileio
 from cxrdemo.config import TrainConfig
+from cxrdemo.errors import CxrError
 from cxrdemo.paths import cache_dir
 from cxrdemo.runs import store as runs
 
@@ -69,9 +73,10 @@ class Speed:
     per_image_s: dict[str, dict[str, float]]
     size: int = REFERENCE_SIZE
     factor: float = 1.0
-    source: str = "reference"  # "measured" (this computer's bench_sweep), "scaled" (its trials), "reference"
-    cpu: str = REFERENCE_CPU
+    source: str = "reference"  # "runs" (this store's finished runs), "measured" (this computer's bench_sweep),
+    cpu: str = REFERENCE_CPU   # "scaled" (its trials), "reference"
     date: str = ""
+    runs: int = 0  # finished runs the factor was measured from ("runs")
 
 
 REFERENCE_SPEED = Speed(REFERENCE)
@@ -121,8 +126,32 @@ def machine_factor() -> float | None:
     return math.exp(sum(map(math.log, ratios)) / len(ratios)) if ratios else None
 
 
-def training_speed() -> Speed:
-    """The best evidence of this computer's training speed: its sweep measurement, its trials, else the reference."""
+def _run_factor(info: runs.RunInfo) -> float | None:
+    """One finished run's epochs' measured seconds / the reference table's prediction for its recipe (None: unknown)."""
+    try:
+        config = TrainConfig.from_dict(info.config)
+        totals = info.meta["dataset"]["totals"]
+        rows = runs.read_metrics_rows(info.path)
+        spent = sum(float(r["seconds"]) for r in rows)
+        predicted = training_seconds(config.replace(epochs=len(rows)), int(totals["train"]), int(totals["val"]))
+    except (KeyError, TypeError, ValueError, CxrError):
+        return None
+    return spent / predicted if rows and spent > 0 and predicted > 0 else None
+
+
+def store_factor(runs_dir: str | Path | None = None) -> tuple[float, int] | None:
+    """(median factor, runs) over this store's latest finished runs: how much slower than the reference it trains now."""
+    done = [i for i in runs.list_runs(runs_dir) if i.state == "completed" and not i.damaged][-START_SAMPLE:]
+    factors = [f for f in map(_run_factor, done) if f is not None]
+    return (statistics.median(factors), len(factors)) if factors else None
+
+
+def training_speed(runs_dir: str | Path | None = None) -> Speed:
+    """The best evidence of this computer's training speed: its store's latest runs, its sweep measurement, its
+    trials, else the reference."""
+    recent = store_factor(runs_dir)
+    if recent is not None:
+        return Speed(REFERENCE, REFERENCE_SIZE, recent[0], "runs", runs=recent[1])
     mine = measured()
     if mine is not None:
         return Speed(mine["per_image_s"], mine["img_size"], 1.0, "measured", str(mine.get("cpu") or "this CPU"),

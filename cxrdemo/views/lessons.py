@@ -216,7 +216,7 @@ def estimate(lesson: Lesson, shipped: list[runs.RunInfo] | None = None,
     example run made with the same recipe, else the epochs at the reference speed; plus starting each run here
     (`durations.run_start`: the worker process, set-up and finishing; an example run already counts the latter)."""
     shipped = examples.list_examples() if shipped is None else shipped
-    speed, start = durations.training_speed(), durations.run_start(runs_dir)
+    speed, start = durations.training_speed(runs_dir), durations.run_start(runs_dir)
     own_speed = speed.source != "reference"
     total, measured = 0.0, 0
     plan = recipes(lesson)

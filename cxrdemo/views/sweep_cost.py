@@ -11,6 +11,8 @@ from cxrdemo.views.trainer import rough_duration
 
 def speed_words(speed: durations.Speed) -> str:
     """Where the training speed comes from, in words."""
+    if speed.source == "runs":
+        return f"on this computer, at the speed its last {speed.runs} finished run(s) trained"
     if speed.source == "measured":
         return f"on this computer, as measured on {speed.cpu}" + (f" on {speed.date}" if speed.date else "")
     if speed.source == "scaled":
@@ -31,7 +33,7 @@ def sweep_cost_text(configs: list[TrainConfig], n_train: int, n_val: int,
     """'N run(s), one after another: about M min on this computer (...); each run adds about S to start ...'."""
     if not configs or n_train <= 0:
         return ""
-    speed, start = durations.training_speed(), durations.run_start(runs_dir)
+    speed, start = durations.training_speed(runs_dir), durations.run_start(runs_dir)
     seconds = durations.sweep_seconds(configs, n_train, n_val, speed, start)
     return (f"{len(configs)} run(s), one after another: about {rough_duration(seconds)} {speed_words(speed)}; "
             f"{start_words(start)}.")
