@@ -4,8 +4,11 @@ bacteria_virus/{train,val,test}/{BACTERIA,VIRUS}: one image per patient, patient
   train and val come from cxr-large *train* patients, test from cxr-large *val* patients only (the shipped demo
   model trained on cxr-large train, so lesson 1's test images were never seen by the model it transfers from).
 leakage/{train,test}/{BACTERIA,VIRUS}: train holds patients with 2-4 images of one class (file names carry the
-  patient), so a split by image puts one child's films on both sides; test holds other patients (one image each,
-  from cxr-large val). A patient with both a bacterial and a viral file joins one class only.
+  patient), and every one of those films twice: as this script saves it and as a second source would have (85% of
+  the size, JPEG quality 70; `<name>_dup.jpg`), as in the merged "Frankenstein" data sets of Roberts et al. 2021.
+  A split by image puts a film and its duplicate on both sides; a split by patient keeps them together. Test holds
+  other patients (one image each, from cxr-large val). A patient with both a bacterial and a viral file joins one
+  class only.
 Every image becomes 8-bit grey JPEG (quality 85), longer side 128 px; choices use a fixed seed.
 Usage: python scripts/make_lesson_data.py --source DIR/cxr-large [--out cxrdemo/lesson_data]
 """
@@ -34,7 +37,8 @@ KIND_RE = re.compile(r"_(bacteria|virus)_", re.IGNORECASE)
 CLASSES = {"bacteria": "BACTERIA", "virus": "VIRUS"}
 # per class: (source split, patients); bacteria_virus takes one image per patient
 BV_COUNTS = {"train": ("train", 120), "val": ("train", 30), "test": ("val", 50)}
-LEAK_TRAIN_PATIENTS = 50  # per class, 2-4 images each (about 140 images per class)
+LEAK_TRAIN_PATIENTS = 30  # per class, 2-4 images each (about 75 films per class, twice: with their duplicates)
+DUP_SCALE, DUP_QUALITY = 0.85, 70  # how the "second source" saved its copy of a leakage training film
 LEAK_TEST_PATIENTS = 40  # per class, one image each, from cxr-large val
 
 
@@ -103,11 +107,15 @@ def main(argv: list[str] | None = None) -> None:
     manifest = []
     for row in sorted(chosen, key=lambda r: (r["set"], r["split"], r["label"], r["file"])):
         rel = f"{row['set']}/{row['split']}/{row['label']}/{Path(row['file']).with_suffix('.jpg').name}"
-        w, h = convert(args.source / row["file"], args.out / rel, LONG_SIDE, QUALITY)
-        manifest.append({"file": rel, "set": row["set"], "split": row["split"], "label": row["label"],
-                         "patient": row["patient"], "width": w, "height": h, "cxr_large_file": row["file"],
-                         "source_repo": row["source_repo"], "source_commit": row["source_commit"],
-                         "source_path": row["source_path"], "license": row["license"]})
+        copies = [(rel, LONG_SIDE, QUALITY)]
+        if row["set"] == "leakage" and row["split"] == "train":  # the same film, as a second source saved it
+            copies.append((rel[:-len(".jpg")] + "_dup.jpg", round(LONG_SIDE * DUP_SCALE), DUP_QUALITY))
+        for name, side, quality in copies:
+            w, h = convert(args.source / row["file"], args.out / name, side, quality)
+            manifest.append({"file": name, "set": row["set"], "split": row["split"], "label": row["label"],
+                             "patient": row["patient"], "width": w, "height": h, "cxr_large_file": row["file"],
+                             "source_repo": row["source_repo"], "source_commit": row["source_commit"],
+                             "source_path": row["source_path"], "license": row["license"]})
     for name in ("bacteria_virus", "leakage"):  # whom the films came from
         (args.out / name / POPULATION_FILE).write_text(file_text(KERMANY_CHILDREN), encoding="utf-8")
     with open(args.out / "MANIFEST.csv", "w", newline="") as f:

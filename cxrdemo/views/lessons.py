@@ -120,10 +120,13 @@ def _shortcut(base: TrainConfig) -> list[Recipe]:
             Recipe("marked-100", "marker on every VIRUS training image", base.replace(marker="VIRUS:1.0"))]
 
 
+LEAKAGE_SEEDS = (1, 2)  # seed 0 was the prototype whose numbers chose this design: the examples are fresh (docs/lessons.md)
+
+
 def _leakage(base: TrainConfig) -> list[Recipe]:
     return [Recipe(f"{split}-{seed}", f"split by {split}, seed {seed}",
                    base.replace(init="run:demo", split_by=split, split_seed=seed, seed=seed))
-            for split in ("image", "patient") for seed in (0, 1, 2)]
+            for split in ("image", "patient") for seed in LEAKAGE_SEEDS]
 
 
 LESSONS: dict[str, Lesson] = {lesson.key: lesson for lesson in (
@@ -158,14 +161,19 @@ LESSONS: dict[str, Lesson] = {lesson.key: lesson for lesson in (
             "On marked test copies, the tagged models call far more images VIRUS: they learned the tag.",
             "Heatmaps of a tagged model move to the corner with the tag (see Diagnosis with that run)."),
            "lesson:bacteria_virus", 128, 8, _shortcut),
-    Lesson("leakage", "Leakage between patients",
-           "Most children in this set have two to four films. Split image by image and the same child lands in "
-           "training and validation: the model can recognise the child instead of the disease, and validation "
-           "flatters it. Split by patient and validation is honest. Both recipes are then tested on 80 children "
-           "neither has seen; each is run with three seeds.",
+    Lesson("leakage", "Leakage: the same film on both sides",
+           "This training folder was put together the way many public sets were in the COVID-19 years: from two "
+           "sources that both held the same films, each saved at its own size and compression (the 'Frankenstein' "
+           "data sets of Roberts et al. 2021). Every child here has two to four films, and every film is there "
+           "twice. Split image by image and a film sits in validation while its duplicate is in training: "
+           "validation then tests the model on films it has memorised, and flatters it. Split by patient (the file "
+           "names carry the child) and a child's films and their duplicates stay on one side: validation is "
+           "honest. Both recipes are then tested on 80 children neither has seen; each is run with two seeds.",
            ("Compare the validation accuracy each split reports with its accuracy on unseen patients.",
-            "The gap is the leakage: read its interval — if it includes zero, this small set cannot show it.",
-            "The Trainer notes that patients appear in two splits for the image split: heed that warning."),
+            "The gap is the leakage: read its interval — does it exclude zero for the image split? For the patient "
+            "split?",
+            "The Trainer notes that patients appear in two splits for the image split: heed that warning — the "
+            "same check finds duplicates, because they carry the child's name."),
            "lesson:leakage", 128, 8, _leakage),
 )}
 
