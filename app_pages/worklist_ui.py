@@ -11,7 +11,7 @@ import streamlit as st
 from streamlit.errors import StreamlitAPIException
 
 from cxrdemo import paths
-from cxrdemo.diagnosis import explain, predict, result, worklist
+from cxrdemo.diagnosis import explain, pointing, predict, result, worklist
 from cxrdemo.views import heatmaps, report, report_pdf
 from cxrdemo.views import worklist as wv
 from app_pages import ui, viewer
@@ -87,9 +87,9 @@ def section(model: predict.LoadedModel, label: str, run: str, root: str, items: 
     return None
 
 
-def user_marks() -> dict[str, worklist.Mark]:
-    """The boxes drawn in the single view's viewer (per content hash), as the worklist and the report print them."""
-    return {digest: worklist.Mark.from_pointing(m) for digest, m in viewer.marks().items()}
+def user_marks() -> dict[str, pointing.Mark]:
+    """The boxes drawn in the single view's viewer, per content hash (a copy: the downloads read it later)."""
+    return dict(viewer.marks())
 
 
 def _section(model: predict.LoadedModel, label: str, run: str, root: str, items: list[worklist.Source],

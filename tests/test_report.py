@@ -15,6 +15,7 @@ from PIL import Image
 from cxrdemo import paths
 from cxrdemo.cli.main import main as cli
 from cxrdemo.diagnosis import explain, predict, result, worklist
+from cxrdemo.diagnosis.pointing import Box, Mark, PointingScore
 from cxrdemo.views import numbers, report, report_pdf
 from cxrdemo.views.diagnosis import set_words
 from tests.test_predict import SECRETS, _dicom
@@ -86,7 +87,8 @@ def test_each_page_shows_the_results_own_numbers(demo, tmp_path, capsys):
 
 def test_faithfulness_when_asked_and_the_mark_with_its_score(demo):
     films = worklist.assess_films(demo, [(FILMS[0].name, FILMS[0])])
-    mark = worklist.Mark((0.1, 0.2, 0.4, 0.6), {"GradCAM": 0.42}, {"GradCAM": False})
+    mark = Mark(films[0].digest, films[0].name, Box(0.1, 0.2, 0.4, 0.6), 100, 100,
+                scores=(PointingScore("GradCAM", 0.42, 0.12, False, (0.9, 0.9)),))
     shown = explain.heatmap(demo, films[0].result, "EigenCAM")  # the map on screen is the map in the report
     doc = report.build(demo, films, label="demo", faithfulness=True, marks={films[0].digest: mark},
                        heatmaps={films[0].digest: shown})

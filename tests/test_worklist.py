@@ -14,6 +14,7 @@ from PIL import Image
 from cxrdemo import paths
 from cxrdemo.data.shrink import DISPLAY_MAX_SIDE
 from cxrdemo.diagnosis import predict, result, worklist
+from cxrdemo.diagnosis.pointing import Box, Mark, PointingScore
 from cxrdemo.diagnosis.faithfulness import torch_threads
 from cxrdemo.views import numbers
 from cxrdemo.views import worklist as wv
@@ -125,7 +126,8 @@ def test_films_that_need_a_look_come_first_then_the_unreadable_ones(films):
 
 def test_the_exports_carry_the_results_numbers_and_are_safe_in_a_spreadsheet(demo, films):
     evil = worklist.assess_films(demo, [("=HYPERLINK(x).jpg", FILMS[0])])
-    mark = worklist.Mark((0.25, 0.25, 0.75, 0.5), {"GradCAM": 0.42}, {"GradCAM": True})
+    mark = Mark(films[0].digest, films[0].name, Box(0.25, 0.25, 0.75, 0.5), 100, 100,
+                scores=(PointingScore("GradCAM", 0.42, 0.125, True, (0.5, 0.4)),))
     rows = list(csv.DictReader(io.StringIO(wv.to_csv(evil + films, {films[0].digest: mark}).decode())))
     assert rows[0]["file"] == "'=HYPERLINK(x).jpg"
     r = films[0].result
@@ -138,20 +140,19 @@ def test_the_exports_carry_the_results_numbers_and_are_safe_in_a_spreadsheet(dem
 
 
 def test_a_mark_is_worded_with_the_even_spread_it_is_compared_with():
-    mark = worklist.Mark((0.1, 0.2, 0.4, 0.6), {"GradCAM": 0.42, "EigenCAM": 0.05}, {"GradCAM": True})
+    mark = Mark("d" * 64, "x.png", Box(0.1, 0.2, 0.4, 0.6), 200, 100,
+                scores=(PointingScore("GradCAM", 0.42, 0.12, True, (0.2, 0.3)),
+                        PointingScore("EigenCAM", 0.05, 0.12, False, (0.9, 0.9))))
     assert mark.area == pytest.approx(0.12)
     assert wv.mark_words(mark, "GradCAM") == ("GradCAM: 42.0% of the map in your box (an even spread: 12.0%), "
                                               "peak inside")
     assert "EigenCAM: 5.0%" in wv.mark_words(mark)
 
 
-def test_the_viewers_mark_reaches_the_worklist_and_report_as_their_compact_mark():
-    from cxrdemo.diagnosis import pointing
-
-    box = pointing.Box(0.1, 0.2, 0.4, 0.6)
-    scores = (pointing.PointingScore("GradCAM", 0.42, 0.12, True, (0.2, 0.3)),
-              pointing.PointingScore("EigenCAM", None, 0.12, None, None))  # an empty map: no share, no peak
-    full = pointing.Mark("d" * 64, "x.png", box, 200, 100, "demo", "PNEUMONIA", scores)
-    mark = worklist.Mark.from_pointing(full)
-    assert mark.box == (0.1, 0.2, 0.4, 0.6) and mark.area == pytest.approx(0.12)
+def test_the_viewers_mark_gives_the_worklist_and_report_each_scored_methods_share_and_peak():
+    box = Box(0.1, 0.2, 0.4, 0.6)
+    scores = (PointingScore("GradCAM", 0.42, 0.12, True, (0.2, 0.3)),
+              PointingScore("EigenCAM", None, 0.12, None, None))  # an empty map: no share, no peak
+    mark = Mark("d" * 64, "x.png", box, 200, 100, "demo", "PNEUMONIA", scores)
+    assert mark.box.corners == (0.1, 0.2, 0.4, 0.6) and mark.area == pytest.approx(0.12)
     assert mark.energy == {"GradCAM": 0.42} and mark.peak_inside == {"GradCAM": True}

@@ -8,7 +8,8 @@
 
 A box is given in fractions of the image's width and height, so it means the same on the film as read, on the
 screen copy and on the heatmap (the model sees the whole image squashed to a square, never a crop). A pixel is
-inside when its centre is. Data only: views/viewer words it; the report takes `Mark` as it is.
+inside when its centre is. Data only: views/viewer words it; the worklist's table and exports (views/worklist) and
+the report (views/report) take the same `Mark`.
 """
 
 from __future__ import annotations
@@ -48,6 +49,11 @@ class Box:
         if len(xs) < 2 or len(ys) < 2 or width <= 0 or height <= 0:
             return None
         return cls.from_corners(min(xs) / width, min(ys) / height, max(xs) / width, max(ys) / height)
+
+    @property
+    def corners(self) -> tuple[float, float, float, float]:
+        """(x0, y0, x1, y1): left, top, right, bottom as fractions of the width and height."""
+        return (self.x0, self.y0, self.x1, self.y1)
 
     @property
     def area(self) -> float:
@@ -116,6 +122,21 @@ class Mark:
     model: str = ""  # the run whose heatmaps were scored
     target: str = ""  # the class they explain
     scores: tuple[PointingScore, ...] = ()
+
+    @property
+    def area(self) -> float:
+        """The box's share of the image: what a map spread evenly would put inside it."""
+        return self.box.area
+
+    @property
+    def energy(self) -> dict[str, float]:
+        """Method -> the share of its heatmap in the box (the methods whose map is not empty), in scoring order."""
+        return {s.method: s.energy_share for s in self.scores if s.energy_share is not None}
+
+    @property
+    def peak_inside(self) -> dict[str, bool]:
+        """Method -> whether its map's peak lies in the box (the methods whose map is not empty)."""
+        return {s.method: s.peak_inside for s in self.scores if s.peak_inside is not None}
 
     def rows(self) -> list[dict]:
         """One flat row per scored method (one row without scores when none was made): for CSV and JSON export."""

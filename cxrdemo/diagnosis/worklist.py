@@ -16,7 +16,6 @@ from typing import Callable, Iterable, Iterator, Mapping
 import numpy as np
 
 from cxrdemo.data.shrink import DISPLAY_MAX_SIDE, display_copy
-from cxrdemo.diagnosis import pointing
 from cxrdemo.diagnosis import predict
 from cxrdemo.diagnosis.faithfulness import torch_threads
 from cxrdemo.diagnosis.predict import LoadedModel
@@ -30,30 +29,6 @@ THUMB_SIDE = 96  # px on the long side of a table thumbnail
 MAX_FILMS = 100  # files read from one worklist: each keeps about 1.3 MB (display copy, CAM-layer output)
 
 Source = tuple[str, "bytes | str | os.PathLike"]  # (the file's name as shown, its bytes or its path)
-
-
-@dataclass(frozen=True)
-class Mark:
-    """A user's box on a film and how the heatmaps fall in it (the single-image view fills it; the report and
-    the exports show it)."""
-
-    box: tuple[float, float, float, float]  # left, top, right, bottom as fractions (0..1) of the image's width, height
-    energy: Mapping[str, float] = field(default_factory=dict)  # heatmap method -> share of its energy in the box
-    peak_inside: Mapping[str, bool] = field(default_factory=dict)  # method -> whether the map's peak is in the box
-
-    @classmethod
-    def from_pointing(cls, mark: pointing.Mark) -> Mark:
-        """The compact form the worklist and the report print, of the viewer's full record (diagnosis/pointing)."""
-        b = mark.box
-        return cls((b.x0, b.y0, b.x1, b.y1),
-                   {s.method: s.energy_share for s in mark.scores if s.energy_share is not None},
-                   {s.method: s.peak_inside for s in mark.scores if s.peak_inside is not None})
-
-    @property
-    def area(self) -> float:
-        """The box's share of the image: what a map spread evenly would put inside it."""
-        left, top, right, bottom = self.box
-        return max(0.0, right - left) * max(0.0, bottom - top)
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,8 @@ from cxrdemo.diagnosis import explain
 from cxrdemo.diagnosis.cam_cost import SLOW_METHODS
 from cxrdemo.diagnosis import faithfulness as faith
 from cxrdemo.diagnosis.predict import LoadedModel, model_summary
-from cxrdemo.diagnosis.worklist import Film, Mark
+from cxrdemo.diagnosis.pointing import Box, Mark
+from cxrdemo.diagnosis.worklist import Film
 from cxrdemo.views import diagnosis as dv
 from cxrdemo.views import numbers
 from cxrdemo.views import worklist as wv
@@ -48,7 +49,7 @@ class FilmPage:
     overlay: np.ndarray  # HxWx3 uint8, the heatmap over the image
     overlay_caption: str
     sections: list[tuple[str, str]]
-    box: tuple[float, float, float, float] | None  # the user's mark, fractions of width and height
+    box: Box | None  # the user's mark
 
 
 @dataclass(frozen=True)

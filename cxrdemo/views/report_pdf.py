@@ -123,7 +123,7 @@ def _film_page(flow: Flow, page: FilmPage, i: int, n: int) -> None:
         ax.set_axis_off()
         if page.box is not None:
             h, w = pic.shape[:2]
-            x0, y0, x1, y1 = page.box
+            x0, y0, x1, y1 = page.box.corners
             ax.add_patch(Rectangle((x0 * w, y0 * h), (x1 - x0) * w, (y1 - y0) * h, fill=False, edgecolor="#00e000",
                                    linewidth=1.5))
     flow.y = top - 0.365

@@ -14,8 +14,9 @@ from typing import Mapping
 import numpy as np
 import pandas as pd
 
+from cxrdemo.diagnosis.pointing import Mark
 from cxrdemo.diagnosis.result import OUTSIDE_DOMAIN, OUTSIDE_POPULATION, OUTSIDE_QUALITY
-from cxrdemo.diagnosis.worklist import MAX_FILMS, Film, Mark
+from cxrdemo.diagnosis.worklist import MAX_FILMS, Film
 from cxrdemo.views import numbers
 from cxrdemo.views.diagnosis import DEFAULT_LEVEL, set_words
 from cxrdemo.views.population import population_reason
@@ -161,7 +162,7 @@ def records(films: list[Film], marks: Mapping[str, Mark] | None = None) -> list[
                         "outside": r.outside})
         mark = (marks or {}).get(f.digest)
         if mark is not None:
-            row["mark_box"] = [round(v, digits) for v in mark.box]
+            row["mark_box"] = [round(v, digits) for v in mark.box.corners]
             row["mark_area"] = round(mark.area, digits)
             row.update({f"mark_energy_{m}": round(float(v), digits) for m, v in mark.energy.items()})
             row.update({f"mark_peak_inside_{m}": bool(v) for m, v in mark.peak_inside.items()})
