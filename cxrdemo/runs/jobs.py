@@ -138,7 +138,9 @@ def submit_side_job(run_dir: Path, kind: str, params: dict, what: str, max_jobs:
         fileio.own_folder(d)  # a link in its place would take the job's files (status, log) out of the run
         if lifecycle.create_side_job(d, browser=asker.browser) is None:
             raise RunError(f"The {what} of run {run_dir.name} is already queued or running: wait for it or cancel it.")
-        runs.atomic_write_json(d / slots.JOB_FILE, {"kind": kind, "run": run_dir.name, "params": params})
+        # a classroom's allowed folders travel with the job, as with a run's config.json: its scan stays inside them
+        runs.atomic_write_json(d / slots.JOB_FILE, {"kind": kind, "run": run_dir.name, "params": params, **(
+            {"data_roots": [str(r) for r in asker.roots]} if asker.classroom else {})})
     (d / "log.txt").unlink(missing_ok=True)
     _spawn(d, root, max_jobs, what)
     return d
