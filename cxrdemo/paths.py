@@ -1,8 +1,10 @@
-"""Where runs, weights, caches and the built-in demo data live (environment variable first)."""
+"""Where runs, weights, caches, the built-in data and a classroom's allowed datasets live (environment variable
+first)."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -17,6 +19,52 @@ def is_builtin_data(data: str) -> bool:
     """Whether `data` names a set shipped with the package ('demo', 'lesson:<name>'), not a folder of this machine."""
     text = str(data).strip().lower()
     return text == "demo" or text.startswith(LESSON_DATA_PREFIX)
+
+
+ROOTS_ENV = "CXRDEMO_DATA_ROOTS"  # a classroom's allowed dataset folders (os.pathsep-separated)
+FORCE_ENV = "CXRDEMO_CLASSROOM"  # "1": classroom mode even on loopback (a proxy; the CLI of a classroom server)
+
+
+def forced(env: Mapping[str, str] | None = None) -> bool:
+    """Whether $CXRDEMO_CLASSROOM switches classroom mode on whatever the address."""
+    env = os.environ if env is None else env
+    return env.get(FORCE_ENV, "").strip().lower() in ("1", "on", "yes", "true")
+
+
+def data_roots(env: Mapping[str, str] | None = None) -> tuple[Path, ...]:
+    """The allow-listed dataset folders (links resolved): $CXRDEMO_DATA_ROOTS, else the built-in data only."""
+    env = os.environ if env is None else env
+    raw = [p.strip() for p in env.get(ROOTS_ENV, "").split(os.pathsep) if p.strip()]
+    return (tuple(Path(os.path.realpath(Path(p).expanduser())) for p in raw)
+            or (Path(os.path.realpath(DEMO_DATA_DIR)),))
+
+
+def within(path: Path, roots: Iterable[Path]) -> bool:
+    """Whether a resolved path is one of `roots` or inside one."""
+    return any(path == r or r in path.parents for r in roots)
+
+
+def allowed_folder(path: str, roots: Iterable[Path]) -> str | None:
+    """The folder resolved (links followed) when it is a readable folder inside the roots; None otherwise."""
+    try:
+        real = Path(os.path.realpath(Path(path).expanduser()))
+        readable = real.is_dir() and os.access(real, os.R_OK | os.X_OK)
+    except (OSError, ValueError):  # a name too long, a NUL byte: refused like any other
+        return None
+    return str(real) if readable and within(real, roots) else None
+
+
+def scan_roots(data: str | os.PathLike, roots: Iterable[str | os.PathLike] | None = None,
+               env: Mapping[str, str] | None = None) -> tuple[Path, ...] | None:
+    """The folders a scan of `data` must stay inside: `roots` when given, else the classroom's when $CXRDEMO_CLASSROOM
+    is on (the command line, a worker of a classroom server); None (anywhere) on a desktop and for the built-in sets."""
+    text = os.fspath(data)
+    shipped = (Path(os.path.realpath(DEMO_DATA_DIR)), Path(os.path.realpath(LESSON_DATA_DIR)))
+    if is_builtin_data(text) or within(Path(os.path.realpath(Path(text).expanduser())), shipped):
+        return None
+    if roots is not None:
+        return tuple(Path(os.path.realpath(Path(os.fspath(r)).expanduser())) for r in roots)
+    return data_roots(env) if forced(env) else None
 
 
 def runs_dir() -> Path:

@@ -9,6 +9,7 @@ runs: a Compare page worth a screenshot.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -19,6 +20,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -47,24 +49,29 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("browser")
+@contextlib.contextmanager
+def streamlit_server(tmp: Path, extra_env: dict[str, str] | None = None,
+                     trained_runs: int = 0) -> Iterator[tuple[str, Path]]:
+    """`streamlit run app.py` on a free loopback port with its own store in `tmp`: (url, tmp) while it runs.
+
+    `extra_env` is added to the server's environment (classroom mode, a passphrase); `trained_runs` seeds the store
+    with that many finished tiny runs (1-epoch cnn8 at 32 px); a checkout without the shipped demo model gets one.
+    """
     port = _free_port()
     env = {**os.environ, "CXRDEMO_RUNS_DIR": str(tmp / "runs"), "CXRDEMO_CACHE_DIR": str(tmp / "cache"),
            "CXRDEMO_MAX_JOBS": "1", "CXRDEMO_JOB_NICE": "0", "PYTHONUNBUFFERED": "1",
            # lessons at 32 px, 1 epoch, 8 images per split; no shipped example runs: the lesson test sees its own
-           "CXRDEMO_LESSON_TINY": "1", "CXRDEMO_EXAMPLES_DIR": str(tmp / "no-examples")}
+           "CXRDEMO_LESSON_TINY": "1", "CXRDEMO_EXAMPLES_DIR": str(tmp / "no-examples"), **(extra_env or {})}
     seed = os.environ.get("CXRDEMO_SEED_RUNS")  # finished runs to start from (realistic README screenshots)
     seeded = set()
     if seed:
         shutil.copytree(seed, tmp / "runs")
         seeded = {d.name for d in (tmp / "runs").iterdir()}
-    if not (ROOT / "weights" / "demo" / "model.pt").is_file():
-        # No shipped model in this checkout: give Diagnosis one real (tiny) run to use.
+    # No shipped model in this checkout: give Diagnosis one real (tiny) run to use.
+    for _ in range(max(trained_runs, 0 if (ROOT / "weights" / "demo" / "model.pt").is_file() else 1)):
         subprocess.run([sys.executable, "-m", "cxrdemo", "train", "--data", "demo", "--backbone", "cnn8",
-                        "--img-size", "64", "--epochs", "1", "--quiet"], env=env, check=True, cwd=ROOT,
-                       stdout=subprocess.DEVNULL, timeout=300)
+                        "--img-size", "32" if trained_runs else "64", "--epochs", "1", "--quiet"], env=env,
+                       check=True, cwd=ROOT, stdout=subprocess.DEVNULL, timeout=300)
     log = open(tmp / "streamlit.log", "w")
     proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
                              "--server.address", "127.0.0.1", "--server.headless", "true"],
@@ -100,6 +107,12 @@ def server(tmp_path_factory):
                     os.kill(int(pid), signal.SIGKILL)
                 except OSError:
                     pass
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    with streamlit_server(tmp_path_factory.mktemp("browser")) as started:
+        yield started
 
 
 @pytest.fixture(scope="module")

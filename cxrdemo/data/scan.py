@@ -13,7 +13,7 @@ from pathlib import Path
 
 from cxrdemo.data.sniff import IMAGE_SUFFIXES, sniff
 from cxrdemo.errors import ConfigError, DatasetError, ImageReadError
-from cxrdemo.paths import DEMO_DATA_DIR, LESSON_DATA_DIR, LESSON_DATA_PREFIX
+from cxrdemo.paths import DEMO_DATA_DIR, LESSON_DATA_DIR, LESSON_DATA_PREFIX, allowed_folder, scan_roots
 from cxrdemo.population import FILE_NAME as POPULATION_FILE
 from cxrdemo.population import Population
 
@@ -23,6 +23,12 @@ _SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": 
 _SYSTEM_FILES = {"thumbs.db", "desktop.ini", "__macosx", "$recycle.bin", "ehthumbs.db"}
 _MAX_DEPTH = 16  # nested patient/study folders inside a class folder, not a filesystem crawl
 _PATIENT_RES = (re.compile(r"^(person\d+)_", re.I), re.compile(r"^((?:NORMAL2-)?IM-\d+)-", re.I))
+
+
+# Said of any folder outside a classroom's allow-list: absent, unreadable and disallowed read the same.
+OUTSIDE_ROOTS = ("This folder is not inside the folders allowed in classroom mode (CXRDEMO_DATA_ROOTS), or it "
+                 "cannot be read. Add its parent folder to CXRDEMO_DATA_ROOTS and restart the app, or choose a "
+                 "folder inside them.")
 
 
 def patient_key(filename: str) -> str | None:
@@ -107,6 +113,23 @@ def relative_path(path: str | Path, root: str | Path) -> str:
     return os.path.basename(os.fspath(path)) if rel.startswith(os.pardir) else rel
 
 
+def _fence(data: str | Path, roots: Iterable[str | Path] | None) -> tuple[Path, ...] | None:
+    """The folders a scan of `data` stays inside (paths.scan_roots: given, else the classroom's from the environment;
+    None: anywhere); DatasetError (OUTSIDE_ROOTS) when `data` itself lies outside them, whether it exists or not."""
+    fence = scan_roots(data, roots)
+    if fence is not None and allowed_folder(os.fspath(data), fence) is None:
+        raise DatasetError(OUTSIDE_ROOTS)
+    return fence
+
+
+def check_roots(data: str | Path, roots: Iterable[str | Path] | None = None) -> None:
+    """Refuse before a job is made what the scan would refuse for a classroom's allowed folders: the folder, or a
+    split folder linked out of them (a look at the top folder only)."""
+    fence = _fence(data, roots)
+    if fence is not None:
+        _layout(resolve_data_root(os.fspath(data)), fence, [])
+
+
 def resolve_data_root(data: str) -> Path:
     """'demo' -> the built-in demo set; otherwise the folder itself, which must exist."""
     if str(data).strip().lower() == "demo":
@@ -154,6 +177,33 @@ def _fenced(e: os.DirEntry | Path, fence: tuple[Path, ...] | None) -> bool:
         return False
     real = Path(os.path.realpath(e.path if isinstance(e, os.DirEntry) else e))
     return not any(real == r or r in real.parents for r in fence)
+
+
+def _refuse_linked_split(skipped: list[tuple[str, str]]) -> None:
+    """A split folder that links out of the allowed folders: the whole set is refused (a silently missing split
+    would change the experiment: a test split gone, or train images carved into val)."""
+    for path, reason in skipped:
+        name = os.path.basename(path)
+        if reason == _OUTSIDE and name.lower() in _SPLIT_ALIASES:
+            raise DatasetError(f"The {_SPLIT_ALIASES[name.lower()]} folder of this dataset is a link to a folder "
+                               "outside the ones allowed in classroom mode (CXRDEMO_DATA_ROOTS): it is not read. "
+                               "Copy those images into the dataset's own folder, or ask the teacher to allow "
+                               "where they are.")
+
+
+def _layout(root: Path, fence: tuple[Path, ...] | None, skipped: list
+            ) -> tuple[Path, list[Path], list[Path], list[Path]]:
+    """(the dataset's root, its folders, its files, its split folders): an archive's one extra folder is stepped
+    into; a split folder linked out of the fence is refused."""
+    dirs, files = _listdir(root, fence, skipped)
+    _refuse_linked_split(skipped)
+    split_dirs = [d for d in dirs if d.name.lower() in _SPLIT_ALIASES]
+    if not split_dirs and not files and len(dirs) == 1:  # an archive that unpacked into one extra folder
+        inner_dirs, inner_files = _listdir(dirs[0], fence, skipped)
+        _refuse_linked_split(skipped)
+        if any(d.name.lower() in _SPLIT_ALIASES for d in inner_dirs):
+            return dirs[0], inner_dirs, inner_files, [d for d in inner_dirs if d.name.lower() in _SPLIT_ALIASES]
+    return root, dirs, files, split_dirs
 
 
 def _listdir(path: Path, fence: tuple[Path, ...] | None = None,
@@ -283,21 +333,16 @@ def scan_dataset(data: str | Path, *, seed: int = 0, fractions: tuple[float, flo
 
     by_patient=False splits image by image (a patient's films may land in two splits: the leakage lesson);
     train_share < 1 keeps that stratified share of the training images. `roots` (classroom mode: the allowed
-    folders): a split, class or nested folder or a file that is a link out of them is neither followed nor read,
-    and is reported by its own name (inside the dataset), never by its target's.
+    folders; None: the classroom's from the environment when $CXRDEMO_CLASSROOM is on, else anywhere): a folder
+    outside them, or a split folder that is a link out of them, is refused (DatasetError); a class or nested folder
+    or a file that is a link out of them is neither followed nor read, and is reported by its own name (inside the
+    dataset), never by its target's.
     """
     if len(fractions) != 3 or min(fractions) < 0 or fractions[0] <= 0 or not math.isclose(sum(fractions), 1.0):
         raise ConfigError(f"Split fractions must be three non-negative numbers summing to 1, got {fractions}.")
-    root = resolve_data_root(os.fspath(data))
-    fence = None if roots is None else tuple(Path(os.path.realpath(r)) for r in roots)
+    fence = _fence(data, roots)  # every caller's scan: the Trainer, workers, evaluate, calibrate, scorecard, CLI
     skipped: list[tuple[str, str]] = []
-    dirs, files = _listdir(root, fence, skipped)
-    split_dirs = [d for d in dirs if d.name.lower() in _SPLIT_ALIASES]
-    if not split_dirs and not files and len(dirs) == 1:  # an archive that unpacked into one extra folder
-        inner_dirs, inner_files = _listdir(dirs[0], fence, skipped)
-        if any(d.name.lower() in _SPLIT_ALIASES for d in inner_dirs):
-            root, dirs, files, split_dirs = dirs[0], inner_dirs, inner_files, \
-                [d for d in inner_dirs if d.name.lower() in _SPLIT_ALIASES]
+    root, dirs, files, split_dirs = _layout(resolve_data_root(os.fspath(data)), fence, skipped)
     skipped += [(str(f), "not inside a class folder") for f in files if f.suffix.lower() in IMAGE_SUFFIXES]
     visited: set = set()
     notes: list[str] = []

@@ -70,12 +70,13 @@ def cancel(run_dir: str | Path, grace_s: float = 10.0) -> dict:
 
 
 def compute(run_dir: str | Path, params: dict, progress: scorecard.Progress | None = None,
-            should_stop: Callable[[], bool] | None = None) -> dict:
-    """Pick N images of the split (seeded), score every method on them; the table (not written)."""
+            should_stop: Callable[[], bool] | None = None, roots: list[str] | None = None) -> dict:
+    """Pick N images of the split (seeded), score every method on them; the table (not written). `roots`: the
+    classroom's allowed folders the job recorded (None: data.scan_dataset's own rule)."""
     from cxrdemo import data
 
     model = load_model(str(run_dir), allow_path=True)
-    scan = data.scan_dataset(params["data"], require_train=False)
+    scan = data.scan_dataset(params["data"], require_train=False, roots=roots)
     if tuple(scan.classes) != tuple(model.classes):
         raise DatasetError(f"The dataset's classes {list(scan.classes)} differ from the model's "
                            f"{list(model.classes)}.")
@@ -94,7 +95,8 @@ def execute(d: Path) -> dict:
     """The job's body (the worker process, after its slot): claim, score, write the table, record how it ended."""
     d = Path(d)
     run_dir = d.parent
-    params = runs.read_json(d / "job.json")["params"]
+    job = runs.read_json(d / "job.json")
+    params = job["params"]
     if lifecycle.claim(d) is None:
         return {**lifecycle.read_status(d), "claimed": False}
     started, last = time.time(), [0.0]
@@ -107,7 +109,7 @@ def execute(d: Path) -> dict:
             lifecycle.update(d, heartbeat=now, done=done, total=total, message=message)
 
     try:
-        table = compute(run_dir, params, progress, lambda: lifecycle.cancel_requested(d))
+        table = compute(run_dir, params, progress, lambda: lifecycle.cancel_requested(d), job.get("data_roots"))
         path = scorecard.write_scorecard(run_dir, table)
     except Cancelled:
         print("cancelled", flush=True)

@@ -85,8 +85,7 @@ def start_panel(run_dir: Path, config: TrainConfig, val: CachedImages, root: str
     threading.Thread(target=importlib.import_module, args=("pytorch_grad_cam",), name="probe-import",
                      daemon=True).start()
     images = val.images[idx]
-    folder = Path(run_dir) / FOLDER
-    folder.mkdir(exist_ok=True)
+    folder = fileio.own_folder(Path(run_dir) / FOLDER)  # a link to elsewhere would take the panel out of the run
     names = image_names(root, [val.paths[i] for i in idx])
     _save(folder / "panel.npz", names=np.array([n for n, _ in names]), hashes=np.array([h for _, h in names]),
           classes=np.array(classes), labels=val.labels[idx].numpy(), thumbnails=_shrink(images, THUMB_PX))

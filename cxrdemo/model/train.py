@@ -35,7 +35,6 @@ from cxrdemo.model import (
     tuning,
 )
 from cxrdemo.model.device import autocast, choose_device, set_threads
-from cxrdemo.paths import is_builtin_data
 from cxrdemo.population import Population, training_population
 
 
@@ -431,7 +430,7 @@ def _read_dataset(config: TrainConfig, pre: checkpoint.Preprocessing, say: Progr
     say(Progress("prepare", message="Scanning the dataset"))
     scan = data.scan_dataset(config.data, seed=config.split_seed, max_per_split=config.max_images,
                              by_patient=config.split_by == "patient", train_share=config.train_share,
-                             roots=None if roots is None or is_builtin_data(config.data) else roots)
+                             roots=roots)
     cache = {}
     for split in ("train", "val", "test"):
         if scan.splits.get(split):

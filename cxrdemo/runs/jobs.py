@@ -15,7 +15,7 @@ import threading
 import time
 from pathlib import Path
 
-from cxrdemo import paths
+from cxrdemo import fileio, paths
 from cxrdemo.config import TrainConfig
 from cxrdemo.errors import RunError
 from cxrdemo.runs import lifecycle, policy, slots
@@ -108,7 +108,7 @@ def _spawn(d: Path, root: Path, max_jobs: int | None, what: str = "training") ->
     """Start the detached worker process of job folder `d` (a run, or a run's side job) and record its pid."""
     n = int(max_jobs or slots.default_max_jobs())
     env = worker_env(root, n)
-    with open(d / "log.txt", "ab") as log:
+    with lifecycle.open_log(d) as log:  # never appends through a link to a file elsewhere
         try:
             # A new session: Streamlit reruns, closed tabs, Ctrl-C in the app's terminal never reach the job.
             proc = subprocess.Popen([sys.executable, "-m", "cxrdemo", "worker", "--run-dir", str(d)],
@@ -135,10 +135,12 @@ def submit_side_job(run_dir: Path, kind: str, params: dict, what: str, max_jobs:
     asker = policy.from_env() if asker is None else asker
     with policy.gate(asker, root, [], "scorecard", folders=[str(params.get("data") or "")], adding=1):
         slots.check_queue_room(root)
-        d.mkdir(exist_ok=True)
+        fileio.own_folder(d)  # a link in its place would take the job's files (status, log) out of the run
         if lifecycle.create_side_job(d, browser=asker.browser) is None:
             raise RunError(f"The {what} of run {run_dir.name} is already queued or running: wait for it or cancel it.")
-        runs.atomic_write_json(d / slots.JOB_FILE, {"kind": kind, "run": run_dir.name, "params": params})
+        # a classroom's allowed folders travel with the job, as with a run's config.json: its scan stays inside them
+        runs.atomic_write_json(d / slots.JOB_FILE, {"kind": kind, "run": run_dir.name, "params": params, **(
+            {"data_roots": [str(r) for r in asker.roots]} if asker.classroom else {})})
     (d / "log.txt").unlink(missing_ok=True)
     _spawn(d, root, max_jobs, what)
     return d

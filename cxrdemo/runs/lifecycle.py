@@ -18,7 +18,7 @@ import platform
 import stat
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, BinaryIO, Callable, Iterator
 
 from cxrdemo import fileio
 from cxrdemo.errors import RunError
@@ -31,6 +31,8 @@ CANCEL_FILE = "cancel"  # its existence is the request; the worker checks it bet
 LOG_FILE = "log.txt"
 HEARTBEAT_STALE_S = 120.0
 FINISHING = ("test", "done")  # phases after the last epoch: calibrating, testing, writing the model file
+LOG_REPLACED = ("log.txt was a link (or not a plain file of this run's own) and was replaced by a new log; what it "
+                "pointed to was not read or written.")
 CANCELLED_LATE = ("Cancelled as it was finishing: its trained epochs and its model file are kept; the test results "
                   "written while it finished are not part of a completed run.")
 INTERRUPTED = ("The training process stopped unexpectedly (killed or the machine restarted). Its last finished "
@@ -40,7 +42,7 @@ INTERRUPTED = ("The training process stopped unexpectedly (killed or the machine
 @contextlib.contextmanager
 def run_lock(d: Path) -> Iterator[None]:
     """An exclusive lock on one run's files (released by the OS if the holder dies)."""
-    with open(Path(d) / ".lock", "a+") as f:
+    with fileio.open_append(Path(d) / ".lock") as f:  # never through a link: "a+" would create its target
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
             yield
@@ -233,6 +235,12 @@ def read_status(d: Path) -> dict:
 
 
 LOG_TAIL_BYTES = 64 * 1024  # the end of a log that its last lines are read from
+
+
+def open_log(d: Path) -> BinaryIO:
+    """The run's (or side job's) log.txt, opened for appending and never through a link (fileio.open_append); a
+    replaced one starts with LOG_REPLACED, said once."""
+    return fileio.open_append(Path(d) / LOG_FILE, note=(LOG_REPLACED + "\n").encode())
 
 
 def log_tail(d: Path, lines: int = 20) -> str:

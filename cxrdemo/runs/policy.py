@@ -19,6 +19,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cxrdemo import paths
+from cxrdemo.paths import (  # noqa: F401 - the allow-list lives with the other locations; named here for the policy
+    FORCE_ENV,
+    ROOTS_ENV,
+    allowed_folder,
+    data_roots,
+    forced,
+    within,
+)
 from cxrdemo.config import TrainConfig
 from cxrdemo.errors import RunError
 from cxrdemo.runs import lifecycle
@@ -26,8 +34,6 @@ from cxrdemo.runs import store as runs
 
 LOOPBACK_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback"}
 PASSPHRASE_ENV = "CXRDEMO_TEACHER_PASSPHRASE"  # the server's secret: never passed on to a job's process
-ROOTS_ENV = "CXRDEMO_DATA_ROOTS"
-FORCE_ENV = "CXRDEMO_CLASSROOM"  # "1": classroom mode even on loopback (a proxy; the CLI of a classroom server)
 CLI_BROWSER = "cli"  # what the command line counts its jobs under in classroom mode
 GROUP_KINDS = ("sweep", "lesson")  # several runs from one click: bounded in size, queued whole or not at all
 KINDS = ("train", "again", "scorecard", *GROUP_KINDS)
@@ -78,12 +84,6 @@ def read_limits(env: Mapping[str, str] | None = None) -> Limits:
     return Limits(**values)
 
 
-def forced(env: Mapping[str, str] | None = None) -> bool:
-    """Whether $CXRDEMO_CLASSROOM switches classroom mode on whatever the address."""
-    env = os.environ if env is None else env
-    return env.get(FORCE_ENV, "").strip().lower() in ("1", "on", "yes", "true")
-
-
 def is_networked(address: str | None, env: Mapping[str, str] | None = None) -> bool:
     """Whether the server may be reached from other machines: anything but a loopback address (or forced on)."""
     if forced(env):
@@ -97,29 +97,6 @@ def is_networked(address: str | None, env: Mapping[str, str] | None = None) -> b
         return not ipaddress.ip_address(host).is_loopback
     except ValueError:
         return True  # a host name or 0.0.0.0-like: other machines can reach it
-
-
-def data_roots(env: Mapping[str, str] | None = None) -> tuple[Path, ...]:
-    """The allow-listed dataset folders (links resolved): $CXRDEMO_DATA_ROOTS, else the built-in data only."""
-    env = os.environ if env is None else env
-    raw = [p.strip() for p in env.get(ROOTS_ENV, "").split(os.pathsep) if p.strip()]
-    return (tuple(Path(os.path.realpath(Path(p).expanduser())) for p in raw)
-            or (Path(os.path.realpath(paths.DEMO_DATA_DIR)),))
-
-
-def within(path: Path, roots: Iterable[Path]) -> bool:
-    """Whether a resolved path is one of `roots` or inside one."""
-    return any(path == r or r in path.parents for r in roots)
-
-
-def allowed_folder(path: str, roots: Iterable[Path]) -> str | None:
-    """The folder resolved (links followed) when it is a readable folder inside the roots; None otherwise."""
-    try:
-        real = Path(os.path.realpath(Path(path).expanduser()))
-        readable = real.is_dir() and os.access(real, os.R_OK | os.X_OK)
-    except (OSError, ValueError):  # a name too long, a NUL byte: refused like any other
-        return None
-    return str(real) if readable and within(real, roots) else None
 
 
 def browser_tag(browser_id: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import time
@@ -20,13 +21,21 @@ from cxrdemo.runs.sources import load_source
 HEARTBEAT_EVERY_S = 1.0
 
 
+class _LogHandler(logging.FileHandler):
+    """The run's log.txt as a logging handler, opened by the lifecycle: never appended to through a link."""
+
+    def _open(self) -> io.TextIOWrapper:
+        return io.TextIOWrapper(lifecycle.open_log(Path(self.baseFilename).parent), encoding="utf-8",
+                                write_through=True)
+
+
 def _logger(run_dir: Path) -> logging.Logger:
     log = logging.getLogger(f"cxrdemo.run.{run_dir.name}")
     log.setLevel(logging.INFO)
     log.propagate = False
     # A process can train several runs (tests, a Ray worker): the same id in another store gets its own file.
     _close(log)
-    handler = logging.FileHandler(run_dir / "log.txt")
+    handler = _LogHandler(run_dir / lifecycle.LOG_FILE)
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
     log.addHandler(handler)
     return log

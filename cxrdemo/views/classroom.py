@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cxrdemo.config import TrainConfig
+from cxrdemo.data.scan import OUTSIDE_ROOTS  # the scan says it too: worded for who can change the allow-list
 from cxrdemo.errors import ConfigError, DatasetError
 from cxrdemo.paths import DEMO_DATA_DIR, is_builtin_data
 from cxrdemo.runs import policy
@@ -43,10 +44,6 @@ PASSPHRASE_SECRET = "teacher_passphrase"  # the key in .streamlit/secrets.toml
 # One sentence for every folder a student may not read: absent, unreadable and disallowed look the same.
 REFUSED = ("This folder cannot be used here. In classroom mode the app reads only the folders the teacher has "
            "allowed (CXRDEMO_DATA_ROOTS); ask the teacher.")
-# The teacher typed it: the same refusal, worded for the one who can change the allow-list.
-OUTSIDE_ROOTS = ("This folder is not inside the folders allowed in classroom mode (CXRDEMO_DATA_ROOTS), or it "
-                 "cannot be read. Add its parent folder to CXRDEMO_DATA_ROOTS and restart the app, or choose a "
-                 "folder inside them.")
 TEACHER_ONLY = "ask the teacher to unlock it with the teacher passphrase (sidebar)."
 _BROWSER_ID_RE = re.compile(r"[A-Za-z0-9_-]{16,64}")
 TOKEN_TTL_S = 8 * 3600  # a school day: the teacher unlocks once
