@@ -1,8 +1,10 @@
-"""Build cxrdemo/lesson_data from cxr-large: a bacterial-vs-viral pneumonia set and a leakage set (Kermany, CC BY 4.0).
+"""Build cxrdemo/lesson_data from cxr-large: bacterial vs viral, viral vs normal, and a leakage set (Kermany, CC BY 4.0).
 
 bacteria_virus/{train,val,test}/{BACTERIA,VIRUS}: one image per patient, patients disjoint across splits.
   train and val come from cxr-large *train* patients, test from cxr-large *val* patients only (the shipped demo
   model trained on cxr-large train, so lesson 1's test images were never seen by the model it transfers from).
+virus_normal/{train,val,test}/{NORMAL,VIRUS}: as bacteria_virus, for viral pneumonia vs normal (transfer: the demo
+  model's pneumonia features help here; CheXNet -> COVID-19 in miniature).
 leakage/{train,test}/{BACTERIA,VIRUS}: train holds patients with 2-4 images of one class (file names carry the
   patient), and every one of those films twice: as this script saves it and as a second source would have (85% of
   the size, JPEG quality 70; `<name>_dup.jpg`), as in the merged "Frankenstein" data sets of Roberts et al. 2021.
@@ -40,6 +42,7 @@ BV_COUNTS = {"train": ("train", 120), "val": ("train", 30), "test": ("val", 50)}
 LEAK_TRAIN_PATIENTS = 30  # per class, 2-4 images each (about 75 films per class, twice: with their duplicates)
 DUP_SCALE, DUP_QUALITY = 0.85, 70  # how the "second source" saved its copy of a leakage training film
 LEAK_TEST_PATIENTS = 40  # per class, one image each, from cxr-large val
+SETS = ("bacteria_virus", "leakage", "virus_normal")
 
 
 def by_patient(rows: list[dict], split: str) -> dict[str, dict[str, list[dict]]]:
@@ -58,6 +61,34 @@ def by_patient(rows: list[dict], split: str) -> dict[str, dict[str, list[dict]]]
         for label, files in kinds.items():
             out[label][key] = sorted(files, key=lambda r: r["file"])
     return out
+
+
+def normal_by_patient(rows: list[dict], split: str) -> dict[str, list[dict]]:
+    """patient -> rows of the NORMAL files in `split`."""
+    out: dict[str, list[dict]] = {}
+    for row in rows:
+        if row["split"] == split and row["label"] == "NORMAL":
+            key = patient_key(row["file"])
+            if key is None:
+                raise SystemExit(f"no patient id in {row['file']}")
+            out.setdefault(key, []).append(row)
+    return {k: sorted(v, key=lambda r: r["file"]) for k, v in out.items()}
+
+
+def choose_virus_normal(rows: list[dict], seed: int) -> list[dict]:
+    """virus_normal: one image per patient, as bacteria_virus (train/val from cxr-large train, test from its val)."""
+    pools = {s: {"VIRUS": by_patient(rows, s)["VIRUS"], "NORMAL": normal_by_patient(rows, s)} for s in ("train", "val")}
+    chosen, used = [], set()
+    for label in ("VIRUS", "NORMAL"):
+        for split, (source, n) in BV_COUNTS.items():
+            keys = sorted(k for k in pools[source][label] if k not in used)
+            rng = random.Random(f"{seed}:vn:{split}:{label}")
+            rng.shuffle(keys)
+            for key in keys[:n]:
+                chosen.append({**rng.choice(pools[source][label][key]), "set": "virus_normal", "split": split,
+                               "label": label, "patient": key})
+                used.add(key)
+    return chosen
 
 
 def choose(rows: list[dict], seed: int) -> list[dict]:
@@ -101,8 +132,8 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     with open(args.source / "MANIFEST.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    chosen = choose(rows, args.seed)
-    for name in ("bacteria_virus", "leakage"):
+    chosen = choose(rows, args.seed) + choose_virus_normal(rows, args.seed)
+    for name in SETS:
         shutil.rmtree(args.out / name, ignore_errors=True)
     manifest = []
     for row in sorted(chosen, key=lambda r: (r["set"], r["split"], r["label"], r["file"])):
@@ -116,7 +147,7 @@ def main(argv: list[str] | None = None) -> None:
                              "patient": row["patient"], "width": w, "height": h, "cxr_large_file": row["file"],
                              "source_repo": row["source_repo"], "source_commit": row["source_commit"],
                              "source_path": row["source_path"], "license": row["license"]})
-    for name in ("bacteria_virus", "leakage"):  # whom the films came from
+    for name in SETS:  # whom the films came from
         (args.out / name / POPULATION_FILE).write_text(file_text(KERMANY_CHILDREN), encoding="utf-8")
     with open(args.out / "MANIFEST.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(manifest[0]))

@@ -93,10 +93,13 @@ def equal_steps_epochs(epochs: int, share: float) -> int:
     return max(epochs, min(MAX_EPOCH_FACTOR * epochs, round(epochs / share)))
 
 
+TRANSFER_SEED = 1  # the seed set for the bacterial/viral replicate (docs/lessons.md), kept for this design's one build
+
+
 def _transfer(base: TrainConfig) -> list[Recipe]:
     return [Recipe(f"{key}-{round(share * 100)}", f"{words}, {round(share * 100)}% of training images",
-                   base.replace(init=init, freeze=freeze, train_share=share,
-                                epochs=equal_steps_epochs(base.epochs, share)))
+                   base.replace(init=init, freeze=freeze, train_share=share, seed=TRANSFER_SEED,
+                                split_seed=TRANSFER_SEED, epochs=equal_steps_epochs(base.epochs, share)))
             for key, words, init, freeze in STARTS for share in SHARES]
 
 
@@ -131,15 +134,17 @@ def _leakage(base: TrainConfig) -> list[Recipe]:
 
 LESSONS: dict[str, Lesson] = {lesson.key: lesson for lesson in (
     Lesson("transfer", "Transfer with little data",
-           "Telling bacterial from viral pneumonia is a new task: the shipped demo model only learned NORMAL vs "
-           "PNEUMONIA. We train a small network three ways — from random weights, from the demo model with every "
-           "layer learning, and from the demo model with only its last layer learning — each on 10%, 25% and all "
-           "of 240 training images (smaller sets train for up to three times the epochs, so they are not simply undertrained). The test "
-           "images come from patients the demo model never saw.",
-           ("With 10% of the images, does starting from the demo model beat starting from scratch?",
+           "Telling viral pneumonia from a normal film is a new task: the shipped demo model learned NORMAL vs "
+           "PNEUMONIA, with bacterial and viral cases together — as CheXNet, trained on hospital films, was the "
+           "start for the first COVID-19 models. We train a small network three ways — from random weights, from "
+           "the demo model with every layer learning, and from the demo model with only its last layer learning — "
+           "each on 10%, 25% and all of 240 training images (smaller sets train for up to three times the epochs, "
+           "so they are not simply undertrained). The test images come from children the demo model never saw.",
+           ("With 10% of the images (24 films), does starting from the demo model beat starting from scratch?",
             "Does the advantage shrink as the number of training images grows?",
-            "Look at the learning curves: which start reaches its best validation loss first?"),
-           "lesson:bacteria_virus", 128, 8, _transfer),
+            "Is training only the last layer enough here? On bacterial vs viral it was not: the demo model's "
+            "features help most where the new task is close to the one it learned."),
+           "lesson:virus_normal", 128, 8, _transfer),
     Lesson("freeze", "Which layers to freeze",
            "Starting from the demo model, we freeze none, the first 1-4, or all five convolution groups and train "
            "the rest on bacterial vs viral pneumonia, as in the freeze-level table of 'Lung Diseases "
