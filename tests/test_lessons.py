@@ -28,10 +28,17 @@ def test_lesson_sets_keep_patients_apart_and_image_split_leaks():
     assert bv.classes == ("BACTERIA", "VIRUS")
     assert {s: sum(c.values()) for s, c in bv.counts().items()} == {"train": 240, "val": 60, "test": 100}
     assert not bv.notes  # no patient in two splits
+    vn = scan_dataset("lesson:virus_normal")  # the transfer lesson's related task, built the same way
+    assert vn.classes == ("NORMAL", "VIRUS") and not vn.notes
+    assert {s: sum(c.values()) for s, c in vn.counts().items()} == {"train": 240, "val": 60, "test": 100}
     by_patient = scan_dataset("lesson:leakage")
     by_image = scan_dataset("lesson:leakage", by_patient=False)
     assert not any("more than one split" in n for n in by_patient.notes)
     assert any("more than one split" in n for n in by_image.notes)
+    # every leakage training film is there twice, the duplicate named for the same child
+    train = [Path(p).name for p, _ in by_patient.splits["train"] + by_patient.splits["val"]]
+    dups = [n for n in train if n.endswith("_dup.jpg")]
+    assert dups and len(dups) * 2 == len(train) and all(n.replace("_dup.jpg", ".jpg") in train for n in dups)
     share = scan_dataset("lesson:bacteria_virus", train_share=0.1).counts()["train"]
     assert share == {"BACTERIA": 12, "VIRUS": 12}
 

@@ -50,3 +50,17 @@ def test_results_fall_back_to_shipped_examples_and_print_words(tmp_path, capsys,
     text = capsys.readouterr().out
     assert "leakage    [shipped examples] +" in text and "95% interval" in text
     assert "transfer   no finished runs here and no shipped examples" in text
+
+
+def test_every_shipped_headline_interval_excludes_no_effect(tmp_path, capsys, monkeypatch):
+    """Issue 31's bar, held for the examples the project ships (rebuilt examples must still clear it)."""
+    monkeypatch.setenv("CXRDEMO_EXAMPLES_DIR", str(examples.EXAMPLES_RUNS_DIR))  # the real ones, this once
+    monkeypatch.setenv("CXRDEMO_RUNS_DIR", str(tmp_path / "empty"))
+    out = {r["key"]: r for r in results(capsys, "--runs-dir", str(tmp_path / "empty"))}
+    assert set(out) == {*lessons.LESSONS, "shift"}
+    for key, r in out.items():
+        assert r["source"] in ("shipped examples", "stored evaluation"), key
+        lo, hi = r["ci95"]
+        assert lo <= r["effect"] <= hi and (lo > 0 or hi < 0), (key, r["effect"], lo, hi)
+    # the leak and the transfer gain point up; the promise under shift is broken downwards
+    assert out["leakage"]["ci95"][0] > 0 and out["transfer"]["ci95"][0] > 0 and out["shift"]["ci95"][1] < 0

@@ -241,7 +241,7 @@ def test_a_dataset_folder_states_its_population_in_a_file(tmp_path):
         scan_dataset(data)
 
 
-@pytest.mark.parametrize("data", ["demo", "lesson:bacteria_virus", "lesson:leakage"])
+@pytest.mark.parametrize("data", ["demo", "lesson:bacteria_virus", "lesson:virus_normal", "lesson:leakage"])
 def test_the_built_in_kermany_sets_carry_the_children_population(data):
     assert scan_dataset(data).population == KERMANY_CHILDREN
 
