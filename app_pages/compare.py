@@ -109,7 +109,8 @@ def delete_section(table) -> None:
     deletable = compare.deletable(table)  # never the shipped demo model nor a read-only example run
     if not deletable:
         return
-    with st.expander("Delete a run"):
+    # kept open once the deletion is confirmed: a rerun must not fold the Delete button away from under the pointer
+    with st.expander("Delete a run", expanded=bool(st.session_state.get("delete_confirm"))):
         if not POLICY.may_delete():
             st.info("In classroom mode deleting runs needs the teacher: enter the teacher passphrase in the sidebar.",
                     icon=":material/lock:")

@@ -52,20 +52,17 @@ def _until(driver, step, timeout: float = 60) -> None:
 
 def _press(driver, text: str) -> None:
     def step(d) -> bool:
-        found = [b for b in d.find_elements(By.TAG_NAME, "button") if b.text.strip() == text and b.is_enabled()]
+        # a button with an icon reads "lock\nLock" (the icon font's ligature first): match its label's line
+        found = [b for b in d.find_elements(By.TAG_NAME, "button")
+                 if text in b.text.strip().splitlines() and b.is_enabled()]
         return bool(found) and (found[0].click() or True)
 
     _until(driver, step)
     _idle(driver)
 
 
-def _label(driver, text: str) -> None:
-    _until(driver, lambda d: d.find_element(By.XPATH, f'//label[contains(., "{text}")]').click() or True)
-    _idle(driver)
-
-
 def _switch_on(driver, label: str) -> None:
-    """Turn a toggle on (the runs of the tiny runs' trainer, the command line, count as everyone's)."""
+    """Turn a toggle or a checkbox on, and see that it is on."""
     def step(d) -> bool:
         box = d.find_element(By.XPATH, f'//label[contains(., "{label}")]')
         if not box.find_element(By.TAG_NAME, "input").is_selected():  # the input's own `checked`
@@ -105,7 +102,7 @@ def test_the_teacher_unlocks_once_deletes_on_compare_and_locks(server, browser):
     _open_delete(browser)
     _wait_text(browser, "Yes, permanently delete run", 60)
     assert REFUSED not in _body(browser)
-    _label(browser, "Yes, permanently delete run")
+    _switch_on(browser, "Yes, permanently delete run")  # a click during a rerun can be lost: look at the box itself
     _press(browser, "Delete run")
     _wait_text(browser, "was deleted, with all its files", 60)
     left = sorted(d.name for d in (tmp / "runs").iterdir() if (d / "model.pt").is_file())
