@@ -45,6 +45,12 @@ def show_lesson(lesson: lessons.Lesson) -> None:
             ids = lessons.start(lesson, root, asker=policy.asker())
             st.success(f"Queued {len(ids)} runs.")
             st.rerun()
+    if counts["active"] and st.button("Cancel the lesson's runs", key=f"cancel-{lesson.key}",
+                                      help="Stops the runs still waiting or training; finished results stay shown."):
+        with ui.friendly_errors("Cancelling the lesson"), st.spinner("Stopping the lesson's runs…"):
+            _, refused = lessons.cancel(lesson, root, asker=policy.asker())
+            for sentence in refused:
+                st.info(sentence, icon=":material/hourglass_top:")
     # Poll only while the lesson's runs wait or train: an idle tab costs nothing (issue 30: 4 watchers every 3 s).
     st.fragment(run_every=3 if counts["active"] else None)(watch)(lesson, bool(counts["active"]))
     st.markdown("**What to look for**\n\n" + "\n".join(f"- {p}" for p in lesson.look_for))

@@ -39,6 +39,7 @@ if not (CHROMIUM and CHROMEDRIVER):
 selenium = pytest.importorskip("selenium", reason="selenium is part of the test extra")
 from selenium import webdriver  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.common.exceptions import StaleElementReferenceException  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
@@ -443,8 +444,9 @@ def test_a_lesson_runs_end_to_end_and_shows_its_result_view(server, browser):
     """The shortcut lesson on tiny settings: one click queues its 3 runs; its result view appears when they finish."""
     url, tmp = server
     _open(browser, url + "/lessons", "Lessons")
-    tab = next(t for t in browser.find_elements(By.CSS_SELECTOR, "[role='tab']")
-               if "Shortcut learning" in (t.get_attribute("textContent") or ""))
+    tab = WebDriverWait(browser, 60, poll_frequency=0.5).until(  # the title is drawn before the tabs
+        lambda d: next((t for t in d.find_elements(By.CSS_SELECTOR, "[role='tab']")
+                        if "Shortcut learning" in (t.get_attribute("textContent") or "")), None))
     browser.execute_script("arguments[0].click();", tab)
     time.sleep(1)
     _wait_text(browser, "Not run yet", 60)
@@ -464,3 +466,24 @@ def test_a_lesson_runs_end_to_end_and_shows_its_result_view(server, browser):
         "lesson:shortcut:clean", "lesson:shortcut:marked-100", "lesson:shortcut:marked-50"]
     _no_exception(browser)
     browser.save_screenshot(str(_shots(tmp) / "lesson.png"))
+    # A teacher starts it again and cancels: the results already earned stay, the cancellation is said beside them.
+    result = re.search(r"Result\. [^\n]+", body).group(0)
+    _press_button(browser, "Start “Shortcut learning”")
+    _wait_text(browser, "waiting or training", 60)
+    _press_button(browser, "Cancel the lesson's runs")
+    WebDriverWait(browser, 120, poll_frequency=1).until(
+        lambda d: "waiting or training" not in (t := d.find_element(By.TAG_NAME, "body").text) and "cancelled" in t)
+    body = browser.find_element(By.TAG_NAME, "body").text
+    assert "Your results" in body and result in body
+    assert "results below are from your earlier finished runs" in body
+    _no_exception(browser)
+
+
+def _press_button(driver, label: str) -> None:
+    """Click the visible button with this label once it is there and enabled (a rerun may redraw it meanwhile)."""
+    def step(d) -> bool:
+        found = [b for b in d.find_elements(By.TAG_NAME, "button")
+                 if label in b.text.strip().splitlines() and b.is_displayed() and b.is_enabled()]
+        return bool(found) and (found[0].click() or True)
+
+    WebDriverWait(driver, 60, poll_frequency=0.5, ignored_exceptions=(StaleElementReferenceException,)).until(step)

@@ -73,10 +73,12 @@ def test_page_keeps_results_through_a_restart_that_is_cancelled(store):
     assert any("waiting or training" in str(p.proto.text) for p in at.get("progress"))
     assert shown_text(at).count("**Result.**") == before.count("**Result.**")
     assert any("0 of 3 rows already come from the new start" in s.value for s in at.success)
-    for d in queued:
-        jobs.cancel(d.name, store, grace_s=1)
+    at.button(key="cancel-shortcut").click().run()  # the teacher cancels on the Lessons page itself
+    assert not at.exception
+    assert [runs.read_status(d)["state"] for d in queued] == ["cancelled"] * 3
     at = page()
     assert not at.button(key="start-shortcut").disabled
+    assert not [b for b in at.button if b.key == "cancel-shortcut"]  # nothing left to cancel
     assert not at.error  # a cancelled restart is not a red error
     warned = "\n".join(w.value for w in at.warning)
     assert "3 cancelled" in warned and "results below are from your earlier finished runs" in warned
@@ -93,3 +95,17 @@ def test_page_reports_a_failed_first_start_with_its_reason(store):
     assert "3 failed" in warned and "could not be read" in warned and "earlier finished" not in warned
     assert "**Result.**" not in shown_text(at)
     assert "\n".join(i.value for i in at.info).count("Not run yet") == len(lessons.LESSONS) - 1  # not this one
+
+
+def test_a_student_cancels_only_the_lesson_runs_of_this_browser(store):
+    from cxrdemo.runs import policy
+
+    mine = [runs.create_run(r.config, store, name=r.key, browser="b-me") for r in lessons.recipes(LESSON)[:2]]
+    theirs = runs.create_run(lessons.recipes(LESSON)[2].config, store, name="other", browser="b-other")
+    student = policy.Asker(classroom=True, browser="b-me")
+    assert lessons.cancel(LESSON, store, asker=student) == (2, [])
+    assert [runs.read_status(d)["state"] for d in mine] == ["cancelled", "cancelled"]
+    assert runs.read_status(theirs)["state"] == "queued"
+    teacher = policy.Asker(classroom=True, teacher=True, browser="b-me")
+    assert lessons.cancel(LESSON, store, asker=teacher) == (1, [])
+    assert runs.read_status(theirs)["state"] == "cancelled"

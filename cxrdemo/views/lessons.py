@@ -267,6 +267,24 @@ def start(lesson: Lesson, runs_dir: str | Path | None = None, asker: policy.Aske
                            kind="lesson")
 
 
+def cancel(lesson: Lesson, runs_dir: str | Path | None = None, asker: policy.Asker | None = None
+           ) -> tuple[int, list[str]]:
+    """Cancel the lesson's waiting and training runs (a student: only the runs this browser queued); returns how
+    many were cancelled and the sentence of each that could not be (a run being calibrated ends by itself)."""
+    done, refused = 0, []
+    for info in lesson_runs(lesson, runs.list_runs(runs_dir)).values():
+        if info.state not in lifecycle.ACTIVE:
+            continue
+        if asker is not None and asker.student and info.meta.get("browser") != asker.browser:
+            continue
+        try:
+            jobs.cancel(info.run_id, runs_dir, grace_s=5.0)
+            done += 1
+        except CxrError as exc:
+            refused.append(str(exc))
+    return done, refused
+
+
 def recipe_key(info: runs.RunInfo, lesson: Lesson) -> str | None:
     """The recipe of `lesson` a run belongs to (from its tag), or None."""
     tag = str(info.config.get("tag") or "")
