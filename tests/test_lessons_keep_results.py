@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from streamlit.testing.v1 import AppTest
 
-from cxrdemo.runs import jobs, lifecycle
+from cxrdemo.runs import lifecycle
 from cxrdemo.runs import store as runs
 from cxrdemo.views import lesson_progress, lesson_results, lessons
 from tests.test_lessons import fabricate
