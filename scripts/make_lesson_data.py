@@ -75,37 +75,34 @@ def normal_by_patient(rows: list[dict], split: str) -> dict[str, list[dict]]:
     return {k: sorted(v, key=lambda r: r["file"]) for k, v in out.items()}
 
 
-def choose_virus_normal(rows: list[dict], seed: int) -> list[dict]:
-    """virus_normal: one image per patient, as bacteria_virus (train/val from cxr-large train, test from its val)."""
-    pools = {s: {"VIRUS": by_patient(rows, s)["VIRUS"], "NORMAL": normal_by_patient(rows, s)} for s in ("train", "val")}
+def one_per_patient(pools: dict, labels: tuple[str, ...], name: str, tag: str, seed: int) -> list[dict]:
+    """Set `name`: BV_COUNTS patients per class and split, one image each; no patient in two splits or classes."""
     chosen, used = [], set()
-    for label in ("VIRUS", "NORMAL"):
+    for label in labels:  # the rarer class chooses first
         for split, (source, n) in BV_COUNTS.items():
             keys = sorted(k for k in pools[source][label] if k not in used)
-            rng = random.Random(f"{seed}:vn:{split}:{label}")
+            rng = random.Random(f"{seed}:{tag}:{split}:{label}")
             rng.shuffle(keys)
             for key in keys[:n]:
-                chosen.append({**rng.choice(pools[source][label][key]), "set": "virus_normal", "split": split,
+                chosen.append({**rng.choice(pools[source][label][key]), "set": name, "split": split,
                                "label": label, "patient": key})
                 used.add(key)
     return chosen
 
 
+def choose_virus_normal(rows: list[dict], seed: int) -> list[dict]:
+    """virus_normal: one image per patient, as bacteria_virus (train/val from cxr-large train, test from its val)."""
+    pools = {s: {"VIRUS": by_patient(rows, s)["VIRUS"], "NORMAL": normal_by_patient(rows, s)} for s in ("train", "val")}
+    return one_per_patient(pools, ("VIRUS", "NORMAL"), "virus_normal", "vn", seed)
+
+
 def choose(rows: list[dict], seed: int) -> list[dict]:
-    """(set, split, label, row) choices for both sets; no patient in two splits or two classes of one set."""
-    chosen = []
+    """(set, split, label, row) choices for bacteria_virus and leakage; no patient in two splits or two classes of
+    one set."""
     pools = {s: by_patient(rows, s) for s in ("train", "val")}
-    used: set[str] = set()  # bacteria_virus patients
+    chosen = one_per_patient(pools, ("VIRUS", "BACTERIA"), "bacteria_virus", "bv", seed)
     leak_used: set[str] = set()
-    for label in ("VIRUS", "BACTERIA"):  # the rarer class chooses first
-        for split, (source, n) in BV_COUNTS.items():
-            keys = sorted(k for k in pools[source][label] if k not in used)
-            rng = random.Random(f"{seed}:bv:{split}:{label}")
-            rng.shuffle(keys)
-            for key in keys[:n]:
-                chosen.append({**rng.choice(pools[source][label][key]), "set": "bacteria_virus", "split": split,
-                               "label": label, "patient": key})
-                used.add(key)
+    for label in ("VIRUS", "BACTERIA"):
         multi = sorted(k for k, v in pools["train"][label].items() if 2 <= len(v) <= 4 and k not in leak_used)
         rng = random.Random(f"{seed}:leak:{label}")
         rng.shuffle(multi)
@@ -123,7 +120,7 @@ def choose(rows: list[dict], seed: int) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Rebuild both lesson sets, their POPULATION.json and MANIFEST.csv (README.md is written by hand)."""
+    """Rebuild the lesson sets, their POPULATION.json and MANIFEST.csv (README.md is written by hand)."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--source", type=Path, required=True,
                     help="the cxr-large dataset folder the lesson sets are drawn from")
