@@ -150,6 +150,16 @@ def _no_exception(driver) -> None:
     assert "Traceback" not in body and not driver.find_elements(By.CSS_SELECTOR, "[data-testid='stException']")
 
 
+def _download(driver, folder: Path, button: str, pattern: str, timeout: float) -> Path:
+    """Press the download button whose text holds `button`; the one file it saves into `folder`."""
+    folder.mkdir(exist_ok=True)
+    driver.execute_cdp_cmd("Page.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(folder)})
+    next(b for b in driver.find_elements(By.TAG_NAME, "button") if button in b.text).click()
+    WebDriverWait(driver, timeout, poll_frequency=0.5).until(lambda d: list(folder.glob(pattern)))
+    (found,) = folder.glob(pattern)
+    return found
+
+
 def _open(driver, url: str, ready: str) -> None:
     driver.get(url)
     _wait_text(driver, ready)
@@ -198,12 +208,7 @@ def test_diagnosis_shows_prediction_and_heatmap(server, browser):
                for e in heads)
     browser.set_window_size(1400, 1800)
     # the downloaded overlay says what it is, in its name and in a footer drawn into the pixels
-    downloads = tmp / "downloads"
-    downloads.mkdir(exist_ok=True)
-    browser.execute_cdp_cmd("Page.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads)})
-    next(b for b in browser.find_elements(By.TAG_NAME, "button") if "Download the overlay" in b.text).click()
-    WebDriverWait(browser, 60, poll_frequency=0.5).until(lambda d: list(downloads.glob("*.png")))
-    (png,) = downloads.glob("*.png")
+    png = _download(browser, tmp / "downloads", "Download the overlay", "*.png", 60)
     assert "NOT-FOR-CLINICAL-USE" in png.name and "-heatmap-predicted-" in png.name
     from PIL import Image
 

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from tests.test_browser import ROOT, _choose, _no_exception, _open, _shots, _wait_text  # noqa: F401
+from tests.test_browser import ROOT, _choose, _download, _no_exception, _open, _shots, _wait_text  # noqa: F401
 from tests.test_browser import browser, server  # noqa: F401
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -54,12 +54,7 @@ def test_a_worklist_of_five_films_opens_one_and_downloads_its_report(server, bro
     _wait_text(browser, "Prediction set at 90% coverage: both", 60)
     _no_exception(browser)
     browser.save_screenshot(str(_shots(tmp) / "diagnosis_worklist.png"))
-    downloads = tmp / "downloads-worklist"
-    downloads.mkdir(exist_ok=True)
-    browser.execute_cdp_cmd("Page.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads)})
-    next(b for b in browser.find_elements(By.TAG_NAME, "button") if "Download report (PDF)" in b.text).click()
-    WebDriverWait(browser, 180, poll_frequency=0.5).until(lambda d: list(downloads.glob("*.pdf")))
-    (pdf,) = downloads.glob("*.pdf")
+    pdf = _download(browser, tmp / "downloads-worklist", "Download report (PDF)", "*.pdf", 180)
     assert "NOT-FOR-CLINICAL-USE" in pdf.name
     if shutil.which("pdftotext"):
         text = " ".join(subprocess.run(["pdftotext", str(pdf), "-"], capture_output=True, text=True).stdout.split())
