@@ -16,22 +16,26 @@ st.title("Lessons")
 ui.notice()
 policy = ui.classroom()
 st.markdown("Each lesson queues ordinary training runs (the Trainer and Compare pages show them; cancel works "
-            "there) and, when they finish, shows a result view made for that lesson.")
+            "here and there) and, when they finish, shows a result view made for that lesson.")
 
 
 @st.cache_data(show_spinner=False, ttl=600)
-def estimate(key: str, tiny: str, shipped_from: str) -> lessons.Estimate:
-    """The lesson's estimated wall time (cached: it scans the lesson's images and the example runs)."""
-    return lessons.estimate(lessons.LESSONS[key])
+def estimate(key: str, tiny: str, shipped_from: str, store: str, finished: int) -> lessons.Estimate:
+    """The lesson's estimated wall time (cached: it scans the lesson's images and the example runs; made again when
+    a run of the store finishes, whose speed it reads)."""
+    return lessons.estimate(lessons.LESSONS[key], runs_dir=store)
 
 
 def show_lesson(lesson: lessons.Lesson) -> None:
     """Narrative, how long it takes, start button, progress, result view and what to look for, for one lesson."""
     st.markdown(lesson.narrative)
     c = lessons.recipes(lesson)[0].config
+    infos = jobs.list_jobs(root)
+    finished = sum(i.state == "completed" for i in infos)
     with ui.friendly_errors("Estimating the time"):
-        st.caption(lessons.estimate_words(lesson, estimate(lesson.key, str(c.img_size), str(paths.examples_runs_dir()))))
-    counts = lessons.progress(lesson, jobs.list_jobs(root))
+        st.caption(lessons.estimate_words(lesson, estimate(lesson.key, str(c.img_size), str(paths.examples_runs_dir()),
+                                                           str(root), finished)))
+    counts = lessons.progress(lesson, infos)
     has_examples = bool(lessons.example_runs(lesson, examples.list_examples()))
     ran_here = counts["active"] + counts["completed"] + counts["other"] > 0
     label = "Run it yourself" if has_examples and not ran_here else f"Start “{lesson.title}”"
