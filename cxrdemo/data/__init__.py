@@ -1,12 +1,13 @@
 """Data: scan, image reading (PNG/JPEG/DICOM), decode-once cache, augmentation. Imports only the ground floor.
 
 One door for the layers above (`from cxrdemo import data`): reading one file lives in `imageio` (`sniff` for
-its first bytes), listing and splitting a dataset in `scan`, the decode-once cache in `cache`, batches in
-`loader`, tensor augmentation in `augment`.
+its first bytes), listing and splitting a dataset in `scan` (which folders it enters, `resolve_data_root` included, in
+`fence`), the decode-once cache in `cache`, batches in `loader`, tensor augmentation in `augment`.
 """
 
 from cxrdemo.data.augment import make_augment
 from cxrdemo.data.cache import CachedImages, load_images
+from cxrdemo.data.fence import resolve_data_root
 from cxrdemo.data.imageio import (
     IMAGE_SUFFIXES,
     IMAGENET_MEAN,
@@ -21,7 +22,7 @@ from cxrdemo.data.imageio import (
     resize_to_uint8,
 )
 from cxrdemo.data.loader import class_weights, make_loader
-from cxrdemo.data.scan import DatasetScan, patient_key, resolve_data_root, scan_dataset
+from cxrdemo.data.scan import DatasetScan, patient_key, scan_dataset
 from cxrdemo.data.sniff import sniff
 from cxrdemo.data.window import StoredPixels
 from cxrdemo.errors import ImageReadError

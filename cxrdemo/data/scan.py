@@ -1,4 +1,7 @@
-"""Scan a folder of radiographs and split it: files are listed and sniffed (a few bytes each), never decoded."""
+"""Scan a folder of radiographs and split it: files are listed and sniffed (a few bytes each), never decoded.
+
+Which folders the scan enters (the root, its top layout, a classroom's allow-list and links out of it) is `fence`'s.
+"""
 
 from __future__ import annotations
 
@@ -11,24 +14,26 @@ from dataclasses import dataclass, field
 from collections.abc import Iterable
 from pathlib import Path
 
+from cxrdemo.data.fence import (
+    LINKED_OUT,
+    SPLIT_ALIASES,
+    SYSTEM_FILES,
+    find_fence,
+    is_fenced,
+    is_junk,
+    list_folder,
+    read_layout,
+    resolve_data_root,
+)
 from cxrdemo.data.sniff import IMAGE_SUFFIXES, sniff
 from cxrdemo.errors import ConfigError, DatasetError, ImageReadError
-from cxrdemo.paths import DEMO_DATA_DIR, LESSON_DATA_DIR, LESSON_DATA_PREFIX, allowed_folder, scan_roots
+from cxrdemo.paths import DEMO_DATA_DIR
 from cxrdemo.population import FILE_NAME as POPULATION_FILE
 from cxrdemo.population import Population
 
 SPLITS = ("train", "val", "test")
-_SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
-                  "test": "test", "testing": "test"}
-_SYSTEM_FILES = {"thumbs.db", "desktop.ini", "__macosx", "$recycle.bin", "ehthumbs.db"}
 _MAX_DEPTH = 16  # nested patient/study folders inside a class folder, not a filesystem crawl
 _PATIENT_RES = (re.compile(r"^(person\d+)_", re.I), re.compile(r"^((?:NORMAL2-)?IM-\d+)-", re.I))
-
-
-# Said of any folder outside a classroom's allow-list: absent, unreadable and disallowed read the same.
-OUTSIDE_ROOTS = ("This folder is not inside the folders allowed in classroom mode (CXRDEMO_DATA_ROOTS), or it "
-                 "cannot be read. Add its parent folder to CXRDEMO_DATA_ROOTS and restart the app, or choose a "
-                 "folder inside them.")
 
 
 def patient_key(filename: str) -> str | None:
@@ -113,47 +118,11 @@ def relative_path(path: str | Path, root: str | Path) -> str:
     return os.path.basename(os.fspath(path)) if rel.startswith(os.pardir) else rel
 
 
-def _fence(data: str | Path, roots: Iterable[str | Path] | None) -> tuple[Path, ...] | None:
-    """The folders a scan of `data` stays inside (paths.scan_roots: given, else the classroom's from the environment;
-    None: anywhere); DatasetError (OUTSIDE_ROOTS) when `data` itself lies outside them, whether it exists or not."""
-    fence = scan_roots(data, roots)
-    if fence is not None and allowed_folder(os.fspath(data), fence) is None:
-        raise DatasetError(OUTSIDE_ROOTS)
-    return fence
-
-
-def check_roots(data: str | Path, roots: Iterable[str | Path] | None = None) -> None:
-    """Refuse before a job is made what the scan would refuse for a classroom's allowed folders: the folder, or a
-    split folder linked out of them (a look at the top folder only)."""
-    fence = _fence(data, roots)
-    if fence is not None:
-        _layout(resolve_data_root(os.fspath(data)), fence, [])
-
-
-def resolve_data_root(data: str) -> Path:
-    """'demo' -> the built-in demo set; otherwise the folder itself, which must exist."""
-    if str(data).strip().lower() == "demo":
-        return DEMO_DATA_DIR
-    if str(data).strip().lower().startswith(LESSON_DATA_PREFIX):
-        name = str(data).strip()[len(LESSON_DATA_PREFIX):]
-        sets = sorted(p.name for p in LESSON_DATA_DIR.iterdir() if p.is_dir()) if LESSON_DATA_DIR.is_dir() else []
-        if name not in sets:
-            raise DatasetError(f"There is no built-in lesson set {name!r}; the sets are: {', '.join(sets) or 'none'}.")
-        return LESSON_DATA_DIR / name
-    path = Path(os.fspath(data)).expanduser()
-    if not path.exists():
-        raise DatasetError(f"The dataset folder {path} does not exist.")
-    if not path.is_dir():
-        raise DatasetError(f"{path} is a file, not a folder: choose the folder that holds the class folders "
-                           "(or train/val/test).")
-    return path.resolve()
-
-
 def read_population(root: str | Path, fence: tuple[Path, ...] | None = None) -> Population | None:
     """The population a dataset folder states in its POPULATION.json; None without one (or a link out of the
     fence); DatasetError if damaged."""
     path = Path(root) / POPULATION_FILE
-    if _fenced(path, fence) or not path.is_file():
+    if is_fenced(path, fence) or not path.is_file():
         return None
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
@@ -162,69 +131,6 @@ def read_population(root: str | Path, fence: tuple[Path, ...] | None = None) -> 
         fault = str(exc) if isinstance(exc, ConfigError) else f"it is not readable JSON ({exc.__class__.__name__})"
         raise DatasetError(f"{path} cannot be used: {fault}. Fix it or remove it (then the population is not "
                            "stated).") from None
-
-
-def _is_junk(name: str) -> bool:
-    return name.startswith((".", "__", "~$")) or name.lower() in _SYSTEM_FILES
-
-
-_OUTSIDE = "link to a place outside the allowed folders (not followed)"
-
-
-def _fenced(e: os.DirEntry | Path, fence: tuple[Path, ...] | None) -> bool:
-    """Whether `e` is a link whose target lies outside the fence (the allowed roots; None: no fence)."""
-    if fence is None or not e.is_symlink():
-        return False
-    real = Path(os.path.realpath(e.path if isinstance(e, os.DirEntry) else e))
-    return not any(real == r or r in real.parents for r in fence)
-
-
-def _refuse_linked_split(skipped: list[tuple[str, str]]) -> None:
-    """A split folder that links out of the allowed folders: the whole set is refused (a silently missing split
-    would change the experiment: a test split gone, or train images carved into val)."""
-    for path, reason in skipped:
-        name = os.path.basename(path)
-        if reason == _OUTSIDE and name.lower() in _SPLIT_ALIASES:
-            raise DatasetError(f"The {_SPLIT_ALIASES[name.lower()]} folder of this dataset is a link to a folder "
-                               "outside the ones allowed in classroom mode (CXRDEMO_DATA_ROOTS): it is not read. "
-                               "Copy those images into the dataset's own folder, or ask the teacher to allow "
-                               "where they are.")
-
-
-def _layout(root: Path, fence: tuple[Path, ...] | None, skipped: list
-            ) -> tuple[Path, list[Path], list[Path], list[Path]]:
-    """(the dataset's root, its folders, its files, its split folders): an archive's one extra folder is stepped
-    into; a split folder linked out of the fence is refused."""
-    dirs, files = _listdir(root, fence, skipped)
-    _refuse_linked_split(skipped)
-    split_dirs = [d for d in dirs if d.name.lower() in _SPLIT_ALIASES]
-    if not split_dirs and not files and len(dirs) == 1:  # an archive that unpacked into one extra folder
-        inner_dirs, inner_files = _listdir(dirs[0], fence, skipped)
-        _refuse_linked_split(skipped)
-        if any(d.name.lower() in _SPLIT_ALIASES for d in inner_dirs):
-            return dirs[0], inner_dirs, inner_files, [d for d in inner_dirs if d.name.lower() in _SPLIT_ALIASES]
-    return root, dirs, files, split_dirs
-
-
-def _listdir(path: Path, fence: tuple[Path, ...] | None = None,
-             skipped: list | None = None) -> tuple[list[Path], list[Path]]:
-    """Sub-folders and files of a folder (hidden and system entries dropped, links out of the fence skipped by
-    their own name), sorted by name."""
-    try:
-        entries = sorted(os.scandir(path), key=lambda e: e.name)
-    except OSError as err:
-        raise DatasetError(f"The folder {path} cannot be read ({err.strerror or err}).") from None
-    dirs, files = [], []
-    for e in entries:
-        if _fenced(e, fence):
-            if skipped is not None:
-                skipped.append((e.path, _OUTSIDE))
-        elif not _is_junk(e.name):
-            try:
-                (dirs if e.is_dir() else files).append(Path(e.path))
-            except OSError:
-                files.append(Path(e.path))
-    return dirs, files
 
 
 def _walk_class(folder: Path, visited: set, skipped: list, fence: tuple[Path, ...] | None = None) -> list[str]:
@@ -243,8 +149,8 @@ def _walk_class(folder: Path, visited: set, skipped: list, fence: tuple[Path, ..
             continue
         visited.add((st.st_dev, st.st_ino))
         for e in reversed(entries):
-            if _fenced(e, fence):  # checked before the entry is read or even stat'ed through the link
-                skipped.append((e.path, _OUTSIDE))
+            if is_fenced(e, fence):  # checked before the entry is read or even stat'ed through the link
+                skipped.append((e.path, LINKED_OUT))
                 continue
             reason = _skip_reason(e, depth)
             if reason == "dir" and e.is_symlink() and not _inside(e.path, folder):
@@ -266,8 +172,8 @@ def _inside(path: str, folder: Path) -> bool:
 
 
 def _skip_reason(e: os.DirEntry, depth: int) -> str | None:
-    if _is_junk(e.name):
-        return "system file" if e.name.lower() in _SYSTEM_FILES else "hidden file"
+    if is_junk(e.name):
+        return "system file" if e.name.lower() in SYSTEM_FILES else "hidden file"
     try:
         if e.is_dir():
             return "dir" if depth < _MAX_DEPTH else "folder nested too deeply"
@@ -340,16 +246,16 @@ def scan_dataset(data: str | Path, *, seed: int = 0, fractions: tuple[float, flo
     """
     if len(fractions) != 3 or min(fractions) < 0 or fractions[0] <= 0 or not math.isclose(sum(fractions), 1.0):
         raise ConfigError(f"Split fractions must be three non-negative numbers summing to 1, got {fractions}.")
-    fence = _fence(data, roots)  # every caller's scan: the Trainer, workers, evaluate, calibrate, scorecard, CLI
+    fence = find_fence(data, roots)  # every caller's scan: the Trainer, workers, evaluate, calibrate, scorecard, CLI
     skipped: list[tuple[str, str]] = []
-    root, dirs, files, split_dirs = _layout(resolve_data_root(os.fspath(data)), fence, skipped)
+    root, dirs, files, split_dirs = read_layout(resolve_data_root(os.fspath(data)), fence, skipped)
     skipped += [(str(f), "not inside a class folder") for f in files if f.suffix.lower() in IMAGE_SUFFIXES]
     visited: set = set()
     notes: list[str] = []
     if split_dirs:
         by_split: dict[str, Path] = {}
         for d in split_dirs:
-            s = _SPLIT_ALIASES[d.name.lower()]
+            s = SPLIT_ALIASES[d.name.lower()]
             if s in by_split:
                 raise DatasetError(f"{root} has two folders for the {s} split: {by_split[s].name} and {d.name}.")
             by_split[s] = d
@@ -359,7 +265,7 @@ def scan_dataset(data: str | Path, *, seed: int = 0, fractions: tuple[float, flo
         skipped += [(str(d), "folder ignored: not train, val or test") for d in dirs if d not in split_dirs]
         class_dirs = {}
         for s, d in by_split.items():
-            sub_dirs, sub_files = _listdir(d, fence, skipped)
+            sub_dirs, sub_files = list_folder(d, fence, skipped)
             class_dirs[s] = {c.name: c for c in sub_dirs}
             skipped += [(str(f), "not inside a class folder") for f in sub_files if f.suffix.lower() in IMAGE_SUFFIXES]
         names = {s: sorted(c) for s, c in class_dirs.items()}

@@ -28,7 +28,7 @@ def source_run(ref: str, runs_dir: Path | None = None) -> Path:
 def check_startable(config: TrainConfig, runs_dir: Path | None = None) -> None:
     """Refuse up front, before a run is created, what the recipe itself gets wrong (backbone, freeze, source run, a
     data folder outside a classroom's allowed folders)."""
-    from cxrdemo.data.scan import check_roots
+    from cxrdemo.data.fence import check_roots
     from cxrdemo.model import (
         backbones,  # torch: only a caller that starts training pays for it
     )

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cxrdemo.config import TrainConfig
-from cxrdemo.data.scan import OUTSIDE_ROOTS  # the scan says it too: worded for who can change the allow-list
+from cxrdemo.data.fence import OUTSIDE_ROOTS  # the scan's fence says it too: worded for who can change the allow-list
 from cxrdemo.errors import ConfigError, DatasetError
 from cxrdemo.paths import DEMO_DATA_DIR, is_builtin_data
 from cxrdemo.runs import policy
