@@ -10,7 +10,7 @@ import numpy as np
 from cxrdemo.cli.main import main
 from cxrdemo.runs import examples
 from cxrdemo.runs import store as runs
-from cxrdemo.views import lessons
+from cxrdemo.views import lessons, numbers
 from tests.test_lessons import fabricate
 
 
@@ -62,5 +62,11 @@ def test_every_shipped_headline_interval_excludes_no_effect(tmp_path, capsys, mo
         assert r["source"] in ("shipped examples", "stored evaluation"), key
         lo, hi = r["ci95"]
         assert lo <= r["effect"] <= hi and (lo > 0 or hi < 0), (key, r["effect"], lo, hi)
+    # the number printed beside a headline is the headline's own (it once read +16.7 beside +16.6)
+    assert numbers.points(out["leakage"]["effect"]) in out["leakage"]["headline"]
+    assert numbers.difference("auroc", out["transfer"]["effect"]) in out["transfer"]["headline"]
+    assert main(["lessons", "results", "--runs-dir", str(tmp_path / "empty")]) == 0
+    text = capsys.readouterr().out
+    assert f"leakage    [shipped examples] {numbers.points(out['leakage']['effect'])}" in text
     # the leak and the transfer gain point up; the promise under shift is broken downwards
     assert out["leakage"]["ci95"][0] > 0 and out["transfer"]["ci95"][0] > 0 and out["shift"]["ci95"][1] < 0
