@@ -17,10 +17,8 @@ def cmd_list(args) -> int:
 
     for lesson in lessons.LESSONS.values():
         plan = lessons.recipes(lesson)
-        c = plan[0].config
-        lo, hi = min(r.config.epochs for r in plan), max(r.config.epochs for r in plan)
-        epochs = f"{lo}" if lo == hi else f"{lo}-{hi}"
-        print(f"{lesson.key:10} {len(plan):2} runs at {c.img_size} px, {epochs} epochs; estimated "
+        print(f"{lesson.key:10} {len(plan):2} runs at {plan[0].config.img_size} px, {lessons.epochs_words(lesson)} "
+              f"epochs; estimated "
               f"{lessons.estimate_seconds(lesson) / 60:.0f} min: {lesson.title}")
     return 0
 

@@ -317,6 +317,12 @@ def progress(lesson: Lesson, infos: list[runs.RunInfo]) -> dict[str, int]:
 
 # ---------------------------------------------------------------- words for the page
 
+def epochs_words(lesson: Lesson) -> str:
+    """The lesson's epochs per run: '8', or '8–24' when its recipes differ (smaller shares train longer)."""
+    epochs = [r.config.epochs for r in recipes(lesson)]
+    return f"{min(epochs)}" if min(epochs) == max(epochs) else f"{min(epochs)}–{max(epochs)}"
+
+
 def estimate_words(lesson: Lesson, est: Estimate) -> str:
     """How long the lesson takes here before it starts, and where the figure comes from."""
     from cxrdemo.views.sweep_cost import speed_words
@@ -329,7 +335,7 @@ def estimate_words(lesson: Lesson, est: Estimate) -> str:
            if est.measured == est.planned else
            f"{est.measured} of {est.planned} runs measured on {est.machine}, the rest {estimated}"
            if est.measured else estimated)
-    return (f"{est.planned} runs at {c.img_size} px, {c.epochs} epochs each. Running it yourself takes about "
+    return (f"{est.planned} runs at {c.img_size} px, {epochs_words(lesson)} epochs each. Running it yourself takes about "
             f"{rough_duration(est.seconds)} at one job at a time ({how}); a slower computer or other jobs take "
             "longer.")
 
