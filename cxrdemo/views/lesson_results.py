@@ -294,8 +294,9 @@ def leakage_result(lesson: Lesson, infos: list[runs.RunInfo]) -> LessonResult:
             gap, lo, hi = leakage_gap(found)
             if split == "image":
                 effect = Effect("validation accuracy minus accuracy on unseen patients, split by image", gap, lo, hi)
-            said = ("clearly above zero" if lo > 0 else "below zero" if hi < 0 else
-                    "not significant: the interval includes zero, so this small set cannot show a gap")
+            said = ("clearly above zero: validation flatters the model" if lo > 0 else
+                    "below zero: validation understates the model" if hi < 0 else
+                    "the interval includes zero: no sign that validation flatters the model")
             lines.append(f"Split by {split}: validation overstates unseen-patient accuracy by "
                          f"{numbers.points(gap)} ({_interval(lo, hi)}; {said}).")
     fig = go.Figure([go.Bar(name=col, x=df["recipe"], y=df[col])
