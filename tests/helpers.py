@@ -2,11 +2,34 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Callable, TypeVar
 
 T = TypeVar("T")
+
+
+@contextlib.contextmanager
+def server_address(address: str) -> Iterator[None]:
+    """Streamlit's server.address while pages run under AppTest ("0.0.0.0": a classroom; "localhost": a desktop)."""
+    from streamlit import config as st_config
+
+    old = st_config.get_option("server.address")
+    st_config.set_option("server.address", address)
+    try:
+        yield
+    finally:
+        st_config.set_option("server.address", old)
+
+
+def page_browser(at) -> str:
+    """The hashed id of the browser an AppTest page runs as (its `sid` query parameter), as jobs record it."""
+    from cxrdemo.views import classroom as cls
+
+    sid = at.query_params["sid"]
+    return cls.browser_tag(sid[0] if isinstance(sid, list) else sid)
 
 
 def wait_for(pred: Callable[[], T], timeout: float = 90.0, step: float = 0.1) -> T:

@@ -5,13 +5,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from streamlit import config as st_config
 from streamlit.testing.v1 import AppTest
 
 from cxrdemo.config import TrainConfig
 from cxrdemo.runs import store as runs
 from cxrdemo.views import classroom as cls
-from tests.helpers import fake_status
+from tests.helpers import fake_status, page_browser, server_address
 
 TRAINER = str(Path(__file__).resolve().parents[1] / "app_pages" / "trainer.py")
 
@@ -19,13 +18,10 @@ TRAINER = str(Path(__file__).resolve().parents[1] / "app_pages" / "trainer.py")
 def test_a_refused_start_again_stays_until_the_next_click(run_store, monkeypatch):
     monkeypatch.setenv("CXRDEMO_CLASS_MAX_JOBS", "1")
     monkeypatch.delenv(cls.ROOTS_ENV, raising=False)
-    old = st_config.get_option("server.address")
-    st_config.set_option("server.address", "0.0.0.0")
-    try:
+    with server_address("0.0.0.0"):
         at = AppTest.from_file(TRAINER, default_timeout=60)
         at.run()
-        sid = at.query_params["sid"]
-        me = cls.browser_tag(sid[0] if isinstance(sid, list) else sid)
+        me = page_browser(at)
         busy = runs.create_run(TrainConfig(data="demo", epochs=2, img_size=64), run_store, browser=me)
         fake_status(busy, state="running", pid=os.getpid(), phase="train", epochs=2, epoch=1)
         failed = runs.create_run(TrainConfig(data="demo", epochs=2, img_size=64), run_store, browser=me)
@@ -37,5 +33,3 @@ def test_a_refused_start_again_stays_until_the_next_click(run_store, monkeypatch
         for _ in range(2):  # the panel redraws (every 2 s in a browser): the sentence stays
             at.run()
             assert [e.value for e in at.error if e.value in said] == said
-    finally:
-        st_config.set_option("server.address", old)

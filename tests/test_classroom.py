@@ -7,7 +7,6 @@ import re
 from pathlib import Path
 
 import pytest
-from streamlit import config as st_config
 from streamlit.testing.v1 import AppTest
 
 from cxrdemo.config import TrainConfig
@@ -16,7 +15,7 @@ from cxrdemo.paths import DEMO_DATA_DIR
 from cxrdemo.runs import jobs, policy
 from cxrdemo.runs import store as runs
 from cxrdemo.views import classroom as cls
-from tests.helpers import fake_status
+from tests.helpers import fake_status, server_address
 
 REPO = Path(__file__).resolve().parents[1]
 TRAINER = str(REPO / "app_pages" / "trainer.py")
@@ -130,13 +129,11 @@ def test_jobs_are_counted_per_browser(tmp_path):
 @pytest.fixture
 def networked(store, monkeypatch):
     """The app as `streamlit run app.py --server.address 0.0.0.0`, with a teacher passphrase set."""
-    old = st_config.get_option("server.address")
-    st_config.set_option("server.address", "0.0.0.0")
     monkeypatch.setenv(cls.PASSPHRASE_ENV, PASS)
     for var in (cls.ROOTS_ENV, cls.FORCE_ENV, "CXRDEMO_CLASS_MAX_JOBS"):
         monkeypatch.delenv(var, raising=False)
-    yield store
-    st_config.set_option("server.address", old)
+    with server_address("0.0.0.0"):
+        yield store
 
 
 @pytest.fixture
@@ -258,9 +255,7 @@ def test_deleting_a_run_needs_the_teacher(networked):
 
 
 def test_desktop_keeps_free_folder_paths(store, tmp_path):
-    old = st_config.get_option("server.address")
-    st_config.set_option("server.address", "localhost")
-    try:
+    with server_address("localhost"):
         at = _run(AppTest.from_file(TRAINER, default_timeout=60))
         assert FOLDER in at.radio(key="source").options
         assert "teacher_passphrase" not in [t.key for t in at.text_input]
@@ -269,23 +264,17 @@ def test_desktop_keeps_free_folder_paths(store, tmp_path):
         at.text_input(key="data_path").input(str(tmp_path / "missing"))
         _run(at)
         assert any("does not exist" in e for e in _errors(at))
-    finally:
-        st_config.set_option("server.address", old)
 
 
 def test_sweep_checks_queue_room_before_queueing_any(store, submitted, monkeypatch, tiny_dataset):
     monkeypatch.setenv("CXRDEMO_MAX_QUEUED", "3")
     runs.create_run(TrainConfig(data="demo", backbone="cnn8", epochs=1, img_size=64), store)  # one already waits
-    old = st_config.get_option("server.address")
-    st_config.set_option("server.address", "localhost")  # a desktop: no classroom limit on the sweep itself
-    try:
+    with server_address("localhost"):  # a desktop: no classroom limit on the sweep itself
         at = _run(AppTest.from_file(TRAINER, default_timeout=60))
         at.multiselect(key="sweep_backbones").set_value(["cnn8", "cnn5"])
         at.multiselect(key="sweep_freezes").set_value(["none", "head"])
         _run(at)
         at.button(key="sweep").click()
         _run(at)
-    finally:
-        st_config.set_option("server.address", old)
     assert any("The job queue is full: 1 job(s) are waiting and at most 3 may wait" in e for e in _errors(at))
     assert not submitted and len(runs.list_runs(store)) == 1  # none of the sweep was queued

@@ -7,7 +7,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from streamlit import config as st_config
 from streamlit.testing.v1 import AppTest
 
 from cxrdemo.config import TrainConfig
@@ -16,7 +15,7 @@ from cxrdemo.views import classroom as cls
 from cxrdemo.views import compare, model_card, recipe
 from cxrdemo.views import trainer as tv
 from cxrdemo.views.host_paths import host_folder, shown_folder, without_host_paths
-from tests.helpers import fake_status
+from tests.helpers import fake_status, page_browser, server_address
 
 TRAINER = str(Path(__file__).resolve().parents[1] / "app_pages" / "trainer.py")
 
@@ -77,19 +76,12 @@ def test_the_retrain_command_and_the_url_name_the_folder_inside_the_root(tmp_pat
 def test_the_classroom_trainer_page_shows_no_host_path(moved, monkeypatch):
     root, data, d = moved
     monkeypatch.setenv(cls.ROOTS_ENV, str(root))
-    old = st_config.get_option("server.address")
-    st_config.set_option("server.address", "0.0.0.0")
-    try:
+    with server_address("0.0.0.0"):
         at = AppTest.from_file(TRAINER, default_timeout=60)
         at.run()
-        sid = at.query_params["sid"]
-        sid = sid[0] if isinstance(sid, list) else sid
-        runs.atomic_write_json(d / "config.json", {**runs.read_json(d / "config.json"),
-                                                   "browser": cls.browser_tag(sid)})
+        runs.atomic_write_json(d / "config.json", {**runs.read_json(d / "config.json"), "browser": page_browser(at)})
         at.run()
         assert not at.exception, [e.value for e in at.exception]
         shown = "\n".join(str(e.value) for e in (*at.markdown, *at.error, *at.caption, *at.code, *at.info))
         assert d.name in shown and "teaching/chest-2024" in shown and str(root) not in shown
         assert all(str(root) not in str(v) for v in at.query_params.values())
-    finally:
-        st_config.set_option("server.address", old)

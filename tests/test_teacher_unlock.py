@@ -7,14 +7,13 @@ import logging
 from pathlib import Path
 
 import pytest
-from streamlit import config as st_config
 from streamlit.testing.v1 import AppTest
 
 from cxrdemo.config import TrainConfig
 from cxrdemo.runs import jobs, policy
 from cxrdemo.runs import store as runs
 from cxrdemo.views import classroom as cls
-from tests.helpers import fake_status
+from tests.helpers import fake_status, page_browser, server_address
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
 PASS = "correct horse battery"
@@ -22,15 +21,13 @@ PASS = "correct horse battery"
 
 @pytest.fixture
 def networked(store, monkeypatch):
-    old = st_config.get_option("server.address")
-    st_config.set_option("server.address", "0.0.0.0")
     monkeypatch.setenv(cls.PASSPHRASE_ENV, PASS)
     for var in (cls.ROOTS_ENV, cls.FORCE_ENV, *policy.LIMIT_ENV.values()):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setattr(cls, "TRIES", cls.Tries())  # a fresh count per test
     monkeypatch.setattr(jobs, "launch", lambda d, root, max_jobs=None, backend="local": None)
-    yield store
-    st_config.set_option("server.address", old)
+    with server_address("0.0.0.0"):
+        yield store
 
 
 def _run(at: AppTest) -> AppTest:
@@ -152,8 +149,7 @@ def test_start_again_refusal_stays_on_the_panel(networked, monkeypatch):
 
 def test_students_see_their_own_work_first_and_no_server_path(networked, monkeypatch):
     at = _app("app_pages/trainer.py")
-    sid = at.query_params["sid"]
-    me = policy.browser_tag(sid if isinstance(sid, str) else sid[0])
+    me = page_browser(at)
     mine = runs.create_run(TrainConfig(data="demo", backbone="cnn8", epochs=2, img_size=64), networked, name="mine",
                            browser=me)
     theirs = runs.create_run(TrainConfig(data="demo", backbone="cnn8", epochs=2, img_size=64), networked,
