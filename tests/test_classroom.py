@@ -10,7 +10,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from cxrdemo.config import TrainConfig
-from cxrdemo.errors import ConfigError, DatasetError, RunError
+from cxrdemo.errors import ConfigError, DatasetError
 from cxrdemo.paths import DEMO_DATA_DIR
 from cxrdemo.runs import jobs, policy
 from cxrdemo.runs import store as runs
