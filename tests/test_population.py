@@ -9,11 +9,8 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import pydicom
 import pytest
 import torch
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from cxrdemo.cli import options
 from cxrdemo.cli.main import build_parser
@@ -30,6 +27,7 @@ from cxrdemo.views import recipe
 from cxrdemo.views import trainer_form
 from cxrdemo.views.model_card import model_card
 from cxrdemo.views.population import age_words, population_line, population_reason
+from tests.test_imageio import make_dicom
 from tests.helpers import make_split_dataset, tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -60,24 +58,10 @@ def test_age_from_birth_and_study_dates():
 
 
 def _dicom(**elements) -> bytes:
-    """A tiny DX DICOM with the given patient and study elements (names and IDs present, to show none leaks)."""
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
-    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds.SOPClassUID, ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPClassUID, ds.file_meta.MediaStorageSOPInstanceUID
-    ds.Modality, ds.PatientName, ds.PatientID = "DX", "Doe^Jane", "MRN-4455667"
-    ds.Rows = ds.Columns = 16
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated = ds.BitsStored = 8
-    ds.HighBit, ds.PixelRepresentation = 7, 0
-    ds.PixelData = np.linspace(0, 255, 256).astype(np.uint8).tobytes()
-    for k, v in elements.items():
-        setattr(ds, k, v)
-    buf = io.BytesIO()
-    ds.save_as(buf, enforce_file_format=True)
-    return buf.getvalue()
+    """A tiny DX DICOM with the given patient and study elements (names and IDs present, to show none leaks; no
+    dates unless given, so an age comes only from what a case states)."""
+    pixels = np.linspace(0, 255, 256).astype(np.uint8).reshape(16, 16)
+    return make_dicom(pixels, bits=8, **{"PatientBirthDate": "", "StudyDate": "", **elements})
 
 
 @pytest.mark.filterwarnings("ignore:Invalid value for VR AS")  # pydicom, writing the header's unreadable age
