@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from cxrdemo import paths
 from cxrdemo.cli import main as cli
 from cxrdemo.config import TrainConfig
 from cxrdemo.errors import RunError
@@ -55,9 +56,9 @@ def room(store, tmp_path, monkeypatch):
     allowed, outside = tmp_path / "allowed", tmp_path / "outside"
     allowed.mkdir()
     outside.mkdir()
-    for var in (*policy.LIMIT_ENV.values(), "CXRDEMO_MAX_QUEUED", policy.FORCE_ENV):
+    for var in (*policy.LIMIT_ENV.values(), "CXRDEMO_MAX_QUEUED", paths.FORCE_ENV):
         monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv(policy.ROOTS_ENV, str(allowed))
+    monkeypatch.setenv(paths.ROOTS_ENV, str(allowed))
     return {"store": store, "outside": str(outside)}
 
 
@@ -97,7 +98,7 @@ def _enter(entry: str, root: Path, asker: policy.Asker, config: TrainConfig, lim
         scorecard_job.submit(run.name, root, asker=asker, data=config.data if limit == "folder" else "")
     elif entry == "cli":
         if asker.classroom:
-            monkeypatch.setenv(policy.FORCE_ENV, "1")
+            monkeypatch.setenv(paths.FORCE_ENV, "1")
         return cli.main(["jobs", "submit", "--runs-dir", str(root), "--data", config.data, "--backbone", "cnn8",
                          "--epochs", str(config.epochs), "--img-size", str(config.img_size)])
     return 0

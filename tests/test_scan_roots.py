@@ -32,8 +32,8 @@ def classroom(tmp_path, run_store, monkeypatch):
     make_layout_dataset(outside / "ds", SPLITS)
     linked = make_layout_dataset(allowed / "linked", {k: v for k, v in SPLITS.items() if not k.startswith("test")})
     os.symlink(outside / "ds" / "test", linked / "test")
-    monkeypatch.setenv(policy.FORCE_ENV, "1")
-    monkeypatch.setenv(policy.ROOTS_ENV, str(allowed))
+    monkeypatch.setenv(paths.FORCE_ENV, "1")
+    monkeypatch.setenv(paths.ROOTS_ENV, str(allowed))
     for var in policy.LIMIT_ENV.values():
         monkeypatch.delenv(var, raising=False)
     return {"outside": str(outside / "ds"), "linked": str(linked)}
@@ -75,7 +75,7 @@ def test_every_command_that_scans_refuses_a_folder_outside_the_roots(classroom, 
 def test_the_built_in_sets_and_a_desktop_are_not_fenced(classroom, monkeypatch):
     assert scan.scan_dataset("demo").classes == ("NORMAL", "PNEUMONIA")
     assert scan.scan_dataset(paths.DEMO_DATA_DIR).classes == ("NORMAL", "PNEUMONIA")  # the demo set by its path
-    monkeypatch.delenv(policy.FORCE_ENV)
+    monkeypatch.delenv(paths.FORCE_ENV)
     assert len(scan.scan_dataset(classroom["linked"]).splits["test"]) == 4  # a desktop follows links as before
     assert scan.scan_dataset(classroom["outside"]).classes == ("NORMAL", "PNEUMONIA")
 
@@ -84,7 +84,7 @@ def test_the_built_in_sets_and_a_desktop_are_not_fenced(classroom, monkeypatch):
 def test_a_scorecard_job_queued_by_a_page_scans_inside_the_roots_in_its_worker(classroom, tmp_path, run_store,
                                                                                monkeypatch):
     # a page's classroom (bound to a network address): nothing in the worker's environment says so
-    monkeypatch.delenv(policy.FORCE_ENV)
+    monkeypatch.delenv(paths.FORCE_ENV)
     shutil.copytree(DEMO, run_store / "r1")
     monkeypatch.setattr(jobs, "_spawn", lambda *a, **k: None)
     from cxrdemo.diagnosis import scorecard_job

@@ -19,14 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cxrdemo import paths
-from cxrdemo.paths import (  # noqa: F401 - the allow-list lives with the other locations; named here for the policy
-    FORCE_ENV,
-    ROOTS_ENV,
-    allowed_folder,
-    data_roots,
-    forced,
-    within,
-)
+from cxrdemo.paths import allowed_folder, data_roots, forced  # the allow-list lives with the other locations
 from cxrdemo.config import TrainConfig
 from cxrdemo.errors import RunError
 from cxrdemo.runs import lifecycle

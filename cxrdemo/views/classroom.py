@@ -24,18 +24,21 @@ from pathlib import Path
 from cxrdemo.config import TrainConfig
 from cxrdemo.data.fence import OUTSIDE_ROOTS  # the scan's fence says it too: worded for who can change the allow-list
 from cxrdemo.errors import ConfigError, DatasetError
-from cxrdemo.paths import DEMO_DATA_DIR, is_builtin_data
+from cxrdemo.paths import (  # noqa: F401 - the allow-list's page-facing names
+    DEMO_DATA_DIR,
+    FORCE_ENV,
+    ROOTS_ENV,
+    data_roots,
+    is_builtin_data,
+)
 from cxrdemo.runs import policy
 from cxrdemo.runs.policy import (  # noqa: F401 - the page-facing names of the policy
-    FORCE_ENV,
     LOOPBACK_NAMES,
     PASSPHRASE_ENV,
-    ROOTS_ENV,
     Limits,
     Refusal,
     Refused,
     browser_tag,
-    data_roots,
     is_networked,
 )
 
