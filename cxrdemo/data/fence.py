@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from cxrdemo.errors import DatasetError
-from cxrdemo.paths import DEMO_DATA_DIR, LESSON_DATA_DIR, LESSON_DATA_PREFIX, allowed_folder, scan_roots
+from cxrdemo.paths import DEMO_DATA_DIR, LESSON_DATA_DIR, LESSON_DATA_PREFIX, allowed_folder, scan_roots, within
 
 SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
                  "test": "test", "testing": "test"}
@@ -66,8 +66,7 @@ def is_fenced(e: os.DirEntry | Path, fence: tuple[Path, ...] | None) -> bool:
     """Whether `e` is a link whose target lies outside the fence (the allowed roots; None: no fence)."""
     if fence is None or not e.is_symlink():
         return False
-    real = Path(os.path.realpath(e.path if isinstance(e, os.DirEntry) else e))
-    return not any(real == r or r in real.parents for r in fence)
+    return not within(Path(os.path.realpath(e.path if isinstance(e, os.DirEntry) else e)), fence)
 
 
 def _refuse_linked_split(skipped: list[tuple[str, str]]) -> None:
